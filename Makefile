@@ -1,0 +1,38 @@
+# The two commands a new machine needs: `make run` and `make test`.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+
+.PHONY: all setup build build-asan run test test-unit clean
+
+all: build
+
+setup:
+	scripts/setup
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+$(ASAN_BUILD)/build.ninja:
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DIOBAND_SANITIZE=ON
+
+build: $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: $(ASAN_BUILD)/build.ninja
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+run: setup build
+	build/bin/iobandd
+
+# Every test of the release build (unit, simulation, integration with real
+# clients), then the unit and simulation tests again under ASan+UBSan.
+test: setup build build-asan
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit --timeout 600
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

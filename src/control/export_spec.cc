@@ -1,0 +1,114 @@
+#include <cctype>
+#include "control/export_spec.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace ioband::control {
+
+std::optional<uint64_t> parse_size(const std::string& text) {
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  if (errno != 0) return std::nullopt;
+  std::string suffix(end);
+  if (suffix.size() > 1 && (suffix.substr(1) == "iB" || suffix.substr(1) == "B")) suffix = suffix.substr(0, 1);
+  unsigned shift = 0;
+  if (suffix.empty()) {
+    shift = 0;
+  } else if (suffix == "K" || suffix == "k") {
+    shift = 10;
+  } else if (suffix == "M" || suffix == "m") {
+    shift = 20;
+  } else if (suffix == "G" || suffix == "g") {
+    shift = 30;
+  } else if (suffix == "T" || suffix == "t") {
+    shift = 40;
+  } else {
+    return std::nullopt;
+  }
+  if (shift && value > (~0ULL >> shift)) return std::nullopt;
+  return static_cast<uint64_t>(value) << shift;
+}
+
+std::optional<int> parse_errno(const std::string& text) {
+  static const struct {
+    const char* name;
+    int value;
+  } names[] = {{"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EPERM", EPERM},     {"ENOMEM", ENOMEM},
+               {"EINVAL", EINVAL}, {"EROFS", EROFS},   {"EDQUOT", EDQUOT},   {"ENOTSUP", ENOTSUP},
+               {"EAGAIN", EAGAIN}, {"EFBIG", EFBIG},   {"ESHUTDOWN", ESHUTDOWN}};
+  for (const auto& n : names) {
+    if (text == n.name) return n.value;
+  }
+  char* end = nullptr;
+  long v = std::strtol(text.c_str(), &end, 10);
+  if (!text.empty() && *end == '\0' && v > 0 && v < 4096) return static_cast<int>(v);
+  return std::nullopt;
+}
+
+std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec& out) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) return "--export " + text + ": expected NAME=PATH[,size=BYTES][,readonly]";
+  out.name = text.substr(0, eq);
+  if (out.name.size() > 4096) return "--export: the name is longer than 4096 bytes";
+  std::stringstream rest(text.substr(eq + 1));
+  std::string item;
+  bool first = true;
+  while (std::getline(rest, item, ',')) {
+    if (first) {
+      out.path = item;
+      first = false;
+      continue;
+    }
+    const auto ke = item.find('=');
+    const std::string key = item.substr(0, ke);
+    const std::string value = ke == std::string::npos ? "" : item.substr(ke + 1);
+    const auto need_value = [&]() -> std::optional<std::string> {
+      if (ke == std::string::npos || value.empty()) return "--export " + out.name + ": " + key + " needs a value";
+      return std::nullopt;
+    };
+    if (key == "readonly" || key == "ro") {
+      out.read_only = true;
+    } else if (key == "size") {
+      if (auto e = need_value()) return e;
+      auto size = parse_size(value);
+      if (!size || *size == 0) return "--export " + out.name + ": size '" + value + "' is not a size (e.g. 1G, 64M, 4096)";
+      out.size = *size;
+    } else if (key == "backend") {
+      if (value != "raw" && value != "memory") return "--export " + out.name + ": backend must be raw or memory, not '" + value + "'";
+      out.backend = value;
+    } else if (key == "description") {
+      out.description = value;
+    } else if (key == "fault-errno") {
+      if (auto e = need_value()) return e;
+      auto err = parse_errno(value);
+      if (!err) return "--export " + out.name + ": fault-errno '" + value + "' is not an errno name (EIO, ENOSPC, ...)";
+      out.fault_errno = *err;
+    } else if (key == "fault-rate") {
+      if (auto e = need_value()) return e;
+      char* end = nullptr;
+      double rate = std::strtod(value.c_str(), &end);
+      if (*end != '\0' || !(rate >= 0.0 && rate <= 1.0)) {
+        return "--export " + out.name + ": fault-rate '" + value + "' must be a fraction between 0 and 1";
+      }
+      out.fault_rate = rate;
+    } else if (key == "fault-delay-ms") {
+      if (auto e = need_value()) return e;
+      char* end = nullptr;
+      unsigned long ms = std::strtoul(value.c_str(), &end, 10);
+      if (*end != '\0' || ms > 600000) return "--export " + out.name + ": fault-delay-ms '" + value + "' must be 0..600000";
+      out.fault_delay_ms = static_cast<uint32_t>(ms);
+    } else {
+      return "--export " + out.name + ": unknown key '" + key + "'";
+    }
+  }
+  if (out.backend == "raw" && out.path.empty()) return "--export " + out.name + ": a raw export needs a PATH";
+  if (out.backend == "memory" && out.size == 0) return "--export " + out.name + ": a memory export needs size=BYTES";
+  return std::nullopt;
+}
+
+}  // namespace ioband::control

@@ -1,0 +1,30 @@
+#pragma once
+// Export specifications (iobandd --export): parsed into values, errors as sentences.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ioband::control {
+
+struct ExportSpec {
+  std::string name;
+  std::string path;
+  uint64_t size = 0;
+  bool read_only = false;
+  std::string backend = "raw";  // raw | memory
+  std::string description;
+  int fault_errno = 0;
+  double fault_rate = 1.0;
+  uint32_t fault_delay_ms = 0;
+};
+
+// Parses "NAME=PATH[,key[=value]...]". Returns an error sentence or nothing.
+std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec& out);
+// "4096", "64K", "1M", "2G", "1GiB": binary multiples.
+std::optional<uint64_t> parse_size(const std::string& text);
+// "EIO" or "5" to 5.
+std::optional<int> parse_errno(const std::string& text);
+
+}  // namespace ioband::control

@@ -1,0 +1,227 @@
+// iobandd: wiring only. Parses the command line, opens the exports, starts
+// one reactor per thread and the NBD server, and stops cleanly on a signal.
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "control/export_spec.h"
+#include "io/backend.h"
+#include "io/log.h"
+#include "io/reactor.h"
+#include "ioband/version.h"
+#include "nbd/export.h"
+#include "nbd/server.h"
+
+namespace {
+
+using namespace ioband;
+
+constexpr uint64_t kDemoSize = 1ull << 30;
+
+std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
+  std::string error;
+  std::unique_ptr<io::Backend> backend;
+  if (spec.backend == "memory") {
+    backend = io::open_memory_backend(spec.size, error);
+  } else {
+    io::RawOptions raw;
+    raw.path = spec.path;
+    raw.size = spec.size;
+    raw.read_only = spec.read_only;
+    backend = io::open_raw_backend(raw, error);
+  }
+  if (!backend) return "export " + spec.name + ": " + error;
+  if (spec.fault_errno || spec.fault_delay_ms) {
+    io::FaultOptions fault;
+    fault.error_number = spec.fault_errno;
+    fault.rate = spec.fault_rate;
+    fault.delay_ms = spec.fault_delay_ms;
+    backend = io::wrap_fault_backend(std::move(backend), fault);
+  }
+  out.name = spec.name;
+  out.description = spec.description;
+  out.read_only = spec.read_only;
+  out.backend = std::move(backend);
+  return {};
+}
+
+// The embedded default: a sparse 1 GiB image in the state directory.
+std::string ensure_demo_image(const std::string& path) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) == 0) return {};
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return path + ": " + std::strerror(errno);
+  int rc = ftruncate(fd, static_cast<off_t>(kDemoSize));
+  std::string error = rc == 0 ? "" : path + ": " + std::strerror(errno);
+  close(fd);
+  return error;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"iobandd: a virtual-disk server with I/O bandwidth control, serving disk images over NBD"};
+  std::string state_dir = "./var";
+  std::string socket_path;
+  std::string listen;
+  std::vector<std::string> export_texts;
+  unsigned threads = 1;
+  app.add_option("--state-dir", state_dir, "directory for state, sockets and the demo image")->capture_default_str();
+  app.add_option("--socket", socket_path, "NBD Unix socket (default STATE_DIR/ioband.sock)");
+  app.add_option("--listen", listen, "also serve NBD over TCP on HOST:PORT");
+  app.add_option("--export", export_texts,
+                 "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
+                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N] (repeatable)");
+  app.add_option("--threads", threads, "reactor threads (one event loop each)")->check(CLI::Range(1u, 64u))->capture_default_str();
+  app.set_version_flag("--version", std::string("iobandd ") + kVersion);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "iobandd: " << e.what() << "\nRun 'iobandd --help' for the options.\n";
+    return 2;
+  }
+
+  std::vector<control::ExportSpec> specs;
+  for (const auto& text : export_texts) {
+    control::ExportSpec spec;
+    if (auto error = control::parse_export_spec(text, spec)) {
+      std::cerr << "iobandd: " << *error << "\n";
+      return 2;
+    }
+    for (const auto& other : specs) {
+      if (other.name == spec.name) {
+        std::cerr << "iobandd: --export " << spec.name << ": the name is given twice\n";
+        return 2;
+      }
+    }
+    specs.push_back(spec);
+  }
+
+  std::error_code ec;
+  std::filesystem::create_directories(state_dir, ec);
+  if (ec) {
+    std::cerr << "iobandd: --state-dir " << state_dir << ": " << ec.message() << "\n";
+    return 1;
+  }
+  if (socket_path.empty()) socket_path = state_dir + "/ioband.sock";
+  if (specs.empty()) {
+    control::ExportSpec demo;
+    demo.name = "demo";
+    demo.path = state_dir + "/demo.img";
+    demo.description = "ioband demo image";
+    if (auto error = ensure_demo_image(demo.path); !error.empty()) {
+      std::cerr << "iobandd: " << error << "\n";
+      return 1;
+    }
+    specs.push_back(demo);
+  }
+
+  // Signals are read through the ring of reactor 0; no thread may take them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::vector<std::unique_ptr<io::Reactor>> reactors;
+  std::vector<io::Reactor*> reactor_ptrs;
+  try {
+    for (unsigned i = 0; i < threads; ++i) {
+      reactors.push_back(std::make_unique<io::Reactor>(1024, static_cast<int>(i)));
+      reactor_ptrs.push_back(reactors.back().get());
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "iobandd: cannot start an event loop: " << e.what() << "\n";
+    return 1;
+  }
+
+  nbd::ExportRegistry exports;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto e = std::make_shared<nbd::Export>();
+    if (auto error = open_export(specs[i], *e); !error.empty()) {
+      std::cerr << "iobandd: " << error << "\n";
+      return 1;
+    }
+    e->reactor = reactor_ptrs[i % reactor_ptrs.size()];
+    log_line("export " + e->name + ": " + e->backend->describe() + ", " + std::to_string(e->backend->size()) +
+             " bytes" + (e->is_read_only() ? ", read-only" : ""));
+    exports.add(std::move(e));
+  }
+
+  nbd::Server server(reactor_ptrs, exports);
+  if (auto error = server.listen_unix(socket_path); !error.empty()) {
+    std::cerr << "iobandd: --socket " << error << "\n";
+    return 1;
+  }
+  if (!listen.empty()) {
+    if (auto error = server.listen_tcp(listen); !error.empty()) {
+      std::cerr << "iobandd: --listen " << error << "\n";
+      return 1;
+    }
+  }
+  server.start();
+
+  int signal_fd = signalfd(-1, &signals, SFD_CLOEXEC);
+  signalfd_siginfo info{};
+  io::Reactor& main_reactor = *reactors[0];
+  int signals_seen = 0;
+  __kernel_timespec grace{30, 0};
+  io::CallbackCompletion grace_timer([](int32_t result, uint32_t) {
+    if (result == -ETIME) {
+      log_line("shutdown: requests still in flight after 30 s, exiting anyway");
+      _exit(1);
+    }
+  });
+  std::function<void()> arm_signal;
+  io::CallbackCompletion signal_read([&](int32_t result, uint32_t) {
+    if (result == static_cast<int32_t>(sizeof info) && info.ssi_signo != SIGPIPE) {
+      if (++signals_seen == 1) {
+        log_line(std::string("received ") + strsignal(static_cast<int>(info.ssi_signo)) +
+                 ", finishing requests in flight");
+        server.shutdown();
+        main_reactor.arm_timer(&grace_timer, &grace);
+        for (auto& r : reactors) r->stop();
+      } else {
+        log_line("second signal: exiting now");
+        _exit(1);
+      }
+    }
+    arm_signal();
+  });
+  arm_signal = [&] {
+    io_uring_prep_read(main_reactor.prepare(&signal_read), signal_fd, &info, sizeof info, 0);
+  };
+  arm_signal();
+
+  log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path +
+           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
+
+  std::vector<std::thread> workers;
+  for (size_t i = 1; i < reactors.size(); ++i) {
+    workers.emplace_back([r = reactors[i].get()] { r->run(); });
+  }
+  try {
+    main_reactor.run();
+  } catch (const std::exception& e) {
+    log_line(std::string("event loop failed: ") + e.what());
+    _exit(1);
+  }
+  for (auto& w : workers) w.join();
+  unlink(socket_path.c_str());
+  log_line("stopped");
+  return 0;
+}

@@ -1,0 +1,101 @@
+#pragma once
+// Storage backends. A backend executes IoOps asynchronously on the reactor of
+// the caller and reports each through IoOp::finish() with a byte count or a
+// negative errno. Backends may wrap one another (the fault backend wraps any).
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/reactor.h"
+
+namespace ioband::io {
+
+enum class Op : uint8_t { kRead, kWrite, kFlush, kTrim, kWriteZeroes, kCache };
+
+enum IoFlag : uint32_t {
+  kFua = 1u << 0,       // durable before completion
+  kNoHole = 1u << 1,    // write zeroes: keep the range allocated
+  kFastZero = 1u << 2,  // write zeroes: fail with -ENOTSUP rather than write
+};
+
+class Backend;
+
+// One storage operation. The caller owns it (the NBD layer embeds it in its
+// request) and must keep it alive until finish() is called.
+class IoOp : public Completion {
+ public:
+  Op op = Op::kRead;
+  uint32_t flags = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint8_t* buffer = nullptr;  // kRead: filled; kWrite: consumed
+
+  // Called exactly once per submit: result >= 0 on success, -errno on error.
+  virtual void finish(int32_t result) noexcept = 0;
+
+  // Backend-private progress state, reset by each submit.
+  Backend* handler = nullptr;
+  Reactor* reactor = nullptr;
+  uint32_t done_bytes = 0;
+  uint8_t stage = 0;
+  uint8_t* bounce = nullptr;
+
+  void on_complete(int32_t result, uint32_t cqe_flags) noexcept final;
+
+ protected:
+  ~IoOp() = default;
+};
+
+// One run of a block-status answer, NBD base:allocation flags.
+struct Extent {
+  uint64_t length;
+  uint32_t flags;  // kExtentHole | kExtentZero
+};
+inline constexpr uint32_t kExtentHole = 1;
+inline constexpr uint32_t kExtentZero = 2;
+
+struct BackendTraits {
+  bool can_trim = true;
+  bool can_fast_zero = true;
+  bool rotational = false;
+  bool read_only = false;
+  uint32_t preferred_block = 4096;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual uint64_t size() const noexcept = 0;
+  virtual BackendTraits traits() const noexcept = 0;
+  // Starts op on reactor; completion arrives through op.finish().
+  virtual void submit(Reactor& reactor, IoOp& op) noexcept = 0;
+  // The reactor delivers the CQEs of ops this backend submitted here.
+  virtual void complete(Reactor& reactor, IoOp& op, int32_t result) noexcept = 0;
+  // Allocation map of [offset, offset+length), at least one extent on
+  // success; may stop early. Returns 0 or -errno. Synchronous: cheap calls only.
+  virtual int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept = 0;
+  // A human description for logs: "raw /path (O_DIRECT)".
+  virtual std::string describe() const = 0;
+};
+
+// Factories. On failure they return nullptr and set error to a sentence.
+struct RawOptions {
+  std::string path;
+  uint64_t size = 0;  // 0: the whole file or device
+  bool read_only = false;
+  bool direct = true;  // try O_DIRECT, fall back to buffered if refused
+};
+std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string& error);
+std::unique_ptr<Backend> open_memory_backend(uint64_t size, std::string& error);
+
+struct FaultOptions {
+  int error_number = 0;       // 0: no errors
+  double rate = 1.0;          // probability that an op fails
+  uint32_t delay_ms = 0;      // added before every op
+  uint64_t seed = 0x10bad;
+};
+std::unique_ptr<Backend> wrap_fault_backend(std::unique_ptr<Backend> inner, const FaultOptions& options);
+
+}  // namespace ioband::io

@@ -1,0 +1,180 @@
+// The memory backend: a RAM disk for tests. Anonymous memory that is never
+// written stays unallocated, so block status reports it as a hole. Each op
+// runs at submit and its completion travels through the ring as a NOP, so
+// callers see the same asynchronous contract as with real storage.
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "io/backend.h"
+
+namespace ioband::io {
+namespace {
+
+class MemoryBackend final : public Backend {
+ public:
+  MemoryBackend(uint8_t* base, uint64_t size, uint64_t mapped) : base_(base), size_(size), mapped_(mapped) {}
+  ~MemoryBackend() override { munmap(base_, mapped_); }
+
+  uint64_t size() const noexcept override { return size_; }
+  BackendTraits traits() const noexcept override { return BackendTraits{}; }
+  std::string describe() const override { return "memory (" + std::to_string(size_) + " bytes)"; }
+
+  void submit(Reactor& reactor, IoOp& op) noexcept override {
+    op.handler = this;
+    op.reactor = &reactor;
+    op.done_bytes = 0;
+    op.stage = 0;
+    int32_t result = execute(op);
+    // Carry the result through the NOP: stash it in done_bytes.
+    op.done_bytes = static_cast<uint32_t>(result);
+    io_uring_prep_nop(reactor.prepare(&op));
+  }
+
+  void complete(Reactor&, IoOp& op, int32_t) noexcept override { op.finish(static_cast<int32_t>(op.done_bytes)); }
+
+  int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept override {
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const uint64_t end = offset + length;
+    uint64_t pos = offset;
+    while (pos < end && out.size() < 1024) {
+      const uint64_t page_start = pos & ~(page - 1);
+      unsigned char resident = 0;
+      if (mincore(base_ + page_start, page, &resident) != 0) return -errno;
+      const uint32_t flags = (resident & 1) ? 0 : (kExtentHole | kExtentZero);
+      const uint64_t run_end = std::min(end, page_start + page);
+      if (!out.empty() && out.back().flags == flags) {
+        out.back().length += run_end - pos;
+      } else {
+        out.push_back({run_end - pos, flags});
+      }
+      pos = run_end;
+    }
+    return 0;
+  }
+
+ private:
+  int32_t execute(IoOp& op) noexcept {
+    switch (op.op) {
+      case Op::kRead:
+        std::memcpy(op.buffer, base_ + op.offset, op.length);
+        return static_cast<int32_t>(op.length);
+      case Op::kWrite:
+        std::memcpy(base_ + op.offset, op.buffer, op.length);
+        return static_cast<int32_t>(op.length);
+      case Op::kTrim:
+      case Op::kWriteZeroes:
+        zero(op.offset, op.length, !(op.flags & kNoHole));
+        return 0;
+      case Op::kFlush:
+      case Op::kCache:
+        return 0;
+    }
+    return -EINVAL;
+  }
+
+  // Whole pages are given back to the kernel (they read as zeroes and show
+  // as holes) unless the caller asked to keep them allocated.
+  void zero(uint64_t offset, uint64_t length, bool may_punch) noexcept {
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    uint64_t first = (offset + page - 1) & ~(page - 1);
+    uint64_t last = (offset + length) & ~(page - 1);
+    if (!may_punch || first >= last) {
+      std::memset(base_ + offset, 0, length);
+      return;
+    }
+    std::memset(base_ + offset, 0, first - offset);
+    madvise(base_ + first, last - first, MADV_DONTNEED);
+    std::memset(base_ + last, 0, offset + length - last);
+  }
+
+  uint8_t* base_;
+  uint64_t size_;
+  uint64_t mapped_;
+};
+
+class FaultBackend final : public Backend {
+ public:
+  FaultBackend(std::unique_ptr<Backend> inner, const FaultOptions& options)
+      : inner_(std::move(inner)), options_(options), state_(options.seed | 1) {}
+
+  uint64_t size() const noexcept override { return inner_->size(); }
+  BackendTraits traits() const noexcept override { return inner_->traits(); }
+  std::string describe() const override {
+    std::string d = inner_->describe() + " with faults:";
+    if (options_.error_number) {
+      d += " errno " + std::to_string(options_.error_number) + " at rate " + std::to_string(options_.rate);
+    }
+    if (options_.delay_ms) d += " delay " + std::to_string(options_.delay_ms) + " ms";
+    return d;
+  }
+
+  void submit(Reactor& reactor, IoOp& op) noexcept override {
+    op.handler = this;
+    op.reactor = &reactor;
+    if (options_.delay_ms == 0) return after_delay(reactor, op);
+    // The op is idle while its timer runs, so its bounce field can carry the
+    // timespec: the timer needs storage that lives until it fires.
+    auto* ts = new (std::nothrow) __kernel_timespec{};
+    if (!ts) return op.finish(-ENOMEM);
+    ts->tv_sec = options_.delay_ms / 1000;
+    ts->tv_nsec = static_cast<long long>(options_.delay_ms % 1000) * 1000000;
+    op.bounce = reinterpret_cast<uint8_t*>(ts);
+    reactor.arm_timer(&op, ts);
+  }
+
+  void complete(Reactor& reactor, IoOp& op, int32_t) noexcept override {
+    delete reinterpret_cast<__kernel_timespec*>(op.bounce);
+    op.bounce = nullptr;
+    after_delay(reactor, op);
+  }
+
+  int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept override {
+    return inner_->block_status(offset, length, out);
+  }
+
+ private:
+  void after_delay(Reactor& reactor, IoOp& op) noexcept {
+    if (options_.error_number && next_uniform() < options_.rate) return op.finish(-options_.error_number);
+    inner_->submit(reactor, op);
+  }
+
+  // xorshift64*: deterministic for a given seed, so failures are repeatable.
+  double next_uniform() noexcept {
+    state_ ^= state_ >> 12;
+    state_ ^= state_ << 25;
+    state_ ^= state_ >> 27;
+    return static_cast<double>((state_ * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+  }
+
+  std::unique_ptr<Backend> inner_;
+  FaultOptions options_;
+  uint64_t state_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> open_memory_backend(uint64_t size, std::string& error) {
+  if (size == 0) {
+    error = "a memory export needs size=BYTES";
+    return nullptr;
+  }
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t mapped = (size + page - 1) & ~(page - 1);
+  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) {
+    error = "cannot map " + std::to_string(size) + " bytes of memory: " + std::strerror(errno);
+    return nullptr;
+  }
+  return std::make_unique<MemoryBackend>(static_cast<uint8_t*>(base), size, mapped);
+}
+
+std::unique_ptr<Backend> wrap_fault_backend(std::unique_ptr<Backend> inner, const FaultOptions& options) {
+  return std::make_unique<FaultBackend>(std::move(inner), options);
+}
+
+}  // namespace ioband::io

@@ -1,0 +1,332 @@
+// The raw backend: a regular file or a block device, O_DIRECT where the
+// storage allows it. Aligned requests go straight to the ring with the
+// caller's buffer; unaligned reads go through an aligned bounce buffer, and
+// unaligned writes through a second, buffered descriptor of the same file
+// (the kernel keeps page cache and direct I/O coherent: a direct read flushes
+// dirty pages of its range first, a direct write invalidates them). A
+// read-modify-write bounce for writes would instead need a lock on every
+// block shared by two concurrent unaligned writes.
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "io/backend.h"
+
+namespace ioband::io {
+
+void IoOp::on_complete(int32_t result, uint32_t) noexcept { handler->complete(*reactor, *this, result); }
+
+namespace {
+
+enum Stage : uint8_t {
+  kStageMain = 0,
+  kStageZeroRange,   // punch-hole refused: retrying as zero-range
+  kStageZeroWrite,   // no fallocate: writing zero buffers
+  kStageFuaSync,     // the data is down, now fdatasync for FUA
+};
+
+constexpr uint32_t kZeroChunk = 1u << 20;
+
+class RawBackend final : public Backend {
+ public:
+  RawBackend(int fd, bool direct, bool block_device, uint64_t size, uint32_t align, const RawOptions& options)
+      : fd_(fd), direct_(direct), block_device_(block_device), size_(size), align_(align), options_(options) {}
+  ~RawBackend() override {
+    close(fd_);
+    if (buffered_fd_ >= 0) close(buffered_fd_);
+    free(zeroes_);
+  }
+
+  uint64_t size() const noexcept override { return size_; }
+  BackendTraits traits() const noexcept override {
+    BackendTraits t;
+    t.read_only = options_.read_only;
+    t.can_trim = true;
+    t.can_fast_zero = true;
+    t.preferred_block = align_ > 4096 ? align_ : 4096;
+    return t;
+  }
+  std::string describe() const override {
+    return std::string(block_device_ ? "block device " : "file ") + options_.path + (direct_ ? " (O_DIRECT)" : " (buffered)");
+  }
+
+  void submit(Reactor& reactor, IoOp& op) noexcept override {
+    op.handler = this;
+    op.reactor = &reactor;
+    op.done_bytes = 0;
+    op.stage = kStageMain;
+    op.bounce = nullptr;
+    start(op);
+  }
+
+  void complete(Reactor&, IoOp& op, int32_t result) noexcept override {
+    switch (op.op) {
+      case Op::kRead: return read_done(op, result);
+      case Op::kWrite: return write_done(op, result);
+      case Op::kWriteZeroes: return zeroes_done(op, result);
+      case Op::kTrim:
+        // Trimming is advisory: storage that cannot punch holes just keeps the data.
+        if (result == -EOPNOTSUPP || result == -ENOTTY) result = 0;
+        return finish_or_sync(op, result);
+      case Op::kFlush:
+      case Op::kCache:
+        return op.finish(result < 0 ? result : 0);
+    }
+  }
+
+  int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept override {
+    const uint64_t end = offset + length;
+    uint64_t pos = offset;
+    while (pos < end && out.size() < 1024) {
+      off_t data = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (data < 0) {
+        if (errno == ENXIO) {  // no data after pos: a hole to the end
+          out.push_back({end - pos, kExtentHole | kExtentZero});
+          return 0;
+        }
+        if (out.empty()) out.push_back({end - pos, 0});  // no sparse support: all data
+        return 0;
+      }
+      if (static_cast<uint64_t>(data) > pos) {
+        uint64_t hole_end = std::min<uint64_t>(static_cast<uint64_t>(data), end);
+        out.push_back({hole_end - pos, kExtentHole | kExtentZero});
+        pos = hole_end;
+        continue;
+      }
+      off_t hole = lseek(fd_, static_cast<off_t>(pos), SEEK_HOLE);
+      uint64_t data_end = hole < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(hole), end);
+      if (data_end <= pos) data_end = end;
+      out.push_back({data_end - pos, 0});
+      pos = data_end;
+    }
+    return 0;
+  }
+
+ private:
+  bool aligned(const IoOp& op) const noexcept {
+    const uint64_t mask = align_ - 1;
+    return (op.offset & mask) == 0 && (op.length & mask) == 0 && (reinterpret_cast<uintptr_t>(op.buffer) & mask) == 0;
+  }
+
+  int buffered_fd() noexcept {
+    if (!direct_) return fd_;
+    if (buffered_fd_ < 0) {
+      buffered_fd_ = open(options_.path.c_str(), (options_.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    }
+    return buffered_fd_;
+  }
+
+  void start(IoOp& op) noexcept {
+    Reactor& r = *op.reactor;
+    switch (op.op) {
+      case Op::kRead: {
+        if (!direct_ || aligned(op)) {
+          io_uring_prep_read(r.prepare(&op), fd_, op.buffer, op.length, op.offset);
+          return;
+        }
+        const uint64_t first = op.offset & ~uint64_t{align_ - 1};
+        const uint64_t last = (op.offset + op.length + align_ - 1) & ~uint64_t{align_ - 1};
+        void* bounce = nullptr;
+        if (posix_memalign(&bounce, align_, last - first) != 0) return op.finish(-ENOMEM);
+        op.bounce = static_cast<uint8_t*>(bounce);
+        io_uring_prep_read(r.prepare(&op), fd_, op.bounce, static_cast<unsigned>(last - first), first);
+        return;
+      }
+      case Op::kWrite: {
+        int fd = (!direct_ || aligned(op)) ? fd_ : buffered_fd();
+        if (fd < 0) return op.finish(-errno);
+        io_uring_sqe* sqe = r.prepare(&op);
+        io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
+        if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
+        return;
+      }
+      case Op::kFlush:
+        io_uring_prep_fsync(r.prepare(&op), fd_, IORING_FSYNC_DATASYNC);
+        return;
+      case Op::kTrim:
+        io_uring_prep_fallocate(r.prepare(&op), fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
+        return;
+      case Op::kWriteZeroes: {
+        int mode = (op.flags & kNoHole) ? FALLOC_FL_ZERO_RANGE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        if (op.flags & kNoHole) op.stage = kStageZeroRange;
+        io_uring_prep_fallocate(r.prepare(&op), fd_, mode, op.offset, op.length);
+        return;
+      }
+      case Op::kCache:
+        io_uring_prep_fadvise(r.prepare(&op), fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
+        return;
+    }
+  }
+
+  void read_done(IoOp& op, int32_t result) noexcept {
+    if (result == -EAGAIN || result == -EINTR) return start_remaining_read(op);
+    if (op.bounce) {
+      const uint64_t first = op.offset & ~uint64_t{align_ - 1};
+      const uint64_t need = op.offset + op.length - first;
+      int32_t rc = result;
+      if (rc >= 0 && static_cast<uint64_t>(rc) < need) rc = -EIO;  // short read past EOF
+      if (rc >= 0) {
+        std::memcpy(op.buffer, op.bounce + (op.offset - first), op.length);
+        rc = static_cast<int32_t>(op.length);
+      }
+      free(op.bounce);
+      op.bounce = nullptr;
+      return op.finish(rc);
+    }
+    if (result < 0) return op.finish(result);
+    if (result == 0) return op.finish(-EIO);  // the file shrank under us
+    op.done_bytes += static_cast<uint32_t>(result);
+    if (op.done_bytes < op.length) return start_remaining_read(op);
+    op.finish(static_cast<int32_t>(op.length));
+  }
+
+  void start_remaining_read(IoOp& op) noexcept {
+    if (op.bounce) {  // retry the whole bounce read
+      free(op.bounce);
+      op.bounce = nullptr;
+      return start(op);
+    }
+    // A short read leaves the rest unaligned in general: finish it buffered.
+    int fd = op.done_bytes == 0 ? fd_ : buffered_fd();
+    if (fd < 0) return op.finish(-errno);
+    io_uring_prep_read(op.reactor->prepare(&op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
+                       op.offset + op.done_bytes);
+  }
+
+  void write_done(IoOp& op, int32_t result) noexcept {
+    if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
+    if (result == -EAGAIN || result == -EINTR) result = 0;
+    if (result < 0) return op.finish(result);
+    op.done_bytes += static_cast<uint32_t>(result);
+    if (op.done_bytes < op.length) {
+      int fd = buffered_fd();
+      if (fd < 0) return op.finish(-errno);
+      io_uring_sqe* sqe = op.reactor->prepare(&op);
+      io_uring_prep_write(sqe, fd, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
+      if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
+      return;
+    }
+    op.finish(static_cast<int32_t>(op.length));
+  }
+
+  void zeroes_done(IoOp& op, int32_t result) noexcept {
+    const bool unsupported = result == -EOPNOTSUPP || result == -ENOTTY || result == -EINVAL;
+    switch (op.stage) {
+      case kStageMain:  // punch hole
+        if (!unsupported) return finish_or_sync(op, result);
+        op.stage = kStageZeroRange;
+        io_uring_prep_fallocate(op.reactor->prepare(&op), fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
+        return;
+      case kStageZeroRange:
+        if (!unsupported) return finish_or_sync(op, result);
+        if (op.flags & kFastZero) return op.finish(-ENOTSUP);
+        if (!zeroes_ && posix_memalign(reinterpret_cast<void**>(&zeroes_), 4096, kZeroChunk) == 0) {
+          std::memset(zeroes_, 0, kZeroChunk);
+        }
+        if (!zeroes_) return op.finish(-ENOMEM);
+        op.stage = kStageZeroWrite;
+        op.done_bytes = 0;
+        return write_zero_chunk(op);
+      case kStageZeroWrite:
+        if (result < 0 && result != -EAGAIN && result != -EINTR) return op.finish(result);
+        if (result > 0) op.done_bytes += static_cast<uint32_t>(result);
+        if (op.done_bytes < op.length) return write_zero_chunk(op);
+        return finish_or_sync(op, 0);
+      case kStageFuaSync:
+        return op.finish(result < 0 ? result : 0);
+    }
+  }
+
+  void write_zero_chunk(IoOp& op) noexcept {
+    uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
+    const uint64_t pos = op.offset + op.done_bytes;
+    int fd = (direct_ && (pos % align_ == 0) && (n % align_ == 0)) ? fd_ : buffered_fd();
+    io_uring_prep_write(op.reactor->prepare(&op), fd, zeroes_, n, pos);
+  }
+
+  // Trim and zero with FUA: the metadata change must be durable too.
+  void finish_or_sync(IoOp& op, int32_t result) noexcept {
+    if (result < 0 || !(op.flags & kFua)) return op.finish(result < 0 ? result : 0);
+    op.stage = kStageFuaSync;
+    io_uring_prep_fsync(op.reactor->prepare(&op), fd_, IORING_FSYNC_DATASYNC);
+  }
+
+  int fd_;
+  int buffered_fd_ = -1;
+  bool direct_;
+  bool block_device_;
+  uint64_t size_;
+  uint32_t align_;
+  RawOptions options_;
+  uint8_t* zeroes_ = nullptr;
+};
+
+uint32_t direct_io_alignment(int fd, bool block_device) {
+  struct statx stx{};
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 && (stx.stx_mask & STATX_DIOALIGN) &&
+      stx.stx_dio_offset_align != 0) {
+    uint32_t a = std::max(stx.stx_dio_offset_align, stx.stx_dio_mem_align);
+    return std::max<uint32_t>(a, 512);
+  }
+  if (block_device) {
+    int logical = 0;
+    if (ioctl(fd, BLKSSZGET, &logical) == 0 && logical > 0) return static_cast<uint32_t>(logical);
+  }
+  return 4096;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string& error) {
+  const int access = options.read_only ? O_RDONLY : O_RDWR;
+  bool direct = options.direct;
+  int fd = open(options.path.c_str(), access | O_CLOEXEC | (direct ? O_DIRECT : 0));
+  if (fd < 0 && direct && errno == EINVAL) {
+    // tmpfs and some FUSE file systems refuse O_DIRECT.
+    direct = false;
+    fd = open(options.path.c_str(), access | O_CLOEXEC);
+  }
+  if (fd < 0) {
+    error = options.path + ": " + std::strerror(errno);
+    return nullptr;
+  }
+  struct stat st{};
+  if (fstat(fd, &st) != 0) {
+    error = options.path + ": " + std::strerror(errno);
+    close(fd);
+    return nullptr;
+  }
+  const bool block_device = S_ISBLK(st.st_mode);
+  uint64_t real_size = 0;
+  if (block_device) {
+    if (ioctl(fd, BLKGETSIZE64, &real_size) != 0) {
+      error = options.path + ": cannot read the device size: " + std::strerror(errno);
+      close(fd);
+      return nullptr;
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    real_size = static_cast<uint64_t>(st.st_size);
+  } else {
+    error = options.path + ": not a regular file or block device";
+    close(fd);
+    return nullptr;
+  }
+  uint64_t size = options.size ? options.size : real_size;
+  if (size > real_size) {
+    error = options.path + ": is " + std::to_string(real_size) + " bytes, smaller than the export size " +
+            std::to_string(size);
+    close(fd);
+    return nullptr;
+  }
+  const uint32_t align = direct ? direct_io_alignment(fd, block_device) : 1;
+  return std::make_unique<RawBackend>(fd, direct, block_device, size, align, options);
+}
+
+}  // namespace ioband::io

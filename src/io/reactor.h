@@ -1,0 +1,93 @@
+#pragma once
+// The reactor: one event loop per thread over one io_uring. Every storage
+// and socket operation of the thread goes through submit(); this is the one
+// place that knows about submission queue entries (STYLE.md point 11).
+//
+// An operation is owned by a Completion. Its user_data is the Completion's
+// address; the reactor calls on_complete() with the CQE's result and flags.
+// The owner must keep the Completion alive until that call (for multishot
+// operations, until a CQE arrives without IORING_CQE_F_MORE).
+
+#include <liburing.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ioband::io {
+
+class Completion {
+ public:
+  virtual void on_complete(int32_t result, uint32_t flags) noexcept = 0;
+
+ protected:
+  ~Completion() = default;
+};
+
+// A Completion that forwards to a callable; handy for one-off operations
+// (timers, signal reads) where a class would be noise.
+class CallbackCompletion final : public Completion {
+ public:
+  explicit CallbackCompletion(std::function<void(int32_t, uint32_t)> fn) : fn_(std::move(fn)) {}
+  void on_complete(int32_t result, uint32_t flags) noexcept override { fn_(result, flags); }
+
+ private:
+  std::function<void(int32_t, uint32_t)> fn_;
+};
+
+class Reactor {
+ public:
+  // Creates the ring; throws std::system_error if io_uring is unusable.
+  explicit Reactor(unsigned entries = 1024, int index = 0);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // Returns a cleared SQE whose user_data is owner. When the submission
+  // queue is full the pending entries are submitted first, so this never
+  // fails while the ring is alive.
+  io_uring_sqe* prepare(Completion* owner) noexcept;
+
+  // Runs the loop until stop() is called and idle() holds.
+  void run();
+  // Thread-safe: asks the loop to stop after the current iteration.
+  void stop();
+  // Thread-safe: runs fn on the reactor's thread.
+  void post(std::function<void()> fn);
+  // Runs fn once after the current batch of completions (reply coalescing).
+  void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+
+  // Arms a one-shot timer; owner->on_complete(-ETIME) when it fires,
+  // -ECANCELED if cancelled. ts must live until completion.
+  void arm_timer(Completion* owner, __kernel_timespec* ts) noexcept;
+  void cancel(Completion* owner) noexcept;
+
+  // While this returns false the loop keeps running after stop().
+  void set_idle_check(std::function<bool()> fn) { idle_check_ = std::move(fn); }
+
+  int index() const noexcept { return index_; }
+  bool stopping() const noexcept { return stopping_; }
+  uint64_t iterations() const noexcept { return iterations_; }
+
+ private:
+  class WakeReader;
+  void arm_wake() noexcept;
+  void drain_posted();
+
+  io_uring ring_{};
+  int index_;
+  int wake_fd_ = -1;
+  uint64_t wake_value_ = 0;
+  WakeReader* wake_reader_;
+  std::mutex posted_mutex_;
+  std::vector<std::function<void()>> posted_;  // guarded by posted_mutex_
+  std::vector<std::function<void()>> deferred_;
+  std::function<bool()> idle_check_;
+  bool stopping_ = false;
+  uint64_t iterations_ = 0;
+};
+
+}  // namespace ioband::io

@@ -1,0 +1,76 @@
+#pragma once
+// An export: a name clients ask for, a backend, and the reactor that serves
+// its connections (a device group, and so its exports, lives on one reactor).
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "io/backend.h"
+#include "io/reactor.h"
+#include "nbd/protocol.h"
+
+namespace ioband::nbd {
+
+struct Export {
+  std::string name;
+  std::string description;
+  std::unique_ptr<io::Backend> backend;
+  bool read_only = false;
+  io::Reactor* reactor = nullptr;
+  std::atomic<int> connections{0};
+
+  uint16_t transmission_flags() const noexcept {
+    const io::BackendTraits traits = backend->traits();
+    uint16_t flags = kTxHasFlags | kTxSendFlush | kTxSendFua | kTxSendCache | kTxCanMultiConn | kTxSendDf;
+    if (read_only || traits.read_only) {
+      flags |= kTxReadOnly;
+    } else {
+      flags |= kTxSendWriteZeroes;
+      if (traits.can_trim) flags |= kTxSendTrim;
+      if (traits.can_fast_zero) flags |= kTxSendFastZero;
+    }
+    if (traits.rotational) flags |= kTxRotational;
+    return flags;
+  }
+  bool is_read_only() const noexcept { return read_only || backend->traits().read_only; }
+};
+
+// The exports by name. Looked up during handshakes on any reactor, changed by
+// the control plane, hence the lock (never held on the request path).
+class ExportRegistry {
+ public:
+  bool add(std::shared_ptr<Export> e) {
+    std::unique_lock lock(mutex_);
+    return exports_.emplace(e->name, std::move(e)).second;
+  }
+  std::shared_ptr<Export> remove(const std::string& name) {
+    std::unique_lock lock(mutex_);
+    auto it = exports_.find(name);
+    if (it == exports_.end()) return nullptr;
+    auto e = std::move(it->second);
+    exports_.erase(it);
+    return e;
+  }
+  std::shared_ptr<Export> find(const std::string& name) const {
+    std::shared_lock lock(mutex_);
+    auto it = exports_.find(name);
+    return it == exports_.end() ? nullptr : it->second;
+  }
+  std::vector<std::shared_ptr<Export>> list() const {
+    std::shared_lock lock(mutex_);
+    std::vector<std::shared_ptr<Export>> out;
+    for (auto& [name, e] : exports_) out.push_back(e);
+    return out;
+  }
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<Export>> exports_;
+};
+
+}  // namespace ioband::nbd

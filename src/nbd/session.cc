@@ -1,0 +1,731 @@
+#include "nbd/session.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "io/log.h"
+
+namespace ioband::nbd {
+
+// ---------------------------------------------------------------- requests
+
+void NbdRequest::finish(int32_t result) noexcept { session->io_done(*this, result); }
+
+bool NbdRequest::ensure_capacity(uint32_t bytes) noexcept {
+  if (capacity >= bytes) return true;
+  free(data);
+  data = nullptr;
+  capacity = 0;
+  const uint32_t rounded = (bytes + 4095u) & ~4095u;
+  void* p = nullptr;
+  if (posix_memalign(&p, 4096, rounded) != 0) return false;
+  data = static_cast<uint8_t*>(p);
+  capacity = rounded;
+  return true;
+}
+
+NbdRequest::~NbdRequest() { free(data); }
+
+// ---------------------------------------------------------------- lifecycle
+
+Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
+    : host_(std::move(host)), fd_(fd), peer_(std::move(peer)), id_(id), in_(new uint8_t[kStagingSize]) {
+  recv_op_.session = this;
+  send_op_.session = this;
+}
+
+Session::~Session() {
+  while (free_) {
+    NbdRequest* r = free_;
+    free_ = r->next;
+    delete r;
+  }
+  if (export_) export_->connections.fetch_sub(1, std::memory_order_relaxed);
+  close(fd_);
+}
+
+void Session::start() noexcept {
+  uint8_t greeting[18];
+  store16(store64(store64(greeting, kNbdMagic), kOptionMagic), kFlagFixedNewstyle | kFlagNoZeroes);
+  handshake_out_.assign(reinterpret_cast<char*>(greeting), sizeof greeting);
+  flush();
+  arm_recv();
+}
+
+void Session::resume_on(io::Reactor* reactor) noexcept {
+  host_.reactor = reactor;
+  phase_ = Phase::kTransmission;
+  process_input();
+}
+
+void Session::shutdown() noexcept { begin_close("server shutting down"); }
+
+void Session::abort(uint32_t) noexcept {
+  ::shutdown(fd_, SHUT_RDWR);
+  begin_close("export removed");
+}
+
+void Session::begin_close(const char* why) noexcept {
+  if (phase_ != Phase::kClosing) {
+    phase_ = Phase::kClosing;
+    close_reason_ = why;
+  }
+  if (recv_pending_) host_.reactor->cancel(&recv_op_);
+  // A write whose data never fully arrived is not acknowledged; its buffer
+  // is released once no recv can still be writing into it.
+  if (payload_request_ && !(payload_direct_ && recv_pending_)) {
+    NbdRequest* r = payload_request_;
+    payload_request_ = nullptr;
+    payload_direct_ = false;
+    release_request(r);
+  }
+  maybe_destroy();
+}
+
+void Session::maybe_destroy() noexcept {
+  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || inflight_ != 0) return;
+  std::string line = "connection " + std::to_string(id_) + " closed";
+  if (export_) line += " (export " + export_->name + ")";
+  if (close_reason_) line += ": " + std::string(close_reason_);
+  log_line(line);
+  host_.on_closed(this);  // deletes this
+}
+
+// ---------------------------------------------------------------- input
+
+bool Session::reading_paused() const noexcept {
+  return inflight_ >= kMaxInflight || inflight_bytes_ >= kMaxInflightBytes;
+}
+
+void Session::arm_recv() noexcept {
+  if (recv_pending_ || input_closed_ || phase_ == Phase::kClosing || phase_ == Phase::kMigrating) return;
+  io_uring_sqe* sqe = host_.reactor->prepare(&recv_op_);
+  if (payload_direct_) {
+    NbdRequest* r = payload_request_;
+    io_uring_prep_recv(sqe, fd_, r->data + r->received, r->header.length - r->received, 0);
+  } else {
+    if (in_start_ == in_end_) in_start_ = in_end_ = 0;
+    if (in_end_ == kStagingSize) {
+      std::memmove(in_.get(), in_.get() + in_start_, available());
+      in_end_ -= in_start_;
+      in_start_ = 0;
+    }
+    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, kStagingSize - in_end_, 0);
+  }
+  recv_pending_ = true;
+}
+
+void Session::recv_done(int32_t result) noexcept {
+  recv_pending_ = false;
+  if (phase_ == Phase::kClosing) {
+    input_closed_ = true;
+    if (payload_request_) {
+      NbdRequest* r = payload_request_;
+      payload_request_ = nullptr;
+      payload_direct_ = false;
+      release_request(r);
+    }
+    return maybe_destroy();
+  }
+  if (result == -EAGAIN || result == -EINTR || result == -ENOBUFS) {
+    arm_recv();
+    return;
+  }
+  if (result <= 0) {
+    input_closed_ = true;
+    return begin_close(result == 0 ? "client disconnected" : "connection reset");
+  }
+  if (payload_direct_) {
+    NbdRequest* r = payload_request_;
+    r->received += static_cast<uint32_t>(result);
+    if (r->received == r->header.length) {
+      payload_direct_ = false;
+      payload_request_ = nullptr;
+      dispatch(*r);
+    }
+  } else {
+    in_end_ += static_cast<uint32_t>(result);
+  }
+  process_input();
+}
+
+void Session::process_input() noexcept {
+  for (;;) {
+    bool progressed = false;
+    switch (phase_) {
+      case Phase::kGreeting:
+      case Phase::kOptions: progressed = process_handshake(); break;
+      case Phase::kTransmission: progressed = process_request(); break;
+      case Phase::kMigrating:
+      case Phase::kClosing: progressed = false; break;
+    }
+    if (!progressed) break;
+  }
+  // Reading stops while the session is over its limits (memory stays
+  // bounded); a WRITE whose payload is arriving is always completed.
+  const bool want_input = payload_request_ != nullptr || discard_ != 0 || phase_ != Phase::kTransmission ||
+                          (!reading_paused() && !disconnect_requested_);
+  if (want_input) arm_recv();
+}
+
+// ---------------------------------------------------------------- handshake
+
+bool Session::process_handshake() noexcept {
+  if (discard_) {
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(discard_, available()));
+    in_start_ += n;
+    discard_ -= n;
+    return discard_ == 0 && available() > 0;
+  }
+  const uint8_t* p = in_.get() + in_start_;
+  if (phase_ == Phase::kGreeting) {
+    if (available() < 4) return false;
+    const uint32_t flags = load32(p);
+    in_start_ += 4;
+    if (flags & ~(kClientFixedNewstyle | kClientNoZeroes)) {
+      begin_close("unknown client handshake flags");
+      return false;
+    }
+    no_zeroes_ = flags & kClientNoZeroes;
+    phase_ = Phase::kOptions;
+    return true;
+  }
+  if (available() < 16) return false;
+  const uint64_t magic = load64(p);
+  const uint32_t option = load32(p + 8);
+  const uint32_t length = load32(p + 12);
+  if (magic != kOptionMagic) {
+    begin_close("bad option magic");
+    return false;
+  }
+  if (++options_seen_ > kMaxOptions) {
+    begin_close("too many handshake options");
+    return false;
+  }
+  if (length > kMaxOptionLength) {
+    if (option == kOptExportName) {  // no way to answer an error: hang up
+      begin_close("export name too long");
+      return false;
+    }
+    in_start_ += 16;
+    discard_ = length;
+    option_error(option, kRepErrTooBig, "option data too long");
+    return true;
+  }
+  if (available() < 16 + length) return false;
+  in_start_ += 16 + length;
+  handle_option(option, p + 16, length);
+  return phase_ == Phase::kOptions || phase_ == Phase::kTransmission;
+}
+
+void Session::option_reply(uint32_t option, uint32_t type, const void* data, uint32_t length) noexcept {
+  uint8_t header[20];
+  store32(store32(store32(store64(header, kOptionReplyMagic), option), type), length);
+  handshake_out_.append(reinterpret_cast<char*>(header), sizeof header);
+  if (length) handshake_out_.append(static_cast<const char*>(data), length);
+  schedule_flush();
+}
+
+void Session::option_error(uint32_t option, uint32_t type, const std::string& message) noexcept {
+  option_reply(option, type, message.data(), static_cast<uint32_t>(message.size()));
+}
+
+void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t length) noexcept {
+  switch (option) {
+    case kOptExportName: {
+      std::string name(reinterpret_cast<const char*>(data), length);
+      auto e = name.empty() && host_.exports->list().size() == 1 ? host_.exports->list().front()
+                                                                  : host_.exports->find(name);
+      if (!e) {
+        log_line("connection " + std::to_string(id_) + ": unknown export '" + name + "'");
+        begin_close("unknown export");
+        return;
+      }
+      export_ = std::move(e);
+      uint8_t reply[10 + 124] = {};
+      store16(store64(reply, export_->backend->size()), export_->transmission_flags());
+      handshake_out_.append(reinterpret_cast<char*>(reply), no_zeroes_ ? 10 : sizeof reply);
+      schedule_flush();
+      enter_transmission();
+      return;
+    }
+    case kOptAbort:
+      option_reply(option, kRepAck, nullptr, 0);
+      begin_close("client aborted the handshake");
+      return;
+    case kOptList: {
+      if (length != 0) return option_error(option, kRepErrInvalid, "LIST takes no data");
+      for (auto& e : host_.exports->list()) {
+        std::string body(4, '\0');
+        store32(reinterpret_cast<uint8_t*>(body.data()), static_cast<uint32_t>(e->name.size()));
+        body += e->name;
+        body += e->description;
+        option_reply(option, kRepServer, body.data(), static_cast<uint32_t>(body.size()));
+      }
+      option_reply(option, kRepAck, nullptr, 0);
+      return;
+    }
+    case kOptStructuredReply:
+      if (length != 0) return option_error(option, kRepErrInvalid, "STRUCTURED_REPLY takes no data");
+      context_.structured_replies = true;
+      option_reply(option, kRepAck, nullptr, 0);
+      return;
+    case kOptInfo:
+    case kOptGo:
+      return handle_info_or_go(option, data, length);
+    case kOptListMetaContext:
+    case kOptSetMetaContext:
+      return handle_meta_context(option, data, length);
+    default:
+      return option_error(option, kRepErrUnsup, "option " + std::to_string(option) + " is not supported");
+  }
+}
+
+void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t length) noexcept {
+  if (length < 6) return option_error(option, kRepErrInvalid, "INFO/GO data too short");
+  const uint32_t name_length = load32(data);
+  if (name_length > length - 6) return option_error(option, kRepErrInvalid, "export name length out of range");
+  const uint16_t requests = load16(data + 4 + name_length);
+  if (length != 4 + name_length + 2 + 2u * requests) {
+    return option_error(option, kRepErrInvalid, "INFO/GO length does not match its requests");
+  }
+  std::string name(reinterpret_cast<const char*>(data + 4), name_length);
+  auto e = name.empty() && host_.exports->list().size() == 1 ? host_.exports->list().front()
+                                                              : host_.exports->find(name);
+  if (!e) return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
+
+  uint8_t info[14];
+  store16(store64(store16(info, kInfoExport), e->backend->size()), e->transmission_flags());
+  option_reply(option, kRepInfo, info, 12);
+  for (uint16_t i = 0; i < requests; ++i) {
+    const uint16_t type = load16(data + 4 + name_length + 2 + 2u * i);
+    if (type == kInfoName) {
+      std::string body(2, '\0');
+      store16(reinterpret_cast<uint8_t*>(body.data()), kInfoName);
+      body += e->name;
+      option_reply(option, kRepInfo, body.data(), static_cast<uint32_t>(body.size()));
+    } else if (type == kInfoDescription && !e->description.empty()) {
+      std::string body(2, '\0');
+      store16(reinterpret_cast<uint8_t*>(body.data()), kInfoDescription);
+      body += e->description;
+      option_reply(option, kRepInfo, body.data(), static_cast<uint32_t>(body.size()));
+    }
+  }
+  // Block sizes are sent whether asked or not: any alignment is accepted,
+  // 4 KiB is the efficient size, 32 MiB the largest payload.
+  store32(store32(store32(store16(info, kInfoBlockSize), 1), e->backend->traits().preferred_block), kMaxPayload);
+  option_reply(option, kRepInfo, info, 14);
+  option_reply(option, kRepAck, nullptr, 0);
+  if (option == kOptGo) {
+    export_ = std::move(e);
+    enter_transmission();
+  }
+}
+
+void Session::handle_meta_context(uint32_t option, const uint8_t* data, uint32_t length) noexcept {
+  if (option == kOptSetMetaContext && !context_.structured_replies) {
+    return option_error(option, kRepErrInvalid, "SET_META_CONTEXT needs structured replies first");
+  }
+  if (length < 8) return option_error(option, kRepErrInvalid, "meta context data too short");
+  const uint32_t name_length = load32(data);
+  if (name_length > length - 8) return option_error(option, kRepErrInvalid, "export name length out of range");
+  std::string name(reinterpret_cast<const char*>(data + 4), name_length);
+  uint32_t pos = 4 + name_length;
+  const uint32_t queries = load32(data + pos);
+  pos += 4;
+  // Parse every query before answering, so a malformed one answers nothing else.
+  std::vector<std::string> asked;
+  for (uint32_t i = 0; i < queries; ++i) {
+    if (length - pos < 4) return option_error(option, kRepErrInvalid, "meta context query truncated");
+    const uint32_t qlen = load32(data + pos);
+    pos += 4;
+    if (qlen > length - pos) return option_error(option, kRepErrInvalid, "meta context query truncated");
+    asked.emplace_back(reinterpret_cast<const char*>(data + pos), qlen);
+    pos += qlen;
+  }
+  if (pos != length) return option_error(option, kRepErrInvalid, "trailing data after meta context queries");
+  if (!(name.empty() && host_.exports->list().size() == 1) && !host_.exports->find(name)) {
+    return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
+  }
+  bool match = false;
+  if (option == kOptListMetaContext && asked.empty()) match = true;
+  for (const auto& q : asked) {
+    if (q == kBaseAllocation || (option == kOptListMetaContext && (q == "base:" || q == "base:allocation"))) {
+      match = true;
+    }
+  }
+  if (option == kOptSetMetaContext) context_.base_allocation = match;
+  if (match) {
+    std::string body(4, '\0');
+    store32(reinterpret_cast<uint8_t*>(body.data()), option == kOptSetMetaContext ? kBaseAllocationId : 0);
+    body += kBaseAllocation;
+    option_reply(option, kRepMetaContext, body.data(), static_cast<uint32_t>(body.size()));
+  }
+  option_reply(option, kRepAck, nullptr, 0);
+}
+
+void Session::enter_transmission() noexcept {
+  export_->connections.fetch_add(1, std::memory_order_relaxed);
+  context_.export_size = export_->backend->size();
+  context_.read_only = export_->is_read_only();
+  log_line("connection " + std::to_string(id_) + " from " + peer_.address + " to export " + export_->name +
+           (context_.structured_replies ? " (structured replies)" : ""));
+  phase_ = export_->reactor && export_->reactor != host_.reactor ? Phase::kMigrating : Phase::kTransmission;
+}
+
+// ---------------------------------------------------------------- transmission
+
+NbdRequest* Session::acquire_request() noexcept {
+  NbdRequest* r = free_;
+  if (r) {
+    free_ = r->next;
+    --free_count_;
+  } else {
+    r = new (std::nothrow) NbdRequest;
+    if (!r) return nullptr;
+    r->session = this;
+  }
+  r->next = nullptr;
+  r->error = kOk;
+  r->error_reason = nullptr;
+  r->received = 0;
+  r->reply_data = nullptr;
+  r->reply_data_length = 0;
+  r->extra.clear();
+  ++inflight_;
+  return r;
+}
+
+void Session::release_request(NbdRequest* r) noexcept {
+  --inflight_;
+  if (r->header.type == kCmdRead || r->header.type == kCmdWrite) inflight_bytes_ -= r->header.length;
+  // Keep a few requests and modest buffers for reuse; give back the rest.
+  if (free_count_ >= 64) {
+    delete r;
+  } else {
+    if (r->capacity > (1u << 20)) {
+      free(r->data);
+      r->data = nullptr;
+      r->capacity = 0;
+    }
+    r->next = free_;
+    free_ = r;
+    ++free_count_;
+  }
+}
+
+bool Session::process_request() noexcept {
+  if (payload_request_) {
+    NbdRequest* r = payload_request_;
+    const uint32_t n = std::min(available(), r->header.length - r->received);
+    std::memcpy(r->data + r->received, in_.get() + in_start_, n);
+    in_start_ += n;
+    r->received += n;
+    if (r->received < r->header.length) {
+      // A large remainder goes straight into the request's buffer.
+      payload_direct_ = r->header.length - r->received >= kStagingSize / 2;
+      return false;
+    }
+    payload_request_ = nullptr;
+    dispatch(*r);
+    return true;
+  }
+  if (discard_) {
+    const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(discard_, available()));
+    in_start_ += n;
+    discard_ -= n;
+    return discard_ == 0;
+  }
+  if (disconnect_requested_ || reading_paused() || available() < kRequestSize) return false;
+
+  const RequestHeader header = decode_request(in_.get() + in_start_);
+  in_start_ += kRequestSize;
+  const Verdict verdict = validate_request(header, context_);
+  switch (verdict.kind) {
+    case Verdict::kBrokenStream:
+      log_line("connection " + std::to_string(id_) + ": " + verdict.reason + ", closing");
+      begin_close(verdict.reason);
+      return false;
+    case Verdict::kDisconnect:
+      disconnect_requested_ = true;
+      input_closed_ = true;
+      begin_close("client sent DISC");
+      return false;
+    case Verdict::kReject: {
+      NbdRequest* r = acquire_request();
+      if (!r) {
+        begin_close("out of memory");
+        return false;
+      }
+      r->header = header;
+      r->header.length = 0;  // nothing buffered for it
+      discard_ = verdict.payload;
+      reply_error(*r, verdict.error, verdict.reason);
+      return true;
+    }
+    case Verdict::kServe:
+      break;
+  }
+  NbdRequest* r = acquire_request();
+  if (!r) {
+    begin_close("out of memory");
+    return false;
+  }
+  r->header = header;
+  if (header.type == kCmdRead || header.type == kCmdWrite) {
+    inflight_bytes_ += header.length;
+    if (!r->ensure_capacity(header.length)) {
+      discard_ = verdict.payload;
+      reply_error(*r, kEnomem, "cannot allocate the request buffer");
+      return true;
+    }
+  }
+  if (header.type == kCmdWrite) {
+    payload_request_ = r;
+    return true;  // the payload is copied on the next pass
+  }
+  dispatch(*r);
+  return true;
+}
+
+void Session::dispatch(NbdRequest& r) noexcept {
+  const RequestHeader& h = r.header;
+  if (h.type == kCmdBlockStatus) {
+    build_block_status(r);
+    return;
+  }
+  r.offset = h.offset;
+  r.length = h.length;
+  r.buffer = r.data;
+  r.flags = 0;
+  if (h.flags & kCmdFlagFua) r.flags |= io::kFua;
+  switch (h.type) {
+    case kCmdRead: r.op = io::Op::kRead; break;
+    case kCmdWrite: r.op = io::Op::kWrite; break;
+    case kCmdFlush: r.op = io::Op::kFlush; break;
+    case kCmdTrim: r.op = io::Op::kTrim; break;
+    case kCmdCache: r.op = io::Op::kCache; break;
+    case kCmdWriteZeroes:
+      r.op = io::Op::kWriteZeroes;
+      if (h.flags & kCmdFlagNoHole) r.flags |= io::kNoHole;
+      if (h.flags & kCmdFlagFastZero) r.flags |= io::kFastZero;
+      break;
+  }
+  export_->backend->submit(*host_.reactor, r);
+}
+
+namespace {
+
+bool all_zero(const uint8_t* p, uint32_t n) noexcept {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    if (w) return false;
+  }
+  for (; i < n; ++i) {
+    if (p[i]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void Session::io_done(NbdRequest& r, int32_t result) noexcept {
+  if (result < 0) {
+    log_line("connection " + std::to_string(id_) + ": " + command_name(r.header.type) + " at " +
+             std::to_string(r.header.offset) + "+" + std::to_string(r.header.length) + " failed: " +
+             std::strerror(-result));
+    return reply_error(r, nbd_error_from_errno(result), std::strerror(-result));
+  }
+  const RequestHeader& h = r.header;
+  if (h.type == kCmdRead && context_.structured_replies) {
+    if (all_zero(r.data, h.length)) {
+      encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetHole, h.cookie, 12);
+      store32(store64(r.reply_header + kChunkHeaderSize, h.offset), h.length);
+      r.reply_header_length = kChunkHeaderSize + 12;
+    } else {
+      encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetData, h.cookie, 8 + h.length);
+      store64(r.reply_header + kChunkHeaderSize, h.offset);
+      r.reply_header_length = kChunkHeaderSize + 8;
+      r.reply_data = r.data;
+      r.reply_data_length = h.length;
+    }
+  } else {
+    encode_simple_reply(r.reply_header, kOk, h.cookie);
+    r.reply_header_length = kSimpleReplySize;
+    if (h.type == kCmdRead) {
+      r.reply_data = r.data;
+      r.reply_data_length = h.length;
+    }
+  }
+  queue_reply(r);
+}
+
+void Session::reply_error(NbdRequest& r, uint32_t error, const char* reason) noexcept {
+  const RequestHeader& h = r.header;
+  r.reply_data = nullptr;
+  r.reply_data_length = 0;
+  const bool structured = context_.structured_replies && (h.type == kCmdRead || h.type == kCmdBlockStatus);
+  if (structured) {
+    const std::string_view message = reason ? reason : "";
+    const uint16_t mlen = static_cast<uint16_t>(std::min<size_t>(message.size(), 4096));
+    encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkError, h.cookie, 6u + mlen);
+    r.reply_header_length = kChunkHeaderSize;
+    r.extra.resize(6 + mlen);
+    store16(store32(r.extra.data(), error), mlen);
+    std::memcpy(r.extra.data() + 6, message.data(), mlen);
+  } else {
+    encode_simple_reply(r.reply_header, error, h.cookie);
+    r.reply_header_length = kSimpleReplySize;
+  }
+  queue_reply(r);
+}
+
+void Session::build_block_status(NbdRequest& r) noexcept {
+  const RequestHeader& h = r.header;
+  std::vector<io::Extent> extents;
+  extents.reserve(16);
+  int rc = export_->backend->block_status(h.offset, h.length, extents);
+  if (rc < 0 || extents.empty()) return reply_error(r, nbd_error_from_errno(rc < 0 ? rc : -EIO), "block status failed");
+  if (h.flags & kCmdFlagReqOne) extents.resize(1);
+  r.extra.resize(4 + 8 * extents.size());
+  uint8_t* p = store32(r.extra.data(), kBaseAllocationId);
+  uint64_t covered = 0;
+  size_t used = 0;
+  for (const auto& e : extents) {
+    uint64_t len = std::min<uint64_t>(e.length, h.length - covered);
+    if (len == 0) break;
+    p = store32(store32(p, static_cast<uint32_t>(len)), e.flags);
+    covered += len;
+    ++used;
+  }
+  r.extra.resize(4 + 8 * used);
+  encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkBlockStatus, h.cookie,
+                      static_cast<uint32_t>(r.extra.size()));
+  r.reply_header_length = kChunkHeaderSize;
+  queue_reply(r);
+}
+
+// ---------------------------------------------------------------- output
+
+void Session::queue_reply(NbdRequest& r) noexcept {
+  r.next = nullptr;
+  if (out_tail_) {
+    out_tail_->next = &r;
+  } else {
+    out_head_ = &r;
+  }
+  out_tail_ = &r;
+  schedule_flush();
+}
+
+void Session::schedule_flush() noexcept {
+  if (flush_scheduled_) return;
+  flush_scheduled_ = true;
+  host_.reactor->defer([this] {
+    flush_scheduled_ = false;
+    flush();
+    maybe_destroy();
+  });
+}
+
+namespace {
+
+uint32_t reply_size(const NbdRequest& r) noexcept {
+  return r.reply_header_length + r.reply_data_length + static_cast<uint32_t>(r.extra.size());
+}
+
+}  // namespace
+
+void Session::flush() noexcept {
+  if (send_pending_) return;
+  iov_.clear();
+  if (handshake_sent_ < handshake_out_.size()) {
+    iov_.push_back({handshake_out_.data() + handshake_sent_, handshake_out_.size() - handshake_sent_});
+  } else if (out_head_) {
+    uint32_t skip = out_offset_;
+    for (NbdRequest* r = out_head_; r && iov_.size() + 3 <= 1020; r = r->next) {
+      const iovec parts[3] = {
+          {r->reply_header, r->reply_header_length},
+          {const_cast<uint8_t*>(r->reply_data), r->reply_data_length},
+          {r->extra.data(), r->extra.size()},
+      };
+      for (const iovec& part : parts) {
+        if (part.iov_len == 0) continue;
+        if (skip >= part.iov_len) {
+          skip -= static_cast<uint32_t>(part.iov_len);
+          continue;
+        }
+        iov_.push_back({static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip});
+        skip = 0;
+      }
+    }
+  } else {
+    if (phase_ == Phase::kMigrating) {
+      host_.migrate(this, export_->reactor);
+    }
+    return;
+  }
+  msg_ = {};
+  msg_.msg_iov = iov_.data();
+  msg_.msg_iovlen = iov_.size();
+  io_uring_prep_sendmsg(host_.reactor->prepare(&send_op_), fd_, &msg_, MSG_NOSIGNAL);
+  send_pending_ = true;
+}
+
+void Session::send_done(int32_t result) noexcept {
+  send_pending_ = false;
+  if (result == -EAGAIN || result == -EINTR) {
+    flush();
+    return;
+  }
+  if (result < 0) {
+    // The peer is gone: nothing queued can be delivered.
+    while (out_head_) {
+      NbdRequest* r = out_head_;
+      out_head_ = r->next;
+      release_request(r);
+    }
+    out_tail_ = nullptr;
+    out_offset_ = 0;
+    handshake_out_.clear();
+    handshake_sent_ = 0;
+    input_closed_ = true;
+    begin_close("send failed");
+    return;
+  }
+  uint32_t bytes = static_cast<uint32_t>(result);
+  if (handshake_sent_ < handshake_out_.size()) {
+    handshake_sent_ += bytes;
+    if (handshake_sent_ == handshake_out_.size()) {
+      handshake_out_.clear();
+      handshake_sent_ = 0;
+    }
+  } else {
+    while (out_head_ && bytes > 0) {
+      const uint32_t left = reply_size(*out_head_) - out_offset_;
+      if (bytes < left) {
+        out_offset_ += bytes;
+        break;
+      }
+      bytes -= left;
+      out_offset_ = 0;
+      NbdRequest* r = out_head_;
+      out_head_ = r->next;
+      if (!out_head_) out_tail_ = nullptr;
+      release_request(r);
+    }
+    // Replies drained: a session paused at its limits may read again.
+    if (phase_ == Phase::kTransmission) process_input();
+  }
+  flush();
+  maybe_destroy();
+}
+
+}  // namespace ioband::nbd

@@ -1,0 +1,178 @@
+#pragma once
+// One NBD connection: the fixed-newstyle handshake, then transmission.
+//
+// Input arrives through one outstanding recv into a staging buffer; requests
+// are parsed from it, checked by validate_request(), and handed to the
+// export's backend. Replies are queued in completion order and written with
+// one sendmsg per reactor iteration, so a burst of completions costs one
+// system call. At most kMaxInflight requests and kMaxInflightBytes of
+// buffers exist per connection: past that, the session stops reading until
+// replies drain, so memory is bounded whatever the client does.
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/backend.h"
+#include "io/reactor.h"
+#include "nbd/export.h"
+#include "nbd/protocol.h"
+#include "nbd/validate.h"
+
+namespace ioband::nbd {
+
+class Session;
+
+// Who is on the other end, read once at accept.
+struct PeerIdentity {
+  bool unix_socket = false;
+  int pid = -1;
+  unsigned uid = 0;
+  unsigned gid = 0;
+  std::string address;  // TCP: "host:port"; Unix: "pid N uid N"
+};
+
+struct NbdRequest final : io::IoOp {
+  Session* session = nullptr;
+  RequestHeader header{};
+  uint8_t* data = nullptr;  // 4096-aligned payload buffer
+  uint32_t capacity = 0;
+  uint32_t received = 0;  // WRITE payload bytes received so far
+  uint32_t error = kOk;   // NBD error for the reply
+  const char* error_reason = nullptr;
+
+  // The reply as up to three iovecs: header, data, extra.
+  uint8_t reply_header[32];
+  uint32_t reply_header_length = 0;
+  const uint8_t* reply_data = nullptr;
+  uint32_t reply_data_length = 0;
+  std::vector<uint8_t> extra;
+  NbdRequest* next = nullptr;
+
+  void finish(int32_t result) noexcept override;
+  bool ensure_capacity(uint32_t bytes) noexcept;
+  ~NbdRequest();
+};
+
+// Per-reactor bookkeeping the server keeps for its sessions.
+struct SessionHost {
+  io::Reactor* reactor = nullptr;
+  ExportRegistry* exports = nullptr;
+  std::function<void(Session*)> on_closed;  // called on the session's reactor
+  std::function<void(Session*, io::Reactor*)> migrate;  // hand to another reactor
+};
+
+class Session {
+ public:
+  static constexpr uint32_t kStagingSize = 32u << 10;
+  static constexpr uint32_t kMaxInflight = 256;
+  static constexpr uint64_t kMaxInflightBytes = 96ull << 20;
+
+  Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id);
+  ~Session();
+
+  void start() noexcept;             // sends the greeting
+  void resume_on(io::Reactor* reactor) noexcept;  // after migration
+  void shutdown() noexcept;          // graceful: stop reading, finish, close
+  void abort(uint32_t error) noexcept;  // end now (remove --force)
+
+  uint64_t id() const noexcept { return id_; }
+  const PeerIdentity& peer() const noexcept { return peer_; }
+  const std::shared_ptr<Export>& exported() const noexcept { return export_; }
+  io::Reactor* reactor() const noexcept { return host_.reactor; }
+  void set_host(SessionHost host) noexcept { host_ = std::move(host); }
+
+  // Request path, called by NbdRequest::finish.
+  void io_done(NbdRequest& request, int32_t result) noexcept;
+
+ private:
+  enum class Phase : uint8_t { kGreeting, kOptions, kMigrating, kTransmission, kClosing };
+
+  struct RecvOp final : io::Completion {
+    Session* session;
+    void on_complete(int32_t result, uint32_t) noexcept override { session->recv_done(result); }
+  };
+  struct SendOp final : io::Completion {
+    Session* session;
+    void on_complete(int32_t result, uint32_t) noexcept override { session->send_done(result); }
+  };
+
+  // Input.
+  void arm_recv() noexcept;
+  void recv_done(int32_t result) noexcept;
+  void process_input() noexcept;
+  uint32_t available() const noexcept { return in_end_ - in_start_; }
+
+  // Handshake.
+  bool process_handshake() noexcept;  // false: wait for more input
+  void handle_option(uint32_t option, const uint8_t* data, uint32_t length) noexcept;
+  void handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t length) noexcept;
+  void handle_meta_context(uint32_t option, const uint8_t* data, uint32_t length) noexcept;
+  void option_reply(uint32_t option, uint32_t type, const void* data, uint32_t length) noexcept;
+  void option_error(uint32_t option, uint32_t type, const std::string& message) noexcept;
+  void enter_transmission() noexcept;
+
+  // Transmission.
+  bool process_request() noexcept;  // false: wait for more input
+  NbdRequest* acquire_request() noexcept;
+  void release_request(NbdRequest* request) noexcept;
+  void dispatch(NbdRequest& request) noexcept;
+  void reply_error(NbdRequest& request, uint32_t error, const char* reason) noexcept;
+  void queue_reply(NbdRequest& request) noexcept;
+  void build_block_status(NbdRequest& request) noexcept;
+
+  // Output.
+  void schedule_flush() noexcept;
+  void flush() noexcept;
+  void send_done(int32_t result) noexcept;
+
+  void begin_close(const char* why) noexcept;
+  void maybe_destroy() noexcept;
+  bool reading_paused() const noexcept;
+
+  SessionHost host_;
+  int fd_;
+  PeerIdentity peer_;
+  uint64_t id_;
+  Phase phase_ = Phase::kGreeting;
+  std::shared_ptr<Export> export_;
+  RequestContext context_;
+
+  // Input state.
+  std::unique_ptr<uint8_t[]> in_;
+  uint32_t in_start_ = 0, in_end_ = 0;
+  RecvOp recv_op_;
+  bool recv_pending_ = false;
+  bool input_closed_ = false;
+  NbdRequest* payload_request_ = nullptr;  // WRITE whose payload is arriving
+  bool payload_direct_ = false;            // recv straight into its buffer
+  uint64_t discard_ = 0;                   // bytes to skip (rejected payload, oversized option)
+  uint32_t options_seen_ = 0;
+  bool no_zeroes_ = false;
+
+  // Output state.
+  std::string handshake_out_;  // handshake bytes not yet sent
+  uint32_t handshake_sent_ = 0;
+  NbdRequest* out_head_ = nullptr;
+  NbdRequest* out_tail_ = nullptr;
+  uint32_t out_offset_ = 0;  // bytes of out_head_'s reply already sent
+  std::vector<iovec> iov_;
+  msghdr msg_{};
+  SendOp send_op_;
+  bool send_pending_ = false;
+  bool flush_scheduled_ = false;
+
+  // Requests.
+  NbdRequest* free_ = nullptr;
+  uint32_t free_count_ = 0;
+  uint32_t inflight_ = 0;  // acquired and not yet released
+  uint64_t inflight_bytes_ = 0;
+  bool disconnect_requested_ = false;
+  const char* close_reason_ = nullptr;
+};
+
+}  // namespace ioband::nbd

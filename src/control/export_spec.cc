@@ -51,6 +51,7 @@ std::optional<int> parse_errno(const std::string& text) {
 }
 
 std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec& out) {
+  out = ExportSpec{};
   const auto eq = text.find('=');
   if (eq == std::string::npos || eq == 0) return "--export " + text + ": expected NAME=PATH[,size=BYTES][,readonly]";
   out.name = text.substr(0, eq);

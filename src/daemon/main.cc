@@ -94,6 +94,16 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (!listen.empty()) {
+    const auto colon = listen.rfind(':');
+    if (colon == std::string::npos || colon + 1 == listen.size() ||
+        listen.find_first_not_of("0123456789", colon + 1) != std::string::npos || listen.size() - colon > 6 ||
+        std::stoul(listen.substr(colon + 1)) == 0 || std::stoul(listen.substr(colon + 1)) > 65535) {
+      std::cerr << "iobandd: --listen " << listen << ": expected HOST:PORT, e.g. 127.0.0.1:10809\n";
+      return 2;
+    }
+  }
+
   std::vector<control::ExportSpec> specs;
   for (const auto& text : export_texts) {
     control::ExportSpec spec;

@@ -1,6 +1,6 @@
 // The memory backend: a RAM disk for tests. Anonymous memory that is never
 // written stays unallocated, so block status reports it as a hole. Each op
-// runs at submit and its completion travels through the ring as a NOP, so
+// runs at submit and completes after the current batch of completions, so
 // callers see the same asynchronous contract as with real storage.
 
 #include <sys/mman.h>
@@ -29,13 +29,11 @@ class MemoryBackend final : public Backend {
     op.reactor = &reactor;
     op.done_bytes = 0;
     op.stage = 0;
-    int32_t result = execute(op);
-    // Carry the result through the NOP: stash it in done_bytes.
-    op.done_bytes = static_cast<uint32_t>(result);
-    io_uring_prep_nop(reactor.prepare(&op));
+    const int32_t result = execute(op);
+    reactor.defer([&op, result] { op.finish(result); });
   }
 
-  void complete(Reactor&, IoOp& op, int32_t) noexcept override { op.finish(static_cast<int32_t>(op.done_bytes)); }
+  void complete(Reactor&, IoOp&, int32_t) noexcept override {}
 
   int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept override {
     const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
@@ -139,7 +137,11 @@ class FaultBackend final : public Backend {
 
  private:
   void after_delay(Reactor& reactor, IoOp& op) noexcept {
-    if (options_.error_number && next_uniform() < options_.rate) return op.finish(-options_.error_number);
+    if (options_.error_number && next_uniform() < options_.rate) {
+      const int32_t error = -options_.error_number;
+      reactor.defer([&op, error] { op.finish(error); });
+      return;
+    }
     inner_->submit(reactor, op);
   }
 

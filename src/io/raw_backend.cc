@@ -6,11 +6,19 @@
 // dirty pages of its range first, a direct write invalidates them). A
 // read-modify-write bounce for writes would instead need a lock on every
 // block shared by two concurrent unaligned writes.
+//
+// Files on memory file systems (tmpfs, ramfs) are served with plain
+// synchronous calls on the reactor thread: they never wait for a device, and
+// io_uring cannot do them without blocking (tmpfs refuses RWF_NOWAIT), so it
+// would hand each one to a worker thread, two context switches a request.
 
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,8 +44,15 @@ constexpr uint32_t kZeroChunk = 1u << 20;
 
 class RawBackend final : public Backend {
  public:
-  RawBackend(int fd, bool direct, bool block_device, uint64_t size, uint32_t align, const RawOptions& options)
-      : fd_(fd), direct_(direct), block_device_(block_device), size_(size), align_(align), options_(options) {}
+  RawBackend(int fd, bool direct, bool block_device, bool in_memory, uint64_t size, uint32_t align,
+             const RawOptions& options)
+      : fd_(fd),
+        direct_(direct),
+        block_device_(block_device),
+        in_memory_(in_memory),
+        size_(size),
+        align_(align),
+        options_(options) {}
   ~RawBackend() override {
     close(fd_);
     if (buffered_fd_ >= 0) close(buffered_fd_);
@@ -54,7 +69,8 @@ class RawBackend final : public Backend {
     return t;
   }
   std::string describe() const override {
-    return std::string(block_device_ ? "block device " : "file ") + options_.path + (direct_ ? " (O_DIRECT)" : " (buffered)");
+    return std::string(block_device_ ? "block device " : "file ") + options_.path +
+           (direct_ ? " (O_DIRECT)" : in_memory_ ? " (memory file system, synchronous)" : " (buffered)");
   }
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {
@@ -63,6 +79,11 @@ class RawBackend final : public Backend {
     op.done_bytes = 0;
     op.stage = kStageMain;
     op.bounce = nullptr;
+    if (in_memory_) {
+      const int32_t result = execute_now(op);
+      reactor.defer([&op, result] { op.finish(result); });
+      return;
+    }
     start(op);
   }
 
@@ -72,6 +93,7 @@ class RawBackend final : public Backend {
       case Op::kWrite: return write_done(op, result);
       case Op::kWriteZeroes: return zeroes_done(op, result);
       case Op::kTrim:
+        if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : 0);
         // Trimming is advisory: storage that cannot punch holes just keeps the data.
         if (result == -EOPNOTSUPP || result == -ENOTTY) result = 0;
         return finish_or_sync(op, result);
@@ -113,6 +135,54 @@ class RawBackend final : public Backend {
   bool aligned(const IoOp& op) const noexcept {
     const uint64_t mask = align_ - 1;
     return (op.offset & mask) == 0 && (op.length & mask) == 0 && (reinterpret_cast<uintptr_t>(op.buffer) & mask) == 0;
+  }
+
+  int32_t execute_now(IoOp& op) noexcept {
+    ssize_t n = 0;
+    uint32_t done = 0;
+    switch (op.op) {
+      case Op::kRead:
+        while (done < op.length) {
+          n = pread(fd_, op.buffer + done, op.length - done, static_cast<off_t>(op.offset + done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) return n < 0 ? -errno : -EIO;
+          done += static_cast<uint32_t>(n);
+        }
+        return static_cast<int32_t>(done);
+      case Op::kWrite:
+        while (done < op.length) {
+          n = pwrite(fd_, op.buffer + done, op.length - done, static_cast<off_t>(op.offset + done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) return n < 0 ? -errno : -EIO;
+          done += static_cast<uint32_t>(n);
+        }
+        return static_cast<int32_t>(done);
+      case Op::kFlush:
+        return fdatasync(fd_) == 0 ? 0 : -errno;
+      case Op::kTrim:
+        return fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(op.offset),
+                         static_cast<off_t>(op.length)) == 0 || errno == EOPNOTSUPP
+                   ? 0
+                   : -errno;
+      case Op::kWriteZeroes: {
+        int mode = (op.flags & kNoHole) ? FALLOC_FL_ZERO_RANGE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        if (fallocate(fd_, mode, static_cast<off_t>(op.offset), static_cast<off_t>(op.length)) == 0) return 0;
+        if (errno != EOPNOTSUPP) return -errno;
+        if (op.flags & kFastZero) return -ENOTSUP;
+        std::vector<uint8_t> zeroes(std::min(op.length, kZeroChunk));
+        while (done < op.length) {
+          n = pwrite(fd_, zeroes.data(), std::min<size_t>(zeroes.size(), op.length - done),
+                     static_cast<off_t>(op.offset + done));
+          if (n < 0 && errno == EINTR) continue;
+          if (n <= 0) return n < 0 ? -errno : -EIO;
+          done += static_cast<uint32_t>(n);
+        }
+        return 0;
+      }
+      case Op::kCache:
+        return 0;
+    }
+    return -EINVAL;
   }
 
   int buffered_fd() noexcept {
@@ -262,6 +332,7 @@ class RawBackend final : public Backend {
   int buffered_fd_ = -1;
   bool direct_;
   bool block_device_;
+  bool in_memory_;
   uint64_t size_;
   uint32_t align_;
   RawOptions options_;
@@ -326,7 +397,10 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
     return nullptr;
   }
   const uint32_t align = direct ? direct_io_alignment(fd, block_device) : 1;
-  return std::make_unique<RawBackend>(fd, direct, block_device, size, align, options);
+  struct statfs fs{};
+  const bool in_memory = !block_device && fstatfs(fd, &fs) == 0 &&
+                         (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC);
+  return std::make_unique<RawBackend>(fd, direct, block_device, in_memory, size, align, options);
 }
 
 }  // namespace ioband::io

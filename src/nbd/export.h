@@ -12,9 +12,24 @@
 
 #include "io/backend.h"
 #include "io/reactor.h"
+#include "nbd/classify.h"
 #include "nbd/protocol.h"
+#include "qos/request.h"
 
 namespace ioband::nbd {
+
+class DeviceGroupDriver;
+
+// How an export's requests are scheduled; empty for an export outside any
+// device group (iobandd --export), whose requests go straight to storage.
+struct Scheduling {
+  DeviceGroupDriver* driver = nullptr;
+  qos::DeviceId device = 0;
+  std::atomic<GroupType> type{GroupType::none};
+  // Bumped whenever classification may have changed (type, attach, detach):
+  // sessions then compute their group again.
+  std::atomic<uint32_t> epoch{0};
+};
 
 struct Export {
   std::string name;
@@ -23,6 +38,7 @@ struct Export {
   bool read_only = false;
   io::Reactor* reactor = nullptr;
   std::atomic<int> connections{0};
+  Scheduling scheduling;
 
   uint16_t transmission_flags() const noexcept {
     const io::BackendTraits traits = backend->traits();

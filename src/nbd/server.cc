@@ -153,6 +153,7 @@ PeerIdentity identify(int fd, bool unix_socket) {
       peer.gid = cred.gid;
     }
     peer.address = "pid " + std::to_string(peer.pid) + " uid " + std::to_string(peer.uid);
+    read_process_identity(peer);
     return peer;
   }
   int one = 1;
@@ -163,6 +164,7 @@ PeerIdentity identify(int fd, bool unix_socket) {
     char host[NI_MAXHOST] = "?", port[NI_MAXSERV] = "?";
     getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, port, sizeof port,
                 NI_NUMERICHOST | NI_NUMERICSERV);
+    if (ss.ss_family == AF_INET) peer.ipv4 = ntohl(reinterpret_cast<sockaddr_in*>(&ss)->sin_addr.s_addr);
     peer.address = ss.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + port : std::string(host) + ":" + port;
   }
   return peer;

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "io/log.h"
+#include "nbd/scheduler.h"
 
 namespace ioband::nbd {
 
@@ -212,10 +213,11 @@ bool Session::process_handshake() noexcept {
       begin_close("export name too long");
       return false;
     }
+    // Answer, then hang up rather than read what may be gigabytes.
     in_start_ += 16;
-    discard_ = length;
     option_error(option, kRepErrTooBig, "option data too long");
-    return true;
+    begin_close("handshake option too long");
+    return false;
   }
   if (available() < 16 + length) return false;
   in_start_ += 16 + length;
@@ -397,6 +399,7 @@ NbdRequest* Session::acquire_request() noexcept {
   r->reply_data = nullptr;
   r->reply_data_length = 0;
   r->extra.clear();
+  r->scheduled = false;
   ++inflight_;
   return r;
 }
@@ -516,8 +519,22 @@ void Session::dispatch(NbdRequest& r) noexcept {
       if (h.flags & kCmdFlagFastZero) r.flags |= io::kFastZero;
       break;
   }
-  export_->backend->submit(*host_.reactor, r);
+  Scheduling& scheduling = export_->scheduling;
+  if (!scheduling.driver) return submit_io(r);
+  const uint32_t epoch = scheduling.epoch.load(std::memory_order_acquire);
+  if (epoch != classified_epoch_) {
+    group_id_ = group_id_for(scheduling.type.load(std::memory_order_relaxed), peer_);
+    classified_epoch_ = epoch;
+  }
+  r.device = scheduling.device;
+  r.group = group_id_;
+  r.direction = (h.type == kCmdRead || h.type == kCmdCache) ? qos::Direction::read : qos::Direction::write;
+  r.bytes = (h.type == kCmdRead || h.type == kCmdWrite) ? h.length : 0;
+  r.scheduled = true;
+  scheduling.driver->enqueue(r);
 }
+
+void Session::submit_io(NbdRequest& r) noexcept { export_->backend->submit(*host_.reactor, r); }
 
 namespace {
 
@@ -537,6 +554,10 @@ bool all_zero(const uint8_t* p, uint32_t n) noexcept {
 }  // namespace
 
 void Session::io_done(NbdRequest& r, int32_t result) noexcept {
+  if (r.scheduled) {
+    r.scheduled = false;
+    export_->scheduling.driver->complete(r);
+  }
   if (result < 0) {
     log_line("connection " + std::to_string(id_) + ": " + command_name(r.header.type) + " at " +
              std::to_string(r.header.offset) + "+" + std::to_string(r.header.length) + " failed: " +

@@ -19,7 +19,9 @@
 
 #include "io/backend.h"
 #include "io/reactor.h"
+#include "nbd/classify.h"
 #include "nbd/export.h"
+#include "qos/request.h"
 #include "nbd/protocol.h"
 #include "nbd/validate.h"
 
@@ -27,21 +29,15 @@ namespace ioband::nbd {
 
 class Session;
 
-// Who is on the other end, read once at accept.
-struct PeerIdentity {
-  bool unix_socket = false;
-  int pid = -1;
-  unsigned uid = 0;
-  unsigned gid = 0;
-  std::string address;  // TCP: "host:port"; Unix: "pid N uid N"
-};
-
-struct NbdRequest final : io::IoOp {
+// One NBD request: a storage op for the backend and a request descriptor
+// for the device group's scheduler.
+struct NbdRequest final : io::IoOp, qos::Request {
   Session* session = nullptr;
   RequestHeader header{};
   uint8_t* data = nullptr;  // 4096-aligned payload buffer
   uint32_t capacity = 0;
   uint32_t received = 0;  // WRITE payload bytes received so far
+  bool scheduled = false;  // passed through the device group's scheduler
   uint32_t error = kOk;   // NBD error for the reply
   const char* error_reason = nullptr;
 
@@ -86,7 +82,9 @@ class Session {
   io::Reactor* reactor() const noexcept { return host_.reactor; }
   void set_host(SessionHost host) noexcept { host_ = std::move(host); }
 
-  // Request path, called by NbdRequest::finish.
+  // Request path: the scheduler releases a request to the storage; the
+  // storage finishes it.
+  void submit_io(NbdRequest& request) noexcept;
   void io_done(NbdRequest& request, int32_t result) noexcept;
 
  private:
@@ -141,6 +139,8 @@ class Session {
   Phase phase_ = Phase::kGreeting;
   std::shared_ptr<Export> export_;
   RequestContext context_;
+  uint32_t classified_epoch_ = ~0u;  // export's classification epoch seen
+  int64_t group_id_ = kDefaultGroupId;
 
   // Input state.
   std::unique_ptr<uint8_t[]> in_;

@@ -6,15 +6,14 @@
 namespace ioband::nbd {
 namespace {
 
-// Flags each command accepts; anything else is EINVAL.
+// Flags each command accepts; anything else is EINVAL. The spec makes FUA
+// valid on every command (a server may ignore it where it means nothing).
 uint16_t allowed_flags(uint16_t type, const RequestContext& context) noexcept {
   switch (type) {
-    case kCmdRead: return context.structured_replies ? kCmdFlagDf : 0;
-    case kCmdWrite: return kCmdFlagFua;
-    case kCmdTrim: return kCmdFlagFua;
+    case kCmdRead: return kCmdFlagFua | (context.structured_replies ? kCmdFlagDf : 0);
     case kCmdWriteZeroes: return kCmdFlagFua | kCmdFlagNoHole | kCmdFlagFastZero;
-    case kCmdBlockStatus: return kCmdFlagReqOne;
-    default: return 0;
+    case kCmdBlockStatus: return kCmdFlagFua | kCmdFlagReqOne;
+    default: return kCmdFlagFua;
   }
 }
 

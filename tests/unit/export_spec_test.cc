@@ -1,0 +1,54 @@
+#include <gtest/gtest.h>
+
+#include <cerrno>
+
+#include "control/export_spec.h"
+
+namespace ioband::control {
+namespace {
+
+TEST(ExportSpec, ParsesEveryKey) {
+  ExportSpec spec;
+  auto error = parse_export_spec("vm1=/srv/a.img,size=64M,readonly,description=test disk", spec);
+  ASSERT_FALSE(error) << *error;
+  EXPECT_EQ(spec.name, "vm1");
+  EXPECT_EQ(spec.path, "/srv/a.img");
+  EXPECT_EQ(spec.size, 64u << 20);
+  EXPECT_TRUE(spec.read_only);
+  EXPECT_EQ(spec.description, "test disk");
+  EXPECT_EQ(spec.backend, "raw");
+
+  ExportSpec mem;
+  ASSERT_FALSE(parse_export_spec("m=,backend=memory,size=1G,fault-errno=ENOSPC,fault-rate=0.5,fault-delay-ms=3", mem));
+  EXPECT_EQ(mem.backend, "memory");
+  EXPECT_EQ(mem.size, 1ull << 30);
+  EXPECT_EQ(mem.fault_errno, ENOSPC);
+  EXPECT_DOUBLE_EQ(mem.fault_rate, 0.5);
+  EXPECT_EQ(mem.fault_delay_ms, 3u);
+}
+
+TEST(ExportSpec, RefusesBadInputNamingIt) {
+  ExportSpec spec;
+  EXPECT_NE(parse_export_spec("noequals", spec)->find("NAME=PATH"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,size=12Q", spec)->find("size '12Q'"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,colour=red", spec)->find("unknown key 'colour'"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=,backend=memory", spec)->find("needs size"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,backend=qcow9", spec)->find("qcow9"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,fault-rate=2", spec)->find("fault-rate"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,fault-errno=EWHAT", spec)->find("EWHAT"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=", spec)->find("needs a PATH"), std::string::npos);
+}
+
+TEST(ExportSpec, Sizes) {
+  EXPECT_EQ(parse_size("4096"), 4096u);
+  EXPECT_EQ(parse_size("1K"), 1024u);
+  EXPECT_EQ(parse_size("2GiB"), 2ull << 30);
+  EXPECT_EQ(parse_size("3T"), 3ull << 40);
+  EXPECT_FALSE(parse_size(""));
+  EXPECT_FALSE(parse_size("-1"));
+  EXPECT_FALSE(parse_size("99999999999999999999"));
+  EXPECT_FALSE(parse_size("16777216T"));  // overflows 64 bits
+}
+
+}  // namespace
+}  // namespace ioband::control

@@ -1,0 +1,984 @@
+// The device group: the in-flight window (io_throttle, io_limit), the
+// two-level ready queues, limits parking, and the dispatch loop. Which group
+// goes next is the policies' (weight_policy.h, fair_policy.h,
+// range_bw_policy.h); whether it may go now is the token buckets'
+// (token_bucket.h).
+//
+// Structure. Each ioband device keeps a min-heap of its ready groups by
+// policy key (and, under range-bw, one by reservation time); the device group
+// keeps a min-heap of devices by the key of their best group. The best group
+// of the device group is therefore the top of the top device: weights are
+// flat over all devices, and a device held back by its own limits leaves the
+// top heap in O(log devices) without touching its groups. Groups or devices
+// held back by a limit are "parked" in timer heaps keyed by when the limit
+// allows them again. Every operation is O(log groups).
+#include "qos/device_group.h"
+
+#include <algorithm>
+#include <cassert>
+#include <string>
+
+#include "qos/fair_policy.h"
+#include "qos/group.h"
+#include "qos/range_bw_policy.h"
+#include "qos/weight_policy.h"
+
+namespace ioband::qos {
+
+using detail::Device;
+using detail::FairPolicy;
+using detail::Group;
+using detail::GroupExtras;
+using detail::IndexedHeap;
+using detail::RangeBwPolicy;
+using detail::RequestState;
+using detail::WeightPolicy;
+
+namespace {
+
+constexpr DeviceId kMaxDevices = 1u << 16;
+constexpr std::uint64_t kMaxToken = (std::uint64_t{1} << 31) - 1;
+constexpr std::uint32_t kMaxCarryover = 64;
+constexpr std::uint32_t kMaxIoLimit = 1u << 20;
+constexpr std::uint64_t kMaxRangeKib = std::uint64_t{1} << 30;  // 1 TiB/s
+
+std::string device_name(DeviceId device) { return "device " + std::to_string(device); }
+
+std::string group_name(DeviceId device, GroupId group) {
+  return group == kDefaultGroup ? "the default group of " + device_name(device)
+                                : "group " + std::to_string(group) + " of " + device_name(device);
+}
+
+bool is_weight_policy(Policy policy) noexcept { return policy == Policy::weight || policy == Policy::weight_iosize; }
+
+}  // namespace
+
+struct DeviceGroup::Impl {
+  // ---- settings ----
+  Policy policy = kDefaultPolicy;
+  std::uint64_t token = kDefaultToken;
+  std::uint32_t carryover = kDefaultCarryover;
+  std::uint32_t io_throttle = kDefaultIoThrottle;
+  std::uint32_t io_limit = kDefaultIoLimit;
+  CostModel cost_model{};
+
+  // ---- model ----
+  std::vector<std::unique_ptr<Device>> devices;  // by DeviceId; null = none
+  std::size_t device_count = 0;
+  std::size_t group_count = 0;  // attached + default, not retired
+  detail::GroupPool pool;
+  std::vector<std::uint32_t> ready_positions;  // by group slot: position in its device's ready heap
+  std::uint64_t weight_total = 0;
+  std::vector<Group*> retired;  // detached, requests still in flight
+
+  // ---- scheduling ----
+  IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
+  IndexedHeap<Device, &Device::top_reservation_index> top_reserved;    // range-bw
+  IndexedHeap<Group, &Group::timer_index> group_timers;                // by wake time
+  IndexedHeap<Device, &Device::timer_index> device_timers;             // by wake time
+  std::int64_t vtime = 0;     // fair / range-bw spare: V
+  std::int64_t epoch = 0;     // weight: E
+  Group* dominant = nullptr;  // weight: dm-ioband's dominant group
+  std::uint16_t weight_generation = 0;
+  std::int64_t weight_generation_epoch = 0;
+  std::uint32_t queued = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
+  Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
+
+  ~Impl() {
+    for (auto& device : devices) {
+      if (!device) continue;
+      destroy_groups(*device);
+    }
+    for (Group* group : retired) pool.destroy(group);
+  }
+
+  // ------------------------------------------------------------------ lookup
+  Device* find_device(DeviceId id) const noexcept { return id < devices.size() ? devices[id].get() : nullptr; }
+
+  static Group* find_group(const Device& device, GroupId id) noexcept {
+    return id == kDefaultGroup ? device.default_group : device.groups.find(id);
+  }
+
+  template <typename Visit>
+  static void for_each_group(const Device& device, Visit visit) {
+    visit(device.default_group);
+    device.groups.for_each([&](GroupId, Group* group) { visit(group); });
+  }
+
+  template <typename Visit>
+  void for_each_group(Visit visit) const {
+    for (const auto& device : devices) {
+      if (device) for_each_group(*device, visit);
+    }
+  }
+
+  void destroy_groups(Device& device) {
+    for_each_group(device, [&](Group* group) { destroy_group(group); });
+  }
+
+  WeightPolicy weight_policy() const noexcept {
+    return {token, carryover, weight_total, weight_generation, weight_generation_epoch};
+  }
+
+  // ------------------------------------------------------------ policy keys
+  std::int64_t key_of(const Group& group) const noexcept {
+    return is_weight_policy(policy) ? weight_policy().key(group, epoch) : group.vtime;
+  }
+
+  // Come back from idle or from a limit (STYLE.md point 6; see the policies).
+  void normalize(Group& group) const noexcept {
+    if (is_weight_policy(policy)) {
+      weight_policy().normalize(group, epoch);
+    } else {
+      FairPolicy::normalize(group, vtime);
+      if (policy == Policy::range_bw && group.extras) RangeBwPolicy::normalize(*group.extras, last_now);
+    }
+  }
+
+  void init_policy_state(Group& group) const noexcept {
+    if (is_weight_policy(policy)) {
+      weight_policy().reset(group, epoch);
+    } else {
+      group.vtime = vtime;
+    }
+    if (group.extras) group.extras->reservation = 0;
+  }
+
+  // ------------------------------------------------------- ready structures
+  void update_device(Device& device) noexcept {
+    if (device.parked()) {
+      if (top.contains(&device)) top.erase(&device);
+      if (top_reserved.contains(&device)) top_reserved.erase(&device);
+      return;
+    }
+    if (!device.ready.empty()) {
+      std::int64_t key = device.ready.top().key;
+      if (top.contains(&device)) {
+        top.update(&device, key);
+      } else {
+        top.push(&device, key);
+      }
+    } else if (top.contains(&device)) {
+      top.erase(&device);
+    }
+    if (!device.reserved.empty()) {
+      std::int64_t key = device.reserved.top().key;
+      if (top_reserved.contains(&device)) {
+        top_reserved.update(&device, key);
+      } else {
+        top_reserved.push(&device, key);
+      }
+    } else if (top_reserved.contains(&device)) {
+      top_reserved.erase(&device);
+    }
+  }
+
+  // A group with queued requests, in no heap, becomes a candidate.
+  void make_ready(Group& group) noexcept {
+    assert(group.head != nullptr && !is_ready(group) && !group.parked());
+    normalize(group);
+    Device& device = *group.device;
+    device.ready.push(group.slot, key_of(group));
+    if (policy == Policy::range_bw && RangeBwPolicy::has_reservation(group)) {
+      device.reserved.push(group.extras.get(), group.extras->reservation);
+    }
+    update_device(device);
+  }
+
+  bool is_ready(const Group& group) const noexcept { return ready_positions[group.slot] != detail::kNotInHeap; }
+
+  static bool reserved(const Group& group) noexcept {
+    return group.extras && group.extras->reservation_index != detail::kNotInHeap;
+  }
+
+  // Out of every heap (ready, reservation, parked).
+  void take_out(Group& group) noexcept {
+    Device& device = *group.device;
+    if (is_ready(group)) device.ready.erase(group.slot);
+    if (reserved(group)) device.reserved.erase(group.extras.get());
+    if (group.parked()) group_timers.erase(&group);
+    update_device(device);
+  }
+
+  // Re-evaluates a group after its settings changed.
+  void refresh(Group& group) noexcept {
+    take_out(group);
+    if (group.head != nullptr) make_ready(group);
+  }
+
+  void park_group(Group& group, Nanos until) noexcept {
+    Device& device = *group.device;
+    if (is_ready(group)) device.ready.erase(group.slot);
+    if (reserved(group)) device.reserved.erase(group.extras.get());
+    group_timers.push(&group, until);
+    update_device(device);
+  }
+
+  void park_device(Device& device, Nanos until) noexcept {
+    device_timers.push(&device, until);
+    update_device(device);
+  }
+
+  void release_timers(Nanos now) noexcept {
+    while (!group_timers.empty() && group_timers.top().key <= now) make_ready(*group_timers.pop());
+    while (!device_timers.empty() && device_timers.top().key <= now) update_device(*device_timers.pop());
+  }
+
+  TimePoint earliest_timer() const noexcept {
+    Nanos at = INT64_MAX;
+    if (!group_timers.empty()) at = std::min(at, group_timers.top().key);
+    if (!device_timers.empty()) at = std::min(at, device_timers.top().key);
+    return at == INT64_MAX ? TimePoint::max() : from_nanos(at);
+  }
+
+  // Rebuilds keys after a change that moves every key (weights, pool, rebase).
+  void rekey_all() noexcept {
+    for (auto& device : devices) {
+      if (!device) continue;
+      device->ready.rekey([&](std::uint32_t slot) { return key_of(*pool.at(slot)); });
+      update_device(*device);
+    }
+  }
+
+  // weight: dm-ioband refills every group when a weight or the pool changes.
+  // Idle groups are refilled lazily when they come back; queued ones now.
+  void reset_weight_state() noexcept {
+    ++weight_generation;
+    weight_generation_epoch = epoch;
+    if (!is_weight_policy(policy)) return;
+    WeightPolicy weights = weight_policy();
+    for (auto& device : devices) {
+      if (!device) continue;
+      device->ready.for_each([&](std::uint32_t slot) { weights.reset(*pool.at(slot), epoch); });
+    }
+    group_timers.for_each([&](Group* group) { weights.reset(*group, epoch); });
+    dominant = nullptr;
+    rekey_all();
+  }
+
+  // Everything re-ordered under the current policy (policy switch).
+  void rebuild() noexcept {
+    for (auto& device : devices) {
+      if (!device) continue;
+      device->ready.clear();
+      device->reserved.clear();
+    }
+    top.clear();
+    top_reserved.clear();
+    group_timers.clear();
+    vtime = 0;
+    epoch = 0;
+    dominant = nullptr;
+    for_each_group([&](Group* group) { init_policy_state(*group); });
+    for_each_group([&](Group* group) {
+      if (group->head != nullptr) make_ready(*group);
+    });
+    for (auto& device : devices) {
+      if (device) update_device(*device);
+    }
+  }
+
+  void rebase_vtime() noexcept {
+    std::int64_t base = vtime;
+    for_each_group([&](Group* group) { group->vtime = std::max<std::int64_t>(group->vtime - base, 0); });
+    vtime = 0;
+    rekey_all();
+  }
+
+  // Heaps never allocate on the hot path: their room is made here, by the
+  // control plane. Only groups with limits or range-bw (or on a device with
+  // limits) can be parked or hold a reservation, so only those get room there.
+  void reserve_capacity() {
+    std::size_t parkable = 0;
+    for (auto& device : devices) {
+      if (!device) continue;
+      std::size_t groups = device->groups.size() + 1;
+      device->ready.reserve(groups);
+      device->reserved.reserve(device->groups_with_extras);
+      parkable += device->limits ? groups : device->groups_with_extras;
+    }
+    top.reserve(device_count);
+    top_reserved.reserve(device_count);
+    device_timers.reserve(device_count);
+    group_timers.reserve(parkable);
+  }
+
+  GroupExtras& extras_of(Group& group) {
+    if (!group.extras) {
+      group.extras = std::make_unique<GroupExtras>();
+      group.extras->group = &group;
+      ++group.device->groups_with_extras;
+      reserve_capacity();
+    }
+    return *group.extras;
+  }
+
+  void destroy_group(Group* group) noexcept {
+    if (group->extras) --group->device->groups_with_extras;
+    pool.destroy(group);
+  }
+
+  // --------------------------------------------------------------- hot path
+  Decision waiting(TimePoint until) noexcept {
+    ++wait_epoch;
+    return Decision::wait(until);
+  }
+
+  // weight: all candidates are out of tokens; start the next epoch unless
+  // dm-ioband's anticipation of the dominant group says to wait.
+  bool renew_epoch(std::int64_t best_key) noexcept {
+    WeightPolicy weights = weight_policy();
+    if (dominant != nullptr && dominant->head == nullptr && !dominant->parked() && in_flight >= io_throttle &&
+        weights.holds_many_tokens(*dominant, epoch)) {
+      return false;
+    }
+    epoch = std::max(epoch + 1, WeightPolicy::epoch_for(best_key));
+    dominant = nullptr;
+    return true;
+  }
+
+  Nanos group_available_at(Group& group, const Request& request, Nanos now) noexcept {
+    if (!group.extras) return now;
+    GroupExtras& extras = *group.extras;
+    Nanos at = now;
+    if (extras.limits) at = extras.limits->available_at(request.direction, request.bytes, now);
+    if (policy == Policy::range_bw && extras.range.max_kib != 0) {
+      extras.max_bw.advance(now);
+      at = std::max(at, extras.max_bw.available_at(now));
+    }
+    return at;
+  }
+
+  Decision next(Nanos now) noexcept {
+    last_now = std::max(last_now, now);
+    if (queued == 0) return Decision::empty();
+    release_timers(now);
+    if (in_flight >= io_limit) return waiting(TimePoint::max());
+    for (;;) {
+      Device* device;
+      Group* group;
+      Rule rule;
+      if (policy == Policy::range_bw && !top_reserved.empty() && top_reserved.top().key <= now) {
+        device = top_reserved.top().item;
+        group = device->reserved.top().item->group;
+        rule = Rule::reservation;
+      } else if (!top.empty()) {
+        device = top.top().item;
+        group = pool.at(device->ready.top().slot);
+        switch (policy) {
+          case Policy::fair: rule = Rule::fair; break;
+          case Policy::range_bw: rule = Rule::spare; break;
+          default: rule = Rule::weight; break;
+        }
+        if (rule == Rule::weight && !WeightPolicy::has_tokens(top.top().key, epoch)) {
+          if (!renew_epoch(top.top().key)) return waiting(earliest_timer());
+        }
+      } else {
+        assert(!group_timers.empty() || !device_timers.empty());
+        return waiting(earliest_timer());
+      }
+      Request& request = *group->head;
+      Nanos at = group_available_at(*group, request, now);
+      if (at > now) {
+        park_group(*group, at);
+        continue;
+      }
+      if (device->limits) {
+        bool direction_specific = false;
+        at = device->limits->available_at(request.direction, request.bytes, now, &direction_specific);
+        if (at > now) {
+          // A read (or write) limit of the device holds back only this
+          // group's head; a total limit holds back the whole device.
+          if (direction_specific) {
+            park_group(*group, at);
+          } else {
+            park_device(*device, at);
+          }
+          continue;
+        }
+      }
+      Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
+      dispatch(*group, request, now, rule);
+      return Decision::dispatch(&request, reported);
+    }
+  }
+
+  void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {
+    Device& device = *group.device;
+    // Unlink the head.
+    group.head = request.scheduler.next;
+    if (group.head != nullptr) group.head->scheduler.prev = request.scheduler.prev;
+    request.scheduler.next = nullptr;
+    request.scheduler.prev = nullptr;
+    request.scheduler.state = static_cast<std::uint8_t>(RequestState::in_flight);
+    --group.queue_length;
+    --device.queued;
+    --queued;
+    ++group.in_flight;
+    ++device.in_flight;
+    ++in_flight;
+
+    // Limits.
+    if (group.extras) {
+      GroupExtras& extras = *group.extras;
+      if (extras.limits) extras.limits->charge(request.direction, request.bytes, now);
+      if (policy == Policy::range_bw && extras.range.max_kib != 0) extras.max_bw.charge(request.bytes);
+    }
+    if (device.limits) device.limits->charge(request.direction, request.bytes, now);
+
+    // Policy.
+    bool rebase = false;
+    switch (policy) {
+      case Policy::range_bw:
+        if (rule == Rule::reservation) {
+          RangeBwPolicy::charge_reservation(*group.extras, request.bytes, now);
+          break;
+        }
+        [[fallthrough]];
+      case Policy::fair: {
+        vtime = std::max(vtime, group.vtime);
+        group.vtime += FairPolicy::advance(request_cost(cost_model, request.bytes), group.weight);
+        rebase = group.vtime > detail::kVtimeRebase;
+        break;
+      }
+      case Policy::weight:
+      case Policy::weight_iosize: {
+        WeightPolicy weights = weight_policy();
+        weights.normalize(group, epoch);
+        std::int64_t cost = static_cast<std::int64_t>(detail::weight_cost(policy, request.bytes));
+        if (weights.active(group) &&
+            (dominant == nullptr ||
+             weights.effective_tokens(group, epoch) > weights.effective_tokens(*dominant, epoch))) {
+          dominant = &group;
+        }
+        if (group.tokens > 0 && group.tokens - cost <= 0 && dominant == &group) dominant = nullptr;
+        group.tokens -= cost;
+        WeightPolicy::add_consumed(group, static_cast<Cost>(cost));
+        break;
+      }
+    }
+
+    count(group, request, now);
+
+    // Requeue the group under its new key, or let it go idle.
+    if (group.head != nullptr) {
+      if (is_ready(group)) device.ready.update(group.slot, key_of(group));
+      if (reserved(group)) device.reserved.update(group.extras.get(), group.extras->reservation);
+    } else {
+      if (is_ready(group)) device.ready.erase(group.slot);
+      if (reserved(group)) device.reserved.erase(group.extras.get());
+    }
+    update_device(device);
+    if (rebase) rebase_vtime();
+  }
+
+  void count(Group& group, const Request& request, Nanos now) noexcept {
+    Nanos arrival = to_nanos(request.scheduler.arrival);
+    Nanos delay = std::max<Nanos>(now - arrival, 0);
+    bool delayed = delay > 0 || request.scheduler.wait_epoch != wait_epoch;
+    detail::GroupCounters& counters = group.counters;
+    std::uint64_t sectors = sectors_of(request.bytes);
+    if (request.direction == Direction::read) {
+      ++counters.read_requests;
+      counters.read_sectors += sectors;
+      counters.delayed_read_requests += delayed;
+    } else {
+      ++counters.write_requests;
+      counters.write_sectors += sectors;
+      counters.delayed_write_requests += delayed;
+    }
+    counters.delayed_nanos += static_cast<std::uint64_t>(delay);
+    ++counters.delay_histogram[delay_bucket(std::chrono::nanoseconds(delay))];
+  }
+
+  void enqueue(Request& request, TimePoint now) noexcept {
+    Device* device = find_device(request.device);
+    assert(device != nullptr && "enqueue: the request's device is not in this device group");
+    assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::idle) && "enqueue: already queued");
+    Group* group = find_group(*device, request.group);
+    if (group == nullptr) group = device->default_group;
+    last_now = std::max(last_now, to_nanos(now));
+
+    Request::SchedulerState& state = request.scheduler;
+    state.group = group;
+    state.arrival = now;
+    state.wait_epoch = wait_epoch;
+    state.state = static_cast<std::uint8_t>(RequestState::queued);
+    state.next = nullptr;
+    if (group->head == nullptr) {
+      group->head = &request;
+      state.prev = &request;
+    } else {
+      Request* tail = group->head->scheduler.prev;
+      tail->scheduler.next = &request;
+      state.prev = tail;
+      group->head->scheduler.prev = &request;
+    }
+    ++group->queue_length;
+    ++device->queued;
+    ++queued;
+    if (group->queue_length == 1) make_ready(*group);
+  }
+
+  void complete(Request& request) noexcept {
+    assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::in_flight) &&
+           "complete: the request is not in flight");
+    Group& group = *request.scheduler.group;
+    Device& device = *group.device;
+    request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
+    request.scheduler.group = nullptr;
+    --group.in_flight;
+    --device.in_flight;
+    --in_flight;
+    if (group.retired && group.in_flight == 0) {
+      retired.erase(std::find(retired.begin(), retired.end(), &group));
+      destroy_group(&group);
+    }
+  }
+
+  static void unlink(Group& group, Request& request) noexcept {
+    Request* next = request.scheduler.next;
+    Request* prev = request.scheduler.prev;
+    if (group.head == &request) {
+      group.head = next;
+      if (next != nullptr) next->scheduler.prev = prev;
+    } else {
+      prev->scheduler.next = next;
+      if (next != nullptr) {
+        next->scheduler.prev = prev;
+      } else {
+        group.head->scheduler.prev = prev;  // it was the tail
+      }
+    }
+    request.scheduler.next = nullptr;
+    request.scheduler.prev = nullptr;
+  }
+
+  bool cancel(Request& request) noexcept {
+    if (request.scheduler.state != static_cast<std::uint8_t>(RequestState::queued)) return false;
+    Group& group = *request.scheduler.group;
+    Device& device = *group.device;
+    unlink(group, request);
+    request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
+    request.scheduler.group = nullptr;
+    --group.queue_length;
+    --device.queued;
+    --queued;
+    // The keys belong to the group, not to its head: only an emptied group changes.
+    if (group.head == nullptr) take_out(group);
+    return true;
+  }
+
+  // Appends `from`'s queue to `to`'s, merged by arrival time.
+  static void merge_queue(Group& from, Group& to) noexcept {
+    Request* a = to.head;
+    Request* b = from.head;
+    Request* head = nullptr;
+    Request* tail = nullptr;
+    auto append = [&](Request* request) {
+      request->scheduler.group = &to;
+      request->scheduler.next = nullptr;
+      if (head == nullptr) {
+        head = request;
+        request->scheduler.prev = request;
+      } else {
+        tail->scheduler.next = request;
+        request->scheduler.prev = tail;
+        head->scheduler.prev = request;
+      }
+      tail = request;
+    };
+    while (a != nullptr || b != nullptr) {
+      Request* take;
+      if (b == nullptr || (a != nullptr && a->scheduler.arrival <= b->scheduler.arrival)) {
+        take = a;
+        a = a->scheduler.next;
+      } else {
+        take = b;
+        b = b->scheduler.next;
+      }
+      append(take);
+    }
+    to.head = head;
+    to.queue_length += from.queue_length;
+    from.head = nullptr;
+    from.queue_length = 0;
+  }
+
+  Group* new_group(Device& device, std::uint32_t weight) {
+    Group* group = pool.create();
+    if (ready_positions.size() < pool.slots()) ready_positions.resize(pool.slots(), detail::kNotInHeap);
+    group->device = &device;
+    group->weight = weight;
+    weight_total += weight;
+    ++group_count;
+    init_policy_state(*group);
+    return group;
+  }
+
+  std::size_t memory_bytes() const noexcept {
+    std::size_t bytes = sizeof(Impl) + pool.memory_bytes() + ready_positions.capacity() * sizeof(std::uint32_t);
+    bytes += devices.capacity() * sizeof(devices[0]) + retired.capacity() * sizeof(Group*);
+    bytes += (top.capacity() + top_reserved.capacity() + device_timers.capacity()) * sizeof(IndexedHeap<Device, &Device::top_index>::Entry);
+    bytes += group_timers.capacity() * sizeof(IndexedHeap<Group, &Group::timer_index>::Entry);
+    for (const auto& device : devices) {
+      if (!device) continue;
+      bytes += sizeof(Device) + device->groups.memory_bytes();
+      bytes += device->ready.capacity() * sizeof(detail::SlotHeap::Entry);
+      bytes += device->reserved.capacity() * sizeof(IndexedHeap<GroupExtras, &GroupExtras::reservation_index>::Entry);
+      if (device->limits) bytes += sizeof(LimitState);
+    }
+    for_each_group([&](const Group* group) {
+      if (group->extras) {
+        bytes += sizeof(GroupExtras);
+        if (group->extras->limits) bytes += sizeof(LimitState);
+      }
+    });
+    return bytes;
+  }
+};
+
+// ======================================================================
+DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) {}
+DeviceGroup::~DeviceGroup() = default;
+
+// ---- settings ----
+Status DeviceGroup::set_policy(Policy policy) {
+  switch (policy) {
+    case Policy::weight:
+    case Policy::weight_iosize:
+    case Policy::range_bw:
+    case Policy::fair: break;
+    default: return Status::error("unknown policy");
+  }
+  if (policy == impl_->policy) return {};
+  impl_->policy = policy;
+  impl_->rebuild();
+  return {};
+}
+Policy DeviceGroup::policy() const noexcept { return impl_->policy; }
+
+Status DeviceGroup::set_token(std::uint64_t token) {
+  if (token == 0 || token > kMaxToken) {
+    return Status::error("token must be between 1 and " + std::to_string(kMaxToken) + ", not " +
+                         std::to_string(token));
+  }
+  impl_->token = token;
+  impl_->reset_weight_state();
+  return {};
+}
+std::uint64_t DeviceGroup::token() const noexcept { return impl_->token; }
+
+Status DeviceGroup::set_carryover(std::uint32_t carryover) {
+  if (carryover > kMaxCarryover) {
+    return Status::error("carryover must be between 0 and " + std::to_string(kMaxCarryover) + " epochs, not " +
+                         std::to_string(carryover));
+  }
+  impl_->carryover = carryover;
+  impl_->reset_weight_state();
+  return {};
+}
+std::uint32_t DeviceGroup::carryover() const noexcept { return impl_->carryover; }
+
+Status DeviceGroup::set_io_throttle(std::uint32_t io_throttle) {
+  if (io_throttle > impl_->io_limit) {
+    return Status::error("io_throttle (" + std::to_string(io_throttle) + ") must not exceed io_limit (" +
+                         std::to_string(impl_->io_limit) + ")");
+  }
+  impl_->io_throttle = io_throttle;
+  return {};
+}
+std::uint32_t DeviceGroup::io_throttle() const noexcept { return impl_->io_throttle; }
+
+Status DeviceGroup::set_io_limit(std::uint32_t io_limit) {
+  if (io_limit == 0 || io_limit > kMaxIoLimit) {
+    return Status::error("io_limit must be between 1 and " + std::to_string(kMaxIoLimit) + ", not " +
+                         std::to_string(io_limit));
+  }
+  if (io_limit < impl_->io_throttle) {
+    return Status::error("io_limit (" + std::to_string(io_limit) + ") must not be below io_throttle (" +
+                         std::to_string(impl_->io_throttle) + ")");
+  }
+  impl_->io_limit = io_limit;
+  return {};
+}
+std::uint32_t DeviceGroup::io_limit() const noexcept { return impl_->io_limit; }
+
+Status DeviceGroup::set_cost_model(CostModel model) {
+  if (model.request_tokens > kMaxRequestTokens) {
+    return Status::error("cost per request must not exceed " + std::to_string(kMaxRequestTokens / kCostPerToken) +
+                         " tokens");
+  }
+  if (model.sector_tokens > kMaxSectorTokens) {
+    return Status::error("cost per sector must not exceed 1 token");
+  }
+  if (model.request_tokens == 0 && model.sector_tokens == 0) {
+    return Status::error("the cost model must charge requests or sectors");
+  }
+  impl_->cost_model = model;
+  return {};
+}
+CostModel DeviceGroup::cost_model() const noexcept { return impl_->cost_model; }
+
+// ---- devices ----
+Status DeviceGroup::add_device(DeviceId id) {
+  Impl& impl = *impl_;
+  if (id >= kMaxDevices) {
+    return Status::error(device_name(id) + ": device ids go up to " + std::to_string(kMaxDevices - 1));
+  }
+  if (impl.find_device(id) != nullptr) return Status::error(device_name(id) + " already exists");
+  if (impl.devices.size() <= id) impl.devices.resize(id + 1);
+  auto device = std::make_unique<Device>(&impl.ready_positions);
+  device->id = id;
+  device->default_group = impl.new_group(*device, kDefaultWeight);
+  impl.devices[id] = std::move(device);
+  ++impl.device_count;
+  impl.reserve_capacity();
+  impl.reset_weight_state();
+  return {};
+}
+
+Status DeviceGroup::remove_device(DeviceId id) {
+  Impl& impl = *impl_;
+  Device* device = impl.find_device(id);
+  if (device == nullptr) return Status::error(device_name(id) + " does not exist");
+  if (device->queued != 0 || device->in_flight != 0) {
+    return Status::error(device_name(id) + " has " + std::to_string(device->queued) + " requests queued and " +
+                         std::to_string(device->in_flight) + " in flight; remove it once they have completed");
+  }
+  if (impl.top.contains(device)) impl.top.erase(device);
+  if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
+  if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
+  Impl::for_each_group(*device, [&](Group* group) {
+    impl.weight_total -= group->weight;
+    --impl.group_count;
+    if (impl.dominant == group) impl.dominant = nullptr;
+  });
+  impl.destroy_groups(*device);
+  impl.devices[id].reset();
+  --impl.device_count;
+  impl.reset_weight_state();
+  return {};
+}
+
+bool DeviceGroup::has_device(DeviceId id) const noexcept { return impl_->find_device(id) != nullptr; }
+
+std::vector<DeviceId> DeviceGroup::devices() const {
+  std::vector<DeviceId> ids;
+  for (const auto& device : impl_->devices) {
+    if (device) ids.push_back(device->id);
+  }
+  return ids;
+}
+
+// ---- groups ----
+Status DeviceGroup::attach(DeviceId device_id, GroupId group_id) {
+  Impl& impl = *impl_;
+  Device* device = impl.find_device(device_id);
+  if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
+  if (group_id == kDefaultGroup) return Status::error("group -1 is the default group; it is always attached");
+  if (device->groups.find(group_id) != nullptr) return Status::error(group_name(device_id, group_id) + " is already attached");
+  Group* group = impl.new_group(*device, kDefaultWeight);
+  device->groups.insert(group_id, group);
+  impl.reserve_capacity();
+  impl.reset_weight_state();
+  return {};
+}
+
+Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
+  Impl& impl = *impl_;
+  Device* device = impl.find_device(device_id);
+  if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
+  if (group_id == kDefaultGroup) return Status::error("the default group cannot be detached");
+  Group* group = device->groups.find(group_id);
+  if (group == nullptr) return Status::error(group_name(device_id, group_id) + " is not attached");
+  Group& fallback = *device->default_group;
+
+  impl.take_out(*group);
+  bool fallback_was_idle = fallback.head == nullptr;
+  if (group->head != nullptr) Impl::merge_queue(*group, fallback);
+  if (fallback_was_idle && fallback.head != nullptr) impl.make_ready(fallback);
+
+  device->groups.erase(group_id);
+  impl.weight_total -= group->weight;
+  --impl.group_count;
+  if (impl.dominant == group) impl.dominant = nullptr;
+  if (group->in_flight != 0) {
+    group->retired = true;
+    impl.retired.push_back(group);
+  } else {
+    impl.destroy_group(group);
+  }
+  impl.reset_weight_state();
+  return {};
+}
+
+bool DeviceGroup::has_group(DeviceId device_id, GroupId group_id) const noexcept {
+  Device* device = impl_->find_device(device_id);
+  return device != nullptr && Impl::find_group(*device, group_id) != nullptr;
+}
+
+std::vector<GroupId> DeviceGroup::groups(DeviceId device_id) const {
+  std::vector<GroupId> ids;
+  Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return ids;
+  device->groups.for_each([&](GroupId id, Group*) { ids.push_back(id); });
+  std::sort(ids.begin(), ids.end());
+  ids.insert(ids.begin(), kDefaultGroup);
+  return ids;
+}
+
+namespace {
+template <typename Impl>
+Group* lookup(const Impl& impl, DeviceId device_id, GroupId group_id, Status* status) {
+  Device* device = impl.find_device(device_id);
+  if (device == nullptr) {
+    if (status) *status = Status::error(device_name(device_id) + " does not exist");
+    return nullptr;
+  }
+  Group* group = Impl::find_group(*device, group_id);
+  if (group == nullptr && status) *status = Status::error(group_name(device_id, group_id) + " is not attached");
+  return group;
+}
+}  // namespace
+
+Status DeviceGroup::set_weight(DeviceId device_id, GroupId group_id, std::uint32_t weight) {
+  Status status;
+  Group* group = lookup(*impl_, device_id, group_id, &status);
+  if (group == nullptr) return status;
+  if (weight == 0 || weight > kMaxWeight) {
+    return Status::error("weight must be between 1 and " + std::to_string(kMaxWeight) + ", not " +
+                         std::to_string(weight));
+  }
+  impl_->weight_total += weight;
+  impl_->weight_total -= group->weight;
+  group->weight = weight;
+  impl_->reset_weight_state();  // fair / range-bw: the next dispatch uses it
+  return {};
+}
+
+std::optional<std::uint32_t> DeviceGroup::weight(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  return group->weight;
+}
+
+Status DeviceGroup::set_range_bw(DeviceId device_id, GroupId group_id, std::uint64_t min_kib, std::uint64_t max_kib) {
+  Status status;
+  Group* group = lookup(*impl_, device_id, group_id, &status);
+  if (group == nullptr) return status;
+  if (min_kib > kMaxRangeKib || max_kib > kMaxRangeKib) {
+    return Status::error("range-bw values must not exceed " + std::to_string(kMaxRangeKib) + " KiB/s");
+  }
+  if (max_kib != 0 && min_kib > max_kib) {
+    return Status::error("min-bw (" + std::to_string(min_kib) + " KiB/s) is above max-bw (" +
+                         std::to_string(max_kib) + " KiB/s)");
+  }
+  if (min_kib == 0 && max_kib == 0 && !group->extras) return {};
+  GroupExtras& extras = impl_->extras_of(*group);
+  bool had_reservation = extras.range.min_kib != 0;
+  extras.range = {min_kib, max_kib};
+  RangeBwPolicy::configure_cap(extras);
+  if (!had_reservation) extras.reservation = 0;
+  impl_->refresh(*group);
+  return {};
+}
+
+std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  return group->extras ? group->extras->range : RangeBw{};
+}
+
+Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits) {
+  Impl& impl = *impl_;
+  Device* device = impl.find_device(device_id);
+  if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
+  if (Status status = validate(limits); !status) return status;
+  auto apply = [&](std::unique_ptr<LimitState>& state) {
+    if (limits.unlimited()) {
+      state.reset();
+    } else if (state) {
+      state->configure(limits);  // keeps the levels: no free burst from a change
+    } else {
+      state = std::make_unique<LimitState>(limits);
+    }
+  };
+  if (group_id) {
+    Group* group = Impl::find_group(*device, *group_id);
+    if (group == nullptr) return Status::error(group_name(device_id, *group_id) + " is not attached");
+    if (limits.unlimited() && !group->extras) return {};
+    apply(impl.extras_of(*group).limits);
+    impl.refresh(*group);
+  } else {
+    apply(device->limits);
+    impl.reserve_capacity();
+    if (device->parked()) impl.device_timers.erase(device);
+    impl.update_device(*device);
+  }
+  return {};
+}
+
+std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<GroupId> group_id) const noexcept {
+  Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return std::nullopt;
+  if (!group_id) return device->limits ? device->limits->limits() : Limits{};
+  Group* group = Impl::find_group(*device, *group_id);
+  if (group == nullptr) return std::nullopt;
+  return group->extras && group->extras->limits ? group->extras->limits->limits() : Limits{};
+}
+
+// ---- hot path ----
+void DeviceGroup::enqueue(Request* request, TimePoint now) noexcept { impl_->enqueue(*request, now); }
+Decision DeviceGroup::next(TimePoint now) noexcept { return impl_->next(to_nanos(now)); }
+void DeviceGroup::complete(Request* request, TimePoint /*now*/) noexcept { impl_->complete(*request); }
+bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*request); }
+
+// ---- observation ----
+std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  const detail::GroupCounters& counters = group->counters;
+  GroupStats stats;
+  stats.read_requests = counters.read_requests;
+  stats.delayed_read_requests = counters.delayed_read_requests;
+  stats.read_sectors = counters.read_sectors;
+  stats.write_requests = counters.write_requests;
+  stats.delayed_write_requests = counters.delayed_write_requests;
+  stats.write_sectors = counters.write_sectors;
+  stats.delayed_time = std::chrono::nanoseconds(counters.delayed_nanos);
+  stats.queue_length = group->queue_length;
+  stats.in_flight = group->in_flight;
+  stats.delay_histogram = counters.delay_histogram;
+  return stats;
+}
+
+Status DeviceGroup::reset_stats(DeviceId device_id) {
+  Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
+  Impl::for_each_group(*device, [](Group* group) { group->counters = {}; });
+  return {};
+}
+
+std::optional<std::uint32_t> DeviceGroup::queue_length(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  return group->queue_length;
+}
+
+std::uint32_t DeviceGroup::queued() const noexcept { return impl_->queued; }
+std::uint32_t DeviceGroup::in_flight() const noexcept { return impl_->in_flight; }
+std::uint32_t DeviceGroup::queued(DeviceId device_id) const noexcept {
+  Device* device = impl_->find_device(device_id);
+  return device ? device->queued : 0;
+}
+std::uint32_t DeviceGroup::in_flight(DeviceId device_id) const noexcept {
+  Device* device = impl_->find_device(device_id);
+  return device ? device->in_flight : 0;
+}
+
+std::size_t DeviceGroup::memory_bytes() const noexcept { return impl_->memory_bytes(); }
+
+}  // namespace ioband::qos

@@ -1,0 +1,153 @@
+// A device group: the bandwidth domain of ioband devices that share one
+// piece of storage. It owns the policy, the token pool, carryover,
+// io_throttle, io_limit, every group's weight, limits and statistics, and
+// decides which queued request goes to the storage next.
+//
+// Pure: no clock, no syscalls, no threads, no locks. The owner (one reactor)
+// passes `now` into every hot-path call and arms a timer for the time that
+// `next` returns. Configuration calls return a Status and, on error, leave
+// the state as it was.
+//
+// How the owner drives it:
+//   enqueue(r, now);                         // a request arrived
+//   for (;;) {                               // after enqueue, complete, a
+//     Decision d = group.next(now);          // config change, or the timer
+//     if (d.kind != Decision::Kind::dispatch) break;   // wait / empty
+//     submit(d.request);
+//   }
+//   if (d.kind == wait && d.until != TimePoint::max()) arm_timer(d.until);
+//   ... on completion: complete(r, now), then the loop again.
+//
+// Semantics of each policy: see policy docs in src/qos/*_policy.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "qos/cost.h"
+#include "qos/limits.h"
+#include "qos/policy.h"
+#include "qos/request.h"
+#include "qos/stats.h"
+#include "qos/status.h"
+
+namespace ioband::qos {
+
+inline constexpr std::uint32_t kDefaultWeight = 100;
+inline constexpr std::uint32_t kMaxWeight = 1'000'000;
+inline constexpr std::uint64_t kDefaultToken = 2048;
+inline constexpr std::uint32_t kDefaultCarryover = 2;
+inline constexpr std::uint32_t kDefaultIoThrottle = 4;
+inline constexpr std::uint32_t kDefaultIoLimit = 128;
+
+struct Decision {
+  enum class Kind : std::uint8_t {
+    dispatch,  // submit `request` now
+    wait,      // requests are queued, none may go before `until`
+               // (TimePoint::max(): only a completion or a change frees one)
+    empty,     // nothing is queued
+  };
+  Kind kind = Kind::empty;
+  Rule rule = Rule::fair;        // dispatch: the rule that released it
+  Request* request = nullptr;    // dispatch
+  TimePoint until = TimePoint::max();  // wait
+
+  static Decision dispatch(Request* request, Rule rule) noexcept {
+    return {Kind::dispatch, rule, request, TimePoint::max()};
+  }
+  static Decision wait(TimePoint until) noexcept { return {Kind::wait, Rule::fair, nullptr, until}; }
+  static Decision empty() noexcept { return {}; }
+};
+
+// range-bw of one group, KiB/s; 0 = none.
+struct RangeBw {
+  std::uint64_t min_kib = 0;
+  std::uint64_t max_kib = 0;
+  friend bool operator==(const RangeBw&, const RangeBw&) = default;
+};
+
+class DeviceGroup {
+ public:
+  DeviceGroup();
+  ~DeviceGroup();
+  DeviceGroup(const DeviceGroup&) = delete;
+  DeviceGroup& operator=(const DeviceGroup&) = delete;
+
+  // ---- Device-group settings ----
+  // Changing the policy re-orders the queued requests under the new one.
+  Status set_policy(Policy policy);
+  Policy policy() const noexcept;
+  // Token pool per epoch (weight, weight-iosize): > 0, default 2048.
+  Status set_token(std::uint64_t token);
+  std::uint64_t token() const noexcept;
+  // Epochs' worth of unused tokens a group may carry over (0..64, default 2).
+  Status set_carryover(std::uint32_t carryover);
+  std::uint32_t carryover() const noexcept;
+  // Below this many in flight, requests pass without control (default 4).
+  Status set_io_throttle(std::uint32_t io_throttle);
+  std::uint32_t io_throttle() const noexcept;
+  // With this many in flight every new request waits (default 128, >= 1).
+  Status set_io_limit(std::uint32_t io_limit);
+  std::uint32_t io_limit() const noexcept;
+  // Cost model of the fair policy (and range-bw's spare share).
+  Status set_cost_model(CostModel model);
+  CostModel cost_model() const noexcept;
+
+  // ---- Devices ----
+  // A new device holds its default group (weight 100).
+  Status add_device(DeviceId device);
+  // Refused while the device has requests queued or in flight.
+  Status remove_device(DeviceId device);
+  bool has_device(DeviceId device) const noexcept;
+  std::vector<DeviceId> devices() const;  // ascending
+
+  // ---- Groups (group kDefaultGroup always exists on a device) ----
+  Status attach(DeviceId device, GroupId group);
+  // Queued requests of the group move to the device's default group, in
+  // arrival order; requests in flight complete normally.
+  Status detach(DeviceId device, GroupId group);
+  bool has_group(DeviceId device, GroupId group) const noexcept;
+  std::vector<GroupId> groups(DeviceId device) const;  // default first, then ascending
+
+  Status set_weight(DeviceId device, GroupId group, std::uint32_t weight);  // 1..kMaxWeight
+  std::optional<std::uint32_t> weight(DeviceId device, GroupId group) const noexcept;
+  // min_kib <= max_kib when both set; max alone allowed; (0, 0) clears.
+  Status set_range_bw(DeviceId device, GroupId group, std::uint64_t min_kib, std::uint64_t max_kib);
+  std::optional<RangeBw> range_bw(DeviceId device, GroupId group) const noexcept;
+  // Limits of a group, or of the whole device when `group` is nullopt.
+  // An all-zero Limits removes them. Validated with validate(Limits).
+  Status set_limits(DeviceId device, std::optional<GroupId> group, const Limits& limits);
+  std::optional<Limits> limits(DeviceId device, std::optional<GroupId> group) const noexcept;
+
+  // ---- Hot path ----
+  // Queues `request` (its device must exist). Never dispatches by itself.
+  void enqueue(Request* request, TimePoint now) noexcept;
+  // The next request to submit, or when to ask again, or empty.
+  Decision next(TimePoint now) noexcept;
+  // A dispatched request finished on the storage.
+  void complete(Request* request, TimePoint now) noexcept;
+  // Takes a still-queued request out (its client went away). False if it
+  // is not queued (already dispatched, or never enqueued).
+  bool cancel(Request* request) noexcept;
+
+  // ---- Observation ----
+  std::optional<GroupStats> stats(DeviceId device, GroupId group) const noexcept;
+  // Clears the statistics of every group of the device (not queue_length / in_flight).
+  Status reset_stats(DeviceId device);
+  std::optional<std::uint32_t> queue_length(DeviceId device, GroupId group) const noexcept;
+  std::uint32_t queued() const noexcept;     // whole device group
+  std::uint32_t in_flight() const noexcept;  // whole device group
+  std::uint32_t queued(DeviceId device) const noexcept;
+  std::uint32_t in_flight(DeviceId device) const noexcept;
+
+  // Bytes the scheduler holds (tests and the memory target).
+  std::size_t memory_bytes() const noexcept;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ioband::qos

@@ -1,0 +1,51 @@
+// fair: start-time fair queueing (Goyal, Vin, Cheng 1996) over one cost unit.
+//
+// The math. Each group g has a weight w_g; a request r of g costs c(r) cost
+// units (cost.h: c = request_tokens + sectors * sector_tokens). V is the
+// device group's virtual time.
+//
+//   start tag of g's head request     S_g
+//   when g's head r is dispatched     V := max(V, S_g)
+//                                     S_g := S_g + c(r) / w_g      (its finish tag)
+//   dispatch order                    the smallest S_g among groups allowed to go
+//   coming back from idle (or from    S_g := max(S_g, V)
+//   waiting on a limit)               -- no credit for the time it was away (it
+//                                     cannot take over the storage), no debt (it
+//                                     goes at once, ahead of every backlogged group
+//                                     whose S is above V: it is never starved).
+//
+// Guarantee (SFQ): for two groups i, j backlogged over any interval,
+//   | W_i / w_i  -  W_j / w_j |  <=  cmax_i / w_i + cmax_j / w_j
+// where W is the cost dispatched in the interval and cmax the largest cost of
+// one request: each group stays within one request of its weighted share in
+// every window, whatever its length. Weights apply to the next dispatch, so a
+// weight change takes effect at once. Cost: O(log groups) per request.
+//
+// Virtual time is fixed point: c / w is computed as c * 2^kVtimeShift / w
+// (at least 1); when V passes 2^61 every tag is shifted down (rebase), which
+// preserves the order and happens at most every few hours.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "qos/cost.h"
+#include "qos/group.h"
+
+namespace ioband::qos::detail {
+
+inline constexpr unsigned kVtimeShift = 16;
+inline constexpr std::int64_t kVtimeRebase = std::int64_t{1} << 61;
+
+struct FairPolicy {
+  // c / w in virtual time. cost < 2^40 (cost.h bounds) so the shift fits.
+  static std::int64_t advance(Cost cost, std::uint32_t weight) noexcept {
+    std::uint64_t step = (cost << kVtimeShift) / weight;
+    return static_cast<std::int64_t>(std::max<std::uint64_t>(step, 1));
+  }
+
+  // Come back from idle / from a limit.
+  static void normalize(Group& group, std::int64_t vtime) noexcept { group.vtime = std::max(group.vtime, vtime); }
+};
+
+}  // namespace ioband::qos::detail

@@ -1,0 +1,158 @@
+// Internal state of groups and ioband devices (not part of the public API).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "qos/device_group.h"
+#include "qos/group_table.h"
+#include "qos/indexed_heap.h"
+#include "qos/request.h"
+#include "qos/stats.h"
+#include "qos/token_bucket.h"
+
+namespace ioband::qos::detail {
+
+struct Device;
+struct Group;
+
+enum class RequestState : std::uint8_t { idle = 0, queued = 1, in_flight = 2 };
+
+// Rarely used per-group settings, allocated only when set: limits and range-bw.
+struct GroupExtras {
+  Group* group = nullptr;
+  std::uint32_t reservation_index = kNotInHeap;  // Device::reserved (range-bw)
+  std::unique_ptr<LimitState> limits;
+  RangeBw range{};
+  TokenBucket max_bw;      // range-bw max-bw, bytes/s
+  Nanos reservation = 0;   // range-bw: when the group's next min-bw byte is due
+};
+
+// Counters kept per group; GroupStats adds the live queue_length / in_flight.
+struct GroupCounters {
+  std::uint64_t read_requests = 0;
+  std::uint64_t delayed_read_requests = 0;
+  std::uint64_t read_sectors = 0;
+  std::uint64_t write_requests = 0;
+  std::uint64_t delayed_write_requests = 0;
+  std::uint64_t write_sectors = 0;
+  std::uint64_t delayed_nanos = 0;
+  std::array<std::uint64_t, kDelayBuckets> delay_histogram{};
+};
+
+struct Group {
+  // FIFO of queued requests: `next` runs head to tail, head->prev is the tail.
+  Request* head = nullptr;
+  Device* device = nullptr;
+  std::uint32_t weight = kDefaultWeight;
+  std::uint32_t queue_length = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t slot = 0;                        // dense number (GroupPool), key of the ready heaps
+  std::uint32_t timer_index = kNotInHeap;        // parked until a limit allows
+  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
+  std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
+  std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
+  bool retired = false;                          // detached, waiting for its in-flight requests
+  // Policy state. fair / range-bw: the virtual start time of the head
+  // request. weight / weight-iosize: tokens left (cost units, may be a debt).
+  union {
+    std::int64_t vtime = 0;
+    std::int64_t tokens;
+  };
+  std::unique_ptr<GroupExtras> extras;
+  GroupCounters counters;
+
+  bool parked() const noexcept { return timer_index != kNotInHeap; }
+};
+
+// The per-group cost the memory target counts (an idle group: this, one
+// GroupTable slot at 3/8..3/4 load and one ready-heap entry).
+static_assert(sizeof(Group) <= 192);
+
+struct Device {
+  explicit Device(std::vector<std::uint32_t>* ready_positions) noexcept : ready(ready_positions) {}
+
+  DeviceId id = 0;
+  Group* default_group = nullptr;
+  GroupTable<Group> groups;  // attached groups, not the default one
+  SlotHeap ready;            // ready groups by policy key
+  IndexedHeap<GroupExtras, &GroupExtras::reservation_index> reserved;  // range-bw: by reservation time
+  std::unique_ptr<LimitState> limits;
+  std::uint32_t queued = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t groups_with_extras = 0;  // may be parked or hold a reservation
+  std::uint32_t top_index = kNotInHeap;
+  std::uint32_t top_reservation_index = kNotInHeap;
+  std::uint32_t timer_index = kNotInHeap;
+
+  bool parked() const noexcept { return timer_index != kNotInHeap; }
+};
+
+// Groups come from fixed-size slabs: no per-group allocator header, and
+// attach/detach reuse freed slots.
+class GroupPool {
+ public:
+  GroupPool() = default;
+  GroupPool(const GroupPool&) = delete;
+  GroupPool& operator=(const GroupPool&) = delete;
+  ~GroupPool() = default;  // owners destroy live groups first
+
+  Group* create() {
+    if (free_ == kNone) grow();
+    std::uint32_t number = free_;
+    Slot& slot = at_slot(number);
+    free_ = slot.next_free;
+    ++live_;
+    Group* group = new (slot.storage) Group();
+    group->slot = number;
+    return group;
+  }
+
+  void destroy(Group* group) noexcept {
+    std::uint32_t number = group->slot;
+    group->~Group();
+    at_slot(number).next_free = free_;
+    free_ = number;
+    --live_;
+  }
+
+  // The group in slot `number` (which must be live).
+  Group* at(std::uint32_t number) const noexcept {
+    return std::launder(reinterpret_cast<Group*>(at_slot(number).storage));
+  }
+
+  // Slot numbers are below this.
+  std::size_t slots() const noexcept { return chunks_.size() * kSlotsPerChunk; }
+  std::size_t live() const noexcept { return live_; }
+  std::size_t memory_bytes() const noexcept { return chunks_.size() * kSlotsPerChunk * sizeof(Slot); }
+
+ private:
+  static constexpr std::uint32_t kSlotsPerChunk = 256;
+  static constexpr std::uint32_t kNone = UINT32_MAX;
+  union Slot {
+    std::uint32_t next_free;
+    alignas(Group) unsigned char storage[sizeof(Group)];
+  };
+
+  Slot& at_slot(std::uint32_t number) const noexcept {
+    return chunks_[number / kSlotsPerChunk][number % kSlotsPerChunk];
+  }
+
+  void grow() {
+    std::uint32_t base = static_cast<std::uint32_t>(chunks_.size()) * kSlotsPerChunk;
+    chunks_.push_back(std::make_unique<Slot[]>(kSlotsPerChunk));
+    for (std::uint32_t i = kSlotsPerChunk; i-- > 0;) {
+      chunks_.back()[i].next_free = free_;
+      free_ = base + i;
+    }
+  }
+
+  std::vector<std::unique_ptr<Slot[]>> chunks_;
+  std::uint32_t free_ = kNone;
+  std::size_t live_ = 0;
+};
+
+}  // namespace ioband::qos::detail

@@ -1,0 +1,103 @@
+// A leaky bucket in debt form, and the set of buckets that enforce one Limits
+// value (see limits.h for the math and the guarantee).
+//
+//            cost of each passed request
+//                      |
+//                      v
+//     capacity  - - +-----+ - -   a request may pass while level <= capacity
+//                   |#####|
+//                   |#####| level (debt, in units)
+//                   +--+--+
+//                      |  drains at `rate` units per second
+//
+// Pure: time is an argument (nanoseconds on the caller's steady clock).
+#pragma once
+
+#include <cstdint>
+
+#include "qos/limits.h"
+#include "qos/request.h"
+
+namespace ioband::qos {
+
+// Nanoseconds since the steady clock's epoch: the scheduler's time.
+using Nanos = std::int64_t;
+inline Nanos to_nanos(TimePoint t) noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+inline TimePoint from_nanos(Nanos ns) noexcept {
+  return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::nanoseconds(ns)));
+}
+
+class TokenBucket {
+ public:
+  TokenBucket() = default;
+  // rate: units per second (> 0); capacity: units of slack before requests wait.
+  TokenBucket(std::uint64_t rate, std::uint64_t capacity) noexcept : rate_(rate), capacity_(capacity) {}
+
+  bool enabled() const noexcept { return rate_ != 0; }
+  std::uint64_t rate() const noexcept { return rate_; }
+  std::uint64_t capacity() const noexcept { return capacity_; }
+  std::uint64_t level() const noexcept { return level_; }
+
+  // Drains the bucket up to `now` (time never runs backwards here).
+  void advance(Nanos now) noexcept;
+  // After advance(now): may a request pass now?
+  bool allows() const noexcept { return level_ <= capacity_; }
+  // After advance(now): the earliest time a request may pass (now if it may).
+  Nanos available_at(Nanos now) const noexcept;
+  // Adds the cost of a passed request.
+  void charge(std::uint64_t units) noexcept;
+  // Keeps the level when the rate or capacity changes.
+  void reconfigure(std::uint64_t rate, std::uint64_t capacity) noexcept {
+    rate_ = rate;
+    capacity_ = capacity;
+  }
+
+ private:
+  std::uint64_t rate_ = 0;
+  std::uint64_t capacity_ = 0;
+  std::uint64_t level_ = 0;
+  std::uint64_t remainder_ = 0;  // (elapsed * rate) mod 1e9 not yet drained
+  Nanos last_ = 0;
+  bool started_ = false;
+};
+
+// iops buckets count in 1/kIopsUnit of a request, so iops-size can split one.
+inline constexpr std::uint64_t kIopsUnit = 1024;
+
+// The buckets of one Limits value: for each of iops/bps x total/read/write a
+// sustained bucket and, when *-max is set, a burst-rate bucket.
+class LimitState {
+ public:
+  LimitState() = default;
+  explicit LimitState(const Limits& limits) { configure(limits); }
+
+  // New limits; bucket levels are kept so a change never grants a free burst.
+  void configure(const Limits& limits) noexcept;
+  const Limits& limits() const noexcept { return limits_; }
+
+  // Earliest time a request of this size and direction may pass (<= now: now).
+  // `direction_specific` tells whether a read/write bucket (not a total one)
+  // is what holds it back.
+  Nanos available_at(Direction direction, std::uint32_t bytes, Nanos now,
+                     bool* direction_specific = nullptr) noexcept;
+  void charge(Direction direction, std::uint32_t bytes, Nanos now) noexcept;
+
+  // Units charged to the iops buckets for one request.
+  std::uint64_t iops_units(std::uint32_t bytes) const noexcept;
+
+ private:
+  enum Index { total = 0, read = 1, write = 2 };
+  struct Pair {
+    TokenBucket sustained;
+    TokenBucket burst;
+  };
+  static void configure_pair(Pair& pair, const Rate& rate, std::uint64_t unit) noexcept;
+
+  Limits limits_{};
+  Pair iops_[3];
+  Pair bps_[3];
+};
+
+}  // namespace ioband::qos

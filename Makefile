@@ -23,7 +23,7 @@ build-asan: $(ASAN_BUILD)/build.ninja
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 run: setup build
-	build/bin/iobandd
+	scripts/run-demo
 
 # Every test of the release build (unit, simulation, integration with real
 # clients), then the unit and simulation tests again under ASan+UBSan.

@@ -13,7 +13,10 @@
 #include <iostream>
 #include <thread>
 
+#include "control/engine.h"
 #include "control/export_spec.h"
+#include "daemon/control_server.h"
+#include "daemon/platform.h"
 #include "io/backend.h"
 #include "io/log.h"
 #include "io/reactor.h"
@@ -73,11 +76,13 @@ int main(int argc, char** argv) {
   std::string state_dir = "./var";
   std::string socket_path;
   std::string listen;
+  std::string control_path;
   std::vector<std::string> export_texts;
   unsigned threads = 1;
   app.add_option("--state-dir", state_dir, "directory for state, sockets and the demo image")->capture_default_str();
   app.add_option("--socket", socket_path, "NBD Unix socket (default STATE_DIR/ioband.sock)");
   app.add_option("--listen", listen, "also serve NBD over TCP on HOST:PORT");
+  app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
                  "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
                  "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N] (repeatable)");
@@ -127,7 +132,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (socket_path.empty()) socket_path = state_dir + "/ioband.sock";
-  if (specs.empty()) {
+  if (control_path.empty()) control_path = state_dir + "/ioband.ctl";
+  const std::string state_path = state_dir + "/state.json";
+  struct stat state_stat{};
+  // The embedded default serves demo.img only when nothing else is configured.
+  if (specs.empty() && stat(state_path.c_str(), &state_stat) != 0) {
     control::ExportSpec demo;
     demo.name = "demo";
     demo.path = state_dir + "/demo.img";
@@ -183,7 +192,21 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+
+  daemon::DaemonPlatform platform(reactor_ptrs, exports, server);
+  control::Engine engine(platform.make(), state_path);
+  if (auto error = engine.restore(); !error.empty()) {
+    std::cerr << "iobandd: " << error << "\n";
+    return 1;
+  }
+  daemon::ControlServer control(engine);
+  if (auto error = control.listen(control_path); !error.empty()) {
+    std::cerr << "iobandd: --control " << error << "\n";
+    return 1;
+  }
+  platform.set_running(true);
   server.start();
+  control.start();
 
   int signal_fd = signalfd(-1, &signals, SFD_CLOEXEC);
   signalfd_siginfo info{};
@@ -202,6 +225,7 @@ int main(int argc, char** argv) {
       if (++signals_seen == 1) {
         log_line(std::string("received ") + strsignal(static_cast<int>(info.ssi_signo)) +
                  ", finishing requests in flight");
+        control.stop_accepting();
         server.shutdown();
         main_reactor.arm_timer(&grace_timer, &grace);
         for (auto& r : reactors) r->stop();
@@ -217,7 +241,7 @@ int main(int argc, char** argv) {
   };
   arm_signal();
 
-  log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path +
+  log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
            (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
 
   std::vector<std::thread> workers;
@@ -231,6 +255,8 @@ int main(int argc, char** argv) {
     _exit(1);
   }
   for (auto& w : workers) w.join();
+  for (auto& r : reactors) r->run_leftovers();
+  control.stop();
   unlink(socket_path.c_str());
   log_line("stopped");
   return 0;

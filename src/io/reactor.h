@@ -57,6 +57,9 @@ class Reactor {
   void stop();
   // Thread-safe: runs fn on the reactor's thread.
   void post(std::function<void()> fn);
+  // After run() has returned on every thread: runs what was posted too late
+  // to be seen, so no poster waits forever.
+  void run_leftovers() { drain_posted(); }
   // Runs fn once after the current batch of completions (reply coalescing).
   void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
 

@@ -8,20 +8,27 @@ namespace ioband::nbd {
 
 DeviceGroupDriver::~DeviceGroupDriver() = default;
 
+// One reading of the clock per event: a request that can go at once is
+// dispatched at the instant it arrived, so it does not count as delayed.
 void DeviceGroupDriver::enqueue(NbdRequest& request) noexcept {
-  group_.enqueue(&request, qos::Clock::now());
-  pump();
+  const qos::TimePoint now = qos::Clock::now();
+  group_.enqueue(&request, now);
+  pump(now);
 }
 
 void DeviceGroupDriver::complete(NbdRequest& request) noexcept {
-  group_.complete(&request, qos::Clock::now());
-  pump();
+  const qos::TimePoint now = qos::Clock::now();
+  group_.complete(&request, now);
+  pump(now);
 }
 
-void DeviceGroupDriver::pump() noexcept {
+void DeviceGroupDriver::pump() noexcept { pump(qos::Clock::now()); }
+
+void DeviceGroupDriver::pump(qos::TimePoint now) noexcept {
   // A storage op may finish inside submit (an early error): its complete()
   // lands here again; let the outer loop pick the change up instead of
   // recursing.
+  if (retired_.load(std::memory_order_acquire)) return;
   if (pumping_) {
     pump_again_ = true;
     return;
@@ -30,7 +37,7 @@ void DeviceGroupDriver::pump() noexcept {
   do {
     pump_again_ = false;
     for (;;) {
-      const qos::Decision d = group_.next(qos::Clock::now());
+      const qos::Decision d = group_.next(now);
       if (d.kind == qos::Decision::Kind::dispatch) {
         auto* request = static_cast<NbdRequest*>(d.request);
         request->session->submit_io(*request);
@@ -39,6 +46,7 @@ void DeviceGroupDriver::pump() noexcept {
       if (d.kind == qos::Decision::Kind::wait && d.until != qos::TimePoint::max()) arm_timer(d.until);
       break;
     }
+    if (pump_again_) now = qos::Clock::now();
   } while (pump_again_);
   pumping_ = false;
 }

@@ -5,6 +5,7 @@
 // armed for t. The scheduler itself stays pure; this is the only place where
 // its decisions meet the clock and the ring (STYLE.md point 1).
 
+#include <atomic>
 #include <chrono>
 
 #include "io/reactor.h"
@@ -24,6 +25,11 @@ class DeviceGroupDriver final : public io::Completion {
   // Dispatches what the scheduler releases now; call after any change of
   // the device group's settings too.
   void pump() noexcept;
+  void pump(qos::TimePoint now) noexcept;
+
+  // The device group is going away: from now on the driver does nothing
+  // (a timer of it may still fire). Thread-safe.
+  void retire() noexcept { retired_.store(true, std::memory_order_release); }
 
   qos::DeviceGroup& group() noexcept { return group_; }
   io::Reactor& reactor() noexcept { return reactor_; }
@@ -35,6 +41,7 @@ class DeviceGroupDriver final : public io::Completion {
 
   qos::DeviceGroup& group_;
   io::Reactor& reactor_;
+  std::atomic<bool> retired_{false};
   bool pumping_ = false;
   bool pump_again_ = false;
   bool timer_armed_ = false;

@@ -228,36 +228,49 @@ class SlotHeap {
   }
 
   void sift_up(std::uint32_t i) noexcept {
-    Entry moving = entries_[i];
+    Entry* entries = entries_.data();
+    std::uint32_t* positions = positions_->data();
+    Entry moving = entries[i];
     while (i > 0) {
       std::uint32_t parent = (i - 1) / kArity;
-      if (!(moving.key < entries_[parent].key)) break;
-      entries_[i] = entries_[parent];
-      (*positions_)[entries_[i].slot] = i;
+      if (!(moving.key < entries[parent].key)) break;
+      entries[i] = entries[parent];
+      positions[entries[i].slot] = i;
       i = parent;
     }
-    entries_[i] = moving;
-    (*positions_)[moving.slot] = i;
+    entries[i] = moving;
+    positions[moving.slot] = i;
+  }
+
+  // The smallest of the children of i, without branches when all four exist
+  // (keys are unpredictable: a mispredicted branch costs more than a cmov).
+  std::uint32_t smallest_child(const Entry* entries, std::uint32_t first, std::uint32_t n) const noexcept {
+    if (first + kArity <= n) {
+      std::uint32_t a = entries[first + 1].key < entries[first].key ? first + 1 : first;
+      std::uint32_t b = entries[first + 3].key < entries[first + 2].key ? first + 3 : first + 2;
+      return entries[b].key < entries[a].key ? b : a;
+    }
+    std::uint32_t child = first;
+    for (std::uint32_t c = first + 1; c < n; ++c) child = entries[c].key < entries[child].key ? c : child;
+    return child;
   }
 
   void sift_down(std::uint32_t i) noexcept {
+    Entry* entries = entries_.data();
+    std::uint32_t* positions = positions_->data();
     std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
-    Entry moving = entries_[i];
+    Entry moving = entries[i];
     for (;;) {
       std::uint32_t first = kArity * i + 1;
       if (first >= n) break;
-      std::uint32_t last = std::min(first + kArity, n);
-      std::uint32_t child = first;
-      for (std::uint32_t c = first + 1; c < last; ++c) {
-        if (entries_[c].key < entries_[child].key) child = c;
-      }
-      if (!(entries_[child].key < moving.key)) break;
-      entries_[i] = entries_[child];
-      (*positions_)[entries_[i].slot] = i;
+      std::uint32_t child = smallest_child(entries, first, n);
+      if (!(entries[child].key < moving.key)) break;
+      entries[i] = entries[child];
+      positions[entries[i].slot] = i;
       i = child;
     }
-    entries_[i] = moving;
-    (*positions_)[moving.slot] = i;
+    entries[i] = moving;
+    positions[moving.slot] = i;
   }
 
   std::vector<Entry> entries_;

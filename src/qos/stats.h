@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 
@@ -14,13 +15,11 @@ namespace ioband::qos {
 inline constexpr std::size_t kDelayBuckets = 9;
 
 constexpr std::size_t delay_bucket(std::chrono::nanoseconds delay) noexcept {
-  std::int64_t us = delay.count() / 1000 / 4;
-  std::size_t bucket = 0;
-  while (us >= 4 && bucket + 1 < kDelayBuckets) {
-    us /= 4;
-    ++bucket;
-  }
-  return bucket;
+  if (delay.count() <= 0) return 0;
+  // v = delay / 16 us; bucket = ceil(bit_width(v) / 2): v in [4^(k-1), 4^k) -> k.
+  std::uint64_t v = static_cast<std::uint64_t>(delay.count()) / 16'000;
+  std::size_t bucket = (static_cast<std::size_t>(std::bit_width(v)) + 1) / 2;
+  return bucket < kDelayBuckets ? bucket : kDelayBuckets - 1;
 }
 
 // Lower edge of bucket i.
@@ -33,7 +32,12 @@ constexpr std::chrono::microseconds delay_bucket_floor(std::size_t bucket) noexc
 static_assert(delay_bucket(std::chrono::microseconds(15)) == 0);
 static_assert(delay_bucket(std::chrono::microseconds(16)) == 1);
 static_assert(delay_bucket(std::chrono::microseconds(1024)) == 4);
+static_assert(delay_bucket(std::chrono::microseconds(63)) == 1);
+static_assert(delay_bucket(std::chrono::microseconds(64)) == 2);
+static_assert(delay_bucket(std::chrono::microseconds(262'143)) == 7);
+static_assert(delay_bucket(std::chrono::microseconds(262'144)) == 8);
 static_assert(delay_bucket(std::chrono::seconds(10)) == kDelayBuckets - 1);
+static_assert(delay_bucket(std::chrono::nanoseconds(-5)) == 0);
 static_assert(delay_bucket_floor(4) == std::chrono::microseconds(1024));
 
 struct GroupStats {

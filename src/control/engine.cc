@@ -1,0 +1,608 @@
+#include "control/engine.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "control/format.h"
+#include "control/language.h"
+#include "control/state_file.h"
+#include "control/usage.h"
+#include "ioband/version.h"
+
+namespace ioband::control {
+
+using nlohmann::json;
+
+namespace {
+
+std::string quoted(const std::string& text) { return "\"" + text + "\""; }
+
+std::string join_ids(const std::map<int64_t, GroupSettings>& groups) {
+  std::string text;
+  for (const auto& [id, group] : groups) {
+    if (id == qos::kDefaultGroup) continue;
+    text += (text.empty() ? "" : ", ") + std::to_string(id);
+  }
+  return text;
+}
+
+// Sets io_throttle and io_limit together, in the order their invariant
+// (io_throttle <= io_limit) allows; on error the device group is unchanged.
+qos::Status set_throttle_and_limit(qos::DeviceGroup& group, uint32_t io_throttle, uint32_t io_limit) {
+  const uint32_t old_throttle = group.io_throttle();
+  const uint32_t old_limit = group.io_limit();
+  if (io_throttle <= old_limit) {
+    if (qos::Status status = group.set_io_throttle(io_throttle); !status) return status;
+    if (qos::Status status = group.set_io_limit(io_limit); !status) {
+      (void)group.set_io_throttle(old_throttle);
+      return status;
+    }
+    return {};
+  }
+  if (qos::Status status = group.set_io_limit(io_limit); !status) return status;
+  if (qos::Status status = group.set_io_throttle(io_throttle); !status) {
+    (void)group.set_io_limit(old_limit);
+    return status;
+  }
+  return {};
+}
+
+qos::Status apply_device_group(qos::DeviceGroup& group, const DeviceGroupSettings& settings) {
+  if (qos::Status status = group.set_policy(settings.policy); !status) return status;
+  if (qos::Status status = group.set_token(settings.token); !status) return status;
+  if (qos::Status status = group.set_carryover(settings.carryover); !status) return status;
+  return set_throttle_and_limit(group, settings.io_throttle, settings.io_limit);
+}
+
+// Adds the device and its groups and settings; on error removes it again.
+qos::Status add_device(qos::DeviceGroup& group, const DeviceState& device) {
+  if (qos::Status status = group.add_device(device.device); !status) return status;
+  auto apply = [&]() -> qos::Status {
+    for (const auto& [id, settings] : device.groups) {
+      const std::string which = id == qos::kDefaultGroup ? "default group" : "group " + std::to_string(id);
+      if (id != qos::kDefaultGroup) {
+        if (qos::Status status = group.attach(device.device, id); !status) return status;
+      }
+      if (qos::Status status = group.set_weight(device.device, id, settings.weight); !status) {
+        return qos::Status::error(which + ": " + status.message());
+      }
+      if (settings.range_bw != qos::RangeBw{}) {
+        if (qos::Status status = group.set_range_bw(device.device, id, settings.range_bw.min_kib,
+                                                    settings.range_bw.max_kib);
+            !status) {
+          return qos::Status::error(which + ": " + status.message());
+        }
+      }
+      if (!settings.limits.unlimited()) {
+        if (qos::Status status = group.set_limits(device.device, id, settings.limits); !status) {
+          return qos::Status::error(which + ": " + status.message());
+        }
+      }
+    }
+    if (!device.limits.unlimited()) {
+      if (qos::Status status = group.set_limits(device.device, std::nullopt, device.limits); !status) return status;
+    }
+    return {};
+  };
+  qos::Status status = apply();
+  if (!status) (void)group.remove_device(device.device);
+  return status;
+}
+
+}  // namespace
+
+std::string probe_path(const std::string& path, PathInfo& info) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return path + ": " + std::strerror(errno);
+  if (S_ISREG(st.st_mode)) {
+    info.bytes = static_cast<uint64_t>(st.st_size);
+    info.major = major(st.st_dev);
+    info.minor = minor(st.st_dev);
+    return {};
+  }
+  if (S_ISBLK(st.st_mode)) {
+    info.major = major(st.st_rdev);
+    info.minor = minor(st.st_rdev);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return path + ": " + std::strerror(errno);
+    uint64_t bytes = 0;
+    const int result = ::ioctl(fd, BLKGETSIZE64, &bytes);
+    const int error = errno;
+    ::close(fd);
+    if (result != 0) return path + ": " + std::strerror(error);
+    info.bytes = bytes;
+    return {};
+  }
+  return path + " is neither a regular file nor a block device";
+}
+
+Engine::Engine(Platform platform, std::string state_path)
+    : platform_(std::move(platform)), state_path_(std::move(state_path)) {}
+
+Engine::~Engine() = default;
+
+void Engine::run_on_owner(int id, const std::function<void()>& fn) {
+  if (platform_.run_on_owner) {
+    platform_.run_on_owner(id, fn);
+  } else {
+    fn();
+  }
+}
+
+qos::Status Engine::call(int id, const std::function<qos::Status(qos::DeviceGroup&)>& fn) {
+  qos::DeviceGroup& group = *device_groups_.at(id);
+  qos::Status status;
+  run_on_owner(id, [&] { status = fn(group); });
+  return status;
+}
+
+DeviceState* Engine::find_device(const std::string& name) {
+  for (DeviceState& device : state_.devices) {
+    if (device.name == name) return &device;
+  }
+  return nullptr;
+}
+
+std::optional<Engine::Scheduling> Engine::scheduling(const std::string& name) const {
+  for (const DeviceState& device : state_.devices) {
+    if (device.name != name) continue;
+    return Scheduling{device_groups_.at(device.device_group_id).get(), device.device, device.type};
+  }
+  return std::nullopt;
+}
+
+std::string Engine::state_json() const { return state_to_text(state_); }
+
+std::string Engine::save() {
+  if (save_disabled_) return state_path_ + ": not written, because it could not be read at start";
+  if (auto error = write_file_atomically(state_path_, state_to_text(state_))) return *error;
+  return {};
+}
+
+void Engine::destroy_device_group(int id) {
+  auto it = device_groups_.find(id);
+  if (it == device_groups_.end()) return;
+  if (platform_.release_device_group) platform_.release_device_group(id, *it->second);
+  run_on_owner(id, [&] { it->second.reset(); });
+  device_groups_.erase(it);
+  state_.device_groups.erase(id);
+}
+
+std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& wanted, bool explicit_throttle_limit) {
+  PathInfo info;
+  std::string error = platform_.probe ? platform_.probe(device.path, info) : probe_path(device.path, info);
+  if (!error.empty()) return error;
+  if (info.bytes / 512 < device.sectors) {
+    return device.path + " is " + std::to_string(info.bytes) + " bytes, smaller than " + std::to_string(device.sectors) +
+           " sectors (" + std::to_string(device.sectors * 512) + " bytes)";
+  }
+  device.major = info.major;
+  device.minor = info.minor;
+
+  const int id = device.device_group_id;
+  const bool new_group = !device_groups_.contains(id);
+  const DeviceGroupSettings before = new_group ? DeviceGroupSettings{} : state_.device_groups.at(id);
+  DeviceGroupSettings after = before;
+  if (new_group) {
+    device_groups_.emplace(id, std::make_unique<qos::DeviceGroup>());
+    after = wanted;
+    after.id = id;
+    if (qos::Status status = call(id, [&](qos::DeviceGroup& group) { return apply_device_group(group, after); });
+        !status) {
+      destroy_device_group(id);
+      return "device group " + std::to_string(id) + ": " + status.message();
+    }
+  } else if (explicit_throttle_limit) {
+    after.io_throttle = wanted.io_throttle;
+    after.io_limit = wanted.io_limit;
+    if (qos::Status status = call(id,
+                                  [&](qos::DeviceGroup& group) {
+                                    return set_throttle_and_limit(group, after.io_throttle, after.io_limit);
+                                  });
+        !status) {
+      return "device group " + std::to_string(id) + ": " + status.message();
+    }
+  }
+  auto undo_device_group = [&] {
+    if (new_group) {
+      destroy_device_group(id);
+    } else if (explicit_throttle_limit) {
+      (void)call(id, [&](qos::DeviceGroup& group) {
+        return set_throttle_and_limit(group, before.io_throttle, before.io_limit);
+      });
+    }
+  };
+
+  std::set<qos::DeviceId> used;
+  for (const DeviceState& other : state_.devices) {
+    if (other.device_group_id == id) used.insert(other.device);
+  }
+  qos::DeviceId device_id = 0;
+  while (used.contains(device_id)) ++device_id;
+  device.device = device_id;
+  if (qos::Status status = call(id, [&](qos::DeviceGroup& group) { return add_device(group, device); }); !status) {
+    undo_device_group();
+    return status.message();
+  }
+
+  DeviceConfig config;
+  config.name = device.name;
+  config.path = device.path;
+  config.sectors = device.sectors;
+  config.device_group_id = id;
+  config.io_throttle = after.io_throttle;
+  config.io_limit = after.io_limit;
+  config.type = device.type;
+  error = platform_.create_export(config, *device_groups_.at(id), device_id);
+  if (!error.empty()) {
+    (void)call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
+    undo_device_group();
+    return error;
+  }
+  state_.device_groups[id] = after;
+  state_.devices.push_back(std::move(device));
+  return {};
+}
+
+std::string Engine::destroy_device(const std::string& name, bool force) {
+  auto it = std::find_if(state_.devices.begin(), state_.devices.end(),
+                         [&](const DeviceState& device) { return device.name == name; });
+  if (it == state_.devices.end()) return "no ioband device named " + name;
+  const int id = it->device_group_id;
+  const qos::DeviceId device_id = it->device;
+  platform_.remove_export(name, force);
+  qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
+  state_.devices.erase(it);
+  const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
+                                 [&](const DeviceState& device) { return device.device_group_id == id; });
+  if (last) destroy_device_group(id);
+  return status ? std::string() : status.message();
+}
+
+std::string Engine::restore() {
+  State saved;
+  bool exists = false;
+  if (auto error = read_state_file(state_path_, saved, exists)) {
+    save_disabled_ = true;
+    return state_path_ + ": " + *error;
+  }
+  if (!exists) return {};
+  for (const DeviceState& device : saved.devices) {
+    std::string error = build_device(device, saved.device_groups.at(device.device_group_id), false);
+    if (error.empty()) continue;
+    save_disabled_ = true;
+    while (!state_.devices.empty()) (void)destroy_device(state_.devices.back().name, true);
+    return state_path_ + ": device " + device.name + ": " + error;
+  }
+  return {};
+}
+
+std::string Engine::handle_line(const std::string& line, bool may_change) {
+  Request request;
+  if (auto error = parse_request(line, request)) return reply_to_line(Reply::failure(*error), request.id);
+  try {
+    return reply_to_line(execute(request, may_change), request.id);
+  } catch (const std::exception& e) {
+    // A bug must cost the command, not the daemon.
+    return reply_to_line(Reply::failure(Error::refused(request.command + ": internal error: " + e.what())), request.id);
+  }
+}
+
+Reply Engine::execute(const Request& request, bool may_change) {
+  const bool changes = request.command == "create" || request.command == "remove" || request.command == "message";
+  if (changes && !may_change) {
+    return Reply::failure(
+        Error::refused(request.command + ": permission denied: only the owner of the control socket may change state"));
+  }
+  if (changes && save_disabled_) {
+    return Reply::failure(Error::refused(request.command + ": refused: " + state_path_ + " could not be read at start"));
+  }
+  if (request.command == "create") return create(request);
+  if (request.command == "remove") return remove(request);
+  if (request.command == "message") return message(request);
+  if (request.command == "table") return table(request);
+  if (request.command == "status") return status(request);
+  return targets(request);
+}
+
+Reply Engine::create(const Request& request) {
+  if (auto why = check_device_name(request.name); !why.empty()) {
+    return Reply::failure(Error::bad_usage("create: " + why, usage_of("create")));
+  }
+  TableLine line;
+  if (auto error = parse_table_line(request.table, line)) {
+    error->message = "create " + request.name + ": " + error->message;
+    return Reply::failure(*error);
+  }
+  if (find_device(request.name) != nullptr) {
+    return Reply::failure(Error::refused("create: ioband device " + request.name + " already exists"));
+  }
+  DeviceState device;
+  device.name = request.name;
+  device.path = line.path;
+  device.sectors = line.sectors;
+  device.device_group_id = line.device_group_id;
+  DeviceGroupSettings wanted;
+  auto existing = state_.device_groups.find(line.device_group_id);
+  if (existing != state_.device_groups.end()) wanted = existing->second;
+  if (line.io_throttle) wanted.io_throttle = *line.io_throttle;
+  if (line.io_limit) wanted.io_limit = *line.io_limit;
+  const bool explicit_throttle_limit = line.io_throttle.has_value() || line.io_limit.has_value();
+  if (std::string error = build_device(std::move(device), wanted, explicit_throttle_limit); !error.empty()) {
+    return Reply::failure(Error::refused("create " + request.name + ": " + error));
+  }
+  Reply reply;
+  const DeviceState& created = state_.devices.back();
+  reply.data = {{"device", table_json(created, state_.device_groups.at(created.device_group_id))}};
+  if (std::string error = save(); !error.empty()) {
+    return Reply::failure(Error::refused("create " + request.name + ": the device was created but not saved: " + error));
+  }
+  return reply;
+}
+
+Reply Engine::remove(const Request& request) {
+  if (request.name.empty()) return Reply::failure(Error::bad_usage("remove needs NAME", usage_of("remove")));
+  if (find_device(request.name) == nullptr) {
+    return Reply::failure(Error::refused("remove: no ioband device named " + request.name));
+  }
+  const int connections = platform_.connections ? platform_.connections(request.name) : 0;
+  if (connections > 0 && !request.force) {
+    return Reply::failure(Error::refused("remove " + request.name + ": " + std::to_string(connections) +
+                                         (connections == 1 ? " client is" : " clients are") +
+                                         " connected; disconnect them, or use remove --force to end their connections"));
+  }
+  std::string error = destroy_device(request.name, request.force);
+  std::string saved = save();
+  if (!error.empty()) return Reply::failure(Error::refused("remove " + request.name + ": " + error));
+  if (!saved.empty()) {
+    return Reply::failure(Error::refused("remove " + request.name + ": the device was removed but not saved: " + saved));
+  }
+  Reply reply;
+  reply.data = {{"removed", request.name}};
+  return reply;
+}
+
+Reply Engine::message(const Request& request) {
+  if (request.name.empty()) return Reply::failure(Error::bad_usage("message needs NAME", usage_of("message")));
+  const std::string verb_word = request.args.empty() ? std::string() : request.args.front();
+  if (request.sector != "0") {
+    return Reply::failure(
+        Error::bad_usage("message " + request.name + ": the sector must be 0, not " + quoted(request.sector),
+                         usage_of("message", verb_word)));
+  }
+  Message message;
+  if (auto error = parse_message(request.args, message)) {
+    error->message = "message " + request.name + ": " + error->message;
+    return Reply::failure(*error);
+  }
+  DeviceState* device = find_device(request.name);
+  if (device == nullptr) return Reply::failure(Error::refused("message: no ioband device named " + request.name));
+  const std::string prefix = "message " + device->name + " " + std::string(verb_name(message.verb)) + ": ";
+  auto refused = [&](const std::string& why) { return Reply::failure(Error::refused(prefix + why)); };
+  const int id = device->device_group_id;
+  const qos::DeviceId device_id = device->device;
+  DeviceGroupSettings& settings = state_.device_groups.at(id);
+  const int64_t group_id = message.group.value_or(qos::kDefaultGroup);
+  auto group_name = [&](int64_t group) {
+    return group == qos::kDefaultGroup ? std::string("the default group") : "group " + std::to_string(group);
+  };
+  auto check_attached = [&](int64_t group) -> std::optional<Reply> {
+    if (device->groups.contains(group)) return std::nullopt;
+    return refused(device->name + " has no group " + std::to_string(group) + " (attach it first: iobandctl message " +
+                   device->name + " 0 attach " + std::to_string(group) + ")");
+  };
+  auto run = [&](const std::function<qos::Status(qos::DeviceGroup&)>& fn) { return call(id, fn); };
+  bool changed = true;   // saved state changed
+  bool reclassify = false;
+
+  switch (message.verb) {
+    case Message::Verb::type: {
+      if (message.type == device->type) {
+        changed = false;
+        break;
+      }
+      if (device->groups.size() > 1) {
+        return refused("cannot change the type from " + std::string(nbd::to_string(device->type)) + " to " +
+                       std::string(nbd::to_string(message.type)) + " while groups are attached (" +
+                       join_ids(device->groups) + "); detach them first");
+      }
+      device->type = message.type;
+      reclassify = true;
+      break;
+    }
+    case Message::Verb::attach: {
+      if (device->type == nbd::GroupType::none) {
+        return refused(device->name + " has type none; set a type first (iobandctl message " + device->name +
+                       " 0 type user)");
+      }
+      if (group_id == qos::kDefaultGroup) return refused("-1 is the default group; it is always attached");
+      if (device->groups.contains(group_id)) return refused("group " + std::to_string(group_id) + " is already attached");
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.attach(device_id, group_id); }); !status) {
+        return refused(status.message());
+      }
+      device->groups.emplace(group_id, GroupSettings{});
+      reclassify = true;
+      break;
+    }
+    case Message::Verb::detach: {
+      if (group_id == qos::kDefaultGroup) return refused("-1 is the default group; it cannot be detached");
+      if (auto reply = check_attached(group_id)) return *reply;
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.detach(device_id, group_id); }); !status) {
+        return refused(status.message());
+      }
+      device->groups.erase(group_id);
+      reclassify = true;
+      break;
+    }
+    case Message::Verb::weight: {
+      if (auto reply = check_attached(group_id)) return *reply;
+      const auto weight = static_cast<uint32_t>(message.value);
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_weight(device_id, group_id, weight); });
+          !status) {
+        return refused(group_name(group_id) + ": " + status.message());
+      }
+      device->groups.at(group_id).weight = weight;
+      break;
+    }
+    case Message::Verb::token: {
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_token(message.value); }); !status) {
+        return refused(status.message());
+      }
+      settings.token = message.value;
+      break;
+    }
+    case Message::Verb::carryover: {
+      if (message.value > UINT32_MAX) return refused("carryover " + std::to_string(message.value) + " is too large");
+      const auto carryover = static_cast<uint32_t>(message.value);
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_carryover(carryover); }); !status) {
+        return refused(status.message());
+      }
+      settings.carryover = carryover;
+      break;
+    }
+    case Message::Verb::io_throttle: {
+      const auto value = static_cast<uint32_t>(message.value);
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_io_throttle(value); }); !status) {
+        return refused(status.message());
+      }
+      settings.io_throttle = value;
+      break;
+    }
+    case Message::Verb::io_limit: {
+      const auto value = static_cast<uint32_t>(message.value);
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_io_limit(value); }); !status) {
+        return refused(status.message());
+      }
+      settings.io_limit = value;
+      break;
+    }
+    case Message::Verb::policy: {
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_policy(message.policy); }); !status) {
+        return refused(status.message());
+      }
+      settings.policy = message.policy;
+      break;
+    }
+    case Message::Verb::range_bw: {
+      if (auto reply = check_attached(group_id)) return *reply;
+      const qos::RangeBw range = message.range_bw;
+      if (qos::Status status = run([&](qos::DeviceGroup& g) {
+            return g.set_range_bw(device_id, group_id, range.min_kib, range.max_kib);
+          });
+          !status) {
+        return refused(group_name(group_id) + ": " + status.message());
+      }
+      device->groups.at(group_id).range_bw = range;
+      break;
+    }
+    case Message::Verb::limit: {
+      if (message.group) {
+        if (auto reply = check_attached(group_id)) return *reply;
+      }
+      qos::Limits& current = message.group ? device->groups.at(group_id).limits : device->limits;
+      qos::Limits limits = message.clear_limits ? qos::Limits{} : current;
+      for (const auto& [key, value] : message.limits) {
+        if (qos::Status status = qos::set_limit_key(limits, key, value); !status) return refused(status.message());
+      }
+      const std::optional<qos::GroupId> target = message.group;
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_limits(device_id, target, limits); });
+          !status) {
+        return refused((message.group ? group_name(group_id) : std::string("the device")) + ": " + status.message());
+      }
+      current = limits;
+      break;
+    }
+    case Message::Verb::reset: {
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.reset_stats(device_id); }); !status) {
+        return refused(status.message());
+      }
+      changed = false;
+      break;
+    }
+  }
+  if (reclassify && platform_.set_type) platform_.set_type(device->name, device->type);
+  Reply reply;
+  reply.data = {{"device", table_json(*device, settings)}};
+  if (changed) {
+    if (std::string error = save(); !error.empty()) {
+      return refused("the change holds but was not saved: " + error);
+    }
+  }
+  return reply;
+}
+
+namespace {
+
+// The devices a table/status request selects, sorted by name; an error
+// when a named device does not exist.
+std::optional<Error> select(const State& state, const Request& request, std::vector<const DeviceState*>& out) {
+  if (request.target && *request.target != "ioband") return std::nullopt;  // no device of another target
+  for (const DeviceState& device : state.devices) {
+    if (request.name.empty() || device.name == request.name) out.push_back(&device);
+  }
+  if (!request.name.empty() && out.empty()) {
+    return Error::refused(request.command + ": no ioband device named " + request.name);
+  }
+  std::sort(out.begin(), out.end(), [](const DeviceState* a, const DeviceState* b) { return a->name < b->name; });
+  return std::nullopt;
+}
+
+}  // namespace
+
+Reply Engine::table(const Request& request) {
+  std::vector<const DeviceState*> devices;
+  if (auto error = select(state_, request, devices)) return Reply::failure(*error);
+  Reply reply;
+  json array = json::array();
+  const bool with_name = request.name.empty();
+  for (const DeviceState* device : devices) {
+    const DeviceGroupSettings& settings = state_.device_groups.at(device->device_group_id);
+    reply.text += table_line(*device, settings, with_name) + "\n";
+    array.push_back(table_json(*device, settings));
+  }
+  if (state_.devices.empty()) reply.text = "No devices found\n";
+  reply.data = {{"devices", std::move(array)}};
+  return reply;
+}
+
+Reply Engine::status(const Request& request) {
+  std::vector<const DeviceState*> devices;
+  if (auto error = select(state_, request, devices)) return Reply::failure(*error);
+  Reply reply;
+  json array = json::array();
+  const bool with_name = request.name.empty();
+  for (const DeviceState* device : devices) {
+    std::vector<GroupStatus> groups;
+    (void)call(device->device_group_id, [&](qos::DeviceGroup& group) {
+      for (const auto& [id, settings] : device->groups) {
+        groups.push_back({id, group.stats(device->device, id).value_or(qos::GroupStats{})});
+      }
+      return qos::Status{};
+    });
+    reply.text += status_line(*device, groups, with_name) + "\n";
+    array.push_back(status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0));
+  }
+  if (state_.devices.empty()) reply.text = "No devices found\n";
+  reply.data = {{"devices", std::move(array)}};
+  return reply;
+}
+
+Reply Engine::targets(const Request&) {
+  Reply reply;
+  char line[64];
+  std::snprintf(line, sizeof line, "%-16s v%s\n", "ioband", kVersion);
+  reply.text = line;
+  reply.data = {{"targets", json::array({{{"name", "ioband"}, {"version", kVersion}}})}};
+  return reply;
+}
+
+}  // namespace ioband::control

@@ -1,0 +1,147 @@
+// The control engine: the model of device groups, ioband devices and ioband
+// groups, driven by the dm-ioband command language (create, remove, message,
+// table, status, targets) arriving as JSON lines on the control socket.
+//
+// Threads: the engine is called from one control thread only. It owns the
+// qos::DeviceGroup objects (one per device group id, created with the first
+// device of that id, destroyed with its last) but touches one only inside
+// platform.run_on_owner, which runs the function on the group's reactor and
+// returns once it has run: when a reply says "ok", the effect holds.
+//
+// Every change is saved to the state file (atomically) before it is
+// acknowledged; restore() rebuilds the same devices and settings at start.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/model.h"
+#include "control/protocol.h"
+#include "nbd/classify.h"
+#include "qos/device_group.h"
+
+namespace ioband::control {
+
+// Classification lives with the data path (nbd/classify.h); the control
+// language only names the types.
+using GroupType = nbd::GroupType;
+using PeerInfo = nbd::PeerIdentity;
+using nbd::group_id_for;
+
+// One ioband device as the table line gives it, plus its group type.
+struct DeviceConfig {
+  std::string name;               // the NBD export name
+  std::string path;               // image file or block device; the first sectors*512 bytes are served
+  uint64_t sectors = 0;
+  int device_group_id = 0;
+  uint32_t io_throttle = qos::kDefaultIoThrottle;  // the device group's current values
+  uint32_t io_limit = qos::kDefaultIoLimit;
+  GroupType type = GroupType::none;  // non-none only when restored from the state file
+};
+
+// What a path is: its size and the device number `table` prints.
+struct PathInfo {
+  uint64_t bytes = 0;
+  unsigned major = 0;  // a block device: st_rdev; a regular file: st_dev (its file system's device)
+  unsigned minor = 0;
+};
+
+// stat() (and BLKGETSIZE64 for a block device). "" or "PATH: reason".
+std::string probe_path(const std::string& path, PathInfo& info);
+
+// What the daemon provides to the engine.
+struct Platform {
+  // Open config.path (first sectors*512 bytes) and publish NBD export
+  // config.name, scheduled by `group` as device `device` (already added to
+  // the group). Returns "" or a sentence ("/x.img: Permission denied").
+  std::function<std::string(const DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device)>
+      create_export;
+  // Unpublish the export and return once none of its requests is queued or
+  // in flight. force: end live connections with ESHUTDOWN first (the engine
+  // only passes force=false when connections() was 0).
+  std::function<void(const std::string& name, bool force)> remove_export;
+  // Live NBD connections of the export (empty: none).
+  std::function<int(const std::string& name)> connections;
+  // Classification may have changed (type, attach or detach): live
+  // connections of the export compute their group again (optional).
+  std::function<void(const std::string& name, GroupType type)> set_type;
+  // Runs fn on the thread that owns device group `id` (a new id: pick its
+  // reactor) and returns when it has run. After a settings change the
+  // owner should let the device group dispatch again (DeviceGroupDriver::pump).
+  // Empty: fn runs inline (tests, a single-threaded daemon).
+  std::function<void(int device_group_id, const std::function<void()>& fn)> run_on_owner;
+  // Optional. Called (control thread) before the engine destroys a device
+  // group whose last device was removed: drop what refers to it (its
+  // driver, timers). The engine then destroys it inside run_on_owner.
+  std::function<void(int device_group_id, qos::DeviceGroup& group)> release_device_group;
+  // Optional; empty means probe_path (tests inject fake paths here).
+  std::function<std::string(const std::string& path, PathInfo& info)> probe;
+};
+
+class Engine {
+ public:
+  Engine(Platform platform, std::string state_path);
+  // Destroys the device groups on the calling thread: call after the
+  // reactors have stopped.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // At start: reads state_path if it exists and recreates every device
+  // (through platform.create_export) and setting. "" on success (also when
+  // there is no state file yet); otherwise "STATE_PATH: reason" — the start
+  // must stop, and this engine never writes the state file again.
+  std::string restore();
+
+  // One request line of the control protocol -> one response line (without
+  // the newline). may_change=false (the peer is not the socket's owner):
+  // every command that would change state is refused.
+  std::string handle_line(const std::string& line, bool may_change);
+
+  // The scheduling of export `name`, or nullopt. Control thread only: the
+  // data path gets its group and device through create_export.
+  struct Scheduling {
+    qos::DeviceGroup* group = nullptr;
+    qos::DeviceId device = 0;
+    GroupType type = GroupType::none;
+  };
+  std::optional<Scheduling> scheduling(const std::string& name) const;
+
+  // The state file's contents for the current model (tests, diagnostics).
+  std::string state_json() const;
+  const std::string& state_path() const noexcept { return state_path_; }
+
+ private:
+  Reply execute(const Request& request, bool may_change);
+  Reply create(const Request& request);
+  Reply remove(const Request& request);
+  Reply message(const Request& request);
+  Reply table(const Request& request);
+  Reply status(const Request& request);
+  Reply targets(const Request& request);
+
+  // Builds a device (its device group if new, its groups and settings) and
+  // publishes its export. On error nothing has changed.
+  std::string build_device(DeviceState device, const DeviceGroupSettings& device_group, bool explicit_throttle_limit);
+  // Unpublishes and forgets a device; the device group goes with its last device.
+  std::string destroy_device(const std::string& name, bool force);
+  void destroy_device_group(int id);
+  std::string save();
+  DeviceState* find_device(const std::string& name);
+  void run_on_owner(int id, const std::function<void()>& fn);
+  // Runs fn on the owner of device group `id`; returns its status.
+  qos::Status call(int id, const std::function<qos::Status(qos::DeviceGroup&)>& fn);
+
+  Platform platform_;
+  std::string state_path_;
+  bool save_disabled_ = false;  // restore failed: never overwrite the file we could not read
+  State state_;                 // the model, equal to what the qos layer accepted
+  std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
+};
+
+}  // namespace ioband::control

@@ -1,0 +1,102 @@
+#include "control/format.h"
+
+#include <string_view>
+
+namespace ioband::control {
+
+using nlohmann::json;
+
+std::string table_line(const DeviceState& device, const DeviceGroupSettings& device_group, bool with_name) {
+  std::string line = with_name ? device.name + ": " : std::string();
+  line += "0 " + std::to_string(device.sectors) + " ioband " + std::to_string(device.major) + ":" +
+          std::to_string(device.minor) + " " + std::to_string(device.device_group_id) + " " +
+          std::to_string(device_group.io_throttle) + " " + std::to_string(device_group.io_limit);
+  return line;
+}
+
+json limits_to_json(const qos::Limits& limits) {
+  json object = json::object();
+  for (std::string_view key : qos::kLimitKeys) {
+    const uint64_t value = *qos::get_limit_key(limits, key);
+    const bool is_length = key.ends_with("-max-length");
+    if (is_length ? value != 1 : value != 0) object[std::string(key)] = value;
+  }
+  return object;
+}
+
+json table_json(const DeviceState& device, const DeviceGroupSettings& device_group) {
+  json groups = json::array();
+  for (const auto& [id, group] : device.groups) {
+    groups.push_back({{"id", id},
+                      {"weight", group.weight},
+                      {"range_bw", {{"min_kib", group.range_bw.min_kib}, {"max_kib", group.range_bw.max_kib}}},
+                      {"limits", limits_to_json(group.limits)}});
+  }
+  return {
+      {"name", device.name},
+      {"start", 0},
+      {"sectors", device.sectors},
+      {"target", "ioband"},
+      {"path", device.path},
+      {"major", device.major},
+      {"minor", device.minor},
+      {"device_group_id", device.device_group_id},
+      {"io_throttle", device_group.io_throttle},
+      {"io_limit", device_group.io_limit},
+      {"policy", std::string(qos::to_string(device_group.policy))},
+      {"token", device_group.token},
+      {"carryover", device_group.carryover},
+      {"type", std::string(nbd::to_string(device.type))},
+      {"limits", limits_to_json(device.limits)},
+      {"groups", std::move(groups)},
+  };
+}
+
+std::string status_line(const DeviceState& device, const std::vector<GroupStatus>& groups, bool with_name) {
+  std::string line = with_name ? device.name + ": " : std::string();
+  line += "0 " + std::to_string(device.sectors) + " ioband " + std::to_string(device.device_group_id);
+  for (const GroupStatus& group : groups) {
+    const qos::GroupStats& s = group.stats;
+    line += " " + std::to_string(group.id);
+    for (uint64_t value : {s.read_requests, s.delayed_read_requests, s.read_sectors, s.write_requests,
+                           s.delayed_write_requests, s.write_sectors}) {
+      line += " " + std::to_string(value);
+    }
+  }
+  return line;
+}
+
+json status_json(const DeviceState& device, const std::vector<GroupStatus>& groups, int connections) {
+  json group_array = json::array();
+  for (const GroupStatus& group : groups) {
+    const qos::GroupStats& s = group.stats;
+    json histogram = json::array();
+    for (size_t i = 0; i < s.delay_histogram.size(); ++i) {
+      histogram.push_back({{"from_us", qos::delay_bucket_floor(i).count()}, {"count", s.delay_histogram[i]}});
+    }
+    group_array.push_back({
+        {"id", group.id},
+        {"read_requests", s.read_requests},
+        {"delayed_read_requests", s.delayed_read_requests},
+        {"read_sectors", s.read_sectors},
+        {"write_requests", s.write_requests},
+        {"delayed_write_requests", s.delayed_write_requests},
+        {"write_sectors", s.write_sectors},
+        {"delayed_time_ns", s.delayed_time.count()},
+        {"queue_length", s.queue_length},
+        {"in_flight", s.in_flight},
+        {"delay_histogram", std::move(histogram)},
+    });
+  }
+  return {
+      {"name", device.name},
+      {"start", 0},
+      {"sectors", device.sectors},
+      {"target", "ioband"},
+      {"device_group_id", device.device_group_id},
+      {"connections", connections},
+      {"groups", std::move(group_array)},
+  };
+}
+
+}  // namespace ioband::control

@@ -1,0 +1,325 @@
+#include "control/language.h"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <climits>
+#include <sstream>
+
+#include "control/export_spec.h"
+#include "control/usage.h"
+#include "qos/limits.h"
+
+namespace ioband::control {
+
+namespace {
+
+std::vector<std::string> split_words(std::string_view line) {
+  std::vector<std::string> words;
+  std::istringstream in{std::string(line)};
+  std::string word;
+  while (in >> word) words.push_back(word);
+  return words;
+}
+
+std::string quoted(std::string_view text) { return "\"" + std::string(text) + "\""; }
+
+constexpr std::pair<std::string_view, Message::Verb> kVerbs[] = {
+    {"type", Message::Verb::type},
+    {"attach", Message::Verb::attach},
+    {"detach", Message::Verb::detach},
+    {"weight", Message::Verb::weight},
+    {"token", Message::Verb::token},
+    {"carryover", Message::Verb::carryover},
+    {"io_throttle", Message::Verb::io_throttle},
+    {"io_limit", Message::Verb::io_limit},
+    {"policy", Message::Verb::policy},
+    {"range-bw", Message::Verb::range_bw},
+    {"reset", Message::Verb::reset},
+    {"limit", Message::Verb::limit},
+};
+
+// Splits "ID:REST" when the part before the first ':' is a group id.
+// Returns false (and leaves `id` empty) when there is no ':'.
+bool split_id(std::string_view arg, std::string_view& id, std::string_view& rest) {
+  const auto colon = arg.find(':');
+  if (colon == std::string_view::npos) {
+    rest = arg;
+    return false;
+  }
+  id = arg.substr(0, colon);
+  rest = arg.substr(colon + 1);
+  return true;
+}
+
+std::string bad_id(std::string_view id) {
+  return "group ID " + quoted(id) + " is not a group id (a number such as 1000, or an IPv4 address such as 127.0.0.1)";
+}
+
+}  // namespace
+
+std::optional<uint64_t> parse_unsigned(std::string_view text, uint64_t max) noexcept {
+  if (text.empty()) return std::nullopt;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+  }
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || value > max) return std::nullopt;
+  return value;
+}
+
+std::optional<int64_t> parse_group_id(std::string_view text) noexcept {
+  if (text == "-1") return qos::kDefaultGroup;
+  if (auto number = parse_unsigned(text, INT64_MAX)) return static_cast<int64_t>(*number);
+  if (text.find('.') == std::string_view::npos || text.size() > 15) return std::nullopt;
+  std::string copy(text);
+  in_addr address{};
+  if (inet_pton(AF_INET, copy.c_str(), &address) != 1) return std::nullopt;
+  return static_cast<int64_t>(ntohl(address.s_addr));
+}
+
+std::string check_device_name(std::string_view name) {
+  if (name.empty()) return "the device name is empty";
+  if (name.size() > 127) return "the device name is longer than 127 bytes";
+  if (name.front() == '-') return "the device name " + quoted(name) + " starts with '-'";
+  for (unsigned char c : name) {
+    if (c <= ' ' || c == 0x7f) return "the device name " + quoted(name) + " contains a space or control character";
+  }
+  return {};
+}
+
+std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
+  const std::string usage = usage_of("create");
+  std::vector<std::string> lines;
+  std::istringstream in{std::string(text)};
+  for (std::string line; std::getline(in, line);) {
+    auto words = split_words(line);
+    if (words.empty() || words.front().starts_with("#")) continue;
+    lines.push_back(line);
+  }
+  if (lines.empty()) {
+    return Error::bad_usage("no table line (expected \"0 SECTORS ioband PATH DEVICE_GROUP_ID\" on standard input)",
+                            usage);
+  }
+  if (lines.size() > 1) {
+    return Error::bad_usage("expected one table line, got " + std::to_string(lines.size()), usage);
+  }
+  const auto words = split_words(lines.front());
+  if (words.size() < 5 || words.size() > 7) {
+    return Error::bad_usage("the table line has " + std::to_string(words.size()) +
+                                " fields; expected 5 to 7: 0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]",
+                            usage);
+  }
+  TableLine line;
+  if (words[0] != "0") {
+    return Error::bad_usage("the logical start sector must be 0, not " + quoted(words[0]), usage);
+  }
+  auto sectors = parse_unsigned(words[1], UINT64_MAX / 512);
+  if (!sectors || *sectors == 0) {
+    return Error::bad_usage("the number of sectors " + quoted(words[1]) + " is not a positive integer", usage);
+  }
+  line.sectors = *sectors;
+  if (words[2] != "ioband") {
+    return Error::bad_usage("unknown target type " + quoted(words[2]) + " (the only target is ioband)", usage);
+  }
+  line.path = words[3];
+  if (line.path.front() != '/') {
+    return Error::bad_usage("the path " + quoted(line.path) + " is not absolute", usage);
+  }
+  auto group_id = parse_unsigned(words[4], INT_MAX);
+  if (!group_id) {
+    return Error::bad_usage("the device group ID " + quoted(words[4]) + " is not a non-negative integer", usage);
+  }
+  line.device_group_id = static_cast<int>(*group_id);
+  if (words.size() > 5) {
+    auto io_throttle = parse_unsigned(words[5], UINT32_MAX);
+    if (!io_throttle) {
+      return Error::bad_usage("the I/O throttle " + quoted(words[5]) + " is not a non-negative integer", usage);
+    }
+    line.io_throttle = static_cast<uint32_t>(*io_throttle);
+  }
+  if (words.size() > 6) {
+    auto io_limit = parse_unsigned(words[6], UINT32_MAX);
+    if (!io_limit || *io_limit == 0) {
+      return Error::bad_usage("the I/O limit " + quoted(words[6]) + " is not a positive integer", usage);
+    }
+    line.io_limit = static_cast<uint32_t>(*io_limit);
+  }
+  out = std::move(line);
+  return std::nullopt;
+}
+
+std::string_view verb_name(Message::Verb verb) noexcept {
+  for (const auto& [name, v] : kVerbs) {
+    if (v == verb) return name;
+  }
+  return "?";
+}
+
+std::optional<Error> parse_message(const std::vector<std::string>& args, Message& out) {
+  if (args.empty()) {
+    return Error::bad_usage("message needs a verb", usage_of("message"));
+  }
+  const std::string& verb_word = args.front();
+  const Message::Verb* verb = nullptr;
+  for (const auto& [name, v] : kVerbs) {
+    if (name == verb_word) verb = &v;
+  }
+  if (verb == nullptr) {
+    return Error::bad_usage("unknown message verb " + quoted(verb_word), usage_of("message"));
+  }
+  const std::string usage = usage_of("message", verb_word);
+  const size_t wanted = *verb == Message::Verb::reset ? 0 : 1;
+  const size_t given = args.size() - 1;
+  if (given < wanted) return Error::bad_usage(verb_word + " needs an argument", usage);
+  if (given > wanted) {
+    std::string extra;
+    for (size_t i = 1 + wanted; i < args.size(); ++i) extra += (extra.empty() ? "" : " ") + args[i];
+    return Error::bad_usage(verb_word + " takes " + (wanted ? "one argument" : "no argument") + "; extra: " + quoted(extra),
+                            usage);
+  }
+  Message message;
+  message.verb = *verb;
+  const std::string_view arg = wanted ? std::string_view(args[1]) : std::string_view();
+
+  switch (*verb) {
+    case Message::Verb::reset: break;
+
+    case Message::Verb::type: {
+      std::string_view name = arg;
+      // The reference's Example #3 writes "type user." at the end of a sentence.
+      if (name.size() > 1 && name.back() == '.') name.remove_suffix(1);
+      auto type = nbd::parse_group_type(name);
+      if (!type) {
+        return Error::bad_usage("unknown type " + quoted(arg) + " (expected none, user, gid, pid, pgrp or cgroup)",
+                                usage);
+      }
+      message.type = *type;
+      break;
+    }
+
+    case Message::Verb::attach:
+    case Message::Verb::detach: {
+      auto id = parse_group_id(arg);
+      if (!id) return Error::bad_usage(bad_id(arg), usage);
+      message.group = *id;
+      break;
+    }
+
+    case Message::Verb::weight: {
+      std::string_view id_text, value_text;
+      if (split_id(arg, id_text, value_text)) {
+        auto id = parse_group_id(id_text);
+        if (!id) return Error::bad_usage(bad_id(id_text), usage);
+        message.group = *id;
+      }
+      auto weight = parse_unsigned(value_text, qos::kMaxWeight);
+      if (!weight || *weight == 0) {
+        return Error::bad_usage("weight must be an integer from 1 to " + std::to_string(qos::kMaxWeight) + ", not " +
+                                    quoted(value_text),
+                                usage);
+      }
+      message.value = *weight;
+      break;
+    }
+
+    case Message::Verb::token:
+    case Message::Verb::carryover:
+    case Message::Verb::io_throttle:
+    case Message::Verb::io_limit: {
+      const bool positive = *verb == Message::Verb::token || *verb == Message::Verb::io_limit;
+      const uint64_t max = *verb == Message::Verb::token ? UINT64_MAX : UINT32_MAX;
+      auto value = parse_unsigned(arg, max);
+      if (!value || (positive && *value == 0)) {
+        return Error::bad_usage(verb_word + " must be " + (positive ? "an integer larger than 0" : "a non-negative integer") +
+                                    ", not " + quoted(arg),
+                                usage);
+      }
+      message.value = *value;
+      break;
+    }
+
+    case Message::Verb::policy: {
+      auto policy = qos::parse_policy(arg);
+      if (!policy) {
+        return Error::bad_usage("unknown policy " + quoted(arg) + " (expected weight, weight-iosize, range-bw or fair)",
+                                usage);
+      }
+      message.policy = *policy;
+      break;
+    }
+
+    case Message::Verb::range_bw: {
+      std::vector<std::string_view> parts;
+      std::string_view rest = arg;
+      for (;;) {
+        auto colon = rest.find(':');
+        parts.push_back(rest.substr(0, colon));
+        if (colon == std::string_view::npos) break;
+        rest = rest.substr(colon + 1);
+      }
+      if (parts.size() != 2 && parts.size() != 3) {
+        return Error::bad_usage("range-bw takes ID:MIN:MAX (KiB/s), not " + quoted(arg), usage);
+      }
+      if (parts.size() == 3) {
+        auto id = parse_group_id(parts[0]);
+        if (!id) return Error::bad_usage(bad_id(parts[0]), usage);
+        message.group = *id;
+      }
+      auto min = parse_unsigned(parts[parts.size() - 2]);
+      auto max = parse_unsigned(parts[parts.size() - 1]);
+      if (!min || !max) {
+        return Error::bad_usage("range-bw MIN and MAX must be non-negative integers (KiB/s), not " + quoted(arg), usage);
+      }
+      message.range_bw = {*min, *max};
+      break;
+    }
+
+    case Message::Verb::limit: {
+      std::string_view body = arg;
+      const auto colon = arg.find(':');
+      const auto equals = arg.find('=');
+      if (colon != std::string_view::npos && (equals == std::string_view::npos || colon < equals)) {
+        auto id = parse_group_id(arg.substr(0, colon));
+        if (!id) return Error::bad_usage(bad_id(arg.substr(0, colon)), usage);
+        message.group = *id;
+        body = arg.substr(colon + 1);
+      }
+      if (body == "none") {
+        message.clear_limits = true;
+        break;
+      }
+      if (body.empty()) return Error::bad_usage("limit needs KEY=VAL", usage);
+      std::string_view rest = body;
+      for (;;) {
+        auto comma = rest.find(',');
+        std::string_view item = rest.substr(0, comma);
+        auto eq = item.find('=');
+        if (eq == std::string_view::npos) {
+          return Error::bad_usage("limit " + quoted(item) + " is not KEY=VAL", usage);
+        }
+        std::string key(item.substr(0, eq));
+        std::string_view value_text = item.substr(eq + 1);
+        qos::Limits probe;
+        if (qos::Status status = qos::set_limit_key(probe, key, 0); !status) {
+          return Error::bad_usage(status.message(), usage);
+        }
+        auto value = parse_size(std::string(value_text));
+        if (!value) {
+          return Error::bad_usage("limit " + key + " must be a non-negative integer (K, M, G, T suffixes allowed), not " +
+                                      quoted(value_text),
+                                  usage);
+        }
+        message.limits.emplace_back(std::move(key), *value);
+        if (comma == std::string_view::npos) break;
+        rest = rest.substr(comma + 1);
+      }
+      break;
+    }
+  }
+  out = std::move(message);
+  return std::nullopt;
+}
+
+}  // namespace ioband::control

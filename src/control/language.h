@@ -1,0 +1,60 @@
+// The dm-ioband command language: the table line `create` reads and the
+// verbs of `message`. Pure parsing into values; errors name what was wrong
+// and carry the usage of the verb.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "control/error.h"
+#include "nbd/classify.h"
+#include "qos/device_group.h"
+#include "qos/policy.h"
+
+namespace ioband::control {
+
+// "0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]"
+struct TableLine {
+  uint64_t sectors = 0;
+  std::string path;
+  int device_group_id = 0;
+  std::optional<uint32_t> io_throttle;
+  std::optional<uint32_t> io_limit;
+};
+
+// Accepts one line (blank lines and lines starting with '#' are ignored).
+std::optional<Error> parse_table_line(std::string_view text, TableLine& out);
+
+struct Message {
+  enum class Verb { type, attach, detach, weight, token, carryover, io_throttle, io_limit, policy, range_bw, reset, limit };
+  Verb verb = Verb::reset;
+  nbd::GroupType type = nbd::GroupType::none;  // type
+  std::optional<int64_t> group;                // attach, detach; weight, range-bw, limit: nullopt = see below
+  uint64_t value = 0;                          // weight, token, carryover, io_throttle, io_limit
+  qos::Policy policy = qos::kDefaultPolicy;    // policy
+  qos::RangeBw range_bw;                       // range-bw
+  std::vector<std::pair<std::string, uint64_t>> limits;  // limit: KEY=VAL in order
+  bool clear_limits = false;                   // limit [ID:]none
+};
+// weight, range-bw without ID: the device's default group. limit without
+// ID: the whole device; with -1: the default group.
+
+// Parses the words after "message NAME SECTOR".
+std::optional<Error> parse_message(const std::vector<std::string>& args, Message& out);
+
+// The verb's name in the language ("io_throttle", "range-bw", ...).
+std::string_view verb_name(Message::Verb verb) noexcept;
+
+// A group id: a decimal number 0..2^63-1, -1 (the default group), or a
+// dotted IPv4 address (as a 32-bit number, the id of a TCP client).
+std::optional<int64_t> parse_group_id(std::string_view text) noexcept;
+// Digits only, at most `max`.
+std::optional<uint64_t> parse_unsigned(std::string_view text, uint64_t max = UINT64_MAX) noexcept;
+// A name an ioband device may have (an NBD export name): "" or why not.
+std::string check_device_name(std::string_view name);
+
+}  // namespace ioband::control

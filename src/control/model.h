@@ -1,0 +1,56 @@
+// The control plane's model: what `table`, `status` and state.json describe.
+// Plain values; the engine keeps them equal to what the qos layer accepted.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nbd/classify.h"
+#include "qos/device_group.h"
+#include "qos/limits.h"
+#include "qos/policy.h"
+
+namespace ioband::control {
+
+// One ioband group of a device (the default group is id -1).
+struct GroupSettings {
+  uint32_t weight = qos::kDefaultWeight;
+  qos::RangeBw range_bw;  // KiB/s; {0, 0} = none
+  qos::Limits limits;     // unlimited() = none
+  friend bool operator==(const GroupSettings&, const GroupSettings&) = default;
+};
+
+// A device group: the settings dm-ioband keeps per physical disk.
+struct DeviceGroupSettings {
+  int id = 0;
+  qos::Policy policy = qos::kDefaultPolicy;
+  uint64_t token = qos::kDefaultToken;
+  uint32_t carryover = qos::kDefaultCarryover;
+  uint32_t io_throttle = qos::kDefaultIoThrottle;
+  uint32_t io_limit = qos::kDefaultIoLimit;
+  friend bool operator==(const DeviceGroupSettings&, const DeviceGroupSettings&) = default;
+};
+
+// An ioband device.
+struct DeviceState {
+  std::string name;
+  std::string path;
+  uint64_t sectors = 0;
+  int device_group_id = 0;
+  nbd::GroupType type = nbd::GroupType::none;
+  std::map<int64_t, GroupSettings> groups{{qos::kDefaultGroup, {}}};  // -1 first, then ascending
+  qos::Limits limits;  // of the whole device
+
+  // Runtime only (not saved).
+  qos::DeviceId device = 0;  // index within its device group
+  unsigned major = 0, minor = 0;
+};
+
+struct State {
+  std::map<int, DeviceGroupSettings> device_groups;  // by id
+  std::vector<DeviceState> devices;                  // in creation order
+};
+
+}  // namespace ioband::control

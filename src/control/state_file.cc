@@ -1,0 +1,304 @@
+#include "control/state_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "control/format.h"
+#include "control/language.h"
+
+namespace ioband::control {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr int kStateVersion = 1;
+
+// Thrown inside state_from_json only; carries "element: what".
+struct Invalid {
+  std::string message;
+};
+
+[[noreturn]] void invalid(const std::string& where, const std::string& what) { throw Invalid{where + ": " + what}; }
+
+void check_keys(const json& object, const std::string& where, std::initializer_list<const char*> allowed) {
+  if (!object.is_object()) invalid(where, "expected an object");
+  for (const auto& [key, value] : object.items()) {
+    bool known = false;
+    for (const char* name : allowed) known |= key == name;
+    if (!known) invalid(where, "unknown key \"" + key + "\"");
+  }
+}
+
+const json& field(const json& object, const std::string& where, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end()) invalid(where, std::string("\"") + key + "\" is missing");
+  return *it;
+}
+
+std::string child(const std::string& where, const char* key) { return where.empty() ? key : where + "." + key; }
+
+int64_t integer(const json& object, const std::string& where, const char* key, int64_t min, int64_t max) {
+  const json& value = field(object, where, key);
+  const std::string name = child(where, key);
+  if (value.is_number_unsigned()) {
+    const uint64_t v = value.get<uint64_t>();
+    if (v > static_cast<uint64_t>(max)) invalid(name, "must be at most " + std::to_string(max));
+    return static_cast<int64_t>(v);
+  }
+  if (!value.is_number_integer()) invalid(name, "expected an integer");
+  const int64_t v = value.get<int64_t>();
+  if (v < min || v > max) invalid(name, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+  return v;
+}
+
+uint64_t unsigned_integer(const json& object, const std::string& where, const char* key, uint64_t min, uint64_t max) {
+  const json& value = field(object, where, key);
+  const std::string name = child(where, key);
+  if (!value.is_number_unsigned()) invalid(name, "expected a non-negative integer");
+  const uint64_t v = value.get<uint64_t>();
+  if (v < min || v > max) invalid(name, "must be between " + std::to_string(min) + " and " + std::to_string(max));
+  return v;
+}
+
+std::string string(const json& object, const std::string& where, const char* key) {
+  const json& value = field(object, where, key);
+  if (!value.is_string()) invalid(child(where, key), "expected a string");
+  return value.get<std::string>();
+}
+
+qos::Limits limits_from(const json& object, const std::string& where) {
+  if (!object.is_object()) invalid(where, "expected an object");
+  qos::Limits limits;
+  for (const auto& [key, value] : object.items()) {
+    const std::string name = where + "." + key;
+    if (!value.is_number_unsigned()) invalid(name, "expected a non-negative integer");
+    if (qos::Status status = qos::set_limit_key(limits, key, value.get<uint64_t>()); !status) {
+      invalid(where, status.message());
+    }
+  }
+  if (qos::Status status = qos::validate(limits); !status) invalid(where, status.message());
+  return limits;
+}
+
+DeviceGroupSettings device_group_from(const json& object, const std::string& where) {
+  check_keys(object, where, {"id", "policy", "token", "carryover", "io_throttle", "io_limit"});
+  DeviceGroupSettings settings;
+  settings.id = static_cast<int>(integer(object, where, "id", 0, INT32_MAX));
+  const std::string policy = string(object, where, "policy");
+  auto parsed = qos::parse_policy(policy);
+  if (!parsed) invalid(child(where, "policy"), "unknown policy \"" + policy + "\"");
+  settings.policy = *parsed;
+  settings.token = unsigned_integer(object, where, "token", 1, UINT64_MAX);
+  settings.carryover = static_cast<uint32_t>(unsigned_integer(object, where, "carryover", 0, UINT32_MAX));
+  settings.io_throttle = static_cast<uint32_t>(unsigned_integer(object, where, "io_throttle", 0, UINT32_MAX));
+  settings.io_limit = static_cast<uint32_t>(unsigned_integer(object, where, "io_limit", 1, UINT32_MAX));
+  if (settings.io_throttle > settings.io_limit) {
+    invalid(where, "io_throttle (" + std::to_string(settings.io_throttle) + ") exceeds io_limit (" +
+                       std::to_string(settings.io_limit) + ")");
+  }
+  return settings;
+}
+
+DeviceState device_from(const json& object, const std::string& where) {
+  check_keys(object, where, {"name", "path", "sectors", "device_group_id", "type", "limits", "groups"});
+  DeviceState device;
+  device.name = string(object, where, "name");
+  if (auto why = check_device_name(device.name); !why.empty()) invalid(child(where, "name"), why);
+  device.path = string(object, where, "path");
+  if (device.path.empty() || device.path.front() != '/') invalid(child(where, "path"), "expected an absolute path");
+  device.sectors = unsigned_integer(object, where, "sectors", 1, UINT64_MAX / 512);
+  device.device_group_id = static_cast<int>(integer(object, where, "device_group_id", 0, INT32_MAX));
+  const std::string type = string(object, where, "type");
+  auto parsed = nbd::parse_group_type(type);
+  if (!parsed) invalid(child(where, "type"), "unknown type \"" + type + "\"");
+  device.type = *parsed;
+  device.limits = limits_from(field(object, where, "limits"), child(where, "limits"));
+  const json& groups = field(object, where, "groups");
+  if (!groups.is_array()) invalid(child(where, "groups"), "expected an array");
+  device.groups.clear();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const std::string at = child(where, "groups") + "[" + std::to_string(i) + "]";
+    const json& group = groups[i];
+    check_keys(group, at, {"id", "weight", "range_bw", "limits"});
+    const int64_t id = integer(group, at, "id", -1, INT64_MAX);
+    GroupSettings settings;
+    settings.weight = static_cast<uint32_t>(unsigned_integer(group, at, "weight", 1, qos::kMaxWeight));
+    const json& range = field(group, at, "range_bw");
+    check_keys(range, child(at, "range_bw"), {"min_kib", "max_kib"});
+    settings.range_bw.min_kib = unsigned_integer(range, child(at, "range_bw"), "min_kib", 0, UINT64_MAX);
+    settings.range_bw.max_kib = unsigned_integer(range, child(at, "range_bw"), "max_kib", 0, UINT64_MAX);
+    settings.limits = limits_from(field(group, at, "limits"), child(at, "limits"));
+    if (!device.groups.emplace(id, settings).second) invalid(child(at, "id"), "group " + std::to_string(id) + " appears twice");
+  }
+  if (!device.groups.contains(qos::kDefaultGroup)) invalid(child(where, "groups"), "the default group (id -1) is missing");
+  if (device.type == nbd::GroupType::none && device.groups.size() > 1) {
+    invalid(child(where, "groups"), "groups are attached but the type is none");
+  }
+  return device;
+}
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+}  // namespace
+
+json state_to_json(const State& state) {
+  json device_groups = json::array();
+  for (const auto& [id, settings] : state.device_groups) {
+    device_groups.push_back({{"id", id},
+                             {"policy", std::string(qos::to_string(settings.policy))},
+                             {"token", settings.token},
+                             {"carryover", settings.carryover},
+                             {"io_throttle", settings.io_throttle},
+                             {"io_limit", settings.io_limit}});
+  }
+  json devices = json::array();
+  for (const DeviceState& device : state.devices) {
+    json groups = json::array();
+    for (const auto& [id, group] : device.groups) {
+      groups.push_back({{"id", id},
+                        {"weight", group.weight},
+                        {"range_bw", {{"min_kib", group.range_bw.min_kib}, {"max_kib", group.range_bw.max_kib}}},
+                        {"limits", limits_to_json(group.limits)}});
+    }
+    devices.push_back({{"name", device.name},
+                       {"path", device.path},
+                       {"sectors", device.sectors},
+                       {"device_group_id", device.device_group_id},
+                       {"type", std::string(nbd::to_string(device.type))},
+                       {"limits", limits_to_json(device.limits)},
+                       {"groups", std::move(groups)}});
+  }
+  return {{"version", kStateVersion}, {"device_groups", std::move(device_groups)}, {"devices", std::move(devices)}};
+}
+
+std::string state_to_text(const State& state) {
+  return state_to_json(state).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::optional<std::string> state_from_json(const json& object, State& out) {
+  try {
+    check_keys(object, "state", {"version", "device_groups", "devices"});
+    const json& version = field(object, "state", "version");
+    if (!version.is_number_integer() || version.get<int64_t>() != kStateVersion) {
+      invalid("version", "this iobandd reads version " + std::to_string(kStateVersion) + ", not " + version.dump());
+    }
+    State state;
+    const json& device_groups = field(object, "state", "device_groups");
+    if (!device_groups.is_array()) invalid("device_groups", "expected an array");
+    for (size_t i = 0; i < device_groups.size(); ++i) {
+      const std::string at = "device_groups[" + std::to_string(i) + "]";
+      DeviceGroupSettings settings = device_group_from(device_groups[i], at);
+      if (!state.device_groups.emplace(settings.id, settings).second) {
+        invalid(at + ".id", "device group " + std::to_string(settings.id) + " appears twice");
+      }
+    }
+    const json& devices = field(object, "state", "devices");
+    if (!devices.is_array()) invalid("devices", "expected an array");
+    std::set<std::string> names;
+    std::set<int> used;
+    for (size_t i = 0; i < devices.size(); ++i) {
+      const std::string at = "devices[" + std::to_string(i) + "]";
+      DeviceState device = device_from(devices[i], at);
+      if (!names.insert(device.name).second) invalid(at + ".name", "device " + device.name + " appears twice");
+      if (!state.device_groups.contains(device.device_group_id)) {
+        invalid(at + ".device_group_id", "device group " + std::to_string(device.device_group_id) +
+                                             " is not in device_groups");
+      }
+      used.insert(device.device_group_id);
+      state.devices.push_back(std::move(device));
+    }
+    for (const auto& [id, settings] : state.device_groups) {
+      if (!used.contains(id)) invalid("device_groups", "device group " + std::to_string(id) + " has no device");
+    }
+    out = std::move(state);
+    return std::nullopt;
+  } catch (const Invalid& e) {
+    return e.message;
+  } catch (const json::exception& e) {
+    return std::string(e.what());
+  }
+}
+
+std::optional<std::string> read_state_file(const std::string& path, State& out, bool& exists) {
+  exists = false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return std::nullopt;
+    return errno_text(errno);
+  }
+  exists = true;
+  std::string text;
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int error = errno;
+      ::close(fd);
+      return errno_text(error);
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  json object;
+  try {
+    object = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // "[json.exception.parse_error.101] parse error at line 3, column 7: ..." -> from "parse error".
+    std::string what = e.what();
+    if (auto bracket = what.find("] "); what.starts_with("[json.exception") && bracket != std::string::npos) {
+      what = what.substr(bracket + 2);
+    }
+    return what;
+  }
+  return state_from_json(object, out);
+}
+
+std::optional<std::string> write_file_atomically(const std::string& path, const std::string& contents) {
+  const std::string temporary = path + ".tmp";
+  const auto slash = path.rfind('/');
+  const std::string directory = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return temporary + ": " + errno_text(errno);
+  auto fail = [&](const std::string& what, int error) -> std::optional<std::string> {
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    return what + ": " + errno_text(error);
+  };
+  size_t done = 0;
+  while (done < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(temporary, errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail(temporary, errno);
+  if (::close(fd) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    return temporary + ": " + errno_text(error);
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temporary.c_str());
+    return path + ": " + errno_text(error);
+  }
+  const int dir = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return directory + ": " + errno_text(errno);
+  const int synced = ::fsync(dir);
+  const int error = errno;
+  ::close(dir);
+  if (synced != 0) return directory + ": " + errno_text(error);
+  return std::nullopt;
+}
+
+}  // namespace ioband::control

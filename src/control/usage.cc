@@ -1,0 +1,184 @@
+#include "control/usage.h"
+
+#include <utility>
+
+namespace ioband::control {
+
+namespace {
+
+struct Entry {
+  std::string_view verb;
+  std::string_view usage;
+};
+
+constexpr Entry kCommands[] = {
+    {"create", "iobandctl create NAME < '0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]'"},
+    {"remove", "iobandctl remove [--force] NAME"},
+    {"message", "iobandctl message NAME 0 VERB [ARG]  (VERB: type attach detach weight token carryover io_throttle "
+                "io_limit policy range-bw limit reset)"},
+    {"table", "iobandctl table [--target ioband] [NAME]"},
+    {"status", "iobandctl status [--target ioband] [NAME]"},
+    {"targets", "iobandctl targets"},
+};
+
+constexpr Entry kMessageVerbs[] = {
+    {"type", "iobandctl message NAME 0 type none|user|gid|pid|pgrp|cgroup"},
+    {"attach", "iobandctl message NAME 0 attach ID"},
+    {"detach", "iobandctl message NAME 0 detach ID"},
+    {"weight", "iobandctl message NAME 0 weight [ID:]VAL"},
+    {"token", "iobandctl message NAME 0 token VAL"},
+    {"carryover", "iobandctl message NAME 0 carryover VAL"},
+    {"io_throttle", "iobandctl message NAME 0 io_throttle VAL"},
+    {"io_limit", "iobandctl message NAME 0 io_limit VAL"},
+    {"policy", "iobandctl message NAME 0 policy weight|weight-iosize|range-bw|fair"},
+    {"range-bw", "iobandctl message NAME 0 range-bw [ID:]MIN:MAX"},
+    {"limit", "iobandctl message NAME 0 limit [ID:]KEY=VAL[,KEY=VAL...]|[ID:]none"},
+    {"reset", "iobandctl message NAME 0 reset"},
+};
+
+constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
+    {"create",
+     R"(Create an ioband device NAME and publish it at once as the NBD export NAME.
+The table line is read from standard input (or given with --table LINE):
+
+  0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]
+
+  SECTORS          512-byte sectors of PATH to serve (PATH must be at least this large)
+  PATH             an image file or a block device
+  DEVICE_GROUP_ID  devices with the same ID share one scheduler (one physical disk)
+  IO_THROTTLE      below this many requests in flight, no control (default 4)
+  IO_LIMIT         with this many in flight, every new request waits (default 128)
+
+The device starts with its default group (weight 100) and type none.
+
+Example:
+  echo "0 $(blockdev --getsize /dev/sda1) ioband /dev/sda1 1" | iobandctl create ioband1
+  echo "0 2097152 ioband /srv/vm1.img 1 10 200" | iobandctl create vm1
+)"},
+    {"remove",
+     R"(Remove the ioband device NAME and all its groups. Refused while NBD clients
+are connected, unless --force, which ends their connections with ESHUTDOWN.
+
+Example:
+  iobandctl remove ioband1
+  iobandctl remove --force ioband1
+)"},
+    {"message",
+     R"(Change a setting of ioband device NAME (the sector must be 0):
+
+  type TYPE            how connections map to groups: none, user (uid), gid, pid,
+                       pgrp, cgroup (cgroup v2 inode); TCP clients: their IPv4
+                       address under every type but none. Refused while groups
+                       are attached.
+  attach ID            create a group (ID: a number, or an IPv4 address a.b.c.d)
+  detach ID            remove a group; its connections go to the default group
+  weight VAL           weight of the default group (1..1000000, default 100)
+  weight ID:VAL        weight of group ID
+  token VAL            tokens per epoch of the device group (weight policies)
+  carryover VAL        epochs of unused tokens a group may keep (0..64)
+  io_throttle VAL      device group: below VAL requests in flight, no control
+  io_limit VAL         device group: at VAL requests in flight, all wait
+  policy NAME          device group: weight, weight-iosize, range-bw or fair
+  range-bw [ID:]MIN:MAX  reserved and maximum KiB/s of a group (range-bw policy)
+  limit [ID:]KEY=VAL[,KEY=VAL...]
+                       limits of the whole device, or of group ID (-1: default
+                       group). KEYs as QEMU's: iops-total, iops-read, iops-write,
+                       bps-total, bps-read, bps-write, each also with -max and
+                       -max-length, and iops-size; VAL 0 removes a key,
+                       "limit [ID:]none" removes them all
+  reset                clear the statistics of the device's groups
+
+Examples:
+  iobandctl message ioband1 0 weight 40
+  iobandctl message ioband1 0 type user
+  iobandctl message ioband1 0 attach 1000
+  iobandctl message ioband1 0 weight 1000:30
+  iobandctl message ioband1 0 limit 1000:iops-total=200,bps-write=10M
+  iobandctl message ioband1 0 reset
+)"},
+    {"table",
+     R"(Print the settings of every ioband device (or of NAME, without the name
+prefix), one line each:
+
+  NAME: 0 SECTORS ioband MAJOR:MINOR DEVICE_GROUP_ID IO_THROTTLE IO_LIMIT
+
+MAJOR:MINOR is the block device's number, or for an image file that of the
+device holding its file system. --json adds the type, policy, token,
+carryover, limits and every group's weight.
+
+Example:
+  iobandctl table --target ioband
+  ioband1: 0 44371467 ioband 202:33 128 10 400
+)"},
+    {"status",
+     R"(Print the statistics of every ioband device (or of NAME, without the name
+prefix): NAME: 0 SECTORS ioband DEVICE_GROUP_ID, then for each group (the
+default group is -1) seven columns: ID, read requests, delayed read requests,
+read sectors, write requests, delayed write requests, write sectors.
+--json adds queueing time, queue length, requests in flight, a delay
+histogram and the number of connections.
+
+Example:
+  iobandctl status
+  ioband2: 0 44371467 ioband 128 -1 143 90 424 122 78 352
+)"},
+    {"targets",
+     R"(Print the target types and their versions.
+
+Example:
+  iobandctl targets
+  ioband           v0.1.0
+)"},
+};
+
+}  // namespace
+
+std::string usage_of(std::string_view command, std::string_view verb) {
+  if (command == "message" && !verb.empty()) {
+    for (const Entry& entry : kMessageVerbs) {
+      if (entry.verb == verb) return std::string(entry.usage);
+    }
+  }
+  for (const Entry& entry : kCommands) {
+    if (entry.verb == command) return std::string(entry.usage);
+  }
+  return "iobandctl [--control PATH] [--json] COMMAND ARGS  (COMMAND: create remove message table status targets)";
+}
+
+std::string help_of(std::string_view command) {
+  for (const auto& [verb, text] : kHelp) {
+    if (verb == command) return "usage: " + usage_of(command) + "\n\n" + std::string(text);
+  }
+  return {};
+}
+
+std::string help_text() {
+  std::string text =
+      "usage: iobandctl [--control PATH] [--json] COMMAND ARGS\n"
+      "\n"
+      "Control iobandd, the NBD disk server with I/O bandwidth control, with the\n"
+      "commands of dm-ioband's dmsetup interface.\n"
+      "\n"
+      "Commands:\n";
+  for (const Entry& entry : kCommands) text += "  " + std::string(entry.usage) + "\n";
+  text +=
+      "\n"
+      "Options:\n"
+      "  --control PATH   the daemon's control socket (default: $IOBAND_CONTROL, else ./var/ioband.ctl)\n"
+      "  --json           print the reply as JSON\n"
+      "  --help           this help; COMMAND --help explains a command\n"
+      "  --version        print the version\n"
+      "\n"
+      "Example (Getting started of dm-ioband):\n"
+      "  echo \"0 $(blockdev --getsize /dev/sda1) ioband /dev/sda1 1\" | iobandctl create ioband1\n"
+      "  echo \"0 $(blockdev --getsize /dev/sda2) ioband /dev/sda2 1\" | iobandctl create ioband2\n"
+      "  iobandctl message ioband1 0 weight 40\n"
+      "  iobandctl message ioband2 0 weight 10\n"
+      "  iobandctl table\n"
+      "  qemu-img info nbd+unix:///ioband1?socket=var/ioband.sock\n"
+      "\n"
+      "Exit status: 0 done, 1 refused (the reason on stderr), 2 usage error.\n";
+  return text;
+}
+
+}  // namespace ioband::control

@@ -1,0 +1,115 @@
+#include "daemon/platform.h"
+
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "io/backend.h"
+#include "io/log.h"
+
+namespace ioband::daemon {
+
+control::Platform DaemonPlatform::make() {
+  control::Platform p;
+  p.create_export = [this](const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device) {
+    return create_export(config, group, device);
+  };
+  p.remove_export = [this](const std::string& name, bool force) { remove_export(name, force); };
+  p.connections = [this](const std::string& name) {
+    auto e = exports_.find(name);
+    return e ? e->connections.load() : 0;
+  };
+  p.set_type = [this](const std::string& name, control::GroupType type) {
+    if (auto e = exports_.find(name)) {
+      e->scheduling.type.store(type, std::memory_order_relaxed);
+      e->scheduling.epoch.fetch_add(1, std::memory_order_release);
+    }
+  };
+  p.run_on_owner = [this](int id, const std::function<void()>& fn) { run_on_owner(id, fn); };
+  p.release_device_group = [this](int id, qos::DeviceGroup&) { release_device_group(id); };
+  return p;
+}
+
+io::Reactor& DaemonPlatform::reactor_for(int device_group_id) const {
+  const size_t n = reactors_.size();
+  const size_t index = static_cast<size_t>((device_group_id % static_cast<long>(n) + static_cast<long>(n)) %
+                                           static_cast<long>(n));
+  return *reactors_[index];
+}
+
+std::string DaemonPlatform::create_export(const control::DeviceConfig& config, qos::DeviceGroup& group,
+                                          qos::DeviceId device) {
+  if (exports_.find(config.name)) return "an export named " + config.name + " already exists";
+  io::RawOptions raw;
+  raw.path = config.path;
+  raw.size = config.sectors * 512;
+  std::string error;
+  auto backend = io::open_raw_backend(raw, error);
+  if (!backend) return error;
+
+  nbd::DeviceGroupDriver* driver;
+  {
+    std::lock_guard lock(mutex_);
+    auto& slot = drivers_[config.device_group_id];
+    if (!slot) slot = std::make_unique<nbd::DeviceGroupDriver>(group, reactor_for(config.device_group_id));
+    driver = slot.get();
+  }
+  auto e = std::make_shared<nbd::Export>();
+  e->name = config.name;
+  e->description = "ioband device, device group " + std::to_string(config.device_group_id);
+  e->backend = std::move(backend);
+  e->reactor = &driver->reactor();
+  e->scheduling.driver = driver;
+  e->scheduling.device = device;
+  e->scheduling.type.store(config.type);
+  log_line("ioband device " + config.name + ": " + e->backend->describe() + ", " + std::to_string(config.sectors) +
+           " sectors, device group " + std::to_string(config.device_group_id));
+  if (!exports_.add(std::move(e))) return "an export named " + config.name + " already exists";
+  return {};
+}
+
+void DaemonPlatform::remove_export(const std::string& name, bool force) {
+  std::shared_ptr<nbd::Export> e = exports_.remove(name);
+  if (!e) return;
+  if (force) server_.disconnect_export(name);
+  // Sessions hold the export while they live; when only ours is left, none
+  // of its requests is queued or in flight.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (e.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (e.use_count() > 1) log_line("remove " + name + ": connections still open after 30 s");
+  log_line("ioband device " + name + " removed");
+}
+
+void DaemonPlatform::run_on_owner(int id, const std::function<void()>& fn) {
+  nbd::DeviceGroupDriver* driver = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = drivers_.find(id);
+    if (it != drivers_.end()) driver = it->second.get();
+  }
+  if (!running_) {
+    fn();
+    return;
+  }
+  std::promise<void> done;
+  reactor_for(id).post([&] {
+    fn();
+    // A changed setting may release queued requests at once.
+    if (driver) driver->pump();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void DaemonPlatform::release_device_group(int id) {
+  std::lock_guard lock(mutex_);
+  auto it = drivers_.find(id);
+  if (it == drivers_.end()) return;
+  it->second->retire();
+  retired_.push_back(std::move(it->second));
+  drivers_.erase(it);
+}
+
+}  // namespace ioband::daemon

@@ -1,0 +1,47 @@
+#pragma once
+// What the control engine needs from the running daemon: exports opened and
+// published, connections ended, work run on the reactor that owns a device
+// group. Wiring only.
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "control/engine.h"
+#include "io/reactor.h"
+#include "nbd/export.h"
+#include "nbd/scheduler.h"
+#include "nbd/server.h"
+
+namespace ioband::daemon {
+
+class DaemonPlatform {
+ public:
+  DaemonPlatform(std::vector<io::Reactor*> reactors, nbd::ExportRegistry& exports, nbd::Server& server)
+      : reactors_(std::move(reactors)), exports_(exports), server_(server) {}
+
+  control::Platform make();
+  // Before the reactors run, work for a device group runs inline.
+  void set_running(bool running) { running_ = running; }
+
+ private:
+  io::Reactor& reactor_for(int device_group_id) const;
+  std::string create_export(const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device);
+  void remove_export(const std::string& name, bool force);
+  void run_on_owner(int device_group_id, const std::function<void()>& fn);
+  void release_device_group(int device_group_id);
+
+  std::vector<io::Reactor*> reactors_;
+  nbd::ExportRegistry& exports_;
+  nbd::Server& server_;
+  std::atomic<bool> running_{false};
+  std::mutex mutex_;
+  std::map<int, std::unique_ptr<nbd::DeviceGroupDriver>> drivers_;  // guarded by mutex_
+  // A released driver may still have a timer completion in its ring; it is
+  // kept until exit rather than freed under that completion.
+  std::vector<std::unique_ptr<nbd::DeviceGroupDriver>> retired_;  // guarded by mutex_
+};
+
+}  // namespace ioband::daemon

@@ -1,0 +1,233 @@
+// The dm-ioband command language: the table line of `create` and the verbs
+// of `message`, valid forms and every kind of bad input.
+#include <gtest/gtest.h>
+
+#include "control/language.h"
+#include "control/usage.h"
+#include "unit/control_fake.h"
+
+namespace ioband::control {
+namespace {
+
+using testing::words;
+
+Message parse_ok(const std::string& text) {
+  Message message;
+  auto error = parse_message(words(text), message);
+  EXPECT_FALSE(error) << text << ": " << error->message;
+  return message;
+}
+
+Error parse_error(const std::string& text) {
+  Message message;
+  auto error = parse_message(words(text), message);
+  EXPECT_TRUE(error) << text << " was accepted";
+  return error.value_or(Error{});
+}
+
+TEST(ControlTableLine, ParsesTheReferenceForms) {
+  TableLine line;
+  ASSERT_FALSE(parse_table_line("0 44371467 ioband /dev/sda1 1", line));
+  EXPECT_EQ(line.sectors, 44371467u);
+  EXPECT_EQ(line.path, "/dev/sda1");
+  EXPECT_EQ(line.device_group_id, 1);
+  EXPECT_FALSE(line.io_throttle);
+  EXPECT_FALSE(line.io_limit);
+
+  ASSERT_FALSE(parse_table_line("0 44371467 ioband /dev/sda1 1 10 200\n", line));
+  EXPECT_EQ(line.io_throttle, 10u);
+  EXPECT_EQ(line.io_limit, 200u);
+
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.img 128 16", line));
+  EXPECT_EQ(line.device_group_id, 128);
+  EXPECT_EQ(line.io_throttle, 16u);
+  EXPECT_FALSE(line.io_limit);
+
+  // Blank lines, comments and extra spaces, as a here-document may have.
+  ASSERT_FALSE(parse_table_line("\n# ioband1\n   0   8  ioband  /x.img  2  \n\n", line));
+  EXPECT_EQ(line.device_group_id, 2);
+}
+
+TEST(ControlTableLine, RefusesBadLinesNamingTheField) {
+  struct Case {
+    const char* line;
+    const char* says;
+  } cases[] = {
+      {"", "no table line"},
+      {"# only a comment\n", "no table line"},
+      {"0 8 ioband /x.img 1\n0 8 ioband /y.img 1", "expected one table line, got 2"},
+      {"0 8 ioband /x.img", "has 4 fields"},
+      {"0 8 ioband /x.img 1 2 3 4", "has 8 fields"},
+      {"1 8 ioband /x.img 1", "start sector must be 0, not \"1\""},
+      {"0 0 ioband /x.img 1", "sectors \"0\" is not a positive integer"},
+      {"0 -8 ioband /x.img 1", "sectors \"-8\""},
+      {"0 8k ioband /x.img 1", "sectors \"8k\""},
+      {"0 99999999999999999999 ioband /x.img 1", "sectors"},
+      {"0 8 linear /x.img 1", "unknown target type \"linear\""},
+      {"0 8 ioband x.img 1", "not absolute"},
+      {"0 8 ioband /x.img one", "device group ID \"one\""},
+      {"0 8 ioband /x.img -1", "device group ID \"-1\""},
+      {"0 8 ioband /x.img 1 ten", "I/O throttle \"ten\""},
+      {"0 8 ioband /x.img 1 10 0", "I/O limit \"0\""},
+  };
+  for (const Case& c : cases) {
+    TableLine line;
+    auto error = parse_table_line(c.line, line);
+    ASSERT_TRUE(error) << c.line;
+    EXPECT_EQ(error->kind, Error::Kind::usage);
+    EXPECT_NE(error->message.find(c.says), std::string::npos) << error->message;
+    EXPECT_EQ(error->usage, usage_of("create"));
+  }
+}
+
+TEST(ControlMessage, ParsesEveryVerb) {
+  EXPECT_EQ(parse_ok("type user").type, nbd::GroupType::user);
+  EXPECT_EQ(parse_ok("type cgroup").type, nbd::GroupType::cgroup);
+  EXPECT_EQ(parse_ok("type none").type, nbd::GroupType::none);
+  // Example #3 of the reference ends the type with a full stop.
+  EXPECT_EQ(parse_ok("type user.").type, nbd::GroupType::user);
+
+  Message attach = parse_ok("attach 1000");
+  EXPECT_EQ(attach.verb, Message::Verb::attach);
+  EXPECT_EQ(attach.group, 1000);
+  EXPECT_EQ(parse_ok("attach 127.0.0.1").group, 0x7f000001);
+  EXPECT_EQ(parse_ok("detach 10.1.2.3").group, (10 << 24) + (1 << 16) + (2 << 8) + 3);
+
+  Message weight = parse_ok("weight 40");
+  EXPECT_EQ(weight.verb, Message::Verb::weight);
+  EXPECT_FALSE(weight.group);
+  EXPECT_EQ(weight.value, 40u);
+  Message group_weight = parse_ok("weight 1000:30");
+  EXPECT_EQ(group_weight.group, 1000);
+  EXPECT_EQ(group_weight.value, 30u);
+  EXPECT_EQ(parse_ok("weight -1:7").group, qos::kDefaultGroup);
+  EXPECT_EQ(parse_ok("weight 192.168.0.9:5").group, 0xc0a80009);
+
+  EXPECT_EQ(parse_ok("token 256").value, 256u);
+  EXPECT_EQ(parse_ok("carryover 0").value, 0u);
+  EXPECT_EQ(parse_ok("io_throttle 16").verb, Message::Verb::io_throttle);
+  EXPECT_EQ(parse_ok("io_throttle 0").value, 0u);
+  EXPECT_EQ(parse_ok("io_limit 128").value, 128u);
+  EXPECT_EQ(parse_ok("policy weight-iosize").policy, qos::Policy::weight_iosize);
+  EXPECT_EQ(parse_ok("policy range-bw").policy, qos::Policy::range_bw);
+  EXPECT_EQ(parse_ok("reset").verb, Message::Verb::reset);
+
+  Message range = parse_ok("range-bw 1000:100:500");
+  EXPECT_EQ(range.group, 1000);
+  EXPECT_EQ(range.range_bw, (qos::RangeBw{100, 500}));
+  EXPECT_FALSE(parse_ok("range-bw 0:900").group);
+
+  Message limit = parse_ok("limit iops-total=100,bps-write-max=20M,bps-write=10M,bps-write-max-length=5,iops-size=4K");
+  EXPECT_FALSE(limit.group);
+  ASSERT_EQ(limit.limits.size(), 5u);
+  EXPECT_EQ(limit.limits[0], (std::pair<std::string, uint64_t>{"iops-total", 100}));
+  EXPECT_EQ(limit.limits[1].second, 20u << 20);
+  EXPECT_EQ(limit.limits[4], (std::pair<std::string, uint64_t>{"iops-size", 4096}));
+  Message group_limit = parse_ok("limit 1000:iops-read=50");
+  EXPECT_EQ(group_limit.group, 1000);
+  EXPECT_EQ(parse_ok("limit 127.0.0.1:iops-read=50").group, 0x7f000001);
+  EXPECT_TRUE(parse_ok("limit none").clear_limits);
+  Message clear = parse_ok("limit 1000:none");
+  EXPECT_TRUE(clear.clear_limits);
+  EXPECT_EQ(clear.group, 1000);
+  for (std::string_view key : qos::kLimitKeys) {
+    EXPECT_EQ(parse_ok("limit " + std::string(key) + "=1").limits.at(0).first, key);
+  }
+}
+
+TEST(ControlMessage, RefusesBadInputWithTheVerbsUsage) {
+  struct Case {
+    const char* args;
+    const char* says;
+    const char* usage_verb;
+  } cases[] = {
+      {"", "message needs a verb", ""},
+      {"wieght 40", "unknown message verb \"wieght\"", ""},
+      {"Weight 40", "unknown message verb \"Weight\"", ""},
+      {"attach", "attach needs an argument", "attach"},
+      {"detach", "detach needs an argument", "detach"},
+      {"weight", "weight needs an argument", "weight"},
+      {"type", "type needs an argument", "type"},
+      {"weight 40 50", "extra: \"50\"", "weight"},
+      {"attach 1000 2000", "extra: \"2000\"", "attach"},
+      {"reset now", "reset takes no argument", "reset"},
+      {"weight abc", "weight must be an integer from 1 to 1000000, not \"abc\"", "weight"},
+      {"weight -5", "not \"-5\"", "weight"},
+      {"weight 0", "not \"0\"", "weight"},
+      {"weight 1000:0", "not \"0\"", "weight"},
+      {"weight 1000:", "not \"\"", "weight"},
+      {"weight 4.5", "not \"4.5\"", "weight"},
+      {"weight 1000001", "not \"1000001\"", "weight"},
+      {"weight x:10", "group ID \"x\" is not a group id", "weight"},
+      {"weight -2:10", "group ID \"-2\"", "weight"},
+      {"attach abc", "group ID \"abc\"", "attach"},
+      {"attach -7", "group ID \"-7\"", "attach"},
+      {"attach 300.0.0.1", "group ID \"300.0.0.1\"", "attach"},
+      {"type users", "unknown type \"users\"", "type"},
+      {"token 0", "token must be an integer larger than 0, not \"0\"", "token"},
+      {"token -1", "token must be", "token"},
+      {"io_limit 0", "io_limit must be an integer larger than 0", "io_limit"},
+      {"io_throttle x", "io_throttle must be a non-negative integer", "io_throttle"},
+      {"carryover -2", "carryover must be a non-negative integer", "carryover"},
+      {"policy cfq", "unknown policy \"cfq\"", "policy"},
+      {"range-bw 100", "range-bw takes ID:MIN:MAX", "range-bw"},
+      {"range-bw 1:2:3:4", "range-bw takes ID:MIN:MAX", "range-bw"},
+      {"range-bw 1000:a:5", "MIN and MAX must be non-negative integers", "range-bw"},
+      {"limit iops=5", "unknown limit \"iops\"", "limit"},
+      {"limit iops-total", "\"iops-total\" is not KEY=VAL", "limit"},
+      {"limit iops-total=fast", "iops-total must be a non-negative integer", "limit"},
+      {"limit iops-total=-1", "iops-total must be", "limit"},
+      {"limit 1000:", "limit needs KEY=VAL", "limit"},
+      {"limit bob:iops-total=1", "group ID \"bob\"", "limit"},
+  };
+  for (const Case& c : cases) {
+    Error error = parse_error(c.args);
+    EXPECT_EQ(error.kind, Error::Kind::usage) << c.args;
+    EXPECT_NE(error.message.find(c.says), std::string::npos) << c.args << " -> " << error.message;
+    EXPECT_EQ(error.usage, usage_of("message", c.usage_verb)) << c.args;
+  }
+}
+
+TEST(ControlMessage, GroupIds) {
+  EXPECT_EQ(parse_group_id("0"), 0);
+  EXPECT_EQ(parse_group_id("-1"), -1);
+  EXPECT_EQ(parse_group_id("4294967295"), 4294967295);
+  EXPECT_EQ(parse_group_id("9223372036854775807"), INT64_MAX);
+  EXPECT_FALSE(parse_group_id("9223372036854775808"));
+  EXPECT_EQ(parse_group_id("255.255.255.255"), 0xffffffff);
+  EXPECT_FALSE(parse_group_id("1.2.3"));
+  EXPECT_FALSE(parse_group_id("::1"));
+  EXPECT_FALSE(parse_group_id("+5"));
+  EXPECT_FALSE(parse_group_id(" 5"));
+  EXPECT_FALSE(parse_group_id(""));
+}
+
+TEST(ControlMessage, DeviceNames) {
+  EXPECT_EQ(check_device_name("ioband1"), "");
+  EXPECT_EQ(check_device_name("vm-1.disk_0"), "");
+  EXPECT_NE(check_device_name(""), "");
+  EXPECT_NE(check_device_name("-x"), "");
+  EXPECT_NE(check_device_name("a b"), "");
+  EXPECT_NE(check_device_name("a\nb"), "");
+  EXPECT_NE(check_device_name(std::string(128, 'a')), "");
+  EXPECT_EQ(check_device_name(std::string(127, 'a')), "");
+}
+
+TEST(ControlUsage, EveryCommandAndVerbHasHelpWithAnExample) {
+  for (const char* command : {"create", "remove", "message", "table", "status", "targets"}) {
+    const std::string help = help_of(command);
+    EXPECT_NE(help.find("usage: iobandctl " + std::string(command)), std::string::npos) << command;
+    EXPECT_NE(help.find("Example"), std::string::npos) << command;
+  }
+  EXPECT_EQ(help_of("frobnicate"), "");
+  const std::string message_help = help_of("message");
+  for (const char* verb : {"type", "attach", "detach", "weight", "token", "carryover", "io_throttle", "io_limit",
+                           "policy", "range-bw", "limit", "reset"}) {
+    EXPECT_NE(message_help.find(std::string("  ") + verb + " "), std::string::npos) << verb;
+    EXPECT_NE(usage_of("message", verb).find(std::string(" 0 ") + verb), std::string::npos) << verb;
+  }
+  EXPECT_NE(help_text().find("Example"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ioband::control

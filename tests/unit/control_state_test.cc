@@ -1,0 +1,300 @@
+// state.json: every change is saved atomically, a restart restores the same
+// table and settings, and a file that cannot be read stops the start
+// without ever being overwritten.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include "control/engine.h"
+#include "control/state_file.h"
+#include "unit/control_fake.h"
+
+namespace ioband::control {
+namespace {
+
+using nlohmann::json;
+using testing::Client;
+using testing::FakePlatform;
+using testing::read_file;
+using testing::TempDir;
+using testing::write_file;
+
+void ok(const json& reply) { ASSERT_TRUE(reply.value("ok", false)) << reply.dump(); }
+
+// Every kind of setting, on two device groups.
+void configure(Client& client) {
+  ok(client.create("ioband1", "0 44371467 ioband /dev/sda1 1 10 400"));
+  ok(client.create("ioband2", "0 44371467 ioband /dev/sda2 1"));
+  ok(client.create("ioband3", "0 2097152 ioband /dev/sdb3 2"));
+  ok(client.create("vm1", "0 4194304 ioband /vmdisk/vm1.img 3"));
+  ok(client.message("ioband1", "weight 40"));
+  ok(client.message("ioband2", "weight 10"));
+  ok(client.message("ioband1", "type user"));
+  ok(client.message("ioband1", "attach 1000"));
+  ok(client.message("ioband1", "attach 2000"));
+  ok(client.message("ioband1", "weight 1000:30"));
+  ok(client.message("ioband1", "weight 2000:20"));
+  ok(client.message("ioband1", "policy range-bw"));
+  ok(client.message("ioband1", "range-bw 1000:100:800"));
+  ok(client.message("ioband1", "token 256"));
+  ok(client.message("ioband1", "carryover 4"));
+  ok(client.message("ioband3", "io_limit 64"));
+  ok(client.message("ioband3", "io_throttle 8"));
+  ok(client.message("ioband3", "type pid"));
+  ok(client.message("ioband3", "attach 15011"));
+  ok(client.message("ioband3", "limit 15011:iops-total=200,iops-total-max=400,iops-total-max-length=10,iops-size=8K"));
+  ok(client.message("ioband3", "limit bps-total=100M"));
+  ok(client.message("ioband3", "limit -1:bps-read=1M"));
+  ok(client.message("vm1", "type cgroup"));
+  ok(client.message("vm1", "attach 127.0.0.1"));
+  ok(client.message("vm1", "policy weight-iosize"));
+}
+
+TEST(ControlState, EveryChangeIsSavedAndARestartRestoresIt) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  std::string table, table_json, state;
+  {
+    FakePlatform fake;
+    Engine engine(fake.platform(), path);
+    ASSERT_EQ(engine.restore(), "");  // no file yet: a fresh start
+    EXPECT_FALSE(std::filesystem::exists(path));
+    Client client{engine};
+    configure(client);
+    table = client.table_text();
+    table_json = client.table()["data"].dump();
+    state = engine.state_json();
+    EXPECT_EQ(read_file(path), state);
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  ASSERT_EQ(engine.restore(), "");
+  Client client{engine};
+  EXPECT_EQ(client.table_text(), table);
+  EXPECT_EQ(client.table_text(),
+            "ioband1: 0 44371467 ioband 8:1 1 10 400\n"
+            "ioband2: 0 44371467 ioband 8:2 1 10 400\n"
+            "ioband3: 0 2097152 ioband 8:19 2 8 64\n"
+            "vm1: 0 4194304 ioband 253:0 3 4 128\n");
+  EXPECT_EQ(client.table()["data"].dump(), table_json);
+  EXPECT_EQ(engine.state_json(), state);
+  EXPECT_EQ(read_file(path), state);  // restoring does not rewrite it
+
+  // The settings are in the schedulers, not only in the model.
+  auto s1 = *engine.scheduling("ioband1");
+  EXPECT_EQ(s1.type, GroupType::user);
+  EXPECT_EQ(s1.group->weight(s1.device, -1), 40u);
+  EXPECT_EQ(s1.group->weight(s1.device, 1000), 30u);
+  EXPECT_EQ(s1.group->weight(s1.device, 2000), 20u);
+  EXPECT_EQ(s1.group->range_bw(s1.device, 1000), (qos::RangeBw{100, 800}));
+  EXPECT_EQ(s1.group->policy(), qos::Policy::range_bw);
+  EXPECT_EQ(s1.group->token(), 256u);
+  EXPECT_EQ(s1.group->carryover(), 4u);
+  EXPECT_EQ(s1.group->io_throttle(), 10u);
+  auto s2 = *engine.scheduling("ioband2");
+  EXPECT_EQ(s2.group, s1.group);
+  EXPECT_EQ(s2.group->weight(s2.device, -1), 10u);
+  auto s3 = *engine.scheduling("ioband3");
+  EXPECT_EQ(s3.group->limits(s3.device, 15011)->iops_total, (qos::Rate{200, 400, 10}));
+  EXPECT_EQ(s3.group->limits(s3.device, 15011)->iops_size, 8192u);
+  EXPECT_EQ(s3.group->limits(s3.device, std::nullopt)->bps_total.rate, 100u << 20);
+  EXPECT_EQ(s3.group->limits(s3.device, -1)->bps_read.rate, 1u << 20);
+  EXPECT_EQ(s3.group->io_limit(), 64u);
+  auto vm1 = *engine.scheduling("vm1");
+  EXPECT_TRUE(vm1.group->has_group(vm1.device, 0x7f000001));
+  EXPECT_EQ(vm1.group->policy(), qos::Policy::weight_iosize);
+
+  // The exports are published with their types.
+  EXPECT_EQ(fake.exports.size(), 4u);
+  EXPECT_EQ(fake.exports["ioband1"].type, GroupType::user);
+  EXPECT_EQ(fake.exports["ioband1"].io_limit, 400u);
+  EXPECT_EQ(fake.exports["vm1"].type, GroupType::cgroup);
+  EXPECT_EQ(fake.exports["ioband2"].type, GroupType::none);
+
+  // And it goes on from there.
+  ok(client.remove("ioband2"));
+  ok(client.message("ioband1", "detach 2000"));
+  FakePlatform fake3;
+  Engine third(fake3.platform(), path);
+  ASSERT_EQ(third.restore(), "");
+  EXPECT_EQ(third.state_json(), engine.state_json());
+}
+
+TEST(ControlState, TheFileIsWhatTheFormatSays) {
+  TempDir dir;
+  FakePlatform fake;
+  Engine engine(fake.platform(), dir.file("state.json"));
+  Client client{engine};
+  ok(client.create("ioband1", "0 8 ioband /dev/sda1 1"));
+  ok(client.message("ioband1", "type user"));
+  ok(client.message("ioband1", "attach 1000"));
+  ok(client.message("ioband1", "limit 1000:iops-read=5"));
+  const json saved = json::parse(read_file(engine.state_path()));
+  const json expected = json::parse(R"({
+    "version": 1,
+    "device_groups": [{"id": 1, "policy": "fair", "token": 2048, "carryover": 2, "io_throttle": 4, "io_limit": 128}],
+    "devices": [{"name": "ioband1", "path": "/dev/sda1", "sectors": 8, "device_group_id": 1, "type": "user",
+                 "limits": {},
+                 "groups": [{"id": -1, "weight": 100, "range_bw": {"min_kib": 0, "max_kib": 0}, "limits": {}},
+                            {"id": 1000, "weight": 100, "range_bw": {"min_kib": 0, "max_kib": 0},
+                             "limits": {"iops-read": 5}}]}]
+  })");
+  EXPECT_EQ(saved, expected);
+}
+
+// A state file that cannot be read: the start stops with the file and the
+// reason, and the file is never written by that daemon.
+struct Corrupt {
+  const char* what;
+  const char* text;
+  const char* says;
+};
+
+class ControlStateCorrupt : public ::testing::TestWithParam<Corrupt> {};
+
+TEST_P(ControlStateCorrupt, StopsTheStartAndLeavesTheFileAlone) {
+  const Corrupt& corrupt = GetParam();
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  write_file(path, corrupt.text);
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  const std::string error = engine.restore();
+  EXPECT_EQ(error.rfind(path + ": ", 0), 0u) << error;
+  EXPECT_NE(error.find(corrupt.says), std::string::npos) << corrupt.what << ": " << error;
+  EXPECT_TRUE(fake.exports.empty()) << corrupt.what;
+
+  // Even if the daemon went on, it would not overwrite the file.
+  Client client{engine};
+  json reply = client.create("ioband9", "0 8 ioband /dev/sdb4 1");
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_NE(reply["error"].get<std::string>().find("could not be read"), std::string::npos);
+  EXPECT_EQ(read_file(path), corrupt.text);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
+constexpr const char* kGood =
+    R"({"version":1,"device_groups":[{"id":1,"policy":"fair","token":2048,"carryover":2,"io_throttle":4,"io_limit":128}],)"
+    R"("devices":[{"name":"ioband1","path":"/dev/sda1","sectors":8,"device_group_id":1,"type":"user","limits":{},)"
+    R"("groups":[{"id":-1,"weight":100,"range_bw":{"min_kib":0,"max_kib":0},"limits":{}}]}]})";
+
+std::string good_with(const std::string& from, const std::string& to) {
+  std::string text = kGood;
+  const auto at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  return text.replace(at, from.size(), to);
+}
+
+const std::string kBadWeight = good_with("\"weight\":100", "\"weight\":0");
+const std::string kBadType = good_with("\"type\":\"user\"", "\"type\":\"users\"");
+const std::string kUnknownKey = good_with("\"sectors\":8", "\"sectors\":8,\"colour\":\"red\"");
+const std::string kNoDefault = good_with("\"id\":-1", "\"id\":5");
+const std::string kNoGroup = good_with("\"device_group_id\":1", "\"device_group_id\":2");
+const std::string kVersion2 = good_with("\"version\":1", "\"version\":2");
+const std::string kBadLimits = good_with("\"limits\":{}}]}]", "\"limits\":{\"iops-read-max\":5}}]}]");
+const std::string kMissingPath = good_with("\"/dev/sda1\"", "\"/dev/gone\"");
+const std::string kTooSmall = good_with("\"/dev/sda1\",\"sectors\":8", "\"/small.img\",\"sectors\":4096");
+const std::string kThrottle = good_with("\"io_throttle\":4", "\"io_throttle\":400");
+const std::string kStringSectors = good_with("\"sectors\":8", "\"sectors\":\"8\"");
+const std::string kTwice = good_with("}]}]}", "}]},{\"name\":\"ioband1\",\"path\":\"/dev/sda2\",\"sectors\":8,"
+                                               "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
+                                               "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
+                                               "\"limits\":{}}]}]}");
+
+const Corrupt kCorrupt[] = {
+    {"empty", "", "parse error at line 1, column 1"},
+    {"garbage", "this is not json\n", "parse error at line 1"},
+    {"truncated", "{\n  \"version\": 1,\n  \"devices\": [\n", "parse error at line 4"},
+    {"not an object", "[1, 2]", "state: expected an object"},
+    {"weight 0", kBadWeight.c_str(), "devices[0].groups[0].weight: must be between 1 and 1000000"},
+    {"unknown type", kBadType.c_str(), "devices[0].type: unknown type \"users\""},
+    {"unknown key", kUnknownKey.c_str(), "devices[0]: unknown key \"colour\""},
+    {"no default group", kNoDefault.c_str(), "the default group (id -1) is missing"},
+    {"device group missing", kNoGroup.c_str(), "device group 2 is not in device_groups"},
+    {"version 2", kVersion2.c_str(), "version: this iobandd reads version 1, not 2"},
+    {"invalid limits", kBadLimits.c_str(), "iops-read-max needs iops-read"},
+    {"path gone", kMissingPath.c_str(), "device ioband1: /dev/gone: No such file or directory"},
+    {"path too small", kTooSmall.c_str(), "device ioband1: /small.img is 1048576 bytes"},
+    {"throttle above limit", kThrottle.c_str(), "device_groups[0]: io_throttle (400) exceeds io_limit (128)"},
+    {"sectors as a string", kStringSectors.c_str(), "devices[0].sectors: expected a non-negative integer"},
+    {"a name twice", kTwice.c_str(), "devices[1].name: device ioband1 appears twice"},
+};
+
+INSTANTIATE_TEST_SUITE_P(Files, ControlStateCorrupt, ::testing::ValuesIn(kCorrupt),
+                         [](const ::testing::TestParamInfo<Corrupt>& info) {
+                           std::string name;
+                           for (char c : std::string(info.param.what)) name += std::isalnum(c) ? c : '_';
+                           return name;
+                         });
+
+TEST(ControlState, TheGoodFileOfTheCorruptCasesIsGood) {
+  TempDir dir;
+  write_file(dir.file("state.json"), kGood);
+  FakePlatform fake;
+  Engine engine(fake.platform(), dir.file("state.json"));
+  EXPECT_EQ(engine.restore(), "");
+  EXPECT_TRUE(fake.exports.contains("ioband1"));
+}
+
+TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  // ioband1 restores, ioband2's disk is gone.
+  std::string text = good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
+                                        "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
+                                        "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
+                                        "\"limits\":{}}]}]}");
+  write_file(path, text);
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  EXPECT_EQ(engine.restore(), path + ": device ioband2: /dev/gone: No such file or directory");
+  EXPECT_TRUE(fake.exports.empty());
+  EXPECT_EQ(fake.released, 1);
+  EXPECT_FALSE(engine.scheduling("ioband1"));
+  EXPECT_EQ(read_file(path), text);
+}
+
+TEST(ControlState, AnUnreadableFileStopsTheStart) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  std::filesystem::create_directory(path);
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  const std::string error = engine.restore();
+  EXPECT_EQ(error.rfind(path + ": ", 0), 0u) << error;
+  EXPECT_NE(error.find("Is a directory"), std::string::npos) << error;
+}
+
+TEST(ControlState, AtomicWrite) {
+  TempDir dir;
+  const std::string path = dir.file("f.json");
+  ASSERT_FALSE(write_file_atomically(path, "one\n"));
+  EXPECT_EQ(read_file(path), "one\n");
+  ASSERT_FALSE(write_file_atomically(path, "two\n"));
+  EXPECT_EQ(read_file(path), "two\n");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  auto error = write_file_atomically(dir.file("no/such/dir.json"), "x");
+  ASSERT_TRUE(error);
+  EXPECT_NE(error->find("No such file or directory"), std::string::npos) << *error;
+}
+
+TEST(ControlState, JsonRoundTrip) {
+  TempDir dir;
+  FakePlatform fake;
+  Engine engine(fake.platform(), dir.file("state.json"));
+  Client client{engine};
+  configure(client);
+  State state;
+  ASSERT_FALSE(state_from_json(json::parse(engine.state_json()), state));
+  EXPECT_EQ(state_to_text(state), engine.state_json());
+  EXPECT_EQ(state.devices.size(), 4u);
+  EXPECT_EQ(state.device_groups.size(), 3u);
+}
+
+}  // namespace
+}  // namespace ioband::control

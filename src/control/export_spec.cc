@@ -35,14 +35,9 @@ std::optional<uint64_t> parse_size(const std::string& text) {
 }
 
 std::optional<int> parse_errno(const std::string& text) {
-  static const struct {
-    const char* name;
-    int value;
-  } names[] = {{"EIO", EIO},       {"ENOSPC", ENOSPC}, {"EPERM", EPERM},     {"ENOMEM", ENOMEM},
-               {"EINVAL", EINVAL}, {"EROFS", EROFS},   {"EDQUOT", EDQUOT},   {"ENOTSUP", ENOTSUP},
-               {"EAGAIN", EAGAIN}, {"EFBIG", EFBIG},   {"ESHUTDOWN", ESHUTDOWN}};
-  for (const auto& n : names) {
-    if (text == n.name) return n.value;
+  for (int e = 1; e < 4096; ++e) {
+    const char* name = strerrorname_np(e);
+    if (name && text == name) return e;
   }
   char* end = nullptr;
   long v = std::strtol(text.c_str(), &end, 10);

@@ -81,6 +81,10 @@ int main(int argc, char** argv) {
   unsigned threads = 1;
   app.add_option("--state-dir", state_dir, "directory for state, sockets and the demo image")->capture_default_str();
   app.add_option("--socket", socket_path, "NBD Unix socket (default STATE_DIR/ioband.sock)");
+  std::string socket_mode;
+  app.add_option("--socket-mode", socket_mode,
+                 "permissions of the NBD socket, octal (e.g. 0666 so that clients of other users, "
+                 "classified by 'type user', can connect); default from the umask");
   app.add_option("--listen", listen, "also serve NBD over TCP on HOST:PORT");
   app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
@@ -185,6 +189,14 @@ int main(int argc, char** argv) {
   if (auto error = server.listen_unix(socket_path); !error.empty()) {
     std::cerr << "iobandd: --socket " << error << "\n";
     return 1;
+  }
+  if (!socket_mode.empty()) {
+    char* end = nullptr;
+    const unsigned long mode = std::strtoul(socket_mode.c_str(), &end, 8);
+    if (*end != '\0' || mode > 0777 || chmod(socket_path.c_str(), static_cast<mode_t>(mode)) != 0) {
+      std::cerr << "iobandd: --socket-mode " << socket_mode << ": expected an octal mode such as 0660\n";
+      return 2;
+    }
   }
   if (!listen.empty()) {
     if (auto error = server.listen_tcp(listen); !error.empty()) {

@@ -1,6 +1,7 @@
 #include "io/reactor.h"
 
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,10 +25,12 @@ class Reactor::WakeReader final : public Completion {
 namespace {
 
 // Newer setup flags cut the cost of completions on a single-threaded ring;
-// older kernels reject them with -EINVAL, so fall back step by step.
-int init_ring(io_uring* ring, unsigned entries) {
+// older kernels reject them with -EINVAL, so fall back step by step. A
+// single-issuer ring belongs to the thread that enables it, so it starts
+// disabled and run() enables it on the reactor's own thread.
+int init_ring(io_uring* ring, unsigned entries, bool& disabled) {
   const unsigned attempts[] = {
-      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_R_DISABLED,
       IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
       0,
   };
@@ -36,6 +39,7 @@ int init_ring(io_uring* ring, unsigned entries) {
     io_uring_params params{};
     params.flags = flags;
     rc = io_uring_queue_init_params(entries, ring, &params);
+    disabled = flags & IORING_SETUP_R_DISABLED;
     if (rc != -EINVAL) return rc;
   }
   return rc;
@@ -44,7 +48,7 @@ int init_ring(io_uring* ring, unsigned entries) {
 }  // namespace
 
 Reactor::Reactor(unsigned entries, int index) : index_(index) {
-  int rc = init_ring(&ring_, entries);
+  int rc = init_ring(&ring_, entries, disabled_);
   if (rc < 0) throw std::system_error(-rc, std::generic_category(), "io_uring_queue_init");
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
   if (wake_fd_ < 0) {
@@ -110,6 +114,13 @@ void Reactor::drain_posted() {
 }
 
 void Reactor::run() {
+  if (disabled_) {
+    // Debian's liburing 2.3 declares io_uring_enable_rings but does not export it.
+    if (syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) < 0) {
+      throw std::system_error(errno, std::generic_category(), "IORING_REGISTER_ENABLE_RINGS");
+    }
+    disabled_ = false;
+  }
   while (!(stopping_ && (!idle_check_ || idle_check_()))) {
     int rc = io_uring_submit_and_wait(&ring_, 1);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {

@@ -90,6 +90,7 @@ class Reactor {
   std::vector<std::function<void()>> deferred_;
   std::function<bool()> idle_check_;
   bool stopping_ = false;
+  bool disabled_ = false;  // created disabled; enabled by run() on its thread
   uint64_t iterations_ = 0;
 };
 

@@ -343,7 +343,7 @@ struct DeviceGroup::Impl {
     if (!group.extras) return now;
     GroupExtras& extras = *group.extras;
     Nanos at = now;
-    if (extras.limits) at = extras.limits->available_at(request.direction, request.bytes, now);
+    if (extras.limits) at = extras.limits->available_at(request.direction, now);
     if (policy == Policy::range_bw && extras.range.max_kib != 0) {
       extras.max_bw.advance(now);
       at = std::max(at, extras.max_bw.available_at(now));
@@ -387,7 +387,7 @@ struct DeviceGroup::Impl {
       }
       if (device->limits) {
         bool direction_specific = false;
-        at = device->limits->available_at(request.direction, request.bytes, now, &direction_specific);
+        at = device->limits->available_at(request.direction, now, &direction_specific);
         if (at > now) {
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
@@ -628,13 +628,9 @@ struct DeviceGroup::Impl {
       bytes += sizeof(Device) + device->groups.memory_bytes();
       bytes += device->ready.capacity() * sizeof(detail::SlotHeap::Entry);
       bytes += device->reserved.capacity() * sizeof(IndexedHeap<GroupExtras, &GroupExtras::reservation_index>::Entry);
-      if (device->limits) bytes += sizeof(LimitState);
     }
     for_each_group([&](const Group* group) {
-      if (group->extras) {
-        bytes += sizeof(GroupExtras);
-        if (group->extras->limits) bytes += sizeof(LimitState);
-      }
+      if (group->extras) bytes += sizeof(GroupExtras);
     });
     return bytes;
   }
@@ -897,13 +893,13 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  auto apply = [&](std::unique_ptr<LimitState>& state) {
+  auto apply = [&](auto& state) {
     if (limits.unlimited()) {
       state.reset();
     } else if (state) {
       state->configure(limits);  // keeps the levels: no free burst from a change
     } else {
-      state = std::make_unique<LimitState>(limits);
+      state.emplace(limits);
     }
   };
   if (group_id) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <new>
+#include <optional>
 #include <vector>
 
 #include "qos/device_group.h"
@@ -25,7 +26,7 @@ enum class RequestState : std::uint8_t { idle = 0, queued = 1, in_flight = 2 };
 struct GroupExtras {
   Group* group = nullptr;
   std::uint32_t reservation_index = kNotInHeap;  // Device::reserved (range-bw)
-  std::unique_ptr<LimitState> limits;
+  std::optional<LimitState> limits;  // inline: one pointer less to chase per request
   RangeBw range{};
   TokenBucket max_bw;      // range-bw max-bw, bytes/s
   Nanos reservation = 0;   // range-bw: when the group's next min-bw byte is due
@@ -80,7 +81,7 @@ struct Device {
   GroupTable<Group> groups;  // attached groups, not the default one
   SlotHeap ready;            // ready groups by policy key
   IndexedHeap<GroupExtras, &GroupExtras::reservation_index> reserved;  // range-bw: by reservation time
-  std::unique_ptr<LimitState> limits;
+  std::optional<LimitState> limits;
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
   std::uint32_t groups_with_extras = 0;  // may be parked or hold a reservation

@@ -48,31 +48,40 @@ void TokenBucket::charge(std::uint64_t units) noexcept {
   level_ += std::min(units, room);
 }
 
-void LimitState::configure_pair(Pair& pair, const Rate& rate, std::uint64_t unit) noexcept {
-  if (rate.rate == 0) {
-    pair.sustained.reconfigure(0, 0);
-    pair.burst.reconfigure(0, 0);
-    return;
-  }
+void LimitState::configure_rate(const Rate& rate, Scope scope, bool bytes, const LimitState& old) noexcept {
+  if (rate.rate == 0) return;
+  std::uint64_t unit = bytes ? 1 : kIopsUnit;
   std::uint64_t sustained_rate = rate.rate * unit;
-  std::uint64_t capacity = rate.max > rate.rate ? (rate.max - rate.rate) * unit * rate.max_length
-                                                : sustained_rate / 10;
-  pair.sustained.reconfigure(sustained_rate, capacity);
-  if (rate.max > rate.rate) {
-    pair.burst.reconfigure(rate.max * unit, rate.max * unit / 10);
-  } else {
-    pair.burst.reconfigure(0, 0);
-  }
+  std::uint64_t capacity =
+      rate.max > rate.rate ? (rate.max - rate.rate) * unit * rate.max_length : sustained_rate / 10;
+  // Keep the level of the matching bucket of the old configuration.
+  auto add = [&](std::uint64_t bucket_rate, std::uint64_t bucket_capacity, int nth) {
+    Slot slot{TokenBucket(bucket_rate, bucket_capacity), scope, bytes};
+    int seen = 0;
+    for (std::uint8_t i = 0; i < old.count_; ++i) {
+      const Slot& previous = old.slots_[i];
+      if (previous.scope == scope && previous.bytes == bytes && seen++ == nth) {
+        slot.bucket = previous.bucket;
+        slot.bucket.reconfigure(bucket_rate, bucket_capacity);
+        break;
+      }
+    }
+    slots_[count_++] = slot;
+  };
+  add(sustained_rate, capacity, 0);
+  if (rate.max > rate.rate) add(rate.max * unit, rate.max * unit / 10, 1);
 }
 
 void LimitState::configure(const Limits& limits) noexcept {
+  LimitState old = *this;
+  count_ = 0;
   limits_ = limits;
-  configure_pair(iops_[total], limits.iops_total, kIopsUnit);
-  configure_pair(iops_[read], limits.iops_read, kIopsUnit);
-  configure_pair(iops_[write], limits.iops_write, kIopsUnit);
-  configure_pair(bps_[total], limits.bps_total, 1);
-  configure_pair(bps_[read], limits.bps_read, 1);
-  configure_pair(bps_[write], limits.bps_write, 1);
+  configure_rate(limits.iops_total, Scope::total, false, old);
+  configure_rate(limits.iops_read, Scope::read, false, old);
+  configure_rate(limits.iops_write, Scope::write, false, old);
+  configure_rate(limits.bps_total, Scope::total, true, old);
+  configure_rate(limits.bps_read, Scope::read, true, old);
+  configure_rate(limits.bps_write, Scope::write, true, old);
 }
 
 std::uint64_t LimitState::iops_units(std::uint32_t bytes) const noexcept {
@@ -80,47 +89,32 @@ std::uint64_t LimitState::iops_units(std::uint32_t bytes) const noexcept {
   return std::uint64_t{bytes} * kIopsUnit / limits_.iops_size;
 }
 
-Nanos LimitState::available_at(Direction direction, std::uint32_t bytes, Nanos now,
-                               bool* direction_specific) noexcept {
-  (void)bytes;  // a request passes while the level is within capacity, whatever its size
-  int own = direction == Direction::read ? read : write;
+// A request passes while every bucket's level is within its capacity,
+// whatever its size: the size is charged after it passes.
+Nanos LimitState::available_at(Direction direction, Nanos now, bool* direction_specific) noexcept {
   Nanos at = now;
   bool specific = false;
-  auto consider = [&](TokenBucket& bucket, bool is_direction) {
-    if (!bucket.enabled()) return;
-    bucket.advance(now);
-    Nanos t = bucket.available_at(now);
+  for (std::uint8_t i = 0; i < count_; ++i) {
+    Slot& slot = slots_[i];
+    if (!applies(slot.scope, direction)) continue;
+    slot.bucket.advance(now);
+    Nanos t = slot.bucket.available_at(now);
     if (t > at) {
       at = t;
-      specific = is_direction;
+      specific = slot.scope != Scope::total;
     }
-  };
-  for (Pair* pair : {&iops_[total], &bps_[total]}) {
-    consider(pair->sustained, false);
-    consider(pair->burst, false);
-  }
-  for (Pair* pair : {&iops_[own], &bps_[own]}) {
-    consider(pair->sustained, true);
-    consider(pair->burst, true);
   }
   if (direction_specific) *direction_specific = specific;
   return at;
 }
 
 void LimitState::charge(Direction direction, std::uint32_t bytes, Nanos now) noexcept {
-  int own = direction == Direction::read ? read : write;
   std::uint64_t ops = iops_units(bytes);
-  for (int index : {static_cast<int>(total), own}) {
-    for (TokenBucket* bucket : {&iops_[index].sustained, &iops_[index].burst}) {
-      if (!bucket->enabled()) continue;
-      bucket->advance(now);
-      bucket->charge(ops);
-    }
-    for (TokenBucket* bucket : {&bps_[index].sustained, &bps_[index].burst}) {
-      if (!bucket->enabled()) continue;
-      bucket->advance(now);
-      bucket->charge(bytes);
-    }
+  for (std::uint8_t i = 0; i < count_; ++i) {
+    Slot& slot = slots_[i];
+    if (!applies(slot.scope, direction)) continue;
+    slot.bucket.advance(now);
+    slot.bucket.charge(slot.bytes ? bytes : ops);
   }
 }
 

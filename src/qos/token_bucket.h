@@ -13,6 +13,7 @@
 // Pure: time is an argument (nanoseconds on the caller's steady clock).
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 #include "qos/limits.h"
@@ -66,8 +67,10 @@ class TokenBucket {
 // iops buckets count in 1/kIopsUnit of a request, so iops-size can split one.
 inline constexpr std::uint64_t kIopsUnit = 1024;
 
-// The buckets of one Limits value: for each of iops/bps x total/read/write a
-// sustained bucket and, when *-max is set, a burst-rate bucket.
+// The buckets of one Limits value: for each of iops/bps x total/read/write
+// that is set, a sustained bucket and, when *-max is set, a burst-rate
+// bucket. Only the buckets in use are stored, side by side, so checking a
+// request touches one or two cache lines however many keys exist.
 class LimitState {
  public:
   LimitState() = default;
@@ -77,27 +80,30 @@ class LimitState {
   void configure(const Limits& limits) noexcept;
   const Limits& limits() const noexcept { return limits_; }
 
-  // Earliest time a request of this size and direction may pass (<= now: now).
+  // Earliest time a request of this direction may pass (now if it may).
   // `direction_specific` tells whether a read/write bucket (not a total one)
   // is what holds it back.
-  Nanos available_at(Direction direction, std::uint32_t bytes, Nanos now,
-                     bool* direction_specific = nullptr) noexcept;
+  Nanos available_at(Direction direction, Nanos now, bool* direction_specific = nullptr) noexcept;
   void charge(Direction direction, std::uint32_t bytes, Nanos now) noexcept;
 
   // Units charged to the iops buckets for one request.
   std::uint64_t iops_units(std::uint32_t bytes) const noexcept;
 
  private:
-  enum Index { total = 0, read = 1, write = 2 };
-  struct Pair {
-    TokenBucket sustained;
-    TokenBucket burst;
+  enum class Scope : std::uint8_t { total, read, write };
+  struct Slot {
+    TokenBucket bucket;
+    Scope scope;
+    bool bytes;  // bps (else iops)
   };
-  static void configure_pair(Pair& pair, const Rate& rate, std::uint64_t unit) noexcept;
+  static bool applies(Scope scope, Direction direction) noexcept {
+    return scope == Scope::total || (scope == Scope::read) == (direction == Direction::read);
+  }
+  void configure_rate(const Rate& rate, Scope scope, bool bytes, const LimitState& old) noexcept;
 
+  std::array<Slot, 12> slots_{};
+  std::uint8_t count_ = 0;
   Limits limits_{};
-  Pair iops_[3];
-  Pair bps_[3];
 };
 
 }  // namespace ioband::qos

@@ -40,6 +40,10 @@ TEST(ExportSpec, RefusesBadInputNamingIt) {
 }
 
 TEST(ExportSpec, Sizes) {
+  EXPECT_EQ(parse_errno("ENOENT"), ENOENT);
+  EXPECT_EQ(parse_errno("EBADF"), EBADF);
+  EXPECT_EQ(parse_errno("28"), 28);
+  EXPECT_FALSE(parse_errno("ENOTANERRNO"));
   EXPECT_EQ(parse_size("4096"), 4096u);
   EXPECT_EQ(parse_size("1K"), 1024u);
   EXPECT_EQ(parse_size("2GiB"), 2ull << 30);

@@ -64,7 +64,12 @@ void Session::resume_on(io::Reactor* reactor) noexcept {
   process_input();
 }
 
-void Session::shutdown() noexcept { begin_close("server shutting down"); }
+// Requests already queued in the scheduler are still served and answered:
+// the client sent them before the server began to stop.
+void Session::shutdown() noexcept {
+  shutting_down_ = true;
+  begin_close("server shutting down");
+}
 
 void Session::abort(uint32_t) noexcept {
   ::shutdown(fd_, SHUT_RDWR);
@@ -77,6 +82,7 @@ void Session::begin_close(const char* why) noexcept {
     close_reason_ = why;
   }
   if (recv_pending_) host_.reactor->cancel(&recv_op_);
+  if (waiting_ && !shutting_down_) cancel_waiting();
   // A write whose data never fully arrived is not acknowledged; its buffer
   // is released once no recv can still be writing into it.
   if (payload_request_ && !(payload_direct_ && recv_pending_)) {
@@ -531,10 +537,41 @@ void Session::dispatch(NbdRequest& r) noexcept {
   r.direction = (h.type == kCmdRead || h.type == kCmdCache) ? qos::Direction::read : qos::Direction::write;
   r.bytes = (h.type == kCmdRead || h.type == kCmdWrite) ? h.length : 0;
   r.scheduled = true;
+  r.waiting_prev = nullptr;
+  r.waiting_next = waiting_;
+  if (waiting_) waiting_->waiting_prev = &r;
+  waiting_ = &r;
   scheduling.driver->enqueue(r);
 }
 
-void Session::submit_io(NbdRequest& r) noexcept { export_->backend->submit(*host_.reactor, r); }
+void Session::submit_io(NbdRequest& r) noexcept {
+  if (r.scheduled) unlink_waiting(r);
+  export_->backend->submit(*host_.reactor, r);
+}
+
+void Session::unlink_waiting(NbdRequest& r) noexcept {
+  if (r.waiting_prev) {
+    r.waiting_prev->waiting_next = r.waiting_next;
+  } else if (waiting_ == &r) {
+    waiting_ = r.waiting_next;
+  }
+  if (r.waiting_next) r.waiting_next->waiting_prev = r.waiting_prev;
+  r.waiting_prev = r.waiting_next = nullptr;
+}
+
+// A closing session's requests still queued in the scheduler (held back by
+// a limit, say) will never be answered: take them out rather than keep the
+// connection, and the storage, busy for them.
+void Session::cancel_waiting() noexcept {
+  while (waiting_) {
+    NbdRequest* r = waiting_;
+    unlink_waiting(*r);
+    if (export_->scheduling.driver->group().cancel(r)) {
+      r->scheduled = false;
+      release_request(r);
+    }
+  }
+}
 
 namespace {
 

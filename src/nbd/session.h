@@ -48,6 +48,9 @@ struct NbdRequest final : io::IoOp, qos::Request {
   uint32_t reply_data_length = 0;
   std::vector<uint8_t> extra;
   NbdRequest* next = nullptr;
+  // While waiting in the device group's queue: the session's list of them.
+  NbdRequest* waiting_prev = nullptr;
+  NbdRequest* waiting_next = nullptr;
 
   void finish(int32_t result) noexcept override;
   bool ensure_capacity(uint32_t bytes) noexcept;
@@ -129,6 +132,8 @@ class Session {
   void send_done(int32_t result) noexcept;
 
   void begin_close(const char* why) noexcept;
+  void unlink_waiting(NbdRequest& request) noexcept;
+  void cancel_waiting() noexcept;
   void maybe_destroy() noexcept;
   bool reading_paused() const noexcept;
 
@@ -167,11 +172,13 @@ class Session {
   bool flush_scheduled_ = false;
 
   // Requests.
+  NbdRequest* waiting_ = nullptr;  // queued in the scheduler, not yet submitted
   NbdRequest* free_ = nullptr;
   uint32_t free_count_ = 0;
   uint32_t inflight_ = 0;  // acquired and not yet released
   uint64_t inflight_bytes_ = 0;
   bool disconnect_requested_ = false;
+  bool shutting_down_ = false;
   const char* close_reason_ = nullptr;
 };
 

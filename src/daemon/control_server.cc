@@ -33,8 +33,17 @@ std::string ControlServer::listen(const std::string& path) {
   struct stat st{};
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return path + ": exists and is not a socket";
+    // A live daemon answers; a socket of a killed one (kept a moment by the
+    // kernel) may accept but never answers.
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    bool live = false;
+    if (probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      timeval tv{1, 0};
+      setsockopt(probe, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      const char ask[] = "{\"command\":\"targets\"}\n";
+      char answer[1];
+      live = send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
+    }
     if (probe >= 0) close(probe);
     if (live) return path + ": another daemon is listening there";
     unlink(path.c_str());

@@ -74,8 +74,17 @@ std::string Server::listen_unix(const std::string& path) {
   struct stat st{};
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return path + ": exists and is not a socket";
+    // A live server greets at once. A socket that accepts but stays silent
+    // belongs to a daemon that was killed and whose ring the kernel has not
+    // torn down yet: stale.
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    bool live = false;
+    if (probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      timeval tv{1, 0};
+      setsockopt(probe, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      uint8_t greeting[8];
+      live = recv(probe, greeting, sizeof greeting, MSG_WAITALL) == sizeof greeting;
+    }
     if (probe >= 0) close(probe);
     if (live) return path + ": another server is listening there";
     unlink(path.c_str());  // stale socket of a daemon that died

@@ -56,9 +56,17 @@ void Session::start() noexcept {
   handshake_out_.assign(reinterpret_cast<char*>(greeting), sizeof greeting);
   flush();
   arm_recv();
+  maybe_destroy();
 }
 
 void Session::resume_on(io::Reactor* reactor) noexcept {
+  ++busy_;
+  resume_on_inner(reactor);
+  --busy_;
+  maybe_destroy();
+}
+
+void Session::resume_on_inner(io::Reactor* reactor) noexcept {
   host_.reactor = reactor;
   phase_ = Phase::kTransmission;
   process_input();
@@ -68,7 +76,7 @@ void Session::resume_on(io::Reactor* reactor) noexcept {
 // the client sent them before the server began to stop.
 void Session::shutdown() noexcept {
   shutting_down_ = true;
-  begin_close("server shutting down");
+  begin_close("server shutting down");  // destroys at once if idle
 }
 
 void Session::abort(uint32_t) noexcept {
@@ -95,7 +103,10 @@ void Session::begin_close(const char* why) noexcept {
 }
 
 void Session::maybe_destroy() noexcept {
-  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || inflight_ != 0) return;
+  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || inflight_ != 0 ||
+      busy_ != 0) {
+    return;
+  }
   std::string line = "connection " + std::to_string(id_) + " closed";
   if (export_) line += " (export " + export_->name + ")";
   if (close_reason_) line += ": " + std::string(close_reason_);
@@ -128,6 +139,13 @@ void Session::arm_recv() noexcept {
 }
 
 void Session::recv_done(int32_t result) noexcept {
+  ++busy_;
+  recv_done_inner(result);
+  --busy_;
+  maybe_destroy();
+}
+
+void Session::recv_done_inner(int32_t result) noexcept {
   recv_pending_ = false;
   if (phase_ == Phase::kClosing) {
     input_closed_ = true;
@@ -591,6 +609,13 @@ bool all_zero(const uint8_t* p, uint32_t n) noexcept {
 }  // namespace
 
 void Session::io_done(NbdRequest& r, int32_t result) noexcept {
+  ++busy_;
+  io_done_inner(r, result);
+  --busy_;
+  maybe_destroy();
+}
+
+void Session::io_done_inner(NbdRequest& r, int32_t result) noexcept {
   if (r.scheduled) {
     r.scheduled = false;
     export_->scheduling.driver->complete(r);
@@ -701,89 +726,117 @@ uint32_t reply_size(const NbdRequest& r) noexcept {
 
 }  // namespace
 
+// Replies go out with a direct non-blocking sendmsg: usually the socket
+// takes them all and no ring round trip is needed. Only when it is full does
+// the ring's sendmsg wait for room.
 void Session::flush() noexcept {
-  if (send_pending_) return;
-  iov_.clear();
-  if (handshake_sent_ < handshake_out_.size()) {
-    iov_.push_back({handshake_out_.data() + handshake_sent_, handshake_out_.size() - handshake_sent_});
-  } else if (out_head_) {
-    uint32_t skip = out_offset_;
-    for (NbdRequest* r = out_head_; r && iov_.size() + 3 <= 1020; r = r->next) {
-      const iovec parts[3] = {
-          {r->reply_header, r->reply_header_length},
-          {const_cast<uint8_t*>(r->reply_data), r->reply_data_length},
-          {r->extra.data(), r->extra.size()},
-      };
-      for (const iovec& part : parts) {
-        if (part.iov_len == 0) continue;
-        if (skip >= part.iov_len) {
-          skip -= static_cast<uint32_t>(part.iov_len);
-          continue;
+  // Sending releases requests and may read more input, which may close the
+  // session: it is destroyed only by the caller's maybe_destroy() after this.
+  ++busy_;
+  send_queued();
+  --busy_;
+}
+
+void Session::send_queued() noexcept {
+  for (;;) {
+    if (send_pending_) return;
+    iov_.clear();
+    if (handshake_sent_ < handshake_out_.size()) {
+      iov_.push_back({handshake_out_.data() + handshake_sent_, handshake_out_.size() - handshake_sent_});
+    } else if (out_head_) {
+      uint32_t skip = out_offset_;
+      for (NbdRequest* r = out_head_; r && iov_.size() + 3 <= 1020; r = r->next) {
+        const iovec parts[3] = {
+            {r->reply_header, r->reply_header_length},
+            {const_cast<uint8_t*>(r->reply_data), r->reply_data_length},
+            {r->extra.data(), r->extra.size()},
+        };
+        for (const iovec& part : parts) {
+          if (part.iov_len == 0) continue;
+          if (skip >= part.iov_len) {
+            skip -= static_cast<uint32_t>(part.iov_len);
+            continue;
+          }
+          iov_.push_back({static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip});
+          skip = 0;
         }
-        iov_.push_back({static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip});
-        skip = 0;
       }
+    } else {
+      if (phase_ == Phase::kMigrating) host_.migrate(this, export_->reactor);
+      return;
     }
-  } else {
-    if (phase_ == Phase::kMigrating) {
-      host_.migrate(this, export_->reactor);
+    msg_ = {};
+    msg_.msg_iov = iov_.data();
+    msg_.msg_iovlen = iov_.size();
+    const ssize_t n = ::sendmsg(fd_, &msg_, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      account_sent(static_cast<uint32_t>(n));
+      continue;
     }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      io_uring_prep_sendmsg(host_.reactor->prepare(&send_op_), fd_, &msg_, MSG_NOSIGNAL);
+      send_pending_ = true;
+      return;
+    }
+    send_failed();
     return;
   }
-  msg_ = {};
-  msg_.msg_iov = iov_.data();
-  msg_.msg_iovlen = iov_.size();
-  io_uring_prep_sendmsg(host_.reactor->prepare(&send_op_), fd_, &msg_, MSG_NOSIGNAL);
-  send_pending_ = true;
 }
 
 void Session::send_done(int32_t result) noexcept {
   send_pending_ = false;
-  if (result == -EAGAIN || result == -EINTR) {
-    flush();
-    return;
+  ++busy_;
+  if (result == -EAGAIN || result == -EINTR || result == 0) {
+    send_queued();
+  } else if (result < 0) {
+    send_failed();
+  } else {
+    account_sent(static_cast<uint32_t>(result));
+    send_queued();
   }
-  if (result < 0) {
-    // The peer is gone: nothing queued can be delivered.
-    while (out_head_) {
-      NbdRequest* r = out_head_;
-      out_head_ = r->next;
-      release_request(r);
-    }
-    out_tail_ = nullptr;
-    out_offset_ = 0;
-    handshake_out_.clear();
-    handshake_sent_ = 0;
-    input_closed_ = true;
-    begin_close("send failed");
-    return;
+  --busy_;
+  maybe_destroy();
+}
+
+void Session::send_failed() noexcept {
+  // The peer is gone: nothing queued can be delivered.
+  while (out_head_) {
+    NbdRequest* r = out_head_;
+    out_head_ = r->next;
+    release_request(r);
   }
-  uint32_t bytes = static_cast<uint32_t>(result);
+  out_tail_ = nullptr;
+  out_offset_ = 0;
+  handshake_out_.clear();
+  handshake_sent_ = 0;
+  input_closed_ = true;
+  begin_close("send failed");
+}
+
+void Session::account_sent(uint32_t bytes) noexcept {
   if (handshake_sent_ < handshake_out_.size()) {
     handshake_sent_ += bytes;
     if (handshake_sent_ == handshake_out_.size()) {
       handshake_out_.clear();
       handshake_sent_ = 0;
     }
-  } else {
-    while (out_head_ && bytes > 0) {
-      const uint32_t left = reply_size(*out_head_) - out_offset_;
-      if (bytes < left) {
-        out_offset_ += bytes;
-        break;
-      }
-      bytes -= left;
-      out_offset_ = 0;
-      NbdRequest* r = out_head_;
-      out_head_ = r->next;
-      if (!out_head_) out_tail_ = nullptr;
-      release_request(r);
-    }
-    // Replies drained: a session paused at its limits may read again.
-    if (phase_ == Phase::kTransmission) process_input();
+    return;
   }
-  flush();
-  maybe_destroy();
+  while (out_head_ && bytes > 0) {
+    const uint32_t left = reply_size(*out_head_) - out_offset_;
+    if (bytes < left) {
+      out_offset_ += bytes;
+      break;
+    }
+    bytes -= left;
+    out_offset_ = 0;
+    NbdRequest* r = out_head_;
+    out_head_ = r->next;
+    if (!out_head_) out_tail_ = nullptr;
+    release_request(r);
+  }
+  // Replies drained: a session paused at its limits may read again.
+  if (phase_ == Phase::kTransmission) process_input();
 }
 
 }  // namespace ioband::nbd

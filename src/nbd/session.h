@@ -104,7 +104,12 @@ class Session {
 
   // Input.
   void arm_recv() noexcept;
+  // Entry points from the ring hold busy_ while they run; the session is
+  // destroyed, if it is done, only as they return.
   void recv_done(int32_t result) noexcept;
+  void recv_done_inner(int32_t result) noexcept;
+  void io_done_inner(NbdRequest& request, int32_t result) noexcept;
+  void resume_on_inner(io::Reactor* reactor) noexcept;
   void process_input() noexcept;
   uint32_t available() const noexcept { return in_end_ - in_start_; }
 
@@ -129,7 +134,10 @@ class Session {
   // Output.
   void schedule_flush() noexcept;
   void flush() noexcept;
+  void send_queued() noexcept;
   void send_done(int32_t result) noexcept;
+  void account_sent(uint32_t bytes) noexcept;
+  void send_failed() noexcept;
 
   void begin_close(const char* why) noexcept;
   void unlink_waiting(NbdRequest& request) noexcept;
@@ -170,6 +178,7 @@ class Session {
   SendOp send_op_;
   bool send_pending_ = false;
   bool flush_scheduled_ = false;
+  uint32_t busy_ = 0;  // inside flush(): not to be destroyed yet
 
   // Requests.
   NbdRequest* waiting_ = nullptr;  // queued in the scheduler, not yet submitted

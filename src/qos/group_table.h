@@ -1,7 +1,7 @@
 // GroupId -> Group* for one ioband device: open addressing, linear probing,
-// 16 bytes a slot, load kept between 3/8 and 3/4, backward-shift deletion
-// (no tombstones), so a lookup on the hot path is a hash and one or two
-// cache lines.
+// 16 bytes a slot, load at most 3/4 (3/8 right after it doubles; it does not
+// shrink), backward-shift deletion (no tombstones), so a lookup on the hot
+// path is a hash and one or two cache lines.
 #pragma once
 
 #include <cstdint>

@@ -18,7 +18,6 @@ Tests that run clients as other uids need root (setpriv); they skip when not
 run as root, since nothing else can change a process's uid.
 """
 
-import hashlib
 import json
 import os
 import select
@@ -49,11 +48,6 @@ def as_uid(uid, argv):
     if uid is None:
         return list(argv)
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] + list(argv)
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def data_file(path, size):
@@ -250,7 +244,6 @@ for line in sys.stdin:
             h.flush()
         elif words[0] == "close":
             h.shutdown()
-            h.close()
             h = None
         print("ok", flush=True)
     except nbd.Error as e:

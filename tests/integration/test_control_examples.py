@@ -221,22 +221,25 @@ def test_example_1_partitions(daemon, tmp_path):
         c = st[name]["groups"][-1]
         assert c["write"] > 0 and c["read"] > 0, st
         # nbdcopy wrote the 32 MiB file system (less its holes) and read back
-        # the whole 64 MiB device.
-        assert c["read_sectors"] == SECTORS, st
+        # what block status says is data.
+        assert 0 < c["read_sectors"] <= SECTORS, st
         assert 0 < c["write_sectors"] <= 32 * MiB // 512, st
 
 
 def test_example_3_user_group(daemon):
     d = daemon
     example_1(d)
-    # 1) Set the type of ioband2 to "user." -- the document's full stop is a
-    # typo, and an unknown type is refused with one line, changing nothing.
+    # 1) Set the type of ioband2 to "user." -- as the document writes it, with
+    # the sentence's full stop, which iobandctl accepts. A misspelt type is
+    # refused with one line and changes nothing.
     before = d.table()
-    r = d.ctl("message", "ioband2", "0", "type", "user.")
-    ct.one_line_error(r, "type user.")
-    assert "user." in r.stderr
+    r = d.ctl("message", "ioband2", "0", "type", "usr")
+    ct.one_line_error(r, "type usr")
+    assert '"usr"' in r.stderr, r.stderr
     assert d.table() == before
-    d.message("ioband2", "type", "user")
+    d.message("ioband2", "type", "user.")
+    types = {dev["name"]: dev["type"] for dev in d.json_of("table")["devices"]}
+    assert types == {"ioband1": "none", "ioband2": "user"}
     # 2) Create a new ioband group on ioband2.
     d.message("ioband2", "attach", ct.UID_A)
     # 3) Assign weight of 20 to this newly created ioband group.
@@ -319,4 +322,5 @@ def test_example_5_blktap_pids(daemon):
 
 if __name__ == "__main__":
     ct.require_root()
+    it.require_tools("setpriv", "nbdinfo", "nbdcopy")
     sys.exit(it.run(__file__))

@@ -27,9 +27,9 @@ Limits bps_only() {
   return limits;
 }
 
-Limits iops_2000() {
+Limits iops_1000() {
   Limits limits;
-  limits.iops_total = {2000, 0, 1};
+  limits.iops_total = {1000, 0, 1};
   return limits;
 }
 
@@ -46,28 +46,28 @@ Scenario limits_scenario(qos::Policy policy) {
   GroupSpec bytes = group(0, 2, 100);
   bytes.limits = bps_only();
   GroupSpec under = group(0, 3, 100);
-  under.limits = iops_2000();
-  // Device 1: a device-wide limit of 3000 IOPS shared by two groups 2:1, and
-  // a group with separate read and write limits.
+  under.limits = iops_1000();
+  // Device 1: a device-wide limit of 1600 IOPS shared by groups by weight,
+  // one of which has separate read and write limits.
   GroupSpec heavy = group(1, 1, 200);
   GroupSpec light = group(1, 2, 100);
   GroupSpec split = group(1, 3, 100);
   Limits rw;
-  rw.iops_read = {1000, 0, 1};
-  rw.iops_write = {500, 0, 1};
+  rw.iops_read = {300, 0, 1};
+  rw.iops_write = {150, 0, 1};
   split.limits = rw;
   s.groups = {burst, bytes, under, heavy, light, split};
   s.clients = {
       closed_loop("burst", 0, 1, 32, {4 * KiB}),
       closed_loop("bytes", 0, 2, 32, {64 * KiB}),
-      open_loop("under", 0, 3, 1900, {4 * KiB}),  // periodic, below its 2000 IOPS
+      open_loop("under", 0, 3, 950, {4 * KiB}),  // periodic, below its 1000 IOPS
       closed_loop("heavy", 1, 1, 32),
       closed_loop("light", 1, 2, 32),
       closed_loop("split", 1, 3, 32),
   };
   s.clients.back().read_fraction = 0.5;
   Limits device_limit;
-  device_limit.iops_total = {3000, 0, 1};
+  device_limit.iops_total = {1600, 0, 1};
   s.actions.push_back({0, [device_limit](qos::DeviceGroup& g) { ASSERT_TRUE(g.set_limits(1, std::nullopt, device_limit)); }});
   s.duration = kDuration;
   return s;
@@ -121,19 +121,19 @@ void check(qos::Policy policy) {
   printf("%s: under-limit group: %zu requests, %llu delayed, max delay %lld ns\n", name, under.dispatched.size(),
          static_cast<unsigned long long>(under.delayed), static_cast<long long>(under.max_delay));
   EXPECT_EQ(under.delayed, 0u);
-  EXPECT_NEAR(static_cast<double>(under.dispatched.size()), 1900.0 * 30, 2);
+  EXPECT_NEAR(static_cast<double>(under.dispatched.size()), 950.0 * 30, 2);
 
-  // Device-wide 3000 IOPS on device 1, split 200:100:100 by weight among groups,
-  // with group 3 held to 1000 reads + 500 writes a second.
+  // Device-wide 1600 IOPS on device 1, split 200:100:100 by weight among
+  // groups, but group 3 is held to 300 reads + 150 writes a second (300 in
+  // all at its 50/50 mix, under its 400 share): the others share the rest 2:1.
   const ClientResult& heavy = result.client("heavy");
   const ClientResult& light = result.client("light");
   const ClientResult& split = result.client("split");
   double device_rate = rate(heavy, kSecond, kDuration) + rate(light, kSecond, kDuration) + rate(split, kSecond, kDuration);
   printf("%s: device limit: %.0f IOPS total (heavy %.0f, light %.0f, read/write-limited %.0f)\n", name, device_rate,
          rate(heavy, kSecond, kDuration), rate(light, kSecond, kDuration), rate(split, kSecond, kDuration));
-  EXPECT_NEAR(device_rate, 3000, 30);
-  // split wants 750 (its weight share) and gets at most 1000 (its write half caps it at 2 x 500).
-  EXPECT_LE(rate(split, kSecond, kDuration), 1000 + 10);
+  EXPECT_NEAR(device_rate, 1600, 16);
+  EXPECT_NEAR(rate(split, kSecond, kDuration), 300, 6);
   EXPECT_NEAR(rate(heavy, kSecond, kDuration) / rate(light, kSecond, kDuration), 2.0, 0.05);
 }
 

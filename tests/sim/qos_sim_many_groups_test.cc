@@ -29,7 +29,7 @@ Scenario many_groups(qos::Policy policy) {
   }
   // And one heavy group with 128 outstanding and an ordinary weight.
   s.clients.push_back(closed_loop("heavy", 0, qos::kDefaultGroup, 128));
-  s.duration = 5 * kSecond;
+  s.duration = 3 * kSecond;
   return s;
 }
 

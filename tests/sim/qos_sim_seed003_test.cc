@@ -14,7 +14,7 @@ Scenario seed003(qos::Policy policy) {
   Scenario s;
   s.name = "seed 003, weights 80/20";
   s.policy = policy;
-  s.storage = storage(32, 10 * kMilli, 3 * kMilli);
+  s.storage = storage(32, 20 * kMilli, 6 * kMilli);  // about 1600 IOPS
   s.devices = {0, 1};
   s.groups = {group(0, qos::kDefaultGroup, 80), group(1, qos::kDefaultGroup, 20)};
   s.clients = {closed_loop("vm", 0, qos::kDefaultGroup, 128), closed_loop("host", 1, qos::kDefaultGroup, 128)};

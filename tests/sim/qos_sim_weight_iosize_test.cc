@@ -18,7 +18,7 @@ Scenario mixed_sizes(qos::Policy policy) {
   s.groups = {group(0, 1, 50), group(0, 2, 30), group(0, 3, 20)};
   s.clients = {closed_loop("small", 0, 1, 128, {4 * KiB}), closed_loop("large", 0, 2, 128, {MiB}),
                closed_loop("mixed", 0, 3, 128, {4 * KiB, 64 * KiB, MiB})};
-  s.duration = 60 * kSecond;
+  s.duration = 30 * kSecond;
   return s;
 }
 

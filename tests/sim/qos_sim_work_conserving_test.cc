@@ -12,7 +12,7 @@ Scenario idle_group(qos::Policy policy) {
   Scenario s;
   s.name = "a group goes idle";
   s.policy = policy;
-  s.storage = storage(32, 5 * kMilli, kMilli);
+  s.storage = storage(32, 10 * kMilli, 2 * kMilli);
   s.devices = {0, 1};
   s.groups = {group(0, 1, 100), group(0, 2, 50), group(1, qos::kDefaultGroup, 50)};
   s.clients = {closed_loop("a", 0, 1, 128), closed_loop("b", 0, 2, 128), closed_loop("c", 1, qos::kDefaultGroup, 128)};

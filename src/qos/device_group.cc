@@ -175,10 +175,15 @@ struct DeviceGroup::Impl {
     }
   }
 
-  // A group with queued requests, in no heap, becomes a candidate.
-  void make_ready(Group& group) noexcept {
+  // A group with queued requests, in no heap, becomes a candidate. Coming
+  // back from idle (or after a settings change) it is normalized; coming back
+  // from a limit it keeps its tags: the limit, not the policy, held it back,
+  // and the limit still caps what that lag can buy. (Groups held back with
+  // their whole device lag the same way; resetting only the ones with limits
+  // of their own would starve them behind their device-mates.)
+  void make_ready(Group& group, bool from_idle = true) noexcept {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
-    normalize(group);
+    if (from_idle || is_weight_policy(policy)) normalize(group);
     Device& device = *group.device;
     device.ready.push(group.slot, key_of(group));
     if (policy == Policy::range_bw && RangeBwPolicy::has_reservation(group)) {
@@ -222,7 +227,7 @@ struct DeviceGroup::Impl {
   }
 
   void release_timers(Nanos now) noexcept {
-    while (!group_timers.empty() && group_timers.top().key <= now) make_ready(*group_timers.pop());
+    while (!group_timers.empty() && group_timers.top().key <= now) make_ready(*group_timers.pop(), false);
     while (!device_timers.empty() && device_timers.top().key <= now) update_device(*device_timers.pop());
   }
 
@@ -912,6 +917,9 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     apply(device->limits);
     impl.reserve_capacity();
     if (device->parked()) impl.device_timers.erase(device);
+    // Its groups may lag far behind after being held back: no burst from that.
+    device->ready.for_each([&](std::uint32_t slot) { impl.normalize(*impl.pool.at(slot)); });
+    device->ready.rekey([&](std::uint32_t slot) { return impl.key_of(*impl.pool.at(slot)); });
     impl.update_device(*device);
   }
   return {};

@@ -8,11 +8,16 @@
 //   when g's head r is dispatched     V := max(V, S_g)
 //                                     S_g := S_g + c(r) / w_g      (its finish tag)
 //   dispatch order                    the smallest S_g among groups allowed to go
-//   coming back from idle (or from    S_g := max(S_g, V)
-//   waiting on a limit)               -- no credit for the time it was away (it
+//   coming back from idle             S_g := max(S_g, V)
+//                                     -- no credit for the time it was away (it
 //                                     cannot take over the storage), no debt (it
 //                                     goes at once, ahead of every backlogged group
 //                                     whose S is above V: it is never starved).
+//   held back by a limit (its own     S_g is kept: it stayed backlogged and the
+//   or its device's)                  limit, not the policy, held it back; the lag
+//                                     it builds buys nothing the limit does not
+//                                     allow, and it competes fairly with the other
+//                                     groups held back with it.
 //
 // Guarantee (SFQ): for two groups i, j backlogged over any interval,
 //   | W_i / w_i  -  W_j / w_j |  <=  cmax_i / w_i + cmax_j / w_j

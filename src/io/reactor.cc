@@ -127,6 +127,7 @@ void Reactor::run() {
       throw std::system_error(-rc, std::generic_category(), "io_uring_submit_and_wait");
     }
     ++iterations_;
+    now_ = std::chrono::steady_clock::now();
     io_uring_cqe* cqe;
     while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
       auto* owner = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
@@ -136,10 +137,12 @@ void Reactor::run() {
       io_uring_cqe_seen(&ring_, cqe);
       if (owner != nullptr) owner->on_complete(res, flags);
     }
+    // Two vectors swapped back and forth keep their capacity: no allocation
+    // per iteration.
     while (!deferred_.empty()) {
-      std::vector<std::function<void()>> batch;
-      batch.swap(deferred_);
-      for (auto& fn : batch) fn();
+      running_.swap(deferred_);
+      for (auto& fn : running_) fn();
+      running_.clear();
     }
   }
   io_uring_submit(&ring_);

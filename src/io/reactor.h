@@ -71,6 +71,10 @@ class Reactor {
   // While this returns false the loop keeps running after stop().
   void set_idle_check(std::function<bool()> fn) { idle_check_ = std::move(fn); }
 
+  // The time the current batch of completions was reaped: one clock read
+  // per loop iteration for everything that happens in it.
+  std::chrono::steady_clock::time_point now() const noexcept { return now_; }
+
   int index() const noexcept { return index_; }
   bool stopping() const noexcept { return stopping_; }
   uint64_t iterations() const noexcept { return iterations_; }
@@ -88,6 +92,8 @@ class Reactor {
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;  // guarded by posted_mutex_
   std::vector<std::function<void()>> deferred_;
+  std::vector<std::function<void()>> running_;
+  std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   std::function<bool()> idle_check_;
   bool stopping_ = false;
   bool disabled_ = false;  // created disabled; enabled by run() on its thread

@@ -8,21 +8,22 @@ namespace ioband::nbd {
 
 DeviceGroupDriver::~DeviceGroupDriver() = default;
 
-// One reading of the clock per event: a request that can go at once is
+// Every call uses the reactor's time of the current batch: the scheduler sees
+// time that never runs backwards, and a request that can go at once is
 // dispatched at the instant it arrived, so it does not count as delayed.
 void DeviceGroupDriver::enqueue(NbdRequest& request) noexcept {
-  const qos::TimePoint now = qos::Clock::now();
+  const qos::TimePoint now = reactor_.now();
   group_.enqueue(&request, now);
   pump(now);
 }
 
 void DeviceGroupDriver::complete(NbdRequest& request) noexcept {
-  const qos::TimePoint now = qos::Clock::now();
+  const qos::TimePoint now = reactor_.now();
   group_.complete(&request, now);
   pump(now);
 }
 
-void DeviceGroupDriver::pump() noexcept { pump(qos::Clock::now()); }
+void DeviceGroupDriver::pump() noexcept { pump(reactor_.now()); }
 
 void DeviceGroupDriver::pump(qos::TimePoint now) noexcept {
   // A storage op may finish inside submit (an early error): its complete()
@@ -46,7 +47,7 @@ void DeviceGroupDriver::pump(qos::TimePoint now) noexcept {
       if (d.kind == qos::Decision::Kind::wait && d.until != qos::TimePoint::max()) arm_timer(d.until);
       break;
     }
-    if (pump_again_) now = qos::Clock::now();
+
   } while (pump_again_);
   pumping_ = false;
 }

@@ -72,8 +72,8 @@ void Session::resume_on_inner(io::Reactor* reactor) noexcept {
   process_input();
 }
 
-// Requests already queued in the scheduler are still served and answered:
-// the client sent them before the server began to stop.
+// Requests in flight on the storage complete and are acknowledged; those
+// still queued in the scheduler get ESHUTDOWN (see cancel_waiting).
 void Session::shutdown() noexcept {
   shutting_down_ = true;
   begin_close("server shutting down");  // destroys at once if idle
@@ -90,7 +90,7 @@ void Session::begin_close(const char* why) noexcept {
     close_reason_ = why;
   }
   if (recv_pending_) host_.reactor->cancel(&recv_op_);
-  if (waiting_ && !shutting_down_) cancel_waiting();
+  if (waiting_) cancel_waiting();
   // A write whose data never fully arrived is not acknowledged; its buffer
   // is released once no recv can still be writing into it.
   if (payload_request_ && !(payload_direct_ && recv_pending_)) {
@@ -577,16 +577,21 @@ void Session::unlink_waiting(NbdRequest& r) noexcept {
   r.waiting_prev = r.waiting_next = nullptr;
 }
 
-// A closing session's requests still queued in the scheduler (held back by
-// a limit, say) will never be answered: take them out rather than keep the
-// connection, and the storage, busy for them.
+// Requests still queued in the scheduler (held back by a limit, say) when
+// the session closes are taken out rather than kept for a client that is
+// gone. When the server is stopping they are answered with ESHUTDOWN: a stop
+// must not wait for a configured rate, and nothing unacknowledged is lost.
 void Session::cancel_waiting() noexcept {
   while (waiting_) {
     NbdRequest* r = waiting_;
     unlink_waiting(*r);
     if (export_->scheduling.driver->group().cancel(r)) {
       r->scheduled = false;
-      release_request(r);
+      if (shutting_down_) {
+        reply_error(*r, kEshutdown, "server shutting down");
+      } else {
+        release_request(r);
+      }
     }
   }
 }

@@ -25,7 +25,8 @@ scheduler rightly serves the other one, whatever the weights. So:
 
 The split is measured from the `status` counters over a window in which both
 clients run, not from fio's totals (which include their solo starts and
-ends)."""
+ends). test_example_1_split_across_devices measures dm-ioband's Example #1
+the same way: two devices of one device group, weights 80 and 40."""
 
 import os
 import subprocess
@@ -41,7 +42,7 @@ import pytest  # noqa: E402
 
 MiB = it.MiB
 IMAGE = 128 * MiB
-RUNTIME = 8       # seconds each fio runs
+RUNTIME = 9       # seconds each fio runs
 WINDOW = 3.5      # seconds of the measured window
 TOLERANCE = 5.0   # percentage points
 SATURATED_IOPS = 3000
@@ -77,6 +78,15 @@ def share():
         yield d
 
 
+def measured_window_end(spawned, t0):
+    """When the window opened at t0 must close: after WINDOW seconds, but
+    before the fio clients spawned at `spawned` may end (each runs RUNTIME
+    seconds from after its own start), however long they took to start."""
+    end = min(t0 + WINDOW, spawned + RUNTIME - 0.75)
+    assert end - t0 >= 1.5, f"the fio clients took {t0 - spawned:.1f}s to start"
+    return end
+
+
 def connections(d):
     return d.json_of("status", "share")["devices"][0]["connections"]
 
@@ -96,6 +106,7 @@ def measure(d, policy, limit):
     d.message("share", "reset")
     uri = d.uri("share")
     procs = {}
+    spawned = time.monotonic()
     for uid in WEIGHTS:
         argv = ct.fio_argv(uri, f"uid{uid}", "--rw=randread", "--bs=4k", "--iodepth=32", "--time_based",
                            f"--runtime={RUNTIME}", f"--size={IMAGE}", "--norandommap", "--randrepeat=0", uid=uid)
@@ -112,7 +123,8 @@ def measure(d, policy, limit):
         time.sleep(1.0)
         before = d.status()["share"]["groups"]
         t0 = time.monotonic()
-        while time.monotonic() - t0 < WINDOW:
+        window_end = measured_window_end(spawned, t0)
+        while time.monotonic() + 0.25 < window_end:
             time.sleep(0.25)
             samples.append(queues(d))
         after = d.status()["share"]["groups"]
@@ -168,6 +180,47 @@ def test_split_io_limit(share, policy):
     assert share_a > 50.0, (f"policy {policy}: uid {ct.UID_A} (weight 80) got only {share_a:.1f}% "
                             f"(both groups queued in {contended:.0%} of the samples)")
     share.assert_alive()
+
+
+def test_example_1_split_across_devices(share):
+    """dm-ioband's Example #1: two ioband devices of one device group with
+    weights 80 and 40 share it 2:1 (weights are flat over the device group's
+    devices). One root fio per device; io_limit 8 only, so, as in
+    test_split_io_limit, the split is reported and only the order asserted."""
+    d = share
+    for name in ("part1", "part2"):
+        d.create(name, ct.data_file(d.path(f"{name}.img"), 32 * MiB), 2, 2, 8)
+    d.message("part1", "weight", 80)
+    d.message("part2", "weight", 40)
+    spawned = time.monotonic()
+    procs = [subprocess.Popen(ct.fio_argv(d.uri(name), name, "--rw=randread", "--bs=4k", "--iodepth=32",
+                                          "--time_based", f"--runtime={RUNTIME}", "--norandommap",
+                                          "--randrepeat=0"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=it._pdeathsig)
+             for name in ("part1", "part2")]
+    try:
+        deadline = time.monotonic() + it.TIMEOUT
+        while any(d.counters(name)["read"] == 0 for name in ("part1", "part2")):
+            assert time.monotonic() < deadline, "the fio clients did not both start"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        before = d.status()
+        t0 = time.monotonic()
+        time.sleep(max(0.0, measured_window_end(spawned, t0) - time.monotonic()))
+        after = d.status()
+        elapsed = time.monotonic() - t0
+    finally:
+        outs = [p.communicate(timeout=RUNTIME + it.TIMEOUT) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, f"fio exited {p.returncode}: {err}"
+    delta = {n: after[n]["groups"][-1]["read"] - before[n]["groups"][-1]["read"] for n in ("part1", "part2")}
+    total = sum(delta.values())
+    share1 = 100.0 * delta["part1"] / total
+    report(f"Example #1 (weights 80/40 on two devices, policy fair, io_limit 8): part1 {share1:.1f}% / part2 "
+           f"{100 - share1:.1f}% (want 66.7%) of {total} requests in {elapsed:.1f}s")
+    assert share1 > 50.0, f"part1 (weight 80) got only {share1:.1f}% against part2 (weight 40)"
+    d.ok("remove", "part1")
+    d.ok("remove", "part2")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,11 @@ qos::Status apply_device_group(qos::DeviceGroup& group, const DeviceGroupSetting
   if (qos::Status status = group.set_policy(settings.policy); !status) return status;
   if (qos::Status status = group.set_token(settings.token); !status) return status;
   if (qos::Status status = group.set_carryover(settings.carryover); !status) return status;
-  return set_throttle_and_limit(group, settings.io_throttle, settings.io_limit);
+  if (qos::Status status = set_throttle_and_limit(group, settings.io_throttle, settings.io_limit); !status) {
+    return status;
+  }
+  group.set_io_limit_auto(settings.io_limit_auto);
+  return {};
 }
 
 // Adds the device and its groups and settings; on error removes it again.
@@ -478,11 +482,26 @@ Reply Engine::message(const Request& request) {
       break;
     }
     case Message::Verb::io_limit: {
+      if (message.io_limit_auto) {
+        // The numeric io_limit stays, as the cap of the learned window.
+        (void)run([&](qos::DeviceGroup& g) {
+          g.set_io_limit_auto(true);
+          return qos::Status{};
+        });
+        settings.io_limit_auto = true;
+        break;
+      }
       const auto value = static_cast<uint32_t>(message.value);
-      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_io_limit(value); }); !status) {
+      if (qos::Status status = run([&](qos::DeviceGroup& g) {
+            qos::Status set = g.set_io_limit(value);
+            if (set) g.set_io_limit_auto(false);  // a number turns auto off
+            return set;
+          });
+          !status) {
         return refused(status.message());
       }
       settings.io_limit = value;
+      settings.io_limit_auto = false;
       break;
     }
     case Message::Verb::policy: {
@@ -562,12 +581,24 @@ Reply Engine::table(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
   Reply reply;
+  // The in-flight window each device group applies now (io_limit, or the
+  // learned one under io_limit auto).
+  auto io_window = [&](int id) {
+    uint32_t window = 0;
+    (void)call(id, [&](qos::DeviceGroup& group) {
+      window = group.io_window();
+      return qos::Status{};
+    });
+    return window;
+  };
   json array = json::array();
   const bool with_name = request.name.empty();
   for (const DeviceState* device : devices) {
     const DeviceGroupSettings& settings = state_.device_groups.at(device->device_group_id);
     reply.text += table_line(*device, settings, with_name) + "\n";
-    array.push_back(table_json(*device, settings));
+    json object = table_json(*device, settings);
+    object["io_window"] = io_window(device->device_group_id);
+    array.push_back(std::move(object));
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";
   reply.data = {{"devices", std::move(array)}};
@@ -578,6 +609,16 @@ Reply Engine::status(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
   Reply reply;
+  // The in-flight window each device group applies now (io_limit, or the
+  // learned one under io_limit auto).
+  auto io_window = [&](int id) {
+    uint32_t window = 0;
+    (void)call(id, [&](qos::DeviceGroup& group) {
+      window = group.io_window();
+      return qos::Status{};
+    });
+    return window;
+  };
   json array = json::array();
   const bool with_name = request.name.empty();
   for (const DeviceState* device : devices) {
@@ -589,7 +630,10 @@ Reply Engine::status(const Request& request) {
       return qos::Status{};
     });
     reply.text += status_line(*device, groups, with_name) + "\n";
-    array.push_back(status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0));
+    json object = status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0);
+    object["io_limit_auto"] = state_.device_groups.at(device->device_group_id).io_limit_auto;
+    object["io_window"] = io_window(device->device_group_id);
+    array.push_back(std::move(object));
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";
   reply.data = {{"devices", std::move(array)}};

@@ -43,6 +43,7 @@ json table_json(const DeviceState& device, const DeviceGroupSettings& device_gro
       {"device_group_id", device.device_group_id},
       {"io_throttle", device_group.io_throttle},
       {"io_limit", device_group.io_limit},
+      {"io_limit_auto", device_group.io_limit_auto},
       {"policy", std::string(qos::to_string(device_group.policy))},
       {"token", device_group.token},
       {"carryover", device_group.carryover},

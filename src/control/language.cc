@@ -228,6 +228,10 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
     case Message::Verb::carryover:
     case Message::Verb::io_throttle:
     case Message::Verb::io_limit: {
+      if (*verb == Message::Verb::io_limit && arg == "auto") {
+        message.io_limit_auto = true;
+        break;
+      }
       const bool positive = *verb == Message::Verb::token || *verb == Message::Verb::io_limit;
       const uint64_t max = *verb == Message::Verb::token ? UINT64_MAX : UINT32_MAX;
       auto value = parse_unsigned(arg, max);

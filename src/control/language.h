@@ -35,6 +35,7 @@ struct Message {
   nbd::GroupType type = nbd::GroupType::none;  // type
   std::optional<int64_t> group;                // attach, detach; weight, range-bw, limit: nullopt = see below
   uint64_t value = 0;                          // weight, token, carryover, io_throttle, io_limit
+  bool io_limit_auto = false;                  // io_limit auto (value unused)
   qos::Policy policy = qos::kDefaultPolicy;    // policy
   qos::RangeBw range_bw;                       // range-bw
   std::vector<std::pair<std::string, uint64_t>> limits;  // limit: KEY=VAL in order

@@ -30,6 +30,7 @@ struct DeviceGroupSettings {
   uint32_t carryover = qos::kDefaultCarryover;
   uint32_t io_throttle = qos::kDefaultIoThrottle;
   uint32_t io_limit = qos::kDefaultIoLimit;
+  bool io_limit_auto = false;  // io_limit auto: the window follows the storage, io_limit caps it
   friend bool operator==(const DeviceGroupSettings&, const DeviceGroupSettings&) = default;
 };
 

@@ -87,7 +87,7 @@ qos::Limits limits_from(const json& object, const std::string& where) {
 }
 
 DeviceGroupSettings device_group_from(const json& object, const std::string& where) {
-  check_keys(object, where, {"id", "policy", "token", "carryover", "io_throttle", "io_limit"});
+  check_keys(object, where, {"id", "policy", "token", "carryover", "io_throttle", "io_limit", "io_limit_auto"});
   DeviceGroupSettings settings;
   settings.id = static_cast<int>(integer(object, where, "id", 0, INT32_MAX));
   const std::string policy = string(object, where, "policy");
@@ -101,6 +101,12 @@ DeviceGroupSettings device_group_from(const json& object, const std::string& whe
   if (settings.io_throttle > settings.io_limit) {
     invalid(where, "io_throttle (" + std::to_string(settings.io_throttle) + ") exceeds io_limit (" +
                        std::to_string(settings.io_limit) + ")");
+  }
+  // Optional: files written before io_limit auto existed lack it.
+  if (object.contains("io_limit_auto")) {
+    const json& value = object.at("io_limit_auto");
+    if (!value.is_boolean()) invalid(child(where, "io_limit_auto"), "expected true or false");
+    settings.io_limit_auto = value.get<bool>();
   }
   return settings;
 }
@@ -155,7 +161,8 @@ json state_to_json(const State& state) {
                              {"token", settings.token},
                              {"carryover", settings.carryover},
                              {"io_throttle", settings.io_throttle},
-                             {"io_limit", settings.io_limit}});
+                             {"io_limit", settings.io_limit},
+                             {"io_limit_auto", settings.io_limit_auto}});
   }
   json devices = json::array();
   for (const DeviceState& device : state.devices) {

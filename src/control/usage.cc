@@ -29,7 +29,7 @@ constexpr Entry kMessageVerbs[] = {
     {"token", "iobandctl message NAME 0 token VAL"},
     {"carryover", "iobandctl message NAME 0 carryover VAL"},
     {"io_throttle", "iobandctl message NAME 0 io_throttle VAL"},
-    {"io_limit", "iobandctl message NAME 0 io_limit VAL"},
+    {"io_limit", "iobandctl message NAME 0 io_limit VAL|auto"},
     {"policy", "iobandctl message NAME 0 policy weight|weight-iosize|range-bw|fair"},
     {"range-bw", "iobandctl message NAME 0 range-bw [ID:]MIN:MAX"},
     {"limit", "iobandctl message NAME 0 limit [ID:]KEY=VAL[,KEY=VAL...]|[ID:]none"},
@@ -77,7 +77,8 @@ Example:
   token VAL            tokens per epoch of the device group (weight policies)
   carryover VAL        epochs of unused tokens a group may keep (0..64)
   io_throttle VAL      device group: below VAL requests in flight, no control
-  io_limit VAL         device group: at VAL requests in flight, all wait
+  io_limit VAL|auto    device group: at VAL requests in flight, all wait;
+                       auto: a window adapted to the storage, at most VAL
   policy NAME          device group: weight, weight-iosize, range-bw or fair
   range-bw [ID:]MIN:MAX  reserved and maximum KiB/s of a group (range-bw policy)
   limit [ID:]KEY=VAL[,KEY=VAL...]

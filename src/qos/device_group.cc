@@ -1,5 +1,6 @@
-// The device group: the in-flight window (io_throttle, io_limit), the
-// two-level ready queues, limits parking, and the dispatch loop. Which group
+// The device group: the in-flight window (io_throttle, io_limit, or the
+// learned window of io_limit auto: auto_window.h), the two-level ready
+// queues, limits parking, and the dispatch loop. Which group
 // goes next is the policies' (weight_policy.h, fair_policy.h,
 // range_bw_policy.h); whether it may go now is the token buckets'
 // (token_bucket.h).
@@ -18,6 +19,7 @@
 #include <cassert>
 #include <string>
 
+#include "qos/auto_window.h"
 #include "qos/fair_policy.h"
 #include "qos/group.h"
 #include "qos/range_bw_policy.h"
@@ -60,6 +62,8 @@ struct DeviceGroup::Impl {
   std::uint32_t carryover = kDefaultCarryover;
   std::uint32_t io_throttle = kDefaultIoThrottle;
   std::uint32_t io_limit = kDefaultIoLimit;
+  bool io_limit_auto = false;
+  detail::AutoWindow auto_window;
   CostModel cost_model{};
 
   // ---- model ----
@@ -360,7 +364,10 @@ struct DeviceGroup::Impl {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
-    if (in_flight >= io_limit) return waiting(TimePoint::max());
+    if (in_flight >= window()) {
+      if (io_limit_auto) auto_window.held_back();
+      return waiting(TimePoint::max());
+    }
     for (;;) {
       Device* device;
       Group* group;
@@ -418,6 +425,7 @@ struct DeviceGroup::Impl {
     request.scheduler.next = nullptr;
     request.scheduler.prev = nullptr;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::in_flight);
+    request.scheduler.dispatched = now;
     --group.queue_length;
     --device.queued;
     --queued;
@@ -527,7 +535,13 @@ struct DeviceGroup::Impl {
     if (group->queue_length == 1) make_ready(*group);
   }
 
-  void complete(Request& request) noexcept {
+  std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
+
+  std::uint32_t window() const noexcept {
+    return io_limit_auto ? auto_window.window(auto_floor(), io_limit) : io_limit;
+  }
+
+  void complete(Request& request, Nanos now) noexcept {
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::in_flight) &&
            "complete: the request is not in flight");
     Group& group = *request.scheduler.group;
@@ -537,6 +551,10 @@ struct DeviceGroup::Impl {
     --group.in_flight;
     --device.in_flight;
     --in_flight;
+    if (io_limit_auto) {
+      last_now = std::max(last_now, now);
+      auto_window.completed(request.scheduler.dispatched, now, auto_floor(), io_limit);
+    }
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
       destroy_group(&group);
@@ -706,6 +724,13 @@ Status DeviceGroup::set_io_limit(std::uint32_t io_limit) {
   return {};
 }
 std::uint32_t DeviceGroup::io_limit() const noexcept { return impl_->io_limit; }
+
+void DeviceGroup::set_io_limit_auto(bool on) noexcept {
+  if (on && !impl_->io_limit_auto) impl_->auto_window.reset(impl_->auto_floor(), impl_->io_limit, impl_->last_now);
+  impl_->io_limit_auto = on;
+}
+bool DeviceGroup::io_limit_auto() const noexcept { return impl_->io_limit_auto; }
+std::uint32_t DeviceGroup::io_window() const noexcept { return impl_->window(); }
 
 Status DeviceGroup::set_cost_model(CostModel model) {
   if (model.request_tokens > kMaxRequestTokens) {
@@ -937,7 +962,7 @@ std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<Grou
 // ---- hot path ----
 void DeviceGroup::enqueue(Request* request, TimePoint now) noexcept { impl_->enqueue(*request, now); }
 Decision DeviceGroup::next(TimePoint now) noexcept { return impl_->next(to_nanos(now)); }
-void DeviceGroup::complete(Request* request, TimePoint /*now*/) noexcept { impl_->complete(*request); }
+void DeviceGroup::complete(Request* request, TimePoint now) noexcept { impl_->complete(*request, to_nanos(now)); }
 bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*request); }
 
 // ---- observation ----

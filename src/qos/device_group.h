@@ -91,6 +91,13 @@ class DeviceGroup {
   // With this many in flight every new request waits (default 128, >= 1).
   Status set_io_limit(std::uint32_t io_limit);
   std::uint32_t io_limit() const noexcept;
+  // io_limit auto (off by default): the window follows the storage, between
+  // max(1, io_throttle) and io_limit; see auto_window.h. Turning it on
+  // restarts the learning; set_io_limit keeps it on (the new cap applies).
+  void set_io_limit_auto(bool on) noexcept;
+  bool io_limit_auto() const noexcept;
+  // The window next() applies now: io_limit, or the learned one when auto.
+  std::uint32_t io_window() const noexcept;
   // Cost model of the fair policy (and range-bw's spare share).
   Status set_cost_model(CostModel model);
   CostModel cost_model() const noexcept;

@@ -41,6 +41,7 @@ struct Request {
     Request* prev = nullptr;
     detail::Group* group = nullptr;   // group that queues / dispatched it
     TimePoint arrival{};              // enqueue time (queueing delay statistics)
+    std::int64_t dispatched = 0;      // dispatch time, ns of TimePoint (io_limit auto)
     std::uint32_t wait_epoch = 0;     // "delayed" detection (see DeviceGroup::next)
     std::uint8_t state = 0;           // idle / queued / in flight
   } scheduler;

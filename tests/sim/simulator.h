@@ -118,6 +118,7 @@ struct Scenario {
   std::uint32_t carryover = qos::kDefaultCarryover;
   std::uint32_t io_throttle = qos::kDefaultIoThrottle;
   std::uint32_t io_limit = qos::kDefaultIoLimit;
+  bool io_limit_auto = false;  // io_limit is then the cap of the learned window
   std::optional<qos::CostModel> cost_model;
   StorageModel storage;
   std::vector<DeviceId> devices{0};
@@ -265,6 +266,7 @@ class Simulator {
     check(group_.set_io_limit(std::max(scenario_.io_limit, group_.io_throttle())));
     check(group_.set_io_throttle(scenario_.io_throttle));
     check(group_.set_io_limit(scenario_.io_limit));
+    group_.set_io_limit_auto(scenario_.io_limit_auto);
     if (scenario_.cost_model) check(group_.set_cost_model(*scenario_.cost_model));
     for (DeviceId device : scenario_.devices) check(group_.add_device(device));
     for (const GroupSpec& spec : scenario_.groups) {

@@ -252,6 +252,38 @@ TEST_F(ControlEngine, DeviceGroupSettings) {
             "ioband2: 0 44371467 ioband 8:2 1 200 300\n");
 }
 
+TEST_F(ControlEngine, IoLimitAuto) {
+  getting_started();
+  qos::DeviceGroup& group = group_of("ioband1");
+  EXPECT_FALSE(group.io_limit_auto());
+  json device = client.table()["data"]["devices"][0];
+  EXPECT_EQ(device["io_limit_auto"], false);
+  EXPECT_EQ(device["io_window"], device["io_limit"]);
+
+  ok(client.message("ioband1", "io_limit auto"));
+  EXPECT_TRUE(group.io_limit_auto());
+  const uint32_t cap = group.io_limit();
+  json table = client.table();
+  for (const json& d : table["data"]["devices"]) {
+    EXPECT_EQ(d["io_limit_auto"], true);  // the whole device group
+    EXPECT_EQ(d["io_limit"], cap);        // the cap, still numeric in the table line
+    EXPECT_EQ(d["io_window"], group.io_window());
+    EXPECT_LE(d["io_window"].get<uint32_t>(), cap);
+  }
+  json status = client.status();
+  EXPECT_EQ(status["data"]["devices"][0]["io_limit_auto"], true);
+  EXPECT_EQ(status["data"]["devices"][0]["io_window"], group.io_window());
+
+  // A number turns it off.
+  ok(client.message("ioband1", "io_limit 64"));
+  EXPECT_FALSE(group.io_limit_auto());
+  EXPECT_EQ(group.io_window(), 64u);
+  device = client.table()["data"]["devices"][0];
+  EXPECT_EQ(device["io_limit_auto"], false);
+  EXPECT_EQ(device["io_window"], 64);
+  EXPECT_FALSE(client.message("ioband1", "io_limit automatic")["ok"]);
+}
+
 TEST_F(ControlEngine, CreateWithThrottleAndLimitSetsTheDeviceGroup) {
   ok(client.create("ioband1", "0 8 ioband /dev/sda1 1"));
   ok(client.create("ioband2", "0 8 ioband /dev/sda2 1 20 200"));

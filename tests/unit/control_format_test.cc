@@ -89,3 +89,22 @@ TEST(ControlFormat, LimitsShowOnlyWhatIsSet) {
 
 }  // namespace
 }  // namespace ioband::control
+
+namespace ioband::control {
+namespace {
+
+TEST(ControlFormat, TableJsonCarriesIoLimitAuto) {
+  DeviceState d = device("ioband1", 8, 1);
+  DeviceGroupSettings settings;
+  settings.io_limit = 400;
+  EXPECT_EQ(table_json(d, settings)["io_limit_auto"], false);
+  settings.io_limit_auto = true;
+  nlohmann::json object = table_json(d, settings);
+  EXPECT_EQ(object["io_limit_auto"], true);
+  EXPECT_EQ(object["io_limit"], 400);  // the cap
+  // The table line stays the reference's: the numeric cap.
+  EXPECT_EQ(table_line(d, settings, false), "0 8 ioband 0:0 1 4 400");
+}
+
+}  // namespace
+}  // namespace ioband::control

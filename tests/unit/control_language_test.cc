@@ -108,6 +108,9 @@ TEST(ControlMessage, ParsesEveryVerb) {
   EXPECT_EQ(parse_ok("io_throttle 16").verb, Message::Verb::io_throttle);
   EXPECT_EQ(parse_ok("io_throttle 0").value, 0u);
   EXPECT_EQ(parse_ok("io_limit 128").value, 128u);
+  EXPECT_FALSE(parse_ok("io_limit 128").io_limit_auto);
+  EXPECT_TRUE(parse_ok("io_limit auto").io_limit_auto);
+  EXPECT_EQ(parse_ok("io_limit auto").verb, Message::Verb::io_limit);
   EXPECT_EQ(parse_ok("policy weight-iosize").policy, qos::Policy::weight_iosize);
   EXPECT_EQ(parse_ok("policy range-bw").policy, qos::Policy::range_bw);
   EXPECT_EQ(parse_ok("reset").verb, Message::Verb::reset);

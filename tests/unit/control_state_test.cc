@@ -48,6 +48,7 @@ void configure(Client& client) {
   ok(client.message("vm1", "type cgroup"));
   ok(client.message("vm1", "attach 127.0.0.1"));
   ok(client.message("vm1", "policy weight-iosize"));
+  ok(client.message("vm1", "io_limit auto"));
 }
 
 TEST(ControlState, EveryChangeIsSavedAndARestartRestoresIt) {
@@ -108,6 +109,9 @@ TEST(ControlState, EveryChangeIsSavedAndARestartRestoresIt) {
   auto vm1 = *engine.scheduling("vm1");
   EXPECT_TRUE(vm1.group->has_group(vm1.device, 0x7f000001));
   EXPECT_EQ(vm1.group->policy(), qos::Policy::weight_iosize);
+  EXPECT_TRUE(vm1.group->io_limit_auto());
+  EXPECT_EQ(vm1.group->io_limit(), 128u);  // the cap
+  EXPECT_FALSE(s3.group->io_limit_auto());
 
   // The exports are published with their types.
   EXPECT_EQ(fake.exports.size(), 4u);
@@ -137,7 +141,8 @@ TEST(ControlState, TheFileIsWhatTheFormatSays) {
   const json saved = json::parse(read_file(engine.state_path()));
   const json expected = json::parse(R"({
     "version": 1,
-    "device_groups": [{"id": 1, "policy": "fair", "token": 2048, "carryover": 2, "io_throttle": 4, "io_limit": 128}],
+    "device_groups": [{"id": 1, "policy": "fair", "token": 2048, "carryover": 2, "io_throttle": 4, "io_limit": 128,
+                       "io_limit_auto": false}],
     "devices": [{"name": "ioband1", "path": "/dev/sda1", "sectors": 8, "device_group_id": 1, "type": "user",
                  "limits": {},
                  "groups": [{"id": -1, "weight": 100, "range_bw": {"min_kib": 0, "max_kib": 0}, "limits": {}},
@@ -200,6 +205,7 @@ const std::string kBadLimits = good_with("\"limits\":{}}]}]", "\"limits\":{\"iop
 const std::string kMissingPath = good_with("\"/dev/sda1\"", "\"/dev/gone\"");
 const std::string kTooSmall = good_with("\"/dev/sda1\",\"sectors\":8", "\"/small.img\",\"sectors\":4096");
 const std::string kThrottle = good_with("\"io_throttle\":4", "\"io_throttle\":400");
+const std::string kBadAuto = good_with("\"io_limit\":128", "\"io_limit\":128,\"io_limit_auto\":1");
 const std::string kStringSectors = good_with("\"sectors\":8", "\"sectors\":\"8\"");
 const std::string kTwice = good_with("}]}]}", "}]},{\"name\":\"ioband1\",\"path\":\"/dev/sda2\",\"sectors\":8,"
                                                "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
@@ -221,6 +227,7 @@ const Corrupt kCorrupt[] = {
     {"path gone", kMissingPath.c_str(), "device ioband1: /dev/gone: No such file or directory"},
     {"path too small", kTooSmall.c_str(), "device ioband1: /small.img is 1048576 bytes"},
     {"throttle above limit", kThrottle.c_str(), "device_groups[0]: io_throttle (400) exceeds io_limit (128)"},
+    {"io_limit_auto not a boolean", kBadAuto.c_str(), "device_groups[0].io_limit_auto: expected true or false"},
     {"sectors as a string", kStringSectors.c_str(), "devices[0].sectors: expected a non-negative integer"},
     {"a name twice", kTwice.c_str(), "devices[1].name: device ioband1 appears twice"},
 };

@@ -1,0 +1,193 @@
+// io_limit auto (src/qos/auto_window.h): the in-flight window follows the
+// storage instead of a fixed io_limit.
+//
+// The storage serves P = 16 requests in parallel and queues the rest in FIFO
+// order, so its latency grows with the depth beyond P. Two closed-loop
+// clients keep 128 requests each, weights 80/20; every request spends
+// T = 6 ms in the client (think time) before it reaches the scheduler again.
+// With io_limit 128 most requests wait in the storage's queue, where weights
+// mean nothing, and the heavy group cannot complete more than
+// 128 / (T + that wait): the share collapses (the real disk measured 54.5 %
+// for 80/20, docs/results.md section 1). With io_limit auto the window settles
+// near P: the queue stays in the scheduler, which orders it 80/20, and the
+// storage stays busy.
+#include <gtest/gtest.h>
+
+#include "sim/simulator.h"
+
+namespace ioband::sim {
+namespace {
+
+constexpr std::uint32_t kParallelism = 16;
+
+struct Outcome {
+  Result result;
+  std::vector<std::uint32_t> windows;  // io_window() every 100 ms from 1 s on
+};
+
+// Storage of capacity 16 000 requests/s: P in parallel, each for P / 16 000 s.
+Outcome two_groups(bool io_limit_auto, std::uint32_t parallelism = kParallelism) {
+  Scenario s;
+  s.name = "80/20, 128 outstanding each, 6 ms client delay";
+  s.policy = qos::Policy::fair;
+  s.io_limit = 128;
+  s.io_limit_auto = io_limit_auto;
+  const Nanos latency = kSecond * parallelism / 16'000;
+  s.storage = storage(parallelism, latency, latency / 5);
+  s.devices = {0};
+  s.groups = {group(0, 1, 80), group(0, 2, 20)};
+  s.clients = {closed_loop("heavy", 0, 1, 128), closed_loop("light", 0, 2, 128)};
+  for (ClientSpec& client : s.clients) client.think = 6 * kMilli;
+  s.duration = 25 * kSecond;
+  auto windows = std::make_shared<std::vector<std::uint32_t>>();
+  for (Nanos t = kSecond; t < s.duration; t += 100 * kMilli) {
+    s.actions.push_back({t, [windows](qos::DeviceGroup& g) { windows->push_back(g.io_window()); }});
+  }
+  Outcome run{simulate(s), {}};
+  run.windows = *windows;
+  return run;
+}
+
+TEST(AutoWindow, FixedIoLimitLosesTheWeights) {
+  Outcome run = two_groups(false);
+  std::vector<double> share = shares(run.result, {"heavy", "light"}, kSecond, run.result.duration);
+  double utilization = run.result.utilization(kSecond, run.result.duration);
+  printf("io_limit 128: shares %.1f/%.1f, utilization %.4f\n", share[0], share[1], utilization);
+  EXPECT_LT(share[0], 70);
+}
+
+void keeps_the_weights(std::uint32_t parallelism) {
+  Outcome run = two_groups(true, parallelism);
+  std::vector<double> share = shares(run.result, {"heavy", "light"}, kSecond, run.result.duration);
+  double utilization = run.result.utilization(kSecond, run.result.duration);
+  std::uint32_t lo = *std::min_element(run.windows.begin(), run.windows.end());
+  std::uint32_t hi = *std::max_element(run.windows.begin(), run.windows.end());
+  double mean = 0;
+  for (std::uint32_t w : run.windows) mean += w;
+  mean /= static_cast<double>(run.windows.size());
+  printf("io_limit auto: shares %.1f/%.1f, utilization %.4f, window %u..%u (mean %.1f) for P = %u\n", share[0],
+         share[1], utilization, lo, hi, mean, parallelism);
+  EXPECT_NEAR(share[0], 80, 2);
+  EXPECT_GE(utilization, 0.95);
+  EXPECT_GE(lo, parallelism / 2);
+  EXPECT_LE(hi, 4 * parallelism);
+  // Every second on its own, too.
+  for (Nanos t = kSecond; t + kSecond <= run.result.duration; t += kSecond) {
+    std::vector<double> second = shares(run.result, {"heavy", "light"}, t, t + kSecond);
+    EXPECT_NEAR(second[0], 80, 4) << "second " << t / kSecond;
+  }
+}
+
+TEST(AutoWindow, KeepsTheWeightsAndTheStorageBusy) { keeps_the_weights(kParallelism); }
+TEST(AutoWindow, ShallowerStorage) { keeps_the_weights(8); }
+TEST(AutoWindow, DeeperStorage) { keeps_the_weights(32); }
+
+// The SyncClient check (qos_sim_sync_client_test.cc) with auto: a group with
+// one outstanding request against one with 128 at equal weight keeps >= 90 %
+// of what it gets alone.
+Scenario sync_client(qos::Policy policy, bool with_competitor, std::uint32_t storage_depth, bool io_limit_auto = true) {
+  Scenario s;
+  s.name = "1 outstanding vs 128, io_limit auto";
+  s.policy = policy;
+  s.io_limit = 128;
+  s.io_limit_auto = io_limit_auto;
+  s.storage = storage(storage_depth, 20 * kMilli, 5 * kMilli);
+  s.devices = {0};
+  s.groups = {group(0, 1, 100), group(0, 2, 100)};
+  s.clients = {closed_loop("sync", 0, 1, 1)};
+  if (with_competitor) s.clients.push_back(closed_loop("bulk", 0, 2, 128));
+  s.duration = 20 * kSecond;
+  return s;
+}
+
+void sync_run(qos::Policy policy, std::uint32_t storage_depth) {
+  Result alone = simulate(sync_client(policy, false, storage_depth));
+  Result shared = simulate(sync_client(policy, true, storage_depth));
+  double solo = static_cast<double>(alone.client("sync").completed.size());
+  double with = static_cast<double>(shared.client("sync").completed.size());
+  double utilization = shared.utilization(kSecond, shared.duration);
+  printf("%s auto (storage depth %u): alone %.0f, with 128-deep competitor %.0f (%.1f %%), utilization %.4f\n",
+         std::string(qos::to_string(policy)).c_str(), storage_depth, solo, with, 100 * with / solo, utilization);
+  EXPECT_GE(with / solo, 0.90);
+  EXPECT_GE(utilization, 0.95);
+}
+
+TEST(AutoWindow, SyncClientFair) { sync_run(qos::Policy::fair, 128); }
+TEST(AutoWindow, SyncClientWeight) { sync_run(qos::Policy::weight, 128); }
+TEST(AutoWindow, SyncClientWeightIosize) { sync_run(qos::Policy::weight_iosize, 128); }
+TEST(AutoWindow, SyncClientRangeBw) { sync_run(qos::Policy::range_bw, 128); }
+// Storage 16 deep under the cap of 128 (the fixed test matches io_limit to
+// the storage instead). The window settles a little above P (about 1.3 P
+// here: the storage's latency near 1.5 s_min, s_min being the low end of the
+// ±25 % jitter), so the synchronous request waits behind a short storage
+// queue: about 80 %, not 90 %, but far from what the fixed io_limit 128
+// leaves it.
+TEST(AutoWindow, SyncClientFairShallowStorage) {
+  Result alone = simulate(sync_client(qos::Policy::fair, false, 16));
+  Result with_auto = simulate(sync_client(qos::Policy::fair, true, 16));
+  Result with_fixed = simulate(sync_client(qos::Policy::fair, true, 16, false));
+  double solo = static_cast<double>(alone.client("sync").completed.size());
+  double automatic = static_cast<double>(with_auto.client("sync").completed.size());
+  double fixed = static_cast<double>(with_fixed.client("sync").completed.size());
+  printf("fair, storage depth 16, cap 128: sync alone %.0f, with competitor: auto %.0f (%.1f %%), fixed 128 %.0f "
+         "(%.1f %%); utilization auto %.4f\n",
+         solo, automatic, 100 * automatic / solo, fixed, 100 * fixed / solo,
+         with_auto.utilization(kSecond, with_auto.duration));
+  EXPECT_GE(automatic / solo, 0.75);
+  EXPECT_GE(automatic, 3 * fixed);
+  EXPECT_GE(with_auto.utilization(kSecond, with_auto.duration), 0.98);
+}
+
+// Work conservation (qos_sim_work_conserving_test.cc) with auto: a group goes
+// idle and comes back; the storage stays busy and the shares hold.
+void work_conserving(qos::Policy policy) {
+  Scenario s;
+  s.name = "a group goes idle, io_limit auto";
+  s.policy = policy;
+  s.io_limit_auto = true;
+  s.storage = storage(32, 10 * kMilli, 2 * kMilli);
+  s.devices = {0, 1};
+  s.groups = {group(0, 1, 100), group(0, 2, 50), group(1, qos::kDefaultGroup, 50)};
+  s.clients = {closed_loop("a", 0, 1, 128), closed_loop("b", 0, 2, 128), closed_loop("c", 1, qos::kDefaultGroup, 128)};
+  s.clients[0].stop = 10 * kSecond;
+  ClientSpec again = closed_loop("a-again", 0, 1, 128);
+  again.start = 20 * kSecond;
+  s.clients.push_back(again);
+  s.duration = 30 * kSecond;
+  Result result = simulate(s);
+  double before = result.utilization(kSecond, 10 * kSecond);
+  double idle = result.utilization(10 * kSecond, 20 * kSecond);
+  double after = result.utilization(20 * kSecond, 30 * kSecond);
+  std::vector<double> s1 = shares(result, {"a", "b", "c"}, kSecond, 10 * kSecond);
+  std::vector<double> s2 = shares(result, {"b", "c"}, 11 * kSecond, 20 * kSecond);
+  std::vector<double> s3 = shares(result, {"a-again", "b", "c"}, 21 * kSecond, 30 * kSecond);
+  printf("%s auto: utilization %.4f / %.4f (a idle) / %.4f; shares %.1f/%.1f/%.1f, idle %.1f/%.1f, after %.1f/%.1f/%.1f\n",
+         std::string(qos::to_string(policy)).c_str(), before, idle, after, s1[0], s1[1], s1[2], s2[0], s2[1], s3[0],
+         s3[1], s3[2]);
+  EXPECT_GE(before, 0.98);
+  EXPECT_GE(idle, 0.98);
+  EXPECT_GE(after, 0.98);
+  EXPECT_NEAR(s1[0], 50, 1);
+  EXPECT_NEAR(s2[0], 50, 1);
+  EXPECT_NEAR(s3[0], 50, 1);
+}
+
+TEST(AutoWindow, WorkConservingFair) { work_conserving(qos::Policy::fair); }
+TEST(AutoWindow, WorkConservingWeight) { work_conserving(qos::Policy::weight); }
+TEST(AutoWindow, WorkConservingRangeBw) { work_conserving(qos::Policy::range_bw); }
+
+// A number turns it off again: the fixed window is back at once.
+TEST(AutoWindow, OnAndOff) {
+  qos::DeviceGroup g;
+  EXPECT_FALSE(g.io_limit_auto());
+  EXPECT_EQ(g.io_window(), qos::kDefaultIoLimit);
+  g.set_io_limit_auto(true);
+  EXPECT_TRUE(g.io_limit_auto());
+  EXPECT_EQ(g.io_window(), 4u);
+  ASSERT_TRUE(g.set_io_limit(64));
+  g.set_io_limit_auto(false);
+  EXPECT_EQ(g.io_window(), 64u);
+}
+
+}  // namespace
+}  // namespace ioband::sim

@@ -577,20 +577,21 @@ std::optional<Error> select(const State& state, const Request& request, std::vec
 
 }  // namespace
 
+// The in-flight window a device group applies now (io_limit, or the learned
+// one under io_limit auto).
+uint32_t Engine::io_window(int id) {
+  uint32_t window = 0;
+  (void)call(id, [&](qos::DeviceGroup& group) {
+    window = group.io_window();
+    return qos::Status{};
+  });
+  return window;
+}
+
 Reply Engine::table(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
   Reply reply;
-  // The in-flight window each device group applies now (io_limit, or the
-  // learned one under io_limit auto).
-  auto io_window = [&](int id) {
-    uint32_t window = 0;
-    (void)call(id, [&](qos::DeviceGroup& group) {
-      window = group.io_window();
-      return qos::Status{};
-    });
-    return window;
-  };
   json array = json::array();
   const bool with_name = request.name.empty();
   for (const DeviceState* device : devices) {
@@ -609,16 +610,6 @@ Reply Engine::status(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
   Reply reply;
-  // The in-flight window each device group applies now (io_limit, or the
-  // learned one under io_limit auto).
-  auto io_window = [&](int id) {
-    uint32_t window = 0;
-    (void)call(id, [&](qos::DeviceGroup& group) {
-      window = group.io_window();
-      return qos::Status{};
-    });
-    return window;
-  };
   json array = json::array();
   const bool with_name = request.name.empty();
   for (const DeviceState* device : devices) {

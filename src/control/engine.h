@@ -136,6 +136,7 @@ class Engine {
   void run_on_owner(int id, const std::function<void()>& fn);
   // Runs fn on the owner of device group `id`; returns its status.
   qos::Status call(int id, const std::function<qos::Status(qos::DeviceGroup&)>& fn);
+  uint32_t io_window(int id);
 
   Platform platform_;
   std::string state_path_;

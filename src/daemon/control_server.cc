@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "io/log.h"
+#include "io/unix_socket.h"
 
 namespace ioband::daemon {
 
@@ -26,39 +27,14 @@ ControlServer::~ControlServer() {
 }
 
 std::string ControlServer::listen(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) return path + ": socket path too long";
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  struct stat st{};
-  if (lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) return path + ": exists and is not a socket";
-    // A live daemon answers; a socket of a killed one (kept a moment by the
-    // kernel) may accept but never answers.
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = false;
-    if (probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      timeval tv{1, 0};
-      setsockopt(probe, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      const char ask[] = "{\"command\":\"targets\"}\n";
-      char answer[1];
-      live = send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
-    }
-    if (probe >= 0) close(probe);
-    if (live) return path + ": another daemon is listening there";
-    unlink(path.c_str());
-  }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return std::string("socket: ") + std::strerror(errno);
-  // Created 0600 from the start: no window in which others may connect.
-  const mode_t old = umask(0177);
-  const int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  umask(old);
-  if (rc != 0 || ::listen(fd, 16) != 0) {
-    std::string error = path + ": " + std::strerror(errno);
-    close(fd);
-    return error;
-  }
+  // A live daemon answers a request; the socket is 0600 from the start.
+  int fd = -1;
+  std::string error = io::listen_unix_socket(path, 16, 0177, [](int probe) {
+    const char ask[] = "{\"command\":\"targets\"}\n";
+    char answer[1];
+    return send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
+  }, fd);
+  if (!error.empty()) return error;
   listen_fd_ = fd;
   path_ = path;
   return {};

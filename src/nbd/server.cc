@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "io/log.h"
+#include "io/unix_socket.h"
 
 namespace ioband::nbd {
 
@@ -66,36 +67,13 @@ Server::~Server() {
 }
 
 std::string Server::listen_unix(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) return path + ": socket path too long";
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-
-  struct stat st{};
-  if (lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) return path + ": exists and is not a socket";
-    // A live server greets at once. A socket that accepts but stays silent
-    // belongs to a daemon that was killed and whose ring the kernel has not
-    // torn down yet: stale.
-    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = false;
-    if (probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      timeval tv{1, 0};
-      setsockopt(probe, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      uint8_t greeting[8];
-      live = recv(probe, greeting, sizeof greeting, MSG_WAITALL) == sizeof greeting;
-    }
-    if (probe >= 0) close(probe);
-    if (live) return path + ": another server is listening there";
-    unlink(path.c_str());  // stale socket of a daemon that died
-  }
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return std::string("socket: ") + std::strerror(errno);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, 1024) != 0) {
-    std::string error = path + ": " + std::strerror(errno);
-    close(fd);
-    return error;
-  }
+  // A live NBD server greets at once.
+  int fd = -1;
+  std::string error = io::listen_unix_socket(path, 1024, 0, [](int probe) {
+    uint8_t greeting[8];
+    return recv(probe, greeting, sizeof greeting, MSG_WAITALL) == sizeof greeting;
+  }, fd);
+  if (!error.empty()) return error;
   auto l = std::make_unique<Listener>();
   l->server = this;
   l->fd = fd;

@@ -77,6 +77,14 @@ class ExportRegistry {
     auto it = exports_.find(name);
     return it == exports_.end() ? nullptr : it->second;
   }
+  // The export a client names; the empty name means the only export, when
+  // there is exactly one (the spec's "default export").
+  std::shared_ptr<Export> find_for_client(const std::string& name) const {
+    std::shared_lock lock(mutex_);
+    if (name.empty()) return exports_.size() == 1 ? exports_.begin()->second : nullptr;
+    auto it = exports_.find(name);
+    return it == exports_.end() ? nullptr : it->second;
+  }
   std::vector<std::shared_ptr<Export>> list() const {
     std::shared_lock lock(mutex_);
     std::vector<std::shared_ptr<Export>> out;

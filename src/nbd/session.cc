@@ -265,8 +265,7 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
   switch (option) {
     case kOptExportName: {
       std::string name(reinterpret_cast<const char*>(data), length);
-      auto e = name.empty() && host_.exports->list().size() == 1 ? host_.exports->list().front()
-                                                                  : host_.exports->find(name);
+      auto e = host_.exports->find_for_client(name);
       if (!e) {
         log_line("connection " + std::to_string(id_) + ": unknown export '" + name + "'");
         begin_close("unknown export");
@@ -321,8 +320,7 @@ void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t l
     return option_error(option, kRepErrInvalid, "INFO/GO length does not match its requests");
   }
   std::string name(reinterpret_cast<const char*>(data + 4), name_length);
-  auto e = name.empty() && host_.exports->list().size() == 1 ? host_.exports->list().front()
-                                                              : host_.exports->find(name);
+  auto e = host_.exports->find_for_client(name);
   if (!e) return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
 
   uint8_t info[14];
@@ -375,7 +373,7 @@ void Session::handle_meta_context(uint32_t option, const uint8_t* data, uint32_t
     pos += qlen;
   }
   if (pos != length) return option_error(option, kRepErrInvalid, "trailing data after meta context queries");
-  if (!(name.empty() && host_.exports->list().size() == 1) && !host_.exports->find(name)) {
+  if (!host_.exports->find_for_client(name)) {
     return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
   }
   bool match = false;

@@ -230,7 +230,7 @@ void Server::disconnect_export(const std::string& name) {
       for (Session* s : p->sessions) {
         if (s->exported() && s->exported()->name == name) sessions.push_back(s);
       }
-      for (Session* s : sessions) s->abort(kEshutdown);
+      for (Session* s : sessions) s->abort();
     });
   }
 }

@@ -79,8 +79,11 @@ void Session::shutdown() noexcept {
   begin_close("server shutting down");  // destroys at once if idle
 }
 
-void Session::abort(uint32_t) noexcept {
-  ::shutdown(fd_, SHUT_RDWR);
+// remove --force: as a server stop, for this export only — requests on the
+// storage finish and are answered, those queued in the scheduler get
+// ESHUTDOWN, nothing more is read, then the connection closes.
+void Session::abort() noexcept {
+  shutting_down_ = true;
   begin_close("export removed");
 }
 

@@ -77,7 +77,7 @@ class Session {
   void start() noexcept;             // sends the greeting
   void resume_on(io::Reactor* reactor) noexcept;  // after migration
   void shutdown() noexcept;          // graceful: stop reading, finish, close
-  void abort(uint32_t error) noexcept;  // end now (remove --force)
+  void abort() noexcept;             // remove --force
 
   uint64_t id() const noexcept { return id_; }
   const PeerIdentity& peer() const noexcept { return peer_; }

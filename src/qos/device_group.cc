@@ -378,7 +378,7 @@ struct DeviceGroup::Impl {
         rule = Rule::reservation;
       } else if (!top.empty()) {
         device = top.top().item;
-        group = pool.at(device->ready.top().slot);
+        group = pool.at(device->ready.top().item);
         switch (policy) {
           case Policy::fair: rule = Rule::fair; break;
           case Policy::range_bw: rule = Rule::spare; break;

@@ -299,7 +299,8 @@ class StatusSampler(threading.Thread):
                     q += g.get("queue_length", 0)
                     f += g.get("in_flight", 0)
                     n += g.get("read_requests", 0) + g.get("write_requests", 0)
-                snap[dev["name"]] = {"queued": q, "in_flight": f, "requests": n}
+                snap[dev["name"]] = {"queued": q, "in_flight": f, "requests": n,
+                                     "io_window": dev.get("io_window", 0)}
             self.samples.append((time.monotonic() - t0, snap))
             self._halt.wait(self.interval)
 
@@ -330,18 +331,21 @@ def socket_queues(path):
 
 
 def summarize_samples(samples, devices, io_limit):
-    """Mean in flight over the device group, the share of samples with the
-    window full, and per device how often its queue was empty."""
+    """Mean in flight over the device group, the in-flight window it applied
+    (io_limit, or the learned one of io_limit auto), the share of samples with
+    the window full, and per device how often its queue was empty."""
     rows = [s for _, s in samples if all(d in s for d in devices)]
     sockets = [s.get("_sockets", []) for s in rows]
     rows = rows[1:-1] if len(rows) > 3 else rows  # drop the ramp-up and the tail
     if not rows:
         return None
     total_flight = [sum(s[d]["in_flight"] for d in devices) for s in rows]
+    window = [s[devices[0]].get("io_window") or io_limit for s in rows]
     out = {
         "samples": len(rows),
         "mean_in_flight": statistics.mean(total_flight),
-        "window_full": sum(1 for x in total_flight if x >= io_limit) / len(rows),
+        "mean_window": statistics.mean(window),
+        "window_full": sum(1 for x, w in zip(total_flight, window) if x >= w) / len(rows),
     }
     if any(sockets):
         out["unread_requests_kib"] = statistics.mean(sum(q[0] for q in x) for x in sockets) / 1024

@@ -553,7 +553,7 @@ struct DeviceGroup::Impl {
     --in_flight;
     if (io_limit_auto) {
       last_now = std::max(last_now, now);
-      auto_window.completed(request.scheduler.dispatched, now, auto_floor(), io_limit);
+      auto_window.completed(now, auto_floor(), io_limit);
     }
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));

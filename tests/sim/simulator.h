@@ -81,6 +81,11 @@ struct StorageModel {
   Nanos latency = 10 * kMilli;
   Nanos jitter = 0;        // service time uniform in latency ± jitter
   double bandwidth = 0;    // bytes per second for the whole storage; 0: no transfer time
+  // Elastic storage: each request already in service when one starts adds
+  // this to its service time, so latency grows with the depth from the first
+  // request on and the rate as depth / (latency + depth * per_in_service)
+  // keeps rising ever more slowly (a virtual disk on a host page cache).
+  Nanos per_in_service = 0;
 };
 
 struct GroupSpec {
@@ -404,6 +409,7 @@ class Simulator {
       service += static_cast<Nanos>(static_cast<double>(sim.request.bytes) * storage.depth / storage.bandwidth *
                                     static_cast<double>(kSecond));
     }
+    service += storage.per_in_service * busy_slots_;
     ++busy_slots_;
     schedule(now_ + std::max<Nanos>(service, 1), EventKind::completion, index);
   }
@@ -458,6 +464,13 @@ inline StorageModel storage(std::uint32_t depth, Nanos latency, Nanos jitter = 0
   model.latency = latency;
   model.jitter = jitter;
   model.bandwidth = bandwidth;
+  return model;
+}
+
+// Elastic storage (see StorageModel::per_in_service), never queueing itself.
+inline StorageModel elastic_storage(Nanos latency, Nanos per_in_service, Nanos jitter = 0) {
+  StorageModel model = storage(4096, latency, jitter);
+  model.per_in_service = per_in_service;
   return model;
 }
 

@@ -19,6 +19,7 @@
 #include <cassert>
 #include <string>
 
+#include "qos/anticipation.h"
 #include "qos/auto_window.h"
 #include "qos/fair_policy.h"
 #include "qos/group.h"
@@ -64,6 +65,7 @@ struct DeviceGroup::Impl {
   std::uint32_t io_limit = kDefaultIoLimit;
   bool io_limit_auto = false;
   detail::AutoWindow auto_window;
+  detail::Anticipation anticipation;
   CostModel cost_model{};
 
   // ---- model ----
@@ -325,6 +327,7 @@ struct DeviceGroup::Impl {
   }
 
   void destroy_group(Group* group) noexcept {
+    anticipation.forget(group);
     if (group->extras) --group->device->groups_with_extras;
     pool.destroy(group);
   }
@@ -391,6 +394,13 @@ struct DeviceGroup::Impl {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
+      if (Nanos until = anticipation.holds(*group, in_flight, now); until != 0) {
+        // A lighter deep group waits for the anticipated one
+        // (anticipation.h): set aside like a group held by a limit, so that
+        // the others (the anticipated one first) are served meanwhile.
+        park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
+        continue;
+      }
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
@@ -412,6 +422,7 @@ struct DeviceGroup::Impl {
         }
       }
       Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
+      anticipation.dispatching(*group);
       dispatch(*group, request, now, rule);
       return Decision::dispatch(&request, reported);
     }
@@ -532,7 +543,15 @@ struct DeviceGroup::Impl {
     ++group->queue_length;
     ++device->queued;
     ++queued;
-    if (group->queue_length == 1) make_ready(*group);
+    group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
+        std::max<std::uint32_t>(group->busy_peak, group->queue_length + group->in_flight), 255));
+    if (group->queue_length == 1) {
+      if (group->in_flight == 0 && group->busy_peak <= detail::Anticipation::kLowDepth &&
+          policy != Policy::range_bw) {
+        anticipation.arrived(*group, last_now);
+      }
+      make_ready(*group);
+    }
   }
 
   std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
@@ -555,6 +574,10 @@ struct DeviceGroup::Impl {
       last_now = std::max(last_now, now);
       auto_window.completed(now, auto_floor(), io_limit);
     }
+    if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {
+      anticipation.completed(group, std::max(last_now, now));
+    }
+    if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
       destroy_group(&group);

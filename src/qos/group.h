@@ -57,6 +57,7 @@ struct Group {
   std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
   std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
   bool retired = false;                          // detached, waiting for its in-flight requests
+  std::uint8_t busy_peak = 0;                    // most requests outstanding since it was last empty (saturating)
   // Policy state. fair / range-bw: the virtual start time of the head
   // request. weight / weight-iosize: tokens left (cost units, may be a debt).
   union {

@@ -32,24 +32,27 @@
 // the window is full and the rate rises by >= 1/8 per doubling; it ends on a
 // phase that is not full (W stays), or that did not gain so much (W goes back
 // to the last half). Then holds at W alternate with probes at W - s or W + s,
-// s = max(1, W / 8). A probe is judged at the end of the hold after it,
-// against the mean rate of the holds on both sides (which cancels a drift of
-// the storage's own speed):
-//   down   rate >= 98 % of the holds          -> W <- W - s  (e < 0.16)
-//   up     full, rate >= 103 % of the holds   -> W <- W + s  (e > 0.24)
-// A step that was taken is probed again at once (2 phases per step: 128 to
-// 32 in about 2 s); otherwise the next probe goes the other way. A broken
-// phase voids the judgement it belongs to. The bands are uneven on purpose:
-// on a noisy machine, where a probe's rate is off by a few percent either
-// way, more down steps pass than up steps, so noise pushes W down until the
-// storage's own gain pushes back: W rests where e is about 0.2. On flat
-// storage that is P - 2 % .. P + P / 8; on the elastic disk about 4 K (80-90 %
-// of its rate; the weights only act below the storage's depth, so this is the
-// price of ordering). After a probe that fails, 1, 3, then 7 more holds
-// pass before the next one (reset by a probe that passes), in both
-// directions alike so that the back-off does not tilt the walk: at the knee
-// of flat storage a down probe costs 1/8 of the rate for a phase, about 0.8 %
-// of the time after the back-off.
+// s = max(1, W / 16) (W / 8 right after a step: faster across a change). A
+// probe is judged at the end of the hold after it, against the mean rate of
+// the holds on both sides (which cancels a drift of the storage's own speed),
+// with e = (rate change / rate) / (s / W):
+//   down   e < 0.12                       -> W <- W - s
+//   up     full, e > 0.2, twice in a row  -> W <- W + s
+//   a hold that was not full (W held nothing back for a whole phase)
+//                                         -> W <- the most in flight + 1
+// A step taken, or a first up probe that paid, is probed again at once (2
+// phases per step: 128 to 32 in about 3 s); otherwise the next probe goes
+// the other way, after a back-off of 1, 3, then 7 holds (reset by a step),
+// in both directions alike. A broken phase voids the judgement it belongs
+// to. Without noise W rests where e is between 0.12 and 0.2: on flat storage
+// at P .. P + P / 16, on the elastic disk near 5 K (about 88 % of its rate;
+// the weights only act below the storage's depth: the price of ordering).
+// With noise -- a probe's rate off by a few percent either way, more than a
+// step's own effect near the balance -- the walk leans down on purpose (an up
+// step needs two probes that paid; a window that holds nothing back shrinks
+// at once): on a plateau, noise alone would otherwise carry W up to the cap,
+// where the weights fade. Noise then costs rate, not order (tests: about
+// 3/4 of the rate at the cap with +-8 % noise per phase).
 //
 // Pure: time comes in as arguments. floor = max(1, io_throttle) and
 // cap = io_limit bound W at every step.
@@ -90,8 +93,10 @@ class AutoWindow {
   // next() held a request back because the window was full.
   void held_back() noexcept { full_ = true; }
 
-  // A request completed at `now`.
-  void completed(Nanos now, std::uint32_t floor, std::uint32_t cap) noexcept {
+  // A request completed at `now`, with `in_flight` requests (itself
+  // included) in flight until then.
+  void completed(Nanos now, std::uint32_t in_flight, std::uint32_t floor, std::uint32_t cap) noexcept {
+    peak_ = std::max(peak_, in_flight);
     if (now - last_completion_ > kPhase) broken_ = true;
     last_completion_ = now;
     ++samples_;
@@ -130,12 +135,18 @@ class AutoWindow {
         }
         break;
       case Phase::hold: {
+        if (!full_ && peak_ < window_) {
+          // The window held nothing back for a whole phase: it is above
+          // what the clients ask for, and the weights have nothing to
+          // order. Down to what was used, which costs no rate.
+          window_ = std::max(floor, peak_ + 1);
+        }
         if (rests_ > 0) {  // backing off after a probe that failed
           --rests_;
           hold_rate_ = rate;
           break;
         }
-        const bool kept = decide(rate, floor, cap);
+        const bool kept = decide(rate, floor, cap);  // kept: probe the same way again
         // A step that paid is tried again at once (this hold is the next
         // probe's reference too); otherwise the other direction, after the
         // back-off.
@@ -159,6 +170,7 @@ class AutoWindow {
         break;
     }
     samples_ = 0;
+    peak_ = 0;
     full_ = false;
     broken_ = false;
     phase_start_ = now;
@@ -172,27 +184,46 @@ class AutoWindow {
 
   // At the end of the hold after a probe: is the probed window the new one?
   // The probe is compared with the mean of the holds before and after it.
+  // Whether the next probe goes the same way (a step was taken, or an up
+  // probe paid once and must pay again).
   bool decide(double rate, std::uint32_t floor, std::uint32_t cap) noexcept {
     if (rate == 0 || hold_rate_ == 0 || probe_rate_ == 0) return false;
     const double reference = (hold_rate_ + rate) / 2;
     const double change = static_cast<double>(step(window_)) / window_;  // dW / W of the probe
     const double gain = (probe_rate_ - reference) / reference;            // drate / rate
-    bool kept = false;
-    if (direction_ < 0 && -gain <= kDownElasticity * change) {
-      window_ = std::max(floor, window_ - step(window_));
-      kept = true;
-    } else if (direction_ > 0 && probe_full_ && gain >= kUpElasticity * change) {
-      window_ = std::min(cap, window_ + step(window_));
-      kept = true;
+    bool again = false;
+    if (direction_ < 0) {
+      up_votes_ = 0;
+      if (-gain <= kDownElasticity * change) {
+        window_ = std::max(floor, window_ - step(window_));
+        again = true;
+      }
+    } else if (probe_full_ && gain >= kUpElasticity * change) {
+      // Up needs two up probes in a row that paid: on a plateau, where
+      // noise alone passes about one probe in three, the window would
+      // otherwise wander up, and above the storage's depth the weights fade.
+      again = true;
+      if (++up_votes_ >= 2) {
+        window_ = std::min(cap, window_ + step(window_));
+        up_votes_ = 0;
+        streak_ = 1;
+        backoff_ = rests_ = 0;
+        return true;
+      }
+      return true;  // one vote: probe up again at once, same step
+    } else {
+      up_votes_ = 0;
     }
-    streak_ = kept ? 1 : 0;
-    backoff_ = kept ? 0 : std::min<std::uint8_t>(kMaxBackoff, static_cast<std::uint8_t>(2 * backoff_ + 1));
+    streak_ = again ? 1 : 0;
+    backoff_ = again ? 0 : std::min<std::uint8_t>(kMaxBackoff, static_cast<std::uint8_t>(2 * backoff_ + 1));
     rests_ = backoff_;
-    return kept;
+    return again;
   }
 
   std::uint32_t window_ = kInitialWindow;
   std::uint32_t samples_ = 0;
+  std::uint32_t peak_ = 0;      // most requests in flight seen this phase
+  std::uint8_t up_votes_ = 0;   // up probes in a row that paid
   Phase phase_ = Phase::slow_start;
   std::int8_t direction_ = 1;      // of the current or last probe: -1 down, +1 up
   std::uint8_t backoff_ = 0;  // holds added after a probe that failed: 0, 1, 3, 7

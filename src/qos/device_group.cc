@@ -1,6 +1,8 @@
 // The device group: the in-flight window (io_throttle, io_limit, or the
 // learned window of io_limit auto: auto_window.h), the two-level ready
-// queues, limits parking, and the dispatch loop. Which group
+// queues, limits parking, anticipation of a heavier shallow group
+// (anticipation.h: a lighter deep group it holds is parked like one held by
+// a limit), and the dispatch loop. Which group
 // goes next is the policies' (weight_policy.h, fair_policy.h,
 // range_bw_policy.h); whether it may go now is the token buckets'
 // (token_bucket.h).
@@ -567,13 +569,13 @@ struct DeviceGroup::Impl {
     Device& device = *group.device;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
     request.scheduler.group = nullptr;
+    if (io_limit_auto) {
+      last_now = std::max(last_now, now);
+      auto_window.completed(now, in_flight, auto_floor(), io_limit);
+    }
     --group.in_flight;
     --device.in_flight;
     --in_flight;
-    if (io_limit_auto) {
-      last_now = std::max(last_now, now);
-      auto_window.completed(now, auto_floor(), io_limit);
-    }
     if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {
       anticipation.completed(group, std::max(last_now, now));
     }

@@ -18,7 +18,10 @@
 //   if (d.kind == wait && d.until != TimePoint::max()) arm_timer(d.until);
 //   ... on completion: complete(r, now), then the loop again.
 //
-// Semantics of each policy: see policy docs in src/qos/*_policy.h.
+// Semantics of each policy: see policy docs in src/qos/*_policy.h. Under the
+// weight-based policies a heavier group with few requests outstanding holds
+// lighter deep groups to a short storage queue while it is active
+// (anticipation.h).
 #pragma once
 
 #include <cstdint>

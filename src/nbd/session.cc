@@ -143,7 +143,8 @@ void Session::arm_recv() noexcept {
       in_end_ -= in_start_;
       in_start_ = 0;
     }
-    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, kStagingSize - in_end_, 0);
+    recv_asked_ = kStagingSize - in_end_;
+    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, recv_asked_, 0);
   }
   recv_pending_ = true;
 }
@@ -175,6 +176,9 @@ void Session::recv_done_inner(int32_t result) noexcept {
     input_closed_ = true;
     return begin_close(result == 0 ? "client disconnected" : "connection reset");
   }
+  // A full staging buffer means the socket may hold more requests; a
+  // payload read straight into its buffer says nothing about that.
+  if (!payload_direct_ && static_cast<uint32_t>(result) == recv_asked_) host_.reactor->expect_more();
   if (payload_direct_) {
     NbdRequest* r = payload_request_;
     r->received += static_cast<uint32_t>(result);
@@ -733,7 +737,7 @@ void Session::queue_reply(NbdRequest& r) noexcept {
 void Session::schedule_flush() noexcept {
   if (flush_scheduled_) return;
   flush_scheduled_ = true;
-  host_.reactor->defer([this] {
+  host_.reactor->defer_until_idle([this] {
     flush_scheduled_ = false;
     flush();
     maybe_destroy();

@@ -18,6 +18,9 @@ enum IoFlag : uint32_t {
   kFua = 1u << 0,       // durable before completion
   kNoHole = 1u << 1,    // write zeroes: keep the range allocated
   kFastZero = 1u << 2,  // write zeroes: fail with -ENOTSUP rather than write
+  // kRead: the caller can send the data straight from a file. The backend
+  // may then leave buffer unfilled and set IoOp::splice_fd instead.
+  kSpliceOk = 1u << 3,
 };
 
 class Backend;
@@ -31,6 +34,10 @@ class IoOp : public Completion {
   uint64_t offset = 0;
   uint32_t length = 0;
   uint8_t* buffer = nullptr;  // kRead: filled; kWrite: consumed
+  // kRead with kSpliceOk: -1 if buffer was filled; else the data is
+  // [offset, offset + length) of this file, for the caller to sendfile()
+  // from (page references, no copy) while it is served.
+  int splice_fd = -1;
 
   // Called exactly once per submit: result >= 0 on success, -errno on error.
   virtual void finish(int32_t result) noexcept = 0;

@@ -12,7 +12,11 @@
 // io_uring cannot do them without blocking (tmpfs refuses RWF_NOWAIT), so it
 // would hand each one to a worker thread, two context switches a request.
 // Large requests are the exception: there the copy dominates, and the ring's
-// worker threads copy on other cores while the reactor goes on.
+// worker threads copy on other cores while the reactor goes on. Large reads
+// whose caller can send from a file (kSpliceOk) are not copied at all: the
+// caller sendfile()s the range, which hands the socket references to the
+// page-cache pages (AF_UNIX takes spliced pages since Linux 6.5), so the
+// client's copy out of the socket is the only one.
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -44,6 +48,9 @@ enum Stage : uint8_t {
 
 constexpr uint32_t kZeroChunk = 1u << 20;
 constexpr uint32_t kInlineLimit = 128u << 10;
+// From here a read is worth a sendfile of its own rather than a copy into
+// the reply; below, one pread and one sendmsg for many replies cost less.
+constexpr uint32_t kSpliceMin = 64u << 10;
 
 class RawBackend final : public Backend {
  public:
@@ -82,6 +89,15 @@ class RawBackend final : public Backend {
     op.done_bytes = 0;
     op.stage = kStageMain;
     op.bounce = nullptr;
+    op.splice_fd = -1;
+    // Splicing needs a buffered descriptor: from an O_DIRECT one (tmpfs
+    // takes O_DIRECT since Linux 6.6) the kernel copies into fresh pages.
+    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin &&
+        buffered_fd() >= 0) {
+      op.splice_fd = buffered_fd();
+      reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
+      return;
+    }
     if (in_memory_ && op.length < kInlineLimit) {
       const int32_t result = execute_now(op);
       reactor.defer([&op, result] { op.finish(result); });

@@ -113,6 +113,16 @@ void Reactor::drain_posted() {
   for (auto& fn : batch) fn();
 }
 
+// Two vectors swapped back and forth keep their capacity: no allocation per
+// iteration. What fn adds to queue runs in the same call.
+void Reactor::run_all(std::vector<std::function<void()>>& queue) {
+  while (!queue.empty()) {
+    running_.swap(queue);
+    for (auto& fn : running_) fn();
+    running_.clear();
+  }
+}
+
 void Reactor::run() {
   if (disabled_) {
     // Debian's liburing 2.3 declares io_uring_enable_rings but does not export it.
@@ -121,28 +131,33 @@ void Reactor::run() {
     }
     disabled_ = false;
   }
+  unsigned busy_turns = 0;
   while (!(stopping_ && (!idle_check_ || idle_check_()))) {
-    int rc = io_uring_submit_and_wait(&ring_, 1);
+    // With work for the idle point pending, only look for what is there.
+    int rc = idle_deferred_.empty() ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
       throw std::system_error(-rc, std::generic_category(), "io_uring_submit_and_wait");
     }
     ++iterations_;
     now_ = std::chrono::steady_clock::now();
     io_uring_cqe* cqe;
+    unsigned reaped = 0;
     while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
       auto* owner = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
       int32_t res = cqe->res;
       uint32_t flags = cqe->flags;
       // Mark it seen before the callback, which may submit many operations.
       io_uring_cqe_seen(&ring_, cqe);
+      ++reaped;
       if (owner != nullptr) owner->on_complete(res, flags);
     }
-    // Two vectors swapped back and forth keep their capacity: no allocation
-    // per iteration.
-    while (!deferred_.empty()) {
-      running_.swap(deferred_);
-      for (auto& fn : running_) fn();
-      running_.clear();
+    run_all(deferred_);
+    const bool more = expect_more_;
+    expect_more_ = false;
+    if (!idle_deferred_.empty() && (!more || reaped == 0 || ++busy_turns >= kMaxBusyTurns)) {
+      busy_turns = 0;
+      run_all(idle_deferred_);
+      run_all(deferred_);
     }
   }
   io_uring_submit(&ring_);

@@ -60,8 +60,18 @@ class Reactor {
   // After run() has returned on every thread: runs what was posted too late
   // to be seen, so no poster waits forever.
   void run_leftovers() { drain_posted(); }
-  // Runs fn once after the current batch of completions (reply coalescing).
+  // Runs fn once after the current batch of completions.
   void defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+  // Runs fn at the end of this turn, unless expect_more() was called in it:
+  // then the next turn only looks for what is there (no wait), and fn runs
+  // after the first turn that found nothing or that did not expect more,
+  // at most kMaxBusyTurns turns later. Replies are sent from here, so input
+  // already waiting in a socket is read first and one sendmsg (one wake-up
+  // of the client) carries the replies to all of it.
+  void defer_until_idle(std::function<void()> fn) { idle_deferred_.push_back(std::move(fn)); }
+  // A recv filled its whole buffer: more input is probably waiting.
+  void expect_more() noexcept { expect_more_ = true; }
+  static constexpr unsigned kMaxBusyTurns = 8;
 
   // Arms a one-shot timer; owner->on_complete(-ETIME) when it fires,
   // -ECANCELED if cancelled. ts must live until completion.
@@ -83,6 +93,7 @@ class Reactor {
   class WakeReader;
   void arm_wake() noexcept;
   void drain_posted();
+  void run_all(std::vector<std::function<void()>>& queue);
 
   io_uring ring_{};
   int index_;
@@ -92,10 +103,12 @@ class Reactor {
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;  // guarded by posted_mutex_
   std::vector<std::function<void()>> deferred_;
+  std::vector<std::function<void()>> idle_deferred_;
   std::vector<std::function<void()>> running_;
   std::chrono::steady_clock::time_point now_ = std::chrono::steady_clock::now();
   std::function<bool()> idle_check_;
   bool stopping_ = false;
+  bool expect_more_ = false;
   bool disabled_ = false;  // created disabled; enabled by run() on its thread
   uint64_t iterations_ = 0;
 };

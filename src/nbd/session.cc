@@ -1,5 +1,8 @@
 #include "nbd/session.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +39,10 @@ NbdRequest::~NbdRequest() { free(data); }
 
 Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
     : host_(std::move(host)), fd_(fd), peer_(std::move(peer)), id_(id), in_(new uint8_t[kStagingSize]) {
+  // sendfile() has no "don't wait" flag: the socket itself must not block.
+  // The ring's recv and poll wait for readiness either way.
+  const int fl = fcntl(fd_, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
   recv_op_.session = this;
   send_op_.session = this;
 }
@@ -136,7 +143,8 @@ void Session::arm_recv() noexcept {
       in_end_ -= in_start_;
       in_start_ = 0;
     }
-    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, kStagingSize - in_end_, 0);
+    recv_asked_ = kStagingSize - in_end_;
+    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, recv_asked_, 0);
   }
   recv_pending_ = true;
 }
@@ -168,6 +176,9 @@ void Session::recv_done_inner(int32_t result) noexcept {
     input_closed_ = true;
     return begin_close(result == 0 ? "client disconnected" : "connection reset");
   }
+  // A full staging buffer means the socket may hold more requests; a
+  // payload read straight into its buffer says nothing about that.
+  if (!payload_direct_ && static_cast<uint32_t>(result) == recv_asked_) host_.reactor->expect_more();
   if (payload_direct_) {
     NbdRequest* r = payload_request_;
     r->received += static_cast<uint32_t>(result);
@@ -423,6 +434,7 @@ NbdRequest* Session::acquire_request() noexcept {
   r->received = 0;
   r->reply_data = nullptr;
   r->reply_data_length = 0;
+  r->reply_splice_fd = -1;
   r->extra.clear();
   r->scheduled = false;
   ++inflight_;
@@ -531,9 +543,13 @@ void Session::dispatch(NbdRequest& r) noexcept {
   r.length = h.length;
   r.buffer = r.data;
   r.flags = 0;
+  r.splice_fd = -1;
   if (h.flags & kCmdFlagFua) r.flags |= io::kFua;
   switch (h.type) {
-    case kCmdRead: r.op = io::Op::kRead; break;
+    case kCmdRead:
+      r.op = io::Op::kRead;
+      r.flags |= io::kSpliceOk;
+      break;
     case kCmdWrite: r.op = io::Op::kWrite; break;
     case kCmdFlush: r.op = io::Op::kFlush; break;
     case kCmdTrim: r.op = io::Op::kTrim; break;
@@ -633,25 +649,28 @@ void Session::io_done_inner(NbdRequest& r, int32_t result) noexcept {
     return reply_error(r, nbd_error_from_errno(result), std::strerror(-result));
   }
   const RequestHeader& h = r.header;
+  // Data sent from the file (splice_fd) is not looked at here: always a
+  // data chunk, never a hole.
+  const bool from_file = h.type == kCmdRead && r.splice_fd >= 0;
+  if (h.type == kCmdRead && context_.structured_replies && !from_file && all_zero(r.data, h.length)) {
+    encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetHole, h.cookie, 12);
+    store32(store64(r.reply_header + kChunkHeaderSize, h.offset), h.length);
+    r.reply_header_length = kChunkHeaderSize + 12;
+    return queue_reply(r);
+  }
   if (h.type == kCmdRead && context_.structured_replies) {
-    if (all_zero(r.data, h.length)) {
-      encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetHole, h.cookie, 12);
-      store32(store64(r.reply_header + kChunkHeaderSize, h.offset), h.length);
-      r.reply_header_length = kChunkHeaderSize + 12;
-    } else {
-      encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetData, h.cookie, 8 + h.length);
-      store64(r.reply_header + kChunkHeaderSize, h.offset);
-      r.reply_header_length = kChunkHeaderSize + 8;
-      r.reply_data = r.data;
-      r.reply_data_length = h.length;
-    }
+    encode_chunk_header(r.reply_header, kReplyFlagDone, kChunkOffsetData, h.cookie, 8 + h.length);
+    store64(r.reply_header + kChunkHeaderSize, h.offset);
+    r.reply_header_length = kChunkHeaderSize + 8;
   } else {
     encode_simple_reply(r.reply_header, kOk, h.cookie);
     r.reply_header_length = kSimpleReplySize;
-    if (h.type == kCmdRead) {
-      r.reply_data = r.data;
-      r.reply_data_length = h.length;
-    }
+  }
+  if (h.type == kCmdRead) {
+    r.reply_data = from_file ? nullptr : r.data;
+    r.reply_data_length = h.length;
+    r.reply_splice_fd = from_file ? r.splice_fd : -1;
+    r.reply_splice_offset = h.offset;
   }
   queue_reply(r);
 }
@@ -660,6 +679,7 @@ void Session::reply_error(NbdRequest& r, uint32_t error, const char* reason) noe
   const RequestHeader& h = r.header;
   r.reply_data = nullptr;
   r.reply_data_length = 0;
+  r.reply_splice_fd = -1;
   const bool structured = context_.structured_replies && (h.type == kCmdRead || h.type == kCmdBlockStatus);
   if (structured) {
     const std::string_view message = reason ? reason : "";
@@ -717,7 +737,7 @@ void Session::queue_reply(NbdRequest& r) noexcept {
 void Session::schedule_flush() noexcept {
   if (flush_scheduled_) return;
   flush_scheduled_ = true;
-  host_.reactor->defer([this] {
+  host_.reactor->defer_until_idle([this] {
     flush_scheduled_ = false;
     flush();
     maybe_destroy();
@@ -734,7 +754,7 @@ uint32_t reply_size(const NbdRequest& r) noexcept {
 
 // Replies go out with a direct non-blocking sendmsg: usually the socket
 // takes them all and no ring round trip is needed. Only when it is full does
-// the ring's sendmsg wait for room.
+// a ring poll wait for room; then sending resumes where it stopped.
 void Session::flush() noexcept {
   // Sending releases requests and may read more input, which may close the
   // session: it is destroyed only by the caller's maybe_destroy() after this.
@@ -747,21 +767,31 @@ void Session::send_queued() noexcept {
   for (;;) {
     if (send_pending_) return;
     iov_.clear();
+    NbdRequest* splice_next = nullptr;  // the head's file part is next in the stream
     if (handshake_sent_ < handshake_out_.size()) {
       iov_.push_back({handshake_out_.data() + handshake_sent_, handshake_out_.size() - handshake_sent_});
     } else if (out_head_) {
       uint32_t skip = out_offset_;
-      for (NbdRequest* r = out_head_; r && iov_.size() + 3 <= 1020; r = r->next) {
+      bool stop = false;
+      for (NbdRequest* r = out_head_; r && !stop && iov_.size() + 3 <= 1020; r = r->next) {
+        const bool from_file = r->reply_splice_fd >= 0;
         const iovec parts[3] = {
             {r->reply_header, r->reply_header_length},
             {const_cast<uint8_t*>(r->reply_data), r->reply_data_length},
             {r->extra.data(), r->extra.size()},
         };
-        for (const iovec& part : parts) {
+        for (int i = 0; i < 3; ++i) {
+          const iovec& part = parts[i];
           if (part.iov_len == 0) continue;
           if (skip >= part.iov_len) {
             skip -= static_cast<uint32_t>(part.iov_len);
             continue;
+          }
+          if (i == 1 && from_file) {
+            // A file part ends the gather: what precedes it goes first.
+            if (iov_.empty()) splice_next = r;
+            stop = true;
+            break;
           }
           iov_.push_back({static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip});
           skip = 0;
@@ -771,6 +801,10 @@ void Session::send_queued() noexcept {
       if (phase_ == Phase::kMigrating) host_.migrate(this, export_->reactor);
       return;
     }
+    if (splice_next) {
+      if (!send_splice(*splice_next)) return;
+      continue;
+    }
     msg_ = {};
     msg_.msg_iov = iov_.data();
     msg_.msg_iovlen = iov_.size();
@@ -779,26 +813,48 @@ void Session::send_queued() noexcept {
       account_sent(static_cast<uint32_t>(n));
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      io_uring_prep_sendmsg(host_.reactor->prepare(&send_op_), fd_, &msg_, MSG_NOSIGNAL);
-      send_pending_ = true;
-      return;
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return wait_writable();
     send_failed();
     return;
   }
 }
 
+// The data part of the head reply, from its file: out_offset_ is inside it.
+bool Session::send_splice(NbdRequest& r) noexcept {
+  const uint32_t done = out_offset_ - r.reply_header_length;
+  off_t offset = static_cast<off_t>(r.reply_splice_offset + done);
+  const ssize_t n = ::sendfile(fd_, r.reply_splice_fd, &offset, r.reply_data_length - done);
+  if (n > 0) {
+    account_sent(static_cast<uint32_t>(n));
+    return true;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    wait_writable();
+    return false;
+  }
+  // The file ended early (shrunk under us) or cannot be read: the reply's
+  // header promised data that will not come, so the stream is broken.
+  log_line("connection " + std::to_string(id_) + ": READ at " + std::to_string(r.header.offset) + "+" +
+           std::to_string(r.header.length) + ": the file cannot be sent" +
+           (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (it is shorter now)")));
+  send_failed();
+  return false;
+}
+
+void Session::wait_writable() noexcept {
+  io_uring_prep_poll_add(host_.reactor->prepare(&send_op_), fd_, POLLOUT);
+  send_pending_ = true;
+}
+
 void Session::send_done(int32_t result) noexcept {
   send_pending_ = false;
   ++busy_;
-  if (result == -EAGAIN || result == -EINTR || result == 0) {
+  // Ready (or an error the next send will report) or interrupted: either
+  // way, try again; a real failure shows there.
+  if (result >= 0 || result == -EAGAIN || result == -EINTR) {
     send_queued();
-  } else if (result < 0) {
-    send_failed();
   } else {
-    account_sent(static_cast<uint32_t>(result));
-    send_queued();
+    send_failed();
   }
   --busy_;
   maybe_destroy();

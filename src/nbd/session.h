@@ -4,9 +4,12 @@
 // Input arrives through one outstanding recv into a staging buffer; requests
 // are parsed from it, checked by validate_request(), and handed to the
 // export's backend. Replies are queued in completion order and written with
-// one sendmsg per reactor iteration, so a burst of completions costs one
-// system call. At most kMaxInflight requests and kMaxInflightBytes of
-// buffers exist per connection: past that, the session stops reading until
+// one sendmsg when the reactor has nothing more at hand (input already in
+// the socket is read first), so a burst of requests costs one system call
+// for all its replies; a reply whose data the backend left in a file goes
+// out with sendfile(). When the socket is full a ring poll waits for room.
+// At most kMaxInflight requests and kMaxInflightBytes of buffers exist per
+// connection: past that, the session stops reading until
 // replies drain, so memory is bounded whatever the client does.
 
 #include <sys/uio.h>
@@ -46,6 +49,9 @@ struct NbdRequest final : io::IoOp, qos::Request {
   uint32_t reply_header_length = 0;
   const uint8_t* reply_data = nullptr;
   uint32_t reply_data_length = 0;
+  // The data part comes from this file by sendfile() (reply_data unused).
+  int reply_splice_fd = -1;
+  uint64_t reply_splice_offset = 0;
   std::vector<uint8_t> extra;
   NbdRequest* next = nullptr;
   // While waiting in the device group's queue: the session's list of them.
@@ -136,6 +142,8 @@ class Session {
   void flush() noexcept;
   void send_queued() noexcept;
   void send_done(int32_t result) noexcept;
+  bool send_splice(NbdRequest& request) noexcept;  // false: stop sending now
+  void wait_writable() noexcept;
   void account_sent(uint32_t bytes) noexcept;
   void send_failed() noexcept;
 
@@ -160,6 +168,7 @@ class Session {
   uint32_t in_start_ = 0, in_end_ = 0;
   RecvOp recv_op_;
   bool recv_pending_ = false;
+  uint32_t recv_asked_ = 0;  // room the pending recv into the staging buffer had
   bool input_closed_ = false;
   NbdRequest* payload_request_ = nullptr;  // WRITE whose payload is arriving
   bool payload_direct_ = false;            // recv straight into its buffer

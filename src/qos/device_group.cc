@@ -16,6 +16,7 @@
 #include "qos/device_group.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <string>
 
@@ -89,6 +90,7 @@ struct DeviceGroup::Impl {
   std::uint32_t in_flight = 0;
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
+  std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
 
   ~Impl() {
     for (auto& device : devices) {
@@ -391,6 +393,10 @@ struct DeviceGroup::Impl {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
+      // The dispatch will write the group's counters: fetch them while the
+      // head request is on its way.
+      __builtin_prefetch(&group->epoch, 1);
+      __builtin_prefetch(&group->counters.delay_histogram, 1);
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
@@ -413,19 +419,29 @@ struct DeviceGroup::Impl {
       }
       Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
       dispatch(*group, request, now, rule);
+      prefetch_next();
       return Decision::dispatch(&request, reported);
     }
   }
 
+  // With many active groups, the group that goes next is rarely in the
+  // cache: start fetching it now, so the next call finds it there (the
+  // caller submits this request and handles completions meanwhile).
+  void prefetch_next() const noexcept {
+    if (top.empty()) return;
+    const Device& device = *top.top().item;
+    if (device.ready.empty()) return;
+    __builtin_prefetch(pool.at(device.ready.top().item));
+  }
+
   void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {
     Device& device = *group.device;
-    // Unlink the head.
+    // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
-    if (group.head != nullptr) group.head->scheduler.prev = request.scheduler.prev;
+    if (group.head == nullptr) group.tail = nullptr;
     request.scheduler.next = nullptr;
     request.scheduler.prev = nullptr;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::in_flight);
-    request.scheduler.dispatched = now;
     --group.queue_length;
     --device.queued;
     --queued;
@@ -474,6 +490,7 @@ struct DeviceGroup::Impl {
     }
 
     count(group, request, now);
+    request.scheduler.time = now;  // from here on: the dispatch time
 
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
@@ -488,7 +505,7 @@ struct DeviceGroup::Impl {
   }
 
   void count(Group& group, const Request& request, Nanos now) noexcept {
-    Nanos arrival = to_nanos(request.scheduler.arrival);
+    Nanos arrival = request.scheduler.time;
     Nanos delay = std::max<Nanos>(now - arrival, 0);
     bool delayed = delay > 0 || request.scheduler.wait_epoch != wait_epoch;
     detail::GroupCounters& counters = group.counters;
@@ -498,7 +515,6 @@ struct DeviceGroup::Impl {
       counters.read_sectors += sectors;
       counters.delayed_read_requests += delayed;
     } else {
-      ++counters.write_requests;
       counters.write_sectors += sectors;
       counters.delayed_write_requests += delayed;
     }
@@ -507,33 +523,56 @@ struct DeviceGroup::Impl {
   }
 
   void enqueue(Request& request, TimePoint now) noexcept {
-    Device* device = find_device(request.device);
-    assert(device != nullptr && "enqueue: the request's device is not in this device group");
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::idle) && "enqueue: already queued");
-    Group* group = find_group(*device, request.group);
-    if (group == nullptr) group = device->default_group;
-    last_now = std::max(last_now, to_nanos(now));
-
     Request::SchedulerState& state = request.scheduler;
+    Group* group = state.group;
+    if (state.resolved_stamp != mapping_stamp || state.resolved_group != request.group ||
+        state.resolved_device != request.device) {
+      group = resolve(request.device, request.group);
+      state.resolved_stamp = mapping_stamp;
+      state.resolved_group = request.group;
+      state.resolved_device = request.device;
+    }
+    Device& device = *group->device;
+    Nanos at = to_nanos(now);
+    last_now = std::max(last_now, at);
+
     state.group = group;
-    state.arrival = now;
+    state.time = at;
     state.wait_epoch = wait_epoch;
     state.state = static_cast<std::uint8_t>(RequestState::queued);
     state.next = nullptr;
-    if (group->head == nullptr) {
+    state.prev = group->tail;
+    if (group->tail == nullptr) {
       group->head = &request;
-      state.prev = &request;
     } else {
-      Request* tail = group->head->scheduler.prev;
-      tail->scheduler.next = &request;
-      state.prev = tail;
-      group->head->scheduler.prev = &request;
+      group->tail->scheduler.next = &request;
     }
+    group->tail = &request;
     ++group->queue_length;
-    ++device->queued;
+    ++device.queued;
     ++queued;
     if (group->queue_length == 1) make_ready(*group);
   }
+
+  // The group that queues a request of (device, group id): the attached
+  // group, or the device's default group.
+  Group* resolve(DeviceId device_id, GroupId group_id) const noexcept {
+    Device* device = find_device(device_id);
+    assert(device != nullptr && "enqueue: the request's device is not in this device group");
+    Group* group = find_group(*device, group_id);
+    return group != nullptr ? group : device->default_group;
+  }
+
+  // Called whenever a group is attached, detached or destroyed, or a device
+  // added or removed: every Request's cached resolution becomes stale.
+  // Stamps come from one counter for the whole process, so a stamp of
+  // another (or a destroyed) device group never matches this one's.
+  static std::uint64_t new_mapping_stamp() noexcept {
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+  void groups_changed() noexcept { mapping_stamp = new_mapping_stamp(); }
 
   std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
 
@@ -547,33 +586,33 @@ struct DeviceGroup::Impl {
     Group& group = *request.scheduler.group;
     Device& device = *group.device;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
-    request.scheduler.group = nullptr;
     --group.in_flight;
     --device.in_flight;
     --in_flight;
     if (io_limit_auto) {
       last_now = std::max(last_now, now);
-      auto_window.completed(request.scheduler.dispatched, now, auto_floor(), io_limit);
+      auto_window.completed(request.scheduler.time, now, auto_floor(), io_limit);
     }
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
       destroy_group(&group);
+      groups_changed();
     }
   }
 
   static void unlink(Group& group, Request& request) noexcept {
     Request* next = request.scheduler.next;
     Request* prev = request.scheduler.prev;
-    if (group.head == &request) {
-      group.head = next;
-      if (next != nullptr) next->scheduler.prev = prev;
+    bool is_head = group.head == &request;
+    if (is_head) {
+      group.head = next;  // next's `prev` goes stale: a head's is not kept
     } else {
       prev->scheduler.next = next;
-      if (next != nullptr) {
-        next->scheduler.prev = prev;
-      } else {
-        group.head->scheduler.prev = prev;  // it was the tail
-      }
+    }
+    if (group.tail == &request) {
+      group.tail = is_head ? nullptr : prev;
+    } else if (!is_head) {
+      next->scheduler.prev = prev;
     }
     request.scheduler.next = nullptr;
     request.scheduler.prev = nullptr;
@@ -585,7 +624,6 @@ struct DeviceGroup::Impl {
     Device& device = *group.device;
     unlink(group, request);
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
-    request.scheduler.group = nullptr;
     --group.queue_length;
     --device.queued;
     --queued;
@@ -603,19 +641,17 @@ struct DeviceGroup::Impl {
     auto append = [&](Request* request) {
       request->scheduler.group = &to;
       request->scheduler.next = nullptr;
+      request->scheduler.prev = tail;
       if (head == nullptr) {
         head = request;
-        request->scheduler.prev = request;
       } else {
         tail->scheduler.next = request;
-        request->scheduler.prev = tail;
-        head->scheduler.prev = request;
       }
       tail = request;
     };
     while (a != nullptr || b != nullptr) {
       Request* take;
-      if (b == nullptr || (a != nullptr && a->scheduler.arrival <= b->scheduler.arrival)) {
+      if (b == nullptr || (a != nullptr && a->scheduler.time <= b->scheduler.time)) {
         take = a;
         a = a->scheduler.next;
       } else {
@@ -625,8 +661,10 @@ struct DeviceGroup::Impl {
       append(take);
     }
     to.head = head;
+    to.tail = tail;
     to.queue_length += from.queue_length;
     from.head = nullptr;
+    from.tail = nullptr;
     from.queue_length = 0;
   }
 
@@ -762,6 +800,7 @@ Status DeviceGroup::add_device(DeviceId id) {
   impl.devices[id] = std::move(device);
   ++impl.device_count;
   impl.reserve_capacity();
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -785,6 +824,7 @@ Status DeviceGroup::remove_device(DeviceId id) {
   impl.destroy_groups(*device);
   impl.devices[id].reset();
   --impl.device_count;
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -809,6 +849,7 @@ Status DeviceGroup::attach(DeviceId device_id, GroupId group_id) {
   Group* group = impl.new_group(*device, kDefaultWeight);
   device->groups.insert(group_id, group);
   impl.reserve_capacity();
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -837,6 +878,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
   } else {
     impl.destroy_group(group);
   }
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -974,7 +1016,7 @@ std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_i
   stats.read_requests = counters.read_requests;
   stats.delayed_read_requests = counters.delayed_read_requests;
   stats.read_sectors = counters.read_sectors;
-  stats.write_requests = counters.write_requests;
+  stats.write_requests = counters.write_requests();
   stats.delayed_write_requests = counters.delayed_write_requests;
   stats.write_sectors = counters.write_sectors;
   stats.delayed_time = std::chrono::nanoseconds(counters.delayed_nanos);

@@ -33,45 +33,63 @@ struct GroupExtras {
 };
 
 // Counters kept per group; GroupStats adds the live queue_length / in_flight.
+// Write requests are not stored: every dispatched request lands in one
+// histogram bucket, so writes = sum(delay_histogram) - read_requests. That
+// keeps the counters and the weight policy's state in two cache lines.
 struct GroupCounters {
   std::uint64_t read_requests = 0;
   std::uint64_t delayed_read_requests = 0;
   std::uint64_t read_sectors = 0;
-  std::uint64_t write_requests = 0;
   std::uint64_t delayed_write_requests = 0;
   std::uint64_t write_sectors = 0;
   std::uint64_t delayed_nanos = 0;
   std::array<std::uint64_t, kDelayBuckets> delay_histogram{};
+
+  std::uint64_t write_requests() const noexcept {
+    std::uint64_t all = 0;
+    for (std::uint64_t n : delay_histogram) all += n;
+    return all - read_requests;
+  }
 };
 
-struct Group {
-  // FIFO of queued requests: `next` runs head to tail, head->prev is the tail.
+// One group is three cache lines. The first holds all that enqueue and
+// complete touch, and what next() needs to pick and unlink a request; the
+// other two what only a dispatch touches (next() prefetches them with the
+// first). With thousands of active groups each of these lines is a cache
+// miss, so a field moved into the first line must earn its place.
+struct alignas(64) Group {
+  // ---- line 0: enqueue, next, complete ----
+  // FIFO of queued requests, oldest first. The tail is kept here so that
+  // neither end of the queue touches a neighbouring request.
   Request* head = nullptr;
+  Request* tail = nullptr;
   Device* device = nullptr;
-  std::uint32_t weight = kDefaultWeight;
-  std::uint32_t queue_length = 0;
-  std::uint32_t in_flight = 0;
-  std::uint32_t slot = 0;                        // dense number (GroupPool), key of the ready heaps
-  std::uint32_t timer_index = kNotInHeap;        // parked until a limit allows
-  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
-  std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
-  std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
-  bool retired = false;                          // detached, waiting for its in-flight requests
   // Policy state. fair / range-bw: the virtual start time of the head
   // request. weight / weight-iosize: tokens left (cost units, may be a debt).
   union {
     std::int64_t vtime = 0;
     std::int64_t tokens;
   };
-  std::unique_ptr<GroupExtras> extras;
+  std::unique_ptr<GroupExtras> extras;           // null: no limits, no range-bw
+  std::uint32_t weight = kDefaultWeight;
+  std::uint32_t queue_length = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t slot = 0;                        // dense number (GroupPool), key of the ready heaps
+  std::uint32_t timer_index = kNotInHeap;        // parked until a limit allows
+  std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
+  bool retired = false;                          // detached, waiting for its in-flight requests
+
+  // ---- lines 1 and 2: dispatch ----
+  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
+  std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
   GroupCounters counters;
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
 
 // The per-group cost the memory target counts (an idle group: this, one
-// GroupTable slot at 3/8..3/4 load and one ready-heap entry).
-static_assert(sizeof(Group) <= 192);
+// GroupTable slot at 3/8..3/4 load, one ready-heap entry and its position).
+static_assert(sizeof(Group) == 192);
 
 struct Device {
   explicit Device(std::vector<std::uint32_t>* ready_positions) noexcept : ready(ready_positions) {}

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 
 namespace ioband::qos {
@@ -36,19 +37,31 @@ struct Request {
   std::uint32_t bytes = 0;               // payload size; 0 is allowed (e.g. FLUSH)
 
   // ---- Scheduler-private: do not touch between enqueue and complete. ----
+  // Kept from one use of the Request to the next (a caller reuses its
+  // Request objects, each for one client): the group it was resolved to, so
+  // enqueue skips the group-id lookup while the device group's groups stay
+  // as they were.
   struct SchedulerState {
-    Request* next = nullptr;          // intrusive FIFO of the group
-    Request* prev = nullptr;
-    detail::Group* group = nullptr;   // group that queues / dispatched it
-    TimePoint arrival{};              // enqueue time (queueing delay statistics)
-    std::int64_t dispatched = 0;      // dispatch time, ns of TimePoint (io_limit auto)
+    // What enqueue, next and complete touch first: with the caller's fields
+    // above, in the first 64 bytes of the Request.
+    Request* next = nullptr;          // intrusive FIFO of the group, towards the tail
+    Request* prev = nullptr;          // towards the head (not kept for the head itself)
+    detail::Group* group = nullptr;   // group that queues / dispatched it; then the resolved group
+    std::int64_t time = 0;            // ns of TimePoint: arrival while queued, dispatch while in flight
     std::uint32_t wait_epoch = 0;     // "delayed" detection (see DeviceGroup::next)
     std::uint8_t state = 0;           // idle / queued / in flight
+    // Only enqueue: `group` is the group of (resolved_device, resolved_group)
+    // while the device group's mapping stamp equals resolved_stamp.
+    DeviceId resolved_device = 0;
+    std::uint64_t resolved_stamp = 0;
+    GroupId resolved_group = 0;
   } scheduler;
 };
 
 // The scheduler's own state per queued request, counted against the
 // 64-byte budget (ioband keeps no per-request allocation).
 static_assert(sizeof(Request::SchedulerState) <= 64);
+// A Request that starts a cache line has all a dispatch touches in that line.
+static_assert(offsetof(Request, scheduler) + offsetof(Request::SchedulerState, resolved_device) <= 64);
 
 }  // namespace ioband::qos

@@ -308,7 +308,7 @@ struct DeviceGroup::Impl {
       std::size_t groups = device->groups.size() + 1;
       device->ready.reserve(groups);
       device->reserved.reserve(device->groups_with_extras);
-      parkable += device->limits ? groups : device->groups_with_extras;
+      parkable += device->limits.active() ? groups : device->groups_with_extras;
     }
     top.reserve(device_count);
     top_reserved.reserve(device_count);
@@ -354,7 +354,7 @@ struct DeviceGroup::Impl {
     if (!group.extras) return now;
     GroupExtras& extras = *group.extras;
     Nanos at = now;
-    if (extras.limits) at = extras.limits->available_at(request.direction, now);
+    if (extras.limits.active()) at = extras.limits.available_at(request.direction, now);
     if (policy == Policy::range_bw && extras.range.max_kib != 0) {
       extras.max_bw.advance(now);
       at = std::max(at, extras.max_bw.available_at(now));
@@ -403,9 +403,9 @@ struct DeviceGroup::Impl {
         park_group(*group, at);
         continue;
       }
-      if (device->limits) {
+      if (device->limits.active()) {
         bool direction_specific = false;
-        at = device->limits->available_at(request.direction, now, &direction_specific);
+        at = device->limits.available_at(request.direction, now, &direction_specific);
         if (at > now) {
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
@@ -452,10 +452,10 @@ struct DeviceGroup::Impl {
     // Limits.
     if (group.extras) {
       GroupExtras& extras = *group.extras;
-      if (extras.limits) extras.limits->charge(request.direction, request.bytes, now);
+      if (extras.limits.active()) extras.limits.charge(request.direction, request.bytes, now);
       if (policy == Policy::range_bw && extras.range.max_kib != 0) extras.max_bw.charge(request.bytes);
     }
-    if (device.limits) device.limits->charge(request.direction, request.bytes, now);
+    if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
 
     // Policy.
     bool rebase = false;
@@ -965,13 +965,11 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  auto apply = [&](auto& state) {
+  auto apply = [&](LimitState& state) {
     if (limits.unlimited()) {
-      state.reset();
-    } else if (state) {
-      state->configure(limits);  // keeps the levels: no free burst from a change
+      state = LimitState();
     } else {
-      state.emplace(limits);
+      state.configure(limits);  // keeps the levels: no free burst from a change
     }
   };
   if (group_id) {
@@ -995,10 +993,10 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
 std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<GroupId> group_id) const noexcept {
   Device* device = impl_->find_device(device_id);
   if (device == nullptr) return std::nullopt;
-  if (!group_id) return device->limits ? device->limits->limits() : Limits{};
+  if (!group_id) return device->limits.limits();
   Group* group = Impl::find_group(*device, *group_id);
   if (group == nullptr) return std::nullopt;
-  return group->extras && group->extras->limits ? group->extras->limits->limits() : Limits{};
+  return group->extras ? group->extras->limits.limits() : Limits{};
 }
 
 // ---- hot path ----

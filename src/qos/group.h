@@ -23,13 +23,15 @@ struct Group;
 enum class RequestState : std::uint8_t { idle = 0, queued = 1, in_flight = 2 };
 
 // Rarely used per-group settings, allocated only when set: limits and range-bw.
-struct GroupExtras {
+// Laid out so that a dispatch under range-bw touches the first two cache
+// lines, and one checking limits the second and third (two buckets).
+struct alignas(64) GroupExtras {
   Group* group = nullptr;
   std::uint32_t reservation_index = kNotInHeap;  // Device::reserved (range-bw)
-  std::optional<LimitState> limits;  // inline: one pointer less to chase per request
   RangeBw range{};
-  TokenBucket max_bw;      // range-bw max-bw, bytes/s
   Nanos reservation = 0;   // range-bw: when the group's next min-bw byte is due
+  TokenBucket max_bw;      // range-bw max-bw, bytes/s
+  LimitState limits;       // inline: one pointer less to chase per request
 };
 
 // Counters kept per group; GroupStats adds the live queue_length / in_flight.
@@ -99,7 +101,7 @@ struct Device {
   GroupTable<Group> groups;  // attached groups, not the default one
   SlotHeap ready;            // ready groups by policy key
   IndexedHeap<GroupExtras, &GroupExtras::reservation_index> reserved;  // range-bw: by reservation time
-  std::optional<LimitState> limits;
+  LimitState limits;
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
   std::uint32_t groups_with_extras = 0;  // may be parked or hold a reservation

@@ -510,14 +510,10 @@ struct DeviceGroup::Impl {
     bool delayed = delay > 0 || request.scheduler.wait_epoch != wait_epoch;
     detail::GroupCounters& counters = group.counters;
     std::uint64_t sectors = sectors_of(request.bytes);
-    if (request.direction == Direction::read) {
-      ++counters.read_requests;
-      counters.read_sectors += sectors;
-      counters.delayed_read_requests += delayed;
-    } else {
-      counters.write_sectors += sectors;
-      counters.delayed_write_requests += delayed;
-    }
+    auto direction = static_cast<std::size_t>(request.direction);
+    counters.read_requests += request.direction == Direction::read;
+    counters.sectors[direction] += sectors;
+    counters.delayed_requests[direction] += delayed;
     counters.delayed_nanos += static_cast<std::uint64_t>(delay);
     ++counters.delay_histogram[delay_bucket(std::chrono::nanoseconds(delay))];
   }
@@ -1012,11 +1008,11 @@ std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_i
   const detail::GroupCounters& counters = group->counters;
   GroupStats stats;
   stats.read_requests = counters.read_requests;
-  stats.delayed_read_requests = counters.delayed_read_requests;
-  stats.read_sectors = counters.read_sectors;
+  stats.delayed_read_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::read)];
+  stats.read_sectors = counters.sectors[static_cast<std::size_t>(Direction::read)];
   stats.write_requests = counters.write_requests();
-  stats.delayed_write_requests = counters.delayed_write_requests;
-  stats.write_sectors = counters.write_sectors;
+  stats.delayed_write_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::write)];
+  stats.write_sectors = counters.sectors[static_cast<std::size_t>(Direction::write)];
   stats.delayed_time = std::chrono::nanoseconds(counters.delayed_nanos);
   stats.queue_length = group->queue_length;
   stats.in_flight = group->in_flight;

@@ -38,12 +38,12 @@ struct alignas(64) GroupExtras {
 // Write requests are not stored: every dispatched request lands in one
 // histogram bucket, so writes = sum(delay_histogram) - read_requests. That
 // keeps the counters and the weight policy's state in two cache lines.
+// Per-direction counters are indexed by Direction, so counting takes no
+// branch on it.
 struct GroupCounters {
   std::uint64_t read_requests = 0;
-  std::uint64_t delayed_read_requests = 0;
-  std::uint64_t read_sectors = 0;
-  std::uint64_t delayed_write_requests = 0;
-  std::uint64_t write_sectors = 0;
+  std::array<std::uint64_t, 2> delayed_requests{};  // by Direction
+  std::array<std::uint64_t, 2> sectors{};           // by Direction
   std::uint64_t delayed_nanos = 0;
   std::array<std::uint64_t, kDelayBuckets> delay_histogram{};
 

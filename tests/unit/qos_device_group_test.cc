@@ -9,6 +9,7 @@
 
 #include "qos/device_group.h"
 #include "qos/group.h"
+#include "qos/weight_policy.h"
 
 namespace ioband::qos {
 namespace {
@@ -425,6 +426,23 @@ int returning_run(std::uint32_t carryover) {
   int run = 0;
   while (g.next(kStart).request->group == 2) ++run;
   return run;
+}
+
+TEST(WeightPolicy, KeyIsTheFlooredShareLeftOnBothSidesOfTheNarrowDivision) {
+  detail::Group group;
+  group.weight = 3;
+  group.epoch = 5;  // its tokens are of the current epoch
+  detail::WeightPolicy weights{2'000'000'000, 64, 7, 0, 0};
+  const std::int64_t i = weights.initial(group);
+  const std::int64_t narrow = std::int64_t{1} << (63 - detail::kEpochShift);
+  for (std::int64_t tokens : {std::int64_t{0}, std::int64_t{1}, std::int64_t{-1}, i, -i, 3 * i + 5, -7 * i - 3,
+                              narrow - 1, -narrow + 1, narrow, -narrow, 65 * i, std::int64_t{1} << 60}) {
+    group.tokens = tokens;
+    __int128 scaled = static_cast<__int128>(tokens) << detail::kEpochShift;
+    __int128 floor = scaled / i - (scaled % i != 0 && scaled < 0 ? 1 : 0);
+    std::int64_t expected = static_cast<std::int64_t>((static_cast<__int128>(5) << detail::kEpochShift) - floor);
+    EXPECT_EQ(weights.key(group, 5), expected) << tokens;
+  }
 }
 
 TEST(WeightPolicy, IdleGroupCarriesOverAtMostCarryoverEpochs) {

@@ -425,13 +425,20 @@ struct DeviceGroup::Impl {
   }
 
   // With many active groups, the group that goes next is rarely in the
-  // cache: start fetching it now, so the next call finds it there (the
-  // caller submits this request and handles completions meanwhile).
+  // cache, nor is its head request. A two-step pipeline: fetch the groups
+  // likely to go after the next one (the runner-up in the top device, the
+  // best of the runner-up device), and the head request of the next one,
+  // whose group was fetched that way one call earlier. The caller submits
+  // this request and handles completions meanwhile.
   void prefetch_next() const noexcept {
     if (top.empty()) return;
     const Device& device = *top.top().item;
-    if (device.ready.empty()) return;
-    __builtin_prefetch(pool.at(device.ready.top().item));
+    if (const auto* runner_up = device.ready.runner_up()) __builtin_prefetch(pool.at(runner_up->item));
+    if (const auto* device_runner_up = top.runner_up()) {
+      __builtin_prefetch(pool.at(device_runner_up->item->ready.top().item));
+    }
+    const Group& next = *pool.at(device.ready.top().item);
+    if (next.head != nullptr) __builtin_prefetch(next.head);
   }
 
   void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {

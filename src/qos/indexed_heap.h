@@ -43,6 +43,11 @@ class DaryHeap {
     assert(!entries_.empty());
     return entries_.front();
   }
+  // The second smallest entry (the smallest child of the top), if any.
+  const Entry* runner_up() const noexcept {
+    std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
+    return n < 2 ? nullptr : &entries_[smallest_child(entries_.data(), 1, n)];
+  }
   bool contains(Handle item) const noexcept { return position_(item) != kNotInHeap; }
   std::int64_t key_of(Handle item) const noexcept { return entries_[position_(item)].key; }
 

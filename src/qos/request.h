@@ -42,26 +42,27 @@ struct Request {
   // enqueue skips the group-id lookup while the device group's groups stay
   // as they were.
   struct SchedulerState {
-    // What enqueue, next and complete touch first: with the caller's fields
-    // above, in the first 64 bytes of the Request.
+    // What enqueue reads and what next and complete touch first: with the
+    // caller's fields above, the first 64 bytes of the Request.
     Request* next = nullptr;          // intrusive FIFO of the group, towards the tail
-    Request* prev = nullptr;          // towards the head (not kept for the head itself)
     detail::Group* group = nullptr;   // group that queues / dispatched it; then the resolved group
     std::int64_t time = 0;            // ns of TimePoint: arrival while queued, dispatch while in flight
+    // `group` is the group of (device, resolved_group) while the device
+    // group's mapping stamp (48 bits) and the device (16 bits: device ids
+    // are below 2^16) give resolved_key = stamp << 16 | device.
+    std::uint64_t resolved_key = 0;
+    GroupId resolved_group = 0;
+    // Written by enqueue, read by next (wait_epoch) and cancel (state).
+    Request* prev = nullptr;          // towards the head (not kept for the head itself)
     std::uint32_t wait_epoch = 0;     // "delayed" detection (see DeviceGroup::next)
     std::uint8_t state = 0;           // idle / queued / in flight
-    // Only enqueue: `group` is the group of (resolved_device, resolved_group)
-    // while the device group's mapping stamp equals resolved_stamp.
-    DeviceId resolved_device = 0;
-    std::uint64_t resolved_stamp = 0;
-    GroupId resolved_group = 0;
   } scheduler;
 };
 
 // The scheduler's own state per queued request, counted against the
 // 64-byte budget (ioband keeps no per-request allocation).
 static_assert(sizeof(Request::SchedulerState) <= 64);
-// A Request that starts a cache line has all a dispatch touches in that line.
-static_assert(offsetof(Request, scheduler) + offsetof(Request::SchedulerState, resolved_device) <= 64);
+// A Request that starts a cache line has all enqueue reads in that line.
+static_assert(offsetof(Request, scheduler) + offsetof(Request::SchedulerState, prev) <= 64);
 
 }  // namespace ioband::qos

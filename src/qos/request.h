@@ -36,11 +36,11 @@ struct Request {
   Direction direction = Direction::read; // FLUSH/TRIM/WRITE_ZEROES: the caller maps them
   std::uint32_t bytes = 0;               // payload size; 0 is allowed (e.g. FLUSH)
 
-  // ---- Scheduler-private: do not touch between enqueue and complete. ----
-  // Kept from one use of the Request to the next (a caller reuses its
-  // Request objects, each for one client): the group it was resolved to, so
+  // ---- Scheduler-private: do not touch. ----
+  // Kept from one use of the Request to the next (the NBD session reuses its
+  // Request objects, all for one group): the group it was resolved to, so
   // enqueue skips the group-id lookup while the device group's groups stay
-  // as they were.
+  // as they were. A default-constructed state is always valid.
   struct SchedulerState {
     // What enqueue reads and what next and complete touch first: with the
     // caller's fields above, the first 64 bytes of the Request.

@@ -18,6 +18,7 @@
 #include "qos/device_group.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <string>
 
@@ -42,6 +43,8 @@ using detail::WeightPolicy;
 namespace {
 
 constexpr DeviceId kMaxDevices = 1u << 16;
+// A device id takes the low 16 bits of Request::SchedulerState::resolved_key.
+static_assert(kMaxDevices <= (1u << 16));
 constexpr std::uint64_t kMaxToken = (std::uint64_t{1} << 31) - 1;
 constexpr std::uint32_t kMaxCarryover = 64;
 constexpr std::uint32_t kMaxIoLimit = 1u << 20;
@@ -93,6 +96,7 @@ struct DeviceGroup::Impl {
   std::uint32_t in_flight = 0;
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
+  std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
 
   ~Impl() {
     for (auto& device : devices) {
@@ -310,7 +314,7 @@ struct DeviceGroup::Impl {
       std::size_t groups = device->groups.size() + 1;
       device->ready.reserve(groups);
       device->reserved.reserve(device->groups_with_extras);
-      parkable += device->limits ? groups : device->groups_with_extras;
+      parkable += device->limits.active() ? groups : device->groups_with_extras;
     }
     top.reserve(device_count);
     top_reserved.reserve(device_count);
@@ -357,7 +361,7 @@ struct DeviceGroup::Impl {
     if (!group.extras) return now;
     GroupExtras& extras = *group.extras;
     Nanos at = now;
-    if (extras.limits) at = extras.limits->available_at(request.direction, now);
+    if (extras.limits.active()) at = extras.limits.available_at(request.direction, now);
     if (policy == Policy::range_bw && extras.range.max_kib != 0) {
       extras.max_bw.advance(now);
       at = std::max(at, extras.max_bw.available_at(now));
@@ -403,15 +407,19 @@ struct DeviceGroup::Impl {
         park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
         continue;
       }
+      // The dispatch will write the group's counters: fetch them while the
+      // head request is on its way.
+      __builtin_prefetch(&group->epoch, 1);
+      __builtin_prefetch(&group->counters.delay_histogram, 1);
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
         park_group(*group, at);
         continue;
       }
-      if (device->limits) {
+      if (device->limits.active()) {
         bool direction_specific = false;
-        at = device->limits->available_at(request.direction, now, &direction_specific);
+        at = device->limits.available_at(request.direction, now, &direction_specific);
         if (at > now) {
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
@@ -426,19 +434,36 @@ struct DeviceGroup::Impl {
       Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
       anticipation.dispatching(*group);
       dispatch(*group, request, now, rule);
+      prefetch_next();
       return Decision::dispatch(&request, reported);
     }
   }
 
+  // With many active groups, the group that goes next is rarely in the
+  // cache, nor is its head request. A two-step pipeline: fetch the groups
+  // likely to go after the next one (the runner-up in the top device, the
+  // best of the runner-up device), and the head request of the next one,
+  // whose group was fetched that way one call earlier. The caller submits
+  // this request and handles completions meanwhile.
+  void prefetch_next() const noexcept {
+    if (top.empty()) return;
+    const Device& device = *top.top().item;
+    if (const auto* runner_up = device.ready.runner_up()) __builtin_prefetch(pool.at(runner_up->item));
+    if (const auto* device_runner_up = top.runner_up()) {
+      __builtin_prefetch(pool.at(device_runner_up->item->ready.top().item));
+    }
+    const Group& next = *pool.at(device.ready.top().item);
+    if (next.head != nullptr) __builtin_prefetch(next.head);
+  }
+
   void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {
     Device& device = *group.device;
-    // Unlink the head.
+    // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
-    if (group.head != nullptr) group.head->scheduler.prev = request.scheduler.prev;
+    if (group.head == nullptr) group.tail = nullptr;
     request.scheduler.next = nullptr;
     request.scheduler.prev = nullptr;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::in_flight);
-    request.scheduler.dispatched = now;
     --group.queue_length;
     --device.queued;
     --queued;
@@ -449,10 +474,10 @@ struct DeviceGroup::Impl {
     // Limits.
     if (group.extras) {
       GroupExtras& extras = *group.extras;
-      if (extras.limits) extras.limits->charge(request.direction, request.bytes, now);
+      if (extras.limits.active()) extras.limits.charge(request.direction, request.bytes, now);
       if (policy == Policy::range_bw && extras.range.max_kib != 0) extras.max_bw.charge(request.bytes);
     }
-    if (device.limits) device.limits->charge(request.direction, request.bytes, now);
+    if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
 
     // Policy.
     bool rebase = false;
@@ -487,6 +512,7 @@ struct DeviceGroup::Impl {
     }
 
     count(group, request, now);
+    request.scheduler.time = now;  // from here on: the dispatch time
 
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
@@ -501,49 +527,47 @@ struct DeviceGroup::Impl {
   }
 
   void count(Group& group, const Request& request, Nanos now) noexcept {
-    Nanos arrival = to_nanos(request.scheduler.arrival);
+    Nanos arrival = request.scheduler.time;
     Nanos delay = std::max<Nanos>(now - arrival, 0);
     bool delayed = delay > 0 || request.scheduler.wait_epoch != wait_epoch;
     detail::GroupCounters& counters = group.counters;
     std::uint64_t sectors = sectors_of(request.bytes);
-    if (request.direction == Direction::read) {
-      ++counters.read_requests;
-      counters.read_sectors += sectors;
-      counters.delayed_read_requests += delayed;
-    } else {
-      ++counters.write_requests;
-      counters.write_sectors += sectors;
-      counters.delayed_write_requests += delayed;
-    }
+    auto direction = static_cast<std::size_t>(request.direction);
+    counters.read_requests += request.direction == Direction::read;
+    counters.sectors[direction] += sectors;
+    counters.delayed_requests[direction] += delayed;
     counters.delayed_nanos += static_cast<std::uint64_t>(delay);
     ++counters.delay_histogram[delay_bucket(std::chrono::nanoseconds(delay))];
   }
 
   void enqueue(Request& request, TimePoint now) noexcept {
-    Device* device = find_device(request.device);
-    assert(device != nullptr && "enqueue: the request's device is not in this device group");
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::idle) && "enqueue: already queued");
-    Group* group = find_group(*device, request.group);
-    if (group == nullptr) group = device->default_group;
-    last_now = std::max(last_now, to_nanos(now));
-
     Request::SchedulerState& state = request.scheduler;
+    Group* group = state.group;
+    std::uint64_t key = mapping_stamp << 16 | request.device;
+    if (state.resolved_key != key || state.resolved_group != request.group) {
+      group = resolve(request.device, request.group);
+      state.resolved_key = key;
+      state.resolved_group = request.group;
+    }
+    Device& device = *group->device;
+    Nanos at = to_nanos(now);
+    last_now = std::max(last_now, at);
+
     state.group = group;
-    state.arrival = now;
+    state.time = at;
     state.wait_epoch = wait_epoch;
     state.state = static_cast<std::uint8_t>(RequestState::queued);
     state.next = nullptr;
-    if (group->head == nullptr) {
+    state.prev = group->tail;
+    if (group->tail == nullptr) {
       group->head = &request;
-      state.prev = &request;
     } else {
-      Request* tail = group->head->scheduler.prev;
-      tail->scheduler.next = &request;
-      state.prev = tail;
-      group->head->scheduler.prev = &request;
+      group->tail->scheduler.next = &request;
     }
+    group->tail = &request;
     ++group->queue_length;
-    ++device->queued;
+    ++device.queued;
     ++queued;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(group->busy_peak, group->queue_length + group->in_flight), 255));
@@ -555,6 +579,26 @@ struct DeviceGroup::Impl {
       make_ready(*group);
     }
   }
+
+  // The group that queues a request of (device, group id): the attached
+  // group, or the device's default group.
+  Group* resolve(DeviceId device_id, GroupId group_id) const noexcept {
+    Device* device = find_device(device_id);
+    assert(device != nullptr && "enqueue: the request's device is not in this device group");
+    Group* group = find_group(*device, group_id);
+    return group != nullptr ? group : device->default_group;
+  }
+
+  // Called whenever a group is attached, detached or destroyed, or a device
+  // added or removed: every Request's cached resolution becomes stale.
+  // Stamps come from one counter for the whole process, so a stamp of
+  // another (or a destroyed) device group never matches this one's.
+  // 48 bits: at a million changes a second, they last nine years.
+  static std::uint64_t new_mapping_stamp() noexcept {
+    static std::atomic<std::uint64_t> last{0};
+    return last.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+  void groups_changed() noexcept { mapping_stamp = new_mapping_stamp(); }
 
   std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
 
@@ -568,7 +612,6 @@ struct DeviceGroup::Impl {
     Group& group = *request.scheduler.group;
     Device& device = *group.device;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
-    request.scheduler.group = nullptr;
     if (io_limit_auto) {
       last_now = std::max(last_now, now);
       auto_window.completed(now, in_flight, auto_floor(), io_limit);
@@ -583,22 +626,23 @@ struct DeviceGroup::Impl {
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
       destroy_group(&group);
+      groups_changed();
     }
   }
 
   static void unlink(Group& group, Request& request) noexcept {
     Request* next = request.scheduler.next;
     Request* prev = request.scheduler.prev;
-    if (group.head == &request) {
-      group.head = next;
-      if (next != nullptr) next->scheduler.prev = prev;
+    bool is_head = group.head == &request;
+    if (is_head) {
+      group.head = next;  // next's `prev` goes stale: a head's is not kept
     } else {
       prev->scheduler.next = next;
-      if (next != nullptr) {
-        next->scheduler.prev = prev;
-      } else {
-        group.head->scheduler.prev = prev;  // it was the tail
-      }
+    }
+    if (group.tail == &request) {
+      group.tail = is_head ? nullptr : prev;
+    } else if (!is_head) {
+      next->scheduler.prev = prev;
     }
     request.scheduler.next = nullptr;
     request.scheduler.prev = nullptr;
@@ -610,7 +654,6 @@ struct DeviceGroup::Impl {
     Device& device = *group.device;
     unlink(group, request);
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
-    request.scheduler.group = nullptr;
     --group.queue_length;
     --device.queued;
     --queued;
@@ -628,19 +671,17 @@ struct DeviceGroup::Impl {
     auto append = [&](Request* request) {
       request->scheduler.group = &to;
       request->scheduler.next = nullptr;
+      request->scheduler.prev = tail;
       if (head == nullptr) {
         head = request;
-        request->scheduler.prev = request;
       } else {
         tail->scheduler.next = request;
-        request->scheduler.prev = tail;
-        head->scheduler.prev = request;
       }
       tail = request;
     };
     while (a != nullptr || b != nullptr) {
       Request* take;
-      if (b == nullptr || (a != nullptr && a->scheduler.arrival <= b->scheduler.arrival)) {
+      if (b == nullptr || (a != nullptr && a->scheduler.time <= b->scheduler.time)) {
         take = a;
         a = a->scheduler.next;
       } else {
@@ -650,8 +691,10 @@ struct DeviceGroup::Impl {
       append(take);
     }
     to.head = head;
+    to.tail = tail;
     to.queue_length += from.queue_length;
     from.head = nullptr;
+    from.tail = nullptr;
     from.queue_length = 0;
   }
 
@@ -787,6 +830,7 @@ Status DeviceGroup::add_device(DeviceId id) {
   impl.devices[id] = std::move(device);
   ++impl.device_count;
   impl.reserve_capacity();
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -810,6 +854,7 @@ Status DeviceGroup::remove_device(DeviceId id) {
   impl.destroy_groups(*device);
   impl.devices[id].reset();
   --impl.device_count;
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -834,6 +879,7 @@ Status DeviceGroup::attach(DeviceId device_id, GroupId group_id) {
   Group* group = impl.new_group(*device, kDefaultWeight);
   device->groups.insert(group_id, group);
   impl.reserve_capacity();
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -862,6 +908,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
   } else {
     impl.destroy_group(group);
   }
+  impl.groups_changed();
   impl.reset_weight_state();
   return {};
 }
@@ -948,13 +995,11 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  auto apply = [&](auto& state) {
+  auto apply = [&](LimitState& state) {
     if (limits.unlimited()) {
-      state.reset();
-    } else if (state) {
-      state->configure(limits);  // keeps the levels: no free burst from a change
+      state = LimitState();
     } else {
-      state.emplace(limits);
+      state.configure(limits);  // keeps the levels: no free burst from a change
     }
   };
   if (group_id) {
@@ -978,10 +1023,10 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
 std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<GroupId> group_id) const noexcept {
   Device* device = impl_->find_device(device_id);
   if (device == nullptr) return std::nullopt;
-  if (!group_id) return device->limits ? device->limits->limits() : Limits{};
+  if (!group_id) return device->limits.limits();
   Group* group = Impl::find_group(*device, *group_id);
   if (group == nullptr) return std::nullopt;
-  return group->extras && group->extras->limits ? group->extras->limits->limits() : Limits{};
+  return group->extras ? group->extras->limits.limits() : Limits{};
 }
 
 // ---- hot path ----
@@ -997,11 +1042,11 @@ std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_i
   const detail::GroupCounters& counters = group->counters;
   GroupStats stats;
   stats.read_requests = counters.read_requests;
-  stats.delayed_read_requests = counters.delayed_read_requests;
-  stats.read_sectors = counters.read_sectors;
-  stats.write_requests = counters.write_requests;
-  stats.delayed_write_requests = counters.delayed_write_requests;
-  stats.write_sectors = counters.write_sectors;
+  stats.delayed_read_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::read)];
+  stats.read_sectors = counters.sectors[static_cast<std::size_t>(Direction::read)];
+  stats.write_requests = counters.write_requests();
+  stats.delayed_write_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::write)];
+  stats.write_sectors = counters.sectors[static_cast<std::size_t>(Direction::write)];
   stats.delayed_time = std::chrono::nanoseconds(counters.delayed_nanos);
   stats.queue_length = group->queue_length;
   stats.in_flight = group->in_flight;

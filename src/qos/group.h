@@ -23,56 +23,76 @@ struct Group;
 enum class RequestState : std::uint8_t { idle = 0, queued = 1, in_flight = 2 };
 
 // Rarely used per-group settings, allocated only when set: limits and range-bw.
-struct GroupExtras {
+// Laid out so that a dispatch under range-bw touches the first two cache
+// lines, and one checking limits the second and third (two buckets).
+struct alignas(64) GroupExtras {
   Group* group = nullptr;
   std::uint32_t reservation_index = kNotInHeap;  // Device::reserved (range-bw)
-  std::optional<LimitState> limits;  // inline: one pointer less to chase per request
   RangeBw range{};
-  TokenBucket max_bw;      // range-bw max-bw, bytes/s
   Nanos reservation = 0;   // range-bw: when the group's next min-bw byte is due
+  TokenBucket max_bw;      // range-bw max-bw, bytes/s
+  LimitState limits;       // inline: one pointer less to chase per request
 };
 
 // Counters kept per group; GroupStats adds the live queue_length / in_flight.
+// Write requests are not stored: every dispatched request lands in one
+// histogram bucket, so writes = sum(delay_histogram) - read_requests. That
+// keeps the counters and the weight policy's state in two cache lines.
+// Per-direction counters are indexed by Direction, so counting takes no
+// branch on it.
 struct GroupCounters {
   std::uint64_t read_requests = 0;
-  std::uint64_t delayed_read_requests = 0;
-  std::uint64_t read_sectors = 0;
-  std::uint64_t write_requests = 0;
-  std::uint64_t delayed_write_requests = 0;
-  std::uint64_t write_sectors = 0;
+  std::array<std::uint64_t, 2> delayed_requests{};  // by Direction
+  std::array<std::uint64_t, 2> sectors{};           // by Direction
   std::uint64_t delayed_nanos = 0;
   std::array<std::uint64_t, kDelayBuckets> delay_histogram{};
+
+  std::uint64_t write_requests() const noexcept {
+    std::uint64_t all = 0;
+    for (std::uint64_t n : delay_histogram) all += n;
+    return all - read_requests;
+  }
 };
 
-struct Group {
-  // FIFO of queued requests: `next` runs head to tail, head->prev is the tail.
+// One group is three cache lines. The first holds all that enqueue and
+// complete touch, and what next() needs to pick and unlink a request; the
+// other two what only a dispatch touches (next() prefetches them with the
+// first). With thousands of active groups each of these lines is a cache
+// miss, so a field moved into the first line must earn its place.
+struct alignas(64) Group {
+  // ---- line 0: enqueue, next, complete ----
+  // FIFO of queued requests, oldest first. The tail is kept here so that
+  // neither end of the queue touches a neighbouring request.
   Request* head = nullptr;
+  Request* tail = nullptr;
   Device* device = nullptr;
-  std::uint32_t weight = kDefaultWeight;
-  std::uint32_t queue_length = 0;
-  std::uint32_t in_flight = 0;
-  std::uint32_t slot = 0;                        // dense number (GroupPool), key of the ready heaps
-  std::uint32_t timer_index = kNotInHeap;        // parked until a limit allows
-  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
-  std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
-  std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
-  bool retired = false;                          // detached, waiting for its in-flight requests
-  std::uint8_t busy_peak = 0;                    // most requests outstanding since it was last empty (saturating)
   // Policy state. fair / range-bw: the virtual start time of the head
   // request. weight / weight-iosize: tokens left (cost units, may be a debt).
   union {
     std::int64_t vtime = 0;
     std::int64_t tokens;
   };
-  std::unique_ptr<GroupExtras> extras;
+  std::unique_ptr<GroupExtras> extras;           // null: no limits, no range-bw
+  std::uint32_t weight = kDefaultWeight;
+  std::uint32_t queue_length = 0;
+  std::uint32_t in_flight = 0;
+  std::uint32_t slot = 0;                        // dense number (GroupPool), key of the ready heaps
+  std::uint32_t timer_index = kNotInHeap;        // parked until a limit allows
+  std::uint16_t generation = 0;                  // weight: settings generation its tokens belong to
+  bool retired = false;                          // detached, waiting for its in-flight requests
+  std::uint8_t busy_peak = 0;                    // most requests outstanding since it was last empty (saturating)
+
+  // ---- lines 1 and 2: dispatch ----
+  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
+  std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
   GroupCounters counters;
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
 
 // The per-group cost the memory target counts (an idle group: this, one
-// GroupTable slot at 3/8..3/4 load and one ready-heap entry).
-static_assert(sizeof(Group) <= 192);
+// GroupTable slot at 3/8..3/4 load, one ready-heap entry and its position).
+static_assert(sizeof(Group) == 192);
 
 struct Device {
   explicit Device(std::vector<std::uint32_t>* ready_positions) noexcept : ready(ready_positions) {}
@@ -82,7 +102,7 @@ struct Device {
   GroupTable<Group> groups;  // attached groups, not the default one
   SlotHeap ready;            // ready groups by policy key
   IndexedHeap<GroupExtras, &GroupExtras::reservation_index> reserved;  // range-bw: by reservation time
-  std::optional<LimitState> limits;
+  LimitState limits;
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
   std::uint32_t groups_with_extras = 0;  // may be parked or hold a reservation

@@ -43,6 +43,11 @@ class DaryHeap {
     assert(!entries_.empty());
     return entries_.front();
   }
+  // The second smallest entry (the smallest child of the top), if any.
+  const Entry* runner_up() const noexcept {
+    std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
+    return n < 2 ? nullptr : &entries_[smallest_child(entries_.data(), 1, n)];
+  }
   bool contains(Handle item) const noexcept { return position_(item) != kNotInHeap; }
   std::int64_t key_of(Handle item) const noexcept { return entries_[position_(item)].key; }
 
@@ -135,11 +140,17 @@ class DaryHeap {
   // The smallest of the children of i (the first of equals), without
   // branches when all four exist (keys are unpredictable: a mispredicted
   // branch costs more than a cmov).
+  // The choice is written as arithmetic on the comparisons' results: GCC
+  // turns the `?:` form into conditional jumps, which mispredict about once
+  // per level in a heap of thousands of groups.
   static std::uint32_t smallest_child(const Entry* entries, std::uint32_t first, std::uint32_t n) noexcept {
     if (first + kArity <= n) {
-      std::uint32_t a = entries[first + 1].key < entries[first].key ? first + 1 : first;
-      std::uint32_t b = entries[first + 3].key < entries[first + 2].key ? first + 3 : first + 2;
-      return entries[b].key < entries[a].key ? b : a;
+      std::int64_t k0 = entries[first].key, k1 = entries[first + 1].key;
+      std::int64_t k2 = entries[first + 2].key, k3 = entries[first + 3].key;
+      std::uint32_t a = first + static_cast<std::uint32_t>(k1 < k0);
+      std::uint32_t b = first + 2 + static_cast<std::uint32_t>(k3 < k2);
+      std::uint32_t b_smaller = static_cast<std::uint32_t>(std::min(k3, k2) < std::min(k1, k0));
+      return a ^ ((a ^ b) & (0u - b_smaller));
     }
     std::uint32_t child = first;
     for (std::uint32_t c = first + 1; c < n; ++c) child = entries[c].key < entries[child].key ? c : child;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 
 namespace ioband::qos {
@@ -35,13 +36,24 @@ struct Request {
   Direction direction = Direction::read; // FLUSH/TRIM/WRITE_ZEROES: the caller maps them
   std::uint32_t bytes = 0;               // payload size; 0 is allowed (e.g. FLUSH)
 
-  // ---- Scheduler-private: do not touch between enqueue and complete. ----
+  // ---- Scheduler-private: do not touch. ----
+  // Kept from one use of the Request to the next (the NBD session reuses its
+  // Request objects, all for one group): the group it was resolved to, so
+  // enqueue skips the group-id lookup while the device group's groups stay
+  // as they were. A default-constructed state is always valid.
   struct SchedulerState {
-    Request* next = nullptr;          // intrusive FIFO of the group
-    Request* prev = nullptr;
-    detail::Group* group = nullptr;   // group that queues / dispatched it
-    TimePoint arrival{};              // enqueue time (queueing delay statistics)
-    std::int64_t dispatched = 0;      // dispatch time, ns of TimePoint (io_limit auto)
+    // What enqueue reads and what next and complete touch first: with the
+    // caller's fields above, the first 64 bytes of the Request.
+    Request* next = nullptr;          // intrusive FIFO of the group, towards the tail
+    detail::Group* group = nullptr;   // group that queues / dispatched it; then the resolved group
+    std::int64_t time = 0;            // ns of TimePoint: arrival while queued, dispatch while in flight
+    // `group` is the group of (device, resolved_group) while the device
+    // group's mapping stamp (48 bits) and the device (16 bits: device ids
+    // are below 2^16) give resolved_key = stamp << 16 | device.
+    std::uint64_t resolved_key = 0;
+    GroupId resolved_group = 0;
+    // Written by enqueue, read by next (wait_epoch) and cancel (state).
+    Request* prev = nullptr;          // towards the head (not kept for the head itself)
     std::uint32_t wait_epoch = 0;     // "delayed" detection (see DeviceGroup::next)
     std::uint8_t state = 0;           // idle / queued / in flight
   } scheduler;
@@ -50,5 +62,7 @@ struct Request {
 // The scheduler's own state per queued request, counted against the
 // 64-byte budget (ioband keeps no per-request allocation).
 static_assert(sizeof(Request::SchedulerState) <= 64);
+// A Request that starts a cache line has all enqueue reads in that line.
+static_assert(offsetof(Request, scheduler) + offsetof(Request::SchedulerState, prev) <= 64);
 
 }  // namespace ioband::qos

@@ -12,8 +12,7 @@ using Wide = unsigned __int128;
 }  // namespace
 
 void TokenBucket::advance(Nanos now) noexcept {
-  if (!started_) {
-    started_ = true;
+  if (last_ == kNotStarted) {
     last_ = now;
     return;
   }
@@ -24,14 +23,25 @@ void TokenBucket::advance(Nanos now) noexcept {
     remainder_ = 0;
     return;
   }
-  Wide drained = Wide{elapsed} * rate_ + remainder_;
-  Wide units = drained / kNanosPerSecond;
+  std::uint64_t units, remainder;
+  std::uint64_t product;
+  if (!__builtin_mul_overflow(elapsed, rate_, &product) && product <= UINT64_MAX - remainder_) {
+    // The common case (elapsed * rate < 2^64): a division by a constant.
+    std::uint64_t drained = product + remainder_;
+    units = drained / kNanosPerSecond;
+    remainder = drained % kNanosPerSecond;
+  } else {
+    Wide drained = Wide{elapsed} * rate_ + remainder_;
+    Wide wide_units = drained / kNanosPerSecond;
+    units = wide_units >= level_ ? level_ : static_cast<std::uint64_t>(wide_units);
+    remainder = static_cast<std::uint64_t>(drained % kNanosPerSecond);
+  }
   if (units >= level_) {
     level_ = 0;
     remainder_ = 0;
   } else {
-    level_ -= static_cast<std::uint64_t>(units);
-    remainder_ = static_cast<std::uint64_t>(drained % kNanosPerSecond);
+    level_ -= units;
+    remainder_ = remainder;
   }
 }
 
@@ -76,6 +86,7 @@ void LimitState::configure(const Limits& limits) noexcept {
   LimitState old = *this;
   count_ = 0;
   limits_ = limits;
+  iops_size_ = limits.iops_size;
   configure_rate(limits.iops_total, Scope::total, false, old);
   configure_rate(limits.iops_read, Scope::read, false, old);
   configure_rate(limits.iops_write, Scope::write, false, old);
@@ -85,8 +96,8 @@ void LimitState::configure(const Limits& limits) noexcept {
 }
 
 std::uint64_t LimitState::iops_units(std::uint32_t bytes) const noexcept {
-  if (limits_.iops_size == 0 || bytes <= limits_.iops_size) return kIopsUnit;
-  return std::uint64_t{bytes} * kIopsUnit / limits_.iops_size;
+  if (iops_size_ == 0 || bytes <= iops_size_) return kIopsUnit;
+  return std::uint64_t{bytes} * kIopsUnit / iops_size_;
 }
 
 // A request passes while every bucket's level is within its capacity,

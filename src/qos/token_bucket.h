@@ -60,8 +60,8 @@ class TokenBucket {
   std::uint64_t capacity_ = 0;
   std::uint64_t level_ = 0;
   std::uint64_t remainder_ = 0;  // (elapsed * rate) mod 1e9 not yet drained
-  Nanos last_ = 0;
-  bool started_ = false;
+  Nanos last_ = kNotStarted;
+  static constexpr Nanos kNotStarted = INT64_MIN;
 };
 
 // iops buckets count in 1/kIopsUnit of a request, so iops-size can split one.
@@ -77,7 +77,9 @@ class LimitState {
   explicit LimitState(const Limits& limits) { configure(limits); }
 
   // New limits; bucket levels are kept so a change never grants a free burst.
+  // All-zero limits leave no bucket: the state is inactive.
   void configure(const Limits& limits) noexcept;
+  bool active() const noexcept { return count_ != 0; }
   const Limits& limits() const noexcept { return limits_; }
 
   // Earliest time a request of this direction may pass (now if it may).
@@ -101,8 +103,11 @@ class LimitState {
   }
   void configure_rate(const Rate& rate, Scope scope, bool bytes, const LimitState& old) noexcept;
 
-  std::array<Slot, 12> slots_{};
+  // What a request touches first: the count, iops-size, then the buckets in
+  // use; the configuration as it was given last.
   std::uint8_t count_ = 0;
+  std::uint64_t iops_size_ = 0;
+  std::array<Slot, 12> slots_{};
   Limits limits_{};
 };
 

@@ -109,10 +109,21 @@ struct WeightPolicy {
 
   // K_g = e_g - t_g / I_g, fixed point, floor.
   std::int64_t key(const Group& group, std::int64_t epoch) const noexcept {
-    __int128 scaled = static_cast<__int128>(group.tokens) << kEpochShift;
     std::int64_t i = initial(group);
-    __int128 ratio = scaled / i;
-    if (scaled % i != 0 && scaled < 0) --ratio;  // floor
+    __int128 ratio;
+    constexpr std::int64_t kNarrow = std::int64_t{1} << (63 - kEpochShift);
+    if (group.tokens > -kNarrow && group.tokens < kNarrow) {
+      // Almost always: t_g * 2^24 fits in 64 bits, so does the division
+      // (a 128-bit one is a library call).
+      std::int64_t scaled = group.tokens * (std::int64_t{1} << kEpochShift);
+      std::int64_t narrow = scaled / i;
+      if (scaled % i != 0 && scaled < 0) --narrow;  // floor
+      ratio = narrow;
+    } else {
+      __int128 scaled = static_cast<__int128>(group.tokens) << kEpochShift;
+      ratio = scaled / i;
+      if (scaled % i != 0 && scaled < 0) --ratio;  // floor
+    }
     return static_cast<std::int64_t>((static_cast<__int128>(epoch_of(group, epoch)) << kEpochShift) - ratio);
   }
 

@@ -4,9 +4,12 @@
 
 #include <deque>
 #include <map>
+#include <memory>
+#include <optional>
 
 #include "qos/device_group.h"
 #include "qos/group.h"
+#include "qos/weight_policy.h"
 
 namespace ioband::qos {
 namespace {
@@ -187,6 +190,93 @@ TEST(DeviceGroupHotPath, CancelTakesOutOnlyQueuedRequests) {
   ASSERT_TRUE(g.remove_device(0));
 }
 
+TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {
+  DeviceGroup g;
+  Pool pool;
+  ASSERT_TRUE(g.set_io_throttle(0));
+  ASSERT_TRUE(g.add_device(0));
+  std::vector<Request*> r;
+  for (int i = 0; i < 6; ++i) r.push_back(pool.make(0, kDefaultGroup));
+  for (int i = 0; i < 4; ++i) g.enqueue(r[static_cast<std::size_t>(i)], kStart);
+  EXPECT_TRUE(g.cancel(r[3]));  // the tail
+  g.enqueue(r[4], kStart);
+  EXPECT_TRUE(g.cancel(r[0]));  // the head
+  EXPECT_TRUE(g.cancel(r[2]));  // the middle
+  g.enqueue(r[5], kStart);
+  EXPECT_EQ(g.queue_length(0, kDefaultGroup), 3u);
+  EXPECT_EQ(drain(g, kStart), (std::vector<Request*>{r[1], r[4], r[5]}));
+  EXPECT_TRUE(g.cancel(r[0]) == false && g.queued() == 0);
+  // The emptied queue starts again from nothing.
+  g.enqueue(r[0], kStart);
+  EXPECT_TRUE(g.cancel(r[0]));
+  g.enqueue(r[2], kStart);
+  EXPECT_EQ(drain(g, kStart), std::vector<Request*>{r[2]});
+}
+
+// A caller reuses its Request objects; enqueue remembers which group one was
+// resolved to, and must forget that whenever the groups change.
+TEST(DeviceGroupHotPath, ReusedRequestFollowsAttachDetachAndItsOwnFields) {
+  DeviceGroup g;
+  Pool pool;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.add_device(1));
+  ASSERT_TRUE(g.attach(0, 6));
+  Request* r = pool.make(0, 5);
+  auto use = [&](DeviceId device, GroupId group) {
+    g.enqueue(r, kStart);
+    std::optional<std::uint32_t> length = g.queue_length(device, group);
+    Decision d = g.next(kStart);
+    EXPECT_EQ(d.request, r);
+    g.complete(r, kStart);
+    return length == 1u;
+  };
+  EXPECT_TRUE(use(0, kDefaultGroup));  // 5 is not attached
+  EXPECT_TRUE(use(0, kDefaultGroup));
+  ASSERT_TRUE(g.attach(0, 5));
+  EXPECT_TRUE(use(0, 5));
+  EXPECT_TRUE(use(0, 5));
+  ASSERT_TRUE(g.detach(0, 5));
+  EXPECT_TRUE(use(0, kDefaultGroup));
+  ASSERT_TRUE(g.attach(0, 5));  // a new group, perhaps in the old one's slot
+  EXPECT_TRUE(use(0, 5));
+  r->group = 6;
+  EXPECT_TRUE(use(0, 6));
+  r->device = 1;
+  EXPECT_TRUE(use(1, kDefaultGroup));
+  ASSERT_TRUE(g.attach(1, 6));
+  EXPECT_TRUE(use(1, 6));
+  ASSERT_TRUE(g.remove_device(1));
+  ASSERT_TRUE(g.add_device(1));
+  EXPECT_TRUE(use(1, kDefaultGroup));
+  // Detached while queued: it moves to the default group, and after that
+  // the request resolves again.
+  r->device = 0;
+  r->group = 6;
+  g.enqueue(r, kStart);
+  ASSERT_TRUE(g.detach(0, 6));
+  EXPECT_EQ(g.queue_length(0, kDefaultGroup), 1u);
+  EXPECT_EQ(g.next(kStart).request, r);
+  g.complete(r, kStart);
+  ASSERT_TRUE(g.attach(0, 6));
+  EXPECT_TRUE(use(0, 6));
+}
+
+TEST(DeviceGroupHotPath, ReusedRequestInAnotherDeviceGroup) {
+  Pool pool;
+  Request* r = pool.make(0, 5);
+  for (int round = 0; round < 3; ++round) {
+    auto g = std::make_unique<DeviceGroup>();
+    ASSERT_TRUE(g->add_device(0));
+    if (round != 1) {
+      ASSERT_TRUE(g->attach(0, 5));
+    }
+    g->enqueue(r, kStart);
+    EXPECT_EQ(g->queue_length(0, round != 1 ? 5 : kDefaultGroup), 1u);
+    EXPECT_EQ(g->next(kStart).request, r);
+    g->complete(r, kStart);
+  }
+}
+
 TEST(DeviceGroupHotPath, RemoveDeviceWaitsForItsRequests) {
   DeviceGroup g;
   Pool pool;
@@ -336,6 +426,23 @@ int returning_run(std::uint32_t carryover) {
   int run = 0;
   while (g.next(kStart).request->group == 2) ++run;
   return run;
+}
+
+TEST(WeightPolicy, KeyIsTheFlooredShareLeftOnBothSidesOfTheNarrowDivision) {
+  detail::Group group;
+  group.weight = 3;
+  group.epoch = 5;  // its tokens are of the current epoch
+  detail::WeightPolicy weights{2'000'000'000, 64, 7, 0, 0};
+  const std::int64_t i = weights.initial(group);
+  const std::int64_t narrow = std::int64_t{1} << (63 - detail::kEpochShift);
+  for (std::int64_t tokens : {std::int64_t{0}, std::int64_t{1}, std::int64_t{-1}, i, -i, 3 * i + 5, -7 * i - 3,
+                              narrow - 1, -narrow + 1, narrow, -narrow, 65 * i, std::int64_t{1} << 60}) {
+    group.tokens = tokens;
+    __int128 scaled = static_cast<__int128>(tokens) << detail::kEpochShift;
+    __int128 floor = scaled / i - (scaled % i != 0 && scaled < 0 ? 1 : 0);
+    std::int64_t expected = static_cast<std::int64_t>((static_cast<__int128>(5) << detail::kEpochShift) - floor);
+    EXPECT_EQ(weights.key(group, 5), expected) << tokens;
+  }
 }
 
 TEST(WeightPolicy, IdleGroupCarriesOverAtMostCarryoverEpochs) {

@@ -742,6 +742,7 @@ Status DeviceGroup::set_policy(Policy policy) {
   }
   if (policy == impl_->policy) return {};
   impl_->policy = policy;
+  impl_->anticipation = {};  // range-bw anticipates nobody; the others start afresh
   impl_->rebuild();
   return {};
 }

@@ -90,6 +90,23 @@ TEST(Anticipation, EqualWeightsHoldNothing) {
   EXPECT_GT(k.deep_share, 0.9);
 }
 
+// Switching to range-bw (weights mean nothing there) ends the anticipation
+// at once: the deep client gets the window back.
+TEST(Anticipation, RangeBwAnticipatesNobody) {
+  Scenario s = shallow_vs_deep(flat_disk(), qos::Policy::fair, 1, 80, true, false);
+  s.actions.push_back({5 * kSecond, [](qos::DeviceGroup& g) { ASSERT_TRUE(g.set_policy(qos::Policy::range_bw)); }});
+  Result r = simulate(s);
+  const ClientResult& deep = r.client("deep");
+  double before = static_cast<double>(deep.completions(kSecond, 5 * kSecond)) / 4;
+  // The first 10 ms after the switch: the anticipation's own deadline would
+  // have held the deep client that long (at least 10 ms).
+  double at_once = static_cast<double>(deep.completions(5 * kSecond + 2 * kMilli, 5 * kSecond + 10 * kMilli)) / 0.008;
+  printf("deep client: %.0f/s under fair with the shallow one anticipated, %.0f/s in the first 10 ms of range-bw\n",
+         before, at_once);
+  EXPECT_LT(before, 5'000);
+  EXPECT_GT(at_once, 10'000);
+}
+
 // The anticipated client goes away: within its deadline the deep one has
 // the whole window again.
 TEST(Anticipation, AShallowClientThatLeavesReleasesTheStorage) {

@@ -59,7 +59,7 @@ class Anticipation {
   static constexpr std::uint32_t kLowDepth = 4;
   static constexpr std::uint32_t kAllowance = 1;
   static constexpr double kMaxCredit = 64;
-  static constexpr Nanos kRecheck = 200'000;  // a held group asks again after 200 us at the latest
+  static constexpr Nanos kRecheck = 2'000'000;  // a held group asks again after 2 ms at the latest
   static constexpr Nanos kMinWait = 10'000'000;  // 10 ms
   static constexpr Nanos kMaxWait = 50'000'000;  // 50 ms
 
@@ -82,8 +82,9 @@ class Anticipation {
 
   // May a request of `candidate` be dispatched, with `in_flight` requests in
   // flight in the device group? 0: yes; otherwise the time to ask again
-  // (Nanos max: after the anticipated group's next completion; the device
-  // group asks again after kRecheck at the latest).
+  // (Nanos max: after the anticipated group's next completion, when the
+  // device group releases what it held; it asks again after kRecheck at
+  // the latest).
   Nanos holds(const Group& candidate, std::uint32_t in_flight, Nanos now) noexcept {
     if (!applies_to(candidate)) return 0;
     if (!active(now)) {

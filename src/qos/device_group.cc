@@ -71,6 +71,7 @@ struct DeviceGroup::Impl {
   bool io_limit_auto = false;
   detail::AutoWindow auto_window;
   detail::Anticipation anticipation;
+  std::vector<Group*> held;  // parked by the anticipation: released at the anticipated group's completions
   CostModel cost_model{};
 
   // ---- model ----
@@ -334,6 +335,7 @@ struct DeviceGroup::Impl {
 
   void destroy_group(Group* group) noexcept {
     anticipation.forget(group);
+    std::erase(held, group);
     if (group->extras) --group->device->groups_with_extras;
     pool.destroy(group);
   }
@@ -405,6 +407,7 @@ struct DeviceGroup::Impl {
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
         park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
+        if (std::find(held.begin(), held.end(), group) == held.end()) held.push_back(group);
         continue;
       }
       // The dispatch will write the group's counters: fetch them while the
@@ -621,6 +624,17 @@ struct DeviceGroup::Impl {
     --in_flight;
     if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {
       anticipation.completed(group, std::max(last_now, now));
+    }
+    if (!held.empty() && anticipation.group() == &group) {
+      // The anticipated group completed: the groups it held ask again now
+      // (a limit that also holds one parks it again in next()).
+      for (Group* g : held) {
+        if (g->parked()) {
+          group_timers.erase(g);
+          make_ready(*g, false);
+        }
+      }
+      held.clear();
     }
     if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {

@@ -18,7 +18,10 @@
 // larger weight is). While G is anticipated, a request of a deep group C
 // (more than kLowDepth outstanding since it was last empty) with
 // weight(C) < weight(G) is dispatched only if fewer than kAllowance requests
-// of groups other than G are in flight; otherwise it waits:
+// of groups other than G are in flight and C has the credit: each of G's
+// completions earns 1, each of C's dispatches costs weight(G) / weight(C)
+// (so C gets its weight's share of the requests while G is active; at most
+// kMaxCredit is kept). Otherwise it waits:
 //   - for G's next request, up to a deadline of  clamp(8 x think, 4 ms,
 //     20 ms)  after G went empty, think being G's own measured time from a
 //     completion to its next request (moving average, 1/8). Generous on
@@ -37,8 +40,9 @@
 // shallow clients do not stall each other, and a group that is anticipated
 // can only hold back lighter deep ones.
 //
-// Cost. The lighter deep groups keep kAllowance requests in flight while G
-// is active: the storage's rate falls to what G and that allowance use. That is
+// Cost. The lighter deep groups keep at most kAllowance requests in flight,
+// and their weight's share of the requests, while G is active: the storage's
+// rate falls to what G and that share use. That is
 // the price of the weight: G was given more than the others, and a shallow
 // client can only use it as latency. O(1) per request; one group tracked.
 //

@@ -12,8 +12,8 @@
 // while it is between two requests.
 //
 // Rule. When a request of a group G of a weight-based policy (fair, weight,
-// weight-iosize) arrives or completes, and G never had more than kLowDepth requests
-// outstanding since it was last empty (a shallow client, not a deep one nor
+// weight-iosize) arrives or completes, and G never had more than kLowDepth
+// requests outstanding since it was last empty (a shallow client, not a deep one nor
 // the end of a deep burst), G becomes the anticipated group (unless one of
 // larger weight is). While G is anticipated, a request of a deep group C
 // (more than kLowDepth outstanding since it was last empty) with
@@ -22,8 +22,8 @@
 // completions earns 1, each of C's dispatches costs weight(G) / weight(C)
 // (so C gets its weight's share of the requests while G is active; at most
 // kMaxCredit is kept). Otherwise it waits:
-//   - for G's next request, up to a deadline of  clamp(8 x think, 4 ms,
-//     20 ms)  after G went empty, think being G's own measured time from a
+//   - for G's next request, up to a deadline of  clamp(8 x think, 10 ms,
+//     50 ms)  after G went empty, think being G's own measured time from a
 //     completion to its next request (moving average, 1/8). Generous on
 //     purpose: on a busy machine a client's round trip through the socket
 //     has a long tail (a client thread waits out other threads' time
@@ -42,8 +42,7 @@
 //
 // Cost. The lighter deep groups keep at most kAllowance requests in flight,
 // and their weight's share of the requests, while G is active: the storage's
-// rate falls to what G and that share use. That is
-// the price of the weight: G was given more than the others, and a shallow
+// rate falls to what G and that share use. That is the price of the weight: G was given more than the others, and a shallow
 // client can only use it as latency. O(1) per request; one group tracked.
 //
 // Pure: time comes in as arguments.

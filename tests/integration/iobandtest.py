@@ -707,6 +707,13 @@ def pattern(seed, size):
 _real_stderr = 2  # pytest captures fd 2 while tests run; run() keeps a copy
 
 
+def report(text):
+    """A measured result: printed, and shown even when pytest captures the
+    output of a test that passes."""
+    print(text)
+    os.write(_real_stderr, f"\n# {text}\n".encode())
+
+
 @contextlib.contextmanager
 def guard(what, timeout=WATCHDOG):
     """If the body runs longer than `timeout` (a request the server never

@@ -23,11 +23,6 @@ IMAGE = 64 * MiB
 watchdog = it.pytest_watchdog()
 
 
-def report(text):
-    print(text)
-    os.write(it._real_stderr, f"\n# {text}\n".encode())
-
-
 @pytest.fixture(scope="module")
 def daemon():
     with ct.Daemon() as d:
@@ -55,7 +50,7 @@ def test_device_iops_limit(daemon):
     d.message("lim", "limit", "none")
     assert d.json_of("table", "lim")["devices"][0]["limits"] == {}
     free, _ = fio_rate(d, runtime=1)
-    report(f"limit iops-total=200: {limited:.0f} IOPS; after limit none: {free:.0f} IOPS")
+    it.report(f"limit iops-total=200: {limited:.0f} IOPS; after limit none: {free:.0f} IOPS")
     assert 150 <= limited <= 260, f"limit iops-total=200 gave {limited:.0f} IOPS"
     # Unlimited, even a slow machine does several times the limit.
     assert free >= 3 * 260, f"after limit none only {free:.0f} IOPS"
@@ -76,7 +71,7 @@ def test_group_bandwidth_limit(daemon):
     dev = d.json_of("table", "lim")["devices"][0]
     assert {g["id"]: g for g in dev["groups"]}[-1]["limits"] == {}
     _, free = fio_rate(d, bs="64k", runtime=1)
-    report(f"limit -1:bps-total=4M: {limited / MiB:.2f} MiB/s; after limit -1:none: {free / MiB:.1f} MiB/s")
+    it.report(f"limit -1:bps-total=4M: {limited / MiB:.2f} MiB/s; after limit -1:none: {free / MiB:.1f} MiB/s")
     assert 3 * MiB <= limited <= 5.2 * MiB, f"limit -1:bps-total=4M gave {limited / MiB:.2f} MiB/s"
     assert free >= 3 * 5.2 * MiB, f"after limit -1:none only {free / MiB:.1f} MiB/s"
     d.assert_alive()

@@ -52,12 +52,6 @@ WANT = 100.0 * WEIGHTS[ct.UID_A] / sum(WEIGHTS.values())
 watchdog = it.pytest_watchdog()
 
 
-def report(text):
-    """Shown even when the test passes (the measured split is a result)."""
-    print(text)
-    os.write(it._real_stderr, f"\n# {text}\n".encode())
-
-
 @pytest.fixture(scope="module")
 def share():
     with ct.Daemon(socket_mode="0666") as d:
@@ -157,7 +151,7 @@ def measure(d, policy, limit):
     contended = sum(1 for q in samples if all(q[uid] > 0 for uid in WEIGHTS)) / max(1, len(samples))
     delayed = {uid: after[uid]["delayed_read"] for uid in WEIGHTS}
     fio_iops = {uid: round(jobs[uid]["read"]["iops"]) for uid in WEIGHTS}
-    report(f"policy {policy}, limit {limit}: uid {ct.UID_A} {share_a:.1f}% / uid {ct.UID_B} "
+    it.report(f"policy {policy}, limit {limit}: uid {ct.UID_A} {share_a:.1f}% / uid {ct.UID_B} "
            f"{100 - share_a:.1f}% of {total} requests in {elapsed:.1f}s ({total / elapsed:.0f} IOPS); "
            f"both queued in {contended:.0%} of {len(samples)} samples; delayed {delayed}; "
            f"fio whole-run IOPS {fio_iops}")
@@ -216,7 +210,7 @@ def test_example_1_split_across_devices(share):
     delta = {n: after[n]["groups"][-1]["read"] - before[n]["groups"][-1]["read"] for n in ("part1", "part2")}
     total = sum(delta.values())
     share1 = 100.0 * delta["part1"] / total
-    report(f"Example #1 (weights 80/40 on two devices, policy fair, io_limit 8): part1 {share1:.1f}% / part2 "
+    it.report(f"Example #1 (weights 80/40 on two devices, policy fair, io_limit 8): part1 {share1:.1f}% / part2 "
            f"{100 - share1:.1f}% (want 66.7%) of {total} requests in {elapsed:.1f}s")
     assert share1 > 50.0, f"part1 (weight 80) got only {share1:.1f}% against part2 (weight 40)"
     d.ok("remove", "part1")

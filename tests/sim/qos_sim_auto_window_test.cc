@@ -13,7 +13,7 @@
 // storage stays busy.
 #include <gtest/gtest.h>
 
-#include "sim/simulator.h"
+#include "sim/scenarios.h"
 
 namespace ioband::sim {
 namespace {
@@ -165,24 +165,9 @@ TEST(AutoWindow, ElasticStorageThreeDevices) {
 // The SyncClient check (qos_sim_sync_client_test.cc) with auto: a group with
 // one outstanding request against one with 128 at equal weight keeps >= 90 %
 // of what it gets alone.
-Scenario sync_client(qos::Policy policy, bool with_competitor, std::uint32_t storage_depth, bool io_limit_auto = true) {
-  Scenario s;
-  s.name = "1 outstanding vs 128, io_limit auto";
-  s.policy = policy;
-  s.io_limit = 128;
-  s.io_limit_auto = io_limit_auto;
-  s.storage = storage(storage_depth, 20 * kMilli, 5 * kMilli);
-  s.devices = {0};
-  s.groups = {group(0, 1, 100), group(0, 2, 100)};
-  s.clients = {closed_loop("sync", 0, 1, 1)};
-  if (with_competitor) s.clients.push_back(closed_loop("bulk", 0, 2, 128));
-  s.duration = 20 * kSecond;
-  return s;
-}
-
 void sync_run(qos::Policy policy, std::uint32_t storage_depth) {
-  Result alone = simulate(sync_client(policy, false, storage_depth));
-  Result shared = simulate(sync_client(policy, true, storage_depth));
+  Result alone = simulate(sync_client(policy, false, storage_depth, 128, true));
+  Result shared = simulate(sync_client(policy, true, storage_depth, 128, true));
   double solo = static_cast<double>(alone.client("sync").completed.size());
   double with = static_cast<double>(shared.client("sync").completed.size());
   double utilization = shared.utilization(kSecond, shared.duration);
@@ -202,9 +187,9 @@ TEST(AutoWindow, SyncClientRangeBw) { sync_run(qos::Policy::range_bw, 128); }
 // one or two of the other's in the storage's queue: about 73 %, not 90 %, but
 // six times what the fixed io_limit 128 leaves it.
 TEST(AutoWindow, SyncClientFairShallowStorage) {
-  Result alone = simulate(sync_client(qos::Policy::fair, false, 16));
-  Result with_auto = simulate(sync_client(qos::Policy::fair, true, 16));
-  Result with_fixed = simulate(sync_client(qos::Policy::fair, true, 16, false));
+  Result alone = simulate(sync_client(qos::Policy::fair, false, 16, 128, true));
+  Result with_auto = simulate(sync_client(qos::Policy::fair, true, 16, 128, true));
+  Result with_fixed = simulate(sync_client(qos::Policy::fair, true, 16, 128, false));
   double solo = static_cast<double>(alone.client("sync").completed.size());
   double automatic = static_cast<double>(with_auto.client("sync").completed.size());
   double fixed = static_cast<double>(with_fixed.client("sync").completed.size());
@@ -220,20 +205,7 @@ TEST(AutoWindow, SyncClientFairShallowStorage) {
 // Work conservation (qos_sim_work_conserving_test.cc) with auto: a group goes
 // idle and comes back; the storage stays busy and the shares hold.
 void work_conserving(qos::Policy policy) {
-  Scenario s;
-  s.name = "a group goes idle, io_limit auto";
-  s.policy = policy;
-  s.io_limit_auto = true;
-  s.storage = storage(32, 10 * kMilli, 2 * kMilli);
-  s.devices = {0, 1};
-  s.groups = {group(0, 1, 100), group(0, 2, 50), group(1, qos::kDefaultGroup, 50)};
-  s.clients = {closed_loop("a", 0, 1, 128), closed_loop("b", 0, 2, 128), closed_loop("c", 1, qos::kDefaultGroup, 128)};
-  s.clients[0].stop = 10 * kSecond;
-  ClientSpec again = closed_loop("a-again", 0, 1, 128);
-  again.start = 20 * kSecond;
-  s.clients.push_back(again);
-  s.duration = 30 * kSecond;
-  Result result = simulate(s);
+  Result result = simulate(idle_group(policy, true));
   double before = result.utilization(kSecond, 10 * kSecond);
   double idle = result.utilization(10 * kSecond, 20 * kSecond);
   double after = result.utilization(20 * kSecond, 30 * kSecond);

@@ -8,25 +8,10 @@
 // (that is what io_limit is for: it must not exceed the storage's depth).
 #include <gtest/gtest.h>
 
-#include "sim/simulator.h"
+#include "sim/scenarios.h"
 
 namespace ioband::sim {
 namespace {
-
-Scenario sync_client(qos::Policy policy, bool with_competitor, std::uint32_t storage_depth,
-                     std::uint32_t io_limit) {
-  Scenario s;
-  s.name = "1 outstanding vs 128";
-  s.policy = policy;
-  s.io_limit = io_limit;
-  s.storage = storage(storage_depth, 20 * kMilli, 5 * kMilli);
-  s.devices = {0};
-  s.groups = {group(0, 1, 100), group(0, 2, 100)};
-  s.clients = {closed_loop("sync", 0, 1, 1)};
-  if (with_competitor) s.clients.push_back(closed_loop("bulk", 0, 2, 128));
-  s.duration = 20 * kSecond;
-  return s;
-}
 
 void run(qos::Policy policy, std::uint32_t storage_depth, std::uint32_t io_limit) {
   Result alone = simulate(sync_client(policy, false, storage_depth, io_limit));

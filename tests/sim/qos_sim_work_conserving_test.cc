@@ -3,27 +3,10 @@
 // again at once without taking over the storage (STYLE.md point 6).
 #include <gtest/gtest.h>
 
-#include "sim/simulator.h"
+#include "sim/scenarios.h"
 
 namespace ioband::sim {
 namespace {
-
-Scenario idle_group(qos::Policy policy) {
-  Scenario s;
-  s.name = "a group goes idle";
-  s.policy = policy;
-  s.storage = storage(32, 10 * kMilli, 2 * kMilli);
-  s.devices = {0, 1};
-  s.groups = {group(0, 1, 100), group(0, 2, 50), group(1, qos::kDefaultGroup, 50)};
-  s.clients = {closed_loop("a", 0, 1, 128), closed_loop("b", 0, 2, 128), closed_loop("c", 1, qos::kDefaultGroup, 128)};
-  // a stops at 10 s and comes back at 20 s.
-  s.clients[0].stop = 10 * kSecond;
-  ClientSpec again = closed_loop("a-again", 0, 1, 128);
-  again.start = 20 * kSecond;
-  s.clients.push_back(again);
-  s.duration = 30 * kSecond;
-  return s;
-}
 
 void run(qos::Policy policy) {
   Result result = simulate(idle_group(policy));

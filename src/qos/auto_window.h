@@ -96,6 +96,10 @@ class AutoWindow {
     return std::clamp(window_, floor, std::max(floor, cap));
   }
 
+  // What completes now says nothing of the window (another rule decides
+  // what is in flight): this phase is discarded, nothing is learned from it.
+  void pause() noexcept { paused_ = true; }
+
   // next() held a request back because the window was full.
   void held_back() noexcept { full_ = true; }
 
@@ -124,6 +128,14 @@ class AutoWindow {
   }
 
   void end_phase(Nanos now, Nanos elapsed, std::uint32_t floor, std::uint32_t cap) noexcept {
+    if (paused_) {
+      // The same phase again, with nothing decided.
+      samples_ = 0;
+      peak_ = 0;
+      full_ = paused_ = broken_ = false;
+      phase_start_ = now;
+      return;
+    }
     const double rate = broken_ ? 0 : static_cast<double>(samples_) / static_cast<double>(elapsed);
     window_ = std::clamp(window_, floor, cap);
     switch (phase_) {
@@ -237,6 +249,7 @@ class AutoWindow {
   std::uint8_t streak_ = 0;   // 1 after a step was taken: the next probe goes twice as far
   bool full_ = false;
   bool broken_ = false;
+  bool paused_ = false;
   bool probe_full_ = false;
   Nanos phase_start_ = 0;
   Nanos last_completion_ = 0;

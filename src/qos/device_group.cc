@@ -375,7 +375,7 @@ struct DeviceGroup::Impl {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
-    if (in_flight >= window()) {
+    if (in_flight >= window() && !(in_flight < io_limit && anticipation.exempt_from_window(now))) {
       if (io_limit_auto) auto_window.held_back();
       return waiting(TimePoint::max());
     }
@@ -402,7 +402,7 @@ struct DeviceGroup::Impl {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
-      if (Nanos until = anticipation.holds(*group, in_flight, now); until != 0) {
+      if (Nanos until = anticipation.holds(*group, now); until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
@@ -617,6 +617,7 @@ struct DeviceGroup::Impl {
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
     if (io_limit_auto) {
       last_now = std::max(last_now, now);
+      if (anticipation.engaged(now)) auto_window.pause();
       auto_window.completed(now, in_flight, auto_floor(), io_limit);
     }
     --group.in_flight;

@@ -172,6 +172,31 @@ TEST(QosAutoWindow, AnIdleGapDecidesNothing) {
   EXPECT_EQ(d.settled(), before);
 }
 
+// While the anticipation holds lighter groups back (anticipation.h), what
+// is in flight is its doing, not the window's: a few requests of a shallow
+// client, then a burst. Without the pause, the window would fall to what
+// the shallow client uses (nothing held back, peak + 1) and trickle the
+// bursts out afterwards.
+TEST(QosAutoWindow, APausedPhaseDecidesNothing) {
+  Driver d;
+  RateModel storage = flat(16, 10'000);
+  d.run(storage, 5 * kSecond);
+  const std::uint32_t before = d.settled();
+  ASSERT_GT(before, 8u);
+  for (int i = 0; i < 50; ++i) {
+    d.window.pause();
+    for (std::uint32_t k = 1; k <= 1000; ++k) d.window.completed(d.now + AutoWindow::kPhase * k / 1000, 2, d.floor, d.cap);
+    d.now += AutoWindow::kPhase;
+  }
+  EXPECT_EQ(d.settled(), before);
+  // The same phases unpaused: the window follows the demand down.
+  for (int i = 0; i < 50; ++i) {
+    for (std::uint32_t k = 1; k <= 1000; ++k) d.window.completed(d.now + AutoWindow::kPhase * k / 1000, 2, d.floor, d.cap);
+    d.now += AutoWindow::kPhase;
+  }
+  EXPECT_LT(d.settled(), before);
+}
+
 TEST(QosAutoWindow, BoundsFollowTheSettings) {
   Driver d;
   d.run(flat(1000, 1'000), 5 * kSecond);

@@ -625,6 +625,8 @@ struct DeviceGroup::Impl {
     --in_flight;
     if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {
       anticipation.completed(group, std::max(last_now, now));
+    } else {
+      anticipation.deep_completed(group, std::max(last_now, now));
     }
     if (!held.empty() && anticipation.group() == &group) {
       // The anticipated group completed: the groups it held ask again now

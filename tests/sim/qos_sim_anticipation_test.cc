@@ -13,6 +13,8 @@
 // NBD round trip); the deep one none.
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "sim/simulator.h"
 
 namespace ioband::sim {
@@ -28,9 +30,9 @@ struct Shape {
 // The elastic model charges every request in service 18 us against each
 // other's, so the deep client's bursts (anticipation.h) cost the shallow
 // client a few percent: one wait behind a burst every kBurst x 4 of its
-// requests, longer for QD4, whose requests come four times as often.
-Shape elastic_disk() { return {"elastic", elastic_storage(110 * kMicro, 18 * kMicro, 30 * kMicro), 0.95, 0.90}; }
-Shape flat_disk() { return {"flat 16", storage(16, kMilli, 200 * kMicro), 0.95, 0.93}; }
+// requests, and bursts at most 1/20 of the time.
+Shape elastic_disk() { return {"elastic", elastic_storage(110 * kMicro, 18 * kMicro, 30 * kMicro), 0.95, 0.93}; }
+Shape flat_disk() { return {"flat 16", storage(16, kMilli, 200 * kMicro), 0.95, 0.95}; }
 
 Scenario shallow_vs_deep(const Shape& shape, qos::Policy policy, std::uint32_t depth, std::uint32_t weight,
                          bool with_deep, bool io_limit_auto) {
@@ -73,10 +75,20 @@ TEST(Anticipation, ShallowHeavyClientKeepsItsThroughput) {
       for (std::uint32_t depth : {1u, 4u}) {
         for (bool automatic : {false, true}) {
           Kept k = run(shape, policy, depth, 80, automatic);
-          EXPECT_GE(k.kept, depth == 1 ? shape.kept_qd1 : shape.kept_qd4) << shape.name << " " << qos::to_string(policy) << " QD" << depth;
-          // The deep client is not starved: it gets its weight's share of
-          // the requests, one for every four of the shallow one's.
-          EXPECT_NEAR(k.deep_share, 0.20, 0.02) << shape.name << " " << qos::to_string(policy) << " QD" << depth;
+          const std::string what = std::string(shape.name) + " " + std::string(qos::to_string(policy)) + " QD" +
+                                   std::to_string(depth) + (automatic ? " auto" : "");
+          EXPECT_GE(k.kept, depth == 1 ? shape.kept_qd1 : shape.kept_qd4) << what;
+          if (depth == 1) {
+            // The deep client gets its weight's share of the requests, one
+            // for every four of the shallow one's.
+            EXPECT_NEAR(k.deep_share, 0.20, 0.02) << what;
+          } else {
+            // QD4 keeps the storage busy by itself: its weight's share
+            // would need bursts more than 1/20 of the time, so the deep
+            // client gets less -- but not nothing.
+            EXPECT_GT(k.deep_share, 0.10) << what;
+            EXPECT_LT(k.deep_share, 0.21) << what;
+          }
         }
       }
     }

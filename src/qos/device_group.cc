@@ -443,20 +443,35 @@ struct DeviceGroup::Impl {
   }
 
   // With many active groups, the group that goes next is rarely in the
-  // cache, nor is its head request. A two-step pipeline: fetch the groups
-  // likely to go after the next one (the runner-up in the top device, the
-  // best of the runner-up device), and the head request of the next one,
-  // whose group was fetched that way one call earlier. The caller submits
-  // this request and handles completions meanwhile.
+  // cache, nor is its head request, nor its extras (limits, range-bw), and a
+  // miss costs more than a whole call. So next() fetches two calls ahead: the
+  // groups likely to go after the next one (the runner-up in the top device,
+  // the best of the runner-up device) with their head requests and extras.
+  // Their first lines were usually fetched one call earlier the same way
+  // (one of them was a runner-up then too); the next group's were fetched
+  // two calls ago. The caller submits this request and handles completions
+  // meanwhile.
   void prefetch_next() const noexcept {
     if (top.empty()) return;
     const Device& device = *top.top().item;
-    if (const auto* runner_up = device.ready.runner_up()) __builtin_prefetch(pool.at(runner_up->item));
+    prefetch_group(*pool.at(device.ready.top().item));  // the most urgent, and in the cache
+    if (const auto* runner_up = device.ready.runner_up()) prefetch_group(*pool.at(runner_up->item));
     if (const auto* device_runner_up = top.runner_up()) {
-      __builtin_prefetch(pool.at(device_runner_up->item->ready.top().item));
+      prefetch_group(*pool.at(device_runner_up->item->ready.top().item));
     }
-    const Group& next = *pool.at(device.ready.top().item);
-    if (next.head != nullptr) __builtin_prefetch(next.head);
+  }
+
+  // The first line of `group` and what a dispatch of it reads beyond its own lines.
+  static void prefetch_group(const Group& group) noexcept {
+    __builtin_prefetch(&group);
+    if (group.head != nullptr) __builtin_prefetch(group.head);
+    if (const GroupExtras* extras = group.extras.get()) {
+      static_assert(sizeof(GroupExtras) >= 3 * 64);
+      const char* line = reinterpret_cast<const char*>(extras);
+      __builtin_prefetch(line, 1);
+      __builtin_prefetch(line + 64, 1);
+      __builtin_prefetch(line + 128, 1);
+    }
   }
 
   void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {

@@ -54,6 +54,24 @@
 // where the weights fade. Noise then costs rate, not order (tests: about
 // 3/4 of the rate at the cap with +-8 % noise per phase).
 //
+// Order. The rate alone can carry W past where the weights act: storage
+// that gains with depth up to 128 (this disk on a fast day: +20-30 % per
+// doubling) leads slow start to 128, and a heavy client then cannot keep
+// requests queued -- four times the other's dispatches need four times its
+// requests circulating, and they are in the storage and in the client. The
+// scheduler then dispatches what is there, first come first served (80/20
+// came out at 64.8 % with W ~ 108). next() reports such "orderless"
+// dispatches: nothing else ready while another deep group (one that had
+// more than 4 outstanding; a shallow one cannot queue more) has requests in
+// flight and none queued. A phase with over 1/40 of its dispatches
+// orderless steps W down by max(s, W / 8) whatever the rate says, and the
+// next probe goes down too; with over 1/200, W does not grow (slow start
+// ends, an up probe does not count).
+//
+// Pause. While the anticipation holds lighter groups back
+// (anticipation.h), what is in flight is its doing: such phases are
+// discarded, nothing is learned.
+//
 // Known limit. On this VM's disk in 60 s runs W walked down to 9-11: order
 // exact, about half the rate of io_limit 128, where a fixed 32-64 kept the
 // order at 0.66-0.79x (docs/results.md 1.4). A W/16 probe moves the rate by
@@ -100,6 +118,14 @@ class AutoWindow {
   // what is in flight): this phase is discarded, nothing is learned from it.
   void pause() noexcept { paused_ = true; }
 
+  // A request was dispatched; `orderless`: nothing else was ready while
+  // another group had requests in flight and none queued, so the policy
+  // chose nothing (first come, first served).
+  void dispatched(bool orderless) noexcept {
+    ++dispatches_;
+    orderless_ += orderless ? 1 : 0;
+  }
+
   // next() held a request back because the window was full.
   void held_back() noexcept { full_ = true; }
 
@@ -120,6 +146,8 @@ class AutoWindow {
   static constexpr std::uint8_t kMaxBackoff = 7;
   static constexpr double kDownElasticity = 0.12;  // a down step is taken when e is below this
   static constexpr double kUpElasticity = 0.2;     // an up step when e is above this
+  static constexpr std::uint32_t kMaxOrderless = 40;    // a step down with over 1/40 of dispatches orderless
+  static constexpr std::uint32_t kGrowOrderless = 200;  // no step up with over 1/200 of them
 
   // W / 16, or W / 8 right after a step was taken (the next probe goes the
   // same way): fine near the balance, faster after a change of the storage.
@@ -128,16 +156,23 @@ class AutoWindow {
   }
 
   void end_phase(Nanos now, Nanos elapsed, std::uint32_t floor, std::uint32_t cap) noexcept {
-    if (paused_) {
-      // The same phase again, with nothing decided.
-      samples_ = 0;
-      peak_ = 0;
-      full_ = paused_ = broken_ = false;
-      phase_start_ = now;
-      return;
-    }
+    if (paused_) return end_of_phase(now);  // the same phase again, nothing decided
     const double rate = broken_ ? 0 : static_cast<double>(samples_) / static_cast<double>(elapsed);
     window_ = std::clamp(window_, floor, cap);
+    if (dispatches_ >= kMinSamples && orderless_ * kMaxOrderless > dispatches_) {
+      // The window is deeper than the weights can order: the groups'
+      // requests wait in the storage and in the clients, not here. A step
+      // down whatever the rate says, and the next probe goes down too.
+      window_ = std::max(floor, window_ - std::max(step(window_), window_ / 8));
+      phase_ = Phase::hold;
+      direction_ = -1;
+      up_votes_ = 0;
+      backoff_ = rests_ = 0;
+      hold_rate_ = rate;
+      probe_rate_ = 0;
+      end_of_phase(now);
+      return;
+    }
     switch (phase_) {
       case Phase::slow_start:
         if (rate == 0) break;
@@ -145,7 +180,7 @@ class AutoWindow {
           // The last doubling bought less than 1/8: back to the last half.
           window_ = std::max(floor, window_ / 2);
           start_probing(rate);
-        } else if (!full_ || window_ >= cap) {
+        } else if (!full_ || window_ >= cap || orderless_ * kGrowOrderless > dispatches_) {
           start_probing(rate);
         } else {
           window_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(std::uint64_t{window_} * 2, cap));
@@ -183,14 +218,17 @@ class AutoWindow {
       }
       case Phase::probe:
         probe_rate_ = rate;
-        probe_full_ = full_;
+        probe_full_ = full_ && orderless_ * kGrowOrderless <= dispatches_;
         phase_ = Phase::hold;
         break;
     }
-    samples_ = 0;
+    end_of_phase(now);
+  }
+
+  void end_of_phase(Nanos now) noexcept {
+    samples_ = dispatches_ = orderless_ = 0;
     peak_ = 0;
-    full_ = false;
-    broken_ = false;
+    full_ = paused_ = broken_ = false;
     phase_start_ = now;
   }
 
@@ -250,7 +288,9 @@ class AutoWindow {
   bool full_ = false;
   bool broken_ = false;
   bool paused_ = false;
-  bool probe_full_ = false;
+  std::uint32_t dispatches_ = 0;  // this phase
+  std::uint32_t orderless_ = 0;
+  bool probe_full_ = false;  // the probe's window was full and still ordered the dispatches
   Nanos phase_start_ = 0;
   Nanos last_completion_ = 0;
   double prev_rate_ = 0;   // slow start: the rate at the last window

@@ -95,6 +95,7 @@ struct DeviceGroup::Impl {
   std::int64_t weight_generation_epoch = 0;
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
+  std::uint32_t busy_deep_groups = 0;  // groups with requests in flight that had more than kLowDepth outstanding
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
   std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
@@ -435,6 +436,17 @@ struct DeviceGroup::Impl {
         }
       }
       Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
+      if (io_limit_auto) {
+        // Was this an order, or first come first served? The latter when
+        // nothing else is ready while another deep group (a shallow one
+        // cannot queue more: anticipation.h) has requests in flight but
+        // none queued: with a window that deep, the clients' round trips
+        // decide, not the weights (auto_window.h).
+        const bool self_busy = group->in_flight > 0 && group->busy_peak > detail::Anticipation::kLowDepth;
+        const bool others_busy = busy_deep_groups > (self_busy ? 1u : 0u);
+        const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
+        auto_window.dispatched(others_busy && alone);
+      }
       anticipation.dispatching(*group);
       dispatch(*group, request, now, rule);
       prefetch_next();
@@ -485,7 +497,7 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
-    ++group.in_flight;
+    if (group.in_flight++ == 0 && group.busy_peak > detail::Anticipation::kLowDepth) ++busy_deep_groups;
     ++device.in_flight;
     ++in_flight;
 
@@ -587,8 +599,13 @@ struct DeviceGroup::Impl {
     ++group->queue_length;
     ++device.queued;
     ++queued;
+    const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
-        std::max<std::uint32_t>(group->busy_peak, group->queue_length + group->in_flight), 255));
+        std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
+    if (group->in_flight > 0 && peak <= detail::Anticipation::kLowDepth &&
+        group->busy_peak > detail::Anticipation::kLowDepth) {
+      ++busy_deep_groups;
+    }
     if (group->queue_length == 1) {
       if (group->in_flight == 0 && group->busy_peak <= detail::Anticipation::kLowDepth &&
           policy != Policy::range_bw) {
@@ -635,7 +652,7 @@ struct DeviceGroup::Impl {
       if (anticipation.engaged(now)) auto_window.pause();
       auto_window.completed(now, in_flight, auto_floor(), io_limit);
     }
-    --group.in_flight;
+    if (--group.in_flight == 0 && group.busy_peak > detail::Anticipation::kLowDepth) --busy_deep_groups;
     --device.in_flight;
     --in_flight;
     if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {

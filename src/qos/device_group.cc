@@ -652,7 +652,10 @@ struct DeviceGroup::Impl {
       if (anticipation.engaged(now)) auto_window.pause();
       auto_window.completed(now, in_flight, auto_floor(), io_limit);
     }
-    if (--group.in_flight == 0 && group.busy_peak > detail::Anticipation::kLowDepth) --busy_deep_groups;
+    if (--group.in_flight == 0 && group.busy_peak > detail::Anticipation::kLowDepth) {
+      assert(busy_deep_groups > 0 && "complete: the count of busy deep groups went wrong");
+      --busy_deep_groups;
+    }
     --device.in_flight;
     --in_flight;
     if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {

@@ -78,7 +78,7 @@ class Anticipation {
  public:
   static constexpr std::uint32_t kLowDepth = 4;
   static constexpr std::uint32_t kBurst = 64;
-  static constexpr Nanos kBurstSpacing = 20;  // a burst, then 19 times as long without
+  static constexpr std::int64_t kBurstSpacing = 20;  // a burst, then 19 times as long without
   static constexpr Nanos kRecheck = 2'000'000;  // a held group asks again after 2 ms at the latest
   static constexpr Nanos kMinWait = 10'000'000;  // 10 ms
   static constexpr Nanos kMaxWait = 50'000'000;  // 50 ms

@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/sendfile.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +47,18 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
   recv_op_.session = this;
   send_op_.session = this;
+  cork_op_.session = this;
+  // A Unix stream socket is writable again once its unread data is at most
+  // a quarter of the send buffer (unix_writable() in the kernel).
+  int domain = 0;
+  int sndbuf = 0;
+  socklen_t len = sizeof domain;
+  if (getsockopt(fd_, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX) {
+    len = sizeof sndbuf;
+    if (getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0 && sndbuf > 0) {
+      cork_threshold_ = static_cast<uint32_t>(sndbuf) / 4;
+    }
+  }
 }
 
 Session::~Session() {
@@ -100,6 +114,7 @@ void Session::begin_close(const char* why) noexcept {
     close_reason_ = why;
   }
   if (recv_pending_) host_.reactor->cancel(&recv_op_);
+  if (cork_pending_) host_.reactor->cancel(&cork_op_);
   if (waiting_) cancel_waiting();
   // A write whose data never fully arrived is not acknowledged; its buffer
   // is released once no recv can still be writing into it.
@@ -113,7 +128,7 @@ void Session::begin_close(const char* why) noexcept {
 }
 
 void Session::maybe_destroy() noexcept {
-  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || inflight_ != 0 ||
+  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || cork_pending_ || inflight_ != 0 ||
       busy_ != 0) {
     return;
   }
@@ -739,7 +754,7 @@ void Session::schedule_flush() noexcept {
   flush_scheduled_ = true;
   host_.reactor->defer_until_idle([this] {
     flush_scheduled_ = false;
-    flush();
+    if (!hold_replies()) flush();
     maybe_destroy();
   });
 }
@@ -750,7 +765,43 @@ uint32_t reply_size(const NbdRequest& r) noexcept {
   return r.reply_header_length + r.reply_data_length + static_cast<uint32_t>(r.extra.size());
 }
 
+// Held replies are small ones, and not many bytes of them: a large reply
+// is worth sending at once, and the data of held ones stays in memory.
+constexpr uint32_t kCorkReplyMax = 16u << 10;
+constexpr uint32_t kCorkBytesMax = 128u << 10;
+
 }  // namespace
+
+bool Session::hold_replies() noexcept {
+  if (cork_threshold_ == 0 || phase_ != Phase::kTransmission || send_pending_ || shutting_down_ || !out_head_ ||
+      handshake_sent_ < handshake_out_.size()) {
+    return false;
+  }
+  uint32_t bytes = 0;
+  for (const NbdRequest* r = out_head_; r; r = r->next) {
+    const uint32_t size = reply_size(*r);
+    bytes += size;
+    if (size > kCorkReplyMax || r->reply_splice_fd >= 0 || bytes > kCorkBytesMax) return false;
+  }
+  if (cork_pending_) return true;  // the poll sends them
+  int unread = 0;
+  if (ioctl(fd_, SIOCOUTQ, &unread) != 0 || unread < 0 || static_cast<uint32_t>(unread) <= cork_threshold_) {
+    return false;
+  }
+  // Completes at once if the client read its backlog meanwhile.
+  io_uring_prep_poll_add(host_.reactor->prepare(&cork_op_), fd_, POLLOUT);
+  cork_pending_ = true;
+  return true;
+}
+
+void Session::cork_done() noexcept {
+  cork_pending_ = false;
+  ++busy_;
+  // Ready, or an error (cancelled at close, peer gone) the send will show.
+  if (phase_ != Phase::kClosing || out_head_) send_queued();
+  --busy_;
+  maybe_destroy();
+}
 
 // Replies go out with a direct non-blocking sendmsg: usually the socket
 // takes them all and no ring round trip is needed. Only when it is full does

@@ -8,6 +8,16 @@
 // the socket is read first), so a burst of requests costs one system call
 // for all its replies; a reply whose data the backend left in a file goes
 // out with sendfile(). When the socket is full a ring poll waits for room.
+//
+// On a Unix socket, small replies are also held back while the client still
+// has more than a quarter of the socket's send buffer unread (about 13
+// replies of 4 KiB): they would only queue behind that data. A ring poll for
+// POLLOUT, which the kernel reports once the client has read its backlog
+// down to that quarter, sends them; by then the client still has that
+// quarter to read, so it never waits for them. One sendmsg then carries
+// many replies instead of one or two, which is fewer skbs for both sides
+// (see docs/performance.md). A client that keeps few requests in flight
+// never builds such a backlog and is never held.
 // At most kMaxInflight requests and kMaxInflightBytes of buffers exist per
 // connection: past that, the session stops reading until
 // replies drain, so memory is bounded whatever the client does.
@@ -107,6 +117,10 @@ class Session {
     Session* session;
     void on_complete(int32_t result, uint32_t) noexcept override { session->send_done(result); }
   };
+  struct CorkOp final : io::Completion {
+    Session* session;
+    void on_complete(int32_t, uint32_t) noexcept override { session->cork_done(); }
+  };
 
   // Input.
   void arm_recv() noexcept;
@@ -146,6 +160,8 @@ class Session {
   void wait_writable() noexcept;
   void account_sent(uint32_t bytes) noexcept;
   void send_failed() noexcept;
+  bool hold_replies() noexcept;  // true: a poll will send them later
+  void cork_done() noexcept;
 
   void begin_close(const char* why) noexcept;
   void unlink_waiting(NbdRequest& request) noexcept;
@@ -187,6 +203,12 @@ class Session {
   SendOp send_op_;
   bool send_pending_ = false;
   bool flush_scheduled_ = false;
+  // Holding small replies back (see the top of this file): only on Unix
+  // sockets, whose POLLOUT means "the peer has read its backlog down to
+  // cork_threshold_ bytes"; 0 = never hold.
+  CorkOp cork_op_;
+  bool cork_pending_ = false;
+  uint32_t cork_threshold_ = 0;
   uint32_t busy_ = 0;  // inside flush(): not to be destroyed yet
 
   // Requests.

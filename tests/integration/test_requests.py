@@ -10,10 +10,13 @@ requests libnbd cannot send (unknown command, oversized write payload).
 Spec references are to doc/proto.md of NetworkBlockDevice/nbd."""
 
 import errno
+import fcntl
 import os
 import random
 import struct
 import sys
+import termios
+import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +39,7 @@ R_TRIM = 8 * MiB
 R_ZERO = 12 * MiB
 R_STRUCTURED = 16 * MiB
 R_PIPELINE = 24 * MiB
+R_BACKLOG = 28 * MiB
 R_BIG = 32 * MiB  # to the end; oversized requests start at 32 MiB - 4 KiB
 
 
@@ -498,6 +502,51 @@ def test_raw_unknown_command(server):
         assert err == it.NBD_EINVAL
         err, data = c.call(it.CMD_READ, 4096, 5)
         assert (err, data) == (0, b"hello"), "a write with a bad flag wrote"
+        c.request(it.CMD_DISC)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_replies_behind_an_unread_backlog(server, name):
+    """A client that stops reading while replies pile up in its socket, sends
+    more reads, then reads everything: every reply arrives, in step, with the
+    right data. (On a Unix socket the server holds small replies back while
+    the client has a backlog, and sends them when the client has read it down
+    to a quarter of the socket's send buffer: without that wake-up the later
+    replies would never come.)"""
+    block = 4096
+    blocks = 256
+    with raw_go(server, name) as c:
+        want = [it.pattern(3000 + b, block) for b in range(blocks)]
+        for b in range(0, blocks, 64):
+            assert c.call(it.CMD_WRITE, R_BACKLOG + b * block, 64 * block,
+                          payload=b"".join(want[b:b + 64]))[0] == 0
+        # Half the server's send buffer in replies, then more: well past the
+        # quarter at which it starts to hold replies, well short of a full socket.
+        with open("/proc/sys/net/core/wmem_default") as f:
+            sndbuf = int(f.read())
+        first = (sndbuf // 2) // (16 + block) + 1
+        more = 16
+        assert first + more <= blocks
+        handles = {}
+        for b in range(first):
+            handles[c.request(it.CMD_READ, R_BACKLOG + b * block, block)] = b
+        time.sleep(0.3)
+        for b in range(first, first + more):
+            handles[c.request(it.CMD_READ, R_BACKLOG + b * block, block)] = b
+        time.sleep(0.3)
+        waiting = struct.unpack("i", fcntl.ioctl(c.sock.fileno(), termios.FIONREAD, struct.pack("i", 0)))[0]
+        it.log(f"{name}: {waiting} bytes waiting for the client, "
+               f"{(first + more) * (16 + block)} bytes of replies in all")
+        for _ in range(first + more):
+            err, handle, data = c.simple_reply(block)
+            assert err == 0, f"read of block {handles.get(handle)}: error {err}"
+            assert handle in handles, f"a reply for handle {handle}, which was never sent or came twice"
+            b = handles.pop(handle)
+            assert data == want[b], f"block {b} read back wrong"
+        assert not handles
+        # The connection goes on as usual afterwards.
+        err, data = c.call(it.CMD_READ, R_BACKLOG, block)
+        assert (err, data) == (0, want[0])
         c.request(it.CMD_DISC)
 
 

@@ -68,6 +68,10 @@ struct BackendTraits {
   bool can_fast_zero = true;
   bool rotational = false;
   bool read_only = false;
+  // Served at memory speed: an operation never waits for a device, so
+  // reading a request later costs it nothing while its reply would wait
+  // anyway (see Session: input is not read while replies are held back).
+  bool memory_speed = false;
   uint32_t preferred_block = 4096;
 };
 

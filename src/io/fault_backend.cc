@@ -16,7 +16,11 @@ class FaultBackend final : public Backend {
       : inner_(std::move(inner)), options_(options), state_(options.seed | 1) {}
 
   uint64_t size() const noexcept override { return inner_->size(); }
-  BackendTraits traits() const noexcept override { return inner_->traits(); }
+  BackendTraits traits() const noexcept override {
+    BackendTraits t = inner_->traits();
+    if (options_.delay_ms) t.memory_speed = false;
+    return t;
+  }
   std::string describe() const override {
     std::string d = inner_->describe() + " with faults:";
     if (options_.error_number) {

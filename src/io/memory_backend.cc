@@ -21,7 +21,11 @@ class MemoryBackend final : public Backend {
   ~MemoryBackend() override { munmap(base_, mapped_); }
 
   uint64_t size() const noexcept override { return size_; }
-  BackendTraits traits() const noexcept override { return BackendTraits{}; }
+  BackendTraits traits() const noexcept override {
+    BackendTraits t;
+    t.memory_speed = true;
+    return t;
+  }
   std::string describe() const override { return "memory (" + std::to_string(size_) + " bytes)"; }
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {

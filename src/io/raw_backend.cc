@@ -75,6 +75,7 @@ class RawBackend final : public Backend {
     t.read_only = options_.read_only;
     t.can_trim = true;
     t.can_fast_zero = true;
+    t.memory_speed = in_memory_;
     t.preferred_block = align_ > 4096 ? align_ : 4096;
     return t;
   }

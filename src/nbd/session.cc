@@ -223,7 +223,7 @@ void Session::process_input() noexcept {
   // Reading stops while the session is over its limits (memory stays
   // bounded); a WRITE whose payload is arriving is always completed.
   const bool want_input = payload_request_ != nullptr || discard_ != 0 || phase_ != Phase::kTransmission ||
-                          (!reading_paused() && !disconnect_requested_);
+                          (!reading_paused() && !disconnect_requested_ && !(cork_pending_ && memory_speed_));
   if (want_input) arm_recv();
 }
 
@@ -426,6 +426,7 @@ void Session::enter_transmission() noexcept {
   export_->connections.fetch_add(1, std::memory_order_relaxed);
   context_.export_size = export_->backend->size();
   context_.read_only = export_->is_read_only();
+  memory_speed_ = export_->backend->traits().memory_speed;
   log_line("connection " + std::to_string(id_) + " from " + peer_.address + " to export " + export_->name +
            (context_.structured_replies ? " (structured replies)" : ""));
   phase_ = export_->reactor && export_->reactor != host_.reactor ? Phase::kMigrating : Phase::kTransmission;
@@ -799,6 +800,8 @@ void Session::cork_done() noexcept {
   ++busy_;
   // Ready, or an error (cancelled at close, peer gone) the send will show.
   if (phase_ != Phase::kClosing || out_head_) send_queued();
+  // Input left unread while the replies were held (memory-speed storage).
+  if (phase_ == Phase::kTransmission) process_input();
   --busy_;
   maybe_destroy();
 }

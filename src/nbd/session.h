@@ -17,7 +17,9 @@
 // quarter to read, so it never waits for them. One sendmsg then carries
 // many replies instead of one or two, which is fewer skbs for both sides
 // (see docs/performance.md). A client that keeps few requests in flight
-// never builds such a backlog and is never held.
+// never builds such a backlog and is never held. On memory-speed storage
+// the session does not even read input while it holds replies: the poll's
+// wake-up then reads, serves and answers everything that came meanwhile.
 // At most kMaxInflight requests and kMaxInflightBytes of buffers exist per
 // connection: past that, the session stops reading until
 // replies drain, so memory is bounded whatever the client does.
@@ -209,6 +211,11 @@ class Session {
   CorkOp cork_op_;
   bool cork_pending_ = false;
   uint32_t cork_threshold_ = 0;
+  // The export's storage works at memory speed: while replies are held,
+  // requests are left in the socket and read all at once when the poll
+  // fires (their replies would be held anyway); on a device they are read
+  // and submitted at once, so the device is kept busy.
+  bool memory_speed_ = false;
   uint32_t busy_ = 0;  // inside flush(): not to be destroyed yet
 
   // Requests.

@@ -123,6 +123,50 @@ void Reactor::run_all(std::vector<std::function<void()>>& queue) {
   }
 }
 
+// Waiting for the next completion: submit and look; then poll the ring for
+// up to poll_ns_; then sleep. Falling asleep and being woken costs tens of
+// microseconds in a virtual machine (the idle vCPU halts; the wake-up is an
+// inter-processor interrupt through the hypervisor), and a client with one
+// request in flight pays it on both sides of every request. poll_ns_ adapts
+// as QEMU's event loop does (util/aio-posix.c): it stays while polls find
+// the completion, grows while sleeps end within kPollMaxNs and shrinks when
+// they are longer. Unlike there, polling also starts when a probe finds the
+// completion: without polling a quick client's round trip here is longer
+// than kPollMaxNs (both sides sleep), so growth alone would never start it.
+// So a daemon whose waits are long (idle, a disk's hundreds of
+// microseconds, replies held for a deep client) polls once per kProbeEvery
+// sleeps, and one answering a quick client back and forth polls at most
+// kPollMaxNs before each sleep.
+int Reactor::wait() {
+  const auto start = std::chrono::steady_clock::now();
+  int rc = io_uring_submit_and_get_events(&ring_);
+  if (io_uring_cq_ready(&ring_) != 0 || rc < 0) return rc;
+  int64_t budget = poll_ns_;
+  if (budget == 0 && ++sleeps_since_probe_ >= kProbeEvery) {
+    sleeps_since_probe_ = 0;
+    budget = kPollMaxNs;
+  }
+  if (budget > 0) {
+    const auto until = start + std::chrono::nanoseconds(budget);
+    do {
+      rc = io_uring_get_events(&ring_);
+      if (io_uring_cq_ready(&ring_) != 0 || rc < 0) {
+        if (poll_ns_ == 0) poll_ns_ = budget;  // a probe that found it
+        return rc;
+      }
+    } while (std::chrono::steady_clock::now() < until);
+  }
+  rc = io_uring_submit_and_wait(&ring_, 1);
+  const int64_t waited =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+  if (waited > kPollMaxNs) {
+    poll_ns_ = poll_ns_ / 2 < kPollStartNs ? 0 : poll_ns_ / 2;
+  } else if (poll_ns_ < kPollMaxNs) {
+    poll_ns_ = poll_ns_ == 0 ? kPollStartNs : std::min<int64_t>(poll_ns_ * 2, kPollMaxNs);
+  }
+  return rc;
+}
+
 void Reactor::run() {
   if (disabled_) {
     // Debian's liburing 2.3 declares io_uring_enable_rings but does not export it.
@@ -134,7 +178,7 @@ void Reactor::run() {
   unsigned busy_turns = 0;
   while (!(stopping_ && (!idle_check_ || idle_check_()))) {
     // With work for the idle point pending, only look for what is there.
-    int rc = idle_deferred_.empty() ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
+    int rc = idle_deferred_.empty() ? wait() : io_uring_submit_and_get_events(&ring_);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
       throw std::system_error(-rc, std::generic_category(), "io_uring_submit_and_wait");
     }

@@ -92,6 +92,7 @@ class Reactor {
  private:
   class WakeReader;
   void arm_wake() noexcept;
+  int wait();  // submits, then polls and sleeps until a completion is ready
   void drain_posted();
   void run_all(std::vector<std::function<void()>>& queue);
 
@@ -110,6 +111,14 @@ class Reactor {
   bool stopping_ = false;
   bool expect_more_ = false;
   bool disabled_ = false;  // created disabled; enabled by run() on its thread
+  // Polling before sleeping (see wait()): the budget, QEMU's bounds for it
+  // (poll-max-ns 32768, first step 4 us, grow and shrink by 2), and a probe
+  // every kProbeEvery sleeps while it is 0.
+  static constexpr int64_t kPollMaxNs = 32768;
+  static constexpr int64_t kPollStartNs = 4000;
+  static constexpr unsigned kProbeEvery = 64;
+  int64_t poll_ns_ = 0;
+  unsigned sleeps_since_probe_ = 0;
   uint64_t iterations_ = 0;
 };
 

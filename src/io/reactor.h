@@ -116,7 +116,7 @@ class Reactor {
   // every kProbeEvery sleeps while it is 0.
   static constexpr int64_t kPollMaxNs = 32768;
   static constexpr int64_t kPollStartNs = 4000;
-  static constexpr unsigned kProbeEvery = 64;
+  static constexpr unsigned kProbeEvery = 8;
   int64_t poll_ns_ = 0;
   unsigned sleeps_since_probe_ = 0;
   uint64_t iterations_ = 0;

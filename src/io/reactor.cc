@@ -133,6 +133,8 @@ void Reactor::run_all(std::vector<std::function<void()>>& queue) {
 // they are longer. Unlike there, polling also starts when a probe finds the
 // completion: without polling a quick client's round trip here is longer
 // than kPollMaxNs (both sides sleep), so growth alone would never start it.
+// While a connection holds replies for its client (Reactor::hold_begin)
+// the next event is that client reading its backlog: no polling then.
 // So a daemon whose waits are long (idle, a disk's hundreds of
 // microseconds, replies held for a deep client) polls once per kProbeEvery
 // sleeps, and one answering a quick client back and forth polls at most
@@ -141,8 +143,8 @@ int Reactor::wait() {
   const auto start = std::chrono::steady_clock::now();
   int rc = io_uring_submit_and_get_events(&ring_);
   if (io_uring_cq_ready(&ring_) != 0 || rc < 0) return rc;
-  int64_t budget = poll_ns_;
-  if (budget == 0 && ++sleeps_since_probe_ >= kProbeEvery) {
+  int64_t budget = holding_ ? 0 : poll_ns_;
+  if (budget == 0 && !holding_ && ++sleeps_since_probe_ >= kProbeEvery) {
     sleeps_since_probe_ = 0;
     budget = kPollMaxNs;
   }

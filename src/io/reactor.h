@@ -71,6 +71,10 @@ class Reactor {
   void defer_until_idle(std::function<void()> fn) { idle_deferred_.push_back(std::move(fn)); }
   // A recv filled its whole buffer: more input is probably waiting.
   void expect_more() noexcept { expect_more_ = true; }
+  // A connection waits for its client to read a backlog (tens of
+  // microseconds at least): while any does, wait() sleeps without polling.
+  void hold_begin() noexcept { ++holding_; }
+  void hold_end() noexcept { --holding_; }
   static constexpr unsigned kMaxBusyTurns = 8;
 
   // Arms a one-shot timer; owner->on_complete(-ETIME) when it fires,
@@ -118,6 +122,7 @@ class Reactor {
   static constexpr int64_t kPollStartNs = 4000;
   static constexpr unsigned kProbeEvery = 8;
   int64_t poll_ns_ = 0;
+  unsigned holding_ = 0;
   unsigned sleeps_since_probe_ = 0;
   uint64_t iterations_ = 0;
 };

@@ -792,11 +792,13 @@ bool Session::hold_replies() noexcept {
   // Completes at once if the client read its backlog meanwhile.
   io_uring_prep_poll_add(host_.reactor->prepare(&cork_op_), fd_, POLLOUT);
   cork_pending_ = true;
+  host_.reactor->hold_begin();
   return true;
 }
 
 void Session::cork_done() noexcept {
   cork_pending_ = false;
+  host_.reactor->hold_end();
   ++busy_;
   // Ready, or an error (cancelled at close, peer gone) the send will show.
   if (phase_ != Phase::kClosing || out_head_) send_queued();

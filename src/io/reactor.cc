@@ -143,10 +143,13 @@ int Reactor::wait() {
   const auto start = std::chrono::steady_clock::now();
   int rc = io_uring_submit_and_get_events(&ring_);
   if (io_uring_cq_ready(&ring_) != 0 || rc < 0) return rc;
-  int64_t budget = holding_ ? 0 : poll_ns_;
-  if (budget == 0 && !holding_ && ++sleeps_since_probe_ >= kProbeEvery) {
-    sleeps_since_probe_ = 0;
-    budget = kPollMaxNs;
+  int64_t budget = 0;
+  if (!holding_) {
+    budget = poll_ns_;
+    if (budget == 0 && ++sleeps_since_probe_ >= kProbeEvery) {
+      sleeps_since_probe_ = 0;
+      budget = kPollMaxNs;
+    }
   }
   if (budget > 0) {
     const auto until = start + std::chrono::nanoseconds(budget);

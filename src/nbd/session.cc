@@ -50,14 +50,10 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   cork_op_.session = this;
   // A Unix stream socket is writable again once its unread data is at most
   // a quarter of the send buffer (unix_writable() in the kernel).
-  int domain = 0;
   int sndbuf = 0;
-  socklen_t len = sizeof domain;
-  if (getsockopt(fd_, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain == AF_UNIX) {
-    len = sizeof sndbuf;
-    if (getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0 && sndbuf > 0) {
-      cork_threshold_ = static_cast<uint32_t>(sndbuf) / 4;
-    }
+  socklen_t len = sizeof sndbuf;
+  if (peer_.unix_socket && getsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) == 0 && sndbuf > 0) {
+    cork_threshold_ = static_cast<uint32_t>(sndbuf) / 4;
   }
 }
 

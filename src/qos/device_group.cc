@@ -96,6 +96,8 @@ struct DeviceGroup::Impl {
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
   std::uint32_t busy_deep_groups = 0;  // groups with requests in flight that had more than kLowDepth outstanding
+  // A deep group: more than kLowDepth outstanding since it was last empty.
+  static bool deep(std::uint8_t busy_peak) noexcept { return busy_peak > detail::Anticipation::kLowDepth; }
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
   std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
@@ -442,7 +444,7 @@ struct DeviceGroup::Impl {
         // cannot queue more: anticipation.h) has requests in flight but
         // none queued: with a window that deep, the clients' round trips
         // decide, not the weights (auto_window.h).
-        const bool self_busy = group->in_flight > 0 && group->busy_peak > detail::Anticipation::kLowDepth;
+        const bool self_busy = group->in_flight > 0 && deep(group->busy_peak);
         const bool others_busy = busy_deep_groups > (self_busy ? 1u : 0u);
         const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
         auto_window.dispatched(others_busy && alone);
@@ -497,7 +499,7 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
-    if (group.in_flight++ == 0 && group.busy_peak > detail::Anticipation::kLowDepth) ++busy_deep_groups;
+    if (group.in_flight++ == 0 && deep(group.busy_peak)) ++busy_deep_groups;
     ++device.in_flight;
     ++in_flight;
 
@@ -602,12 +604,11 @@ struct DeviceGroup::Impl {
     const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
-    if (group->in_flight > 0 && peak <= detail::Anticipation::kLowDepth &&
-        group->busy_peak > detail::Anticipation::kLowDepth) {
+    if (group->in_flight > 0 && !deep(peak) && deep(group->busy_peak)) {
       ++busy_deep_groups;
     }
     if (group->queue_length == 1) {
-      if (group->in_flight == 0 && group->busy_peak <= detail::Anticipation::kLowDepth &&
+      if (group->in_flight == 0 && !deep(group->busy_peak) &&
           policy != Policy::range_bw) {
         anticipation.arrived(*group, last_now);
       }
@@ -652,13 +653,13 @@ struct DeviceGroup::Impl {
       if (anticipation.engaged(now)) auto_window.pause();
       auto_window.completed(now, in_flight, auto_floor(), io_limit);
     }
-    if (--group.in_flight == 0 && group.busy_peak > detail::Anticipation::kLowDepth) {
+    if (--group.in_flight == 0 && deep(group.busy_peak)) {
       assert(busy_deep_groups > 0 && "complete: the count of busy deep groups went wrong");
       --busy_deep_groups;
     }
     --device.in_flight;
     --in_flight;
-    if (group.busy_peak <= detail::Anticipation::kLowDepth && !group.retired && policy != Policy::range_bw) {
+    if (!deep(group.busy_peak) && !group.retired && policy != Policy::range_bw) {
       anticipation.completed(group, std::max(last_now, now));
     } else {
       anticipation.deep_completed(group, std::max(last_now, now));

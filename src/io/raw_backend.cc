@@ -17,6 +17,15 @@
 // caller sendfile()s the range, which hands the socket references to the
 // page-cache pages (AF_UNIX takes spliced pages since Linux 6.5), so the
 // client's copy out of the socket is the only one.
+//
+// Sequential reads (io::kSequential) on O_DIRECT storage go through the
+// page cache: there the kernel's readahead has the device read the next
+// part of the stream while the client is still asking for this one, which
+// direct I/O, reading only what was asked, cannot do (a disk's sequential
+// throughput grows with the bytes in flight). Large ones are read by the
+// ring's worker threads (IOSQE_ASYNC), so the copies out of the page cache
+// run on other cores. The stream drops what it has consumed behind it
+// (POSIX_FADV_DONTNEED), so it does not fill the page cache with the image.
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -44,6 +53,7 @@ enum Stage : uint8_t {
   kStageZeroRange,   // punch-hole refused: retrying as zero-range
   kStageZeroWrite,   // no fallocate: writing zero buffers
   kStageFuaSync,     // the data is down, now fdatasync for FUA
+  kStageCached,      // a sequential read through the page cache
 };
 
 constexpr uint32_t kZeroChunk = 1u << 20;
@@ -51,12 +61,15 @@ constexpr uint32_t kInlineLimit = 128u << 10;
 // From here a read is worth a sendfile of its own rather than a copy into
 // the reply; below, one pread and one sendmsg for many replies cost less.
 constexpr uint32_t kSpliceMin = 64u << 10;
+constexpr uint64_t kLargestFolio = 2u << 20;
+constexpr uint64_t kDropLag = 8u << 20;
 
 class RawBackend final : public Backend {
  public:
-  RawBackend(int fd, bool direct, bool block_device, bool in_memory, uint64_t size, uint32_t align,
-             const RawOptions& options)
+  RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, uint64_t size,
+             uint32_t align, const RawOptions& options)
       : fd_(fd),
+        buffered_fd_(buffered_fd),
         direct_(direct),
         block_device_(block_device),
         in_memory_(in_memory),
@@ -65,7 +78,7 @@ class RawBackend final : public Backend {
         options_(options) {}
   ~RawBackend() override {
     close(fd_);
-    if (buffered_fd_ >= 0) close(buffered_fd_);
+    if (buffered_fd_ != fd_) close(buffered_fd_);
     free(zeroes_);
   }
 
@@ -93,9 +106,8 @@ class RawBackend final : public Backend {
     op.splice_fd = -1;
     // Splicing needs a buffered descriptor: from an O_DIRECT one (tmpfs
     // takes O_DIRECT since Linux 6.6) the kernel copies into fresh pages.
-    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin &&
-        buffered_fd() >= 0) {
-      op.splice_fd = buffered_fd();
+    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin) {
+      op.splice_fd = buffered_fd_;
       reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
       return;
     }
@@ -205,18 +217,17 @@ class RawBackend final : public Backend {
     return -EINVAL;
   }
 
-  int buffered_fd() noexcept {
-    if (!direct_) return fd_;
-    if (buffered_fd_ < 0) {
-      buffered_fd_ = open(options_.path.c_str(), (options_.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    }
-    return buffered_fd_;
-  }
-
   void start(IoOp& op) noexcept {
     Reactor& r = *op.reactor;
     switch (op.op) {
       case Op::kRead: {
+        if (direct_ && !in_memory_ && (op.flags & kSequential)) {
+          op.stage = kStageCached;
+          io_uring_sqe* sqe = r.prepare(&op);
+          io_uring_prep_read(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
+          return;
+        }
         if (!direct_ || aligned(op)) {
           io_uring_prep_read(r.prepare(&op), fd_, op.buffer, op.length, op.offset);
           return;
@@ -230,8 +241,7 @@ class RawBackend final : public Backend {
         return;
       }
       case Op::kWrite: {
-        int fd = (!direct_ || aligned(op)) ? fd_ : buffered_fd();
-        if (fd < 0) return op.finish(-errno);
+        int fd = aligned(op) ? fd_ : buffered_fd_;
         io_uring_sqe* sqe = r.prepare(&op);
         io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
@@ -274,7 +284,24 @@ class RawBackend final : public Backend {
     if (result == 0) return op.finish(-EIO);  // the file shrank under us
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) return start_remaining_read(op);
+    if (op.stage == kStageCached) drop_consumed(op);
     op.finish(static_cast<int32_t>(op.length));
+  }
+
+  // What a sequential stream has consumed, kDropLag behind: reads of the
+  // stream still in flight (they may finish out of order) keep their pages.
+  // The page cache holds a file in folios of up to 2 MiB on x86-64
+  // (readahead makes them large) and POSIX_FADV_DONTNEED drops only folios
+  // wholly inside its range, so the ranges are whole 2 MiB blocks; those of
+  // a stream's reads tile the stream. What stays is the last kDropLag of
+  // the stream and the readahead ahead of it.
+  void drop_consumed(const IoOp& op) noexcept {
+    if (op.offset < kDropLag) return;
+    const uint64_t first = (op.offset - kDropLag) & ~(kLargestFolio - 1);
+    const uint64_t last = (op.offset + op.length - kDropLag) & ~(kLargestFolio - 1);
+    if (last > first) {
+      posix_fadvise(buffered_fd_, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
+    }
   }
 
   void start_remaining_read(IoOp& op) noexcept {
@@ -284,8 +311,7 @@ class RawBackend final : public Backend {
       return start(op);
     }
     // A short read leaves the rest unaligned in general: finish it buffered.
-    int fd = op.done_bytes == 0 ? fd_ : buffered_fd();
-    if (fd < 0) return op.finish(-errno);
+    int fd = op.done_bytes == 0 && op.stage != kStageCached ? fd_ : buffered_fd_;
     io_uring_prep_read(op.reactor->prepare(&op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
                        op.offset + op.done_bytes);
   }
@@ -296,10 +322,8 @@ class RawBackend final : public Backend {
     if (result < 0) return op.finish(result);
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) {
-      int fd = buffered_fd();
-      if (fd < 0) return op.finish(-errno);
       io_uring_sqe* sqe = op.reactor->prepare(&op);
-      io_uring_prep_write(sqe, fd, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
+      io_uring_prep_write(sqe, buffered_fd_, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
       if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
       return;
     }
@@ -337,7 +361,7 @@ class RawBackend final : public Backend {
   void write_zero_chunk(IoOp& op) noexcept {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
-    int fd = (direct_ && (pos % align_ == 0) && (n % align_ == 0)) ? fd_ : buffered_fd();
+    int fd = (pos % align_ == 0) && (n % align_ == 0) ? fd_ : buffered_fd_;
     io_uring_prep_write(op.reactor->prepare(&op), fd, zeroes_, n, pos);
   }
 
@@ -349,7 +373,7 @@ class RawBackend final : public Backend {
   }
 
   int fd_;
-  int buffered_fd_ = -1;
+  int buffered_fd_;  // fd_ itself unless fd_ is O_DIRECT
   bool direct_;
   bool block_device_;
   bool in_memory_;
@@ -417,10 +441,20 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
     return nullptr;
   }
   const uint32_t align = direct ? direct_io_alignment(fd, block_device) : 1;
+  // Unaligned writes, sequential reads and sendfile() need the page cache.
+  int buffered_fd = fd;
+  if (direct) {
+    buffered_fd = open(options.path.c_str(), access | O_CLOEXEC);
+    if (buffered_fd < 0) {
+      error = options.path + ": " + std::strerror(errno);
+      close(fd);
+      return nullptr;
+    }
+  }
   struct statfs fs{};
   const bool in_memory = !block_device && fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC);
-  return std::make_unique<RawBackend>(fd, direct, block_device, in_memory, size, align, options);
+  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, size, align, options);
 }
 
 }  // namespace ioband::io

@@ -561,6 +561,7 @@ void Session::dispatch(NbdRequest& r) noexcept {
     case kCmdRead:
       r.op = io::Op::kRead;
       r.flags |= io::kSpliceOk;
+      if (continues_stream(h.offset, h.length)) r.flags |= io::kSequential;
       break;
     case kCmdWrite: r.op = io::Op::kWrite; break;
     case kCmdFlush: r.op = io::Op::kFlush; break;
@@ -589,6 +590,22 @@ void Session::dispatch(NbdRequest& r) noexcept {
   if (waiting_) waiting_->waiting_prev = &r;
   waiting_ = &r;
   scheduling.driver->enqueue(r);
+}
+
+// A guest reading a file, a copy, a backup: each is a stream of reads that
+// start where the one before ended, several of them interleaved on one
+// connection at most. A read that starts nowhere near is a new stream and
+// takes the oldest slot.
+bool Session::continues_stream(uint64_t offset, uint32_t length) noexcept {
+  for (uint64_t& end : stream_end_) {
+    if (end == offset) {
+      end = offset + length;
+      return true;
+    }
+  }
+  stream_end_[stream_next_] = offset + length;
+  stream_next_ = (stream_next_ + 1) % kStreams;
+  return false;
 }
 
 void Session::submit_io(NbdRequest& r) noexcept {

@@ -170,6 +170,7 @@ class Session {
   void cancel_waiting() noexcept;
   void maybe_destroy() noexcept;
   bool reading_paused() const noexcept;
+  bool continues_stream(uint64_t offset, uint32_t length) noexcept;
 
   SessionHost host_;
   int fd_;
@@ -180,6 +181,11 @@ class Session {
   RequestContext context_;
   uint32_t classified_epoch_ = ~0u;  // export's classification epoch seen
   int64_t group_id_ = kDefaultGroupId;
+  // Where the last reads of a few streams ended: a read that starts at one
+  // of them continues a sequential stream (io::kSequential).
+  static constexpr unsigned kStreams = 4;
+  uint64_t stream_end_[kStreams] = {~0ull, ~0ull, ~0ull, ~0ull};
+  unsigned stream_next_ = 0;  // slot a new stream takes
 
   // Input state.
   std::unique_ptr<uint8_t[]> in_;

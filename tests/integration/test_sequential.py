@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""Sequential reads of an O_DIRECT export: a stream of reads that each start
+where the one before ended goes through the page cache, so that the
+kernel's readahead runs ahead of the client, and drops what it has read.
+The client must get the file's bytes (also with several streams on one
+connection and with reads of odd sizes), see every write acknowledged
+before its read, aligned (O_DIRECT) or not, whatever readahead had cached,
+and the stream must not leave the file in the page cache."""
+
+import os
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import iobandtest as it  # noqa: E402
+
+import pytest  # noqa: E402
+
+nbd = it.require_nbd()
+it.require_tools("fincore")
+
+MiB = it.MiB
+SIZE = 64 * MiB
+
+
+def drop_cache(path):
+    with open(path, "rb") as f:
+        os.fdatasync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def resident_bytes(path):
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.fixture(scope="module")
+def image():
+    d = it.make_tmpdir()
+    path = os.path.join(d, "disk.img")
+    it.random_file(path, SIZE, seed=11)
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    return d, path, data
+
+
+@pytest.fixture(scope="module")
+def server(image):
+    d, path, _ = image
+    with it.Server([f"disk={path}"], tmpdir=d) as s:
+        if "O_DIRECT" not in s.logs():
+            pytest.skip(f"{d} does not take O_DIRECT: no sequential path to test")
+        yield s
+        s.assert_alive()
+
+
+watchdog = it.pytest_watchdog()
+
+
+def stream(h, start, end, size, depth):
+    """Reads [start, end) in order, `size` bytes a read, `depth` in flight."""
+    pending = []
+    got = bytearray()
+    off = start
+    while off < end or pending:
+        while off < end and len(pending) < depth:
+            n = min(size, end - off)
+            buf = nbd.Buffer(n)
+            cookie = h.aio_pread(buf, off)
+            pending.append((cookie, buf))
+            off += n
+        h.poll(-1)
+        while pending and h.aio_command_completed(pending[0][0]):
+            got += pending.pop(0)[1].to_bytearray()
+    return bytes(got)
+
+
+def test_stream_reads_the_file_and_leaves_no_cache(server, image):
+    _, path, data = image
+    drop_cache(path)
+    h = server.connect("disk")
+    assert stream(h, 0, SIZE, MiB, 8) == data
+    h.shutdown()
+    # Without the drop the whole file (64 MiB) stays cached.
+    assert resident_bytes(path) <= SIZE // 4
+
+
+@pytest.mark.parametrize("size", [4096, 65536 + 512, 3 * MiB + 17])
+def test_odd_sizes_and_interleaved_streams(server, image, size):
+    _, path, data = image
+    drop_cache(path)
+    h = server.connect("disk")
+    a, b = 4 * MiB + 100, 40 * MiB
+    pos_a, pos_b = a, b
+    for _ in range(6):
+        assert h.pread(size, pos_a) == data[pos_a:pos_a + size], f"stream a at {pos_a}"
+        assert h.pread(size, pos_b) == data[pos_b:pos_b + size], f"stream b at {pos_b}"
+        pos_a += size
+        pos_b += size
+    h.shutdown()
+
+
+@pytest.mark.parametrize("offset,length", [(20 * MiB + 4096, 65536), (22 * MiB + 100, 1000)])
+def test_writes_ahead_of_a_stream_are_read(server, image, offset, length):
+    """Readahead caches the file ahead of the stream; a write there, direct
+    (aligned) or through the page cache (unaligned), must be what the
+    stream then reads."""
+    _, path, data = image
+    drop_cache(path)
+    h = server.connect("disk")
+    w = server.connect("disk")
+    start = offset - offset % MiB - 2 * MiB
+    assert stream(h, start, start + 2 * MiB, MiB, 2) == data[start:start + 2 * MiB]
+    payload = os.urandom(length)
+    w.pwrite(payload, offset)
+    data[offset:offset + length] = payload
+    end = start + 6 * MiB
+    assert stream(h, start + 2 * MiB, end, MiB, 2) == data[start + 2 * MiB:end]
+    w.flush()
+    with open(path, "rb") as f:
+        f.seek(offset)
+        assert f.read(length) == payload
+    h.shutdown()
+    w.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(it.run(__file__))

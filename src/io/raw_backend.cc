@@ -119,7 +119,8 @@ class RawBackend final : public Backend {
     start(op);
   }
 
-  void complete(Reactor&, IoOp& op, int32_t result) noexcept override {
+  void complete(Reactor& reactor, IoOp& op, int32_t result) noexcept override {
+    reactor.storage_end();
     switch (op.op) {
       case Op::kRead: return read_done(op, result);
       case Op::kWrite: return write_done(op, result);
@@ -167,6 +168,13 @@ class RawBackend final : public Backend {
   bool aligned(const IoOp& op) const noexcept {
     const uint64_t mask = align_ - 1;
     return (op.offset & mask) == 0 && (op.length & mask) == 0 && (reinterpret_cast<uintptr_t>(op.buffer) & mask) == 0;
+  }
+
+  // Every operation this backend puts on the ring is counted by the reactor
+  // until it completes (Reactor::storage_begin).
+  static io_uring_sqe* ring(IoOp& op) noexcept {
+    op.reactor->storage_begin();
+    return op.reactor->prepare(&op);
   }
 
   int32_t execute_now(IoOp& op) noexcept {
@@ -218,18 +226,17 @@ class RawBackend final : public Backend {
   }
 
   void start(IoOp& op) noexcept {
-    Reactor& r = *op.reactor;
     switch (op.op) {
       case Op::kRead: {
         if (direct_ && !in_memory_ && (op.flags & kSequential)) {
           op.stage = kStageCached;
-          io_uring_sqe* sqe = r.prepare(&op);
+          io_uring_sqe* sqe = ring(op);
           io_uring_prep_read(sqe, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
         if (!direct_ || aligned(op)) {
-          io_uring_prep_read(r.prepare(&op), fd_, op.buffer, op.length, op.offset);
+          io_uring_prep_read(ring(op), fd_, op.buffer, op.length, op.offset);
           return;
         }
         const uint64_t first = op.offset & ~uint64_t{align_ - 1};
@@ -237,30 +244,30 @@ class RawBackend final : public Backend {
         void* bounce = nullptr;
         if (posix_memalign(&bounce, align_, last - first) != 0) return op.finish(-ENOMEM);
         op.bounce = static_cast<uint8_t*>(bounce);
-        io_uring_prep_read(r.prepare(&op), fd_, op.bounce, static_cast<unsigned>(last - first), first);
+        io_uring_prep_read(ring(op), fd_, op.bounce, static_cast<unsigned>(last - first), first);
         return;
       }
       case Op::kWrite: {
         int fd = aligned(op) ? fd_ : buffered_fd_;
-        io_uring_sqe* sqe = r.prepare(&op);
+        io_uring_sqe* sqe = ring(op);
         io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
         return;
       }
       case Op::kFlush:
-        io_uring_prep_fsync(r.prepare(&op), fd_, IORING_FSYNC_DATASYNC);
+        io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
         return;
       case Op::kTrim:
-        io_uring_prep_fallocate(r.prepare(&op), fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
+        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
         return;
       case Op::kWriteZeroes: {
         int mode = (op.flags & kNoHole) ? FALLOC_FL_ZERO_RANGE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
         if (op.flags & kNoHole) op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(r.prepare(&op), fd_, mode, op.offset, op.length);
+        io_uring_prep_fallocate(ring(op), fd_, mode, op.offset, op.length);
         return;
       }
       case Op::kCache:
-        io_uring_prep_fadvise(r.prepare(&op), fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
+        io_uring_prep_fadvise(ring(op), fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
         return;
     }
   }
@@ -312,7 +319,7 @@ class RawBackend final : public Backend {
     }
     // A short read leaves the rest unaligned in general: finish it buffered.
     int fd = op.done_bytes == 0 && op.stage != kStageCached ? fd_ : buffered_fd_;
-    io_uring_prep_read(op.reactor->prepare(&op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
+    io_uring_prep_read(ring(op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
                        op.offset + op.done_bytes);
   }
 
@@ -322,7 +329,7 @@ class RawBackend final : public Backend {
     if (result < 0) return op.finish(result);
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) {
-      io_uring_sqe* sqe = op.reactor->prepare(&op);
+      io_uring_sqe* sqe = ring(op);
       io_uring_prep_write(sqe, buffered_fd_, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
       if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
       return;
@@ -336,7 +343,7 @@ class RawBackend final : public Backend {
       case kStageMain:  // punch hole
         if (!unsupported) return finish_or_sync(op, result);
         op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(op.reactor->prepare(&op), fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
+        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
         return;
       case kStageZeroRange:
         if (!unsupported) return finish_or_sync(op, result);
@@ -362,14 +369,14 @@ class RawBackend final : public Backend {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
     int fd = (pos % align_ == 0) && (n % align_ == 0) ? fd_ : buffered_fd_;
-    io_uring_prep_write(op.reactor->prepare(&op), fd, zeroes_, n, pos);
+    io_uring_prep_write(ring(op), fd, zeroes_, n, pos);
   }
 
   // Trim and zero with FUA: the metadata change must be durable too.
   void finish_or_sync(IoOp& op, int32_t result) noexcept {
     if (result < 0 || !(op.flags & kFua)) return op.finish(result < 0 ? result : 0);
     op.stage = kStageFuaSync;
-    io_uring_prep_fsync(op.reactor->prepare(&op), fd_, IORING_FSYNC_DATASYNC);
+    io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
   }
 
   int fd_;

@@ -75,6 +75,11 @@ class Reactor {
   // microseconds at least): while any does, wait() sleeps without polling.
   void hold_begin() noexcept { ++holding_; }
   void hold_end() noexcept { --holding_; }
+  // A backend operation is on the ring, waiting for the storage. With many
+  // waiting, wait() polls longer (kStoragePollNs): see there.
+  void storage_begin() noexcept { ++storage_; }
+  void storage_end() noexcept { --storage_; }
+  unsigned storage_inflight() const noexcept { return storage_; }
   static constexpr unsigned kMaxBusyTurns = 8;
 
   // Arms a one-shot timer; owner->on_complete(-ETIME) when it fires,
@@ -121,8 +126,11 @@ class Reactor {
   static constexpr int64_t kPollMaxNs = 32768;
   static constexpr int64_t kPollStartNs = 4000;
   static constexpr unsigned kProbeEvery = 8;
+  static constexpr int64_t kStoragePollNs = 256 * 1000;
+  static constexpr unsigned kDeepStorage = 8;
   int64_t poll_ns_ = 0;
   unsigned holding_ = 0;
+  unsigned storage_ = 0;  // backend operations on the ring
   unsigned sleeps_since_probe_ = 0;
   uint64_t iterations_ = 0;
 };

@@ -91,6 +91,12 @@ int main(int argc, char** argv) {
                  "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
                  "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N] (repeatable)");
   app.add_option("--threads", threads, "reactor threads (one event loop each)")->check(CLI::Range(1u, 64u))->capture_default_str();
+  int64_t poll_max_us = io::Reactor::kDefaultPollMaxUs;
+  app.add_option("--poll-max-us", poll_max_us,
+                 "longest a reactor polls before it sleeps, in microseconds: this long while the storage has a "
+                 "deep queue, at most 32 otherwise; 0 never polls (less CPU, more latency)")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000}))
+      ->capture_default_str();
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -165,6 +171,7 @@ int main(int argc, char** argv) {
   try {
     for (unsigned i = 0; i < threads; ++i) {
       reactors.push_back(std::make_unique<io::Reactor>(1024, static_cast<int>(i)));
+      reactors.back()->set_poll_max_us(poll_max_us);
       reactor_ptrs.push_back(reactors.back().get());
     }
   } catch (const std::exception& e) {

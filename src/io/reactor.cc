@@ -136,19 +136,21 @@ void Reactor::run_all(std::vector<std::function<void()>>& queue) {
 // While a connection holds replies for its client (Reactor::hold_begin)
 // the next event is that client reading its backlog: no polling then.
 // While the storage has a deep queue (kDeepStorage operations or more on
-// the ring) the reactor polls up to kStoragePollNs: a disk behind a
-// hypervisor completes such a queue in bursts hundreds of microseconds
-// apart, and a reactor asleep then wakes only after its vCPU has been
-// woken, which delays every reply of the burst and with them the client's
-// next requests, so the device runs with a shallower queue. Measured on
-// this machine's virtio disk, 4k random reads at QD32: 39-41k IOPS
-// sleeping, 51-52k polling up to 300 us, against 58-64k for fio's own
-// io_uring engine on the file. A queue that deep keeps the poll short,
-// and a shallow one (QD1 on a disk) does not poll at all.
-// So a daemon whose waits are long (idle, a disk's hundreds of
-// microseconds, replies held for a deep client) polls once per kProbeEvery
-// sleeps, and one answering a quick client back and forth polls at most
-// kPollMaxNs before each sleep.
+// the ring) the reactor polls up to storage_poll_ns_ (256 us unless
+// iobandd --poll-max-us says otherwise): a disk behind a hypervisor
+// completes such a queue in bursts hundreds of microseconds apart, and a
+// reactor asleep then answers the burst only once its vCPU has been woken,
+// which delays every reply of the burst and with them the client's next
+// requests, so the device runs with a shallower queue. On this machine's
+// virtio disk, 4k random reads at QD32 went from 0.65-0.73x of fio's own
+// io_uring engine on the file to 0.80-0.90x; the price is CPU, about 8 us
+// more per request there (15-17 against 7; qemu-nbd uses 15-17 without
+// polling). A shallow queue (QD1 on a disk) does not poll for the storage.
+// So a daemon whose waits are long (idle, a disk with a shallow queue,
+// replies held for a deep client) polls once per kProbeEvery sleeps, one
+// answering a quick client back and forth polls at most kPollMaxNs before
+// each sleep, and one with a deep queue on the storage up to
+// storage_poll_ns_.
 int Reactor::wait() {
   const auto start = std::chrono::steady_clock::now();
   int rc = io_uring_submit_and_get_events(&ring_);
@@ -156,12 +158,12 @@ int Reactor::wait() {
   int64_t budget = 0;
   bool probe = false;
   if (storage_ >= kDeepStorage && !holding_) {
-    budget = kStoragePollNs;
-  } else if (!holding_) {
+    budget = storage_poll_ns_;
+  } else if (!holding_ && poll_max_ns_ > 0) {
     budget = poll_ns_;
     if (budget == 0 && ++sleeps_since_probe_ >= kProbeEvery) {
       sleeps_since_probe_ = 0;
-      budget = kPollMaxNs;
+      budget = poll_max_ns_;
       probe = true;
     }
   }
@@ -178,10 +180,10 @@ int Reactor::wait() {
   rc = io_uring_submit_and_wait(&ring_, 1);
   const int64_t waited =
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
-  if (waited > kPollMaxNs) {
+  if (waited > poll_max_ns_) {
     poll_ns_ = poll_ns_ / 2 < kPollStartNs ? 0 : poll_ns_ / 2;
-  } else if (poll_ns_ < kPollMaxNs) {
-    poll_ns_ = poll_ns_ == 0 ? kPollStartNs : std::min<int64_t>(poll_ns_ * 2, kPollMaxNs);
+  } else if (poll_ns_ < poll_max_ns_) {
+    poll_ns_ = poll_ns_ == 0 ? std::min(kPollStartNs, poll_max_ns_) : std::min(poll_ns_ * 2, poll_max_ns_);
   }
   return rc;
 }

@@ -80,6 +80,14 @@ class Reactor {
   void storage_begin() noexcept { ++storage_; }
   void storage_end() noexcept { --storage_; }
   unsigned storage_inflight() const noexcept { return storage_; }
+  // The longest wait() polls before it sleeps: max_us while the storage has
+  // a deep queue, at most 32 us otherwise; 0: never poll (iobandd
+  // --poll-max-us). Call before run().
+  static constexpr int64_t kDefaultPollMaxUs = 256;
+  void set_poll_max_us(int64_t max_us) noexcept {
+    storage_poll_ns_ = max_us * 1000;
+    poll_max_ns_ = std::min(kPollMaxNs, storage_poll_ns_);
+  }
   static constexpr unsigned kMaxBusyTurns = 8;
 
   // Arms a one-shot timer; owner->on_complete(-ETIME) when it fires,
@@ -122,12 +130,14 @@ class Reactor {
   bool disabled_ = false;  // created disabled; enabled by run() on its thread
   // Polling before sleeping (see wait()): the budget, QEMU's bounds for it
   // (poll-max-ns 32768, first step 4 us, grow and shrink by 2), and a probe
-  // every kProbeEvery sleeps while it is 0.
+  // every kProbeEvery sleeps while it is 0; the budget while the storage has
+  // kDeepStorage operations or more.
   static constexpr int64_t kPollMaxNs = 32768;
   static constexpr int64_t kPollStartNs = 4000;
   static constexpr unsigned kProbeEvery = 8;
-  static constexpr int64_t kStoragePollNs = 256 * 1000;
   static constexpr unsigned kDeepStorage = 8;
+  int64_t poll_max_ns_ = kPollMaxNs;
+  int64_t storage_poll_ns_ = kDefaultPollMaxUs * 1000;
   int64_t poll_ns_ = 0;
   unsigned holding_ = 0;
   unsigned storage_ = 0;  // backend operations on the ring

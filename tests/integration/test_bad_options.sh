@@ -52,12 +52,16 @@ bad 2 --export --export "d=$T/disk.img,fault-errno=ENOTANERRNO"
 bad 2 --export --export "d=$T/disk.img,fault-errno=EIO,fault-rate=lots"
 bad 2 --export --export "d=$T/disk.img,fault-delay-ms=soon"
 bad 2 --threads --threads zero
+bad 2 --poll-max-us --poll-max-us -5
+bad 2 --poll-max-us --poll-max-us 20000
+bad 2 --poll-max-us --poll-max-us soon
 bad 2 --listen --listen no-port-here
 bad 2 --listen --listen 127.0.0.1:99999
 bad 2 --export --export "d=$T/disk.img" --export "d=,backend=memory,size=1M"
 bad nonzero nosuch.img --export "d=$T/nosuch.img"
 
 # The good form of the same command line starts and serves.
+IOBANDD_ARGS=(--poll-max-us 0)  # and polling off: it serves all the same
 start_server "d=$T/disk.img,size=8M" "m=,backend=memory,size=1M,description=scratch"
 "$PY" "$LIBDIR/iobandtest.py" wait-ready "${SERVER_PIDS[0]}" "$T/nbd.sock" 5 ||
   fail "iobandd with good options does not serve"

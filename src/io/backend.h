@@ -21,9 +21,10 @@ enum IoFlag : uint32_t {
   // kRead: the caller can send the data straight from a file. The backend
   // may then leave buffer unfilled and set IoOp::splice_fd instead.
   kSpliceOk = 1u << 3,
-  // kRead: continues a sequential stream of the caller's reads. A backend
-  // that bypasses the page cache may read this one through it, so that the
-  // kernel's readahead has the next part under way before it is asked for.
+  // kRead, kWrite: continues a sequential stream of the caller's reads or
+  // writes. A backend that bypasses the page cache may use it for this one:
+  // the kernel's readahead then has the next part under way before it is
+  // asked for, and its writeback writes the stream in larger runs.
   kSequential = 1u << 4,
 };
 

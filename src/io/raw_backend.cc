@@ -1,7 +1,8 @@
 // The raw backend: a regular file or a block device, O_DIRECT where the
-// storage allows it. Aligned requests go straight to the ring with the
-// caller's buffer; unaligned reads go through an aligned bounce buffer, and
-// unaligned writes through a second, buffered descriptor of the same file
+// storage allows it. Aligned reads and writes of whole aligned pages go
+// straight to the ring with the caller's buffer; unaligned reads go through
+// an aligned bounce buffer, and other writes through a second, buffered
+// descriptor of the same file (see whole_pages)
 // (the kernel keeps page cache and direct I/O coherent: a direct read flushes
 // dirty pages of its range first, a direct write invalidates them). A
 // read-modify-write bounce for writes would instead need a lock on every
@@ -26,6 +27,12 @@
 // ring's worker threads (IOSQE_ASYNC), so the copies out of the page cache
 // run on other cores. The stream drops what it has consumed behind it
 // (POSIX_FADV_DONTNEED), so it does not fill the page cache with the image.
+// Large sequential writes (128 KiB or more, whole pages, no FUA) go through
+// the page cache the same way and are written back behind the stream
+// (write_behind): the kernel then writes the stream in larger runs, with
+// more of it in flight, than the client's requests as they come. Small ones
+// stay direct: through the page cache, 4 KiB sequential writes at QD32 were
+// 15 % slower and took 50 % more CPU.
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -54,6 +61,8 @@ enum Stage : uint8_t {
   kStageZeroWrite,   // no fallocate: writing zero buffers
   kStageFuaSync,     // the data is down, now fdatasync for FUA
   kStageCached,      // a sequential read through the page cache
+  kStageBehind,      // a sequential write into the page cache
+  kStageBehindWait,  // ... waiting for the stream's writeback kDropLag behind
 };
 
 constexpr uint32_t kZeroChunk = 1u << 20;
@@ -248,7 +257,15 @@ class RawBackend final : public Backend {
         return;
       }
       case Op::kWrite: {
-        int fd = aligned(op) ? fd_ : buffered_fd_;
+        if (direct_ && !in_memory_ && (op.flags & kSequential) && !(op.flags & kFua) && op.length >= kInlineLimit &&
+            whole_pages(op.offset, op.length)) {
+          op.stage = kStageBehind;
+          io_uring_sqe* sqe = ring(op);
+          io_uring_prep_write(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
+          return;
+        }
+        int fd = aligned(op) && whole_pages(op.offset, op.length) ? fd_ : buffered_fd_;
         io_uring_sqe* sqe = ring(op);
         io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
@@ -325,6 +342,12 @@ class RawBackend final : public Backend {
 
   void write_done(IoOp& op, int32_t result) noexcept {
     if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
+    if (op.stage == kStageBehindWait) {
+      uint64_t first, last;
+      behind(op, first, last);
+      posix_fadvise(buffered_fd_, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
+      return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
+    }
     if (result == -EAGAIN || result == -EINTR) result = 0;
     if (result < 0) return op.finish(result);
     op.done_bytes += static_cast<uint32_t>(result);
@@ -334,7 +357,51 @@ class RawBackend final : public Backend {
       if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
       return;
     }
+    if (op.stage == kStageBehind) return write_behind(op);
     op.finish(static_cast<int32_t>(op.length));
+  }
+
+  // Writes go direct or through the page cache by whole pages: a direct
+  // write next to a buffered one in flight in the same page cannot
+  // invalidate that page, whose writeback would later put stale bytes over
+  // the direct write (the kernel warns "Page cache invalidation failure on
+  // direct I/O" and reports EIO). The storage's direct I/O alignment (512
+  // bytes on ext4) is finer than a page, so it alone does not prevent that:
+  // a stream of 66048-byte writes at 512-byte offsets, its first write
+  // direct and the rest buffered, hit it in a test.
+  static bool whole_pages(uint64_t offset, uint64_t length) noexcept {
+    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    return offset % page == 0 && length % page == 0;
+  }
+
+  // The whole 2 MiB blocks of a stream kDropLag behind op (see drop_consumed).
+  static void behind(const IoOp& op, uint64_t& first, uint64_t& last) noexcept {
+    first = last = 0;
+    if (op.offset < kDropLag) return;
+    first = (op.offset - kDropLag) & ~(kLargestFolio - 1);
+    last = (op.offset + op.length - kDropLag) & ~(kLargestFolio - 1);
+  }
+
+  // A sequential write is in the page cache. When it completes a 2 MiB
+  // block of the stream, the block's writeback starts (the ring's worker
+  // threads run sync_file_range; nothing waits for it). The write is
+  // acknowledged once the stream's blocks kDropLag behind are on the device,
+  // and those are dropped from the cache: the stream runs at the device's
+  // pace, with about kDropLag of it in the page cache. A writeback error
+  // there fails this write, and the next FLUSH (fdatasync) reports it too.
+  void write_behind(IoOp& op) noexcept {
+    const uint64_t done_to = (op.offset + op.length) & ~(kLargestFolio - 1);
+    const uint64_t from = op.offset & ~(kLargestFolio - 1);
+    if (done_to > from) {
+      io_uring_prep_sync_file_range(op.reactor->prepare(nullptr), buffered_fd_, static_cast<unsigned>(done_to - from),
+                                    from, SYNC_FILE_RANGE_WRITE);
+    }
+    uint64_t first, last;
+    behind(op, first, last);
+    if (last <= first) return op.finish(static_cast<int32_t>(op.length));
+    op.stage = kStageBehindWait;
+    io_uring_prep_sync_file_range(ring(op), buffered_fd_, static_cast<unsigned>(last - first), first,
+                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
   }
 
   void zeroes_done(IoOp& op, int32_t result) noexcept {
@@ -368,7 +435,7 @@ class RawBackend final : public Backend {
   void write_zero_chunk(IoOp& op) noexcept {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
-    int fd = (pos % align_ == 0) && (n % align_ == 0) ? fd_ : buffered_fd_;
+    int fd = whole_pages(pos, n) && pos % align_ == 0 && n % align_ == 0 ? fd_ : buffered_fd_;
     io_uring_prep_write(ring(op), fd, zeroes_, n, pos);
   }
 

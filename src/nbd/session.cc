@@ -561,9 +561,12 @@ void Session::dispatch(NbdRequest& r) noexcept {
     case kCmdRead:
       r.op = io::Op::kRead;
       r.flags |= io::kSpliceOk;
-      if (continues_stream(h.offset, h.length)) r.flags |= io::kSequential;
+      if (continues_stream(h.offset, h.length, false)) r.flags |= io::kSequential;
       break;
-    case kCmdWrite: r.op = io::Op::kWrite; break;
+    case kCmdWrite:
+      r.op = io::Op::kWrite;
+      if (continues_stream(h.offset, h.length, true)) r.flags |= io::kSequential;
+      break;
     case kCmdFlush: r.op = io::Op::kFlush; break;
     case kCmdTrim: r.op = io::Op::kTrim; break;
     case kCmdCache: r.op = io::Op::kCache; break;
@@ -592,19 +595,20 @@ void Session::dispatch(NbdRequest& r) noexcept {
   scheduling.driver->enqueue(r);
 }
 
-// A guest reading a file, a copy, a backup: each is a stream of reads that
-// start where the one before ended, several of them interleaved on one
-// connection at most. A read that starts nowhere near is a new stream and
-// takes the oldest slot.
-bool Session::continues_stream(uint64_t offset, uint32_t length) noexcept {
-  for (uint64_t& end : stream_end_) {
+// A guest reading or writing a file, a copy, a backup: each is a stream of
+// requests that start where the one before ended, several of them
+// interleaved on one connection at most. One that starts nowhere near is a
+// new stream and takes the oldest slot. Reads and writes are separate.
+bool Session::continues_stream(uint64_t offset, uint32_t length, bool write) noexcept {
+  Streams& streams = write ? write_streams_ : read_streams_;
+  for (uint64_t& end : streams.end) {
     if (end == offset) {
       end = offset + length;
       return true;
     }
   }
-  stream_end_[stream_next_] = offset + length;
-  stream_next_ = (stream_next_ + 1) % kStreams;
+  streams.end[streams.next] = offset + length;
+  streams.next = (streams.next + 1) % kStreams;
   return false;
 }
 

@@ -170,7 +170,7 @@ class Session {
   void cancel_waiting() noexcept;
   void maybe_destroy() noexcept;
   bool reading_paused() const noexcept;
-  bool continues_stream(uint64_t offset, uint32_t length) noexcept;
+  bool continues_stream(uint64_t offset, uint32_t length, bool write) noexcept;
 
   SessionHost host_;
   int fd_;
@@ -184,8 +184,11 @@ class Session {
   // Where the last reads of a few streams ended: a read that starts at one
   // of them continues a sequential stream (io::kSequential).
   static constexpr unsigned kStreams = 4;
-  uint64_t stream_end_[kStreams] = {~0ull, ~0ull, ~0ull, ~0ull};
-  unsigned stream_next_ = 0;  // slot a new stream takes
+  struct Streams {
+    uint64_t end[kStreams] = {~0ull, ~0ull, ~0ull, ~0ull};
+    unsigned next = 0;  // slot a new stream takes
+  };
+  Streams read_streams_, write_streams_;
 
   // Input state.
   std::unique_ptr<uint8_t[]> in_;

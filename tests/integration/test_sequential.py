@@ -1,11 +1,13 @@
 #!/usr/bin/python3
-"""Sequential reads of an O_DIRECT export: a stream of reads that each start
-where the one before ended goes through the page cache, so that the
-kernel's readahead runs ahead of the client, and drops what it has read.
-The client must get the file's bytes (also with several streams on one
-connection and with reads of odd sizes), see every write acknowledged
+"""Sequential streams on an O_DIRECT export: a stream of reads that each
+start where the one before ended goes through the page cache, so that the
+kernel's readahead runs ahead of the client, and drops what it has read; a
+stream of writes goes through the page cache and is written back behind
+itself. The client must get the file's bytes (also with several streams on
+one connection and with reads of odd sizes), see every write acknowledged
 before its read, aligned (O_DIRECT) or not, whatever readahead had cached,
-and the stream must not leave the file in the page cache."""
+find a written stream in the file after FLUSH, and no stream may leave the
+file in the page cache."""
 
 import os
 import subprocess
@@ -99,6 +101,76 @@ def test_odd_sizes_and_interleaved_streams(server, image, size):
         assert h.pread(size, pos_b) == data[pos_b:pos_b + size], f"stream b at {pos_b}"
         pos_a += size
         pos_b += size
+    h.shutdown()
+
+
+def stream_write(h, start, payload, size, depth):
+    """Writes payload at start in order, `size` bytes a write, `depth` in flight."""
+    pending = []
+    pos = 0
+    while pos < len(payload) or pending:
+        while pos < len(payload) and len(pending) < depth:
+            n = min(size, len(payload) - pos)
+            pending.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(payload[pos:pos + n])), start + pos))
+            pos += n
+        h.poll(-1)
+        while pending and h.aio_command_completed(pending[0]):
+            pending.pop(0)
+
+
+@pytest.mark.parametrize("size", [MiB, 4096, 65536 + 512])
+def test_write_stream_lands_and_leaves_little_cached(server, image, size):
+    """Sequential writes go through the page cache and are written back
+    behind the stream: every byte must read back, through the export (direct
+    reads and a sequential stream) and from the file after FLUSH, and the
+    stream must not leave itself in the page cache."""
+    _, path, data = image
+    drop_cache(path)
+    h = server.connect("disk")
+    # Streams of whole pages go through the page cache; the 66048-byte one,
+    # at 512-byte offsets, stays direct (writes sharing a page must not mix
+    # direct and buffered I/O: that one failed with EIO when they did).
+    start, length = 40 * MiB + (0 if size % 4096 == 0 else 512), 20 * MiB
+    payload = os.urandom(length)
+    stream_write(h, start, payload, size, 8)
+    data[start:start + length] = payload
+    for off in range(start, start + length, 3 * MiB + 4096):
+        n = min(MiB, start + length - off)
+        assert h.pread(n, off) == payload[off - start:off - start + n], f"read at {off}"
+    assert stream(h, start, start + length, MiB, 4) == payload
+    h.flush()
+    assert resident_bytes(path) <= SIZE // 4
+    with open(path, "rb") as f:
+        f.seek(start)
+        assert f.read(length) == payload
+    h.shutdown()
+
+
+def test_writes_sharing_pages_in_flight(server, image):
+    """Writes at 512-byte offsets and unaligned ones, all in flight at once,
+    several in each page: direct and buffered writes must never share a page
+    (the direct one's bytes would be overwritten by the page's writeback,
+    and the kernel reports EIO). Every byte must read back."""
+    _, path, data = image
+    h = server.connect("disk")
+    for start in (30 * MiB, 31 * MiB, 32 * MiB, 33 * MiB):
+        pos = start
+        pending = []
+        for i in range(512):
+            n = 1536 if i % 2 == 0 else 100
+            payload = os.urandom(n)
+            pending.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(payload)), pos))
+            data[pos:pos + n] = payload
+            pos += n + (412 if i % 2 else 0)  # aligned writes start at 512-byte offsets
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for cookie in pending:
+            assert h.aio_command_completed(cookie)
+        h.flush()
+        assert h.pread(pos - start, start) == data[start:pos]
+        with open(path, "rb") as f:
+            f.seek(start)
+            assert f.read(pos - start) == data[start:pos]
     h.shutdown()
 
 

@@ -122,6 +122,24 @@ TEST_F(RawBackendTest, SequentialReadsReturnTheFile) {
   }
 }
 
+TEST_F(RawBackendTest, SequentialWritesLandInTheFile) {
+  if (backend_->describe().find("O_DIRECT") == std::string::npos) GTEST_SKIP() << "no O_DIRECT here";
+  std::vector<uint8_t> stream(12 * kMiB + 8192);
+  std::mt19937 rng(9);
+  for (auto& b : stream) b = static_cast<uint8_t>(rng());
+  for (uint64_t at = 0; at < 12 * kMiB; at += kMiB) {
+    TestOp& w = add(Op::kWrite, kMiB + at, kMiB, kSequential);
+    std::memcpy(w.buffer, stream.data() + at, kMiB);
+  }
+  TestOp& small = add(Op::kWrite, 13 * kMiB, 8192, kSequential);
+  std::memcpy(small.buffer, stream.data() + 12 * kMiB, 8192);
+  run();
+  for (auto& op : ops_) EXPECT_EQ(op->result, static_cast<int32_t>(op->length)) << "write at " << op->offset;
+  add(Op::kFlush, 0, 0);
+  run();
+  EXPECT_EQ(file_bytes(kMiB, static_cast<uint32_t>(stream.size())), stream);
+}
+
 TEST_F(RawBackendTest, WritesOfEveryKindLandAndReadBack) {
   std::vector<uint8_t> a(64 * 1024, 0xa5), b(100, 0x5a);
   TestOp& aligned = add(Op::kWrite, 2 * kMiB, static_cast<uint32_t>(a.size()), kFua);

@@ -262,7 +262,7 @@ class RawBackend final : public Backend {
           op.stage = kStageBehind;
           io_uring_sqe* sqe = ring(op);
           io_uring_prep_write(sqe, buffered_fd_, op.buffer, op.length, op.offset);
-          if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
+          sqe->flags |= IOSQE_ASYNC;
           return;
         }
         int fd = aligned(op) && whole_pages(op.offset, op.length) ? fd_ : buffered_fd_;
@@ -308,21 +308,28 @@ class RawBackend final : public Backend {
     if (result == 0) return op.finish(-EIO);  // the file shrank under us
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) return start_remaining_read(op);
-    if (op.stage == kStageCached) drop_consumed(op);
+    if (op.stage == kStageCached) drop_behind(op);
     op.finish(static_cast<int32_t>(op.length));
   }
 
-  // What a sequential stream has consumed, kDropLag behind: reads of the
-  // stream still in flight (they may finish out of order) keep their pages.
-  // The page cache holds a file in folios of up to 2 MiB on x86-64
+  // A sequential stream's whole 2 MiB blocks kDropLag behind op: requests
+  // of the stream still in flight (they may finish out of order) are not in
+  // them. The page cache holds a file in folios of up to 2 MiB on x86-64
   // (readahead makes them large) and POSIX_FADV_DONTNEED drops only folios
-  // wholly inside its range, so the ranges are whole 2 MiB blocks; those of
-  // a stream's reads tile the stream. What stays is the last kDropLag of
-  // the stream and the readahead ahead of it.
-  void drop_consumed(const IoOp& op) noexcept {
+  // wholly inside its range, hence whole blocks; those of a stream's
+  // requests tile the stream. Empty (first == last) for most small requests.
+  static void behind(const IoOp& op, uint64_t& first, uint64_t& last) noexcept {
+    first = last = 0;
     if (op.offset < kDropLag) return;
-    const uint64_t first = (op.offset - kDropLag) & ~(kLargestFolio - 1);
-    const uint64_t last = (op.offset + op.length - kDropLag) & ~(kLargestFolio - 1);
+    first = (op.offset - kDropLag) & ~(kLargestFolio - 1);
+    last = (op.offset + op.length - kDropLag) & ~(kLargestFolio - 1);
+  }
+
+  // Drops those blocks from the page cache: what stays of a stream is its
+  // last kDropLag and, for reads, the readahead ahead of it.
+  void drop_behind(const IoOp& op) noexcept {
+    uint64_t first, last;
+    behind(op, first, last);
     if (last > first) {
       posix_fadvise(buffered_fd_, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
     }
@@ -343,9 +350,7 @@ class RawBackend final : public Backend {
   void write_done(IoOp& op, int32_t result) noexcept {
     if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
     if (op.stage == kStageBehindWait) {
-      uint64_t first, last;
-      behind(op, first, last);
-      posix_fadvise(buffered_fd_, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_DONTNEED);
+      drop_behind(op);
       return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
     }
     if (result == -EAGAIN || result == -EINTR) result = 0;
@@ -372,14 +377,6 @@ class RawBackend final : public Backend {
   static bool whole_pages(uint64_t offset, uint64_t length) noexcept {
     static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
     return offset % page == 0 && length % page == 0;
-  }
-
-  // The whole 2 MiB blocks of a stream kDropLag behind op (see drop_consumed).
-  static void behind(const IoOp& op, uint64_t& first, uint64_t& last) noexcept {
-    first = last = 0;
-    if (op.offset < kDropLag) return;
-    first = (op.offset - kDropLag) & ~(kLargestFolio - 1);
-    last = (op.offset + op.length - kDropLag) & ~(kLargestFolio - 1);
   }
 
   // A sequential write is in the page cache. When it completes a 2 MiB

@@ -76,7 +76,7 @@ class Reactor {
   void hold_begin() noexcept { ++holding_; }
   void hold_end() noexcept { --holding_; }
   // A backend operation is on the ring, waiting for the storage. With many
-  // waiting, wait() polls longer (kStoragePollNs): see there.
+  // waiting, wait() polls longer (up to storage_poll_ns_): see there.
   void storage_begin() noexcept { ++storage_; }
   void storage_end() noexcept { --storage_; }
   unsigned storage_inflight() const noexcept { return storage_; }

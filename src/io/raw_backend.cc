@@ -174,9 +174,22 @@ class RawBackend final : public Backend {
   }
 
  private:
-  bool aligned(const IoOp& op) const noexcept {
+  bool aligned(const IoOp& op) const noexcept { return aligned(op.offset, op.length, op.buffer); }
+  bool aligned(uint64_t offset, uint64_t length, const void* buffer) const noexcept {
     const uint64_t mask = align_ - 1;
-    return (op.offset & mask) == 0 && (op.length & mask) == 0 && (reinterpret_cast<uintptr_t>(op.buffer) & mask) == 0;
+    return (offset & mask) == 0 && (length & mask) == 0 && (reinterpret_cast<uintptr_t>(buffer) & mask) == 0;
+  }
+
+  // The descriptor a write goes through: direct only for whole pages that
+  // the storage's alignment allows (see whole_pages).
+  int write_fd(uint64_t offset, uint64_t length, const void* buffer) const noexcept {
+    return aligned(offset, length, buffer) && whole_pages(offset, length) ? fd_ : buffered_fd_;
+  }
+
+  // A request of a sequential stream on O_DIRECT storage: it may go through
+  // the page cache (reads always, writes when large; see the top).
+  bool stream_through_cache(const IoOp& op) const noexcept {
+    return direct_ && !in_memory_ && (op.flags & kSequential);
   }
 
   // Every operation this backend puts on the ring is counted by the reactor
@@ -237,7 +250,7 @@ class RawBackend final : public Backend {
   void start(IoOp& op) noexcept {
     switch (op.op) {
       case Op::kRead: {
-        if (direct_ && !in_memory_ && (op.flags & kSequential)) {
+        if (stream_through_cache(op)) {
           op.stage = kStageCached;
           io_uring_sqe* sqe = ring(op);
           io_uring_prep_read(sqe, buffered_fd_, op.buffer, op.length, op.offset);
@@ -257,7 +270,7 @@ class RawBackend final : public Backend {
         return;
       }
       case Op::kWrite: {
-        if (direct_ && !in_memory_ && (op.flags & kSequential) && !(op.flags & kFua) && op.length >= kInlineLimit &&
+        if (stream_through_cache(op) && !(op.flags & kFua) && op.length >= kInlineLimit &&
             whole_pages(op.offset, op.length)) {
           op.stage = kStageBehind;
           io_uring_sqe* sqe = ring(op);
@@ -265,8 +278,8 @@ class RawBackend final : public Backend {
           sqe->flags |= IOSQE_ASYNC;
           return;
         }
-        int fd = aligned(op) && whole_pages(op.offset, op.length) ? fd_ : buffered_fd_;
         io_uring_sqe* sqe = ring(op);
+        const int fd = write_fd(op.offset, op.length, op.buffer);
         io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
         return;
@@ -432,8 +445,7 @@ class RawBackend final : public Backend {
   void write_zero_chunk(IoOp& op) noexcept {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
-    int fd = whole_pages(pos, n) && pos % align_ == 0 && n % align_ == 0 ? fd_ : buffered_fd_;
-    io_uring_prep_write(ring(op), fd, zeroes_, n, pos);
+    io_uring_prep_write(ring(op), write_fd(pos, n, zeroes_), zeroes_, n, pos);
   }
 
   // Trim and zero with FUA: the metadata change must be durable too.

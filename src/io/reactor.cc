@@ -157,10 +157,12 @@ int Reactor::wait() {
   if (io_uring_cq_ready(&ring_) != 0 || rc < 0) return rc;
   int64_t budget = 0;
   bool probe = false;
-  if (storage_ >= kDeepStorage && !holding_) {
+  if (holding_) {
+    // the client's reading is next: sleep
+  } else if (storage_ >= kDeepStorage) {
     budget = storage_poll_ns_;
-  } else if (!holding_ && poll_max_ns_ > 0) {
-    budget = poll_ns_;
+  } else {
+    budget = poll_ns_;  // stays 0, as does a probe's, with polling off
     if (budget == 0 && ++sleeps_since_probe_ >= kProbeEvery) {
       sleeps_since_probe_ = 0;
       budget = poll_max_ns_;

@@ -61,22 +61,33 @@ def server(image):
 watchdog = it.pytest_watchdog()
 
 
+def in_order(h, starts, depth):
+    """Calls each of starts (each starts one aio command and returns its
+    cookie) in order, with at most `depth` commands in flight; returns when
+    all have completed (a failed one raises)."""
+    pending = []
+
+    def settle(limit):
+        while len(pending) > limit:
+            h.poll(-1)
+            while pending and h.aio_command_completed(pending[0]):
+                pending.pop(0)
+    for start in starts:
+        settle(depth - 1)
+        pending.append(start())
+    settle(0)
+
+
 def stream(h, start, end, size, depth):
     """Reads [start, end) in order, `size` bytes a read, `depth` in flight."""
-    pending = []
-    got = bytearray()
-    off = start
-    while off < end or pending:
-        while off < end and len(pending) < depth:
-            n = min(size, end - off)
-            buf = nbd.Buffer(n)
-            cookie = h.aio_pread(buf, off)
-            pending.append((cookie, buf))
-            off += n
-        h.poll(-1)
-        while pending and h.aio_command_completed(pending[0][0]):
-            got += pending.pop(0)[1].to_bytearray()
-    return bytes(got)
+    bufs = []
+
+    def read(off):
+        bufs.append(nbd.Buffer(min(size, end - off)))
+        buf = bufs[-1]
+        return lambda: h.aio_pread(buf, off)
+    in_order(h, (read(off) for off in range(start, end, size)), depth)
+    return b"".join(bytes(b.to_bytearray()) for b in bufs)
 
 
 def test_stream_reads_the_file_and_leaves_no_cache(server, image):
@@ -106,16 +117,10 @@ def test_odd_sizes_and_interleaved_streams(server, image, size):
 
 def stream_write(h, start, payload, size, depth):
     """Writes payload at start in order, `size` bytes a write, `depth` in flight."""
-    pending = []
-    pos = 0
-    while pos < len(payload) or pending:
-        while pos < len(payload) and len(pending) < depth:
-            n = min(size, len(payload) - pos)
-            pending.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(payload[pos:pos + n])), start + pos))
-            pos += n
-        h.poll(-1)
-        while pending and h.aio_command_completed(pending[0]):
-            pending.pop(0)
+    def write(pos):
+        buf = nbd.Buffer.from_bytearray(bytearray(payload[pos:pos + size]))
+        return lambda: h.aio_pwrite(buf, start + pos)
+    in_order(h, (write(pos) for pos in range(0, len(payload), size)), depth)
 
 
 @pytest.mark.parametrize("size", [MiB, 4096, 65536 + 512])

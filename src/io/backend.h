@@ -77,6 +77,10 @@ struct BackendTraits {
   // reading a request later costs it nothing while its reply would wait
   // anyway (see Session: input is not read while replies are held back).
   bool memory_speed = false;
+  // Writes shorter than this are done, their buffer read, before submit()
+  // returns (memory-speed storage writes them at once): the caller may pass
+  // a buffer that is reused right after. 0: no write is.
+  uint32_t writes_consumed_below = 0;
   uint32_t preferred_block = 4096;
 };
 

@@ -18,7 +18,10 @@ class FaultBackend final : public Backend {
   uint64_t size() const noexcept override { return inner_->size(); }
   BackendTraits traits() const noexcept override {
     BackendTraits t = inner_->traits();
-    if (options_.delay_ms) t.memory_speed = false;
+    if (options_.delay_ms) {
+      t.memory_speed = false;
+      t.writes_consumed_below = 0;
+    }
     return t;
   }
   std::string describe() const override {

@@ -24,6 +24,7 @@ class MemoryBackend final : public Backend {
   BackendTraits traits() const noexcept override {
     BackendTraits t;
     t.memory_speed = true;
+    t.writes_consumed_below = UINT32_MAX;
     return t;
   }
   std::string describe() const override { return "memory (" + std::to_string(size_) + " bytes)"; }

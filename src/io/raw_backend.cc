@@ -27,12 +27,14 @@
 // ring's worker threads (IOSQE_ASYNC), so the copies out of the page cache
 // run on other cores. The stream drops what it has consumed behind it
 // (POSIX_FADV_DONTNEED), so it does not fill the page cache with the image.
-// Large sequential writes (128 KiB or more, whole pages, no FUA) go through
-// the page cache the same way and are written back behind the stream
-// (write_behind): the kernel then writes the stream in larger runs, with
-// more of it in flight, than the client's requests as they come. Small ones
-// stay direct: through the page cache, 4 KiB sequential writes at QD32 were
-// 15 % slower and took 50 % more CPU.
+// Large sequential writes (128 KiB or more, no FUA) go through the page
+// cache the same way and are written back behind the stream (write_behind):
+// the kernel then writes the stream in larger runs, with more of it in
+// flight, than the client's requests as they come. Small ones stay direct
+// (through the page cache, 4 KiB sequential writes at QD32 were 15 % slower
+// and took 50 % more CPU), unless they are not whole pages: those go through
+// the page cache in any case, and a stream of them is written back behind
+// itself too, or it would stay in the cache.
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -98,6 +100,7 @@ class RawBackend final : public Backend {
     t.can_trim = true;
     t.can_fast_zero = true;
     t.memory_speed = in_memory_;
+    t.writes_consumed_below = in_memory_ ? kInlineLimit : 0;  // see submit()
     t.preferred_block = align_ > 4096 ? align_ : 4096;
     return t;
   }
@@ -270,16 +273,16 @@ class RawBackend final : public Backend {
         return;
       }
       case Op::kWrite: {
-        if (stream_through_cache(op) && !(op.flags & kFua) && op.length >= kInlineLimit &&
-            whole_pages(op.offset, op.length)) {
+        const int fd = write_fd(op.offset, op.length, op.buffer);
+        // Large ones, and those the page cache takes anyway (not whole pages).
+        if (stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_)) {
           op.stage = kStageBehind;
           io_uring_sqe* sqe = ring(op);
           io_uring_prep_write(sqe, buffered_fd_, op.buffer, op.length, op.offset);
-          sqe->flags |= IOSQE_ASYNC;
+          if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
         io_uring_sqe* sqe = ring(op);
-        const int fd = write_fd(op.offset, op.length, op.buffer);
         io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
         return;

@@ -422,7 +422,9 @@ void Session::enter_transmission() noexcept {
   export_->connections.fetch_add(1, std::memory_order_relaxed);
   context_.export_size = export_->backend->size();
   context_.read_only = export_->is_read_only();
-  memory_speed_ = export_->backend->traits().memory_speed;
+  const io::BackendTraits traits = export_->backend->traits();
+  memory_speed_ = traits.memory_speed;
+  writes_consumed_below_ = traits.writes_consumed_below;
   log_line("connection " + std::to_string(id_) + " from " + peer_.address + " to export " + export_->name +
            (context_.structured_replies ? " (structured replies)" : ""));
   phase_ = export_->reactor && export_->reactor != host_.reactor ? Phase::kMigrating : Phase::kTransmission;
@@ -529,6 +531,16 @@ bool Session::process_request() noexcept {
     return false;
   }
   r->header = header;
+  if (header.type == kCmdWrite && header.length < writes_consumed_below_ && available() >= header.length &&
+      !export_->scheduling.driver) {
+    // Written before dispatch returns (see writes_consumed_below_). Under
+    // QoS the write may wait in the scheduler, so it keeps its own copy.
+    inflight_bytes_ += header.length;
+    uint8_t* payload = in_.get() + in_start_;
+    in_start_ += header.length;
+    dispatch(*r, payload);
+    return true;
+  }
   if (header.type == kCmdRead || header.type == kCmdWrite) {
     inflight_bytes_ += header.length;
     if (!r->ensure_capacity(header.length)) {
@@ -545,7 +557,7 @@ bool Session::process_request() noexcept {
   return true;
 }
 
-void Session::dispatch(NbdRequest& r) noexcept {
+void Session::dispatch(NbdRequest& r, uint8_t* payload) noexcept {
   const RequestHeader& h = r.header;
   if (h.type == kCmdBlockStatus) {
     build_block_status(r);
@@ -553,7 +565,7 @@ void Session::dispatch(NbdRequest& r) noexcept {
   }
   r.offset = h.offset;
   r.length = h.length;
-  r.buffer = r.data;
+  r.buffer = payload ? payload : r.data;
   r.flags = 0;
   r.splice_fd = -1;
   if (h.flags & kCmdFlagFua) r.flags |= io::kFua;
@@ -802,10 +814,11 @@ bool Session::hold_replies() noexcept {
     if (size > kCorkReplyMax || r->reply_splice_fd >= 0 || bytes > kCorkBytesMax) return false;
   }
   if (cork_pending_) return true;  // the poll sends them
+  if (unread_bound_ <= cork_threshold_) return false;
   int unread = 0;
-  if (ioctl(fd_, SIOCOUTQ, &unread) != 0 || unread < 0 || static_cast<uint32_t>(unread) <= cork_threshold_) {
-    return false;
-  }
+  if (ioctl(fd_, SIOCOUTQ, &unread) != 0 || unread < 0) return false;
+  unread_bound_ = static_cast<uint32_t>(unread);
+  if (unread_bound_ <= cork_threshold_) return false;
   // Completes at once if the client read its backlog meanwhile.
   io_uring_prep_poll_add(host_.reactor->prepare(&cork_op_), fd_, POLLOUT);
   cork_pending_ = true;
@@ -949,6 +962,7 @@ void Session::send_failed() noexcept {
 }
 
 void Session::account_sent(uint32_t bytes) noexcept {
+  unread_bound_ += kUnreadPerSend + 2ull * bytes;
   if (handshake_sent_ < handshake_out_.size()) {
     handshake_sent_ += bytes;
     if (handshake_sent_ == handshake_out_.size()) {

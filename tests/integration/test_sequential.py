@@ -132,9 +132,12 @@ def test_write_stream_lands_and_leaves_little_cached(server, image, size):
     _, path, data = image
     drop_cache(path)
     h = server.connect("disk")
-    # Streams of whole pages go through the page cache; the 66048-byte one,
-    # at 512-byte offsets, stays direct (writes sharing a page must not mix
-    # direct and buffered I/O: that one failed with EIO when they did).
+    # Large streams go through the page cache, and so does the 66048-byte
+    # one at 512-byte offsets, whose writes are not whole pages (writes
+    # sharing a page must not mix direct and buffered I/O: that one failed
+    # with EIO when they did); 4 KiB ones stay direct. Each is written back
+    # behind itself: without that the 66048-byte stream stayed cached
+    # whenever its writeback had not finished before the read stream passed.
     start, length = 40 * MiB + (0 if size % 4096 == 0 else 512), 20 * MiB
     payload = os.urandom(length)
     stream_write(h, start, payload, size, 8)

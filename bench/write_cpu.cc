@@ -24,8 +24,8 @@
 //   write_cpu --nbd SOCKET EXPORT PID [SECONDS] [ROUNDS] [DEPTH] [poll|sleep]
 //     A real server on SOCKET (fixed newstyle handshake, NBD_OPT_EXPORT_NAME
 //     EXPORT, simple replies, each checked): its CPU per write is the
-//     utime+stime of process PID (all its threads; for a server that forks
-//     per connection, the child's PID) over the round, divided by the writes
+//     utime+stime of process PID, its threads and its descendants (a server
+//     that forks per connection) over the round, divided by the writes
 //     answered in it. DEPTH defaults to 32, as in compare-servers' row.
 //     With DEPTH writes outstanding the sender polls for the next reply
 //     (poll, the default, as a userspace client that polls does) or sleeps
@@ -35,6 +35,7 @@
 // Each prints requests per second and CPU microseconds per request, the
 // median of the rounds (SECONDS each, default 3; ROUNDS default 3).
 
+#include <dirent.h>
 #include <endian.h>
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -230,17 +231,45 @@ int run_local(const char* path, double seconds, int rounds) {
 
 // ------------------------------------------------------------ a server
 
-double process_cpu_seconds(int pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  const std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const size_t paren = s.rfind(')');
-  if (paren == std::string::npos) die("no process " + std::to_string(pid));
-  std::istringstream fields(s.substr(paren + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stod(field);  // utime, stime
+// utime+stime of a process, its threads and its live descendants (a server
+// that forks per connection serves from a child), in seconds.
+double tree_cpu_seconds(int root) {
+  struct Proc {
+    int pid, ppid;
+    double ticks;
+  };
+  std::vector<Proc> procs;
+  DIR* dir = opendir("/proc");
+  if (!dir) die(std::string("/proc: ") + strerror(errno));
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
+    const std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const size_t paren = s.rfind(')');
+    if (paren == std::string::npos) continue;  // gone meanwhile
+    std::istringstream fields(s.substr(paren + 2));
+    std::string field;
+    Proc p{atoi(e->d_name), 0, 0};
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+      if (i == 4) p.ppid = std::stoi(field);
+      if (i == 14 || i == 15) p.ticks += std::stod(field);  // utime, stime
+    }
+    procs.push_back(p);
   }
+  closedir(dir);
+  std::vector<int> tree = {root};
+  double ticks = 0;
+  bool found = false;
+  for (size_t i = 0; i < tree.size(); ++i) {
+    for (const Proc& p : procs) {
+      if (p.pid == tree[i]) {
+        ticks += p.ticks;
+        found = true;
+      }
+      if (p.ppid == tree[i]) tree.push_back(p.pid);
+    }
+  }
+  if (!found) die("no process " + std::to_string(root));
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
@@ -310,11 +339,11 @@ Result server_round(const char* socket_path, const std::string& name, int pid, d
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // past the start
   const long a0 = answered.load();
-  const double c0 = process_cpu_seconds(pid);
+  const double c0 = tree_cpu_seconds(pid);
   const auto t0 = std::chrono::steady_clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   const long a1 = answered.load();
-  const double c1 = process_cpu_seconds(pid);
+  const double c1 = tree_cpu_seconds(pid);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   stop = true;
   client.join();  // a sleeping sender is woken by the replies still due

@@ -531,18 +531,17 @@ bool Session::process_request() noexcept {
     return false;
   }
   r->header = header;
-  if (header.type == kCmdWrite && header.length < writes_consumed_below_ && available() >= header.length &&
-      !export_->scheduling.driver) {
-    // Written before dispatch returns (see writes_consumed_below_). Under
-    // QoS the write may wait in the scheduler, so it keeps its own copy.
-    inflight_bytes_ += header.length;
-    uint8_t* payload = in_.get() + in_start_;
-    in_start_ += header.length;
-    dispatch(*r, payload);
-    return true;
-  }
   if (header.type == kCmdRead || header.type == kCmdWrite) {
     inflight_bytes_ += header.length;
+    if (header.type == kCmdWrite && header.length < writes_consumed_below_ && available() >= header.length &&
+        !export_->scheduling.driver) {
+      // Written before dispatch returns (see writes_consumed_below_). Under
+      // QoS the write may wait in the scheduler, so it keeps its own copy.
+      uint8_t* payload = in_.get() + in_start_;
+      in_start_ += header.length;
+      dispatch(*r, payload);
+      return true;
+    }
     if (!r->ensure_capacity(header.length)) {
       discard_ = verdict.payload;
       reply_error(*r, kEnomem, "cannot allocate the request buffer");
@@ -817,7 +816,7 @@ bool Session::hold_replies() noexcept {
   if (unread_bound_ <= cork_threshold_) return false;
   int unread = 0;
   if (ioctl(fd_, SIOCOUTQ, &unread) != 0 || unread < 0) return false;
-  unread_bound_ = static_cast<uint32_t>(unread);
+  unread_bound_ = static_cast<uint64_t>(unread);
   if (unread_bound_ <= cork_threshold_) return false;
   // Completes at once if the client read its backlog meanwhile.
   io_uring_prep_poll_add(host_.reactor->prepare(&cork_op_), fd_, POLLOUT);

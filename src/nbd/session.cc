@@ -598,6 +598,14 @@ void Session::dispatch(NbdRequest& r, uint8_t* payload) noexcept {
   r.group = group_id_;
   r.direction = (h.type == kCmdRead || h.type == kCmdCache) ? qos::Direction::read : qos::Direction::write;
   r.bytes = (h.type == kCmdRead || h.type == kCmdWrite) ? h.length : 0;
+  switch (h.type) {
+    case kCmdWrite: r.op_kind = qos::OpKind::write; break;
+    case kCmdFlush: r.op_kind = qos::OpKind::flush; break;
+    case kCmdTrim: r.op_kind = qos::OpKind::trim; break;
+    case kCmdWriteZeroes: r.op_kind = qos::OpKind::write_zeroes; break;
+    default: r.op_kind = qos::OpKind::read; break;
+  }
+  r.sequential = (r.flags & io::kSequential) != 0;
   r.scheduled = true;
   r.waiting_prev = nullptr;
   r.waiting_next = waiting_;

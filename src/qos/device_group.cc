@@ -73,6 +73,8 @@ struct DeviceGroup::Impl {
   detail::Anticipation anticipation;
   std::vector<Group*> held;  // parked by the anticipation: released at the anticipated group's completions
   CostModel cost_model{};
+  DeviceModel device_model = kDefaultDeviceModel;
+  bool device_model_calibrated = false;
 
   // ---- model ----
   std::vector<std::unique_ptr<Device>> devices;  // by DeviceId; null = none
@@ -869,6 +871,15 @@ Status DeviceGroup::set_cost_model(CostModel model) {
   return {};
 }
 CostModel DeviceGroup::cost_model() const noexcept { return impl_->cost_model; }
+
+Status DeviceGroup::set_device_model(const DeviceModel& model, bool calibrated) {
+  if (auto error = model_error(model)) return Status::error(*error);
+  impl_->device_model = model;
+  impl_->device_model_calibrated = calibrated;
+  return {};
+}
+DeviceModel DeviceGroup::device_model() const noexcept { return impl_->device_model; }
+bool DeviceGroup::device_model_calibrated() const noexcept { return impl_->device_model_calibrated; }
 
 // ---- devices ----
 Status DeviceGroup::add_device(DeviceId id) {

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "qos/cost.h"
+#include "qos/device_model.h"
 #include "qos/limits.h"
 #include "qos/policy.h"
 #include "qos/request.h"
@@ -104,6 +105,13 @@ class DeviceGroup {
   // Cost model of the fair policy (and range-bw's spare share).
   Status set_cost_model(CostModel model);
   CostModel cost_model() const noexcept;
+  // The storage's device model (device_model.h): what a request costs in
+  // device time under `fair`, and the knee the in-flight window starts at.
+  // `calibrated`: measured on this storage (iobandctl calibrate) rather
+  // than the default; shown in status. Refused with model_error()'s reason.
+  Status set_device_model(const DeviceModel& model, bool calibrated);
+  DeviceModel device_model() const noexcept;
+  bool device_model_calibrated() const noexcept;
 
   // ---- Devices ----
   // A new device holds its default group (weight 100).

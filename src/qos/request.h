@@ -11,6 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "qos/device_model.h"
+
 namespace ioband::qos {
 
 using Clock = std::chrono::steady_clock;
@@ -34,6 +36,8 @@ struct Request {
   DeviceId device = 0;                   // must be a device of the device group
   GroupId group = kDefaultGroup;         // not attached on `device` -> its default group
   Direction direction = Direction::read; // FLUSH/TRIM/WRITE_ZEROES: the caller maps them
+  OpKind op_kind = OpKind::read;         // what the device is asked to do (its cost: device_model.h)
+  bool sequential = false;               // continues a stream of the same client (cheaper on most storage)
   std::uint32_t bytes = 0;               // payload size; 0 is allowed (e.g. FLUSH)
 
   // ---- Scheduler-private: do not touch. ----

@@ -110,6 +110,7 @@ class Anticipation {
       group_ = nullptr;
       return 0;
     }
+    if (now < paced_until_) return 0;
     holding_ = true;
     if (burst_left_ > 0) return 0;
     // No hoarding: a group that stayed away does not come back with a flood.
@@ -154,6 +155,17 @@ class Anticipation {
     return engaged(now) && (burst_left_ > 0 || group_->queue_length > 0);
   }
 
+  // A limit (its own or its device's) held back a request of `group`. While
+  // a limit paces the anticipated group, the limit's tokens, not the
+  // storage's queue, decide how fast it goes: the policy's order over those
+  // tokens gives it its share, and holding the others back would only
+  // starve them (a 2-deep group at weight 80 left a 16-deep one at weight 20
+  // 4 % of a 3000 IOPS device limit instead of 20 %). Off for kMinWait after
+  // the last time the limit held it.
+  void paced_by_limit(const Group& group, Nanos now) noexcept {
+    if (&group == group_) paced_until_ = now + kMinWait;
+  }
+
   // `group` is about to be destroyed.
   void forget(const Group* group) noexcept {
     if (group_ == group) group_ = nullptr;
@@ -181,6 +193,7 @@ class Anticipation {
     credit_ = 0;
     burst_left_ = burst_in_flight_ = 0;
     next_burst_ = 0;
+    paced_until_ = 0;
     holding_ = false;
     return true;
   }
@@ -200,6 +213,7 @@ class Anticipation {
   std::uint32_t burst_in_flight_ = 0;  // its requests not yet completed
   Nanos burst_start_ = 0;
   Nanos next_burst_ = 0;  // no burst before
+  Nanos paced_until_ = 0;  // a limit paces the anticipated group: nobody is held before then
   bool holding_ = false;          // a lighter deep group asked since G was taken
   bool idle_ = false;
 };

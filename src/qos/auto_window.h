@@ -95,9 +95,15 @@ class AutoWindow {
   static constexpr std::uint32_t kMinSamples = 64;
   static constexpr std::uint32_t kInitialWindow = 4;
 
-  void reset(std::uint32_t floor, std::uint32_t cap, Nanos now) noexcept {
+  // `initial`: where slow start begins (the device model's knee, or
+  // kInitialWindow). `knee`: a measured knee (0: none) -- the rate rule never
+  // takes W below it (the storage was measured to need that depth); only the
+  // order rule and a window that holds nothing back do.
+  void reset(std::uint32_t floor, std::uint32_t cap, Nanos now, std::uint32_t initial = kInitialWindow,
+             std::uint32_t knee = 0) noexcept {
     *this = AutoWindow{};
-    window_ = std::clamp(kInitialWindow, floor, std::max(floor, cap));
+    window_ = std::clamp(initial, floor, std::max(floor, cap));
+    knee_ = knee;
     phase_start_ = now;
     last_completion_ = now;
   }
@@ -250,7 +256,7 @@ class AutoWindow {
     bool again = false;
     if (direction_ < 0) {
       up_votes_ = 0;
-      if (-gain <= kDownElasticity * change) {
+      if (-gain <= kDownElasticity * change && window_ > knee_) {
         window_ = std::max(floor, window_ - step(window_));
         again = true;
       }
@@ -277,6 +283,7 @@ class AutoWindow {
   }
 
   std::uint32_t window_ = kInitialWindow;
+  std::uint32_t knee_ = 0;      // measured knee: no rate-rule step below it
   std::uint32_t samples_ = 0;
   std::uint32_t peak_ = 0;      // most requests in flight seen this phase
   std::uint8_t up_votes_ = 0;   // up probes in a row that paid

@@ -68,12 +68,14 @@ struct DeviceGroup::Impl {
   std::uint32_t carryover = kDefaultCarryover;
   std::uint32_t io_throttle = kDefaultIoThrottle;
   std::uint32_t io_limit = kDefaultIoLimit;
-  bool io_limit_auto = false;
+  bool io_limit_auto = kDefaultIoLimitAuto;
   detail::AutoWindow auto_window;
   detail::Anticipation anticipation;
   std::vector<Group*> held;  // parked by the anticipation: released at the anticipated group's completions
   CostModel cost_model{};
+  bool explicit_cost_model = false;  // set_cost_model was called: fair charges tokens, not device time
   DeviceModel device_model = kDefaultDeviceModel;
+  DeviceCosts device_costs = DeviceCosts::of(kDefaultDeviceModel);
   bool device_model_calibrated = false;
 
   // ---- model ----
@@ -422,6 +424,7 @@ struct DeviceGroup::Impl {
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
+        anticipation.paced_by_limit(*group, now);
         park_group(*group, at);
         continue;
       }
@@ -429,6 +432,7 @@ struct DeviceGroup::Impl {
         bool direction_specific = false;
         at = device->limits.available_at(request.direction, now, &direction_specific);
         if (at > now) {
+          anticipation.paced_by_limit(*group, now);
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
           if (direction_specific) {
@@ -524,7 +528,7 @@ struct DeviceGroup::Impl {
         [[fallthrough]];
       case Policy::fair: {
         vtime = std::max(vtime, group.vtime);
-        group.vtime += FairPolicy::advance(request_cost(cost_model, request.bytes), group.weight);
+        group.vtime += FairPolicy::advance(fair_cost(request), group.weight);
         rebase = group.vtime > detail::kVtimeRebase;
         break;
       }
@@ -558,6 +562,18 @@ struct DeviceGroup::Impl {
     }
     update_device(device);
     if (rebase) rebase_vtime();
+  }
+
+  // What `fair` (and range-bw's spare share) charges a request: its device
+  // time under the device model, or the token model a caller set instead.
+  Cost fair_cost(const Request& request) const noexcept {
+    if (explicit_cost_model) return request_cost(cost_model, request.bytes);
+    OpKind op = request.op_kind;
+    if (op == OpKind::read || op == OpKind::write) {
+      op = request.direction == Direction::write ? OpKind::write : OpKind::read;
+    }
+    const double ns = device_costs.cost_ns(op, request.bytes, request.sequential);
+    return std::clamp<Cost>(static_cast<Cost>(ns), 1, kMaxCost);
   }
 
   void count(Group& group, const Request& request, Nanos now) noexcept {
@@ -639,6 +655,13 @@ struct DeviceGroup::Impl {
   void groups_changed() noexcept { mapping_stamp = new_mapping_stamp(); }
 
   std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
+
+  // The learned window starts at the device model's knee; a measured knee
+  // is also where the rate rule stops shrinking it.
+  void restart_window() noexcept {
+    auto_window.reset(auto_floor(), io_limit, last_now, device_model.depth,
+                      device_model_calibrated ? device_model.depth : 0);
+  }
 
   std::uint32_t window() const noexcept {
     return io_limit_auto ? auto_window.window(auto_floor(), io_limit) : io_limit;
@@ -783,7 +806,7 @@ struct DeviceGroup::Impl {
 };
 
 // ======================================================================
-DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) {}
+DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) { impl_->restart_window(); }
 DeviceGroup::~DeviceGroup() = default;
 
 // ---- settings ----
@@ -850,7 +873,7 @@ Status DeviceGroup::set_io_limit(std::uint32_t io_limit) {
 std::uint32_t DeviceGroup::io_limit() const noexcept { return impl_->io_limit; }
 
 void DeviceGroup::set_io_limit_auto(bool on) noexcept {
-  if (on && !impl_->io_limit_auto) impl_->auto_window.reset(impl_->auto_floor(), impl_->io_limit, impl_->last_now);
+  if (on && !impl_->io_limit_auto) impl_->restart_window();
   impl_->io_limit_auto = on;
 }
 bool DeviceGroup::io_limit_auto() const noexcept { return impl_->io_limit_auto; }
@@ -868,6 +891,7 @@ Status DeviceGroup::set_cost_model(CostModel model) {
     return Status::error("the cost model must charge requests or sectors");
   }
   impl_->cost_model = model;
+  impl_->explicit_cost_model = true;
   return {};
 }
 CostModel DeviceGroup::cost_model() const noexcept { return impl_->cost_model; }
@@ -876,6 +900,8 @@ Status DeviceGroup::set_device_model(const DeviceModel& model, bool calibrated) 
   if (auto error = model_error(model)) return Status::error(*error);
   impl_->device_model = model;
   impl_->device_model_calibrated = calibrated;
+  impl_->device_costs = DeviceCosts::of(model);
+  if (impl_->io_limit_auto) impl_->restart_window();
   return {};
 }
 DeviceModel DeviceGroup::device_model() const noexcept { return impl_->device_model; }

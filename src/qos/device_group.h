@@ -45,6 +45,10 @@ inline constexpr std::uint64_t kDefaultToken = 2048;
 inline constexpr std::uint32_t kDefaultCarryover = 2;
 inline constexpr std::uint32_t kDefaultIoThrottle = 4;
 inline constexpr std::uint32_t kDefaultIoLimit = 128;
+// The in-flight window is learned by default (auto_window.h), with io_limit
+// as its cap: weights act whenever the clients together ask for more than
+// the storage needs, not only past a fixed io_limit.
+inline constexpr bool kDefaultIoLimitAuto = true;
 
 struct Decision {
   enum class Kind : std::uint8_t {
@@ -95,7 +99,7 @@ class DeviceGroup {
   // With this many in flight every new request waits (default 128, >= 1).
   Status set_io_limit(std::uint32_t io_limit);
   std::uint32_t io_limit() const noexcept;
-  // io_limit auto (off by default): the window follows the storage, between
+  // io_limit auto (the default): the window follows the storage, between
   // max(1, io_throttle) and io_limit; see auto_window.h. Turning it on
   // restarts the learning; set_io_limit keeps it on (the new cap applies).
   void set_io_limit_auto(bool on) noexcept;

@@ -46,12 +46,16 @@ std::vector<Request*> drain(DeviceGroup& g, TimePoint now, Decision* last = null
   }
 }
 
-TEST(DeviceGroupConfig, DefaultsAreDmIobands) {
+TEST(DeviceGroupConfig, DefaultsAreDmIobandsButTheWindowIsLearned) {
   DeviceGroup g;
   EXPECT_EQ(g.policy(), Policy::fair);
   EXPECT_EQ(g.token(), 2048u);
   EXPECT_EQ(g.io_throttle(), 4u);
   EXPECT_EQ(g.io_limit(), 128u);
+  // The window is learned below io_limit, starting at the device model's knee.
+  EXPECT_TRUE(g.io_limit_auto());
+  EXPECT_EQ(g.io_window(), kDefaultDeviceModel.depth);
+  EXPECT_FALSE(g.device_model_calibrated());
   ASSERT_TRUE(g.add_device(0));
   EXPECT_EQ(g.weight(0, kDefaultGroup), 100u);
   EXPECT_EQ(g.groups(0), std::vector<GroupId>{kDefaultGroup});
@@ -59,6 +63,7 @@ TEST(DeviceGroupConfig, DefaultsAreDmIobands) {
 
 TEST(DeviceGroupConfig, ErrorsNameWhatWasWrongAndChangeNothing) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   ASSERT_TRUE(g.add_device(3));
   EXPECT_EQ(g.add_device(3).message(), "device 3 already exists");
   EXPECT_EQ(g.attach(4, 1).message(), "device 4 does not exist");
@@ -85,6 +90,7 @@ TEST(DeviceGroupConfig, ErrorsNameWhatWasWrongAndChangeNothing) {
 
 TEST(DeviceGroupConfig, GettersReturnWhatWasSet) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   ASSERT_TRUE(g.add_device(1));
   ASSERT_TRUE(g.add_device(0));
   EXPECT_EQ(g.devices(), (std::vector<DeviceId>{0, 1}));
@@ -122,6 +128,7 @@ TEST(DeviceGroupConfig, GettersReturnWhatWasSet) {
 
 TEST(DeviceGroupHotPath, UnknownGroupGoesToTheDefaultGroup) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   g.enqueue(pool.make(0, 12345), kStart);
@@ -137,6 +144,7 @@ TEST(DeviceGroupHotPath, UnknownGroupGoesToTheDefaultGroup) {
 
 TEST(DeviceGroupHotPath, IoLimitHoldsEverythingUntilACompletion) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_throttle(2));
   ASSERT_TRUE(g.set_io_limit(3));
@@ -159,6 +167,7 @@ TEST(DeviceGroupHotPath, IoLimitHoldsEverythingUntilACompletion) {
 
 TEST(DeviceGroupHotPath, BelowIoThrottleRequestsPassWithoutControl) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   for (int i = 0; i < 6; ++i) g.enqueue(pool.make(0, kDefaultGroup), kStart);
@@ -170,6 +179,7 @@ TEST(DeviceGroupHotPath, BelowIoThrottleRequestsPassWithoutControl) {
 
 TEST(DeviceGroupHotPath, CancelTakesOutOnlyQueuedRequests) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   ASSERT_TRUE(g.attach(0, 1));
@@ -192,6 +202,7 @@ TEST(DeviceGroupHotPath, CancelTakesOutOnlyQueuedRequests) {
 
 TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_throttle(0));
   ASSERT_TRUE(g.add_device(0));
@@ -217,6 +228,7 @@ TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {
 // resolved to, and must forget that whenever the groups change.
 TEST(DeviceGroupHotPath, ReusedRequestFollowsAttachDetachAndItsOwnFields) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   ASSERT_TRUE(g.add_device(1));
@@ -279,6 +291,7 @@ TEST(DeviceGroupHotPath, ReusedRequestInAnotherDeviceGroup) {
 
 TEST(DeviceGroupHotPath, RemoveDeviceWaitsForItsRequests) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   Request* r = pool.make(0, kDefaultGroup);
@@ -294,6 +307,7 @@ TEST(DeviceGroupHotPath, RemoveDeviceWaitsForItsRequests) {
 
 TEST(DeviceGroupRuntime, DetachMovesQueuedRequestsToTheDefaultGroupInArrivalOrder) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_limit(4));
   ASSERT_TRUE(g.set_io_throttle(0));
@@ -333,6 +347,7 @@ TEST(DeviceGroupRuntime, DetachMovesQueuedRequestsToTheDefaultGroupInArrivalOrde
 
 TEST(DeviceGroupStats, CountsLikeDmIoband) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_limit(4));
   ASSERT_TRUE(g.add_device(0));
@@ -374,6 +389,7 @@ TEST(DeviceGroupStats, CountsLikeDmIoband) {
 // tokens, all are refilled when every group with requests has used its own.
 TEST(WeightPolicy, EpochsGiveTokensInProportionToWeights) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_policy(Policy::weight));
   ASSERT_TRUE(g.set_token(100));
@@ -408,6 +424,7 @@ TEST(WeightPolicy, EpochsGiveTokensInProportionToWeights) {
 // comes back. Tokens: token * w / W + 1 = 100 * 100 / 201 + 1 = 50 each.
 int returning_run(std::uint32_t carryover) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   EXPECT_TRUE(g.set_policy(Policy::weight));
   EXPECT_TRUE(g.set_token(100));
@@ -457,6 +474,7 @@ TEST(WeightPolicy, IdleGroupCarriesOverAtMostCarryoverEpochs) {
 // epoch is not renewed unless fewer than io_throttle requests are in flight.
 TEST(WeightPolicy, DominantGroupIsWaitedForAboveIoThrottle) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_policy(Policy::weight));
   ASSERT_TRUE(g.set_token(100));
@@ -487,6 +505,7 @@ TEST(WeightPolicy, DominantGroupIsWaitedForAboveIoThrottle) {
 
 TEST(FairPolicy, ReturningGroupGetsNoCreditAndNoDebt) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_throttle(0));
   ASSERT_TRUE(g.set_io_limit(1'000'000));
@@ -507,6 +526,7 @@ TEST(FairPolicy, ReturningGroupGetsNoCreditAndNoDebt) {
 
 TEST(FairPolicy, WeightChangeAppliesToTheNextDispatch) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_io_throttle(0));
   ASSERT_TRUE(g.set_io_limit(1'000'000));
@@ -526,6 +546,7 @@ TEST(FairPolicy, WeightChangeAppliesToTheNextDispatch) {
 
 TEST(Limits, WaitUntilTheBucketAllows) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   Limits limits;
@@ -545,6 +566,7 @@ TEST(Limits, WaitUntilTheBucketAllows) {
 
 TEST(Limits, DeviceLimitHoldsTheWholeDeviceButNotOthers) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.add_device(0));
   ASSERT_TRUE(g.add_device(1));
@@ -566,6 +588,7 @@ TEST(Limits, DeviceLimitHoldsTheWholeDeviceButNotOthers) {
 
 TEST(RangeBw, ReservationBeforeWeight) {
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   Pool pool;
   ASSERT_TRUE(g.set_policy(Policy::range_bw));
   ASSERT_TRUE(g.set_io_throttle(0));
@@ -595,6 +618,7 @@ TEST(Memory, PerGroupAndPerRequest) {
   printf("sizeof(Request) %zu, scheduler state %zu; sizeof(Group) %zu\n", sizeof(Request),
          sizeof(Request::SchedulerState), sizeof(detail::Group));
   DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
   ASSERT_TRUE(g.add_device(0));
   std::size_t before = g.memory_bytes();
   // Measured at several sizes: the group table's load varies from 3/8 (just

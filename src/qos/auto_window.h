@@ -150,8 +150,8 @@ class AutoWindow {
  private:
   enum class Phase : std::uint8_t { slow_start, hold, probe };
   static constexpr std::uint8_t kMaxBackoff = 7;
-  static constexpr double kDownElasticity = 0.12;  // a down step is taken when e is below this
-  static constexpr double kUpElasticity = 0.2;     // an up step when e is above this
+  static constexpr double kDownElasticity = 0.05;  // a down step is taken when e is below this
+  static constexpr double kUpElasticity = 0.1;     // an up step when e is above this
   static constexpr std::uint32_t kMaxOrderless = 40;    // a step down with over 1/40 of dispatches orderless
   static constexpr std::uint32_t kGrowOrderless = 200;  // no step up with over 1/200 of them
 
@@ -182,8 +182,8 @@ class AutoWindow {
     switch (phase_) {
       case Phase::slow_start:
         if (rate == 0) break;
-        if (prev_rate_ > 0 && rate * 8 < prev_rate_ * 9) {
-          // The last doubling bought less than 1/8: back to the last half.
+        if (prev_rate_ > 0 && rate * 32 < prev_rate_ * 33) {
+          // The last doubling bought less than 1/32: back to the last half.
           window_ = std::max(floor, window_ / 2);
           start_probing(rate);
         } else if (!full_ || window_ >= cap || orderless_ * kGrowOrderless > dispatches_) {

@@ -104,8 +104,11 @@ TEST(QosAutoWindow, ElasticStorageKeepsMostOfTheRate) {
   }
   const double share_of_best = served / phases / storage(d.cap);
   printf("elastic storage: window %u, %.1f %% of the rate at the cap\n", d.settled(), 100 * share_of_best);
-  EXPECT_GE(share_of_best, 0.80);
-  EXPECT_LE(d.settled(), 64u) << "deeper than the storage needs";
+  // The rate rule gives up depth only where it costs under 5 % per halving
+  // (e < 0.05): throughput first; the order rule takes W lower when the
+  // weights need it.
+  EXPECT_GE(share_of_best, 0.95);
+  EXPECT_GE(d.settled(), 48u) << "shallower than the rate allows";
 }
 
 // A shared machine: every phase's rate off by up to +-8 % at random, far

@@ -19,8 +19,11 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-IOBANDD = os.path.join(REPO, "build", "bin", "iobandd")
-IOBANDCTL = os.path.join(REPO, "build", "bin", "iobandctl")
+# The binaries: build/bin, or the directory in $IOBAND_BIN_DIR (e.g. a build
+# directory of one's own: IOBAND_BIN_DIR=build-bench/bin bench/fairness).
+BIN_DIR = os.path.abspath(os.environ.get("IOBAND_BIN_DIR") or os.path.join(REPO, "build", "bin"))
+IOBANDD = os.path.join(BIN_DIR, "iobandd")
+IOBANDCTL = os.path.join(BIN_DIR, "iobandctl")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 SECTOR = 512
@@ -310,6 +313,68 @@ class StatusSampler(threading.Thread):
         return self.samples
 
 
+class GroupSampler(threading.Thread):
+    """Samples iobandd's status once a second and keeps each group's
+    cumulative counters: {(device, group id): (requests, sectors)} with the
+    time of the sample. windows() turns them into per-window differences."""
+
+    def __init__(self, daemon, interval=1.0):
+        super().__init__(daemon=True)
+        self.d, self.interval = daemon, interval
+        self.samples = []  # (monotonic time, {(device, id): (requests, sectors)})
+        self._halt = threading.Event()
+
+    def snapshot(self):
+        t0 = time.monotonic()
+        try:  # quietly: the daemon may be gone at the end of a run
+            devs = json.loads(self.d.ctl("--json", "status", check=False))["data"]["devices"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        t1 = time.monotonic()
+        snap = {}
+        for dev in devs:
+            for g in dev["groups"]:
+                snap[(dev["name"], g["id"])] = (g.get("read_requests", 0) + g.get("write_requests", 0),
+                                                g.get("read_sectors", 0) + g.get("write_sectors", 0))
+        return ((t0 + t1) / 2, snap)
+
+    def begin(self):
+        """A first sample now (before the clients start), then one a second."""
+        first = self.snapshot()
+        if first:
+            self.samples.append(first)
+        self.t0 = time.monotonic()
+        self.start()
+        return self
+
+    def run(self):
+        k = 1
+        while not self._halt.wait(max(0.0, self.t0 + k * self.interval - time.monotonic())):
+            s = self.snapshot()
+            if s is None:
+                break
+            self.samples.append(s)
+            k += 1
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=5)
+        last = self.snapshot()
+        if last:
+            self.samples.append(last)
+        return self.samples
+
+    def windows(self, t_from=None, t_to=None):
+        """[(t0, t1, {key: (requests, sectors)})] between consecutive samples,
+        only windows inside [t_from, t_to] (monotonic times)."""
+        out = []
+        for (ta, a), (tb, b) in zip(self.samples, self.samples[1:]):
+            if (t_from is not None and ta < t_from) or (t_to is not None and tb > t_to):
+                continue
+            out.append((ta, tb, {k: (b[k][0] - a[k][0], b[k][1] - a[k][1]) for k in b if k in a}))
+        return out
+
+
 def socket_queues(path):
     """Server-side ends of the NBD connections on Unix socket `path` (ss -x):
     a list of (Recv-Q, Send-Q) in bytes -- requests the server has not read
@@ -367,45 +432,95 @@ def fio_run(workdir, tag, jobs, runtime, common=None, timeout_extra=60):
     options; 'name' required). Every job writes a 1-second iops log.
     Returns a list of per-job results: ios, iops, lat percentiles (us), and
     'per_second' (list of I/Os in each whole second)."""
-    lines = ["[global]", "time_based=1", "runtime=%d" % runtime, "norandommap=1", "randrepeat=0",
-             "log_avg_msec=1000", "lat_percentiles=1", "percentile_list=50:99:99.9", "group_reporting=0"]
-    for k, v in (common or {}).items():
-        lines.append("%s=%s" % (k, v))
-    prefixes = []
-    for i, job in enumerate(jobs):
-        prefix = os.path.join(workdir, "%s.%d" % (tag, i))
-        for old in _glob_logs(prefix):
-            os.unlink(old)
-        prefixes.append(prefix)
-        lines.append("[%s]" % job["name"])
-        for k, v in job.items():
-            if k != "name":
-                lines.append("%s=%s" % (k, v))
-        lines.append("write_iops_log=%s" % prefix)
-    jobfile = os.path.join(workdir, tag + ".fio")
-    with open(jobfile, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    out = os.path.join(workdir, tag + ".json")
-    r = subprocess.run(["fio", "--output-format=json", "--output=" + out, jobfile],
-                       capture_output=True, text=True, timeout=runtime + timeout_extra)
-    try:
-        with open(out) as f:
-            text = f.read()
-        data = json.loads(text[text.index("{"):])
-    except (OSError, ValueError):
-        die("fio failed (%s): %s %s" % (jobfile, r.stdout[-1500:], r.stderr[-1500:]))
-    results = []
-    for job, prefix in zip(data["jobs"], prefixes):
-        if job.get("error"):
-            die("fio job %s failed: error %s (%s)" % (job["jobname"], job["error"], r.stderr[-800:]))
-        ios = job["read"]["total_ios"] + job["write"]["total_ios"]
-        secs = job["job_runtime"] / 1000.0 if job.get("job_runtime") else runtime
-        res = {"name": job["jobname"], "ios": ios, "seconds": secs, "iops": ios / secs if secs else 0.0,
-               "bytes": job["read"]["io_bytes"] + job["write"]["io_bytes"],
-               "per_second": per_second(_glob_logs(prefix), runtime)}
-        res.update(latency_of(job))
-        results.append(res)
-    return results
+    return FioProc(workdir, tag, jobs, runtime, common=common, gated=False).collect(timeout_extra)
+
+
+class FioProc:
+    """One fio process running `jobs` (see fio_run). With gated=True it is
+    started in its own session and process group and waits on stdin before
+    it execs fio: the caller can attach its process group (pid) to an ioband
+    group first, start several at once and then release them together with
+    go(). user: run fio as this uid (and gid) via setpriv; env: extra
+    environment; defaults=False leaves out the [global] options fio_run adds
+    (norandommap, randrepeat=0) for job files that must be exactly a user's
+    command line."""
+
+    def __init__(self, workdir, tag, jobs, runtime, common=None, gated=True, user=None, env=None, defaults=True):
+        self.runtime, self.tag = runtime, tag
+        lines = ["[global]", "time_based=1", "runtime=%d" % runtime, "log_avg_msec=1000", "lat_percentiles=1",
+                 "percentile_list=50:99:99.9", "group_reporting=0"]
+        if defaults:
+            lines[2:2] = ["norandommap=1", "randrepeat=0"]
+        for k, v in (common or {}).items():
+            lines.append("%s=%s" % (k, v))
+        self.prefixes = []
+        for i, job in enumerate(jobs):
+            prefix = os.path.join(workdir, "%s.%d" % (tag, i))
+            for old in _glob_logs(prefix):
+                os.unlink(old)
+            self.prefixes.append(prefix)
+            lines.append("[%s]" % job["name"])
+            for k, v in job.items():
+                if k != "name":
+                    lines.append("%s=%s" % (k, v) if v is not None else k)
+            lines.append("write_iops_log=%s" % prefix)
+        self.jobfile = os.path.join(workdir, tag + ".fio")
+        with open(self.jobfile, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.out = os.path.join(workdir, tag + ".json")
+        if os.path.exists(self.out):
+            os.unlink(self.out)
+        argv = ["fio", "--output-format=json", "--output=" + self.out, self.jobfile]
+        if gated:
+            argv = ["sh", "-c", 'read go; exec "$@"', "sh"] + argv
+        if user is not None:
+            argv = ["setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups"] + argv
+        full_env = dict(os.environ, **env) if env else None
+        self.gated = gated
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=gated, env=full_env)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def go(self):
+        if self.gated and self.proc.stdin:
+            try:
+                self.proc.stdin.write("go\n")
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.stdin = None
+
+    def collect(self, timeout_extra=60):
+        try:
+            stdout, stderr = self.proc.communicate(timeout=self.runtime + timeout_extra)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            stdout, stderr = self.proc.communicate()
+        try:
+            with open(self.out) as f:
+                text = f.read()
+            data = json.loads(text[text.index("{"):])
+        except (OSError, ValueError):
+            die("fio failed (%s): %s %s" % (self.jobfile, stdout[-1500:], stderr[-1500:]))
+        results = []
+        for job, prefix in zip(data["jobs"], self.prefixes):
+            if job.get("error"):
+                die("fio job %s failed: error %s (%s)" % (job["jobname"], job["error"], stderr[-800:]))
+            ios = job["read"]["total_ios"] + job["write"]["total_ios"]
+            secs = job["job_runtime"] / 1000.0 if job.get("job_runtime") else self.runtime
+            res = {"name": job["jobname"], "ios": ios, "seconds": secs, "iops": ios / secs if secs else 0.0,
+                   "bytes": job["read"]["io_bytes"] + job["write"]["io_bytes"],
+                   "per_second": per_second(_glob_logs(prefix), self.runtime)}
+            if data.get("timestamp_ms"):  # the report's time: the end of the run (wall clock, s)
+                res["end_wall"] = data["timestamp_ms"] / 1000.0
+                res["start_wall"] = res["end_wall"] - secs
+            res.update(latency_of(job))
+            results.append(res)
+        return results
 
 
 def _glob_logs(prefix):

@@ -5,8 +5,10 @@
 // in units of 1 / 2^kCostShift token. The policies differ only in the model:
 //   weight         1 token per request               {1, 0}
 //   weight-iosize  1 token per 512-byte sector        {0, 1}
-//   fair           default: a request costs as much as moving 64 KiB
-//                  (1 token per request + 1/128 token per sector); settable
+//   fair           its device time in nanoseconds, from the device model
+//                  (device_model.h: by size, direction, sequential or random,
+//                  and flush / trim / write-zeroes); set_cost_model() puts a
+//                  token model here instead (tests, experiments)
 //   range-bw       reservations and caps are in bytes; its spare share uses fair's model
 #pragma once
 

@@ -1,7 +1,8 @@
 // fair: start-time fair queueing (Goyal, Vin, Cheng 1996) over one cost unit.
 //
 // The math. Each group g has a weight w_g; a request r of g costs c(r) cost
-// units (cost.h: c = request_tokens + sectors * sector_tokens). V is the
+// units: its device time under the device model (device_model.h), so that
+// shares are shares of the storage's time, not of requests. V is the
 // device group's virtual time.
 //
 //   start tag of g's head request     S_g

@@ -12,6 +12,10 @@ Scenario dm_ioband_2008(qos::Policy policy) {
   Scenario s;
   s.name = "dm-ioband 2008, weights 40/20/10";
   s.policy = policy;
+  // dm-ioband's fixed window of 128, which this test was written against
+  // (the device group's default before io_limit auto).
+  s.io_limit = 128;
+  s.io_limit_auto = false;
   // A disk doing random 4 KiB I/O: 32 commands in parallel, 16-24 ms each
   // (about 1600 IOPS). io_limit and io_throttle are dm-ioband's defaults.
   s.storage = storage(32, 20 * kMilli, 4 * kMilli);
@@ -47,6 +51,10 @@ void reference_example(qos::Policy policy) {
   Scenario s;
   s.name = "dm-ioband reference example";
   s.policy = policy;
+  // dm-ioband's fixed window of 128, which this test was written against
+  // (the device group's default before io_limit auto).
+  s.io_limit = 128;
+  s.io_limit_auto = false;
   s.storage = storage(32, 20 * kMilli, 4 * kMilli);
   s.devices = {0, 1};
   s.groups = {group(0, 1000, 30), group(0, 2000, 20), group(0, qos::kDefaultGroup, 40),

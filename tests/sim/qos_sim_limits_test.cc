@@ -40,6 +40,7 @@ Scenario limits_scenario(qos::Policy policy) {
   // Fast storage (256 in parallel, 1 ms): the limits, not the storage, bind.
   s.storage = storage(256, kMilli, 200 * kMicro);
   s.io_limit = 256;
+  s.io_limit_auto = false;  // a fixed window, as written (io_limit auto is the default now)
   s.devices = {0, 1};
   GroupSpec burst = group(0, 1, 100);
   burst.limits = iops_with_burst();

@@ -14,6 +14,7 @@ TEST(RangeBw, MinReservedMaxCapped) {
   // 16 in parallel, 1 ms + transfer at 200 MB/s: about 160 MiB/s of 64 KiB requests.
   s.storage = storage(16, kMilli, 0, 200e6);
   s.io_limit = 16;
+  s.io_limit_auto = false;  // a fixed window, as written (io_limit auto is the default now)
   s.devices = {0};
   GroupSpec reserved = group(0, 1, 10);  // tiny weight, but 40 MiB/s reserved
   reserved.range = qos::RangeBw{40 * 1024, 0};

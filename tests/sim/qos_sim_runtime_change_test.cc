@@ -24,6 +24,10 @@ Scenario weight_change(qos::Policy policy) {
   Scenario s;
   s.name = "weights 50/50 -> 80/20 at 10 s -> 25/75 at 20 s";
   s.policy = policy;
+  // dm-ioband's fixed window of 128, which this test was written against
+  // (the device group's default before io_limit auto).
+  s.io_limit = 128;
+  s.io_limit_auto = false;
   s.storage = storage(32, 10 * kMilli, 2 * kMilli);
   s.devices = {0};
   s.groups = {group(0, 1, 50), group(0, 2, 50)};
@@ -66,6 +70,10 @@ TEST(RuntimeChange, NothingLostOrDuplicated) {
   Scenario s;
   s.name = "churn";
   s.policy = qos::Policy::fair;
+  // dm-ioband's fixed window of 128, which this test was written against
+  // (the device group's default before io_limit auto).
+  s.io_limit = 128;
+  s.io_limit_auto = false;
   s.storage = storage(16, 2 * kMilli, kMilli);
   s.devices = {0, 1};
   s.groups = {group(0, 1, 100), group(0, 2, 300), group(1, 7, 50)};

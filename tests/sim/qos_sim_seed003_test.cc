@@ -14,6 +14,10 @@ Scenario seed003(qos::Policy policy) {
   Scenario s;
   s.name = "seed 003, weights 80/20";
   s.policy = policy;
+  // dm-ioband's fixed window of 128, which this test was written against
+  // (the device group's default before io_limit auto).
+  s.io_limit = 128;
+  s.io_limit_auto = false;
   s.storage = storage(32, 20 * kMilli, 6 * kMilli);  // about 1600 IOPS
   s.devices = {0, 1};
   s.groups = {group(0, qos::kDefaultGroup, 80), group(1, qos::kDefaultGroup, 20)};

@@ -30,6 +30,7 @@ inline Scenario idle_group(qos::Policy policy, bool io_limit_auto = false) {
   Scenario s;
   s.name = io_limit_auto ? "a group goes idle, io_limit auto" : "a group goes idle";
   s.policy = policy;
+  s.io_limit = 128;  // the fixed window, or the cap of the learned one
   s.io_limit_auto = io_limit_auto;
   s.storage = storage(32, 10 * kMilli, 2 * kMilli);
   s.devices = {0, 1};

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -81,6 +82,15 @@ bool take_option(const std::vector<std::string>& args, size_t& i, const std::str
     request.target = value("--target");
   } else if (command == "create" && is("--table")) {
     options.table = value("--table");
+  } else if (command == "calibrate" && is("--seconds")) {
+    // The range is the daemon's to judge; a number is ours.
+    const std::string text = value("--seconds");
+    char* end = nullptr;
+    const double seconds = std::strtod(text.c_str(), &end);
+    if (text.empty() || end == nullptr || *end != '\0' || !std::isfinite(seconds)) {
+      throw UsageError{"--seconds must be a number of seconds, not \"" + text + "\"", command};
+    }
+    request.seconds = seconds;
   } else {
     return false;
   }
@@ -190,7 +200,7 @@ Request parse(const std::vector<std::string>& args, Options& options) {
       table.assign(std::istreambuf_iterator<char>(std::cin), {});
     }
     request.table = absolute_paths(table);
-  } else if (command == "remove") {
+  } else if (command == "remove" || command == "calibrate") {
     need(1, 1, "NAME");
     request.name = positional[0];
   } else if (command == "message") {
@@ -290,6 +300,10 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (request.command == "calibrate" && ::isatty(STDERR_FILENO)) {
+    std::cerr << "iobandctl: measuring the storage of " << request.name << " (about "
+              << static_cast<int>(request.seconds.value_or(25)) << " s)...\n";
+  }
   std::string error;
   // Arguments that are not UTF-8 cannot travel in JSON; they arrive with
   // U+FFFD in place of the bad bytes and the daemon names them.

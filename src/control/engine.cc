@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -16,6 +19,7 @@
 #include "control/language.h"
 #include "control/state_file.h"
 #include "control/usage.h"
+#include "io/log.h"
 #include "ioband/version.h"
 
 namespace ioband::control {
@@ -64,7 +68,39 @@ qos::Status apply_device_group(qos::DeviceGroup& group, const DeviceGroupSetting
     return status;
   }
   group.set_io_limit_auto(settings.io_limit_auto);
+  if (settings.device_model) {
+    const qos::Status status = group.set_device_model(*settings.device_model, settings.device_model_calibrated);
+    if (!status) return qos::Status::error("device model: " + status.message());
+  }
   return {};
+}
+
+// The sysfs directory of block device major:minor (".../block/sda/sda1"),
+// or "" when there is none.
+std::string sysfs_block_device(unsigned major, unsigned minor) {
+  char link[64];
+  std::snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major, minor);
+  char* real = ::realpath(link, nullptr);
+  if (real == nullptr) return {};
+  std::string path = real;
+  std::free(real);
+  return path;
+}
+
+// Two block devices share sectors: they are one, or one is a partition of
+// the other.
+bool overlapping_block_devices(unsigned a_major, unsigned a_minor, unsigned b_major, unsigned b_minor) {
+  if (a_major == b_major && a_minor == b_minor) return true;
+  const std::string a = sysfs_block_device(a_major, a_minor);
+  const std::string b = sysfs_block_device(b_major, b_minor);
+  if (a.empty() || b.empty()) return false;
+  return a.starts_with(b + "/") || b.starts_with(a + "/");
+}
+
+std::string seconds_text(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f", seconds);
+  return text;
 }
 
 // Adds the device and its groups and settings; on error removes it again.
@@ -114,6 +150,7 @@ std::string probe_path(const std::string& path, PathInfo& info) {
     return {};
   }
   if (S_ISBLK(st.st_mode)) {
+    info.block_device = true;
     info.major = major(st.st_rdev);
     info.minor = minor(st.st_rdev);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -191,6 +228,12 @@ std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& 
   }
   device.major = info.major;
   device.minor = info.minor;
+  device.block_device = info.block_device;
+  if (calibration_ && calibration_->block_device && info.block_device &&
+      overlapping_block_devices(info.major, info.minor, calibration_->major, calibration_->minor)) {
+    return "iobandctl calibrate " + calibration_->device + " is rewriting data in place on " + calibration_->path +
+           ", which shares sectors with " + device.path + "; try again when it is done (within a minute)";
+  }
 
   const int id = device.device_group_id;
   const bool new_group = !device_groups_.contains(id);
@@ -291,18 +334,34 @@ std::string Engine::restore() {
 }
 
 std::string Engine::handle_line(const std::string& line, bool may_change) {
-  Request request;
-  if (auto error = parse_request(line, request)) return reply_to_line(Reply::failure(*error), request.id);
-  try {
-    return reply_to_line(execute(request, may_change), request.id);
-  } catch (const std::exception& e) {
-    // A bug must cost the command, not the daemon.
-    return reply_to_line(Reply::failure(Error::refused(request.command + ": internal error: " + e.what())), request.id);
-  }
+  Answer answer = answer_line(line, may_change);
+  if (!answer.work) return answer.line;
+  answer.work();
+  return answer.finish();
 }
 
-Reply Engine::execute(const Request& request, bool may_change) {
-  const bool changes = request.command == "create" || request.command == "remove" || request.command == "message";
+Engine::Answer Engine::answer_line(const std::string& line, bool may_change) {
+  Answer answer;
+  Request request;
+  if (auto error = parse_request(line, request)) {
+    answer.line = reply_to_line(Reply::failure(*error), request.id);
+    return answer;
+  }
+  try {
+    Reply reply = execute(request, may_change, answer);
+    if (!answer.work) answer.line = reply_to_line(reply, request.id);
+  } catch (const std::exception& e) {
+    // A bug must cost the command, not the daemon.
+    answer = Answer{};
+    answer.line =
+        reply_to_line(Reply::failure(Error::refused(request.command + ": internal error: " + e.what())), request.id);
+  }
+  return answer;
+}
+
+Reply Engine::execute(const Request& request, bool may_change, Answer& answer) {
+  const bool changes = request.command == "create" || request.command == "remove" || request.command == "message" ||
+                       request.command == "calibrate";
   if (changes && !may_change) {
     return Reply::failure(
         Error::refused(request.command + ": permission denied: only the owner of the control socket may change state"));
@@ -313,6 +372,7 @@ Reply Engine::execute(const Request& request, bool may_change) {
   if (request.command == "create") return create(request);
   if (request.command == "remove") return remove(request);
   if (request.command == "message") return message(request);
+  if (request.command == "calibrate") return calibrate(request, answer);
   if (request.command == "table") return table(request);
   if (request.command == "status") return status(request);
   return targets(request);
@@ -357,6 +417,9 @@ Reply Engine::remove(const Request& request) {
   if (request.name.empty()) return Reply::failure(Error::bad_usage("remove needs NAME", usage_of("remove")));
   if (find_device(request.name) == nullptr) {
     return Reply::failure(Error::refused("remove: no ioband device named " + request.name));
+  }
+  if (std::string why = busy_calibrating(request.name); !why.empty()) {
+    return Reply::failure(Error::refused("remove " + request.name + ": " + why));
   }
   const int connections = platform_.connections ? platform_.connections(request.name) : 0;
   if (connections > 0 && !request.force) {
@@ -407,6 +470,7 @@ Reply Engine::message(const Request& request) {
   auto run = [&](const std::function<qos::Status(qos::DeviceGroup&)>& fn) { return call(id, fn); };
   bool changed = true;   // saved state changed
   bool reclassify = false;
+  std::string text;      // what iobandctl prints (model)
 
   switch (message.verb) {
     case Message::Verb::type: {
@@ -547,9 +611,34 @@ Reply Engine::message(const Request& request) {
       changed = false;
       break;
     }
+    case Message::Verb::model: {
+      // The device group's model: keys not given keep their value, and a
+      // model changed by hand is no longer the calibrated one.
+      const qos::DeviceModel current = settings.device_model.value_or(qos::kDefaultDeviceModel);
+      if (message.model.empty() && !message.model_default) {
+        text = model_line(current) + "\n";
+        changed = false;
+        break;
+      }
+      std::optional<qos::DeviceModel> wanted;  // nullopt: the default
+      if (!message.model_default) {
+        qos::DeviceModel model = current;
+        for (const auto& [key, value] : message.model) (void)set_model_key(model, key, value);
+        wanted = model;
+      }
+      const qos::DeviceModel applied = wanted.value_or(qos::kDefaultDeviceModel);
+      if (qos::Status status = run([&](qos::DeviceGroup& g) { return g.set_device_model(applied, false); }); !status) {
+        return refused(status.message());
+      }
+      settings.device_model = wanted;
+      settings.device_model_calibrated = false;
+      text = model_line(applied) + "\n";
+      break;
+    }
   }
   if (reclassify && platform_.set_type) platform_.set_type(device->name, device->type);
   Reply reply;
+  reply.text = std::move(text);
   reply.data = {{"device", table_json(*device, settings)}};
   if (changed) {
     if (std::string error = save(); !error.empty()) {
@@ -624,10 +713,184 @@ Reply Engine::status(const Request& request) {
     json object = status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0);
     object["io_limit_auto"] = state_.device_groups.at(device->device_group_id).io_limit_auto;
     object["io_window"] = io_window(device->device_group_id);
+    object["device_model"] = model_to_json(state_.device_groups.at(device->device_group_id));
     array.push_back(std::move(object));
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";
   reply.data = {{"devices", std::move(array)}};
+  return reply;
+}
+
+std::vector<std::string> Engine::devices_on_disk(const DeviceState& device) const {
+  std::vector<std::string> names;
+  for (const DeviceState& other : state_.devices) {
+    if (other.block_device && overlapping_block_devices(other.major, other.minor, device.major, device.minor)) {
+      names.push_back(other.name);
+    }
+  }
+  return names;
+}
+
+std::string Engine::busy_calibrating(const std::string& name) const {
+  if (!calibration_) return {};
+  const bool held = std::find(calibration_->held.begin(), calibration_->held.end(), name) != calibration_->held.end();
+  if (name != calibration_->device && !held) return {};
+  return "iobandctl calibrate " + calibration_->device + " is under way" +
+         (name == calibration_->device ? std::string() : " on the same disk") +
+         "; try again when it is done (within a minute)";
+}
+
+Reply Engine::calibrate(const Request& request, Answer& answer) {
+  if (request.name.empty()) return Reply::failure(Error::bad_usage("calibrate needs NAME", usage_of("calibrate")));
+  const double seconds = request.seconds.value_or(io::kDefaultCalibrationSeconds);
+  if (!(seconds >= io::kMinCalibrationSeconds && seconds <= io::kMaxCalibrationSeconds)) {
+    return Reply::failure(Error::bad_usage("calibrate " + request.name + ": --seconds must be from " +
+                                               seconds_text(io::kMinCalibrationSeconds) + " to " +
+                                               seconds_text(io::kMaxCalibrationSeconds) + ", not " +
+                                               (std::isfinite(seconds) ? seconds_text(seconds) : std::string("that")),
+                                           usage_of("calibrate")));
+  }
+  const DeviceState* device = find_device(request.name);
+  if (device == nullptr) return Reply::failure(Error::refused("calibrate: no ioband device named " + request.name));
+  const std::string prefix = "calibrate " + request.name + ": ";
+  if (calibration_) {
+    return Reply::failure(Error::refused(prefix + "iobandctl calibrate " + calibration_->device +
+                                         " is under way; one at a time (try again when it is done, within a minute)"));
+  }
+  if (cancel_calibration_.load()) return Reply::failure(Error::refused(prefix + "iobandd is stopping"));
+
+  Calibration calibration;
+  calibration.device = device->name;
+  calibration.device_group_id = device->device_group_id;
+  calibration.path = device->path;
+  calibration.block_device = device->block_device;
+  calibration.major = device->major;
+  calibration.minor = device->minor;
+  int connections = platform_.connections ? platform_.connections(device->name) : 0;
+  if (device->block_device) {
+    // Writes are measured by writing back data just read: nobody else may
+    // write meanwhile, through any ioband device on the same sectors.
+    calibration.held = devices_on_disk(*device);
+    connections = 0;
+    std::string connected;
+    if (platform_.hold_exports) {
+      connections = platform_.hold_exports(calibration.held, true);
+    }
+    for (const std::string& name : calibration.held) {
+      const int n = platform_.connections ? platform_.connections(name) : 0;
+      if (n > 0) connected += (connected.empty() ? "" : ", ") + name + " (" + std::to_string(n) + ")";
+      if (!platform_.hold_exports) connections += n;
+    }
+    if (connections > 0) {
+      if (platform_.hold_exports) platform_.hold_exports(calibration.held, false);
+      return Reply::failure(Error::refused(
+          prefix + device->path + " is a block device, whose writes are measured by rewriting data in place; that "
+          "needs every ioband device on it without connections, and " +
+          (connected.empty() ? std::string("some") : connected) + (connections == 1 ? " has a client" : " have clients") +
+          " connected; disconnect them and try again"));
+    }
+  }
+  io::CalibrationOptions options;
+  options.path = device->path;
+  options.size = device->sectors * 512;
+  options.seconds = seconds;
+  options.rewrite_in_place = device->block_device;
+  calibration_ = std::move(calibration);
+  log_line("calibrate " + device->name + ": measuring " + device->path + " for about " + seconds_text(seconds) + " s" +
+           (device->block_device ? ", new connections to " + std::to_string(calibration_->held.size()) +
+                                       " device(s) on it held meanwhile"
+                                 : std::string()));
+
+  auto report = std::make_shared<io::CalibrationReport>();
+  answer.work = [this, options, report] {
+    try {
+      *report = platform_.calibrate ? platform_.calibrate(options, cancel_calibration_)
+                                    : io::calibrate(options, cancel_calibration_);
+    } catch (const std::exception& e) {
+      report->error = std::string("internal error: ") + e.what();
+    }
+  };
+  answer.finish = [this, report, connections, id = request.id] {
+    Reply reply;
+    try {
+      reply = finish_calibration(*report, connections);
+    } catch (const std::exception& e) {
+      calibration_.reset();
+      reply = Reply::failure(Error::refused("calibrate: internal error: " + std::string(e.what())));
+    }
+    return reply_to_line(reply, id);
+  };
+  return {};
+}
+
+Reply Engine::finish_calibration(const io::CalibrationReport& report, int connections) {
+  const Calibration calibration = std::move(*calibration_);
+  calibration_.reset();
+  if (!calibration.held.empty() && platform_.hold_exports) platform_.hold_exports(calibration.held, false);
+  const std::string prefix = "calibrate " + calibration.device + ": ";
+  DeviceState* device = find_device(calibration.device);
+  if (device == nullptr || device->device_group_id != calibration.device_group_id || device->path != calibration.path) {
+    return Reply::failure(Error::refused(prefix + "the device changed during the measurement; nothing was applied"));
+  }
+  const int id = device->device_group_id;
+  DeviceGroupSettings& settings = state_.device_groups.at(id);
+  const std::string kept = "; the model stays as it was (" +
+                           model_line(settings.device_model.value_or(qos::kDefaultDeviceModel)) + ")";
+  if (!report.error.empty()) {
+    log_line(prefix + "not calibrated: " + report.error);
+    return Reply::failure(Error::refused(prefix + "not calibrated: " + report.error + kept));
+  }
+  const qos::DeviceModel model = report.model;
+  if (qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.set_device_model(model, true); });
+      !status) {
+    return Reply::failure(Error::refused(prefix + "not calibrated: " + status.message() + kept));
+  }
+  settings.device_model = model;
+  settings.device_model_calibrated = true;
+
+  // How much the short runs of one figure differed: the storage's own noise.
+  std::string noisiest;
+  double spread = 0;
+  json figures = json::array();
+  for (const io::CalibrationFigure& figure : report.figures) {
+    const auto [low, high] = std::minmax_element(figure.samples.begin(), figure.samples.end());
+    if (low != figure.samples.end() && *low > 0 && *high / *low - 1 > spread) {
+      spread = *high / *low - 1;
+      noisiest = figure.name;
+    }
+    figures.push_back({{"name", figure.name}, {"depth", figure.depth}, {"value", figure.value},
+                       {"samples", figure.samples}});
+  }
+  json sweep = json::array();
+  for (const io::CalibrationFigure& point : report.sweep) {
+    sweep.push_back({{"depth", point.depth}, {"value", std::round(point.value)}, {"samples", point.samples}});
+  }
+  std::vector<std::string> notes = report.notes;
+  if (connections > 0) {
+    notes.push_back(std::to_string(connections) + (connections == 1 ? " client was" : " clients were") +
+                    " connected to " + calibration.device + ": their I/O shared the storage with the measurement");
+  }
+  if (!noisiest.empty()) {
+    notes.push_back("the short runs of one figure differed by up to " + std::to_string(std::lround(spread * 100)) +
+                    " % (" + noisiest + "): how much the storage's speed varied meanwhile");
+  }
+
+  Reply reply;
+  reply.text = model_line(model) + "\n" + calibration.device + ": calibrated in " + seconds_text(report.seconds) +
+               " s, applied to device group " + std::to_string(id) + "\n";
+  for (const std::string& note : notes) reply.text += "  " + note + "\n";
+  reply.data = {{"name", calibration.device},
+                {"device_group_id", id},
+                {"device_model", model_to_json(model, true)},
+                {"seconds", report.seconds},
+                {"direct", report.direct},
+                {"notes", notes},
+                {"figures", std::move(figures)},
+                {"sweep", std::move(sweep)}};
+  log_line(prefix + model_line(model) + " in " + seconds_text(report.seconds) + " s");
+  if (std::string error = save(); !error.empty()) {
+    return Reply::failure(Error::refused(prefix + "the model holds but was not saved: " + error));
+  }
   return reply;
 }
 

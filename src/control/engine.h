@@ -1,6 +1,7 @@
 // The control engine: the model of device groups, ioband devices and ioband
 // groups, driven by the dm-ioband command language (create, remove, message,
-// table, status, targets) arriving as JSON lines on the control socket.
+// table, status, targets) and calibrate, arriving as JSON lines on the
+// control socket.
 //
 // Threads: the engine is called from one control thread only. It owns the
 // qos::DeviceGroup objects (one per device group id, created with the first
@@ -10,8 +11,14 @@
 //
 // Every change is saved to the state file (atomically) before it is
 // acknowledged; restore() rebuilds the same devices and settings at start.
+//
+// calibrate takes up to a minute of I/O: answer_line() hands it back as work
+// for another thread (it touches nothing of the engine) and a finish to run
+// on the control thread afterwards, which applies and saves the result, so
+// the control thread goes on answering meanwhile.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -22,6 +29,7 @@
 
 #include "control/model.h"
 #include "control/protocol.h"
+#include "io/calibrate.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
 
@@ -49,6 +57,7 @@ struct PathInfo {
   uint64_t bytes = 0;
   unsigned major = 0;  // a block device: st_rdev; a regular file: st_dev (its file system's device)
   unsigned minor = 0;
+  bool block_device = false;
 };
 
 // stat() (and BLKGETSIZE64 for a block device). "" or "PATH: reason".
@@ -81,6 +90,14 @@ struct Platform {
   std::function<void(int device_group_id, qos::DeviceGroup& group)> release_device_group;
   // Optional; empty means probe_path (tests inject fake paths here).
   std::function<std::string(const std::string& path, PathInfo& info)> probe;
+  // Optional. hold=true: the exports refuse new connections from now on,
+  // and the answer is how many they have; hold=false: they take them again.
+  // Empty: nothing is held, and the answer is connections()'s.
+  std::function<int(const std::vector<std::string>& names, bool hold)> hold_exports;
+  // Optional; empty means io::calibrate (tests inject a fake measurement).
+  // Runs off the control thread.
+  std::function<io::CalibrationReport(const io::CalibrationOptions& options, const std::atomic<bool>& cancel)>
+      calibrate;
 };
 
 class Engine {
@@ -100,8 +117,23 @@ class Engine {
 
   // One request line of the control protocol -> one response line (without
   // the newline). may_change=false (the peer is not the socket's owner):
-  // every command that would change state is refused.
+  // every command that would change state is refused. A calibrate is done
+  // here, on the calling thread.
   std::string handle_line(const std::string& line, bool may_change);
+
+  // The answer to a request line: the response line now, or (calibrate)
+  // `work`, to run on a thread of its own, then `finish`, to run on the
+  // control thread once work has returned, which gives the response line.
+  struct Answer {
+    std::string line;
+    std::function<void()> work;
+    std::function<std::string()> finish;
+  };
+  Answer answer_line(const std::string& line, bool may_change);
+
+  // Ends a calibration under way soon (it is refused as cancelled). Any
+  // thread; for a daemon that is stopping.
+  void cancel_calibration() noexcept { cancel_calibration_.store(true); }
 
   // The scheduling of export `name`, or nullopt. Control thread only: the
   // data path gets its group and device through create_export.
@@ -117,7 +149,11 @@ class Engine {
   const std::string& state_path() const noexcept { return state_path_; }
 
  private:
-  Reply execute(const Request& request, bool may_change);
+  Reply execute(const Request& request, bool may_change, Answer& answer);
+  // calibrate: refused at once, or work and a finish in `answer`.
+  Reply calibrate(const Request& request, Answer& answer);
+  // The control thread's part once the measurement is done.
+  Reply finish_calibration(const io::CalibrationReport& report, int connections);
   Reply create(const Request& request);
   Reply remove(const Request& request);
   Reply message(const Request& request);
@@ -137,6 +173,22 @@ class Engine {
   // Runs fn on the owner of device group `id`; returns its status.
   qos::Status call(int id, const std::function<qos::Status(qos::DeviceGroup&)>& fn);
   uint32_t io_window(int id);
+  // The devices on the same disk as block device `device` (itself included).
+  std::vector<std::string> devices_on_disk(const DeviceState& device) const;
+  // Why `name` cannot be removed now ("" if it can).
+  std::string busy_calibrating(const std::string& name) const;
+
+  // The calibration under way (at most one).
+  struct Calibration {
+    std::string device;
+    int device_group_id = 0;
+    std::string path;
+    std::vector<std::string> held;  // exports that refuse new connections until it ends
+    bool block_device = false;
+    unsigned major = 0, minor = 0;
+  };
+  std::optional<Calibration> calibration_;
+  std::atomic<bool> cancel_calibration_{false};
 
   Platform platform_;
   std::string state_path_;

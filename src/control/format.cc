@@ -2,6 +2,8 @@
 
 #include <string_view>
 
+#include "control/language.h"
+
 namespace ioband::control {
 
 using nlohmann::json;
@@ -22,6 +24,34 @@ json limits_to_json(const qos::Limits& limits) {
     if (is_length ? value != 1 : value != 0) object[std::string(key)] = value;
   }
   return object;
+}
+
+namespace {
+
+// The order blk-iocost's io.cost.model prints them in.
+constexpr std::string_view kModelLineKeys[] = {"rbps", "rseqiops", "rrandiops", "wbps", "wseqiops", "wrandiops",
+                                               "depth"};
+
+}  // namespace
+
+std::string model_line(const qos::DeviceModel& model) {
+  std::string line;
+  for (std::string_view key : kModelLineKeys) {
+    line += (line.empty() ? "" : " ") + std::string(key) + "=" + std::to_string(get_model_key(model, key));
+  }
+  return line;
+}
+
+json model_to_json(const qos::DeviceModel& model, bool calibrated) {
+  json object = json::object();
+  for (std::string_view key : kModelLineKeys) object[std::string(key)] = get_model_key(model, key);
+  object["calibrated"] = calibrated;
+  return object;
+}
+
+json model_to_json(const DeviceGroupSettings& device_group) {
+  return model_to_json(device_group.device_model.value_or(qos::kDefaultDeviceModel),
+                       device_group.device_model && device_group.device_model_calibrated);
 }
 
 json table_json(const DeviceState& device, const DeviceGroupSettings& device_group) {
@@ -49,6 +79,7 @@ json table_json(const DeviceState& device, const DeviceGroupSettings& device_gro
       {"carryover", device_group.carryover},
       {"type", std::string(nbd::to_string(device.type))},
       {"limits", limits_to_json(device.limits)},
+      {"device_model", model_to_json(device_group)},
       {"groups", std::move(groups)},
   };
 }

@@ -29,4 +29,13 @@ nlohmann::json status_json(const DeviceState& device, const std::vector<GroupSta
 // The keys that differ from "no limit" ({"iops-total":100, ...}).
 nlohmann::json limits_to_json(const qos::Limits& limits);
 
+// "rbps=1062130688 rseqiops=43296 rrandiops=49395 wbps=784335872
+// wseqiops=47022 wrandiops=39153 depth=21": blk-iocost's io.cost.model
+// style, one line, no newline. `message NAME 0 model` takes it back as it is.
+std::string model_line(const qos::DeviceModel& model);
+// {"rbps": ..., ..., "depth": 21, "calibrated": true}
+nlohmann::json model_to_json(const qos::DeviceModel& model, bool calibrated);
+// The device group's model as table, status and calibrate show it.
+nlohmann::json model_to_json(const DeviceGroupSettings& device_group);
+
 }  // namespace ioband::control

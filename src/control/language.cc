@@ -2,8 +2,10 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 #include <climits>
+#include <cmath>
 #include <sstream>
 
 #include "control/export_spec.h"
@@ -37,6 +39,7 @@ constexpr std::pair<std::string_view, Message::Verb> kVerbs[] = {
     {"range-bw", Message::Verb::range_bw},
     {"reset", Message::Verb::reset},
     {"limit", Message::Verb::limit},
+    {"model", Message::Verb::model},
 };
 
 // Splits "ID:REST" when the part before the first ':' is a group id.
@@ -50,6 +53,51 @@ bool split_id(std::string_view arg, std::string_view& id, std::string_view& rest
   id = arg.substr(0, colon);
   rest = arg.substr(colon + 1);
   return true;
+}
+
+// "model": no word (show it), "default", or KEY=VAL[,KEY=VAL...] in one or
+// more words, so that the line `calibrate` prints can be given as it is.
+std::optional<Error> parse_model(const std::vector<std::string>& args, Message& out) {
+  const std::string usage = usage_of("message", "model");
+  if (args.size() == 2 && args[1] == "default") {
+    out.model_default = true;
+    return std::nullopt;
+  }
+  qos::DeviceModel probe = qos::kDefaultDeviceModel;
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string_view rest = args[i];
+    if (rest == "default") return Error::bad_usage("model default takes no KEY=VAL", usage);
+    for (;;) {
+      const auto comma = rest.find(',');
+      const std::string_view item = rest.substr(0, comma);
+      const auto eq = item.find('=');
+      if (eq == std::string_view::npos) return Error::bad_usage("model " + quoted(item) + " is not KEY=VAL", usage);
+      std::string key(item.substr(0, eq));
+      const std::string value_text(item.substr(eq + 1));
+      if (std::string why = set_model_key(probe, key, 1); !why.empty()) return Error::bad_usage(why, usage);
+      for (const auto& [seen, value] : out.model) {
+        if (seen == key) return Error::bad_usage("model key " + key + " is given twice", usage);
+      }
+      // Bytes/s take K, M, G suffixes (binary); request rates and the depth are plain numbers.
+      const bool bytes = key.ends_with("bps");
+      const std::optional<uint64_t> value = bytes ? parse_size(value_text) : parse_unsigned(value_text);
+      if (!value) {
+        return Error::bad_usage("model " + key + " must be " +
+                                    (bytes ? std::string("a number of bytes/s (K, M, G suffixes allowed)")
+                                           : key == "depth" ? std::string("a number of requests in flight")
+                                                            : std::string("a number of requests/s")) +
+                                    ", not " + quoted(value_text),
+                                usage);
+      }
+      (void)set_model_key(probe, key, *value);
+      out.model.emplace_back(std::move(key), *value);
+      if (comma == std::string_view::npos) break;
+      rest = rest.substr(comma + 1);
+    }
+  }
+  // Each value alone, on a model that is right otherwise: the bounds.
+  if (auto why = qos::model_error(probe)) return Error::bad_usage(*why, usage);
+  return std::nullopt;
 }
 
 std::string bad_id(std::string_view id) {
@@ -150,6 +198,43 @@ std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
   return std::nullopt;
 }
 
+std::string set_model_key(qos::DeviceModel& model, std::string_view key, uint64_t value) {
+  const auto figure = static_cast<double>(value);
+  if (key == "rbps") {
+    model.read_bps = figure;
+  } else if (key == "rseqiops") {
+    model.read_seq_iops = figure;
+  } else if (key == "rrandiops") {
+    model.read_rand_iops = figure;
+  } else if (key == "wbps") {
+    model.write_bps = figure;
+  } else if (key == "wseqiops") {
+    model.write_seq_iops = figure;
+  } else if (key == "wrandiops") {
+    model.write_rand_iops = figure;
+  } else if (key == "depth") {
+    model.depth = static_cast<uint32_t>(std::min<uint64_t>(value, UINT32_MAX));
+  } else {
+    return "unknown model key " + quoted(key) +
+           " (expected rbps, rseqiops, rrandiops, wbps, wseqiops, wrandiops or depth)";
+  }
+  return {};
+}
+
+uint64_t get_model_key(const qos::DeviceModel& model, std::string_view key) {
+  auto whole = [](double value) -> uint64_t {
+    return value > 0 && std::isfinite(value) ? static_cast<uint64_t>(std::llround(value)) : 0;
+  };
+  if (key == "rbps") return whole(model.read_bps);
+  if (key == "rseqiops") return whole(model.read_seq_iops);
+  if (key == "rrandiops") return whole(model.read_rand_iops);
+  if (key == "wbps") return whole(model.write_bps);
+  if (key == "wseqiops") return whole(model.write_seq_iops);
+  if (key == "wrandiops") return whole(model.write_rand_iops);
+  if (key == "depth") return model.depth;
+  return 0;
+}
+
 std::string_view verb_name(Message::Verb verb) noexcept {
   for (const auto& [name, v] : kVerbs) {
     if (v == verb) return name;
@@ -170,6 +255,11 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
     return Error::bad_usage("unknown message verb " + quoted(verb_word), usage_of("message"));
   }
   const std::string usage = usage_of("message", verb_word);
+  if (*verb == Message::Verb::model) {
+    out = Message{};
+    out.verb = *verb;
+    return parse_model(args, out);
+  }
   const size_t wanted = *verb == Message::Verb::reset ? 0 : 1;
   const size_t given = args.size() - 1;
   if (given < wanted) return Error::bad_usage(verb_word + " needs an argument", usage);
@@ -184,7 +274,8 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
   const std::string_view arg = wanted ? std::string_view(args[1]) : std::string_view();
 
   switch (*verb) {
-    case Message::Verb::reset: break;
+    case Message::Verb::reset:
+    case Message::Verb::model: break;
 
     case Message::Verb::type: {
       std::string_view name = arg;

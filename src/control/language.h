@@ -13,6 +13,7 @@
 #include "control/error.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
+#include "qos/device_model.h"
 #include "qos/policy.h"
 
 namespace ioband::control {
@@ -30,7 +31,9 @@ struct TableLine {
 std::optional<Error> parse_table_line(std::string_view text, TableLine& out);
 
 struct Message {
-  enum class Verb { type, attach, detach, weight, token, carryover, io_throttle, io_limit, policy, range_bw, reset, limit };
+  enum class Verb {
+    type, attach, detach, weight, token, carryover, io_throttle, io_limit, policy, range_bw, reset, limit, model
+  };
   Verb verb = Verb::reset;
   nbd::GroupType type = nbd::GroupType::none;  // type
   std::optional<int64_t> group;                // attach, detach; weight, range-bw, limit: nullopt = see below
@@ -40,6 +43,8 @@ struct Message {
   qos::RangeBw range_bw;                       // range-bw
   std::vector<std::pair<std::string, uint64_t>> limits;  // limit: KEY=VAL in order
   bool clear_limits = false;                   // limit [ID:]none
+  std::vector<std::pair<std::string, uint64_t>> model;   // model: KEY=VAL in order; empty: show the model
+  bool model_default = false;                  // model default
 };
 // weight, range-bw without ID: the device's default group. limit without
 // ID: the whole device; with -1: the default group.
@@ -49,6 +54,16 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
 
 // The verb's name in the language ("io_throttle", "range-bw", ...).
 std::string_view verb_name(Message::Verb verb) noexcept;
+
+// The device model's keys, as blk-iocost's io.cost.model names them, and
+// the knee (qos::DeviceModel::depth).
+inline constexpr std::string_view kModelKeys[] = {"rbps", "wbps", "rseqiops", "rrandiops", "wseqiops", "wrandiops",
+                                                  "depth"};
+// Sets one key: "" or why not (an unknown key). The value's range is
+// qos::model_error's to judge, on the whole model.
+std::string set_model_key(qos::DeviceModel& model, std::string_view key, uint64_t value);
+// The key's value (0 for an unknown key).
+uint64_t get_model_key(const qos::DeviceModel& model, std::string_view key);
 
 // A group id: a decimal number 0..2^63-1, -1 (the default group), or a
 // dotted IPv4 address (as a 32-bit number, the id of a TCP client).

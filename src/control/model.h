@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "nbd/classify.h"
 #include "qos/device_group.h"
+#include "qos/device_model.h"
 #include "qos/limits.h"
 #include "qos/policy.h"
 
@@ -30,7 +32,11 @@ struct DeviceGroupSettings {
   uint32_t carryover = qos::kDefaultCarryover;
   uint32_t io_throttle = qos::kDefaultIoThrottle;
   uint32_t io_limit = qos::kDefaultIoLimit;
-  bool io_limit_auto = false;  // io_limit auto: the window follows the storage, io_limit caps it
+  bool io_limit_auto = qos::kDefaultIoLimitAuto;  // the window follows the storage, io_limit caps it
+  // The storage's device model (qos/device_model.h); nullopt: the default,
+  // never set nor calibrated (and not saved, so a newer default applies).
+  std::optional<qos::DeviceModel> device_model;
+  bool device_model_calibrated = false;  // measured by iobandctl calibrate, not set by hand
   friend bool operator==(const DeviceGroupSettings&, const DeviceGroupSettings&) = default;
 };
 
@@ -47,6 +53,7 @@ struct DeviceState {
   // Runtime only (not saved).
   qos::DeviceId device = 0;  // index within its device group
   unsigned major = 0, minor = 0;
+  bool block_device = false;  // path is a block device (major:minor its own number)
 };
 
 struct State {

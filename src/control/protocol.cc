@@ -8,7 +8,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::string_view kCommands[] = {"create", "remove", "message", "table", "status", "targets"};
+constexpr std::string_view kCommands[] = {"create", "remove", "message", "calibrate", "table", "status", "targets"};
 
 std::optional<Error> malformed(const std::string& what) {
   return Error::bad_usage("malformed request: " + what, usage_of(""));
@@ -67,6 +67,10 @@ std::optional<Error> parse_request(const std::string& line, Request& out) {
     if (!it->is_boolean()) return malformed("\"force\" must be true or false");
     request.force = it->get<bool>();
   }
+  if (auto it = object.find("seconds"); it != object.end() && !it->is_null()) {
+    if (!it->is_number()) return malformed("\"seconds\" must be a number");
+    request.seconds = it->get<double>();
+  }
   if (auto it = object.find("target"); it != object.end() && !it->is_null()) {
     if (!it->is_string()) return malformed("\"target\" must be a string");
     request.target = it->get<std::string>();
@@ -84,6 +88,7 @@ json request_to_json(const Request& request) {
     object["args"] = request.args;
   }
   if (request.command == "remove") object["force"] = request.force;
+  if (request.seconds) object["seconds"] = *request.seconds;
   if (request.target) object["target"] = *request.target;
   if (!request.id.is_null()) object["id"] = request.id;
   return object;

@@ -8,6 +8,7 @@
 //   {"command":"table","name":"ioband1","target":"ioband"}   name, target optional
 //   {"command":"status","name":"ioband1","target":"ioband"}  name, target optional
 //   {"command":"targets"}
+//   {"command":"calibrate","name":"ioband1","seconds":25}            seconds optional
 // Responses:
 //   {"ok":true,"text":"<what iobandctl prints>","data":{...}}
 //   {"ok":false,"kind":"usage"|"refused","error":"<sentence>","usage":"<usage line>"}
@@ -31,6 +32,7 @@ struct Request {
   std::vector<std::string> args;
   bool force = false;
   std::optional<std::string> target;
+  std::optional<double> seconds;  // calibrate: how long to measure
   nlohmann::json id;  // null when absent
 };
 

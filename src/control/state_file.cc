@@ -17,7 +17,11 @@ using nlohmann::json;
 
 namespace {
 
-constexpr int kStateVersion = 1;
+// 2: the in-flight window is learned by default (io_limit_auto true). A
+// version 1 file saved the old default (a fixed window of 128) for every
+// device group whose window nobody set; such a group is read as the new
+// default. A window set to another number, or auto, is kept as it was.
+constexpr int kStateVersion = 2;
 
 // Thrown inside state_from_json only; carries "element: what".
 struct Invalid {
@@ -86,8 +90,25 @@ qos::Limits limits_from(const json& object, const std::string& where) {
   return limits;
 }
 
-DeviceGroupSettings device_group_from(const json& object, const std::string& where) {
-  check_keys(object, where, {"id", "policy", "token", "carryover", "io_throttle", "io_limit", "io_limit_auto"});
+// {"rbps": 500000000, ..., "depth": 32, "calibrated": false}
+void device_model_from(const json& object, const std::string& where, DeviceGroupSettings& settings) {
+  check_keys(object, where,
+             {"rbps", "rseqiops", "rrandiops", "wbps", "wseqiops", "wrandiops", "depth", "calibrated"});
+  qos::DeviceModel model;
+  for (std::string_view key : kModelKeys) {
+    const std::string name(key);
+    (void)set_model_key(model, key, unsigned_integer(object, where, name.c_str(), 0, UINT64_MAX));
+  }
+  if (auto error = qos::model_error(model)) invalid(where, *error);
+  const json& calibrated = field(object, where, "calibrated");
+  if (!calibrated.is_boolean()) invalid(child(where, "calibrated"), "expected true or false");
+  settings.device_model = model;
+  settings.device_model_calibrated = calibrated.get<bool>();
+}
+
+DeviceGroupSettings device_group_from(const json& object, const std::string& where, int64_t version) {
+  check_keys(object, where,
+             {"id", "policy", "token", "carryover", "io_throttle", "io_limit", "io_limit_auto", "device_model"});
   DeviceGroupSettings settings;
   settings.id = static_cast<int>(integer(object, where, "id", 0, INT32_MAX));
   const std::string policy = string(object, where, "policy");
@@ -107,6 +128,14 @@ DeviceGroupSettings device_group_from(const json& object, const std::string& whe
     const json& value = object.at("io_limit_auto");
     if (!value.is_boolean()) invalid(child(where, "io_limit_auto"), "expected true or false");
     settings.io_limit_auto = value.get<bool>();
+  }
+  if (version == 1 && !settings.io_limit_auto && settings.io_limit == qos::kDefaultIoLimit) {
+    settings.io_limit_auto = qos::kDefaultIoLimitAuto;
+  }
+  // Optional: files written before the device model existed lack it, and
+  // a device group on the default model has none.
+  if (object.contains("device_model")) {
+    device_model_from(object.at("device_model"), child(where, "device_model"), settings);
   }
   return settings;
 }
@@ -156,13 +185,15 @@ std::string errno_text(int error) { return std::strerror(error); }
 json state_to_json(const State& state) {
   json device_groups = json::array();
   for (const auto& [id, settings] : state.device_groups) {
-    device_groups.push_back({{"id", id},
-                             {"policy", std::string(qos::to_string(settings.policy))},
-                             {"token", settings.token},
-                             {"carryover", settings.carryover},
-                             {"io_throttle", settings.io_throttle},
-                             {"io_limit", settings.io_limit},
-                             {"io_limit_auto", settings.io_limit_auto}});
+    json object = {{"id", id},
+                   {"policy", std::string(qos::to_string(settings.policy))},
+                   {"token", settings.token},
+                   {"carryover", settings.carryover},
+                   {"io_throttle", settings.io_throttle},
+                   {"io_limit", settings.io_limit},
+                   {"io_limit_auto", settings.io_limit_auto}};
+    if (settings.device_model) object["device_model"] = model_to_json(settings);
+    device_groups.push_back(std::move(object));
   }
   json devices = json::array();
   for (const DeviceState& device : state.devices) {
@@ -192,15 +223,16 @@ std::optional<std::string> state_from_json(const json& object, State& out) {
   try {
     check_keys(object, "state", {"version", "device_groups", "devices"});
     const json& version = field(object, "state", "version");
-    if (!version.is_number_integer() || version.get<int64_t>() != kStateVersion) {
-      invalid("version", "this iobandd reads version " + std::to_string(kStateVersion) + ", not " + version.dump());
+    if (!version.is_number_integer() || version.get<int64_t>() < 1 || version.get<int64_t>() > kStateVersion) {
+      invalid("version", "this iobandd reads versions 1 to " + std::to_string(kStateVersion) + ", not " +
+                             version.dump());
     }
     State state;
     const json& device_groups = field(object, "state", "device_groups");
     if (!device_groups.is_array()) invalid("device_groups", "expected an array");
     for (size_t i = 0; i < device_groups.size(); ++i) {
       const std::string at = "device_groups[" + std::to_string(i) + "]";
-      DeviceGroupSettings settings = device_group_from(device_groups[i], at);
+      DeviceGroupSettings settings = device_group_from(device_groups[i], at, version.get<int64_t>());
       if (!state.device_groups.emplace(settings.id, settings).second) {
         invalid(at + ".id", "device group " + std::to_string(settings.id) + " appears twice");
       }

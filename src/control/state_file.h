@@ -2,12 +2,18 @@
 //
 //   {"version": 1,
 //    "device_groups": [{"id": 1, "policy": "fair", "token": 2048, "carryover": 2,
-//                       "io_throttle": 4, "io_limit": 128}],
+//                       "io_throttle": 4, "io_limit": 128, "io_limit_auto": false,
+//                       "device_model": {"rbps": 1062130688, "rseqiops": 43296,
+//                                        "rrandiops": 49395, "wbps": 784335872,
+//                                        "wseqiops": 47022, "wrandiops": 39153,
+//                                        "depth": 21, "calibrated": true}}],
 //    "devices": [{"name": "ioband1", "path": "/dev/sda1", "sectors": 2048,
 //                 "device_group_id": 1, "type": "user", "limits": {},
 //                 "groups": [{"id": -1, "weight": 40, "range_bw": {"min_kib": 0, "max_kib": 0},
 //                             "limits": {}}, ...]}]}
 //
+// io_limit_auto and device_model are optional (files of older versions lack
+// them; device_model is written only once one was set or calibrated).
 // Reading is strict (an unknown key, a wrong type or an out-of-range value is
 // an error naming the element) so a damaged or hand-edited file stops the
 // start instead of silently losing settings.

@@ -15,7 +15,8 @@ constexpr Entry kCommands[] = {
     {"create", "iobandctl create NAME < '0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]'"},
     {"remove", "iobandctl remove [--force] NAME"},
     {"message", "iobandctl message NAME 0 VERB [ARG]  (VERB: type attach detach weight token carryover io_throttle "
-                "io_limit policy range-bw limit reset)"},
+                "io_limit policy range-bw limit model reset)"},
+    {"calibrate", "iobandctl calibrate [--seconds N] NAME"},
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
     {"targets", "iobandctl targets"},
@@ -33,6 +34,7 @@ constexpr Entry kMessageVerbs[] = {
     {"policy", "iobandctl message NAME 0 policy weight|weight-iosize|range-bw|fair"},
     {"range-bw", "iobandctl message NAME 0 range-bw [ID:]MIN:MAX"},
     {"limit", "iobandctl message NAME 0 limit [ID:]KEY=VAL[,KEY=VAL...]|[ID:]none"},
+    {"model", "iobandctl message NAME 0 model [KEY=VAL[,KEY=VAL...]|default]"},
     {"reset", "iobandctl message NAME 0 reset"},
 };
 
@@ -87,6 +89,16 @@ Example:
                        bps-total, bps-read, bps-write, each also with -max and
                        -max-length, and iops-size; VAL 0 removes a key,
                        "limit [ID:]none" removes them all
+  model [KEY=VAL[,KEY=VAL...]]
+                       device group: the storage's device model, what a request
+                       costs under the fair policy (see iobandctl calibrate,
+                       which measures it). KEYs as blk-iocost's io.cost.model:
+                       rbps, wbps (bytes/s, K M G suffixes), rseqiops,
+                       rrandiops, wseqiops, wrandiops (4 KiB requests/s), and
+                       depth (requests in flight from which the storage gives
+                       its best); keys not given keep their value. Without an
+                       argument: print the model. "model default": back to
+                       the default model
   reset                clear the statistics of the device's groups
 
 Examples:
@@ -95,7 +107,49 @@ Examples:
   iobandctl message ioband1 0 attach 1000
   iobandctl message ioband1 0 weight 1000:30
   iobandctl message ioband1 0 limit 1000:iops-total=200,bps-write=10M
+  iobandctl message ioband1 0 model rbps=500M,rrandiops=40000,depth=16
   iobandctl message ioband1 0 reset
+)"},
+    {"calibrate",
+     R"(Measure the device model of the storage under ioband device NAME and give
+it to NAME's device group (all its devices share one piece of storage):
+what a request costs under the fair policy, by direction, size and
+pattern, as blk-iocost's io.cost.model describes a device:
+
+  rbps, wbps            bytes/s of 1 MiB sequential reads, writes (16 in flight)
+  rseqiops, wseqiops    4 KiB sequential reads, writes per second (64 in flight)
+  rrandiops, wrandiops  4 KiB random reads, writes per second (writes: 64 in
+                        flight; reads: a sweep of 1 to 256 in flight, the
+                        rate where it levels off)
+  depth                 the knee: the fewest requests in flight that give 95 %
+                        of the best 4 KiB random read rate
+
+Each figure is the median of several short runs, interleaved with those of
+the other figures, with O_DIRECT (the page cache must not answer: where the
+file system refuses O_DIRECT, the result says so). It takes about 25 s,
+never more than a minute; --seconds N (1 to 60) gives it N seconds instead
+(fewer: rougher figures). The command answers when it is done, prints the
+model in one line and how long it took, applies it and saves it with the
+state. Run it again whenever the storage changes.
+
+No data is lost: reads are done on the image (on its allocated data; a
+hole reads from no storage), writes on a scratch file created next to it
+on the same file system (unnamed, filled with data first, gone when the
+measurement ends; up to 1 GiB, less when space is short). An image with
+less than 256 MiB of data in one run is read on the scratch file too. On a
+block device, writes rewrite data just read at the same offsets; this is
+refused while any ioband device on that disk has a connection (new ones
+wait until the end), or while the disk is mounted.
+
+A result that cannot be right (a figure of zero or out of bounds, a run
+that completed nothing for 2 s) is refused with the reason, and the model
+stays as it was. Set or look at the model by hand with
+"iobandctl message NAME 0 model ...".
+
+Example:
+  iobandctl calibrate ioband1
+  rbps=1062130688 rseqiops=43296 rrandiops=49395 wbps=784335872 wseqiops=47022 wrandiops=39153 depth=21
+  ioband1 (device group 1) calibrated in 24.8 s: ...
 )"},
     {"table",
      R"(Print the settings of every ioband device (or of NAME, without the name
@@ -105,7 +159,8 @@ prefix), one line each:
 
 MAJOR:MINOR is the block device's number, or for an image file that of the
 device holding its file system. --json adds the type, policy, token,
-carryover, limits and every group's weight.
+carryover, limits, every group's weight, and the device group's device
+model (with "calibrated": true when iobandctl calibrate measured it).
 
 Example:
   iobandctl table --target ioband
@@ -143,7 +198,8 @@ std::string usage_of(std::string_view command, std::string_view verb) {
   for (const Entry& entry : kCommands) {
     if (entry.verb == command) return std::string(entry.usage);
   }
-  return "iobandctl [--control PATH] [--json] COMMAND ARGS  (COMMAND: create remove message table status targets)";
+  return "iobandctl [--control PATH] [--json] COMMAND ARGS  (COMMAND: create remove message calibrate table status "
+         "targets)";
 }
 
 std::string help_of(std::string_view command) {

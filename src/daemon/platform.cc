@@ -25,6 +25,16 @@ control::Platform DaemonPlatform::make() {
       e->scheduling.epoch.fetch_add(1, std::memory_order_release);
     }
   };
+  p.hold_exports = [this](const std::vector<std::string>& names, bool hold) {
+    int connections = 0;
+    for (const std::string& name : names) {
+      if (auto e = exports_.find(name)) {
+        e->held.store(hold);  // before the count is read: see Export::admit
+        connections += e->connections.load();
+      }
+    }
+    return connections;
+  };
   p.run_on_owner = [this](int id, const std::function<void()>& fn) { run_on_owner(id, fn); };
   p.release_device_group = [this](int id, qos::DeviceGroup&) { release_device_group(id); };
   return p;

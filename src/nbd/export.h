@@ -38,7 +38,21 @@ struct Export {
   bool read_only = false;
   io::Reactor* reactor = nullptr;
   std::atomic<int> connections{0};
+  // Held: new connections are refused (iobandctl calibrate is rewriting the
+  // storage in place). See admit().
+  std::atomic<bool> held{false};
   Scheduling scheduling;
+
+  // Counts a new connection, unless the export is held. The count goes up
+  // before `held` is read, and the control plane sets `held` before it reads
+  // the count (both sequentially consistent): so either it sees this
+  // connection, or this connection sees the hold.
+  bool admit() noexcept {
+    connections.fetch_add(1);
+    if (!held.load()) return true;
+    connections.fetch_sub(1);
+    return false;
+  }
 
   uint16_t transmission_flags() const noexcept {
     const io::BackendTraits traits = backend->traits();

@@ -296,6 +296,11 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
         begin_close("unknown export");
         return;
       }
+      if (!e->admit()) {  // this old-style option has no way to say why
+        log_line("connection " + std::to_string(id_) + ": export '" + name + "' is held (calibration)");
+        begin_close("export held");
+        return;
+      }
       export_ = std::move(e);
       uint8_t reply[10 + 124] = {};
       store16(store64(reply, export_->backend->size()), export_->transmission_flags());
@@ -347,6 +352,11 @@ void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t l
   std::string name(reinterpret_cast<const char*>(data + 4), name_length);
   auto e = host_.exports->find_for_client(name);
   if (!e) return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
+  if (option == kOptGo && !e->admit()) {
+    return option_error(option, kRepErrPolicy,
+                        "export '" + e->name + "' takes no connection while iobandctl calibrate rewrites its block "
+                        "device in place; try again within a minute");
+  }
 
   uint8_t info[14];
   store16(store64(store16(info, kInfoExport), e->backend->size()), e->transmission_flags());
@@ -418,8 +428,8 @@ void Session::handle_meta_context(uint32_t option, const uint8_t* data, uint32_t
   option_reply(option, kRepAck, nullptr, 0);
 }
 
+// export_ was admitted (Export::admit counted the connection).
 void Session::enter_transmission() noexcept {
-  export_->connections.fetch_add(1, std::memory_order_relaxed);
   context_.export_size = export_->backend->size();
   context_.read_only = export_->is_read_only();
   const io::BackendTraits traits = export_->backend->traits();

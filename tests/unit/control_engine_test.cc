@@ -255,8 +255,16 @@ TEST_F(ControlEngine, DeviceGroupSettings) {
 TEST_F(ControlEngine, IoLimitAuto) {
   getting_started();
   qos::DeviceGroup& group = group_of("ioband1");
-  EXPECT_FALSE(group.io_limit_auto());
+  // The default: the window is learned, io_limit caps it.
+  EXPECT_TRUE(group.io_limit_auto());
   json device = client.table()["data"]["devices"][0];
+  EXPECT_EQ(device["io_limit_auto"], true);
+  EXPECT_EQ(device["io_window"], group.io_window());
+
+  // A number is dm-ioband's fixed window; auto brings the learned one back.
+  ok(client.message("ioband1", "io_limit 128"));
+  EXPECT_FALSE(group.io_limit_auto());
+  device = client.table()["data"]["devices"][0];
   EXPECT_EQ(device["io_limit_auto"], false);
   EXPECT_EQ(device["io_window"], device["io_limit"]);
 

@@ -97,6 +97,8 @@ TEST(ControlFormat, TableJsonCarriesIoLimitAuto) {
   DeviceState d = device("ioband1", 8, 1);
   DeviceGroupSettings settings;
   settings.io_limit = 400;
+  EXPECT_EQ(table_json(d, settings)["io_limit_auto"], true);  // the default
+  settings.io_limit_auto = false;
   EXPECT_EQ(table_json(d, settings)["io_limit_auto"], false);
   settings.io_limit_auto = true;
   nlohmann::json object = table_json(d, settings);

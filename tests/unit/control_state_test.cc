@@ -140,9 +140,9 @@ TEST(ControlState, TheFileIsWhatTheFormatSays) {
   ok(client.message("ioband1", "limit 1000:iops-read=5"));
   const json saved = json::parse(read_file(engine.state_path()));
   const json expected = json::parse(R"({
-    "version": 1,
+    "version": 2,
     "device_groups": [{"id": 1, "policy": "fair", "token": 2048, "carryover": 2, "io_throttle": 4, "io_limit": 128,
-                       "io_limit_auto": false}],
+                       "io_limit_auto": true}],
     "devices": [{"name": "ioband1", "path": "/dev/sda1", "sectors": 8, "device_group_id": 1, "type": "user",
                  "limits": {},
                  "groups": [{"id": -1, "weight": 100, "range_bw": {"min_kib": 0, "max_kib": 0}, "limits": {}},
@@ -150,6 +150,26 @@ TEST(ControlState, TheFileIsWhatTheFormatSays) {
                              "limits": {"iops-read": 5}}]}]
   })");
   EXPECT_EQ(saved, expected);
+}
+
+// Version 1 saved dm-ioband's fixed window of 128 for every device group
+// nobody set a window on: it reads as today's default, the learned window.
+// Another number, or auto, stays as it was saved.
+TEST(ControlState, Version1DefaultWindowBecomesTheLearnedOne) {
+  auto restored = [](const std::string& groups_json) {
+    State state;
+    const json file = json::parse(R"({"version":1,"device_groups":)" + groups_json + R"(,"devices":[{"name":"ioband1","path":"/dev/sda1","sectors":8,"device_group_id":1,"type":"none",)"
+                                 R"("limits":{},"groups":[{"id":-1,"weight":100,"range_bw":{"min_kib":0,"max_kib":0},)"
+                                 R"("limits":{}}]}]})");
+    EXPECT_EQ(state_from_json(file, state), std::nullopt);
+    return state.device_groups.at(1);
+  };
+  const std::string base = R"([{"id":1,"policy":"fair","token":2048,"carryover":2,"io_throttle":4,)";
+  EXPECT_TRUE(restored(base + R"("io_limit":128,"io_limit_auto":false}])").io_limit_auto);
+  EXPECT_TRUE(restored(base + R"("io_limit":128}])").io_limit_auto);
+  EXPECT_FALSE(restored(base + R"("io_limit":64,"io_limit_auto":false}])").io_limit_auto);
+  EXPECT_EQ(restored(base + R"("io_limit":64,"io_limit_auto":false}])").io_limit, 64u);
+  EXPECT_TRUE(restored(base + R"("io_limit":64,"io_limit_auto":true}])").io_limit_auto);
 }
 
 // A state file that cannot be read: the start stops with the file and the
@@ -200,7 +220,7 @@ const std::string kBadType = good_with("\"type\":\"user\"", "\"type\":\"users\""
 const std::string kUnknownKey = good_with("\"sectors\":8", "\"sectors\":8,\"colour\":\"red\"");
 const std::string kNoDefault = good_with("\"id\":-1", "\"id\":5");
 const std::string kNoGroup = good_with("\"device_group_id\":1", "\"device_group_id\":2");
-const std::string kVersion2 = good_with("\"version\":1", "\"version\":2");
+const std::string kVersion3 = good_with("\"version\":1", "\"version\":3");
 const std::string kBadLimits = good_with("\"limits\":{}}]}]", "\"limits\":{\"iops-read-max\":5}}]}]");
 const std::string kMissingPath = good_with("\"/dev/sda1\"", "\"/dev/gone\"");
 const std::string kTooSmall = good_with("\"/dev/sda1\",\"sectors\":8", "\"/small.img\",\"sectors\":4096");
@@ -222,7 +242,7 @@ const Corrupt kCorrupt[] = {
     {"unknown key", kUnknownKey.c_str(), "devices[0]: unknown key \"colour\""},
     {"no default group", kNoDefault.c_str(), "the default group (id -1) is missing"},
     {"device group missing", kNoGroup.c_str(), "device group 2 is not in device_groups"},
-    {"version 2", kVersion2.c_str(), "version: this iobandd reads version 1, not 2"},
+    {"version 3", kVersion3.c_str(), "version: this iobandd reads versions 1 to 2, not 3"},
     {"invalid limits", kBadLimits.c_str(), "iops-read-max needs iops-read"},
     {"path gone", kMissingPath.c_str(), "device ioband1: /dev/gone: No such file or directory"},
     {"path too small", kTooSmall.c_str(), "device ioband1: /small.img is 1048576 bytes"},

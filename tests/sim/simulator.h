@@ -103,26 +103,16 @@ class Random {
 };
 
 // What a request costs the storage at full speed (shared storage), in
-// device time: per direction, the bandwidth of large transfers and the rate
-// of 4 KiB requests, sequential and random, so that
-//   work(r) = 1 / iops[d][seq] - 4096 / bps[d] + bytes / bps[d]   seconds
-// (a stream of 4 KiB requests of one kind at its rate is one second of
-// device time per second; the same linear model as qos/device_model.h).
-struct StorageCosts {
-  double read_bps = 1e9;
-  double read_seq_iops = 100'000;
-  double read_rand_iops = 50'000;
-  double write_bps = 500e6;
-  double write_seq_iops = 60'000;
-  double write_rand_iops = 30'000;
+// device time: the linear model of qos/device_model.h (per direction, the
+// bandwidth of large transfers and the rate of 4 KiB requests, sequential
+// and random), with this simulator's own figures. It is the storage's truth;
+// the scheduler's device model may differ from it, as a real device's does.
+struct StorageCosts : qos::DeviceModel {
+  StorageCosts() : qos::DeviceModel{1e9, 100'000, 50'000, 500e6, 60'000, 30'000, 32} {}
 
   double work_ns(qos::Direction direction, bool sequential, std::uint32_t bytes) const {
-    const bool read = direction == qos::Direction::read;
-    const double bps = read ? read_bps : write_bps;
-    const double iops =
-        read ? (sequential ? read_seq_iops : read_rand_iops) : (sequential ? write_seq_iops : write_rand_iops);
-    const double per_request = std::max(0.0, 1e9 / iops - 4096 * 1e9 / bps);
-    return per_request + static_cast<double>(bytes) * 1e9 / bps;
+    const qos::OpKind op = direction == qos::Direction::read ? qos::OpKind::read : qos::OpKind::write;
+    return qos::DeviceCosts::of(*this).cost_ns(op, bytes, sequential);
   }
 };
 

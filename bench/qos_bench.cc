@@ -38,6 +38,9 @@ struct Setup {
 void prepare(Setup& s, Policy policy, int groups, bool limits) {
   benchmark::DoNotOptimize(s.group.set_policy(policy));
   benchmark::DoNotOptimize(s.group.set_io_limit(kInFlight));
+  // A fixed window: one completion frees exactly one dispatch, so every
+  // iteration measures the same work (the learned window would move it).
+  s.group.set_io_limit_auto(false);
   benchmark::DoNotOptimize(s.group.set_io_throttle(0));  // every request goes through the policy
   if (policy == Policy::weight && groups > 1000) benchmark::DoNotOptimize(s.group.set_token(4'000'000));
   for (DeviceId d = 0; d < kDevices; ++d) benchmark::DoNotOptimize(s.group.add_device(d));
@@ -84,6 +87,10 @@ void run(benchmark::State& state, Policy policy, bool limits) {
     s.group.enqueue(done, s.now);
     Decision d = s.group.next(s.now);
     benchmark::DoNotOptimize(d);
+    if (d.kind != Decision::Kind::dispatch) {
+      state.SkipWithError("next() dispatched nothing after a completion");
+      break;
+    }
     s.in_flight.push_back(d.request);
   }
   state.SetItemsProcessed(state.iterations());

@@ -677,6 +677,19 @@ uint32_t Engine::io_window(int id) {
   return window;
 }
 
+// The device model as the device group learned it while serving
+// (qos/model_learner.h): the same figures, without "calibrated".
+json Engine::learned_model_json(int id) {
+  qos::DeviceModel learned = qos::kDefaultDeviceModel;
+  (void)call(id, [&](qos::DeviceGroup& group) {
+    learned = group.learned_device_model();
+    return qos::Status{};
+  });
+  json object = model_to_json(learned, false);
+  object.erase("calibrated");
+  return object;
+}
+
 Reply Engine::table(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
@@ -714,6 +727,7 @@ Reply Engine::status(const Request& request) {
     object["io_limit_auto"] = state_.device_groups.at(device->device_group_id).io_limit_auto;
     object["io_window"] = io_window(device->device_group_id);
     object["device_model"] = model_to_json(state_.device_groups.at(device->device_group_id));
+    object["learned_model"] = learned_model_json(device->device_group_id);
     array.push_back(std::move(object));
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";

@@ -1,20 +1,22 @@
-// The device group: the in-flight window (io_throttle, io_limit, or the
-// learned window of io_limit auto: auto_window.h), the two-level ready
-// queues, limits parking, anticipation of a heavier shallow group
-// (anticipation.h: a lighter deep group it holds is parked like one held by
-// a limit), and the dispatch loop. Which group
-// goes next is the policies' (weight_policy.h, fair_policy.h,
-// range_bw_policy.h); whether it may go now is the token buckets'
-// (token_bucket.h).
+// The device group's core: the ready queues and the dispatch loop. Three
+// parts are elsewhere, each in its own file:
+//   order       which ready group goes next: the policy (order_policy.h;
+//               fair_policy.h, weight_policy.h, range_bw_policy.h)
+//   admission   whether it may go now: the in-flight window and the
+//               anticipation (admission.h), limits (limits.h, token_bucket.h)
+//   accounting  what its statistics count (accounting.h)
+// This file holds what ties them: the heaps, parking, the request queues,
+// and the control plane's checks.
 //
 // Structure. Each ioband device keeps a min-heap of its ready groups by
-// policy key (and, under range-bw, one by reservation time); the device group
-// keeps a min-heap of devices by the key of their best group. The best group
-// of the device group is therefore the top of the top device: weights are
-// flat over all devices, and a device held back by its own limits leaves the
-// top heap in O(log devices) without touching its groups. Groups or devices
-// held back by a limit are "parked" in timer heaps keyed by when the limit
-// allows them again. Every operation is O(log groups).
+// policy key (and, for a policy with reservations, one by reservation time);
+// the device group keeps a min-heap of devices by the key of their best
+// group. The best group of the device group is therefore the top of the top
+// device: weights are flat over all devices, and a device held back by its
+// own limits leaves the top heap in O(log devices) without touching its
+// groups. Groups or devices held back by a limit (or a group by the
+// anticipation) are "parked" in timer heaps keyed by when they may go again.
+// Every operation is O(log groups).
 #include "qos/device_group.h"
 
 #include <algorithm>
@@ -22,23 +24,22 @@
 #include <cassert>
 #include <string>
 
-#include "qos/anticipation.h"
-#include "qos/auto_window.h"
-#include "qos/fair_policy.h"
+#include "qos/accounting.h"
+#include "qos/admission.h"
 #include "qos/group.h"
+#include "qos/order_policy.h"
 #include "qos/range_bw_policy.h"
-#include "qos/weight_policy.h"
 
 namespace ioband::qos {
 
+using detail::Admission;
 using detail::Device;
-using detail::FairPolicy;
 using detail::Group;
 using detail::GroupExtras;
 using detail::IndexedHeap;
+using detail::OrderPolicy;
 using detail::RangeBwPolicy;
 using detail::RequestState;
-using detail::WeightPolicy;
 
 namespace {
 
@@ -57,26 +58,21 @@ std::string group_name(DeviceId device, GroupId group) {
                                 : "group " + std::to_string(group) + " of " + device_name(device);
 }
 
-bool is_weight_policy(Policy policy) noexcept { return policy == Policy::weight || policy == Policy::weight_iosize; }
-
 }  // namespace
 
 struct DeviceGroup::Impl {
   // ---- settings ----
-  Policy policy = kDefaultPolicy;
-  std::uint64_t token = kDefaultToken;
-  std::uint32_t carryover = kDefaultCarryover;
-  std::uint32_t io_throttle = kDefaultIoThrottle;
-  std::uint32_t io_limit = kDefaultIoLimit;
-  bool io_limit_auto = kDefaultIoLimitAuto;
-  detail::AutoWindow auto_window;
-  detail::Anticipation anticipation;
-  std::vector<Group*> held;  // parked by the anticipation: released at the anticipated group's completions
-  CostModel cost_model{};
-  bool explicit_cost_model = false;  // set_cost_model was called: fair charges tokens, not device time
+  Policy policy_name = kDefaultPolicy;
+  detail::PolicySettings settings;
+  std::unique_ptr<OrderPolicy> policy = detail::make_order_policy(kDefaultPolicy, settings);
+  Admission admission;
+  CostModel cost_model{};  // the token model set_cost_model() gave fair, if any
   DeviceModel device_model = kDefaultDeviceModel;
-  DeviceCosts device_costs = DeviceCosts::of(kDefaultDeviceModel);
   bool device_model_calibrated = false;
+  bool model_learning = true;
+  detail::ModelLearner learner;
+  double in_flight_ns = 0;   // the model's time of the reads and writes in flight
+  double saturation_ns = 0;  // in flight from which the storage counts as saturated
 
   // ---- model ----
   std::vector<std::unique_ptr<Device>> devices;  // by DeviceId; null = none
@@ -84,24 +80,15 @@ struct DeviceGroup::Impl {
   std::size_t group_count = 0;  // attached + default, not retired
   detail::GroupPool pool;
   std::vector<std::uint32_t> ready_positions;  // by group slot: position in its device's ready heap
-  std::uint64_t weight_total = 0;
   std::vector<Group*> retired;  // detached, requests still in flight
 
   // ---- scheduling ----
   IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
-  IndexedHeap<Device, &Device::top_reservation_index> top_reserved;    // range-bw
+  IndexedHeap<Device, &Device::top_reservation_index> top_reserved;    // by earliest reservation
   IndexedHeap<Group, &Group::timer_index> group_timers;                // by wake time
   IndexedHeap<Device, &Device::timer_index> device_timers;             // by wake time
-  std::int64_t vtime = 0;     // fair / range-bw spare: V
-  std::int64_t epoch = 0;     // weight: E
-  Group* dominant = nullptr;  // weight: dm-ioband's dominant group
-  std::uint16_t weight_generation = 0;
-  std::int64_t weight_generation_epoch = 0;
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
-  std::uint32_t busy_deep_groups = 0;  // groups with requests in flight that had more than kLowDepth outstanding
-  // A deep group: more than kLowDepth outstanding since it was last empty.
-  static bool deep(std::uint8_t busy_peak) noexcept { return busy_peak > detail::Anticipation::kLowDepth; }
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
   std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
@@ -138,34 +125,6 @@ struct DeviceGroup::Impl {
     for_each_group(device, [&](Group* group) { destroy_group(group); });
   }
 
-  WeightPolicy weight_policy() const noexcept {
-    return {token, carryover, weight_total, weight_generation, weight_generation_epoch};
-  }
-
-  // ------------------------------------------------------------ policy keys
-  std::int64_t key_of(const Group& group) const noexcept {
-    return is_weight_policy(policy) ? weight_policy().key(group, epoch) : group.vtime;
-  }
-
-  // Come back from idle or from a limit (STYLE.md point 6; see the policies).
-  void normalize(Group& group) const noexcept {
-    if (is_weight_policy(policy)) {
-      weight_policy().normalize(group, epoch);
-    } else {
-      FairPolicy::normalize(group, vtime);
-      if (policy == Policy::range_bw && group.extras) RangeBwPolicy::normalize(*group.extras, last_now);
-    }
-  }
-
-  void init_policy_state(Group& group) const noexcept {
-    if (is_weight_policy(policy)) {
-      weight_policy().reset(group, epoch);
-    } else {
-      group.vtime = vtime;
-    }
-    if (group.extras) group.extras->reservation = 0;
-  }
-
   // ------------------------------------------------------- ready structures
   void update_device(Device& device) noexcept {
     if (device.parked()) {
@@ -195,20 +154,21 @@ struct DeviceGroup::Impl {
     }
   }
 
-  // A group with queued requests, in no heap, becomes a candidate. Coming
-  // back from idle (or after a settings change) it is normalized; coming back
-  // from a limit it keeps its tags: the limit, not the policy, held it back,
-  // and the limit still caps what that lag can buy. (Groups held back with
-  // their whole device lag the same way; resetting only the ones with limits
-  // of their own would starve them behind their device-mates.)
+  // A group with queued requests, in no heap, becomes a candidate, coming
+  // back from idle (or after a settings change) or from a hold (a limit or
+  // the anticipation): the policy says what each starts from. (Groups held
+  // back with their whole device lag the same way; resetting only the ones
+  // with limits of their own would starve them behind their device-mates.)
   void make_ready(Group& group, bool from_idle = true) noexcept {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
-    if (from_idle || is_weight_policy(policy)) normalize(group);
-    Device& device = *group.device;
-    device.ready.push(group.slot, key_of(group));
-    if (policy == Policy::range_bw && RangeBwPolicy::has_reservation(group)) {
-      device.reserved.push(group.extras.get(), group.extras->reservation);
+    if (from_idle) {
+      policy->from_idle(group, last_now);
+    } else {
+      policy->from_hold(group, last_now);
     }
+    Device& device = *group.device;
+    device.ready.push(group.slot, policy->key(group));
+    if (policy->has_reservation(group)) device.reserved.push(group.extras.get(), group.extras->reservation);
     update_device(device);
   }
 
@@ -262,29 +222,29 @@ struct DeviceGroup::Impl {
   void rekey_all() noexcept {
     for (auto& device : devices) {
       if (!device) continue;
-      device->ready.rekey([&](std::uint32_t slot) { return key_of(*pool.at(slot)); });
+      device->ready.rekey([&](std::uint32_t slot) { return policy->key(*pool.at(slot)); });
       update_device(*device);
     }
   }
 
-  // weight: dm-ioband refills every group when a weight or the pool changes.
-  // Idle groups are refilled lazily when they come back; queued ones now.
-  void reset_weight_state() noexcept {
-    ++weight_generation;
-    weight_generation_epoch = epoch;
-    if (!is_weight_policy(policy)) return;
-    WeightPolicy weights = weight_policy();
+  // A weight, the pool, carryover or the set of groups changed: the policy
+  // says whether queued groups start again (weight: dm-ioband refills every
+  // group; idle ones are refilled lazily when they come back).
+  void settings_changed() noexcept {
+    if (!policy->settings_changed()) return;
     for (auto& device : devices) {
       if (!device) continue;
-      device->ready.for_each([&](std::uint32_t slot) { weights.reset(*pool.at(slot), epoch); });
+      device->ready.for_each([&](std::uint32_t slot) { policy->start(*pool.at(slot)); });
     }
-    group_timers.for_each([&](Group* group) { weights.reset(*group, epoch); });
-    dominant = nullptr;
+    group_timers.for_each([&](Group* group) { policy->start(*group); });
     rekey_all();
   }
 
-  // Everything re-ordered under the current policy (policy switch).
-  void rebuild() noexcept {
+  // Everything re-ordered under a new policy.
+  void set_policy(Policy name) {
+    policy_name = name;
+    policy = detail::make_order_policy(name, settings);
+    admission.policy_changed();
     for (auto& device : devices) {
       if (!device) continue;
       device->ready.clear();
@@ -293,10 +253,7 @@ struct DeviceGroup::Impl {
     top.clear();
     top_reserved.clear();
     group_timers.clear();
-    vtime = 0;
-    epoch = 0;
-    dominant = nullptr;
-    for_each_group([&](Group* group) { init_policy_state(*group); });
+    for_each_group([&](Group* group) { policy->start(*group); });
     for_each_group([&](Group* group) {
       if (group->head != nullptr) make_ready(*group);
     });
@@ -305,10 +262,9 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void rebase_vtime() noexcept {
-    std::int64_t base = vtime;
-    for_each_group([&](Group* group) { group->vtime = std::max<std::int64_t>(group->vtime - base, 0); });
-    vtime = 0;
+  void rebase() noexcept {
+    for_each_group([&](Group* group) { policy->rebase(*group); });
+    policy->rebased();
     rekey_all();
   }
 
@@ -341,8 +297,8 @@ struct DeviceGroup::Impl {
   }
 
   void destroy_group(Group* group) noexcept {
-    anticipation.forget(group);
-    std::erase(held, group);
+    admission.forget(group);
+    policy->forget(group);
     if (group->extras) --group->device->groups_with_extras;
     pool.destroy(group);
   }
@@ -353,68 +309,41 @@ struct DeviceGroup::Impl {
     return Decision::wait(until);
   }
 
-  // weight: all candidates are out of tokens; start the next epoch unless
-  // dm-ioband's anticipation of the dominant group says to wait.
-  bool renew_epoch(std::int64_t best_key) noexcept {
-    WeightPolicy weights = weight_policy();
-    if (dominant != nullptr && dominant->head == nullptr && !dominant->parked() && in_flight >= io_throttle &&
-        weights.holds_many_tokens(*dominant, epoch)) {
-      return false;
-    }
-    epoch = std::max(epoch + 1, WeightPolicy::epoch_for(best_key));
-    dominant = nullptr;
-    return true;
-  }
-
+  // When the group's own limits and its policy's cap let its head go.
   Nanos group_available_at(Group& group, const Request& request, Nanos now) noexcept {
     if (!group.extras) return now;
-    GroupExtras& extras = *group.extras;
     Nanos at = now;
-    if (extras.limits.active()) at = extras.limits.available_at(request.direction, now);
-    if (policy == Policy::range_bw && extras.range.max_kib != 0) {
-      extras.max_bw.advance(now);
-      at = std::max(at, extras.max_bw.available_at(now));
-    }
-    return at;
+    if (group.extras->limits.active()) at = group.extras->limits.available_at(request.direction, now);
+    return std::max(at, policy->cap_available_at(group, now));
   }
 
   Decision next(Nanos now) noexcept {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
-    if (in_flight >= window() && !(in_flight < io_limit && anticipation.exempt_from_window(now))) {
-      if (io_limit_auto) auto_window.held_back();
-      return waiting(TimePoint::max());
-    }
+    if (admission.closed(in_flight, now)) return waiting(TimePoint::max());
     for (;;) {
       Device* device;
       Group* group;
       Rule rule;
-      if (policy == Policy::range_bw && !top_reserved.empty() && top_reserved.top().key <= now) {
+      if (!top_reserved.empty() && top_reserved.top().key <= now) {
         device = top_reserved.top().item;
         group = device->reserved.top().item->group;
         rule = Rule::reservation;
       } else if (!top.empty()) {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
-        switch (policy) {
-          case Policy::fair: rule = Rule::fair; break;
-          case Policy::range_bw: rule = Rule::spare; break;
-          default: rule = Rule::weight; break;
-        }
-        if (rule == Rule::weight && !WeightPolicy::has_tokens(top.top().key, epoch)) {
-          if (!renew_epoch(top.top().key)) return waiting(earliest_timer());
-        }
+        rule = policy->rule();
+        if (!policy->may_go(top.top().key, in_flight, admission.io_throttle)) return waiting(earliest_timer());
       } else {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
-      if (Nanos until = anticipation.holds(*group, now); until != 0) {
+      if (Nanos until = admission.holds(*group, now); until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
         park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
-        if (std::find(held.begin(), held.end(), group) == held.end()) held.push_back(group);
         continue;
       }
       // The dispatch will write the group's counters: fetch them while the
@@ -424,7 +353,7 @@ struct DeviceGroup::Impl {
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
-        anticipation.paced_by_limit(*group, now);
+        admission.paced_by_limit(*group, now);
         park_group(*group, at);
         continue;
       }
@@ -432,7 +361,7 @@ struct DeviceGroup::Impl {
         bool direction_specific = false;
         at = device->limits.available_at(request.direction, now, &direction_specific);
         if (at > now) {
-          anticipation.paced_by_limit(*group, now);
+          admission.paced_by_limit(*group, now);
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
           if (direction_specific) {
@@ -443,19 +372,12 @@ struct DeviceGroup::Impl {
           continue;
         }
       }
-      Rule reported = in_flight < io_throttle ? Rule::below_throttle : rule;
-      if (io_limit_auto) {
-        // Was this an order, or first come first served? The latter when
-        // nothing else is ready while another deep group (a shallow one
-        // cannot queue more: anticipation.h) has requests in flight but
-        // none queued: with a window that deep, the clients' round trips
-        // decide, not the weights (auto_window.h).
-        const bool self_busy = group->in_flight > 0 && deep(group->busy_peak);
-        const bool others_busy = busy_deep_groups > (self_busy ? 1u : 0u);
-        const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
-        auto_window.dispatched(others_busy && alone);
-      }
-      anticipation.dispatching(*group);
+      Rule reported = in_flight < admission.io_throttle ? Rule::below_throttle : rule;
+      // Was this an order, or first come first served? The latter when
+      // nothing else is ready while another deep group has requests in
+      // flight but none queued (auto_window.h).
+      const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
+      admission.dispatching(*group, admission.orderless(*group, alone));
       dispatch(*group, request, now, rule);
       prefetch_next();
       return Decision::dispatch(&request, reported);
@@ -505,89 +427,27 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
-    if (group.in_flight++ == 0 && deep(group.busy_peak)) ++busy_deep_groups;
+    ++group.in_flight;
     ++device.in_flight;
     ++in_flight;
 
-    // Limits.
-    if (group.extras) {
-      GroupExtras& extras = *group.extras;
-      if (extras.limits.active()) extras.limits.charge(request.direction, request.bytes, now);
-      if (policy == Policy::range_bw && extras.range.max_kib != 0) extras.max_bw.charge(request.bytes);
-    }
+    if (model_learning) in_flight_ns += settings.cost.model_ns(request);
+    if (group.extras && group.extras->limits.active()) group.extras->limits.charge(request.direction, request.bytes, now);
     if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-
-    // Policy.
-    bool rebase = false;
-    switch (policy) {
-      case Policy::range_bw:
-        if (rule == Rule::reservation) {
-          RangeBwPolicy::charge_reservation(*group.extras, request.bytes, now);
-          break;
-        }
-        [[fallthrough]];
-      case Policy::fair: {
-        vtime = std::max(vtime, group.vtime);
-        group.vtime += FairPolicy::advance(fair_cost(request), group.weight);
-        rebase = group.vtime > detail::kVtimeRebase;
-        break;
-      }
-      case Policy::weight:
-      case Policy::weight_iosize: {
-        WeightPolicy weights = weight_policy();
-        weights.normalize(group, epoch);
-        std::int64_t cost = static_cast<std::int64_t>(detail::weight_cost(policy, request.bytes));
-        if (weights.active(group) &&
-            (dominant == nullptr ||
-             weights.effective_tokens(group, epoch) > weights.effective_tokens(*dominant, epoch))) {
-          dominant = &group;
-        }
-        if (group.tokens > 0 && group.tokens - cost <= 0 && dominant == &group) dominant = nullptr;
-        group.tokens -= cost;
-        WeightPolicy::add_consumed(group, static_cast<Cost>(cost));
-        break;
-      }
-    }
-
-    count(group, request, now);
+    const bool rebase_now = policy->charge(group, request, rule, now);
+    detail::count_dispatch(group, request, now, wait_epoch);
     request.scheduler.time = now;  // from here on: the dispatch time
 
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
-      if (is_ready(group)) device.ready.update(group.slot, key_of(group));
+      if (is_ready(group)) device.ready.update(group.slot, policy->key(group));
       if (reserved(group)) device.reserved.update(group.extras.get(), group.extras->reservation);
     } else {
       if (is_ready(group)) device.ready.erase(group.slot);
       if (reserved(group)) device.reserved.erase(group.extras.get());
     }
     update_device(device);
-    if (rebase) rebase_vtime();
-  }
-
-  // What `fair` (and range-bw's spare share) charges a request: its device
-  // time under the device model, or the token model a caller set instead.
-  Cost fair_cost(const Request& request) const noexcept {
-    if (explicit_cost_model) return request_cost(cost_model, request.bytes);
-    OpKind op = request.op_kind;
-    if (op == OpKind::read || op == OpKind::write) {
-      op = request.direction == Direction::write ? OpKind::write : OpKind::read;
-    }
-    const double ns = device_costs.cost_ns(op, request.bytes, request.sequential);
-    return std::clamp<Cost>(static_cast<Cost>(ns), 1, kMaxCost);
-  }
-
-  void count(Group& group, const Request& request, Nanos now) noexcept {
-    Nanos arrival = request.scheduler.time;
-    Nanos delay = std::max<Nanos>(now - arrival, 0);
-    bool delayed = delay > 0 || request.scheduler.wait_epoch != wait_epoch;
-    detail::GroupCounters& counters = group.counters;
-    std::uint64_t sectors = sectors_of(request.bytes);
-    auto direction = static_cast<std::size_t>(request.direction);
-    counters.read_requests += request.direction == Direction::read;
-    counters.sectors[direction] += sectors;
-    counters.delayed_requests[direction] += delayed;
-    counters.delayed_nanos += static_cast<std::uint64_t>(delay);
-    ++counters.delay_histogram[delay_bucket(std::chrono::nanoseconds(delay))];
+    if (rebase_now) rebase();
   }
 
   void enqueue(Request& request, TimePoint now) noexcept {
@@ -622,16 +482,8 @@ struct DeviceGroup::Impl {
     const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
-    if (group->in_flight > 0 && !deep(peak) && deep(group->busy_peak)) {
-      ++busy_deep_groups;
-    }
-    if (group->queue_length == 1) {
-      if (group->in_flight == 0 && !deep(group->busy_peak) &&
-          policy != Policy::range_bw) {
-        anticipation.arrived(*group, last_now);
-      }
-      make_ready(*group);
-    }
+    admission.queued(*group, peak, policy->anticipates(), last_now);
+    if (group->queue_length == 1) make_ready(*group);
   }
 
   // The group that queues a request of (device, group id): the attached
@@ -654,17 +506,25 @@ struct DeviceGroup::Impl {
   }
   void groups_changed() noexcept { mapping_stamp = new_mapping_stamp(); }
 
-  std::uint32_t auto_floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
+  void restart_window() noexcept { admission.restart(device_model, device_model_calibrated, last_now); }
 
-  // The learned window starts at the device model's knee; a measured knee
-  // is also where the rate rule stops shrinking it.
-  void restart_window() noexcept {
-    auto_window.reset(auto_floor(), io_limit, last_now, device_model.depth,
-                      device_model_calibrated ? device_model.depth : 0);
+  // The model learned while serving (model_learner.h) starts from the
+  // device model. The storage counts as saturated with the knee's worth of
+  // 4 KiB random reads in flight (in device time: four 1 MiB writes are
+  // more than 32 small reads), or with requests waiting for a full window.
+  void restart_learning() noexcept {
+    learner.reset();
+    settings.cost.set_shape(learner);
+    saturation_ns = device_model.depth * DeviceCosts::of(device_model).cost_ns(OpKind::read, 4096, false);
   }
 
-  std::uint32_t window() const noexcept {
-    return io_limit_auto ? auto_window.window(auto_floor(), io_limit) : io_limit;
+  void learn(const Request& request) noexcept {
+    const double base = settings.cost.model_ns(request);
+    const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
+    in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
+    if (learner.completed(detail::RequestCost::class_of(request), base, saturated, last_now)) {
+      settings.cost.set_shape(learner);
+    }
   }
 
   void complete(Request& request, Nanos now) noexcept {
@@ -673,33 +533,21 @@ struct DeviceGroup::Impl {
     Group& group = *request.scheduler.group;
     Device& device = *group.device;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
-    if (io_limit_auto) {
-      last_now = std::max(last_now, now);
-      if (anticipation.engaged(now)) auto_window.pause();
-      auto_window.completed(now, in_flight, auto_floor(), io_limit);
-    }
-    if (--group.in_flight == 0 && deep(group.busy_peak)) {
-      assert(busy_deep_groups > 0 && "complete: the count of busy deep groups went wrong");
-      --busy_deep_groups;
-    }
+    last_now = std::max(last_now, now);
+    if (model_learning) learn(request);
+    --group.in_flight;
     --device.in_flight;
     --in_flight;
-    if (!deep(group.busy_peak) && !group.retired && policy != Policy::range_bw) {
-      anticipation.completed(group, std::max(last_now, now));
-    } else {
-      anticipation.deep_completed(group, std::max(last_now, now));
-    }
-    if (!held.empty() && anticipation.group() == &group) {
-      // The anticipated group completed: the groups it held ask again now
-      // (a limit that also holds one parks it again in next()).
-      for (Group* g : held) {
-        if (g->parked()) {
-          group_timers.erase(g);
-          make_ready(*g, false);
-        }
+    std::vector<Group*>& release = admission.completed(group, in_flight + 1, policy->anticipates(), last_now);
+    // The anticipated group completed: the groups it held ask again now
+    // (a limit that also holds one parks it again in next()).
+    for (Group* held : release) {
+      if (held->parked()) {
+        group_timers.erase(held);
+        make_ready(*held, false);
       }
-      held.clear();
     }
+    release.clear();
     if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
@@ -781,10 +629,17 @@ struct DeviceGroup::Impl {
     if (ready_positions.size() < pool.slots()) ready_positions.resize(pool.slots(), detail::kNotInHeap);
     group->device = &device;
     group->weight = weight;
-    weight_total += weight;
+    settings.weight_total += weight;
     ++group_count;
-    init_policy_state(*group);
+    policy->start(*group);
     return group;
+  }
+
+  // A group leaves the weights (detached, or its device removed).
+  void leave(Group* group) noexcept {
+    settings.weight_total -= group->weight;
+    --group_count;
+    policy->forget(group);
   }
 
   std::size_t memory_bytes() const noexcept {
@@ -806,7 +661,10 @@ struct DeviceGroup::Impl {
 };
 
 // ======================================================================
-DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) { impl_->restart_window(); }
+DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) {
+  impl_->restart_window();
+  impl_->restart_learning();
+}
 DeviceGroup::~DeviceGroup() = default;
 
 // ---- settings ----
@@ -818,66 +676,64 @@ Status DeviceGroup::set_policy(Policy policy) {
     case Policy::fair: break;
     default: return Status::error("unknown policy");
   }
-  if (policy == impl_->policy) return {};
-  impl_->policy = policy;
-  impl_->anticipation = {};  // range-bw anticipates nobody; the others start afresh
-  impl_->rebuild();
+  if (policy != impl_->policy_name) impl_->set_policy(policy);
   return {};
 }
-Policy DeviceGroup::policy() const noexcept { return impl_->policy; }
+Policy DeviceGroup::policy() const noexcept { return impl_->policy_name; }
 
 Status DeviceGroup::set_token(std::uint64_t token) {
   if (token == 0 || token > kMaxToken) {
     return Status::error("token must be between 1 and " + std::to_string(kMaxToken) + ", not " +
                          std::to_string(token));
   }
-  impl_->token = token;
-  impl_->reset_weight_state();
+  impl_->settings.token = token;
+  impl_->settings_changed();
   return {};
 }
-std::uint64_t DeviceGroup::token() const noexcept { return impl_->token; }
+std::uint64_t DeviceGroup::token() const noexcept { return impl_->settings.token; }
 
 Status DeviceGroup::set_carryover(std::uint32_t carryover) {
   if (carryover > kMaxCarryover) {
     return Status::error("carryover must be between 0 and " + std::to_string(kMaxCarryover) + " epochs, not " +
                          std::to_string(carryover));
   }
-  impl_->carryover = carryover;
-  impl_->reset_weight_state();
+  impl_->settings.carryover = carryover;
+  impl_->settings_changed();
   return {};
 }
-std::uint32_t DeviceGroup::carryover() const noexcept { return impl_->carryover; }
+std::uint32_t DeviceGroup::carryover() const noexcept { return impl_->settings.carryover; }
 
 Status DeviceGroup::set_io_throttle(std::uint32_t io_throttle) {
-  if (io_throttle > impl_->io_limit) {
+  Admission& admission = impl_->admission;
+  if (io_throttle > admission.io_limit) {
     return Status::error("io_throttle (" + std::to_string(io_throttle) + ") must not exceed io_limit (" +
-                         std::to_string(impl_->io_limit) + ")");
+                         std::to_string(admission.io_limit) + ")");
   }
-  impl_->io_throttle = io_throttle;
+  admission.io_throttle = io_throttle;
   return {};
 }
-std::uint32_t DeviceGroup::io_throttle() const noexcept { return impl_->io_throttle; }
+std::uint32_t DeviceGroup::io_throttle() const noexcept { return impl_->admission.io_throttle; }
 
 Status DeviceGroup::set_io_limit(std::uint32_t io_limit) {
   if (io_limit == 0 || io_limit > kMaxIoLimit) {
     return Status::error("io_limit must be between 1 and " + std::to_string(kMaxIoLimit) + ", not " +
                          std::to_string(io_limit));
   }
-  if (io_limit < impl_->io_throttle) {
+  Admission& admission = impl_->admission;
+  if (io_limit < admission.io_throttle) {
     return Status::error("io_limit (" + std::to_string(io_limit) + ") must not be below io_throttle (" +
-                         std::to_string(impl_->io_throttle) + ")");
+                         std::to_string(admission.io_throttle) + ")");
   }
-  impl_->io_limit = io_limit;
+  admission.io_limit = io_limit;
   return {};
 }
-std::uint32_t DeviceGroup::io_limit() const noexcept { return impl_->io_limit; }
+std::uint32_t DeviceGroup::io_limit() const noexcept { return impl_->admission.io_limit; }
 
 void DeviceGroup::set_io_limit_auto(bool on) noexcept {
-  if (on && !impl_->io_limit_auto) impl_->restart_window();
-  impl_->io_limit_auto = on;
+  impl_->admission.set_auto_window(on, impl_->device_model, impl_->device_model_calibrated, impl_->last_now);
 }
-bool DeviceGroup::io_limit_auto() const noexcept { return impl_->io_limit_auto; }
-std::uint32_t DeviceGroup::io_window() const noexcept { return impl_->window(); }
+bool DeviceGroup::io_limit_auto() const noexcept { return impl_->admission.auto_window(); }
+std::uint32_t DeviceGroup::io_window() const noexcept { return impl_->admission.window(); }
 
 Status DeviceGroup::set_cost_model(CostModel model) {
   if (model.request_tokens > kMaxRequestTokens) {
@@ -891,7 +747,7 @@ Status DeviceGroup::set_cost_model(CostModel model) {
     return Status::error("the cost model must charge requests or sectors");
   }
   impl_->cost_model = model;
-  impl_->explicit_cost_model = true;
+  impl_->settings.cost.set_tokens(model);
   return {};
 }
 CostModel DeviceGroup::cost_model() const noexcept { return impl_->cost_model; }
@@ -900,11 +756,22 @@ Status DeviceGroup::set_device_model(const DeviceModel& model, bool calibrated) 
   if (auto error = model_error(model)) return Status::error(*error);
   impl_->device_model = model;
   impl_->device_model_calibrated = calibrated;
-  impl_->device_costs = DeviceCosts::of(model);
-  if (impl_->io_limit_auto) impl_->restart_window();
+  impl_->settings.cost.set_device_model(model);
+  if (impl_->admission.auto_window()) impl_->restart_window();
+  impl_->restart_learning();
   return {};
 }
 DeviceModel DeviceGroup::device_model() const noexcept { return impl_->device_model; }
+DeviceModel DeviceGroup::learned_device_model() const noexcept {
+  return impl_->learner.learned(impl_->device_model);
+}
+void DeviceGroup::set_model_learning(bool on) noexcept {
+  if (on == impl_->model_learning) return;
+  impl_->model_learning = on;
+  impl_->in_flight_ns = 0;
+  impl_->restart_learning();
+}
+bool DeviceGroup::model_learning() const noexcept { return impl_->model_learning; }
 bool DeviceGroup::device_model_calibrated() const noexcept { return impl_->device_model_calibrated; }
 
 // ---- devices ----
@@ -922,7 +789,7 @@ Status DeviceGroup::add_device(DeviceId id) {
   ++impl.device_count;
   impl.reserve_capacity();
   impl.groups_changed();
-  impl.reset_weight_state();
+  impl.settings_changed();
   return {};
 }
 
@@ -937,16 +804,12 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.top.contains(device)) impl.top.erase(device);
   if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
-  Impl::for_each_group(*device, [&](Group* group) {
-    impl.weight_total -= group->weight;
-    --impl.group_count;
-    if (impl.dominant == group) impl.dominant = nullptr;
-  });
+  Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
   impl.destroy_groups(*device);
   impl.devices[id].reset();
   --impl.device_count;
   impl.groups_changed();
-  impl.reset_weight_state();
+  impl.settings_changed();
   return {};
 }
 
@@ -971,7 +834,7 @@ Status DeviceGroup::attach(DeviceId device_id, GroupId group_id) {
   device->groups.insert(group_id, group);
   impl.reserve_capacity();
   impl.groups_changed();
-  impl.reset_weight_state();
+  impl.settings_changed();
   return {};
 }
 
@@ -990,9 +853,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
   if (fallback_was_idle && fallback.head != nullptr) impl.make_ready(fallback);
 
   device->groups.erase(group_id);
-  impl.weight_total -= group->weight;
-  --impl.group_count;
-  if (impl.dominant == group) impl.dominant = nullptr;
+  impl.leave(group);
   if (group->in_flight != 0) {
     group->retired = true;
     impl.retired.push_back(group);
@@ -1000,7 +861,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
     impl.destroy_group(group);
   }
   impl.groups_changed();
-  impl.reset_weight_state();
+  impl.settings_changed();
   return {};
 }
 
@@ -1041,10 +902,10 @@ Status DeviceGroup::set_weight(DeviceId device_id, GroupId group_id, std::uint32
     return Status::error("weight must be between 1 and " + std::to_string(kMaxWeight) + ", not " +
                          std::to_string(weight));
   }
-  impl_->weight_total += weight;
-  impl_->weight_total -= group->weight;
+  impl_->settings.weight_total += weight;
+  impl_->settings.weight_total -= group->weight;
   group->weight = weight;
-  impl_->reset_weight_state();  // fair / range-bw: the next dispatch uses it
+  impl_->settings_changed();  // fair / range-bw: the next dispatch uses it
   return {};
 }
 
@@ -1104,8 +965,8 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     impl.reserve_capacity();
     if (device->parked()) impl.device_timers.erase(device);
     // Its groups may lag far behind after being held back: no burst from that.
-    device->ready.for_each([&](std::uint32_t slot) { impl.normalize(*impl.pool.at(slot)); });
-    device->ready.rekey([&](std::uint32_t slot) { return impl.key_of(*impl.pool.at(slot)); });
+    device->ready.for_each([&](std::uint32_t slot) { impl.policy->from_idle(*impl.pool.at(slot), impl.last_now); });
+    device->ready.rekey([&](std::uint32_t slot) { return impl.policy->key(*impl.pool.at(slot)); });
     impl.update_device(*device);
   }
   return {};
@@ -1130,19 +991,7 @@ bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*requ
 std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  const detail::GroupCounters& counters = group->counters;
-  GroupStats stats;
-  stats.read_requests = counters.read_requests;
-  stats.delayed_read_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::read)];
-  stats.read_sectors = counters.sectors[static_cast<std::size_t>(Direction::read)];
-  stats.write_requests = counters.write_requests();
-  stats.delayed_write_requests = counters.delayed_requests[static_cast<std::size_t>(Direction::write)];
-  stats.write_sectors = counters.sectors[static_cast<std::size_t>(Direction::write)];
-  stats.delayed_time = std::chrono::nanoseconds(counters.delayed_nanos);
-  stats.queue_length = group->queue_length;
-  stats.in_flight = group->in_flight;
-  stats.delay_histogram = counters.delay_histogram;
-  return stats;
+  return detail::stats_of(*group);
 }
 
 Status DeviceGroup::reset_stats(DeviceId device_id) {

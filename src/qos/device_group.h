@@ -116,6 +116,13 @@ class DeviceGroup {
   Status set_device_model(const DeviceModel& model, bool calibrated);
   DeviceModel device_model() const noexcept;
   bool device_model_calibrated() const noexcept;
+  // The device model as learned while serving (model_learner.h): each
+  // figure of device_model() moved by what the storage showed when it was
+  // saturated. Learning is on by default; turning it off (or setting a
+  // device model) starts it afresh from device_model().
+  DeviceModel learned_device_model() const noexcept;
+  void set_model_learning(bool on) noexcept;
+  bool model_learning() const noexcept;
 
   // ---- Devices ----
   // A new device holds its default group (weight 100).

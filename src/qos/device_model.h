@@ -45,8 +45,8 @@ struct DeviceModel {
 };
 
 // The model of a device nobody calibrated: a middle-of-the-road SSD. Only
-// the ratios between its figures order requests; the scheduler's online
-// estimate scales their magnitude to what the storage delivers.
+// the ratios between its figures order requests; what the storage shows
+// while serving moves both the ratios and the magnitude (model_learner.h).
 inline constexpr DeviceModel kDefaultDeviceModel{};
 
 // Sanity bounds: a result outside them cannot be right (a stalled device, a

@@ -37,6 +37,7 @@
 
 #include "qos/cost.h"
 #include "qos/group.h"
+#include "qos/order_policy.h"
 
 namespace ioband::qos::detail {
 
@@ -52,6 +53,27 @@ struct FairPolicy {
 
   // Come back from idle / from a limit.
   static void normalize(Group& group, std::int64_t vtime) noexcept { group.vtime = std::max(group.vtime, vtime); }
+};
+
+class FairOrder : public OrderPolicy {
+ public:
+  using OrderPolicy::OrderPolicy;
+
+  Rule rule() const noexcept override { return Rule::fair; }
+  std::int64_t key(const Group& group) const noexcept override { return group.vtime; }
+  void start(Group& group) noexcept override { group.vtime = vtime_; }
+  void from_idle(Group& group, Nanos) noexcept override { FairPolicy::normalize(group, vtime_); }
+
+  bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
+    vtime_ = std::max(vtime_, group.vtime);
+    group.vtime += FairPolicy::advance(settings_.cost.of(request), group.weight);
+    return group.vtime > kVtimeRebase;
+  }
+  void rebase(Group& group) noexcept override { group.vtime = std::max<std::int64_t>(group.vtime - vtime_, 0); }
+  void rebased() noexcept override { vtime_ = 0; }
+
+ protected:
+  std::int64_t vtime_ = 0;  // V
 };
 
 }  // namespace ioband::qos::detail

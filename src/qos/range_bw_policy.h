@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "qos/fair_policy.h"
 #include "qos/group.h"
 #include "qos/token_bucket.h"
 
@@ -63,6 +64,38 @@ struct RangeBwPolicy {
     std::uint64_t rate = bytes_per_second(extras.range.max_kib);
     extras.max_bw.reconfigure(rate, rate / 10);
   }
+};
+
+// The spare share is fair's order (the class it extends).
+class RangeBwOrder final : public FairOrder {
+ public:
+  using FairOrder::FairOrder;
+
+  Rule rule() const noexcept override { return Rule::spare; }
+  void start(Group& group) noexcept override {
+    FairOrder::start(group);
+    if (group.extras) group.extras->reservation = 0;
+  }
+  void from_idle(Group& group, Nanos now) noexcept override {
+    FairOrder::from_idle(group, now);
+    if (group.extras) RangeBwPolicy::normalize(*group.extras, now);
+  }
+  bool charge(Group& group, const Request& request, Rule rule, Nanos now) noexcept override {
+    if (RangeBwPolicy::has_cap(group)) group.extras->max_bw.charge(request.bytes);
+    if (rule == Rule::reservation) {
+      RangeBwPolicy::charge_reservation(*group.extras, request.bytes, now);
+      return false;
+    }
+    return FairOrder::charge(group, request, rule, now);
+  }
+  bool has_reservation(const Group& group) const noexcept override { return RangeBwPolicy::has_reservation(group); }
+  Nanos cap_available_at(Group& group, Nanos now) noexcept override {
+    if (!RangeBwPolicy::has_cap(group)) return now;
+    TokenBucket& cap = group.extras->max_bw;
+    cap.advance(now);
+    return cap.available_at(now);
+  }
+  bool anticipates() const noexcept override { return false; }
 };
 
 }  // namespace ioband::qos::detail

@@ -45,6 +45,7 @@
 
 #include "qos/cost.h"
 #include "qos/group.h"
+#include "qos/order_policy.h"
 
 namespace ioband::qos::detail {
 
@@ -157,5 +158,69 @@ struct WeightPolicy {
 inline Cost weight_cost(Policy policy, std::uint32_t bytes) noexcept {
   return request_cost(policy == Policy::weight ? kWeightCostModel : kIosizeCostModel, bytes);
 }
+
+// weight (one token a request) or weight-iosize (one a sector).
+class WeightOrder final : public OrderPolicy {
+ public:
+  WeightOrder(const PolicySettings& settings, Policy policy) noexcept : OrderPolicy(settings), policy_(policy) {}
+
+  Rule rule() const noexcept override { return Rule::weight; }
+  std::int64_t key(const Group& group) const noexcept override { return math().key(group, epoch_); }
+  void start(Group& group) noexcept override { math().reset(group, epoch_); }
+  void from_idle(Group& group, Nanos) noexcept override { math().normalize(group, epoch_); }
+  // Its tokens are per epoch, whatever held it.
+  void from_hold(Group& group, Nanos) noexcept override { math().normalize(group, epoch_); }
+
+  // All candidates are out of tokens: start the next epoch unless
+  // dm-ioband's anticipation of the dominant group says to wait.
+  bool may_go(std::int64_t best_key, std::uint32_t in_flight, std::uint32_t io_throttle) noexcept override {
+    if (WeightPolicy::has_tokens(best_key, epoch_)) return true;
+    if (dominant_ != nullptr && dominant_->head == nullptr && !dominant_->parked() && in_flight >= io_throttle &&
+        math().holds_many_tokens(*dominant_, epoch_)) {
+      return false;
+    }
+    epoch_ = std::max(epoch_ + 1, WeightPolicy::epoch_for(best_key));
+    dominant_ = nullptr;
+    return true;
+  }
+
+  bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
+    const WeightPolicy weights = math();
+    weights.normalize(group, epoch_);
+    const auto cost = static_cast<std::int64_t>(weight_cost(policy_, request.bytes));
+    if (weights.active(group) &&
+        (dominant_ == nullptr || weights.effective_tokens(group, epoch_) > weights.effective_tokens(*dominant_, epoch_))) {
+      dominant_ = &group;
+    }
+    if (group.tokens > 0 && group.tokens - cost <= 0 && dominant_ == &group) dominant_ = nullptr;
+    group.tokens -= cost;
+    WeightPolicy::add_consumed(group, static_cast<Cost>(cost));
+    return false;
+  }
+
+  // dm-ioband refills every group when a weight or the pool changes: queued
+  // groups now (the device group calls start()), idle ones lazily when they
+  // come back (their generation is old).
+  bool settings_changed() noexcept override {
+    ++generation_;
+    generation_epoch_ = epoch_;
+    dominant_ = nullptr;
+    return true;
+  }
+  void forget(const Group* group) noexcept override {
+    if (dominant_ == group) dominant_ = nullptr;
+  }
+
+ private:
+  WeightPolicy math() const noexcept {
+    return {settings_.token, settings_.carryover, settings_.weight_total, generation_, generation_epoch_};
+  }
+
+  Policy policy_;
+  std::int64_t epoch_ = 0;      // E
+  Group* dominant_ = nullptr;   // dm-ioband's dominant group
+  std::uint16_t generation_ = 0;
+  std::int64_t generation_epoch_ = 0;
+};
 
 }  // namespace ioband::qos::detail

@@ -785,6 +785,26 @@ inline ClientSpec closed_loop(std::string name, DeviceId device, GroupId group, 
   return spec;
 }
 
+// One kind of request, kept `depth` deep (closed loop).
+struct Workload {
+  std::uint32_t depth;
+  double read_fraction;
+  std::uint32_t bytes;
+  double sequential;
+  const char* label;
+};
+
+// A client of the default group of `device` running `load` in [start, stop).
+inline ClientSpec workload_client(const std::string& name, DeviceId device, const Workload& load, Nanos start = 0,
+                                  Nanos stop = kNever) {
+  ClientSpec c = closed_loop(name, device, qos::kDefaultGroup, load.depth, {load.bytes});
+  c.read_fraction = load.read_fraction;
+  c.sequential = load.sequential;
+  c.start = start;
+  c.stop = stop;
+  return c;
+}
+
 inline ClientSpec open_loop(std::string name, DeviceId device, GroupId group, double rate,
                             std::vector<std::uint32_t> sizes = {4 * KiB}) {
   ClientSpec spec;

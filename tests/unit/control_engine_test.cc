@@ -281,6 +281,9 @@ TEST_F(ControlEngine, IoLimitAuto) {
   json status = client.status();
   EXPECT_EQ(status["data"]["devices"][0]["io_limit_auto"], true);
   EXPECT_EQ(status["data"]["devices"][0]["io_window"], group.io_window());
+  // The model learned while serving is shown beside the configured one.
+  EXPECT_EQ(status["data"]["devices"][0]["learned_model"]["rrandiops"],
+            std::llround(group.learned_device_model().read_rand_iops));
 
   // A number turns it off.
   ok(client.message("ioband1", "io_limit 64"));

@@ -1,0 +1,131 @@
+// Admission: whether the group the policy put first may go to the storage
+// now, apart from the order (order_policy.h) and the accounting
+// (accounting.h).
+//
+//   window         no request goes while `window()` are in flight: io_limit
+//                  (dm-ioband's fixed window), or the learned one of
+//                  io_limit auto (auto_window.h, the default), capped by
+//                  io_limit and floored by io_throttle
+//   anticipation   a heavier shallow group holds lighter deep ones
+//                  (anticipation.h); a held group is parked like one held by
+//                  a limit and asks again at the anticipated group's next
+//                  completion
+//   limits         a group's own limits, its policy's cap (range-bw max-bw)
+//                  and its device's limits: the device group parks what
+//                  they hold until they allow it (limits.h)
+//
+// Pure: time comes in as arguments.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "qos/anticipation.h"
+#include "qos/auto_window.h"
+#include "qos/device_model.h"
+#include "qos/group.h"
+
+namespace ioband::qos::detail {
+
+class Admission {
+ public:
+  // ---- settings ----
+  std::uint32_t io_throttle = kDefaultIoThrottle;
+  std::uint32_t io_limit = kDefaultIoLimit;
+
+  bool auto_window() const noexcept { return auto_; }
+  // Turning the learned window on restarts it.
+  void set_auto_window(bool on, const DeviceModel& model, bool calibrated, Nanos now) noexcept {
+    if (on && !auto_) restart(model, calibrated, now);
+    auto_ = on;
+  }
+  // The learned window starts at the device model's knee; a measured knee
+  // is also where the rate rule stops shrinking it.
+  void restart(const DeviceModel& model, bool calibrated, Nanos now) noexcept {
+    window_.reset(floor(), io_limit, now, model.depth, calibrated ? model.depth : 0);
+  }
+  std::uint32_t window() const noexcept { return auto_ ? window_.window(floor(), io_limit) : io_limit; }
+
+  // ---- hot path ----
+  // No request may go now with `in_flight` in flight: the window is full
+  // (the anticipation's bursts may pass it, up to io_limit).
+  bool closed(std::uint32_t in_flight, Nanos now) noexcept {
+    if (in_flight < window() || (in_flight < io_limit && anticipation_.exempt_from_window(now))) return false;
+    if (auto_) window_.held_back();
+    return true;
+  }
+
+  // Until when the anticipation holds `group` (0: it does not). A held
+  // group is parked by the caller and remembered here.
+  Nanos holds(Group& group, Nanos now) noexcept {
+    const Nanos until = anticipation_.holds(group, now);
+    if (until != 0 && std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
+    return until;
+  }
+  // A limit paces `group`: if it is the anticipated one, nobody is held for it meanwhile.
+  void paced_by_limit(const Group& group, Nanos now) noexcept { anticipation_.paced_by_limit(group, now); }
+
+  // A request of `group` goes now; `orderless`: see AutoWindow::dispatched.
+  void dispatching(Group& group, bool orderless) noexcept {
+    if (auto_) window_.dispatched(orderless);
+    anticipation_.dispatching(group);
+    if (group.in_flight == 0 && deep(group.busy_peak)) ++busy_deep_groups_;
+  }
+
+  // A request of `group` was queued; `peak` was its busy_peak before.
+  void queued(Group& group, std::uint8_t peak, bool anticipates, Nanos now) noexcept {
+    if (group.in_flight > 0 && !deep(peak) && deep(group.busy_peak)) ++busy_deep_groups_;
+    if (group.queue_length == 1 && group.in_flight == 0 && !deep(group.busy_peak) && anticipates) {
+      anticipation_.arrived(group, now);
+    }
+  }
+
+  // A request of `group` completed with `in_flight` in flight until then
+  // (its own counts already lowered). Returns the groups the anticipation
+  // held that must ask again now; the caller empties the list.
+  std::vector<Group*>& completed(Group& group, std::uint32_t in_flight, bool anticipates, Nanos now) noexcept {
+    if (auto_) {
+      if (anticipation_.engaged(now)) window_.pause();
+      window_.completed(now, in_flight, floor(), io_limit);
+    }
+    if (group.in_flight == 0 && deep(group.busy_peak)) --busy_deep_groups_;
+    if (!deep(group.busy_peak) && !group.retired && anticipates) {
+      anticipation_.completed(group, now);
+    } else {
+      anticipation_.deep_completed(group, now);
+    }
+    if (!held_.empty() && anticipation_.group() != &group) return none_;
+    return held_;
+  }
+
+  // Was a dispatch of `group` orderless (AutoWindow::dispatched)? `alone`:
+  // nothing else is ready or parked.
+  bool orderless(const Group& group, bool alone) const noexcept {
+    const bool self_busy = group.in_flight > 0 && deep(group.busy_peak);
+    const bool others_busy = busy_deep_groups_ > (self_busy ? 1u : 0u);
+    return others_busy && alone;
+  }
+
+  // A new policy: the anticipation starts afresh.
+  void policy_changed() noexcept { anticipation_ = {}; }
+  void forget(Group* group) noexcept {
+    anticipation_.forget(group);
+    std::erase(held_, group);
+  }
+
+  // A deep group: more than kLowDepth outstanding since it was last empty.
+  static bool deep(std::uint8_t busy_peak) noexcept { return busy_peak > Anticipation::kLowDepth; }
+
+ private:
+  std::uint32_t floor() const noexcept { return std::max<std::uint32_t>(io_throttle, 1); }
+
+  bool auto_ = kDefaultIoLimitAuto;
+  AutoWindow window_;
+  Anticipation anticipation_;
+  std::vector<Group*> held_;  // parked by the anticipation
+  std::vector<Group*> none_;  // always empty
+  std::uint32_t busy_deep_groups_ = 0;  // groups with requests in flight that are deep
+};
+
+}  // namespace ioband::qos::detail

@@ -58,18 +58,19 @@ class Admission {
 
   // Until when the anticipation holds `group` (0: it does not). A held
   // group is parked by the caller and remembered here.
-  Nanos holds(Group& group, Nanos now) noexcept {
-    const Nanos until = anticipation_.holds(group, now);
+  Nanos holds(Group& group, std::uint32_t in_flight, Nanos now) noexcept {
+    const Nanos until = anticipation_.holds(group, in_flight, now);
     if (until != 0 && std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
     return until;
   }
   // A limit paces `group`: if it is the anticipated one, nobody is held for it meanwhile.
   void paced_by_limit(const Group& group, Nanos now) noexcept { anticipation_.paced_by_limit(group, now); }
 
-  // A request of `group` goes now; `orderless`: see AutoWindow::dispatched.
-  void dispatching(Group& group, bool orderless) noexcept {
+  // `request` of `group` goes now, with `in_flight` in flight before it;
+  // `orderless`: see AutoWindow::dispatched.
+  void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless) noexcept {
     if (auto_) window_.dispatched(orderless);
-    anticipation_.dispatching(group);
+    anticipation_.dispatching(group, request, in_flight);
     if (group.in_flight == 0 && deep(group.busy_peak)) ++busy_deep_groups_;
   }
 
@@ -81,22 +82,25 @@ class Admission {
     }
   }
 
-  // A request of `group` completed with `in_flight` in flight until then
+  // `request` of `group` completed with `in_flight` in flight until then
   // (its own counts already lowered). Returns the groups the anticipation
   // held that must ask again now; the caller empties the list.
-  std::vector<Group*>& completed(Group& group, std::uint32_t in_flight, bool anticipates, Nanos now) noexcept {
+  std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight, bool anticipates,
+                                 Nanos now) noexcept {
     if (auto_) {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
     if (group.in_flight == 0 && deep(group.busy_peak)) --busy_deep_groups_;
     if (!deep(group.busy_peak) && !group.retired && anticipates) {
-      anticipation_.completed(group, now);
+      anticipation_.completed(group, request, in_flight - 1 - group.in_flight, now);
     } else {
       anticipation_.deep_completed(group, now);
     }
-    if (!held_.empty() && anticipation_.group() != &group) return none_;
-    return held_;
+    // The groups it held ask again at the anticipated group's completions,
+    // and at any other while the allowance has room.
+    if (held_.empty() || anticipation_.group() == &group || anticipation_.allows(in_flight - 1)) return held_;
+    return none_;
   }
 
   // Was a dispatch of `group` orderless (AutoWindow::dispatched)? `alone`:

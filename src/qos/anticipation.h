@@ -66,6 +66,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -83,11 +84,13 @@ class Anticipation {
   static constexpr Nanos kMinWait = 10'000'000;  // 10 ms
   static constexpr Nanos kMaxWait = 50'000'000;  // 50 ms
 
-  // A request of `group`, a shallow group (never more than kLowDepth
-  // outstanding since it was last empty), completed.
-  void completed(Group& group, Nanos now) noexcept {
+  // `request` of `group`, a shallow group (never more than kLowDepth
+  // outstanding since it was last empty), completed with `others` requests
+  // of other groups in flight.
+  void completed(Group& group, const Request& request, std::uint32_t others, Nanos now) noexcept {
     if (!take(group, now)) return;
     credit_ += 1;
+    learn(now - request.scheduler.time, request.scheduler.company == 0 && others == 0);
     if (group.in_flight + group.queue_length == 0) {
       emptied_at_ = now;
       idle_ = true;
@@ -104,7 +107,7 @@ class Anticipation {
   // time to ask again (Nanos max: after the anticipated group's next
   // completion, when the device group releases what it held; it asks again
   // after kRecheck at the latest).
-  Nanos holds(const Group& candidate, Nanos now) noexcept {
+  Nanos holds(const Group& candidate, std::uint32_t in_flight, Nanos now) noexcept {
     if (!applies_to(candidate)) return 0;
     if (!active(now)) {
       group_ = nullptr;
@@ -113,6 +116,7 @@ class Anticipation {
     if (now < paced_until_) return 0;
     holding_ = true;
     if (burst_left_ > 0) return 0;
+    if (allows(in_flight)) return 0;
     // No hoarding: a group that stayed away does not come back with a flood.
     const double burst = kBurst * price(candidate);
     credit_ = std::min(credit_, burst);
@@ -125,8 +129,12 @@ class Anticipation {
     return idle_ ? std::min(until, deadline()) : until;
   }
 
-  // A request of `candidate`, allowed by holds(), is dispatched.
-  void dispatching(const Group& candidate) noexcept {
+  // `request` of `candidate`, allowed by holds(), is dispatched with
+  // `in_flight` requests in flight before it.
+  void dispatching(const Group& candidate, Request& request, std::uint32_t in_flight) noexcept {
+    if (&candidate == group_) {
+      request.scheduler.company = static_cast<std::uint8_t>(std::min<std::uint32_t>(in_flight - group_->in_flight, 255));
+    }
     if (!applies_to(candidate)) return;
     credit_ = std::max(credit_ - price(candidate), 0.0);
     if (burst_left_ > 0) {
@@ -173,6 +181,12 @@ class Anticipation {
 
   const Group* group() const noexcept { return group_; }
 
+  // With `in_flight` in flight, the allowance has room for another request
+  // of a lighter group.
+  bool allows(std::uint32_t in_flight) const noexcept {
+    return group_ != nullptr && !quiet_ && in_flight - group_->in_flight < static_cast<std::uint32_t>(allowance_);
+  }
+
  private:
   bool applies_to(const Group& candidate) const noexcept {
     return group_ != nullptr && group_ != &candidate && candidate.weight < group_->weight &&
@@ -195,7 +209,87 @@ class Anticipation {
     next_burst_ = 0;
     paced_until_ = 0;
     holding_ = false;
+    allowance_ = 0;
+    ceiling_ = kNoCeiling;
+    below_ceiling_ = 0;
+    alone_ns_ = 0;
+    alone_n_ = 0;
+    alone_var_ = 0;
+    shared_ns_ = 0;
+    shared_sq_ = 0;
+    shared_n_ = 0;
+    since_trial_ = 0;
+    trial_gap_ = kMinTrialGap;
+    trial_ = quiet_ = false;
+    slow_start_ = true;
     return true;
+  }
+
+  // The allowance: how many requests of the lighter deep groups may be in
+  // flight beside G at no cost to it. Each of G's completions is a sample
+  // of its latency, alone (nothing else in flight from its dispatch to its
+  // completion) or shared. Every kEpoch shared samples (outside bursts) the
+  // mean is compared with the alone one (kBaseline samples): within
+  // kTolerance (or the comparison's own noise), one more request is
+  // allowed (twice as many until the first epoch that costs G); beyond, a quarter fewer (after
+  // kEarly samples already when it is far beyond), and the level that
+  // failed becomes a ceiling that growth reaches again only after
+  // kCeilingWait good epochs below it. At 0, one request is tried again
+  // after trial_gap_ alone samples, a gap that doubles with each failed
+  // trial: storage where any company costs G stays at 0 almost always.
+  // Every kRefresh epochs with an allowance, the lighter groups are held
+  // until kQuiet alone samples renew the baseline.
+  void learn(Nanos latency, bool alone) noexcept {
+    const double x = static_cast<double>(latency);
+    if (alone) {
+      const double weight = 1.0 / (alone_n_ < kBaseline ? alone_n_ + 1 : kBaseline);
+      const double d = x - alone_ns_;
+      alone_ns_ += d * weight;
+      alone_var_ = (1 - weight) * (alone_var_ + weight * d * d);
+      ++alone_n_;
+      if (quiet_ && ++quiet_n_ >= kQuiet) quiet_ = false;
+      if (allowance_ < 1 && alone_n_ >= kBaseline && ++since_trial_ >= trial_gap_) {
+        allowance_ = 1;
+        trial_ = true;
+        since_trial_ = 0;
+      }
+      return;
+    }
+    if (alone_n_ < kBaseline || burst_in_flight_ > 0 || quiet_) return;
+    shared_ns_ += x;
+    shared_sq_ += x * x;
+    ++shared_n_;
+    const double n = shared_n_;
+    const double mean = shared_ns_ / n;
+    const double ratio = mean / alone_ns_;
+    const bool early = shared_n_ >= kEarly && ratio > 1 + kEarlyFactor * kTolerance;
+    if (shared_n_ < kEpoch && !early) return;
+    // The noise of the comparison: what the two means may differ by with
+    // no cost at all (kSigmas standard errors), or kTolerance if more.
+    const double shared_var = std::max(0.0, shared_sq_ / n - mean * mean);
+    const double noise = std::sqrt(shared_var / n + alone_var_ / std::min<double>(alone_n_, kBaseline)) / alone_ns_;
+    if (ratio <= 1 + std::max(kTolerance, kSigmas * noise)) {
+      if (allowance_ + 1 < ceiling_ || ++below_ceiling_ >= kCeilingWait) {
+        allowance_ = slow_start_ ? std::min(allowance_ * 2, ceiling_ - 1) : allowance_ + 1;
+        below_ceiling_ = 0;
+        if (allowance_ >= ceiling_) ceiling_ = kNoCeiling;
+      }
+      trial_gap_ = kMinTrialGap;
+    } else {
+      ceiling_ = std::floor(allowance_);
+      below_ceiling_ = 0;
+      slow_start_ = false;
+      allowance_ = std::floor(allowance_ * 3 / 4);
+      if (trial_) trial_gap_ = std::min(trial_gap_ * 2, kMaxTrialGap);
+    }
+    trial_ = false;
+    shared_ns_ = 0;
+    shared_sq_ = 0;
+    shared_n_ = 0;
+    if (++epochs_ % kRefresh == 0 && allowance_ >= 1) {
+      quiet_ = true;
+      quiet_n_ = 0;
+    }
   }
 
   bool active(Nanos now) const noexcept {
@@ -216,6 +310,35 @@ class Anticipation {
   Nanos paced_until_ = 0;  // a limit paces the anticipated group: nobody is held before then
   bool holding_ = false;          // a lighter deep group asked since G was taken
   bool idle_ = false;
+  // The allowance (learn()).
+  static constexpr std::uint32_t kEpoch = 64;
+  static constexpr std::uint32_t kEarly = 16;
+  static constexpr double kTolerance = 0.03;
+  static constexpr double kEarlyFactor = 5;
+  static constexpr double kSigmas = 2;
+  static constexpr std::uint32_t kCeilingWait = 8;
+  static constexpr double kNoCeiling = 1e9;
+  static constexpr std::uint32_t kBaseline = 64;   // alone samples the baseline averages
+  static constexpr std::uint32_t kMinTrialGap = 32;
+  static constexpr std::uint32_t kMaxTrialGap = 4096;
+  static constexpr std::uint32_t kRefresh = 16;
+  static constexpr std::uint32_t kQuiet = 8;
+  double allowance_ = 0;
+  double ceiling_ = kNoCeiling;
+  std::uint32_t below_ceiling_ = 0;
+  double alone_ns_ = 0;
+  std::uint32_t alone_n_ = 0;
+  double alone_var_ = 0;
+  double shared_ns_ = 0;
+  double shared_sq_ = 0;
+  std::uint32_t shared_n_ = 0;
+  std::uint32_t since_trial_ = 0;
+  std::uint32_t trial_gap_ = kMinTrialGap;
+  std::uint32_t epochs_ = 0;
+  std::uint32_t quiet_n_ = 0;
+  bool trial_ = false;
+  bool quiet_ = false;
+  bool slow_start_ = true;  // until the first epoch that costs G: doubling
 };
 
 }  // namespace ioband::qos::detail

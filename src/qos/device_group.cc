@@ -339,7 +339,7 @@ struct DeviceGroup::Impl {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
-      if (Nanos until = admission.holds(*group, now); until != 0) {
+      if (Nanos until = admission.holds(*group, in_flight, now); until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
@@ -377,7 +377,7 @@ struct DeviceGroup::Impl {
       // nothing else is ready while another deep group has requests in
       // flight but none queued (auto_window.h).
       const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
-      admission.dispatching(*group, admission.orderless(*group, alone));
+      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
       dispatch(*group, request, now, rule);
       prefetch_next();
       return Decision::dispatch(&request, reported);
@@ -538,7 +538,7 @@ struct DeviceGroup::Impl {
     --group.in_flight;
     --device.in_flight;
     --in_flight;
-    std::vector<Group*>& release = admission.completed(group, in_flight + 1, policy->anticipates(), last_now);
+    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, policy->anticipates(), last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
     for (Group* held : release) {

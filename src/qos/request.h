@@ -60,6 +60,9 @@ struct Request {
     Request* prev = nullptr;          // towards the head (not kept for the head itself)
     std::uint32_t wait_epoch = 0;     // "delayed" detection (see DeviceGroup::next)
     std::uint8_t state = 0;           // idle / queued / in flight
+    // In flight, a request of the anticipated group (anticipation.h): the
+    // other requests in flight when it was dispatched (saturating).
+    std::uint8_t company = 0;
   } scheduler;
 };
 

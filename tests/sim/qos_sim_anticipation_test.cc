@@ -5,7 +5,9 @@
 // at once, then waited in the storage behind the deep client's. Anticipation
 // (src/qos/anticipation.h) keeps the storage's queue short while the heavier
 // shallow client is active, including between its requests, and lets the
-// deep client have its weight's share of the requests meanwhile, in bursts.
+// deep client have its weight's share of the requests meanwhile, in bursts,
+// and beyond that whatever it can use beside the shallow one at no cost to
+// it (the allowance: on the flat storage, 15 of its 16 slots).
 //
 // Storage: elastic (110 us + 18 us per request in service, like this VM's
 // disk; see qos_sim_auto_window_test.cc) and flat (16 in parallel, 1 ms). The
@@ -79,15 +81,18 @@ TEST(Anticipation, ShallowHeavyClientKeepsItsThroughput) {
                                    std::to_string(depth) + (automatic ? " auto" : "");
           EXPECT_GE(k.kept, depth == 1 ? shape.kept_qd1 : shape.kept_qd4) << what;
           if (depth == 1) {
-            // The deep client gets its weight's share of the requests, one
-            // for every four of the shallow one's.
-            EXPECT_NEAR(k.deep_share, 0.20, 0.02) << what;
+            // The deep client gets at least its weight's share of the
+            // requests, one for every four of the shallow one's; on the flat
+            // storage, nearly all the slots the shallow one leaves.
+            EXPECT_GE(k.deep_share, 0.18) << what;
+            if (std::string(shape.name) == "flat 16") {
+              EXPECT_GE(k.deep_share, 0.85) << what;
+            }
           } else {
-            // QD4 keeps the storage busy by itself: its weight's share
-            // would need bursts more than 1/20 of the time, so the deep
-            // client gets less -- but not nothing.
+            // QD4 keeps the elastic storage busy by itself: its weight's
+            // share would need bursts more than 1/20 of the time, so the
+            // deep client gets less -- but not nothing.
             EXPECT_GT(k.deep_share, 0.10) << what;
-            EXPECT_LT(k.deep_share, 0.21) << what;
           }
         }
       }
@@ -105,9 +110,11 @@ TEST(Anticipation, EqualWeightsHoldNothing) {
 }
 
 // Switching to range-bw (weights mean nothing there) ends the anticipation
-// at once: the deep client gets the window back.
+// at once: the deep client gets the window back. (On the elastic storage,
+// where any request beside the shallow one costs it, the deep one is held
+// to little more than its weight's share of the requests before.)
 TEST(Anticipation, RangeBwAnticipatesNobody) {
-  Scenario s = shallow_vs_deep(flat_disk(), qos::Policy::fair, 1, 80, true, false);
+  Scenario s = shallow_vs_deep(elastic_disk(), qos::Policy::fair, 1, 80, true, false);
   s.actions.push_back({5 * kSecond, [](qos::DeviceGroup& g) { ASSERT_TRUE(g.set_policy(qos::Policy::range_bw)); }});
   Result r = simulate(s);
   const ClientResult& deep = r.client("deep");
@@ -122,16 +129,17 @@ TEST(Anticipation, RangeBwAnticipatesNobody) {
 }
 
 // The anticipated client goes away: within its deadline the deep one has
-// the whole window again.
+// the whole window again (elastic storage, as above).
 TEST(Anticipation, AShallowClientThatLeavesReleasesTheStorage) {
-  Scenario s = shallow_vs_deep(flat_disk(), qos::Policy::fair, 1, 80, true, false);
+  Scenario s = shallow_vs_deep(elastic_disk(), qos::Policy::fair, 1, 80, true, false);
   s.clients[0].stop = 5 * kSecond;
   Result r = simulate(s);
   const ClientResult& deep = r.client("deep");
   double before = static_cast<double>(deep.completions(kSecond, 5 * kSecond)) / 4;
   double after = static_cast<double>(deep.completions(5 * kSecond + 10 * kMilli, 10 * kSecond)) / 4.99;
-  printf("deep client: %.0f/s while the shallow one runs, %.0f/s after it left (storage: 16 000/s)\n", before, after);
-  EXPECT_GT(after, 15'000);
+  printf("deep client: %.0f/s while the shallow one runs, %.0f/s after it left (storage: 53 000/s at 128)\n", before,
+         after);
+  EXPECT_GT(after, 50'000);
   EXPECT_LT(before, after / 4);
 }
 

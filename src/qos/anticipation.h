@@ -230,8 +230,9 @@ class Anticipation {
   // of its latency, alone (nothing else in flight from its dispatch to its
   // completion) or shared. Every kEpoch shared samples (outside bursts) the
   // mean is compared with the alone one (kBaseline samples): within
-  // kTolerance (or the comparison's own noise), one more request is
-  // allowed (twice as many until the first epoch that costs G); beyond, a quarter fewer (after
+  // kTolerance even with the comparison's noise, one more request is
+  // allowed (twice as many until the first epoch that costs G); when the
+  // noise leaves it open, more samples are taken, up to kMaxEpoch; beyond, a quarter fewer (after
   // kEarly samples already when it is far beyond), and the level that
   // failed becomes a ceiling that growth reaches again only after
   // kCeilingWait good epochs below it. At 0, one request is tried again
@@ -263,12 +264,17 @@ class Anticipation {
     const double mean = shared_ns_ / n;
     const double ratio = mean / alone_ns_;
     const bool early = shared_n_ >= kEarly && ratio > 1 + kEarlyFactor * kTolerance;
-    if (shared_n_ < kEpoch && !early) return;
-    // The noise of the comparison: what the two means may differ by with
-    // no cost at all (kSigmas standard errors), or kTolerance if more.
+    if (!early && shared_n_ % kEpoch != 0) return;
+    // The comparison's own noise (kSigmas standard errors of the ratio):
+    // company is free only when the ratio is within kTolerance even at the
+    // top of its noise; it costs when it is beyond even at the bottom, or
+    // when kMaxEpoch samples still cannot tell (G comes first).
     const double shared_var = std::max(0.0, shared_sq_ / n - mean * mean);
-    const double noise = std::sqrt(shared_var / n + alone_var_ / std::min<double>(alone_n_, kBaseline)) / alone_ns_;
-    if (ratio <= 1 + std::max(kTolerance, kSigmas * noise)) {
+    const double noise =
+        kSigmas * std::sqrt(shared_var / n + alone_var_ / std::min<double>(alone_n_, kBaseline)) / alone_ns_;
+    const bool free = !early && ratio + noise <= 1 + kTolerance;
+    if (!free && !early && ratio - noise <= 1 + kTolerance && shared_n_ < kMaxEpoch) return;
+    if (free) {
       if (allowance_ + 1 < ceiling_ || ++below_ceiling_ >= kCeilingWait) {
         allowance_ = slow_start_ ? std::min(allowance_ * 2, ceiling_ - 1) : allowance_ + 1;
         below_ceiling_ = 0;
@@ -312,13 +318,14 @@ class Anticipation {
   bool idle_ = false;
   // The allowance (learn()).
   static constexpr std::uint32_t kEpoch = 64;
+  static constexpr std::uint32_t kMaxEpoch = 8 * kEpoch;
   static constexpr std::uint32_t kEarly = 16;
   static constexpr double kTolerance = 0.03;
   static constexpr double kEarlyFactor = 5;
   static constexpr double kSigmas = 2;
   static constexpr std::uint32_t kCeilingWait = 8;
   static constexpr double kNoCeiling = 1e9;
-  static constexpr std::uint32_t kBaseline = 64;   // alone samples the baseline averages
+  static constexpr std::uint32_t kBaseline = 512;  // alone samples the baseline averages
   static constexpr std::uint32_t kMinTrialGap = 32;
   static constexpr std::uint32_t kMaxTrialGap = 4096;
   static constexpr std::uint32_t kRefresh = 16;

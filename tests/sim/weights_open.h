@@ -8,6 +8,7 @@
 namespace ioband::sim {
 
 inline constexpr std::string_view kOpenCells[] = {
+    "item 3 | elastic/devices 6s: w70 QD1 r | w20 QD128 r | w10 QD64 r",
     "item 3 | elastic/devices 6s: w90 QD1 r | w6 QD16 r | w3 QD256 r | w1 QD64 r",
     "item 3 | elastic/devices 6s: w60 QD4 r | w30 QD64 r | w10 QD64 r",
     "item 3 | elastic/devices 6s: w50 QD64 r lim10000 | w30 QD64 r | w20 QD64 r",
@@ -49,8 +50,6 @@ inline constexpr std::string_view kOpenCells[] = {
     "item 1 | elastic/devices 4s: w40 QD16 r | w20 QD16 r | w10 QD16 r",
     "item 1 | elastic/devices 4s: w40 QD64 r | w20 QD64 r | w10 QD64 r",
     "item 2 | knee/devices 6s: w80 QD16 r | w20 QD256 r",
-    "item 2 | knee/devices 6s: w80 QD1 r | w20 QD128 r",
-    "item 2 | knee/groups 6s: w80 QD1 r | w20 QD128 r",
     "item 2 | knee/devices 6s: w80 QD4 r | w20 QD128 r",
     "item 2 | elastic/devices 6s: w80 QD64 r | w20 QD64 r",
     "item 2 | elastic/groups 6s: w80 QD64 r | w20 QD64 r",

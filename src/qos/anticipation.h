@@ -56,11 +56,21 @@
 // 10 ms, 10 % of the time, and G lost 25 %). Hence the spacing: a G that
 // dense leaves C less than its weight's share, but never nothing.
 //
-// Cost. The lighter deep groups get at most their weight's share of the
-// requests while G is active: the storage's rate falls to what G and that
-// share use. That is the price of the weight: G was given more than
-// the others, and a shallow client can only use it as latency. O(1) per
-// request; one group tracked.
+// Allowance. Beyond the bursts, the lighter deep groups may keep a number
+// of requests in flight beside G at all times, as many as cost G nothing:
+// learned from G's own latency, alone against with company (learn()). On
+// storage that serves requests side by side up to a knee, the others fill
+// the knee and G keeps its rate (the simulator's knee: a 1-deep client at
+// weight 80 keeps 99 % and the total goes from 0.05 to 0.95 of capacity);
+// on storage where every request in service slows the others (this VM's
+// disk: two background requests cost a 1-deep reader a third of its rate)
+// the allowance stays at 0.
+//
+// Cost. Where the allowance is 0, the lighter deep groups get at most their
+// weight's share of the requests while G is active: the storage's rate
+// falls to what G and that share use. That is the price of the weight: G
+// was given more than the others, and a shallow client can only use it as
+// latency. O(1) per request; one group tracked.
 //
 // Pure: time comes in as arguments.
 #pragma once

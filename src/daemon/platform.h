@@ -4,6 +4,7 @@
 // group. Wiring only.
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,6 +18,9 @@
 
 namespace ioband::daemon {
 
+// How long remove waits for the connections of a device to close.
+inline constexpr std::chrono::seconds kRemoveWait{5};
+
 class DaemonPlatform {
  public:
   DaemonPlatform(std::vector<io::Reactor*> reactors, nbd::ExportRegistry& exports, nbd::Server& server)
@@ -29,7 +33,7 @@ class DaemonPlatform {
  private:
   io::Reactor& reactor_for(int device_group_id) const;
   std::string create_export(const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device);
-  void remove_export(const std::string& name, bool force);
+  std::string remove_export(const std::string& name, bool force);
   void run_on_owner(int device_group_id, const std::function<void()>& fn);
   void release_device_group(int device_group_id);
 
@@ -42,6 +46,8 @@ class DaemonPlatform {
   // A released driver may still have a timer completion in its ring; it is
   // kept until exit rather than freed under that completion.
   std::vector<std::unique_ptr<nbd::DeviceGroupDriver>> retired_;  // guarded by mutex_
+  // Exports unpublished by a remove whose connections outlived its wait.
+  std::map<std::string, std::shared_ptr<nbd::Export>> removing_;  // guarded by mutex_
 };
 
 }  // namespace ioband::daemon

@@ -270,14 +270,18 @@ TEST(ControlState, TheGoodFileOfTheCorruptCasesIsGood) {
   EXPECT_TRUE(fake.exports.contains("ioband1"));
 }
 
-TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
-  TempDir dir;
-  const std::string path = dir.file("state.json");
-  // ioband1 restores, ioband2's disk is gone.
-  std::string text = good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
+// ioband1 restores, ioband2's disk (/dev/gone) is gone.
+std::string with_a_gone_device() {
+  return good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
                                         "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
                                         "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
                                         "\"limits\":{}}]}]}");
+}
+
+TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  const std::string text = with_a_gone_device();
   write_file(path, text);
   FakePlatform fake;
   Engine engine(fake.platform(), path);
@@ -386,10 +390,7 @@ TEST(ControlState, ARemoveWithConnectionsLeftChangesNothing) {
 TEST(ControlState, ANotStrictRestoreSkipsADeviceItCannotBuild) {
   TempDir dir;
   const std::string path = dir.file("state.json");
-  std::string text = good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
-                                        "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
-                                        "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
-                                        "\"limits\":{}}]}]}");
+  const std::string text = with_a_gone_device();
   write_file(path, text);
   FakePlatform fake;
   Engine engine(fake.platform(), path);

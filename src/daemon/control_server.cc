@@ -94,9 +94,12 @@ void ControlServer::run() {
   std::vector<pollfd> fds;
   while (!stopping_) {
     fds.clear();
-    fds.push_back({listen_fd_, POLLIN, 0});
-    fds.push_back({wake_fd_, POLLIN, 0});
     Clock::time_point next = Clock::now() + std::chrono::milliseconds(500);
+    // Out of descriptors: the backlog waits rather than the thread spinning.
+    const bool accepting = Clock::now() >= accept_paused_until_;
+    if (!accepting) next = std::min(next, accept_paused_until_);
+    fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    fds.push_back({wake_fd_, POLLIN, 0});
     for (const auto& c : clients_) {
       short events = 0;
       if (!c->out.empty()) {
@@ -163,7 +166,12 @@ void ControlServer::accept_clients() {
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE) {
         // The client stays in the backlog until a descriptor is free.
-        log_line(std::string("control: accept: ") + std::strerror(errno));
+        const Clock::time_point now = Clock::now();
+        accept_paused_until_ = now + std::chrono::milliseconds(100);
+        if (now >= accept_log_after_) {
+          log_line(std::string("control: accept: ") + std::strerror(errno) + "; paused 100 ms at a time");
+          accept_log_after_ = now + std::chrono::seconds(10);
+        }
       }
       return;
     }

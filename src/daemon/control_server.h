@@ -93,6 +93,8 @@ class ControlServer {
   std::vector<std::unique_ptr<Client>> clients_;
   std::optional<Parked> parked_;
   uint64_t refused_ = 0;
+  Clock::time_point accept_paused_until_{};
+  Clock::time_point accept_log_after_{};
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -313,7 +313,7 @@ int main(int argc, char** argv) {
     main_reactor.run();
   } catch (const std::exception& e) {
     log_line(std::string("event loop failed: ") + e.what());
-    _exit(1);
+    exit_now();
   }
   for (auto& w : workers) w.join();
   for (auto& r : reactors) r->run_leftovers();

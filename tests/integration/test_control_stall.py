@@ -7,7 +7,8 @@
   100 ms figure is measured by bench/control-stall).
 - Each stalled client is closed when its own deadline passes
   (--control-timeout), and says nothing to the others.
-- Past 256 control clients, one more gets a refusal line, not a hang.
+- Past 256 control clients, one more gets a refusal line, not a hang; out
+  of descriptors, accepting pauses (one log line, no spin).
 - `remove --force` against a client that never reads its replies returns
   promptly, with the connection closed and its buffers freed.
 - A state directory that cannot be written (a tmpfs remounted read-only)
@@ -148,6 +149,29 @@ def test_client_cap_refuses_clearly():
         assert d.ctl("table").returncode == 0
         for s in clients:
             s.close()
+
+
+def test_out_of_descriptors_pauses_accept():
+    """EMFILE on the control socket: one log line per 10 s, no spin, and
+    clients are served again once descriptors are free."""
+    if os.geteuid() != 0:
+        it.skip("prlimit on the daemon needs root")
+    with ct.Daemon() as d:
+        pid = d.proc.pid
+        used = len(os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/limits") as f:
+            soft, hard = next(line.split()[3:5] for line in f if line.startswith("Max open files"))
+        # The soft limit only: raising a hard limit again may not be allowed.
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={used + 4}:{hard}"], check=True)
+        clients = [control_socket(d) for _ in range(30)]  # they wait in the listen backlog
+        time.sleep(1.5)
+        lines = d.logs().count("control: accept: Too many open files")
+        assert 1 <= lines <= 2, f"{lines} log lines in 1.5 s"
+        for s in clients:
+            s.close()
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:{hard}"], check=True)
+        r, took = timed_table(d)
+        assert r.returncode == 0 and took < 2, (r.stderr, took)
 
 
 def rss_bytes(pid):

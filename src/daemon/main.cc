@@ -31,7 +31,7 @@ using namespace ioband;
 
 constexpr uint64_t kDemoSize = 1ull << 30;
 
-std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
+std::string open_export(const control::ExportSpec& spec, bool image_locks, nbd::Export& out) {
   std::string error;
   std::unique_ptr<io::Backend> backend;
   if (spec.backend == "memory") {
@@ -41,6 +41,7 @@ std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
     raw.path = spec.path;
     raw.size = spec.size;
     raw.read_only = spec.read_only;
+    raw.lock = image_locks;
     backend = io::open_raw_backend(raw, error);
   }
   if (!backend) return "export " + spec.name + ": " + error;
@@ -114,6 +115,10 @@ int main(int argc, char** argv) {
   app.add_flag("--strict", strict,
                "stop the start if a device of the state file cannot be restored (its image is missing, say); "
                "by default it is logged and skipped, and kept in the state file");
+  bool no_image_locks = false;
+  app.add_flag("--no-image-locks", no_image_locks,
+               "take no lock on images (by default one writer per image: another iobandd, or qemu-nbd and "
+               "QEMU, cannot write an image served read-write, nor iobandd one they write)");
   int control_timeout = daemon::kDefaultControlTimeoutSeconds;
   app.add_option("--control-timeout", control_timeout,
                  "seconds a control client may take to send a request line or read a reply, or stay silent")
@@ -163,6 +168,7 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --state-dir " << state_dir << ": " << ec.message() << "\n";
     return 1;
   }
+  const bool image_locks = !no_image_locks;
   daemon::StateLock state_lock;
   if (auto error = state_lock.acquire(state_dir); !error.empty()) {
     std::cerr << "iobandd: --state-dir " << error << "\n";
@@ -209,7 +215,7 @@ int main(int argc, char** argv) {
   nbd::ExportRegistry exports;
   for (size_t i = 0; i < specs.size(); ++i) {
     auto e = std::make_shared<nbd::Export>();
-    if (auto error = open_export(specs[i], *e); !error.empty()) {
+    if (auto error = open_export(specs[i], image_locks, *e); !error.empty()) {
       std::cerr << "iobandd: " << error << "\n";
       return 1;
     }
@@ -241,6 +247,7 @@ int main(int argc, char** argv) {
   }
 
   daemon::DaemonPlatform platform(reactor_ptrs, exports, server);
+  platform.set_image_locks(image_locks);
   control::Engine engine(platform.make(), state_path);
   if (auto error = engine.restore(strict); !error.empty()) {
     std::cerr << "iobandd: " << error << "\n";

@@ -55,6 +55,7 @@ std::string DaemonPlatform::create_export(const control::DeviceConfig& config, q
   io::RawOptions raw;
   raw.path = config.path;
   raw.size = config.sectors * 512;
+  raw.lock = image_locks_;
   std::string error;
   auto backend = io::open_raw_backend(raw, error);
   if (!backend) return error;

@@ -29,6 +29,7 @@ class DaemonPlatform {
   control::Platform make();
   // Before the reactors run, work for a device group runs inline.
   void set_running(bool running) { running_ = running; }
+  void set_image_locks(bool lock) { image_locks_ = lock; }
 
  private:
   io::Reactor& reactor_for(int device_group_id) const;
@@ -41,6 +42,7 @@ class DaemonPlatform {
   nbd::ExportRegistry& exports_;
   nbd::Server& server_;
   std::atomic<bool> running_{false};
+  bool image_locks_ = true;
   std::mutex mutex_;
   std::map<int, std::unique_ptr<nbd::DeviceGroupDriver>> drivers_;  // guarded by mutex_
   // A released driver may still have a timer completion in its ring; it is

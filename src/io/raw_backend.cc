@@ -529,7 +529,8 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
     return nullptr;
   }
   // One writer per image, among iobandd daemons and QEMU's programs.
-  if (std::string busy = lock_image(fd, options.path, !options.read_only); !busy.empty()) {
+  if (std::string busy = options.lock ? lock_image(fd, options.path, !options.read_only) : std::string();
+      !busy.empty()) {
     error = busy;
     close(fd);
     return nullptr;

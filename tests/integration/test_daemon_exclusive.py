@@ -7,7 +7,7 @@ leave nothing behind.
 - An image served read-write by one daemon is refused by another (--export
   or `iobandctl create`), naming the holder's pid; read-only exports share
   it. qemu-nbd refuses an image iobandd writes, and iobandd refuses one
-  qemu-nbd writes (QEMU's own lock bytes).
+  qemu-nbd writes (QEMU's own lock bytes). --no-image-locks turns it off.
 - The sockets are removed after a failed start and after SIGTERM with a
   client that never reads its replies (the stop is bounded).
 - A state.json device whose image is missing is logged and skipped, the
@@ -83,6 +83,11 @@ def test_an_image_written_by_one_daemon_is_refused_by_another():
         # Two exports of one daemon cannot write one image either.
         status, out = iobandd(other, "--export", f"c={image}", "--export", f"d={image}")
         assert status == 1 and "refused" in out, out
+        # Unless locks are turned off (benchmarks of several servers on one file).
+        with it.Server([f"b={image}"], args=["--no-image-locks"]) as unlocked:
+            h = unlocked.connect("b")
+            h.pwrite(b"x" * 512, 0)
+            h.shutdown()
 
 
 def test_read_only_exports_share_an_image():

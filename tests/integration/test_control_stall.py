@@ -129,6 +129,10 @@ def test_each_stalled_client_is_closed_at_its_own_deadline():
             assert half.recv(100) == b"", "a client that sent no whole line got an answer"
         except (ConnectionResetError, BrokenPipeError):
             pass
+        # Not read until the daemon has given up on it.
+        deadline = time.monotonic() + it.TIMEOUT
+        while "did not read its reply within 1 s: closed" not in d.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
         read_until_closed(reader)
         logs = d.logs()
         assert "sent no complete request line within 1 s: closed" in logs, logs[-2000:]
@@ -174,6 +178,11 @@ def test_out_of_descriptors_pauses_accept():
         assert r.returncode == 0 and took < 2, (r.stderr, took)
 
 
+def sanitized(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def rss_bytes(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -208,6 +217,8 @@ def test_remove_force_with_a_client_that_never_reads():
         assert json.loads(d.ok("--json", "status"))["data"]["devices"] == []
         raw.wait_closed(timeout=it.TIMEOUT)
         raw.close()
+        if sanitized(d.proc.pid):
+            return  # its allocator keeps freed memory in quarantine: RSS says nothing
         after = rss_bytes(d.proc.pid)
         assert after < held - 48 * MiB, (
             f"{(held - base) / MiB:.0f} MiB held before remove, {(after - base) / MiB:.0f} MiB after")

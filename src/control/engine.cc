@@ -103,30 +103,67 @@ std::string seconds_text(double seconds) {
   return text;
 }
 
+// Gives ioband group `id` of a device (attached) its settings.
+qos::Status apply_group(qos::DeviceGroup& group, qos::DeviceId device, int64_t id, const GroupSettings& settings) {
+  const std::string which = id == qos::kDefaultGroup ? "default group" : "group " + std::to_string(id);
+  if (qos::Status status = group.set_weight(device, id, settings.weight); !status) {
+    return qos::Status::error(which + ": " + status.message());
+  }
+  if (qos::Status status = group.set_range_bw(device, id, settings.range_bw.min_kib, settings.range_bw.max_kib);
+      !status) {
+    return qos::Status::error(which + ": " + status.message());
+  }
+  if (qos::Status status = group.set_limits(device, id, settings.limits); !status) {
+    return qos::Status::error(which + ": " + status.message());
+  }
+  return {};
+}
+
+// A change applied to the qos layer but not saved is taken back: the device
+// group and the device return to `before` wherever `after` differs.
+qos::Status revert(qos::DeviceGroup& group, const DeviceGroupSettings& before_group,
+                   const DeviceGroupSettings& after_group, const DeviceState& before, const DeviceState& after) {
+  qos::Status status;
+  auto keep = [&](qos::Status step) {
+    if (status && !step) status = step;
+  };
+  const DeviceGroupSettings& b = before_group;
+  const DeviceGroupSettings& a = after_group;
+  if (b.policy != a.policy) keep(group.set_policy(b.policy));
+  if (b.token != a.token) keep(group.set_token(b.token));
+  if (b.carryover != a.carryover) keep(group.set_carryover(b.carryover));
+  if (b.io_throttle != a.io_throttle || b.io_limit != a.io_limit) {
+    keep(set_throttle_and_limit(group, b.io_throttle, b.io_limit));
+  }
+  if (b.io_limit_auto != a.io_limit_auto) group.set_io_limit_auto(b.io_limit_auto);
+  if (b.device_model != a.device_model || b.device_model_calibrated != a.device_model_calibrated) {
+    keep(group.set_device_model(b.device_model.value_or(qos::kDefaultDeviceModel), b.device_model_calibrated));
+  }
+  for (const auto& [id, settings] : after.groups) {
+    if (!before.groups.contains(id)) keep(group.detach(before.device, id));
+  }
+  for (const auto& [id, settings] : before.groups) {
+    auto now = after.groups.find(id);
+    if (now == after.groups.end()) {
+      keep(group.attach(before.device, id));
+      keep(apply_group(group, before.device, id, settings));
+    } else if (now->second != settings) {
+      keep(apply_group(group, before.device, id, settings));
+    }
+  }
+  if (before.limits != after.limits) keep(group.set_limits(before.device, std::nullopt, before.limits));
+  return status;
+}
+
 // Adds the device and its groups and settings; on error removes it again.
 qos::Status add_device(qos::DeviceGroup& group, const DeviceState& device) {
   if (qos::Status status = group.add_device(device.device); !status) return status;
   auto apply = [&]() -> qos::Status {
     for (const auto& [id, settings] : device.groups) {
-      const std::string which = id == qos::kDefaultGroup ? "default group" : "group " + std::to_string(id);
       if (id != qos::kDefaultGroup) {
         if (qos::Status status = group.attach(device.device, id); !status) return status;
       }
-      if (qos::Status status = group.set_weight(device.device, id, settings.weight); !status) {
-        return qos::Status::error(which + ": " + status.message());
-      }
-      if (settings.range_bw != qos::RangeBw{}) {
-        if (qos::Status status = group.set_range_bw(device.device, id, settings.range_bw.min_kib,
-                                                    settings.range_bw.max_kib);
-            !status) {
-          return qos::Status::error(which + ": " + status.message());
-        }
-      }
-      if (!settings.limits.unlimited()) {
-        if (qos::Status status = group.set_limits(device.device, id, settings.limits); !status) {
-          return qos::Status::error(which + ": " + status.message());
-        }
-      }
+      if (qos::Status status = apply_group(group, device.device, id, settings); !status) return status;
     }
     if (!device.limits.unlimited()) {
       if (qos::Status status = group.set_limits(device.device, std::nullopt, device.limits); !status) return status;
@@ -203,10 +240,33 @@ std::optional<Engine::Scheduling> Engine::scheduling(const std::string& name) co
 
 std::string Engine::state_json() const { return state_to_text(state_); }
 
-std::string Engine::save() {
+std::string Engine::save() { return write_state(state_); }
+
+State Engine::saved_view(const State& state) const {
+  State saved = state;
+  for (const DeviceState& device : unrestored_) {
+    saved.devices.push_back(device);
+    saved.device_groups.emplace(device.device_group_id, unrestored_groups_.at(device.device_group_id));
+  }
+  // A device group goes with its last device.
+  std::erase_if(saved.device_groups, [&](const auto& entry) {
+    return std::none_of(saved.devices.begin(), saved.devices.end(),
+                        [&](const DeviceState& device) { return device.device_group_id == entry.first; });
+  });
+  return saved;
+}
+
+std::string Engine::write_state(const State& state) {
   if (save_disabled_) return state_path_ + ": not written, because it could not be read at start";
-  if (auto error = write_file_atomically(state_path_, state_to_text(state_))) return *error;
+  if (auto error = write_file_atomically(state_path_, state_to_text(saved_view(state)))) return *error;
   return {};
+}
+
+const DeviceState* Engine::find_unrestored(const std::string& name) const {
+  for (const DeviceState& device : unrestored_) {
+    if (device.name == name) return &device;
+  }
+  return nullptr;
 }
 
 void Engine::destroy_device_group(int id) {
@@ -306,7 +366,7 @@ std::string Engine::destroy_device(const std::string& name, bool force) {
   if (it == state_.devices.end()) return "no ioband device named " + name;
   const int id = it->device_group_id;
   const qos::DeviceId device_id = it->device;
-  platform_.remove_export(name, force);
+  if (std::string left = platform_.remove_export(name, force); !left.empty()) return left;
   qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
   state_.devices.erase(it);
   const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
@@ -315,7 +375,7 @@ std::string Engine::destroy_device(const std::string& name, bool force) {
   return status ? std::string() : status.message();
 }
 
-std::string Engine::restore() {
+std::string Engine::restore(bool strict) {
   State saved;
   bool exists = false;
   if (auto error = read_state_file(state_path_, saved, exists)) {
@@ -326,6 +386,15 @@ std::string Engine::restore() {
   for (const DeviceState& device : saved.devices) {
     std::string error = build_device(device, saved.device_groups.at(device.device_group_id), false);
     if (error.empty()) continue;
+    if (!strict) {
+      // This device only: it stays in the state file, as it was, for when
+      // its image is back (a restart) or until it is removed.
+      log_line(state_path_ + ": ioband device " + device.name + " not restored: " + error +
+               "; it stays in the state file (iobandctl remove " + device.name + " drops it)");
+      unrestored_.push_back(device);
+      unrestored_groups_.emplace(device.device_group_id, saved.device_groups.at(device.device_group_id));
+      continue;
+    }
     save_disabled_ = true;
     while (!state_.devices.empty()) (void)destroy_device(state_.devices.back().name, true);
     return state_path_ + ": device " + device.name + ": " + error;
@@ -390,6 +459,10 @@ Reply Engine::create(const Request& request) {
   if (find_device(request.name) != nullptr) {
     return Reply::failure(Error::refused("create: ioband device " + request.name + " already exists"));
   }
+  if (const DeviceState* kept = find_unrestored(request.name)) {
+    return Reply::failure(Error::refused("create: ioband device " + request.name + " is in the state file (" +
+                                         kept->path + ") but was not restored at start; remove it first"));
+  }
   DeviceState device;
   device.name = request.name;
   device.path = line.path;
@@ -408,13 +481,27 @@ Reply Engine::create(const Request& request) {
   const DeviceState& created = state_.devices.back();
   reply.data = {{"device", table_json(created, state_.device_groups.at(created.device_group_id))}};
   if (std::string error = save(); !error.empty()) {
-    return Reply::failure(Error::refused("create " + request.name + ": the device was created but not saved: " + error));
+    (void)destroy_device(request.name, true);
+    return Reply::failure(Error::refused("create " + request.name + ": not created, the state cannot be saved: " + error));
   }
   return reply;
 }
 
 Reply Engine::remove(const Request& request) {
   if (request.name.empty()) return Reply::failure(Error::bad_usage("remove needs NAME", usage_of("remove")));
+  Reply done;
+  done.data = {{"removed", request.name}};
+  if (find_unrestored(request.name) != nullptr) {
+    // Only an entry of the state file: nothing is served.
+    const std::vector<DeviceState> before = unrestored_;
+    std::erase_if(unrestored_, [&](const DeviceState& device) { return device.name == request.name; });
+    if (std::string error = save(); !error.empty()) {
+      unrestored_ = before;
+      return Reply::failure(Error::refused("remove " + request.name + ": not removed, the state cannot be saved: " +
+                                           error));
+    }
+    return done;
+  }
   if (find_device(request.name) == nullptr) {
     return Reply::failure(Error::refused("remove: no ioband device named " + request.name));
   }
@@ -427,15 +514,21 @@ Reply Engine::remove(const Request& request) {
                                          (connections == 1 ? " client is" : " clients are") +
                                          " connected; disconnect them, or use remove --force to end their connections"));
   }
-  std::string error = destroy_device(request.name, request.force);
-  std::string saved = save();
-  if (!error.empty()) return Reply::failure(Error::refused("remove " + request.name + ": " + error));
-  if (!saved.empty()) {
-    return Reply::failure(Error::refused("remove " + request.name + ": the device was removed but not saved: " + saved));
+  // Saved first: a state that cannot be written refuses the change before
+  // any connection is ended.
+  State after = state_;
+  std::erase_if(after.devices, [&](const DeviceState& device) { return device.name == request.name; });
+  if (std::string error = write_state(after); !error.empty()) {
+    return Reply::failure(Error::refused("remove " + request.name + ": not removed, the state cannot be saved: " +
+                                         error));
   }
-  Reply reply;
-  reply.data = {{"removed", request.name}};
-  return reply;
+  if (std::string error = destroy_device(request.name, request.force); !error.empty()) {
+    // Still there: so is its entry.
+    std::string saved = save();
+    return Reply::failure(Error::refused("remove " + request.name + ": " + error +
+                                         (saved.empty() ? "" : "; and the state file could not be restored: " + saved)));
+  }
+  return done;
 }
 
 Reply Engine::message(const Request& request) {
@@ -468,6 +561,8 @@ Reply Engine::message(const Request& request) {
                    device->name + " 0 attach " + std::to_string(group) + ")");
   };
   auto run = [&](const std::function<qos::Status(qos::DeviceGroup&)>& fn) { return call(id, fn); };
+  const DeviceState before_device = *device;
+  const DeviceGroupSettings before_group = settings;
   bool changed = true;   // saved state changed
   bool reclassify = false;
   std::string text;      // what iobandctl prints (model)
@@ -636,15 +731,21 @@ Reply Engine::message(const Request& request) {
       break;
     }
   }
+  if (changed) {
+    if (std::string error = save(); !error.empty()) {
+      // All or nothing: what the qos layer took is taken back.
+      const qos::Status undone =
+          run([&](qos::DeviceGroup& g) { return revert(g, before_group, settings, before_device, *device); });
+      *device = before_device;
+      settings = before_group;
+      return refused("not changed, the state cannot be saved: " + error +
+                     (undone ? std::string() : " (and undoing it failed: " + undone.message() + ")"));
+    }
+  }
   if (reclassify && platform_.set_type) platform_.set_type(device->name, device->type);
   Reply reply;
   reply.text = std::move(text);
   reply.data = {{"device", table_json(*device, settings)}};
-  if (changed) {
-    if (std::string error = save(); !error.empty()) {
-      return refused("the change holds but was not saved: " + error);
-    }
-  }
   return reply;
 }
 
@@ -855,6 +956,7 @@ Reply Engine::finish_calibration(const io::CalibrationReport& report, int connec
     return Reply::failure(Error::refused(prefix + "not calibrated: " + report.error + kept));
   }
   const qos::DeviceModel model = report.model;
+  const DeviceGroupSettings before = settings;
   if (qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.set_device_model(model, true); });
       !status) {
     return Reply::failure(Error::refused(prefix + "not calibrated: " + status.message() + kept));
@@ -903,7 +1005,12 @@ Reply Engine::finish_calibration(const io::CalibrationReport& report, int connec
                 {"sweep", std::move(sweep)}};
   log_line(prefix + model_line(model) + " in " + seconds_text(report.seconds) + " s");
   if (std::string error = save(); !error.empty()) {
-    return Reply::failure(Error::refused(prefix + "the model holds but was not saved: " + error));
+    (void)call(id, [&](qos::DeviceGroup& group) {
+      return group.set_device_model(before.device_model.value_or(qos::kDefaultDeviceModel),
+                                    before.device_model_calibrated);
+    });
+    settings = before;
+    return Reply::failure(Error::refused(prefix + "not applied, the state cannot be saved: " + error + kept));
   }
   return reply;
 }

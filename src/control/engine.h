@@ -10,7 +10,10 @@
 // returns once it has run: when a reply says "ok", the effect holds.
 //
 // Every change is saved to the state file (atomically) before it is
-// acknowledged; restore() rebuilds the same devices and settings at start.
+// acknowledged, and a change that cannot be saved is refused and undone (or,
+// for remove, refused before anything is done): the state file, the model
+// and the qos layer always agree. restore() rebuilds the same devices and
+// settings at start.
 //
 // calibrate takes up to a minute of I/O: answer_line() hands it back as work
 // for another thread (it touches nothing of the engine) and a finish to run
@@ -71,9 +74,11 @@ struct Platform {
   std::function<std::string(const DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device)>
       create_export;
   // Unpublish the export and return once none of its requests is queued or
-  // in flight. force: end live connections with ESHUTDOWN first (the engine
-  // only passes force=false when connections() was 0).
-  std::function<void(const std::string& name, bool force)> remove_export;
+  // in flight and its connections are gone. force: end live connections
+  // first (the engine only passes force=false when connections() was 0).
+  // "" when done; otherwise, after a bounded wait, what is left (a
+  // sentence): the export stays unpublished, and a later call waits again.
+  std::function<std::string(const std::string& name, bool force)> remove_export;
   // Live NBD connections of the export (empty: none).
   std::function<int(const std::string& name)> connections;
   // Classification may have changed (type, attach or detach): live
@@ -113,7 +118,10 @@ class Engine {
   // (through platform.create_export) and setting. "" on success (also when
   // there is no state file yet); otherwise "STATE_PATH: reason" — the start
   // must stop, and this engine never writes the state file again.
-  std::string restore();
+  // strict=false: a device that cannot be rebuilt (its image is missing,
+  // say) is logged and skipped, and kept in the state file as it was (a
+  // `remove` drops it); the others start.
+  std::string restore(bool strict = true);
 
   // One request line of the control protocol -> one response line (without
   // the newline). may_change=false (the peer is not the socket's owner):
@@ -168,6 +176,10 @@ class Engine {
   std::string destroy_device(const std::string& name, bool force);
   void destroy_device_group(int id);
   std::string save();
+  // Writes `state` (with the devices not restored) to the state file.
+  std::string write_state(const State& state);
+  State saved_view(const State& state) const;
+  const DeviceState* find_unrestored(const std::string& name) const;
   DeviceState* find_device(const std::string& name);
   void run_on_owner(int id, const std::function<void()>& fn);
   // Runs fn on the owner of device group `id`; returns its status.
@@ -195,6 +207,10 @@ class Engine {
   std::string state_path_;
   bool save_disabled_ = false;  // restore failed: never overwrite the file we could not read
   State state_;                 // the model, equal to what the qos layer accepted
+  // Devices of the state file not restored at start (restore(false)): saved
+  // as they were read, never served.
+  std::vector<DeviceState> unrestored_;
+  std::map<int, DeviceGroupSettings> unrestored_groups_;
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
 };
 

@@ -10,6 +10,7 @@
 
 #include "control/format.h"
 #include "control/language.h"
+#include "io/log.h"
 
 namespace ioband::control {
 
@@ -331,12 +332,14 @@ std::optional<std::string> write_file_atomically(const std::string& path, const 
     ::unlink(temporary.c_str());
     return path + ": " + errno_text(error);
   }
+  // The new contents are in place from here on: a failure to make the
+  // rename durable is logged, not returned, since the caller would take a
+  // change back that the file already holds.
   const int dir = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0) return directory + ": " + errno_text(errno);
-  const int synced = ::fsync(dir);
+  const int synced = dir < 0 ? -1 : ::fsync(dir);
   const int error = errno;
-  ::close(dir);
-  if (synced != 0) return directory + ": " + errno_text(error);
+  if (dir >= 0) ::close(dir);
+  if (synced != 0) log_line(directory + ": " + errno_text(error) + " (after writing " + path + ")");
   return std::nullopt;
 }
 

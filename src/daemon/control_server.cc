@@ -1,5 +1,6 @@
 #include "daemon/control_server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -7,7 +8,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 
@@ -18,18 +21,8 @@ namespace ioband::daemon {
 
 namespace {
 
-constexpr size_t kMaxLine = 1 << 20;
-constexpr int kClientTimeoutMs = 10000;
-
-bool send_all(int fd, const std::string& text) {
-  size_t sent = 0;
-  while (sent < text.size()) {
-    const ssize_t n = send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
-  }
-  return true;
+std::string refusal(const std::string& why) {
+  return R"({"ok":false,"kind":"refused","error":")" + why + "\"}\n";
 }
 
 }  // namespace
@@ -43,7 +36,7 @@ ControlServer::~ControlServer() {
 std::string ControlServer::listen(const std::string& path) {
   // A live daemon answers a request; the socket is 0600 from the start.
   int fd = -1;
-  std::string error = io::listen_unix_socket(path, 16, 0177, [](int probe) {
+  std::string error = io::listen_unix_socket(path, 128, 0177, [](int probe) {
     const char ask[] = "{\"command\":\"targets\"}\n";
     char answer[1];
     return send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
@@ -51,6 +44,10 @@ std::string ControlServer::listen(const std::string& path) {
   if (!error.empty()) return error;
   listen_fd_ = fd;
   path_ = path;
+  const int flags = fcntl(listen_fd_, F_GETFL);
+  if (flags < 0 || fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return path + ": " + std::strerror(errno);
+  }
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return std::string("eventfd: ") + std::strerror(errno);
   return {};
@@ -63,107 +60,265 @@ void ControlServer::start() {
 void ControlServer::stop_accepting() noexcept {
   stopping_.store(true);
   engine_.cancel_calibration();
-  if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
+  if (wake_fd_ >= 0) {
+    const uint64_t one = 1;
+    (void)write(wake_fd_, &one, sizeof one);
+  }
 }
 
 void ControlServer::stop() {
   stop_accepting();
   if (thread_.joinable()) thread_.join();
-  if (!path_.empty()) {
-    unlink(path_.c_str());
-    path_.clear();
+  unlink_socket();
+  path_.clear();
+}
+
+void ControlServer::unlink_socket() noexcept {
+  if (!path_.empty()) unlink(path_.c_str());
+}
+
+void ControlServer::arm_deadline(Client& client) {
+  // One deadline at a time: a reply being sent, else a line begun, else
+  // silence. A parked client waits for its command, not for itself.
+  if (!client.out.empty()) {
+    client.waiting_for = "did not read its reply";
+  } else if (!client.in.empty()) {
+    client.waiting_for = "sent no complete request line";
+  } else {
+    client.waiting_for = "sent nothing";
   }
+  client.deadline = Clock::now() + timeout_;
 }
 
 void ControlServer::run() {
+  std::vector<pollfd> fds;
   while (!stopping_) {
-    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (poll(p, parked_ ? 2 : 1, 500) <= 0) continue;
-    if (parked_ && (p[1].revents & POLLIN)) {
-      resume_parked();
-      continue;
+    fds.clear();
+    Clock::time_point next = Clock::now() + std::chrono::milliseconds(500);
+    // Out of descriptors: the backlog waits rather than the thread spinning.
+    const bool accepting = Clock::now() >= accept_paused_until_;
+    if (!accepting) next = std::min(next, accept_paused_until_);
+    fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
+    fds.push_back({wake_fd_, POLLIN, 0});
+    for (const auto& c : clients_) {
+      short events = 0;
+      if (!c->out.empty()) {
+        events = POLLOUT;
+      } else if (!c->parked) {
+        events = POLLIN;
+      }
+      fds.push_back({c->fd, events, 0});
+      if (!c->parked) next = std::min(next, c->deadline);
     }
-    if (!(p[0].revents & POLLIN)) continue;
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    const bool known = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
-    if (serve(fd, known && cred.uid == geteuid(), {}) == Served::closed) close(fd);
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count();
+    const int ready = poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(wait, 0) + 1));
+    if (ready < 0 && errno != EINTR) {
+      log_line(std::string("control: poll: ") + std::strerror(errno));
+      break;
+    }
+    if (stopping_) break;
+    if (fds[1].revents & POLLIN) {
+      uint64_t count = 0;
+      (void)read(wake_fd_, &count, sizeof count);
+      if (parked_) resume_parked();
+    }
+    // Clients first, in the order they were polled; a client accepted now
+    // is polled on the next round.
+    const Clock::time_point now = Clock::now();
+    const size_t polled = fds.size() - 2;
+    for (size_t i = 0; i < polled && i < clients_.size(); ++i) {
+      Client& c = *clients_[i];
+      if (c.fd != fds[i + 2].fd) continue;  // the list changed under a resumed client
+      const short revents = fds[i + 2].revents;
+      bool alive = true;
+      if (revents & POLLOUT) {
+        alive = send_some(c);
+      } else if (revents & (POLLIN | POLLHUP | POLLERR)) {
+        alive = c.out.empty() && !c.parked ? receive(c) : !(revents & (POLLHUP | POLLERR));
+      }
+      if (!alive) {
+        drop(c, nullptr);
+        continue;
+      }
+      answer(c);
+      if (c.fd >= 0 && !c.parked && now >= c.deadline) drop(c, c.waiting_for);
+    }
+    std::erase_if(clients_, [this](const std::unique_ptr<Client>& c) {
+      return c->fd < 0 && !(parked_ && parked_->client == c.get());
+    });
+    if (fds[0].revents & POLLIN) accept_clients();
   }
   if (parked_) {
     // Cancelled by stop_accepting. Its answer is not made: the reactors that
     // would apply it may be gone, and nobody waits for it.
     parked_->worker.join();
-    close(parked_->fd);
     parked_.reset();
+  }
+  for (auto& c : clients_) {
+    if (c->fd >= 0) close(c->fd);
+  }
+  clients_.clear();
+}
+
+void ControlServer::accept_clients() {
+  for (int accepted = 0; accepted < 64; ++accepted) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) {
+        // The client stays in the backlog until a descriptor is free.
+        const Clock::time_point now = Clock::now();
+        accept_paused_until_ = now + std::chrono::milliseconds(100);
+        if (now >= accept_log_after_) {
+          log_line(std::string("control: accept: ") + std::strerror(errno) + "; paused 100 ms at a time");
+          accept_log_after_ = now + std::chrono::seconds(10);
+        }
+      }
+      return;
+    }
+    if (clients_.size() >= kMaxControlClients) {
+      // Told why, in one non-blocking send, rather than left hanging.
+      const std::string line = refusal("iobandd serves at most " + std::to_string(kMaxControlClients) +
+                                       " control clients at once; try again later");
+      (void)send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      close(fd);
+      if (refused_++ % 1000 == 0) {
+        log_line("control: a client refused: " + std::to_string(kMaxControlClients) + " control clients already (" +
+                 std::to_string(refused_) + " refused so far)");
+      }
+      continue;
+    }
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    const bool known = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+    auto client = std::make_unique<Client>();
+    client->fd = fd;
+    client->may_change = known && cred.uid == geteuid();
+    arm_deadline(*client);
+    clients_.push_back(std::move(client));
+  }
+}
+
+bool ControlServer::receive(Client& client) {
+  char chunk[4096];
+  const bool had_line = client.in.find('\n') != std::string::npos;
+  const bool was_empty = client.in.empty();
+  for (;;) {
+    const ssize_t n = recv(client.fd, chunk, sizeof chunk, 0);
+    if (n > 0) {
+      client.in.append(chunk, static_cast<size_t>(n));
+      // No more than one line's worth is held for a client.
+      if (client.in.size() > kMaxControlLine) break;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    // End of input: its complete lines are still answered.
+    if (client.in.find('\n') == std::string::npos) return false;
+    client.close_after_send = true;
+    break;
+  }
+  // A line's deadline starts with its first byte.
+  if (was_empty && !had_line && !client.in.empty()) arm_deadline(client);
+  return true;
+}
+
+bool ControlServer::send_some(Client& client) {
+  while (client.out_sent < client.out.size()) {
+    const ssize_t n = send(client.fd, client.out.data() + client.out_sent, client.out.size() - client.out_sent,
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      client.out_sent += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+  client.out.clear();
+  client.out_sent = 0;
+  if (client.close_after_send && client.in.find('\n') == std::string::npos) return false;
+  arm_deadline(client);
+  return true;
+}
+
+void ControlServer::reply(Client& client, std::string line) {
+  client.out = std::move(line);
+  client.out += '\n';
+  client.out_sent = 0;
+  arm_deadline(client);
+  if (!send_some(client)) drop(client, nullptr);
+}
+
+void ControlServer::answer(Client& client) {
+  while (client.fd >= 0 && !client.parked && client.out.empty() && !stopping_) {
+    const size_t newline = client.in.find('\n');
+    if (newline == std::string::npos) {
+      if (client.in.size() > kMaxControlLine) {
+        client.in.clear();
+        client.close_after_send = true;
+        reply(client, R"({"ok":false,"kind":"usage","error":"request line longer than )" +
+                          std::to_string(kMaxControlLine / 1024) + R"( KiB"})");
+      }
+      return;
+    }
+    std::string line = client.in.substr(0, newline);
+    client.in.erase(0, newline + 1);
+    if (line.empty()) continue;
+    control::Engine::Answer answer = engine_.answer_line(line, client.may_change);
+    if (!answer.work) {
+      reply(client, std::move(answer.line));
+      continue;
+    }
+    if (!parked_) {
+      Parked& parked = parked_.emplace();
+      parked.client = &client;
+      parked.finish = answer.finish;
+      try {
+        parked.worker = std::thread([this, work = answer.work] {
+          work();
+          const uint64_t one = 1;
+          (void)write(wake_fd_, &one, sizeof one);
+        });
+        client.parked = true;
+        continue;
+      } catch (const std::system_error&) {  // no thread to be had: the work here, then
+        parked_.reset();
+      }
+    }
+    // The engine runs one long command at a time; never here, but never lose an answer.
+    answer.work();
+    reply(client, answer.finish());
   }
 }
 
 // The parked command's work is done: its answer, then the client's next lines.
 void ControlServer::resume_parked() {
-  uint64_t count = 0;
-  (void)read(wake_fd_, &count, sizeof count);
   parked_->worker.join();
   Parked parked = std::move(*parked_);
   parked_.reset();
-  if (!send_all(parked.fd, parked.finish() + "\n") ||
-      serve(parked.fd, parked.may_change, std::move(parked.buffer)) == Served::closed) {
-    close(parked.fd);
-  }
+  std::string line = parked.finish();
+  Client& client = *parked.client;
+  client.parked = false;
+  if (client.fd < 0) return;  // gone meanwhile: the answer was made, nobody reads it
+  reply(client, std::move(line));
+  answer(client);
 }
 
-// One client at a time: commands are applied in the order they arrive, and a
-// client that stops talking is dropped after a timeout.
-ControlServer::Served ControlServer::serve(int fd, bool may_change, std::string buffer) {
-  char chunk[4096];
-  while (!stopping_) {
-    size_t newline;
-    while ((newline = buffer.find('\n')) != std::string::npos) {
-      std::string line = buffer.substr(0, newline);
-      buffer.erase(0, newline + 1);
-      if (line.empty()) continue;
-      control::Engine::Answer answer = engine_.answer_line(line, may_change);
-      if (answer.work) {
-        if (parked_) {  // the engine runs one at a time; never here, but never lose an answer
-          answer.work();
-          if (!send_all(fd, answer.finish() + "\n")) return Served::closed;
-          continue;
-        }
-        Parked& parked = parked_.emplace();
-        parked.fd = fd;
-        parked.may_change = may_change;
-        parked.buffer = buffer;
-        parked.finish = answer.finish;
-        try {
-          parked.worker = std::thread([this, work = answer.work] {
-            work();
-            const uint64_t one = 1;
-            (void)write(wake_fd_, &one, sizeof one);
-          });
-        } catch (const std::system_error&) {  // no thread to be had: the work here, then
-          parked_.reset();
-          answer.work();
-          if (!send_all(fd, answer.finish() + "\n")) return Served::closed;
-          continue;
-        }
-        return Served::parked;
-      }
-      if (!send_all(fd, answer.line + "\n")) return Served::closed;
-    }
-    if (buffer.size() > kMaxLine) {
-      const std::string error = R"({"ok":false,"kind":"usage","error":"request line longer than 1 MiB"})"
-                                "\n";
-      send(fd, error.data(), error.size(), MSG_NOSIGNAL);
-      return Served::closed;
-    }
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, kClientTimeoutMs) <= 0) return Served::closed;
-    ssize_t n = recv(fd, chunk, sizeof chunk, 0);
-    if (n <= 0) return Served::closed;
-    buffer.append(chunk, static_cast<size_t>(n));
+void ControlServer::drop(Client& client, const char* why) {
+  if (client.fd < 0) return;
+  if (why) {
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    const std::string who = getsockopt(client.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0
+                                ? "pid " + std::to_string(cred.pid)
+                                : std::string("unknown");
+    char seconds[32];
+    std::snprintf(seconds, sizeof seconds, "%g", static_cast<double>(timeout_.count()) / 1000);
+    log_line("control client (" + who + ") " + why + " within " + seconds + " s: closed");
   }
-  return Served::closed;
+  close(client.fd);
+  client.fd = -1;
+  client.in.clear();
+  client.out.clear();
 }
 
 }  // namespace ioband::daemon

@@ -1,25 +1,44 @@
 #pragma once
-// The control socket: a Unix socket (mode 0600) read by one control thread,
-// one JSON request per line, each answered by the control engine. Only a
-// peer with the daemon's own uid may change state (SO_PEERCRED).
+// The control socket: a Unix socket (mode 0600) served by one control
+// thread, one JSON request per line, each answered by the control engine.
+// Only a peer with the daemon's own uid may change state (SO_PEERCRED).
+//
+// Many clients at once, none able to stall the others: every socket is
+// non-blocking and the thread waits in poll() for all of them, each with
+// its own buffers and deadlines (a whole request line, a whole reply, and
+// silence between requests). Commands still run one at a time, in the
+// order their lines are complete, so the engine stays single-threaded.
+// Limits: kMaxControlClients connections (one more gets a refusal line and
+// is closed) and kMaxControlLine bytes per request line.
 //
 // A command that takes long (calibrate) runs on a worker thread of its own;
 // its client waits for the answer while the control thread goes on serving
 // others, and its answer is made on the control thread when the work is done.
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "control/engine.h"
 
 namespace ioband::daemon {
 
+inline constexpr size_t kMaxControlClients = 256;
+inline constexpr size_t kMaxControlLine = 64 * 1024;
+inline constexpr int kDefaultControlTimeoutSeconds = 10;
+
 class ControlServer {
  public:
-  explicit ControlServer(control::Engine& engine) : engine_(engine) {}
+  // timeout: how long a client may take to send one request line, to read
+  // one reply, or stay silent between requests.
+  explicit ControlServer(control::Engine& engine,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(kDefaultControlTimeoutSeconds))
+      : engine_(engine), timeout_(timeout) {}
   ~ControlServer();
 
   // "" or a sentence.
@@ -30,29 +49,52 @@ class ControlServer {
   void stop_accepting() noexcept;
   // Joins the control thread: call once the reactors no longer run.
   void stop();
+  // Removes the socket file without joining (a daemon about to _exit).
+  void unlink_socket() noexcept;
 
  private:
-  // A client waiting for a long command's answer.
-  struct Parked {
+  using Clock = std::chrono::steady_clock;
+  struct Client {
     int fd = -1;
     bool may_change = false;
-    std::string buffer;  // what it sent after that command
+    std::string in;             // received, not yet answered
+    std::string out;            // the reply being sent
+    size_t out_sent = 0;
+    bool close_after_send = false;
+    bool parked = false;        // waiting for a long command's answer
+    Clock::time_point deadline;  // of the line, the reply or the silence under way
+    const char* waiting_for = "";
+  };
+  // The client waiting for a long command's answer (at most one).
+  struct Parked {
+    Client* client = nullptr;
     std::function<std::string()> finish;
     std::thread worker;
   };
-  enum class Served { closed, parked };
 
   void run();
-  // Answers the client's lines (`buffer` first) until it closes, goes
-  // quiet, or sends a long command: then it is parked.
-  Served serve(int fd, bool may_change, std::string buffer);
+  void accept_clients();
+  // Reads what the client sent; false: it is gone.
+  bool receive(Client& client);
+  // Sends what the socket takes of its reply; false: it is gone.
+  bool send_some(Client& client);
+  // Answers its complete lines, one at a time, while nothing else is owed.
+  void answer(Client& client);
+  void reply(Client& client, std::string line);
   void resume_parked();
+  void drop(Client& client, const char* why);
+  void arm_deadline(Client& client);
 
   control::Engine& engine_;
+  const std::chrono::milliseconds timeout_;
   std::string path_;
   int listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: the parked command's work is done
+  std::vector<std::unique_ptr<Client>> clients_;
   std::optional<Parked> parked_;
+  uint64_t refused_ = 0;
+  Clock::time_point accept_paused_until_{};
+  Clock::time_point accept_log_after_{};
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -17,6 +17,7 @@
 #include "control/export_spec.h"
 #include "daemon/control_server.h"
 #include "daemon/platform.h"
+#include "daemon/state_lock.h"
 #include "io/backend.h"
 #include "io/log.h"
 #include "io/reactor.h"
@@ -30,7 +31,7 @@ using namespace ioband;
 
 constexpr uint64_t kDemoSize = 1ull << 30;
 
-std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
+std::string open_export(const control::ExportSpec& spec, bool image_locks, nbd::Export& out) {
   std::string error;
   std::unique_ptr<io::Backend> backend;
   if (spec.backend == "memory") {
@@ -40,6 +41,7 @@ std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
     raw.path = spec.path;
     raw.size = spec.size;
     raw.read_only = spec.read_only;
+    raw.lock = image_locks;
     backend = io::open_raw_backend(raw, error);
   }
   if (!backend) return "export " + spec.name + ": " + error;
@@ -69,6 +71,18 @@ std::string ensure_demo_image(const std::string& path) {
   return error;
 }
 
+// A socket file made at start goes on every way out of main.
+struct RemoveOnExit {
+  std::string path;
+  ~RemoveOnExit() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
+
+// After a stop signal, connections get this long to finish their requests
+// and take their replies; then those left are closed at once.
+constexpr int kStopGraceSeconds = 3;
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -96,6 +110,19 @@ int main(int argc, char** argv) {
                  "longest a reactor polls before it sleeps, in microseconds: this long while the storage has a "
                  "deep queue, at most 32 otherwise; 0 never polls (less CPU, more latency)")
       ->check(CLI::Range(int64_t{0}, int64_t{10000}))
+      ->capture_default_str();
+  bool strict = false;
+  app.add_flag("--strict", strict,
+               "stop the start if a device of the state file cannot be restored (its image is missing, say); "
+               "by default it is logged and skipped, and kept in the state file");
+  bool no_image_locks = false;
+  app.add_flag("--no-image-locks", no_image_locks,
+               "take no lock on images (by default one writer per image: another iobandd, or qemu-nbd and "
+               "QEMU, cannot write an image served read-write, nor iobandd one they write)");
+  int control_timeout = daemon::kDefaultControlTimeoutSeconds;
+  app.add_option("--control-timeout", control_timeout,
+                 "seconds a control client may take to send a request line or read a reply, or stay silent")
+      ->check(CLI::Range(1, 3600))
       ->capture_default_str();
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
@@ -141,6 +168,12 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --state-dir " << state_dir << ": " << ec.message() << "\n";
     return 1;
   }
+  const bool image_locks = !no_image_locks;
+  daemon::StateLock state_lock;
+  if (auto error = state_lock.acquire(state_dir); !error.empty()) {
+    std::cerr << "iobandd: --state-dir " << error << "\n";
+    return 1;
+  }
   if (socket_path.empty()) socket_path = state_dir + "/ioband.sock";
   if (control_path.empty()) control_path = state_dir + "/ioband.ctl";
   const std::string state_path = state_dir + "/state.json";
@@ -182,7 +215,7 @@ int main(int argc, char** argv) {
   nbd::ExportRegistry exports;
   for (size_t i = 0; i < specs.size(); ++i) {
     auto e = std::make_shared<nbd::Export>();
-    if (auto error = open_export(specs[i], *e); !error.empty()) {
+    if (auto error = open_export(specs[i], image_locks, *e); !error.empty()) {
       std::cerr << "iobandd: " << error << "\n";
       return 1;
     }
@@ -197,6 +230,7 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --socket " << error << "\n";
     return 1;
   }
+  RemoveOnExit socket_file{socket_path};
   if (!socket_mode.empty()) {
     char* end = nullptr;
     const unsigned long mode = std::strtoul(socket_mode.c_str(), &end, 8);
@@ -213,12 +247,13 @@ int main(int argc, char** argv) {
   }
 
   daemon::DaemonPlatform platform(reactor_ptrs, exports, server);
+  platform.set_image_locks(image_locks);
   control::Engine engine(platform.make(), state_path);
-  if (auto error = engine.restore(); !error.empty()) {
+  if (auto error = engine.restore(strict); !error.empty()) {
     std::cerr << "iobandd: " << error << "\n";
     return 1;
   }
-  daemon::ControlServer control(engine);
+  daemon::ControlServer control(engine, std::chrono::seconds(control_timeout));
   if (auto error = control.listen(control_path); !error.empty()) {
     std::cerr << "iobandd: --control " << error << "\n";
     return 1;
@@ -231,11 +266,24 @@ int main(int argc, char** argv) {
   signalfd_siginfo info{};
   io::Reactor& main_reactor = *reactors[0];
   int signals_seen = 0;
+  auto exit_now = [&] {
+    unlink(socket_path.c_str());
+    control.unlink_socket();
+    _exit(1);
+  };
   __kernel_timespec grace{30, 0};
-  io::CallbackCompletion grace_timer([](int32_t result, uint32_t) {
+  io::CallbackCompletion grace_timer([&](int32_t result, uint32_t) {
     if (result == -ETIME) {
       log_line("shutdown: requests still in flight after 30 s, exiting anyway");
-      _exit(1);
+      exit_now();
+    }
+  });
+  __kernel_timespec stop_grace{kStopGraceSeconds, 0};
+  io::CallbackCompletion stop_grace_timer([&](int32_t result, uint32_t) {
+    if (result == -ETIME && server.sessions() > 0) {
+      log_line("shutdown: " + std::to_string(server.sessions()) + " connection(s) still open after " +
+               std::to_string(kStopGraceSeconds) + " s (clients not reading their replies): closing them");
+      server.abort_all();
     }
   });
   std::function<void()> arm_signal;
@@ -247,10 +295,11 @@ int main(int argc, char** argv) {
         control.stop_accepting();
         server.shutdown();
         main_reactor.arm_timer(&grace_timer, &grace);
+        main_reactor.arm_timer(&stop_grace_timer, &stop_grace);
         for (auto& r : reactors) r->stop();
       } else {
         log_line("second signal: exiting now");
-        _exit(1);
+        exit_now();
       }
     }
     arm_signal();
@@ -271,12 +320,11 @@ int main(int argc, char** argv) {
     main_reactor.run();
   } catch (const std::exception& e) {
     log_line(std::string("event loop failed: ") + e.what());
-    _exit(1);
+    exit_now();
   }
   for (auto& w : workers) w.join();
   for (auto& r : reactors) r->run_leftovers();
   control.stop();
-  unlink(socket_path.c_str());
   log_line("stopped");
   return 0;
 }

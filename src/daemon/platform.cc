@@ -14,10 +14,12 @@ control::Platform DaemonPlatform::make() {
   p.create_export = [this](const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device) {
     return create_export(config, group, device);
   };
-  p.remove_export = [this](const std::string& name, bool force) { remove_export(name, force); };
+  p.remove_export = [this](const std::string& name, bool force) { return remove_export(name, force); };
   p.connections = [this](const std::string& name) {
-    auto e = exports_.find(name);
-    return e ? e->connections.load() : 0;
+    if (auto e = exports_.find(name)) return e->connections.load();
+    std::lock_guard lock(mutex_);
+    auto left = removing_.find(name);
+    return left == removing_.end() ? 0 : left->second->connections.load();
   };
   p.set_type = [this](const std::string& name, control::GroupType type) {
     if (auto e = exports_.find(name)) {
@@ -53,6 +55,7 @@ std::string DaemonPlatform::create_export(const control::DeviceConfig& config, q
   io::RawOptions raw;
   raw.path = config.path;
   raw.size = config.sectors * 512;
+  raw.lock = image_locks_;
   std::string error;
   auto backend = io::open_raw_backend(raw, error);
   if (!backend) return error;
@@ -78,18 +81,36 @@ std::string DaemonPlatform::create_export(const control::DeviceConfig& config, q
   return {};
 }
 
-void DaemonPlatform::remove_export(const std::string& name, bool force) {
+std::string DaemonPlatform::remove_export(const std::string& name, bool force) {
   std::shared_ptr<nbd::Export> e = exports_.remove(name);
-  if (!e) return;
-  if (force) server_.disconnect_export(name);
-  // Sessions hold the export while they live; when only ours is left, none
-  // of its requests is queued or in flight.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (e.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  {
+    std::lock_guard lock(mutex_);
+    auto left = removing_.find(name);
+    if (!e && left != removing_.end()) e = left->second;  // a remove that timed out before
+    if (left != removing_.end()) removing_.erase(left);
   }
-  if (e.use_count() > 1) log_line("remove " + name + ": connections still open after 30 s");
+  if (!e) return {};
+  if (force) server_.disconnect_export(name);
+  // Sessions hold the export while they live: when only ours is left, none
+  // of its requests is queued or in flight and their buffers are freed.
+  // Aborted sessions close at once; only requests still on the storage can
+  // make this wait.
+  const auto deadline = std::chrono::steady_clock::now() + kRemoveWait;
+  while (e.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (e.use_count() > 1) {
+    const int connections = e->connections.load();
+    std::string left = std::to_string(connections) + (connections == 1 ? " connection" : " connections") +
+                       " of " + name + " still closing after " + std::to_string(kRemoveWait.count()) +
+                       " s, with requests on the storage not finished; the export takes no new connections";
+    log_line("remove " + name + ": " + left);
+    std::lock_guard lock(mutex_);
+    removing_[name] = std::move(e);
+    return left;
+  }
   log_line("ioband device " + name + " removed");
+  return {};
 }
 
 void DaemonPlatform::run_on_owner(int id, const std::function<void()>& fn) {

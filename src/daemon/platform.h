@@ -4,6 +4,7 @@
 // group. Wiring only.
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -17,6 +18,9 @@
 
 namespace ioband::daemon {
 
+// How long remove waits for the connections of a device to close.
+inline constexpr std::chrono::seconds kRemoveWait{5};
+
 class DaemonPlatform {
  public:
   DaemonPlatform(std::vector<io::Reactor*> reactors, nbd::ExportRegistry& exports, nbd::Server& server)
@@ -25,11 +29,12 @@ class DaemonPlatform {
   control::Platform make();
   // Before the reactors run, work for a device group runs inline.
   void set_running(bool running) { running_ = running; }
+  void set_image_locks(bool lock) { image_locks_ = lock; }
 
  private:
   io::Reactor& reactor_for(int device_group_id) const;
   std::string create_export(const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device);
-  void remove_export(const std::string& name, bool force);
+  std::string remove_export(const std::string& name, bool force);
   void run_on_owner(int device_group_id, const std::function<void()>& fn);
   void release_device_group(int device_group_id);
 
@@ -37,11 +42,14 @@ class DaemonPlatform {
   nbd::ExportRegistry& exports_;
   nbd::Server& server_;
   std::atomic<bool> running_{false};
+  bool image_locks_ = true;
   std::mutex mutex_;
   std::map<int, std::unique_ptr<nbd::DeviceGroupDriver>> drivers_;  // guarded by mutex_
   // A released driver may still have a timer completion in its ring; it is
   // kept until exit rather than freed under that completion.
   std::vector<std::unique_ptr<nbd::DeviceGroupDriver>> retired_;  // guarded by mutex_
+  // Exports unpublished by a remove whose connections outlived its wait.
+  std::map<std::string, std::shared_ptr<nbd::Export>> removing_;  // guarded by mutex_
 };
 
 }  // namespace ioband::daemon

@@ -106,6 +106,7 @@ struct RawOptions {
   uint64_t size = 0;  // 0: the whole file or device
   bool read_only = false;
   bool direct = true;  // try O_DIRECT, fall back to buffered if refused
+  bool lock = true;    // against other writers: flock and QEMU's lock bytes (io/file_lock.h)
 };
 std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string& error);
 std::unique_ptr<Backend> open_memory_backend(uint64_t size, std::string& error);

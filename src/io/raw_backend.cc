@@ -50,6 +50,7 @@
 #include <cstring>
 
 #include "io/backend.h"
+#include "io/file_lock.h"
 
 namespace ioband::io {
 
@@ -488,11 +489,13 @@ uint32_t direct_io_alignment(int fd, bool block_device) {
 std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string& error) {
   const int access = options.read_only ? O_RDONLY : O_RDWR;
   bool direct = options.direct;
-  int fd = open(options.path.c_str(), access | O_CLOEXEC | (direct ? O_DIRECT : 0));
+  // O_NONBLOCK: a FIFO (or a device that waits for a peer) must not hang
+  // the open; it is refused below, and the flag is cleared for the rest.
+  int fd = open(options.path.c_str(), access | O_CLOEXEC | O_NONBLOCK | (direct ? O_DIRECT : 0));
   if (fd < 0 && direct && errno == EINVAL) {
     // tmpfs and some FUSE file systems refuse O_DIRECT.
     direct = false;
-    fd = open(options.path.c_str(), access | O_CLOEXEC);
+    fd = open(options.path.c_str(), access | O_CLOEXEC | O_NONBLOCK);
   }
   if (fd < 0) {
     error = options.path + ": " + std::strerror(errno);
@@ -516,6 +519,19 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
     real_size = static_cast<uint64_t>(st.st_size);
   } else {
     error = options.path + ": not a regular file or block device";
+    close(fd);
+    return nullptr;
+  }
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    error = options.path + ": " + std::strerror(errno);
+    close(fd);
+    return nullptr;
+  }
+  // One writer per image, among iobandd daemons and QEMU's programs.
+  if (std::string busy = options.lock ? lock_image(fd, options.path, !options.read_only) : std::string();
+      !busy.empty()) {
+    error = busy;
     close(fd);
     return nullptr;
   }

@@ -122,7 +122,8 @@ void Server::start() {
   for (auto& l : listeners_) l->arm(*reactors_[0].reactor);
   for (size_t i = 0; i < reactors_.size(); ++i) {
     PerReactor* pr = &reactors_[i];
-    pr->reactor->set_idle_check([pr] { return pr->sessions.empty(); });
+    // Reactor 0 runs the stop's timers: it is the last to stop.
+    pr->reactor->set_idle_check([this, pr, i] { return pr->sessions.empty() && (i != 0 || live_sessions_ == 0); });
   }
 }
 
@@ -204,7 +205,8 @@ void Server::adopt(size_t index, Session* session) {
 void Server::closed(size_t index, Session* session) {
   reactors_[index].sessions.erase(session);
   delete session;
-  live_sessions_.fetch_sub(1);
+  // Reactor 0 stops only when no session is left anywhere: wake it for the last.
+  if (live_sessions_.fetch_sub(1) == 1 && shutting_down_ && index != 0) reactors_[0].reactor->post([] {});
 }
 
 void Server::shutdown() {
@@ -218,6 +220,16 @@ void Server::shutdown() {
       // Copy: a session may close (and leave the set) during shutdown().
       std::vector<Session*> sessions(p->sessions.begin(), p->sessions.end());
       for (Session* s : sessions) s->shutdown();
+    });
+  }
+}
+
+void Server::abort_all() {
+  for (auto& pr : reactors_) {
+    PerReactor* p = &pr;
+    pr.reactor->post([p] {
+      std::vector<Session*> sessions(p->sessions.begin(), p->sessions.end());
+      for (Session* s : sessions) s->abort();
     });
   }
 }

@@ -29,6 +29,9 @@ class Server {
   // Graceful stop: no new connections; every session finishes its requests
   // and closes; then each reactor stops. Call on reactor 0.
   void shutdown();
+  // After shutdown(): ends every session still open at once, dropping
+  // replies their clients do not read. Thread-safe.
+  void abort_all();
   // Ends every session of export name at once (remove --force). Thread-safe.
   void disconnect_export(const std::string& name);
 

@@ -97,11 +97,16 @@ void Session::shutdown() noexcept {
 }
 
 // remove --force: as a server stop, for this export only — requests on the
-// storage finish and are answered, those queued in the scheduler get
-// ESHUTDOWN, nothing more is read, then the connection closes.
+// storage finish and are answered while the socket takes the replies, those
+// queued in the scheduler get ESHUTDOWN, nothing more is read, then the
+// connection closes.
 void Session::abort() noexcept {
   shutting_down_ = true;
+  aborted_ = true;
   begin_close("export removed");
+  // A client that does not read would keep the connection and its replies'
+  // memory forever: the waiting send ends (see wait_writable).
+  if (send_pending_) ::shutdown(fd_, SHUT_RDWR);
 }
 
 void Session::begin_close(const char* why) noexcept {
@@ -945,6 +950,10 @@ bool Session::send_splice(NbdRequest& r) noexcept {
 }
 
 void Session::wait_writable() noexcept {
+  if (aborted_) {
+    ::shutdown(fd_, SHUT_RDWR);
+    return send_failed();
+  }
   io_uring_prep_poll_add(host_.reactor->prepare(&send_op_), fd_, POLLOUT);
   send_pending_ = true;
 }

@@ -248,6 +248,7 @@ class Session {
   uint64_t inflight_bytes_ = 0;
   bool disconnect_requested_ = false;
   bool shutting_down_ = false;
+  bool aborted_ = false;  // abort(): replies the client does not take are dropped
   const char* close_reason_ = nullptr;
 };
 

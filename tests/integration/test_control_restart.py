@@ -166,9 +166,9 @@ def test_killed_during_changes(daemon):
         c.do("read 1 4096 0")
 
 
-def start_refused(d):
+def start_refused(d, *args):
     """Start iobandd on d's state; it must exit non-zero. Its stderr."""
-    argv = [it.IOBANDD, "--state-dir", d.state_dir, "--socket", d.socket_path, "--control", d.control]
+    argv = [it.IOBANDD, "--state-dir", d.state_dir, "--socket", d.socket_path, "--control", d.control, *args]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=it.TIMEOUT, stdin=subprocess.DEVNULL)
     assert r.returncode != 0, f"iobandd started on a bad state file:\n{r.stdout}{r.stderr}"
     return r.stdout + r.stderr
@@ -220,13 +220,15 @@ def test_corrupt_state_refused(daemon):
         assert os.stat(d.state_path).st_mtime_ns == mtime, f"{what}: the state file was rewritten"
         assert not os.path.exists(d.control), f"{what}: a control socket was left behind"
 
-    # A device whose backing file went away: refused too, naming the file.
+    # A device whose backing file went away: refused with --strict, naming
+    # the file (without, that device alone is skipped: test_daemon_exclusive).
     with open(d.state_path, "wb") as f:
         f.write(good)
     os.rename(d.path("b.img"), d.path("b.moved"))
-    message = start_refused(d)
+    message = start_refused(d, "--strict")
     assert d.state_path in message and d.path("b.img") in message, message
     assert d.state_bytes() == good
+    assert not os.path.exists(d.control) and not os.path.exists(d.socket_path), "a socket was left behind"
     os.rename(d.path("b.moved"), d.path("b.img"))
 
     # Put right, it starts and serves the saved configuration.

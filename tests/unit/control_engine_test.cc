@@ -555,13 +555,16 @@ TEST_F(ControlEngine, AFailingExportLeavesNoDeviceGroupBehind) {
   EXPECT_FALSE(std::filesystem::exists(engine.state_path()));
 }
 
-TEST_F(ControlEngine, AChangeThatCannotBeSavedSaysSo) {
+TEST_F(ControlEngine, ACreateThatCannotBeSavedSaysSoAndCreatesNothing) {
   Engine lost(fake.platform(), dir.file("missing-dir/state.json"));
   Client c{lost};
   json reply = c.create("ioband1", "0 8 ioband /dev/sda1 1");
   EXPECT_FALSE(reply["ok"]);
-  EXPECT_NE(reply["error"].get<std::string>().find("created but not saved"), std::string::npos) << reply.dump();
+  EXPECT_NE(reply["error"].get<std::string>().find("not created, the state cannot be saved"), std::string::npos)
+      << reply.dump();
   EXPECT_NE(reply["error"].get<std::string>().find("No such file or directory"), std::string::npos);
+  EXPECT_FALSE(lost.scheduling("ioband1"));
+  EXPECT_FALSE(fake.exports.contains("ioband1"));
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ struct FakePlatform {
   std::map<std::string, GroupType> types;
   std::vector<std::string> log;
   std::string create_error;  // create_export fails with this when set
+  std::string remove_error;  // remove_export leaves connections with this when set
   int released = 0;
 
   FakePlatform() {
@@ -54,8 +55,10 @@ struct FakePlatform {
     };
     p.remove_export = [this](const std::string& name, bool force) {
       log.push_back("remove_export " + name + (force ? " force" : ""));
+      if (!remove_error.empty()) return remove_error;
       exports.erase(name);
       connections.erase(name);
+      return std::string();
     };
     p.connections = [this](const std::string& name) {
       auto it = connections.find(name);

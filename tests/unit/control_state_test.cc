@@ -5,6 +5,8 @@
 
 #include <sys/stat.h>
 
+#include <filesystem>
+
 #include "control/engine.h"
 #include "control/state_file.h"
 #include "unit/control_fake.h"
@@ -268,14 +270,18 @@ TEST(ControlState, TheGoodFileOfTheCorruptCasesIsGood) {
   EXPECT_TRUE(fake.exports.contains("ioband1"));
 }
 
-TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
-  TempDir dir;
-  const std::string path = dir.file("state.json");
-  // ioband1 restores, ioband2's disk is gone.
-  std::string text = good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
+// ioband1 restores, ioband2's disk (/dev/gone) is gone.
+std::string with_a_gone_device() {
+  return good_with("}]}]}", "}]},{\"name\":\"ioband2\",\"path\":\"/dev/gone\",\"sectors\":8,"
                                         "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
                                         "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
                                         "\"limits\":{}}]}]}");
+}
+
+TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  const std::string text = with_a_gone_device();
   write_file(path, text);
   FakePlatform fake;
   Engine engine(fake.platform(), path);
@@ -284,6 +290,122 @@ TEST(ControlState, AFailedRestoreTearsDownWhatItBuilt) {
   EXPECT_EQ(fake.released, 1);
   EXPECT_FALSE(engine.scheduling("ioband1"));
   EXPECT_EQ(read_file(path), text);
+}
+
+// What the qos layer holds for a device, as one comparable text.
+std::string qos_view(const Engine& engine, const std::string& name) {
+  const auto scheduling = engine.scheduling(name);
+  if (!scheduling) return "<no device>";
+  const qos::DeviceGroup& g = *scheduling->group;
+  const qos::DeviceId d = scheduling->device;
+  std::string text = std::string(qos::to_string(g.policy())) + " token " + std::to_string(g.token()) + " carryover " +
+                     std::to_string(g.carryover()) + " io " + std::to_string(g.io_throttle()) + "/" +
+                     std::to_string(g.io_limit()) + (g.io_limit_auto() ? " auto" : "") + " model " +
+                     std::to_string(g.device_model().depth) + " type " + std::string(nbd::to_string(scheduling->type));
+  for (qos::GroupId id : g.groups(d)) {
+    const qos::RangeBw range = *g.range_bw(d, id);
+    text += " | " + std::to_string(id) + " w" + std::to_string(*g.weight(d, id)) + " r" +
+            std::to_string(range.min_kib) + ":" + std::to_string(range.max_kib) +
+            (g.limits(d, id)->unlimited() ? "" : " limited");
+  }
+  return text + (g.limits(d, std::nullopt)->unlimited() ? "" : " | device limited");
+}
+
+// A state file that cannot be written refuses every change, and nothing
+// changes: not the model, not the qos layer, not the exports, not the file.
+TEST(ControlState, AChangeThatCannotBeSavedChangesNothing) {
+  TempDir dir;
+  const std::string state_dir = dir.file("state");
+  std::filesystem::create_directory(state_dir);
+  const std::string path = state_dir + "/state.json";
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  ASSERT_EQ(engine.restore(), "");
+  Client client{engine};
+  ok(client.create("ioband1", "0 44371467 ioband /dev/sda1 1"));
+  ok(client.message("ioband1", "type user"));
+  ok(client.message("ioband1", "attach 1000"));
+  ok(client.message("ioband1", "weight 1000:30"));
+  ok(client.message("ioband1", "limit 1000:iops-total=200"));
+  const std::string state = engine.state_json();
+  const std::string saved = read_file(path);
+  const std::string table = client.table().dump();
+  const std::string view = qos_view(engine, "ioband1");
+  // The directory is gone: the temporary file cannot be created.
+  std::filesystem::rename(state_dir, dir.file("moved"));
+  const char* messages[] = {
+      "weight 40",       "weight 1000:60",      "token 200",         "carryover 8",
+      "io_throttle 2",   "io_limit 64",         "io_limit auto",     "policy weight-iosize",
+      "attach 2000",     "detach 1000",         "limit iops-total=100", "limit 1000:none",
+      "range-bw 1000:10:200", "model depth=8",
+  };
+  for (const char* message : messages) {
+    const json reply = client.message("ioband1", message);
+    EXPECT_FALSE(reply.value("ok", true)) << message;
+    EXPECT_NE(reply.value("error", std::string()).find("cannot be saved"), std::string::npos) << message << reply;
+    EXPECT_EQ(engine.state_json(), state) << message;
+    EXPECT_EQ(client.table().dump(), table) << message;
+    EXPECT_EQ(qos_view(engine, "ioband1"), view) << message;
+  }
+  const size_t exports_log = fake.log.size();
+  EXPECT_FALSE(client.create("ioband2", "0 44371467 ioband /dev/sda2 1").value("ok", true));
+  EXPECT_FALSE(fake.exports.contains("ioband2"));
+  EXPECT_FALSE(client.remove("ioband1", true).value("ok", true));
+  EXPECT_TRUE(fake.exports.contains("ioband1"));
+  for (size_t i = exports_log; i < fake.log.size(); ++i) EXPECT_NE(fake.log[i], "remove_export ioband1 force");
+  EXPECT_EQ(engine.state_json(), state);
+  EXPECT_EQ(qos_view(engine, "ioband1"), view);
+  // Writable again: saved as before.
+  std::filesystem::rename(dir.file("moved"), state_dir);
+  EXPECT_EQ(read_file(path), saved);
+  ok(client.message("ioband1", "weight 40"));
+  EXPECT_NE(qos_view(engine, "ioband1"), view);
+}
+
+// A remove whose connections outlive the platform's wait changes nothing:
+// the device stays in the model and the state file, and says what is left.
+TEST(ControlState, ARemoveWithConnectionsLeftChangesNothing) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  ASSERT_EQ(engine.restore(), "");
+  Client client{engine};
+  ok(client.create("ioband1", "0 44371467 ioband /dev/sda1 1"));
+  const std::string saved = read_file(path);
+  fake.connections["ioband1"] = 1;
+  fake.remove_error = "1 connection of ioband1 still closing after 5 s";
+  const json reply = client.remove("ioband1", true);
+  EXPECT_FALSE(reply.value("ok", true));
+  EXPECT_NE(reply.value("error", std::string()).find("still closing"), std::string::npos) << reply;
+  EXPECT_TRUE(engine.scheduling("ioband1"));
+  EXPECT_EQ(read_file(path), saved);
+  fake.remove_error.clear();
+  ok(client.remove("ioband1", true));
+  EXPECT_FALSE(engine.scheduling("ioband1"));
+}
+
+// Not strict: a device that cannot be rebuilt is skipped and kept in the
+// state file as it was; the others start.
+TEST(ControlState, ANotStrictRestoreSkipsADeviceItCannotBuild) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  const std::string text = with_a_gone_device();
+  write_file(path, text);
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  EXPECT_EQ(engine.restore(false), "");
+  EXPECT_TRUE(fake.exports.contains("ioband1"));
+  EXPECT_FALSE(fake.exports.contains("ioband2"));
+  Client client{engine};
+  ok(client.message("ioband1", "weight 7"));
+  const json saved = json::parse(read_file(path));
+  ASSERT_EQ(saved["devices"].size(), 2u) << saved.dump();
+  EXPECT_EQ(saved["devices"][1]["name"], "ioband2");
+  EXPECT_EQ(saved["devices"][1]["groups"][0]["weight"], 1);
+  EXPECT_FALSE(client.create("ioband2", "0 2048 ioband /dev/sda2 1").value("ok", true));
+  ok(client.remove("ioband2"));
+  EXPECT_EQ(json::parse(read_file(path))["devices"].size(), 1u);
 }
 
 TEST(ControlState, AnUnreadableFileStopsTheStart) {

@@ -136,6 +136,7 @@ std::string parse_who(std::string_view who, AccessRule& rule) {
     return parse_account(who.substr(4), group, rule.id);
   } else if (who.starts_with("tls:")) {
     const std::string_view name = who.substr(4);
+    if (name.size() > 4096) return "the TLS identity in the rule is longer than 4096 bytes";
     if (name.empty()) return "tls: needs a name (a PSK username or a certificate's distinguished name); tls alone "
                              "matches every TLS client";
     for (unsigned char c : name) {
@@ -257,9 +258,9 @@ bool matches(const AccessRule& rule, const PeerIdentity& peer) noexcept {
     case Who::all: return true;
     case Who::unix_socket: return peer.unix_socket;
     case Who::tcp: return !peer.unix_socket;
-    case Who::uid: return peer.unix_socket && peer.uid == rule.id;
+    case Who::uid: return peer.unix_socket && peer.has_credentials && peer.uid == rule.id;
     case Who::gid:
-      return peer.unix_socket &&
+      return peer.unix_socket && peer.has_credentials &&
              (peer.gid == rule.id || std::find(peer.groups.begin(), peer.groups.end(), rule.id) != peer.groups.end());
     case Who::tls_any: return !peer.tls_identity.empty();
     case Who::tls: return !peer.tls_identity.empty() && peer.tls_identity == rule.tls_identity;

@@ -193,6 +193,7 @@ PeerIdentity identify(int fd, bool unix_socket) {
       peer.pid = cred.pid;
       peer.uid = cred.uid;
       peer.gid = cred.gid;
+      peer.has_credentials = true;
     }
     // Supplementary groups, for gid: access rules (ERANGE gives the size needed).
     std::vector<gid_t> groups(32);

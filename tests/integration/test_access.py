@@ -104,7 +104,7 @@ def unix_server():
         f"shared={images['shared']},allow=uid:{ALLOWED},allow-ro=uid:{READER},allow=uid:0",
         f"team={images['team']},deny=uid:{STRANGER},allow-ro=gid:{GROUP}",
     ]
-    with it.Server(exports, args=["--socket-mode", "0666"], tmpdir=tmp) as server:
+    with it.Server(exports, args=["--socket-mode", "0666"], tmpdir=tmp, peer="iobandd") as server:
         yield server
 
 
@@ -210,7 +210,7 @@ def test_tcp_address_rules():
     image = it.sparse_file(os.path.join(tmp, "t.img"), SIZE)
     spec = f"t={image},deny=127.0.0.3,allow=127.0.0.2,allow=::1,allow-ro=127.0.0.0/8"
     # No host: loopback only, IPv4 and IPv6, and no warning.
-    with it.Server([spec], args=["--listen", str(port)], tmpdir=tmp) as s:
+    with it.Server([spec], args=["--listen", str(port)], tmpdir=tmp, peer="iobandd") as s:
         ipv4 = ("127.0.0.1", port)
         outcomes = {}
         for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
@@ -250,7 +250,7 @@ def test_a_listener_other_hosts_reach_warns():
     port = it.free_tcp_port()
     tmp = it.make_tmpdir("ioband-access-tcp.")
     image = it.sparse_file(os.path.join(tmp, "t.img"), SIZE)
-    with it.Server([f"t={image}"], listen=f"0.0.0.0:{port}", tmpdir=tmp) as s:
+    with it.Server([f"t={image}"], listen=f"0.0.0.0:{port}", tmpdir=tmp, peer="iobandd") as s:
         log = open(s.procs[0][1]).read()
         assert f"warning: --listen 0.0.0.0:{port} serves NBD to other hosts without TLS" in log, log
 

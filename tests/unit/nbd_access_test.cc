@@ -29,6 +29,7 @@ std::string error_of(const std::string& text) {
 PeerIdentity unix_peer(unsigned uid, unsigned gid, std::vector<unsigned> groups = {}) {
   PeerIdentity peer;
   peer.unix_socket = true;
+  peer.has_credentials = true;
   peer.uid = uid;
   peer.gid = gid;
   peer.groups = std::move(groups);
@@ -95,7 +96,7 @@ TEST(NbdAccessRule, CanonicalTextRoundTrips) {
 }
 
 TEST(NbdAccessRule, BadRulesSayWhatIsWrong) {
-  const std::pair<const char*, const char*> cases[] = {
+  const std::pair<std::string, const char*> cases[] = {
       {"uid:1000", "expected allow=WHO, allow-ro=WHO or deny=WHO"},
       {"permit=all", "unknown action \"permit\""},
       {"allow-rw=all", "unknown action \"allow-rw\""},
@@ -110,6 +111,7 @@ TEST(NbdAccessRule, BadRulesSayWhatIsWrong) {
       {"allow=uid:-1", "no user named \"-1\""},
       {"allow=tls:", "tls: needs a name"},
       {"allow=tls:a\tb", "control character"},
+      {"allow=tls:" + std::string(4097, 'x'), "longer than 4096 bytes"},
       {"allow=10.0.0.0/33", "must be a number from 0 to 32"},
       {"allow=::/129", "must be a number from 0 to 128"},
       {"allow=10.0.0.0/", "must be a number from 0 to 32"},
@@ -127,7 +129,7 @@ TEST(NbdAccessRule, BadRulesSayWhatIsWrong) {
   for (const auto& [text, says] : cases) {
     const std::string why = error_of(text);
     EXPECT_NE(why.find(says), std::string::npos) << text << ": " << why;
-    EXPECT_EQ(why.rfind("access rule \"" + std::string(text) + "\"", 0), 0u) << why;
+    EXPECT_EQ(why.rfind("access rule \"" + text + "\"", 0), 0u) << why;
   }
 }
 
@@ -208,6 +210,12 @@ TEST(NbdAccessMatch, EachRuleMatchesItsKindOfConnectionOnly) {
   EXPECT_TRUE(matches(rule("allow=unix"), local));
   EXPECT_FALSE(matches(rule("allow=tcp"), local));
   EXPECT_FALSE(matches(rule("allow=::/0"), local));  // addresses never match a Unix socket
+  PeerIdentity anonymous = local;  // SO_PEERCRED failed: no uid 0 by default
+  anonymous.has_credentials = false;
+  anonymous.uid = anonymous.gid = 0;
+  EXPECT_FALSE(matches(rule("allow=uid:0"), anonymous));
+  EXPECT_FALSE(matches(rule("allow=gid:0"), anonymous));
+  EXPECT_TRUE(matches(rule("allow=unix"), anonymous));
 
   // A TCP peer has uid 0 in its (unset) fields: a uid rule must not match it.
   EXPECT_EQ(remote.uid, 0u);

@@ -349,6 +349,7 @@ std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& 
   config.io_throttle = after.io_throttle;
   config.io_limit = after.io_limit;
   config.type = device.type;
+  config.access = device.access;
   error = platform_.create_export(config, *device_groups_.at(id), device_id);
   if (!error.empty()) {
     (void)call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
@@ -468,6 +469,7 @@ Reply Engine::create(const Request& request) {
   device.path = line.path;
   device.sectors = line.sectors;
   device.device_group_id = line.device_group_id;
+  device.access = line.access;
   DeviceGroupSettings wanted;
   auto existing = state_.device_groups.find(line.device_group_id);
   if (existing != state_.device_groups.end()) wanted = existing->second;
@@ -728,6 +730,19 @@ Reply Engine::message(const Request& request) {
       settings.device_model = wanted;
       settings.device_model_calibrated = false;
       text = model_line(applied) + "\n";
+      break;
+    }
+    case Message::Verb::access: {
+      // New connections get the new list; those already open keep theirs.
+      if (message.access) {
+        changed = *message.access != device->access;
+        device->access = *message.access;
+        if (changed && platform_.set_access) platform_.set_access(device->name, device->access);
+      } else {
+        changed = false;
+      }
+      for (const std::string& word : nbd::access_words(device->access)) text += (text.empty() ? "" : " ") + word;
+      text += "\n";
       break;
     }
   }

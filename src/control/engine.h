@@ -53,6 +53,7 @@ struct DeviceConfig {
   uint32_t io_throttle = qos::kDefaultIoThrottle;  // the device group's current values
   uint32_t io_limit = qos::kDefaultIoLimit;
   GroupType type = GroupType::none;  // non-none only when restored from the state file
+  nbd::AccessList access;            // who may open the export (empty: everyone)
 };
 
 // What a path is: its size and the device number `table` prints.
@@ -84,6 +85,9 @@ struct Platform {
   // Classification may have changed (type, attach or detach): live
   // connections of the export compute their group again (optional).
   std::function<void(const std::string& name, GroupType type)> set_type;
+  // The export's access list changed: new connections get the new one
+  // (optional; connections already open keep theirs).
+  std::function<void(const std::string& name, const nbd::AccessList& access)> set_access;
   // Runs fn on the thread that owns device group `id` (a new id: pick its
   // reactor) and returns when it has run. After a settings change the
   // owner should let the device group dispatch again (DeviceGroupDriver::pump).

@@ -4,7 +4,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 namespace ioband::control {
 
@@ -51,10 +50,22 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
   if (eq == std::string::npos || eq == 0) return "--export " + text + ": expected NAME=PATH[,size=BYTES][,readonly]";
   out.name = text.substr(0, eq);
   if (out.name.size() > 4096) return "--export: the name is longer than 4096 bytes";
-  std::stringstream rest(text.substr(eq + 1));
-  std::string item;
+  // Items split at single commas; ",," stands for a comma.
+  std::vector<std::string> items(1);
+  const std::string rest = text.substr(eq + 1);
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (rest[i] != ',') {
+      items.back() += rest[i];
+    } else if (i + 1 < rest.size() && rest[i + 1] == ',') {
+      items.back() += ',';
+      ++i;
+    } else {
+      items.emplace_back();
+    }
+  }
+  if (!rest.empty() && rest.back() == ',' && items.back().empty()) items.pop_back();
   bool first = true;
-  while (std::getline(rest, item, ',')) {
+  for (const std::string& item : items) {
     if (first) {
       out.path = item;
       first = false;
@@ -98,10 +109,16 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
       unsigned long ms = std::strtoul(value.c_str(), &end, 10);
       if (*end != '\0' || ms > 600000) return "--export " + out.name + ": fault-delay-ms '" + value + "' must be 0..600000";
       out.fault_delay_ms = static_cast<uint32_t>(ms);
+    } else if (key == "allow" || key == "allow-ro" || key == "deny") {
+      nbd::AccessRule rule;
+      if (std::string why = nbd::parse_access_rule(item, rule); !why.empty()) return "--export " + out.name + ": " + why;
+      out.access.push_back(std::move(rule));
     } else {
       return "--export " + out.name + ": unknown key '" + key + "'";
     }
   }
+  if (std::string why = nbd::check_access_list(out.access); !why.empty()) return "--export " + out.name + ": " + why;
+  if (out.access.size() == 1 && out.access.front() == nbd::AccessRule{}) out.access.clear();  // allow=all
   if (out.backend == "raw" && out.path.empty()) return "--export " + out.name + ": a raw export needs a PATH";
   if (out.backend == "memory" && out.size == 0) return "--export " + out.name + ": a memory export needs size=BYTES";
   return std::nullopt;

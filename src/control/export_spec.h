@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "nbd/access.h"
+
 namespace ioband::control {
 
 struct ExportSpec {
@@ -18,9 +20,12 @@ struct ExportSpec {
   int fault_errno = 0;
   double fault_rate = 1.0;
   uint32_t fault_delay_ms = 0;
+  nbd::AccessList access;  // allow=, allow-ro=, deny= in order; empty: everyone
 };
 
-// Parses "NAME=PATH[,key[=value]...]". Returns an error sentence or nothing.
+// Parses "NAME=PATH[,key[=value]...]"; ",," is a comma inside a value (as
+// QEMU writes it), for a certificate DN in tls:NAME. Returns an error
+// sentence or nothing.
 std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec& out);
 // "4096", "64K", "1M", "2G", "1GiB": binary multiples.
 std::optional<uint64_t> parse_size(const std::string& text);

@@ -13,6 +13,8 @@ std::string table_line(const DeviceState& device, const DeviceGroupSettings& dev
   line += "0 " + std::to_string(device.sectors) + " ioband " + std::to_string(device.major) + ":" +
           std::to_string(device.minor) + " " + std::to_string(device.device_group_id) + " " +
           std::to_string(device_group.io_throttle) + " " + std::to_string(device_group.io_limit);
+  // Access rules as create takes them; none when everyone may connect.
+  for (const nbd::AccessRule& rule : device.access) line += " " + nbd::to_string(rule);
   return line;
 }
 
@@ -78,6 +80,7 @@ json table_json(const DeviceState& device, const DeviceGroupSettings& device_gro
       {"token", device_group.token},
       {"carryover", device_group.carryover},
       {"type", std::string(nbd::to_string(device.type))},
+      {"access", nbd::access_words(device.access)},
       {"limits", limits_to_json(device.limits)},
       {"device_model", model_to_json(device_group)},
       {"groups", std::move(groups)},

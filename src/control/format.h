@@ -11,8 +11,9 @@
 
 namespace ioband::control {
 
-// "ioband1: 0 44371467 ioband 202:33 128 10 400" (no newline); without the
-// "NAME: " prefix when with_name is false (dmsetup table NAME).
+// "ioband1: 0 44371467 ioband 202:33 128 10 400" (no newline), then the
+// access rules if it has any; without the "NAME: " prefix when with_name
+// is false (dmsetup table NAME).
 std::string table_line(const DeviceState& device, const DeviceGroupSettings& device_group, bool with_name);
 // Everything about the device: the table's fields plus type, policy, token,
 // carryover, limits, and each group's weight, range-bw and limits.

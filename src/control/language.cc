@@ -40,6 +40,7 @@ constexpr std::pair<std::string_view, Message::Verb> kVerbs[] = {
     {"reset", Message::Verb::reset},
     {"limit", Message::Verb::limit},
     {"model", Message::Verb::model},
+    {"access", Message::Verb::access},
 };
 
 // Splits "ID:REST" when the part before the first ':' is a group id.
@@ -153,10 +154,24 @@ std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
   if (lines.size() > 1) {
     return Error::bad_usage("expected one table line, got " + std::to_string(lines.size()), usage);
   }
-  const auto words = split_words(lines.front());
+  auto words = split_words(lines.front());
+  // Access rules (KEY=WHO) follow the numbers.
+  std::vector<std::string> rules;
+  while (words.size() > 5 && words.back().find('=') != std::string::npos) {
+    rules.insert(rules.begin(), words.back());
+    words.pop_back();
+  }
+  for (size_t i = 5; i < words.size(); ++i) {
+    if (words[i].find('=') != std::string::npos) {
+      return Error::bad_usage("the access rule " + quoted(words[i]) + " comes before " + quoted(words[i + 1]) +
+                                  "; access rules come last, after IO_THROTTLE and IO_LIMIT",
+                              usage);
+    }
+  }
   if (words.size() < 5 || words.size() > 7) {
-    return Error::bad_usage("the table line has " + std::to_string(words.size()) +
-                                " fields; expected 5 to 7: 0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]",
+    return Error::bad_usage("the table line has " + std::to_string(words.size() + rules.size()) +
+                                " fields; expected 0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] "
+                                "then any access rules (allow=WHO, allow-ro=WHO, deny=WHO)",
                             usage);
   }
   TableLine line;
@@ -193,6 +208,9 @@ std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
       return Error::bad_usage("the I/O limit " + quoted(words[6]) + " is not a positive integer", usage);
     }
     line.io_limit = static_cast<uint32_t>(*io_limit);
+  }
+  if (std::string why = nbd::parse_access_list(rules, line.access); !why.empty()) {
+    return Error::bad_usage(why, usage);
   }
   out = std::move(line);
   return std::nullopt;
@@ -260,6 +278,19 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
     out.verb = *verb;
     return parse_model(args, out);
   }
+  if (*verb == Message::Verb::access) {
+    // No rule: show the list; otherwise the rules replace it, in order.
+    Message message;
+    message.verb = *verb;
+    if (args.size() > 1) {
+      nbd::AccessList rules;
+      const std::vector<std::string> words(args.begin() + 1, args.end());
+      if (std::string why = nbd::parse_access_list(words, rules); !why.empty()) return Error::bad_usage(why, usage);
+      message.access = std::move(rules);
+    }
+    out = std::move(message);
+    return std::nullopt;
+  }
   const size_t wanted = *verb == Message::Verb::reset ? 0 : 1;
   const size_t given = args.size() - 1;
   if (given < wanted) return Error::bad_usage(verb_word + " needs an argument", usage);
@@ -275,7 +306,8 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
 
   switch (*verb) {
     case Message::Verb::reset:
-    case Message::Verb::model: break;
+    case Message::Verb::model:
+    case Message::Verb::access: break;
 
     case Message::Verb::type: {
       std::string_view name = arg;

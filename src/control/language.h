@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "control/error.h"
+#include "nbd/access.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
 #include "qos/device_model.h"
@@ -18,13 +19,15 @@
 
 namespace ioband::control {
 
-// "0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]"
+// "0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] [RULE...]",
+// RULE an access rule (nbd/access.h: allow=WHO, allow-ro=WHO, deny=WHO).
 struct TableLine {
   uint64_t sectors = 0;
   std::string path;
   int device_group_id = 0;
   std::optional<uint32_t> io_throttle;
   std::optional<uint32_t> io_limit;
+  nbd::AccessList access;  // empty: everyone
 };
 
 // Accepts one line (blank lines and lines starting with '#' are ignored).
@@ -32,7 +35,8 @@ std::optional<Error> parse_table_line(std::string_view text, TableLine& out);
 
 struct Message {
   enum class Verb {
-    type, attach, detach, weight, token, carryover, io_throttle, io_limit, policy, range_bw, reset, limit, model
+    type, attach, detach, weight, token, carryover, io_throttle, io_limit, policy, range_bw, reset, limit, model,
+    access
   };
   Verb verb = Verb::reset;
   nbd::GroupType type = nbd::GroupType::none;  // type
@@ -45,6 +49,7 @@ struct Message {
   bool clear_limits = false;                   // limit [ID:]none
   std::vector<std::pair<std::string, uint64_t>> model;   // model: KEY=VAL in order; empty: show the model
   bool model_default = false;                  // model default
+  std::optional<nbd::AccessList> access;       // access: the new list; nullopt: show it
 };
 // weight, range-bw without ID: the device's default group. limit without
 // ID: the whole device; with -1: the default group.

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "nbd/access.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
 #include "qos/device_model.h"
@@ -49,6 +50,7 @@ struct DeviceState {
   nbd::GroupType type = nbd::GroupType::none;
   std::map<int64_t, GroupSettings> groups{{qos::kDefaultGroup, {}}};  // -1 first, then ascending
   qos::Limits limits;  // of the whole device
+  nbd::AccessList access;  // who may open its export; empty: everyone, read-write
 
   // Runtime only (not saved).
   qos::DeviceId device = 0;  // index within its device group

@@ -142,7 +142,7 @@ DeviceGroupSettings device_group_from(const json& object, const std::string& whe
 }
 
 DeviceState device_from(const json& object, const std::string& where) {
-  check_keys(object, where, {"name", "path", "sectors", "device_group_id", "type", "limits", "groups"});
+  check_keys(object, where, {"name", "path", "sectors", "device_group_id", "type", "limits", "groups", "access"});
   DeviceState device;
   device.name = string(object, where, "name");
   if (auto why = check_device_name(device.name); !why.empty()) invalid(child(where, "name"), why);
@@ -176,6 +176,20 @@ DeviceState device_from(const json& object, const std::string& where) {
   if (device.type == nbd::GroupType::none && device.groups.size() > 1) {
     invalid(child(where, "groups"), "groups are attached but the type is none");
   }
+  // Optional: absent in files written before access lists, and when
+  // everyone may connect.
+  if (object.contains("access")) {
+    const json& rules = object.at("access");
+    const std::string at = child(where, "access");
+    if (!rules.is_array()) invalid(at, "expected an array of access rules");
+    std::vector<std::string> words;
+    for (size_t i = 0; i < rules.size(); ++i) {
+      if (!rules[i].is_string()) invalid(at + "[" + std::to_string(i) + "]", "expected a string");
+      words.push_back(rules[i].get<std::string>());
+    }
+    if (words.empty()) invalid(at, "an empty list; leave the key out for everyone");
+    if (std::string why = nbd::parse_access_list(words, device.access); !why.empty()) invalid(at, why);
+  }
   return device;
 }
 
@@ -205,13 +219,15 @@ json state_to_json(const State& state) {
                         {"range_bw", {{"min_kib", group.range_bw.min_kib}, {"max_kib", group.range_bw.max_kib}}},
                         {"limits", limits_to_json(group.limits)}});
     }
-    devices.push_back({{"name", device.name},
-                       {"path", device.path},
-                       {"sectors", device.sectors},
-                       {"device_group_id", device.device_group_id},
-                       {"type", std::string(nbd::to_string(device.type))},
-                       {"limits", limits_to_json(device.limits)},
-                       {"groups", std::move(groups)}});
+    json object = {{"name", device.name},
+                   {"path", device.path},
+                   {"sectors", device.sectors},
+                   {"device_group_id", device.device_group_id},
+                   {"type", std::string(nbd::to_string(device.type))},
+                   {"limits", limits_to_json(device.limits)},
+                   {"groups", std::move(groups)}};
+    if (!device.access.empty()) object["access"] = nbd::access_words(device.access);
+    devices.push_back(std::move(object));
   }
   return {{"version", kStateVersion}, {"device_groups", std::move(device_groups)}, {"devices", std::move(devices)}};
 }

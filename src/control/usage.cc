@@ -12,10 +12,10 @@ struct Entry {
 };
 
 constexpr Entry kCommands[] = {
-    {"create", "iobandctl create NAME < '0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]'"},
+    {"create", "iobandctl create NAME < '0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] [RULE...]'"},
     {"remove", "iobandctl remove [--force] NAME"},
     {"message", "iobandctl message NAME 0 VERB [ARG]  (VERB: type attach detach weight token carryover io_throttle "
-                "io_limit policy range-bw limit model reset)"},
+                "io_limit policy range-bw limit model access reset)"},
     {"calibrate", "iobandctl calibrate [--seconds N] NAME"},
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
@@ -35,6 +35,7 @@ constexpr Entry kMessageVerbs[] = {
     {"range-bw", "iobandctl message NAME 0 range-bw [ID:]MIN:MAX"},
     {"limit", "iobandctl message NAME 0 limit [ID:]KEY=VAL[,KEY=VAL...]|[ID:]none"},
     {"model", "iobandctl message NAME 0 model [KEY=VAL[,KEY=VAL...]|default]"},
+    {"access", "iobandctl message NAME 0 access [RULE...]  (RULE: allow=WHO, allow-ro=WHO, deny=WHO)"},
     {"reset", "iobandctl message NAME 0 reset"},
 };
 
@@ -43,19 +44,23 @@ constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
      R"(Create an ioband device NAME and publish it at once as the NBD export NAME.
 The table line is read from standard input (or given with --table LINE):
 
-  0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]]
+  0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] [RULE...]
 
   SECTORS          512-byte sectors of PATH to serve (PATH must be at least this large)
   PATH             an image file or a block device
   DEVICE_GROUP_ID  devices with the same ID share one scheduler (one physical disk)
   IO_THROTTLE      below this many requests in flight, no control (default 4)
   IO_LIMIT         with this many in flight, every new request waits (default 128)
+  RULE             who may connect (see "iobandctl message --help", access);
+                   given here, the export is never open to others, not even
+                   for a moment. Without rules everyone may read and write.
 
 The device starts with its default group (weight 100) and type none.
 
 Example:
   echo "0 $(blockdev --getsize /dev/sda1) ioband /dev/sda1 1" | iobandctl create ioband1
   echo "0 2097152 ioband /srv/vm1.img 1 10 200" | iobandctl create vm1
+  echo "0 2097152 ioband /srv/vm2.img 1 allow=uid:qemu allow-ro=gid:backup" | iobandctl create vm2
 )"},
     {"remove",
      R"(Remove the ioband device NAME and all its groups. Refused while NBD clients
@@ -99,6 +104,21 @@ Example:
                        its best); keys not given keep their value. Without an
                        argument: print the model. "model default": back to
                        the default model
+  access [RULE...]     who may open the device's export, and whether they may
+                       write; the rules replace the list, in order, and the
+                       first that matches a client decides; a client no rule
+                       matches is refused. Without a RULE: print the list.
+                       RULE: allow=WHO (read-write), allow-ro=WHO (read-only:
+                       the client sees a read-only export, writes get EPERM),
+                       deny=WHO. WHO: all; unix or tcp (the transport);
+                       uid:USER, gid:GROUP (Unix-socket clients; a number or a
+                       name; gid matches supplementary groups too); an address
+                       or network (127.0.0.1, 10.0.0.0/8, ::1, fd00::/8: TCP
+                       clients); tls (any TLS client), tls:NAME (its PSK
+                       username or certificate DN). "access allow=all": every
+                       client (the default). New connections get the new
+                       list; open ones keep theirs. Refused clients do not see
+                       the export in NBD_OPT_LIST and get NBD_REP_ERR_POLICY
   reset                clear the statistics of the device's groups
 
 Examples:
@@ -108,6 +128,7 @@ Examples:
   iobandctl message ioband1 0 weight 1000:30
   iobandctl message ioband1 0 limit 1000:iops-total=200,bps-write=10M
   iobandctl message ioband1 0 model rbps=500M,rrandiops=40000,depth=16
+  iobandctl message ioband1 0 access allow=uid:1000 allow-ro=10.0.0.0/8 deny=all
   iobandctl message ioband1 0 reset
 )"},
     {"calibrate",
@@ -158,9 +179,10 @@ prefix), one line each:
   NAME: 0 SECTORS ioband MAJOR:MINOR DEVICE_GROUP_ID IO_THROTTLE IO_LIMIT
 
 MAJOR:MINOR is the block device's number, or for an image file that of the
-device holding its file system. --json adds the type, policy, token,
-carryover, limits, every group's weight, and the device group's device
-model (with "calibrated": true when iobandctl calibrate measured it).
+device holding its file system. A device with access rules shows them after
+IO_LIMIT, as create takes them. --json adds the access list ("access"), the
+type, policy, token, carryover, limits, every group's weight, and the device
+group's device model (with "calibrated": true when iobandctl calibrate measured it).
 
 Example:
   iobandctl table --target ioband

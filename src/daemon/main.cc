@@ -56,7 +56,14 @@ std::string open_export(const control::ExportSpec& spec, bool image_locks, nbd::
   out.description = spec.description;
   out.read_only = spec.read_only;
   out.backend = std::move(backend);
+  if (!spec.access.empty()) out.set_access(spec.access);
   return {};
+}
+
+std::string join(const std::vector<std::string>& words, const std::string& separator) {
+  std::string text;
+  for (const std::string& word : words) text += (text.empty() ? "" : separator) + word;
+  return text;
 }
 
 // The embedded default: a sparse 1 GiB image in the state directory.
@@ -99,11 +106,18 @@ int main(int argc, char** argv) {
   app.add_option("--socket-mode", socket_mode,
                  "permissions of the NBD socket, octal (e.g. 0666 so that clients of other users, "
                  "classified by 'type user', can connect); default from the umask");
-  app.add_option("--listen", listen, "also serve NBD over TCP on HOST:PORT");
+  app.add_option("--listen", listen,
+                 "also serve NBD over TCP on [HOST:]PORT; without a HOST (10809 or :10809) on the loopback "
+                 "addresses only. Serving other hosts without TLS prints a warning: limit who may connect with "
+                 "the exports' access lists (allow=...)");
   app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
                  "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
-                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N] (repeatable)");
+                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N][,allow=WHO][,allow-ro=WHO][,deny=WHO]... "
+                 "(repeatable). Access rules, first match decides, none matches: refused; without rules "
+                 "everyone may read and write. WHO: all, unix, tcp, uid:USER, gid:GROUP, an address or "
+                 "network (127.0.0.1, 10.0.0.0/8, ::1, fd00::/8), tls, tls:NAME (PSK username or certificate "
+                 "DN; write a comma in it as ,,). E.g. disk=/srv/disk.img,allow=uid:1000,allow-ro=gid:disk");
   app.add_option("--threads", threads, "reactor threads (one event loop each)")->check(CLI::Range(1u, 64u))->capture_default_str();
   int64_t poll_max_us = io::Reactor::kDefaultPollMaxUs;
   app.add_option("--poll-max-us", poll_max_us,
@@ -124,6 +138,10 @@ int main(int argc, char** argv) {
                  "seconds a control client may take to send a request line or read a reply, or stay silent")
       ->check(CLI::Range(1, 3600))
       ->capture_default_str();
+  // --tls on|require sets it (the TLS options): TCP clients can then be
+  // authenticated and encrypted, and a listener other hosts reach is no
+  // longer worth a warning.
+  bool tls_enabled = false;
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -138,10 +156,12 @@ int main(int argc, char** argv) {
 
   if (!listen.empty()) {
     const auto colon = listen.rfind(':');
-    if (colon == std::string::npos || colon + 1 == listen.size() ||
-        listen.find_first_not_of("0123456789", colon + 1) != std::string::npos || listen.size() - colon > 6 ||
-        std::stoul(listen.substr(colon + 1)) == 0 || std::stoul(listen.substr(colon + 1)) > 65535) {
-      std::cerr << "iobandd: --listen " << listen << ": expected HOST:PORT, e.g. 127.0.0.1:10809\n";
+    const size_t port_at = colon == std::string::npos ? 0 : colon + 1;
+    if (port_at == listen.size() || listen.find_first_not_of("0123456789", port_at) != std::string::npos ||
+        listen.size() - port_at > 5 || std::stoul(listen.substr(port_at)) == 0 ||
+        std::stoul(listen.substr(port_at)) > 65535) {
+      std::cerr << "iobandd: --listen " << listen
+                << ": expected [HOST:]PORT, e.g. 10809 (loopback only), 127.0.0.1:10809 or 0.0.0.0:10809\n";
       return 2;
     }
   }
@@ -221,7 +241,8 @@ int main(int argc, char** argv) {
     }
     e->reactor = reactor_ptrs[i % reactor_ptrs.size()];
     log_line("export " + e->name + ": " + e->backend->describe() + ", " + std::to_string(e->backend->size()) +
-             " bytes" + (e->is_read_only() ? ", read-only" : ""));
+             " bytes" + (e->is_read_only() ? ", read-only" : "") +
+             (specs[i].access.empty() ? "" : ", access " + join(nbd::access_words(specs[i].access), " ")));
     exports.add(std::move(e));
   }
 
@@ -243,6 +264,12 @@ int main(int argc, char** argv) {
     if (auto error = server.listen_tcp(listen); !error.empty()) {
       std::cerr << "iobandd: --listen " << error << "\n";
       return 1;
+    }
+    for (const std::string& where : server.tcp_listeners(true)) {
+      if (tls_enabled) break;
+      log_line("warning: --listen " + where + " serves NBD to other hosts without TLS: whoever reaches it reads "
+               "and writes every export whose access list lets them in (every export without one); give each "
+               "export allow=... rules, or listen on 127.0.0.1");
     }
   }
 
@@ -310,7 +337,7 @@ int main(int argc, char** argv) {
   arm_signal();
 
   log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
-           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
+           (listen.empty() ? "" : " and tcp " + join(server.tcp_listeners(), " ")) + " with " + std::to_string(threads) + " thread(s)");
 
   std::vector<std::thread> workers;
   for (size_t i = 1; i < reactors.size(); ++i) {

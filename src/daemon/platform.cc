@@ -27,6 +27,9 @@ control::Platform DaemonPlatform::make() {
       e->scheduling.epoch.fetch_add(1, std::memory_order_release);
     }
   };
+  p.set_access = [this](const std::string& name, const nbd::AccessList& access) {
+    if (auto e = exports_.find(name)) e->set_access(access);
+  };
   p.hold_exports = [this](const std::vector<std::string>& names, bool hold) {
     int connections = 0;
     for (const std::string& name : names) {
@@ -75,6 +78,7 @@ std::string DaemonPlatform::create_export(const control::DeviceConfig& config, q
   e->scheduling.driver = driver;
   e->scheduling.device = device;
   e->scheduling.type.store(config.type);
+  if (!config.access.empty()) e->set_access(config.access);
   log_line("ioband device " + config.name + ": " + e->backend->describe() + ", " + std::to_string(config.sectors) +
            " sectors, device group " + std::to_string(config.device_group_id));
   if (!exports_.add(std::move(e))) return "an export named " + config.name + " already exists";

@@ -2,10 +2,12 @@
 // Classification: which ioband group of its device a connection's requests
 // belong to, from who the client is and the device's group type.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ioband::nbd {
 
@@ -23,7 +25,12 @@ struct PeerIdentity {
   int pgrp = -1;
   uint64_t cgroup_id = 0;  // inode of the client's cgroup v2 directory
   uint32_t ipv4 = 0;       // TCP over IPv4: the address as a number
+  bool has_credentials = false;  // Unix socket: uid and gid are the peer's (SO_PEERCRED)
+  std::vector<unsigned> groups;  // Unix socket: supplementary group ids (SO_PEERGROUPS)
+  bool has_ip = false;           // TCP: ip holds the client's address
+  std::array<uint8_t, 16> ip{};  // IPv6, or IPv4 as ::ffff:a.b.c.d (access rules)
   std::string address;     // for logs: "host:port" or "pid N uid N"
+  std::string tls_identity;  // TLS: PSK username or certificate DN; empty when TLS is not in use
 };
 
 inline constexpr int64_t kDefaultGroupId = -1;

@@ -12,6 +12,7 @@
 
 #include "io/backend.h"
 #include "io/reactor.h"
+#include "nbd/access.h"
 #include "nbd/classify.h"
 #include "nbd/protocol.h"
 #include "qos/request.h"
@@ -42,6 +43,18 @@ struct Export {
   // storage in place). See admit().
   std::atomic<bool> held{false};
   Scheduling scheduling;
+  // Who may open it (nbd/access.h); null: everyone. Replaced whole by the
+  // control plane, read by handshakes; a session keeps what it was given.
+  std::atomic<std::shared_ptr<const AccessList>> access;
+
+  Access access_for(const PeerIdentity& peer) const noexcept {
+    const std::shared_ptr<const AccessList> rules = access.load();
+    const Access given = rules ? nbd::access_for(*rules, peer) : Access::read_write;
+    return given == Access::read_write && is_read_only() ? Access::read_only : given;
+  }
+  void set_access(AccessList rules) {
+    access.store(std::make_shared<const AccessList>(std::move(rules)));
+  }
 
   // Counts a new connection, unless the export is held. The count goes up
   // before `held` is read, and the control plane sets `held` before it reads
@@ -54,10 +67,11 @@ struct Export {
     return false;
   }
 
-  uint16_t transmission_flags() const noexcept {
+  // client_read_only: this client may only read (an allow-ro rule).
+  uint16_t transmission_flags(bool client_read_only = false) const noexcept {
     const io::BackendTraits traits = backend->traits();
     uint16_t flags = kTxHasFlags | kTxSendFlush | kTxSendFua | kTxSendCache | kTxCanMultiConn | kTxSendDf;
-    if (read_only || traits.read_only) {
+    if (read_only || traits.read_only || client_read_only) {
       flags |= kTxReadOnly;
     } else {
       flags |= kTxSendWriteZeroes;

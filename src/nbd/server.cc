@@ -21,6 +21,7 @@ struct Server::Listener final : io::Completion {
   Server* server = nullptr;
   int fd = -1;
   bool unix_socket = false;
+  bool loopback = false;  // TCP on a loopback address
   bool multishot = true;
   bool armed = false;
   std::string where;
@@ -83,39 +84,93 @@ std::string Server::listen_unix(const std::string& path) {
   return {};
 }
 
+namespace {
+
+bool is_loopback(const sockaddr* address) noexcept {
+  if (address->sa_family == AF_INET) {
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(address)->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (address->sa_family != AF_INET6) return false;
+  const in6_addr& a = reinterpret_cast<const sockaddr_in6*>(address)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(&a) || (IN6_IS_ADDR_V4MAPPED(&a) && a.s6_addr[12] == 127);
+}
+
+std::string numeric_address(const sockaddr* address, socklen_t length) {
+  char host[NI_MAXHOST] = "?", port[NI_MAXSERV] = "?";
+  getnameinfo(address, length, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
+  return address->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + port : std::string(host) + ":" + port;
+}
+
+}  // namespace
+
+// "HOST:PORT", "[IPV6]:PORT", or without a host (":PORT", "PORT") the
+// loopback addresses only: serving the network is a choice to spell out.
+// Every address the host resolves to gets a listener (localhost: 127.0.0.1
+// and ::1), IPv6 ones then IPv6-only so that both can bind the port.
 std::string Server::listen_tcp(const std::string& host_port) {
+  std::string host, port;
   const auto colon = host_port.rfind(':');
-  if (colon == std::string::npos || colon + 1 == host_port.size()) return host_port + ": expected HOST:PORT";
-  std::string host = host_port.substr(0, colon);
-  const std::string port = host_port.substr(colon + 1);
+  if (colon == std::string::npos) {
+    port = host_port;
+  } else {
+    host = host_port.substr(0, colon);
+    port = host_port.substr(colon + 1);
+  }
+  if (port.empty()) return host_port + ": expected [HOST:]PORT";
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  hints.ai_flags = AI_NUMERICSERV;  // no host and no AI_PASSIVE: the loopback addresses
   addrinfo* result = nullptr;
   int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &result);
   if (rc != 0) return host_port + ": " + gai_strerror(rc);
-  std::string error;
-  int fd = -1;
+  bool v4 = false, v6 = false;
   for (addrinfo* ai = result; ai; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) continue;
+    v4 |= ai->ai_family == AF_INET;
+    v6 |= ai->ai_family == AF_INET6;
+  }
+  std::vector<std::unique_ptr<Listener>> bound;
+  std::string error;
+  for (addrinfo* ai = result; ai && error.empty(); ai = ai->ai_next) {
+    const std::string where = numeric_address(ai->ai_addr, ai->ai_addrlen);
+    bool duplicate = false;
+    for (const auto& l : bound) duplicate |= l->where == where;
+    if (duplicate) continue;
+    const int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      if (errno != EAFNOSUPPORT) error = where + ": " + std::strerror(errno);
+      continue;
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0) break;
-    error = host_port + ": " + std::strerror(errno);
-    close(fd);
-    fd = -1;
+    if (ai->ai_family == AF_INET6 && v4 && v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+      // A host without IPv6 (or IPv4) has no such loopback address: skip it.
+      if (errno != EADDRNOTAVAIL && errno != EAFNOSUPPORT) error = where + ": " + std::strerror(errno);
+      close(fd);
+      continue;
+    }
+    auto l = std::make_unique<Listener>();
+    l->server = this;
+    l->fd = fd;
+    l->where = where;
+    l->loopback = is_loopback(ai->ai_addr);
+    bound.push_back(std::move(l));
   }
   freeaddrinfo(result);
-  if (fd < 0) return error.empty() ? host_port + ": no usable address" : error;
-  auto l = std::make_unique<Listener>();
-  l->server = this;
-  l->fd = fd;
-  l->where = host_port;
-  listeners_.push_back(std::move(l));
+  if (!error.empty()) return error;  // the listeners bound so far close with `bound`
+  if (bound.empty()) return host_port + ": no usable address";
+  for (auto& l : bound) listeners_.push_back(std::move(l));
   return {};
+}
+
+std::vector<std::string> Server::tcp_listeners(bool exposed_only) const {
+  std::vector<std::string> out;
+  for (const auto& l : listeners_) {
+    if (!l->unix_socket && !(exposed_only && l->loopback)) out.push_back(l->where);
+  }
+  return out;
 }
 
 void Server::start() {
@@ -139,6 +194,19 @@ PeerIdentity identify(int fd, bool unix_socket) {
       peer.pid = cred.pid;
       peer.uid = cred.uid;
       peer.gid = cred.gid;
+      peer.has_credentials = true;
+    }
+    // Supplementary groups, for gid: access rules (ERANGE gives the size needed).
+    std::vector<gid_t> groups(32);
+    for (int tries = 0; tries < 3; ++tries) {
+      socklen_t bytes = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &bytes) == 0) {
+        groups.resize(bytes / sizeof(gid_t));
+        peer.groups.assign(groups.begin(), groups.end());
+        break;
+      }
+      if (errno != ERANGE) break;
+      groups.resize(bytes / sizeof(gid_t) + 1);
     }
     peer.address = "pid " + std::to_string(peer.pid) + " uid " + std::to_string(peer.uid);
     read_process_identity(peer);
@@ -152,7 +220,23 @@ PeerIdentity identify(int fd, bool unix_socket) {
     char host[NI_MAXHOST] = "?", port[NI_MAXSERV] = "?";
     getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, host, sizeof host, port, sizeof port,
                 NI_NUMERICHOST | NI_NUMERICSERV);
-    if (ss.ss_family == AF_INET) peer.ipv4 = ntohl(reinterpret_cast<sockaddr_in*>(&ss)->sin_addr.s_addr);
+    if (ss.ss_family == AF_INET) {
+      const in_addr a = reinterpret_cast<sockaddr_in*>(&ss)->sin_addr;
+      peer.ipv4 = ntohl(a.s_addr);
+      peer.ip[10] = peer.ip[11] = 0xff;
+      std::memcpy(&peer.ip[12], &a, 4);
+      peer.has_ip = true;
+    } else if (ss.ss_family == AF_INET6) {
+      const in6_addr& a = reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr;
+      std::memcpy(peer.ip.data(), &a, 16);
+      peer.has_ip = true;
+      // An IPv4 client of a dual-stack socket is classified as IPv4 too.
+      if (IN6_IS_ADDR_V4MAPPED(&a)) {
+        uint32_t v4;
+        std::memcpy(&v4, &peer.ip[12], 4);
+        peer.ipv4 = ntohl(v4);
+      }
+    }
     peer.address = ss.ss_family == AF_INET6 ? "[" + std::string(host) + "]:" + port : std::string(host) + ":" + port;
   }
   return peer;

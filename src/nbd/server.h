@@ -22,7 +22,11 @@ class Server {
 
   // Both return an empty string or a sentence saying what failed.
   std::string listen_unix(const std::string& path);
+  // "HOST:PORT", "[IPV6]:PORT"; ":PORT" or "PORT": loopback only.
   std::string listen_tcp(const std::string& host_port);
+  // The TCP addresses listened on ("127.0.0.1:10809", "[::1]:10809");
+  // exposed_only: those other hosts can reach (not loopback).
+  std::vector<std::string> tcp_listeners(bool exposed_only = false) const;
 
   // Starts accepting; call from reactor 0's thread or before it runs.
   void start();

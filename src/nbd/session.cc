@@ -301,14 +301,20 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
         begin_close("unknown export");
         return;
       }
+      const Access access = access_to(*e);
+      if (access == Access::denied) {  // as for an unknown export: no way to say why
+        begin_close("access denied");
+        return;
+      }
       if (!e->admit()) {  // this old-style option has no way to say why
         log_line("connection " + std::to_string(id_) + ": export '" + name + "' is held (calibration)");
         begin_close("export held");
         return;
       }
       export_ = std::move(e);
+      client_read_only_ = access == Access::read_only;
       uint8_t reply[10 + 124] = {};
-      store16(store64(reply, export_->backend->size()), export_->transmission_flags());
+      store16(store64(reply, export_->backend->size()), export_->transmission_flags(client_read_only_));
       handshake_out_.append(reinterpret_cast<char*>(reply), no_zeroes_ ? 10 : sizeof reply);
       schedule_flush();
       enter_transmission();
@@ -321,6 +327,7 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
     case kOptList: {
       if (length != 0) return option_error(option, kRepErrInvalid, "LIST takes no data");
       for (auto& e : host_.exports->list()) {
+        if (e->access_for(peer_) == Access::denied) continue;  // only what this client may open
         std::string body(4, '\0');
         store32(reinterpret_cast<uint8_t*>(body.data()), static_cast<uint32_t>(e->name.size()));
         body += e->name;
@@ -357,6 +364,8 @@ void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t l
   std::string name(reinterpret_cast<const char*>(data + 4), name_length);
   auto e = host_.exports->find_for_client(name);
   if (!e) return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
+  const Access access = access_to(*e);
+  if (access == Access::denied) return option_error(option, kRepErrPolicy, access_denied(*e));
   if (option == kOptGo && !e->admit()) {
     return option_error(option, kRepErrPolicy,
                         "export '" + e->name + "' takes no connection while iobandctl calibrate rewrites its block "
@@ -364,7 +373,7 @@ void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t l
   }
 
   uint8_t info[14];
-  store16(store64(store16(info, kInfoExport), e->backend->size()), e->transmission_flags());
+  store16(store64(store16(info, kInfoExport), e->backend->size()), e->transmission_flags(access == Access::read_only));
   option_reply(option, kRepInfo, info, 12);
   for (uint16_t i = 0; i < requests; ++i) {
     const uint16_t type = load16(data + 4 + name_length + 2 + 2u * i);
@@ -387,6 +396,7 @@ void Session::handle_info_or_go(uint32_t option, const uint8_t* data, uint32_t l
   option_reply(option, kRepAck, nullptr, 0);
   if (option == kOptGo) {
     export_ = std::move(e);
+    client_read_only_ = access == Access::read_only;
     enter_transmission();
   }
 }
@@ -413,9 +423,9 @@ void Session::handle_meta_context(uint32_t option, const uint8_t* data, uint32_t
     pos += qlen;
   }
   if (pos != length) return option_error(option, kRepErrInvalid, "trailing data after meta context queries");
-  if (!host_.exports->find_for_client(name)) {
-    return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
-  }
+  const auto e = host_.exports->find_for_client(name);
+  if (!e) return option_error(option, kRepErrUnknown, "no export named '" + name + "'");
+  if (e->access_for(peer_) == Access::denied) return option_error(option, kRepErrPolicy, access_denied(*e));
   bool match = false;
   if (option == kOptListMetaContext && asked.empty()) match = true;
   for (const auto& q : asked) {
@@ -433,15 +443,33 @@ void Session::handle_meta_context(uint32_t option, const uint8_t* data, uint32_t
   option_reply(option, kRepAck, nullptr, 0);
 }
 
+// What this client may do with export e (its access list); a refusal is
+// logged here, with who the client was seen as.
+Access Session::access_to(const Export& e) noexcept {
+  const Access access = e.access_for(peer_);
+  if (access == Access::denied) {
+    log_line("connection " + std::to_string(id_) + " from " + describe_for_access(peer_) + ": refused export '" +
+             e.name + "' by its access list");
+  }
+  return access;
+}
+
+// A refused client learns that the export exists (it named it) and who it
+// was seen as, not the rules.
+std::string Session::access_denied(const Export& e) const {
+  return "access to export '" + e.name + "' denied for " + describe_for_access(peer_);
+}
+
 // export_ was admitted (Export::admit counted the connection).
 void Session::enter_transmission() noexcept {
   context_.export_size = export_->backend->size();
-  context_.read_only = export_->is_read_only();
+  context_.read_only = export_->is_read_only() || client_read_only_;
   const io::BackendTraits traits = export_->backend->traits();
   memory_speed_ = traits.memory_speed;
   writes_consumed_below_ = traits.writes_consumed_below;
   log_line("connection " + std::to_string(id_) + " from " + peer_.address + " to export " + export_->name +
-           (context_.structured_replies ? " (structured replies)" : ""));
+           (context_.structured_replies ? " (structured replies)" : "") +
+           (client_read_only_ ? " (read-only by its access list)" : ""));
   phase_ = export_->reactor && export_->reactor != host_.reactor ? Phase::kMigrating : Phase::kTransmission;
 }
 

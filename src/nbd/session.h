@@ -143,6 +143,8 @@ class Session {
   void option_reply(uint32_t option, uint32_t type, const void* data, uint32_t length) noexcept;
   void option_error(uint32_t option, uint32_t type, const std::string& message) noexcept;
   void enter_transmission() noexcept;
+  Access access_to(const Export& e) noexcept;
+  std::string access_denied(const Export& e) const;
 
   // Transmission.
   bool process_request() noexcept;  // false: wait for more input
@@ -204,6 +206,7 @@ class Session {
   uint64_t discard_ = 0;                   // bytes to skip (rejected payload, oversized option)
   uint32_t options_seen_ = 0;
   bool no_zeroes_ = false;
+  bool client_read_only_ = false;  // an allow-ro rule of the export's access list
 
   // Output state.
   std::string handshake_out_;  // handshake bytes not yet sent

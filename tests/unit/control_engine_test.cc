@@ -347,6 +347,34 @@ TEST_F(ControlEngine, RangeBwAndLimits) {
   EXPECT_EQ(device["limits"], json::object());
 }
 
+TEST_F(ControlEngine, AccessListsAtCreateAndByMessage) {
+  ok(client.create("vm1", "0 8 ioband /vmdisk/vm1.img 1 allow=uid:1000 allow-ro=all"));
+  EXPECT_EQ(fake.access["vm1"], (std::vector<std::string>{"allow=uid:1000", "allow-ro=all"}));
+  EXPECT_EQ(client.table_text(), "vm1: 0 8 ioband 253:0 1 4 128 allow=uid:1000 allow-ro=all\n");
+  json shown = client.message("vm1", "access");
+  ok(shown);
+  EXPECT_EQ(shown["text"], "allow=uid:1000 allow-ro=all\n");
+
+  const std::string state = engine.state_json();
+  fake.log.clear();
+  ok(client.message("vm1", "access allow=uid:1000 allow-ro=all"));  // the same list: nothing to do
+  EXPECT_TRUE(fake.log.empty());
+  EXPECT_EQ(engine.state_json(), state);
+
+  json changed = client.message("vm1", "access deny=10.0.0.0/8 allow=tcp");
+  ok(changed);
+  EXPECT_EQ(changed["text"], "deny=10.0.0.0/8 allow=tcp\n");
+  EXPECT_EQ(changed["data"]["device"]["access"], json::array({"deny=10.0.0.0/8", "allow=tcp"}));
+  EXPECT_EQ(fake.log, std::vector<std::string>{"set_access vm1"});
+  EXPECT_EQ(fake.access["vm1"], (std::vector<std::string>{"deny=10.0.0.0/8", "allow=tcp"}));
+  EXPECT_NE(testing::read_file(engine.state_path()).find("\"deny=10.0.0.0/8\""), std::string::npos);
+
+  ok(client.message("vm1", "access allow=all"));
+  EXPECT_EQ(fake.access["vm1"], std::vector<std::string>{"allow=all"});
+  EXPECT_EQ(client.table_text(), "vm1: 0 8 ioband 253:0 1 4 128\n");
+  EXPECT_EQ(testing::read_file(engine.state_path()).find("\"access\""), std::string::npos);
+}
+
 TEST_F(ControlEngine, RemoveIsRefusedWhileClientsAreConnectedUnlessForced) {
   getting_started();
   fake.connections["ioband1"] = 2;
@@ -430,6 +458,7 @@ TEST_P(ControlEngineBadInput, NamesTheProblemAndChangesNothing) {
   ok(client.message("ioband1", "attach 1000"));
   ok(client.message("ioband1", "weight 1000:30"));
   ok(client.message("ioband1", "limit 1000:iops-total=100"));
+  ok(client.message("ioband1", "access allow=uid:1000 deny=all"));
 
   struct stat before_stat {};
   ASSERT_EQ(::stat(engine.state_path().c_str(), &before_stat), 0);
@@ -438,6 +467,7 @@ TEST_P(ControlEngineBadInput, NamesTheProblemAndChangesNothing) {
   const json table = client.table()["data"];
   const auto exports = fake.exports.size();
   const auto types = fake.types;
+  const auto access = fake.access;
   const qos::DeviceGroup& group = group_of("ioband1");
   const auto qos_groups = group.groups(device_of("ioband1"));
   const auto qos_weight = weight("ioband1", 1000);
@@ -456,6 +486,7 @@ TEST_P(ControlEngineBadInput, NamesTheProblemAndChangesNothing) {
   EXPECT_EQ(client.table()["data"], table) << bad.what;
   EXPECT_EQ(fake.exports.size(), exports) << bad.what;
   EXPECT_EQ(fake.types, types) << bad.what;
+  EXPECT_EQ(fake.access, access) << bad.what;
   EXPECT_EQ(group.groups(device_of("ioband1")), qos_groups) << bad.what;
   EXPECT_EQ(weight("ioband1", 1000), qos_weight) << bad.what;
   EXPECT_EQ(group.io_throttle(), io_throttle) << bad.what;
@@ -533,6 +564,14 @@ const BadInput kBadInputs[] = {
     {"table of unknown device", {{"command", "table"}, {"name", "ioband9"}}, "refused", "no ioband device named", false},
     {"status of unknown device", {{"command", "status"}, {"name", "ioband9"}}, "refused", "no ioband device named",
      false},
+    {"bad access rule", message_request("ioband1", "access allow=uid:0 grant=all"), "usage",
+     "access rule \"grant=all\": unknown action \"grant\"", true},
+    {"unreachable access rule", message_request("ioband1", "access allow=all deny=uid:0"), "usage",
+     "can never apply", true},
+    {"access rule with host bits", message_request("ioband1", "access allow=192.168.1.1/24"), "usage",
+     "the network is 192.168.1.0/24", true},
+    {"bad access rule at create", create_request("ioband3", "0 8 ioband /dev/sdb3 1 allow=uid:"), "usage",
+     "uid: needs a user", true},
     {"args not strings", {{"command", "message"}, {"name", "ioband1"}, {"args", {"weight", 40}}}, "usage",
      "\"args\" must be an array of strings", true},
 };

@@ -25,6 +25,7 @@ struct FakePlatform {
   std::map<std::string, DeviceConfig> exports;
   std::map<std::string, int> connections;
   std::map<std::string, GroupType> types;
+  std::map<std::string, std::vector<std::string>> access;  // each export's rules as the platform got them
   std::vector<std::string> log;
   std::string create_error;  // create_export fails with this when set
   std::string remove_error;  // remove_export leaves connections with this when set
@@ -51,6 +52,7 @@ struct FakePlatform {
       if (!group.has_device(device)) return std::string("device not added to its group");
       exports[config.name] = config;
       types[config.name] = config.type;
+      access[config.name] = nbd::access_words(config.access);
       return std::string();
     };
     p.remove_export = [this](const std::string& name, bool force) {
@@ -67,6 +69,10 @@ struct FakePlatform {
     p.set_type = [this](const std::string& name, GroupType type) {
       log.push_back("set_type " + name + " " + std::string(nbd::to_string(type)));
       types[name] = type;
+    };
+    p.set_access = [this](const std::string& name, const nbd::AccessList& rules) {
+      log.push_back("set_access " + name);
+      access[name] = nbd::access_words(rules);
     };
     p.run_on_owner = [](int, const std::function<void()>& fn) { fn(); };
     p.release_device_group = [this](int id, qos::DeviceGroup&) {

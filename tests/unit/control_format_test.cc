@@ -108,5 +108,15 @@ TEST(ControlFormat, TableJsonCarriesIoLimitAuto) {
   EXPECT_EQ(table_line(d, settings, false), "0 8 ioband 0:0 1 4 400");
 }
 
+TEST(ControlFormat, AccessRulesFollowTheTableLineAsCreateTakesThem) {
+  DeviceState d = device("vm1", 8, 1);
+  DeviceGroupSettings settings;
+  EXPECT_EQ(table_json(d, settings)["access"], nlohmann::json::array({"allow=all"}));
+  ASSERT_EQ(nbd::parse_access_list({"allow=uid:1000", "allow-ro=fd00::/8", "deny=all"}, d.access), "");
+  EXPECT_EQ(table_line(d, settings, true), "vm1: 0 8 ioband 0:0 1 4 128 allow=uid:1000 allow-ro=fd00::/8 deny=all");
+  EXPECT_EQ(table_json(d, settings)["access"],
+            nlohmann::json::array({"allow=uid:1000", "allow-ro=fd00::/8", "deny=all"}));
+}
+
 }  // namespace
 }  // namespace ioband::control

@@ -46,6 +46,23 @@ TEST(ControlTableLine, ParsesTheReferenceForms) {
   // Blank lines, comments and extra spaces, as a here-document may have.
   ASSERT_FALSE(parse_table_line("\n# ioband1\n   0   8  ioband  /x.img  2  \n\n", line));
   EXPECT_EQ(line.device_group_id, 2);
+  EXPECT_TRUE(line.access.empty());
+}
+
+TEST(ControlTableLine, AccessRulesComeAfterTheNumbers) {
+  TableLine line;
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.img 1 allow=uid:0 allow-ro=10.0.0.0/8", line));
+  EXPECT_EQ(line.device_group_id, 1);
+  EXPECT_FALSE(line.io_throttle);
+  EXPECT_EQ(nbd::access_words(line.access), (std::vector<std::string>{"allow=uid:0", "allow-ro=10.0.0.0/8"}));
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.img 1 10 200 deny=::1 allow=all", line));
+  EXPECT_EQ(line.io_throttle, 10u);
+  EXPECT_EQ(line.io_limit, 200u);
+  EXPECT_EQ(nbd::access_words(line.access), (std::vector<std::string>{"deny=::1", "allow=all"}));
+  // A path may hold '=': only words after the device group id are rules.
+  ASSERT_FALSE(parse_table_line("0 8 ioband /a=b.img 1", line));
+  EXPECT_EQ(line.path, "/a=b.img");
+  EXPECT_TRUE(line.access.empty());
 }
 
 TEST(ControlTableLine, RefusesBadLinesNamingTheField) {
@@ -69,6 +86,11 @@ TEST(ControlTableLine, RefusesBadLinesNamingTheField) {
       {"0 8 ioband /x.img -1", "device group ID \"-1\""},
       {"0 8 ioband /x.img 1 ten", "I/O throttle \"ten\""},
       {"0 8 ioband /x.img 1 10 0", "I/O limit \"0\""},
+      {"0 8 ioband /x.img 1 allow=uid:0 4", "access rules come last"},
+      {"0 8 ioband /x.img 1 permit=all", "unknown action \"permit\""},
+      {"0 8 ioband /x.img 1 2 3 allow=10.1.0.0/8", "the network is 10.0.0.0/8"},
+      {"0 8 ioband /x.img 1 deny=all allow=uid:0", "can never apply"},
+      {"0 8 ioband /x.img 1 2 3 4 allow=all", "has 9 fields"},
   };
   for (const Case& c : cases) {
     TableLine line;
@@ -136,6 +158,17 @@ TEST(ControlMessage, ParsesEveryVerb) {
   for (std::string_view key : qos::kLimitKeys) {
     EXPECT_EQ(parse_ok("limit " + std::string(key) + "=1").limits.at(0).first, key);
   }
+
+  Message show = parse_ok("access");
+  EXPECT_EQ(show.verb, Message::Verb::access);
+  EXPECT_FALSE(show.access);
+  Message access = parse_ok("access allow=uid:0 allow-ro=gid:root deny=all");
+  ASSERT_TRUE(access.access);
+  EXPECT_EQ(nbd::access_words(*access.access),
+            (std::vector<std::string>{"allow=uid:0", "allow-ro=gid:0", "deny=all"}));
+  Message open = parse_ok("access allow=all");
+  ASSERT_TRUE(open.access);
+  EXPECT_TRUE(open.access->empty());  // the default
 }
 
 TEST(ControlMessage, RefusesBadInputWithTheVerbsUsage) {
@@ -182,6 +215,10 @@ TEST(ControlMessage, RefusesBadInputWithTheVerbsUsage) {
       {"limit iops-total=-1", "iops-total must be", "limit"},
       {"limit 1000:", "limit needs KEY=VAL", "limit"},
       {"limit bob:iops-total=1", "group ID \"bob\"", "limit"},
+      {"access uid:0", "access rule \"uid:0\": expected allow=WHO", "access"},
+      {"access allow=uid:0 let=all", "unknown action \"let\"", "access"},
+      {"access allow=10.0.0.0/40", "must be a number from 0 to 32", "access"},
+      {"access allow=all deny=tcp", "\"deny=tcp\" can never apply", "access"},
   };
   for (const Case& c : cases) {
     Error error = parse_error(c.args);
@@ -225,7 +262,7 @@ TEST(ControlUsage, EveryCommandAndVerbHasHelpWithAnExample) {
   EXPECT_EQ(help_of("frobnicate"), "");
   const std::string message_help = help_of("message");
   for (const char* verb : {"type", "attach", "detach", "weight", "token", "carryover", "io_throttle", "io_limit",
-                           "policy", "range-bw", "limit", "reset"}) {
+                           "policy", "range-bw", "limit", "access", "reset"}) {
     EXPECT_NE(message_help.find(std::string("  ") + verb + " "), std::string::npos) << verb;
     EXPECT_NE(usage_of("message", verb).find(std::string(" 0 ") + verb), std::string::npos) << verb;
   }

@@ -51,6 +51,7 @@ void configure(Client& client) {
   ok(client.message("vm1", "attach 127.0.0.1"));
   ok(client.message("vm1", "policy weight-iosize"));
   ok(client.message("vm1", "io_limit auto"));
+  ok(client.message("vm1", "access allow=uid:1000 allow-ro=gid:root allow=tls:CN=a,O=Example allow-ro=fd00::/8 deny=all"));
 }
 
 TEST(ControlState, EveryChangeIsSavedAndARestartRestoresIt) {
@@ -83,7 +84,11 @@ TEST(ControlState, EveryChangeIsSavedAndARestartRestoresIt) {
             "ioband1: 0 44371467 ioband 8:1 1 10 400\n"
             "ioband2: 0 44371467 ioband 8:2 1 10 400\n"
             "ioband3: 0 2097152 ioband 8:19 2 8 64\n"
-            "vm1: 0 4194304 ioband 253:0 3 4 128\n");
+            "vm1: 0 4194304 ioband 253:0 3 4 128 allow=uid:1000 allow-ro=gid:0 allow=tls:CN=a,O=Example "
+            "allow-ro=fd00::/8 deny=all\n");
+  // The export is published with its rules.
+  EXPECT_EQ(fake.access["vm1"], (std::vector<std::string>{"allow=uid:1000", "allow-ro=gid:0", "allow=tls:CN=a,O=Example",
+                                                          "allow-ro=fd00::/8", "deny=all"}));
   EXPECT_EQ(client.table()["data"].dump(), table_json);
   EXPECT_EQ(engine.state_json(), state);
   EXPECT_EQ(read_file(path), state);  // restoring does not rewrite it
@@ -229,6 +234,9 @@ const std::string kTooSmall = good_with("\"/dev/sda1\",\"sectors\":8", "\"/small
 const std::string kThrottle = good_with("\"io_throttle\":4", "\"io_throttle\":400");
 const std::string kBadAuto = good_with("\"io_limit\":128", "\"io_limit\":128,\"io_limit_auto\":1");
 const std::string kStringSectors = good_with("\"sectors\":8", "\"sectors\":\"8\"");
+const std::string kBadRule = good_with("\"sectors\":8", "\"sectors\":8,\"access\":[\"allow=uid:0\",\"let=all\"]");
+const std::string kRuleNumber = good_with("\"sectors\":8", "\"sectors\":8,\"access\":[\"allow=uid:0\",5]");
+const std::string kNoRules = good_with("\"sectors\":8", "\"sectors\":8,\"access\":[]");
 const std::string kTwice = good_with("}]}]}", "}]},{\"name\":\"ioband1\",\"path\":\"/dev/sda2\",\"sectors\":8,"
                                                "\"device_group_id\":1,\"type\":\"none\",\"limits\":{},\"groups\":"
                                                "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
@@ -252,6 +260,9 @@ const Corrupt kCorrupt[] = {
     {"io_limit_auto not a boolean", kBadAuto.c_str(), "device_groups[0].io_limit_auto: expected true or false"},
     {"sectors as a string", kStringSectors.c_str(), "devices[0].sectors: expected a non-negative integer"},
     {"a name twice", kTwice.c_str(), "devices[1].name: device ioband1 appears twice"},
+    {"bad access rule", kBadRule.c_str(), "devices[0].access: access rule \"let=all\": unknown action \"let\""},
+    {"access rule not a string", kRuleNumber.c_str(), "devices[0].access[1]: expected a string"},
+    {"empty access list", kNoRules.c_str(), "devices[0].access: an empty list"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Files, ControlStateCorrupt, ::testing::ValuesIn(kCorrupt),

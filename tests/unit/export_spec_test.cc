@@ -39,6 +39,29 @@ TEST(ExportSpec, RefusesBadInputNamingIt) {
   EXPECT_NE(parse_export_spec("a=", spec)->find("needs a PATH"), std::string::npos);
 }
 
+TEST(ExportSpec, AccessRulesInOrder) {
+  ExportSpec spec;
+  auto error = parse_export_spec("d=/x,allow=uid:0,allow-ro=10.0.0.0/8,readonly,deny=all", spec);
+  ASSERT_FALSE(error) << *error;
+  EXPECT_TRUE(spec.read_only);
+  EXPECT_EQ(nbd::access_words(spec.access), (std::vector<std::string>{"allow=uid:0", "allow-ro=10.0.0.0/8", "deny=all"}));
+  // A certificate DN has commas: ",," is one, as QEMU writes them.
+  ASSERT_FALSE(parse_export_spec("d=/x,allow=tls:CN=client,,O=Example Corp,,C=GB,allow=uid:0", spec));
+  EXPECT_EQ(nbd::access_words(spec.access), (std::vector<std::string>{"allow=tls:CN=client,O=Example Corp,C=GB", "allow=uid:0"}));
+  ASSERT_FALSE(parse_export_spec("d=/x,allow=all", spec));
+  EXPECT_TRUE(spec.access.empty());  // the default
+  ASSERT_FALSE(parse_export_spec("d=/odd,,name.img,readonly,", spec));
+  EXPECT_EQ(spec.path, "/odd,name.img");
+  EXPECT_TRUE(spec.read_only);
+
+  EXPECT_NE(parse_export_spec("d=/x,allow=uid:nobody-such", spec)->find("--export d: access rule \"allow=uid:nobody-such\": no user"),
+            std::string::npos);
+  EXPECT_NE(parse_export_spec("d=/x,allow=10.1.0.0/8", spec)->find("the network is 10.0.0.0/8"), std::string::npos);
+  EXPECT_NE(parse_export_spec("d=/x,deny=all,allow=uid:0", spec)->find("can never apply"), std::string::npos);
+  EXPECT_NE(parse_export_spec("d=/x,allow", spec)->find("access rule \"allow\""), std::string::npos);
+  EXPECT_NE(parse_export_spec("d=/x,allow=", spec)->find("names nobody"), std::string::npos);
+}
+
 TEST(ExportSpec, Sizes) {
   EXPECT_EQ(parse_errno("ENOENT"), ENOENT);
   EXPECT_EQ(parse_errno("EBADF"), EBADF);

@@ -98,12 +98,18 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
       unsigned long ms = std::strtoul(value.c_str(), &end, 10);
       if (*end != '\0' || ms > 600000) return "--export " + out.name + ": fault-delay-ms '" + value + "' must be 0..600000";
       out.fault_delay_ms = static_cast<uint32_t>(ms);
+    } else if (key == "fault-offset" || key == "fault-length") {
+      if (auto e = need_value()) return e;
+      auto bytes = parse_size(value);
+      if (!bytes) return "--export " + out.name + ": " + key + " '" + value + "' is not a size (e.g. 1M, 4096)";
+      (key == "fault-offset" ? out.fault_offset : out.fault_length) = *bytes;
     } else {
       return "--export " + out.name + ": unknown key '" + key + "'";
     }
   }
   if (out.backend == "raw" && out.path.empty()) return "--export " + out.name + ": a raw export needs a PATH";
   if (out.backend == "memory" && out.size == 0) return "--export " + out.name + ": a memory export needs size=BYTES";
+  if (out.fault_offset && !out.fault_length) return "--export " + out.name + ": fault-offset needs fault-length";
   return std::nullopt;
 }
 

@@ -18,6 +18,10 @@ struct ExportSpec {
   int fault_errno = 0;
   double fault_rate = 1.0;
   uint32_t fault_delay_ms = 0;
+  // Faults only for requests overlapping [fault_offset, fault_offset +
+  // fault_length); fault_length 0: everywhere.
+  uint64_t fault_offset = 0;
+  uint64_t fault_length = 0;
 };
 
 // Parses "NAME=PATH[,key[=value]...]". Returns an error sentence or nothing.

@@ -48,6 +48,8 @@ std::string open_export(const control::ExportSpec& spec, nbd::Export& out) {
     fault.error_number = spec.fault_errno;
     fault.rate = spec.fault_rate;
     fault.delay_ms = spec.fault_delay_ms;
+    fault.offset = spec.fault_offset;
+    fault.length = spec.fault_length;
     backend = io::wrap_fault_backend(std::move(backend), fault);
   }
   out.name = spec.name;
@@ -89,7 +91,8 @@ int main(int argc, char** argv) {
   app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
                  "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
-                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N] (repeatable)");
+                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N][,fault-offset=BYTES,fault-length=BYTES]"
+                 " (repeatable)");
   app.add_option("--threads", threads, "reactor threads (one event loop each)")->check(CLI::Range(1u, 64u))->capture_default_str();
   int64_t poll_max_us = io::Reactor::kDefaultPollMaxUs;
   app.add_option("--poll-max-us", poll_max_us,
@@ -165,6 +168,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A write past the file-size limit (ulimit -f, systemd's LimitFSIZE) must
+  // fail with EFBIG, which the client gets as ENOSPC, not kill the daemon.
+  signal(SIGXFSZ, SIG_IGN);
 
   std::vector<std::unique_ptr<io::Reactor>> reactors;
   std::vector<io::Reactor*> reactor_ptrs;

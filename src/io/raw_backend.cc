@@ -118,7 +118,11 @@ class RawBackend final : public Backend {
     op.splice_fd = -1;
     // Splicing needs a buffered descriptor: from an O_DIRECT one (tmpfs
     // takes O_DIRECT since Linux 6.6) the kernel copies into fresh pages.
-    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin) {
+    // The reply promises the data before it is read, so a file that shrank
+    // under the export is read the ordinary way: its short read is answered
+    // EIO, where a short sendfile could only close the connection.
+    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin &&
+        file_covers(op.offset + op.length)) {
       op.splice_fd = buffered_fd_;
       reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
       return;
@@ -178,6 +182,10 @@ class RawBackend final : public Backend {
 
  private:
   bool aligned(const IoOp& op) const noexcept { return aligned(op.offset, op.length, op.buffer); }
+  bool file_covers(uint64_t end) const noexcept {
+    struct stat st{};
+    return fstat(buffered_fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= end;
+  }
   bool aligned(uint64_t offset, uint64_t length, const void* buffer) const noexcept {
     const uint64_t mask = align_ - 1;
     return (offset & mask) == 0 && (length & mask) == 0 && (reinterpret_cast<uintptr_t>(buffer) & mask) == 0;

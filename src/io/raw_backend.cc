@@ -77,13 +77,14 @@ constexpr uint64_t kDropLag = 8u << 20;
 
 class RawBackend final : public Backend {
  public:
-  RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, uint64_t size,
-             uint32_t align, const RawOptions& options)
+  RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, bool always_async,
+             uint64_t size, uint32_t align, const RawOptions& options)
       : fd_(fd),
         buffered_fd_(buffered_fd),
         direct_(direct),
         block_device_(block_device),
         in_memory_(in_memory),
+        always_async_(always_async),
         size_(size),
         align_(align),
         options_(options) {}
@@ -210,6 +211,19 @@ class RawBackend final : public Backend {
     return op.reactor->prepare(&op);
   }
 
+  // An operation of op, prepared with prep(sqe, args...). On FUSE each one
+  // goes to the ring's worker threads (IOSQE_ASYNC): tried inline, a FUSE
+  // read or write blocks the submitting thread, the reactor, once the file
+  // system has its max_background (12) requests waiting, so a stalled FUSE
+  // server stalled every device of the reactor (test_stall.py).
+  template <typename Prep, typename... Args>
+  io_uring_sqe* queue(IoOp& op, Prep prep, Args... args) noexcept {
+    io_uring_sqe* sqe = ring(op);
+    prep(sqe, args...);
+    if (always_async_) sqe->flags |= IOSQE_ASYNC;
+    return sqe;
+  }
+
   int32_t execute_now(IoOp& op) noexcept {
     ssize_t n = 0;
     uint32_t done = 0;
@@ -263,13 +277,12 @@ class RawBackend final : public Backend {
       case Op::kRead: {
         if (stream_through_cache(op)) {
           op.stage = kStageCached;
-          io_uring_sqe* sqe = ring(op);
-          io_uring_prep_read(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          io_uring_sqe* sqe = queue(op, io_uring_prep_read, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
         if (!direct_ || aligned(op)) {
-          io_uring_prep_read(ring(op), fd_, op.buffer, op.length, op.offset);
+          queue(op, io_uring_prep_read, fd_, op.buffer, op.length, op.offset);
           return;
         }
         const uint64_t first = op.offset & ~uint64_t{align_ - 1};
@@ -277,7 +290,7 @@ class RawBackend final : public Backend {
         void* bounce = nullptr;
         if (posix_memalign(&bounce, align_, last - first) != 0) return op.finish(-ENOMEM);
         op.bounce = static_cast<uint8_t*>(bounce);
-        io_uring_prep_read(ring(op), fd_, op.bounce, static_cast<unsigned>(last - first), first);
+        queue(op, io_uring_prep_read, fd_, op.bounce, static_cast<unsigned>(last - first), first);
         return;
       }
       case Op::kWrite: {
@@ -285,30 +298,28 @@ class RawBackend final : public Backend {
         // Large ones, and those the page cache takes anyway (not whole pages).
         if (stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_)) {
           op.stage = kStageBehind;
-          io_uring_sqe* sqe = ring(op);
-          io_uring_prep_write(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
-        io_uring_sqe* sqe = ring(op);
-        io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
+        io_uring_sqe* sqe = queue(op, io_uring_prep_write, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
         return;
       }
       case Op::kFlush:
-        io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
+        queue(op, io_uring_prep_fsync, fd_, IORING_FSYNC_DATASYNC);
         return;
       case Op::kTrim:
-        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
         return;
       case Op::kWriteZeroes: {
         int mode = (op.flags & kNoHole) ? FALLOC_FL_ZERO_RANGE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
         if (op.flags & kNoHole) op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(ring(op), fd_, mode, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, mode, op.offset, op.length);
         return;
       }
       case Op::kCache:
-        io_uring_prep_fadvise(ring(op), fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
+        queue(op, io_uring_prep_fadvise, fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
         return;
     }
   }
@@ -367,8 +378,8 @@ class RawBackend final : public Backend {
     }
     // A short read leaves the rest unaligned in general: finish it buffered.
     int fd = op.done_bytes == 0 && op.stage != kStageCached ? fd_ : buffered_fd_;
-    io_uring_prep_read(ring(op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
-                       op.offset + op.done_bytes);
+    queue(op, io_uring_prep_read, fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
+          op.offset + op.done_bytes);
   }
 
   void write_done(IoOp& op, int32_t result) noexcept {
@@ -381,8 +392,8 @@ class RawBackend final : public Backend {
     if (result < 0) return op.finish(result);
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) {
-      io_uring_sqe* sqe = ring(op);
-      io_uring_prep_write(sqe, buffered_fd_, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
+      io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer + op.done_bytes,
+                                op.length - op.done_bytes, op.offset + op.done_bytes);
       if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
       return;
     }
@@ -421,8 +432,8 @@ class RawBackend final : public Backend {
     behind(op, first, last);
     if (last <= first) return op.finish(static_cast<int32_t>(op.length));
     op.stage = kStageBehindWait;
-    io_uring_prep_sync_file_range(ring(op), buffered_fd_, static_cast<unsigned>(last - first), first,
-                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+    queue(op, io_uring_prep_sync_file_range, buffered_fd_, static_cast<unsigned>(last - first), first,
+          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
   }
 
   void zeroes_done(IoOp& op, int32_t result) noexcept {
@@ -431,7 +442,7 @@ class RawBackend final : public Backend {
       case kStageMain:  // punch hole
         if (!unsupported) return finish_or_sync(op, result);
         op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
         return;
       case kStageZeroRange:
         if (!unsupported) return finish_or_sync(op, result);
@@ -456,14 +467,14 @@ class RawBackend final : public Backend {
   void write_zero_chunk(IoOp& op) noexcept {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
-    io_uring_prep_write(ring(op), write_fd(pos, n, zeroes_), zeroes_, n, pos);
+    queue(op, io_uring_prep_write, write_fd(pos, n, zeroes_), zeroes_, n, pos);
   }
 
   // Trim and zero with FUA: the metadata change must be durable too.
   void finish_or_sync(IoOp& op, int32_t result) noexcept {
     if (result < 0 || !(op.flags & kFua)) return op.finish(result < 0 ? result : 0);
     op.stage = kStageFuaSync;
-    io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
+    queue(op, io_uring_prep_fsync, fd_, IORING_FSYNC_DATASYNC);
   }
 
   int fd_;
@@ -471,6 +482,7 @@ class RawBackend final : public Backend {
   bool direct_;
   bool block_device_;
   bool in_memory_;
+  bool always_async_;  // FUSE: see queue()
   uint64_t size_;
   uint32_t align_;
   RawOptions options_;
@@ -548,7 +560,8 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
   struct statfs fs{};
   const bool in_memory = !block_device && fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC);
-  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, size, align, options);
+  const bool fuse = !block_device && fs.f_type == FUSE_SUPER_MAGIC;
+  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, fuse, size, align, options);
 }
 
 }  // namespace ioband::io

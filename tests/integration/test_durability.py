@@ -4,7 +4,7 @@ every byte acknowledged as durable (a FUA write, or a write acknowledged
 before a FLUSH that was acknowledged) is in the image, exactly, and nothing
 else in the image changed. Four workloads: FUA writes one at a time,
 writes then FLUSH, sequential streams (written back behind the stream
-through the page cache) then FLUSH, and hundreds of FUA writes in flight
+through the page cache) then FLUSH, and a hundred FUA writes in flight
 with the kill while half of them are still unanswered.
 
 What a process kill can show, and what it cannot. The page cache survives
@@ -19,8 +19,9 @@ loop device's backing file, so it sees only what went below the device's
 page cache. A FLUSH without fdatasync, or a FUA write through the page cache
 without RWF_DSYNC, leaves its bytes out of the backing file and fails the
 test (each run logs whether a write with neither is missing there: the
-kernel may write it back early, and then that run could not tell). What no process kill shows is whether the device then flushed its
-own cache to the platter: that needs a power cut.
+kernel may write it back early, and then that run could not tell). What no
+process kill shows is whether the device then flushed its own cache to the
+platter: that needs a power cut.
 """
 
 import contextlib

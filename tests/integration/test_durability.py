@@ -25,6 +25,7 @@ platter: that needs a power cut.
 """
 
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -261,6 +262,63 @@ def test_fua_writes_in_flight(kind):
                 image.durable.append(pending.pop(c))
         image.maybe = list(pending.values())
         it.log(f"killing with {len(image.durable)} FUA writes acknowledged, {len(pending)} not")
+
+
+def test_lost_writeback_fails_the_flush():
+    """The other side of FLUSH: writes acknowledged from the page cache that
+    the kernel then fails to write back must make the next FLUSH fail. The
+    storage is a loop device over a sparse file on a 4 MiB tmpfs: writes
+    into the loop device's page cache succeed, their writeback fails with
+    ENOSPC. A sequential stream (write-behind), unaligned writes and a
+    FUA write: the FLUSH after them fails, the connection goes on, and data
+    that did fit reads back."""
+    reason = can_use_loop()
+    if reason:
+        pytest.skip(reason)
+    d = it.make_tmpdir("ioband-dur.")
+    mnt = os.path.join(d, "mnt")
+    os.mkdir(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount tmpfs: {r.stderr.strip()}")
+    try:
+        backing = it.sparse_file(os.path.join(mnt, "backing.img"), SIZE)
+        loop = subprocess.run(["losetup", "--find", "--show", backing], capture_output=True, text=True)
+        if loop.returncode != 0:
+            pytest.skip(f"losetup: {loop.stderr.strip()}")
+        dev = loop.stdout.strip()
+        try:
+            with it.Server([f"disk={dev}"], tmpdir=d) as s:
+                h = s.connect("disk")
+                first = os.urandom(MiB)
+                h.pwrite(first, 0, flags=FUA)  # fits: the file system is empty
+                errors = 0
+                cookies = []
+                for pos in range(2 * MiB, 10 * MiB, 256 * 1024):  # a stream, past the space
+                    cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(os.urandom(256 * 1024))), pos))
+                for i in range(64):  # unaligned writes: the page cache
+                    cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(os.urandom(3000))),
+                                                12 * MiB + i * 8192 + 7))
+                while h.aio_in_flight() > 0:
+                    h.poll(-1)
+                for c in cookies:
+                    try:
+                        h.aio_command_completed(c)
+                    except nbd.Error as e:
+                        assert e.errnum in (errno.EIO, errno.ENOSPC), f"a write failed with {e}"
+                        errors += 1
+                it.log(f"{errors} of {len(cookies)} writes failed before the FLUSH")
+                err = it.expect_error(h.flush, errno.EIO, errno.ENOSPC,
+                                      what="FLUSH after writes whose writeback failed")
+                it.log(f"the FLUSH failed with {errno.errorcode[err]}")
+                assert not h.aio_is_dead()
+                assert h.pread(MiB, 0) == first
+                h.shutdown()
+                s.assert_alive()
+        finally:
+            subprocess.run(["losetup", "--detach", dev])
+    finally:
+        subprocess.run(["umount", "-l", mnt])
 
 
 if __name__ == "__main__":

@@ -294,9 +294,14 @@ class RawBackend final : public Backend {
         return;
       }
       case Op::kWrite: {
-        const int fd = write_fd(op.offset, op.length, op.buffer);
+        int fd = write_fd(op.offset, op.length, op.buffer);
         // Large ones, and those the page cache takes anyway (not whole pages).
-        if (stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_)) {
+        const bool behind =
+            stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_);
+        bool direct = !behind && fd == fd_ && direct_;
+        if (!claim_pages(op, direct)) return;  // parked until a direct write on its pages ends
+        if (!direct) fd = buffered_fd_;
+        if (behind) {
           op.stage = kStageBehind;
           io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
@@ -383,13 +388,12 @@ class RawBackend final : public Backend {
   }
 
   void write_done(IoOp& op, int32_t result) noexcept {
-    if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
     if (op.stage == kStageBehindWait) {
       drop_behind(op);
-      return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
+      return write_end(op, result < 0 ? result : static_cast<int32_t>(op.length));
     }
     if (result == -EAGAIN || result == -EINTR) result = 0;
-    if (result < 0) return op.finish(result);
+    if (result < 0) return write_end(op, result);
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) {
       io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer + op.done_bytes,
@@ -398,7 +402,53 @@ class RawBackend final : public Backend {
       return;
     }
     if (op.stage == kStageBehind) return write_behind(op);
-    op.finish(static_cast<int32_t>(op.length));
+    write_end(op, static_cast<int32_t>(op.length));
+  }
+
+  // A direct write and a buffered one must never be in flight on the same
+  // page at once, even when the client sends overlapping writes together
+  // (its right: only the overlapped bytes are then undefined). The direct
+  // write's end cannot invalidate the page the buffered one dirtied
+  // meanwhile: the kernel reports EIO at the next fdatasync, so a FLUSH
+  // failed, and that page's writeback later puts stale bytes over the
+  // direct write beyond the overlap. So a direct write that meets a
+  // buffered one goes buffered too, and a buffered one that meets a direct
+  // one waits until it ends (QEMU likewise serialises overlapping requests
+  // that are not aligned). Returns false when op waits; may clear direct.
+  bool claim_pages(IoOp& op, bool& direct) noexcept {
+    if (!direct_ || in_memory_) return true;  // one kind of write only
+    const uint64_t first = op.offset / page_size(), end = (op.offset + op.length + page_size() - 1) / page_size();
+    bool meets_direct = false, meets_buffered = false;
+    for (const InFlightWrite& w : writes_) {
+      if (w.first_page < end && first < w.end_page) (w.direct ? meets_direct : meets_buffered) = true;
+    }
+    if (meets_buffered) direct = false;
+    if (!direct && meets_direct) {
+      parked_.push_back(&op);
+      return false;
+    }
+    writes_.push_back({&op, first, end, direct});
+    return true;
+  }
+
+  // The write's pages are free: writes parked on them start.
+  void write_end(IoOp& op, int32_t result) noexcept {
+    for (size_t i = 0; i < writes_.size(); ++i) {
+      if (writes_[i].op == &op) {
+        writes_[i] = writes_.back();
+        writes_.pop_back();
+        std::vector<IoOp*> parked;
+        parked.swap(parked_);
+        for (IoOp* p : parked) start(*p);  // parks again if it still must wait
+        break;
+      }
+    }
+    op.finish(result);
+  }
+
+  static uint64_t page_size() noexcept {
+    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    return page;
   }
 
   // Writes go direct or through the page cache by whole pages: a direct
@@ -410,8 +460,7 @@ class RawBackend final : public Backend {
   // a stream of 66048-byte writes at 512-byte offsets, its first write
   // direct and the rest buffered, hit it in a test.
   static bool whole_pages(uint64_t offset, uint64_t length) noexcept {
-    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-    return offset % page == 0 && length % page == 0;
+    return offset % page_size() == 0 && length % page_size() == 0;
   }
 
   // A sequential write is in the page cache. When it completes a 2 MiB
@@ -430,7 +479,7 @@ class RawBackend final : public Backend {
     }
     uint64_t first, last;
     behind(op, first, last);
-    if (last <= first) return op.finish(static_cast<int32_t>(op.length));
+    if (last <= first) return write_end(op, static_cast<int32_t>(op.length));
     op.stage = kStageBehindWait;
     queue(op, io_uring_prep_sync_file_range, buffered_fd_, static_cast<unsigned>(last - first), first,
           SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
@@ -487,6 +536,14 @@ class RawBackend final : public Backend {
   uint32_t align_;
   RawOptions options_;
   uint8_t* zeroes_ = nullptr;
+  // Writes on the ring, by pages, and writes waiting for them: claim_pages().
+  struct InFlightWrite {
+    IoOp* op;
+    uint64_t first_page, end_page;
+    bool direct;
+  };
+  std::vector<InFlightWrite> writes_;
+  std::vector<IoOp*> parked_;
 };
 
 uint32_t direct_io_alignment(int fd, bool block_device) {

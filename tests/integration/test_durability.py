@@ -264,6 +264,40 @@ def test_fua_writes_in_flight(kind):
         it.log(f"killing with {len(image.durable)} FUA writes acknowledged, {len(pending)} not")
 
 
+def test_overlapping_writes_then_flush():
+    """A client may send overlapping writes together; only the overlapped
+    bytes are then undefined. Pairs of a 64 KiB aligned write (direct I/O)
+    and a 100-byte write inside its first page (through the page cache), in
+    flight at once: the FLUSH after them succeeds (a direct write that could
+    not invalidate the page the other dirtied meanwhile made the kernel
+    report EIO there), and every byte outside the overlaps is the 64 KiB
+    write's, in the file too."""
+    d = it.make_tmpdir("ioband-dur.")
+    image = it.random_file(os.path.join(d, "disk.img"), SIZE, seed=15)
+    with it.Server([f"disk={image}"], tmpdir=d) as s:
+        h = s.connect("disk")
+        for round_ in range(4):
+            cookies, pairs = [], []
+            for i in range(64):
+                x = (round_ * 64 + i) * 65536
+                big, small = os.urandom(65536), os.urandom(100)
+                cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(small)), x + 1000))
+                cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(big)), x))
+                pairs.append((x, big, small))
+            wait_all(h, cookies)
+            h.flush()
+            with open(image, "rb") as f:
+                for x, big, small in pairs:
+                    f.seek(x)
+                    for got in (h.pread(65536, x), f.read(65536)):
+                        assert got[:1000] == big[:1000] and got[1100:] == big[1100:], (
+                            f"round {round_}: bytes of the write at {x} outside the overlap are lost")
+                        assert all(g in (b, m) for g, b, m in zip(got[1000:1100], big[1000:1100], small)), (
+                            f"round {round_}: the overlap at {x + 1000} holds bytes of neither write")
+        h.shutdown()
+        s.assert_alive()
+
+
 def test_lost_writeback_fails_the_flush():
     """The other side of FLUSH: writes acknowledged from the page cache that
     the kernel then fails to write back must make the next FLUSH fail. The

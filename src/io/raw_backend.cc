@@ -2,7 +2,8 @@
 // storage allows it. Aligned reads and writes of whole aligned pages go
 // straight to the ring with the caller's buffer; unaligned reads go through
 // an aligned bounce buffer, and other writes through a second, buffered
-// descriptor of the same file (see whole_pages)
+// descriptor of the same file (see whole_pages; and claim_pages for writes
+// in flight together on the same pages)
 // (the kernel keeps page cache and direct I/O coherent: a direct read flushes
 // dirty pages of its range first, a direct write invalidates them). A
 // read-modify-write bounce for writes would instead need a lock on every

@@ -113,6 +113,11 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
       nbd::AccessRule rule;
       if (std::string why = nbd::parse_access_rule(item, rule); !why.empty()) return "--export " + out.name + ": " + why;
       out.access.push_back(std::move(rule));
+    } else if (key == "fault-offset" || key == "fault-length") {
+      if (auto e = need_value()) return e;
+      auto bytes = parse_size(value);
+      if (!bytes) return "--export " + out.name + ": " + key + " '" + value + "' is not a size (e.g. 1M, 4096)";
+      (key == "fault-offset" ? out.fault_offset : out.fault_length) = *bytes;
     } else {
       return "--export " + out.name + ": unknown key '" + key + "'";
     }
@@ -121,6 +126,7 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
   if (out.access.size() == 1 && out.access.front() == nbd::AccessRule{}) out.access.clear();  // allow=all
   if (out.backend == "raw" && out.path.empty()) return "--export " + out.name + ": a raw export needs a PATH";
   if (out.backend == "memory" && out.size == 0) return "--export " + out.name + ": a memory export needs size=BYTES";
+  if (out.fault_offset && !out.fault_length) return "--export " + out.name + ": fault-offset needs fault-length";
   return std::nullopt;
 }
 

@@ -21,6 +21,10 @@ struct ExportSpec {
   double fault_rate = 1.0;
   uint32_t fault_delay_ms = 0;
   nbd::AccessList access;  // allow=, allow-ro=, deny= in order; empty: everyone
+  // Faults only for requests overlapping [fault_offset, fault_offset +
+  // fault_length); fault_length 0: everywhere.
+  uint64_t fault_offset = 0;
+  uint64_t fault_length = 0;
 };
 
 // Parses "NAME=PATH[,key[=value]...]"; ",," is a comma inside a value (as

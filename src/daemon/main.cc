@@ -50,6 +50,8 @@ std::string open_export(const control::ExportSpec& spec, bool image_locks, nbd::
     fault.error_number = spec.fault_errno;
     fault.rate = spec.fault_rate;
     fault.delay_ms = spec.fault_delay_ms;
+    fault.offset = spec.fault_offset;
+    fault.length = spec.fault_length;
     backend = io::wrap_fault_backend(std::move(backend), fault);
   }
   out.name = spec.name;
@@ -113,7 +115,8 @@ int main(int argc, char** argv) {
   app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
                  "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
-                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N][,allow=WHO][,allow-ro=WHO][,deny=WHO]... "
+                 "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N][,fault-offset=BYTES,fault-length=BYTES]"
+                 "[,allow=WHO][,allow-ro=WHO][,deny=WHO]... "
                  "(repeatable). Access rules, first match decides, none matches: refused; without rules "
                  "everyone may read and write. WHO: all, unix, tcp, uid:USER, gid:GROUP, an address or "
                  "network (127.0.0.1, 10.0.0.0/8, ::1, fd00::/8), tls, tls:NAME (PSK username or certificate "
@@ -218,6 +221,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A write past the file-size limit (ulimit -f, systemd's LimitFSIZE) must
+  // fail with EFBIG, which the client gets as ENOSPC, not kill the daemon.
+  signal(SIGXFSZ, SIG_IGN);
 
   std::vector<std::unique_ptr<io::Reactor>> reactors;
   std::vector<io::Reactor*> reactor_ptrs;

@@ -115,6 +115,11 @@ struct FaultOptions {
   int error_number = 0;       // 0: no errors
   double rate = 1.0;          // probability that an op fails
   uint32_t delay_ms = 0;      // added before every op
+  // Only ops overlapping [offset, offset + length) fail or wait, as on a
+  // disk with bad sectors there (FLUSH, which has no range, never does);
+  // length 0: every op.
+  uint64_t offset = 0;
+  uint64_t length = 0;
   uint64_t seed = 0x10bad;
 };
 std::unique_ptr<Backend> wrap_fault_backend(std::unique_ptr<Backend> inner, const FaultOptions& options);

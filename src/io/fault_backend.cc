@@ -1,6 +1,8 @@
 // The fault backend: wraps any backend and makes ops fail with a chosen
 // errno at a chosen rate, and/or waits a fixed delay before each op, so that
 // error paths and slow storage are tested, not hoped for (STYLE.md point 10).
+// Both may be limited to a range of the export (a bad spot on a disk), so
+// that failing and healthy requests can be in flight together.
 
 #include <cerrno>
 #include <new>
@@ -30,12 +32,16 @@ class FaultBackend final : public Backend {
       d += " errno " + std::to_string(options_.error_number) + " at rate " + std::to_string(options_.rate);
     }
     if (options_.delay_ms) d += " delay " + std::to_string(options_.delay_ms) + " ms";
+    if (options_.length) {
+      d += " in bytes " + std::to_string(options_.offset) + " to " + std::to_string(options_.offset + options_.length);
+    }
     return d;
   }
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {
     op.handler = this;
     op.reactor = &reactor;
+    if (!in_range(op)) return inner_->submit(reactor, op);
     if (options_.delay_ms == 0) return after_delay(reactor, op);
     // The op is idle while its timer runs, so its bounce field can carry the
     // timespec: the timer needs storage that lives until it fires.
@@ -58,6 +64,11 @@ class FaultBackend final : public Backend {
   }
 
  private:
+  bool in_range(const IoOp& op) const noexcept {
+    if (options_.length == 0) return true;
+    return op.length != 0 && op.offset < options_.offset + options_.length && options_.offset < op.offset + op.length;
+  }
+
   void after_delay(Reactor& reactor, IoOp& op) noexcept {
     if (options_.error_number && next_uniform() < options_.rate) {
       const int32_t error = -options_.error_number;

@@ -2,7 +2,8 @@
 // storage allows it. Aligned reads and writes of whole aligned pages go
 // straight to the ring with the caller's buffer; unaligned reads go through
 // an aligned bounce buffer, and other writes through a second, buffered
-// descriptor of the same file (see whole_pages)
+// descriptor of the same file (see whole_pages; and claim_pages for writes
+// in flight together on the same pages)
 // (the kernel keeps page cache and direct I/O coherent: a direct read flushes
 // dirty pages of its range first, a direct write invalidates them). A
 // read-modify-write bounce for writes would instead need a lock on every
@@ -78,13 +79,14 @@ constexpr uint64_t kDropLag = 8u << 20;
 
 class RawBackend final : public Backend {
  public:
-  RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, uint64_t size,
-             uint32_t align, const RawOptions& options)
+  RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, bool always_async,
+             uint64_t size, uint32_t align, const RawOptions& options)
       : fd_(fd),
         buffered_fd_(buffered_fd),
         direct_(direct),
         block_device_(block_device),
         in_memory_(in_memory),
+        always_async_(always_async),
         size_(size),
         align_(align),
         options_(options) {}
@@ -119,7 +121,11 @@ class RawBackend final : public Backend {
     op.splice_fd = -1;
     // Splicing needs a buffered descriptor: from an O_DIRECT one (tmpfs
     // takes O_DIRECT since Linux 6.6) the kernel copies into fresh pages.
-    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin) {
+    // The reply promises the data before it is read, so a file that shrank
+    // under the export is read the ordinary way: its short read is answered
+    // EIO, where a short sendfile could only close the connection.
+    if (in_memory_ && op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin &&
+        file_covers(op.offset + op.length)) {
       op.splice_fd = buffered_fd_;
       reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
       return;
@@ -179,6 +185,10 @@ class RawBackend final : public Backend {
 
  private:
   bool aligned(const IoOp& op) const noexcept { return aligned(op.offset, op.length, op.buffer); }
+  bool file_covers(uint64_t end) const noexcept {
+    struct stat st{};
+    return fstat(buffered_fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) >= end;
+  }
   bool aligned(uint64_t offset, uint64_t length, const void* buffer) const noexcept {
     const uint64_t mask = align_ - 1;
     return (offset & mask) == 0 && (length & mask) == 0 && (reinterpret_cast<uintptr_t>(buffer) & mask) == 0;
@@ -201,6 +211,19 @@ class RawBackend final : public Backend {
   static io_uring_sqe* ring(IoOp& op) noexcept {
     op.reactor->storage_begin();
     return op.reactor->prepare(&op);
+  }
+
+  // An operation of op, prepared with prep(sqe, args...). On FUSE each one
+  // goes to the ring's worker threads (IOSQE_ASYNC): tried inline, a FUSE
+  // read or write blocks the submitting thread, the reactor, once the file
+  // system has its max_background (12) requests waiting, so a stalled FUSE
+  // server stalled every device of the reactor (test_stall.py).
+  template <typename Prep, typename... Args>
+  io_uring_sqe* queue(IoOp& op, Prep prep, Args... args) noexcept {
+    io_uring_sqe* sqe = ring(op);
+    prep(sqe, args...);
+    if (always_async_) sqe->flags |= IOSQE_ASYNC;
+    return sqe;
   }
 
   int32_t execute_now(IoOp& op) noexcept {
@@ -256,13 +279,12 @@ class RawBackend final : public Backend {
       case Op::kRead: {
         if (stream_through_cache(op)) {
           op.stage = kStageCached;
-          io_uring_sqe* sqe = ring(op);
-          io_uring_prep_read(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          io_uring_sqe* sqe = queue(op, io_uring_prep_read, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
         if (!direct_ || aligned(op)) {
-          io_uring_prep_read(ring(op), fd_, op.buffer, op.length, op.offset);
+          queue(op, io_uring_prep_read, fd_, op.buffer, op.length, op.offset);
           return;
         }
         const uint64_t first = op.offset & ~uint64_t{align_ - 1};
@@ -270,38 +292,41 @@ class RawBackend final : public Backend {
         void* bounce = nullptr;
         if (posix_memalign(&bounce, align_, last - first) != 0) return op.finish(-ENOMEM);
         op.bounce = static_cast<uint8_t*>(bounce);
-        io_uring_prep_read(ring(op), fd_, op.bounce, static_cast<unsigned>(last - first), first);
+        queue(op, io_uring_prep_read, fd_, op.bounce, static_cast<unsigned>(last - first), first);
         return;
       }
       case Op::kWrite: {
-        const int fd = write_fd(op.offset, op.length, op.buffer);
+        int fd = write_fd(op.offset, op.length, op.buffer);
         // Large ones, and those the page cache takes anyway (not whole pages).
-        if (stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_)) {
+        const bool behind =
+            stream_through_cache(op) && !(op.flags & kFua) && (op.length >= kInlineLimit || fd == buffered_fd_);
+        bool direct = !behind && fd == fd_ && direct_;
+        if (!claim_pages(op, direct)) return;  // parked until a direct write on its pages ends
+        if (!direct) fd = buffered_fd_;
+        if (behind) {
           op.stage = kStageBehind;
-          io_uring_sqe* sqe = ring(op);
-          io_uring_prep_write(sqe, buffered_fd_, op.buffer, op.length, op.offset);
+          io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer, op.length, op.offset);
           if (op.length >= kInlineLimit) sqe->flags |= IOSQE_ASYNC;
           return;
         }
-        io_uring_sqe* sqe = ring(op);
-        io_uring_prep_write(sqe, fd, op.buffer, op.length, op.offset);
+        io_uring_sqe* sqe = queue(op, io_uring_prep_write, fd, op.buffer, op.length, op.offset);
         if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
         return;
       }
       case Op::kFlush:
-        io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
+        queue(op, io_uring_prep_fsync, fd_, IORING_FSYNC_DATASYNC);
         return;
       case Op::kTrim:
-        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, op.offset, op.length);
         return;
       case Op::kWriteZeroes: {
         int mode = (op.flags & kNoHole) ? FALLOC_FL_ZERO_RANGE : (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
         if (op.flags & kNoHole) op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(ring(op), fd_, mode, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, mode, op.offset, op.length);
         return;
       }
       case Op::kCache:
-        io_uring_prep_fadvise(ring(op), fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
+        queue(op, io_uring_prep_fadvise, fd_, op.offset, op.length, POSIX_FADV_WILLNEED);
         return;
     }
   }
@@ -360,27 +385,72 @@ class RawBackend final : public Backend {
     }
     // A short read leaves the rest unaligned in general: finish it buffered.
     int fd = op.done_bytes == 0 && op.stage != kStageCached ? fd_ : buffered_fd_;
-    io_uring_prep_read(ring(op), fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
-                       op.offset + op.done_bytes);
+    queue(op, io_uring_prep_read, fd, op.buffer + op.done_bytes, op.length - op.done_bytes,
+          op.offset + op.done_bytes);
   }
 
   void write_done(IoOp& op, int32_t result) noexcept {
-    if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
     if (op.stage == kStageBehindWait) {
       drop_behind(op);
-      return op.finish(result < 0 ? result : static_cast<int32_t>(op.length));
+      return write_end(op, result < 0 ? result : static_cast<int32_t>(op.length));
     }
     if (result == -EAGAIN || result == -EINTR) result = 0;
-    if (result < 0) return op.finish(result);
+    if (result < 0) return write_end(op, result);
     op.done_bytes += static_cast<uint32_t>(result);
     if (op.done_bytes < op.length) {
-      io_uring_sqe* sqe = ring(op);
-      io_uring_prep_write(sqe, buffered_fd_, op.buffer + op.done_bytes, op.length - op.done_bytes, op.offset + op.done_bytes);
+      io_uring_sqe* sqe = queue(op, io_uring_prep_write, buffered_fd_, op.buffer + op.done_bytes,
+                                op.length - op.done_bytes, op.offset + op.done_bytes);
       if (op.flags & kFua) sqe->rw_flags = RWF_DSYNC;
       return;
     }
     if (op.stage == kStageBehind) return write_behind(op);
-    op.finish(static_cast<int32_t>(op.length));
+    write_end(op, static_cast<int32_t>(op.length));
+  }
+
+  // A direct write and a buffered one must never be in flight on the same
+  // page at once, even when the client sends overlapping writes together
+  // (its right: only the overlapped bytes are then undefined). The direct
+  // write's end cannot invalidate the page the buffered one dirtied
+  // meanwhile: the kernel reports EIO at the next fdatasync, so a FLUSH
+  // failed, and that page's writeback later puts stale bytes over the
+  // direct write beyond the overlap. So a direct write that meets a
+  // buffered one goes buffered too, and a buffered one that meets a direct
+  // one waits until it ends (QEMU likewise serialises overlapping requests
+  // that are not aligned). Returns false when op waits; may clear direct.
+  bool claim_pages(IoOp& op, bool& direct) noexcept {
+    if (!direct_ || in_memory_) return true;  // one kind of write only
+    const uint64_t first = op.offset / page_size(), end = (op.offset + op.length + page_size() - 1) / page_size();
+    bool meets_direct = false, meets_buffered = false;
+    for (const InFlightWrite& w : writes_) {
+      if (w.first_page < end && first < w.end_page) (w.direct ? meets_direct : meets_buffered) = true;
+    }
+    if (meets_buffered) direct = false;
+    if (!direct && meets_direct) {
+      parked_.push_back(&op);
+      return false;
+    }
+    writes_.push_back({&op, first, end, direct});
+    return true;
+  }
+
+  // The write's pages are free: writes parked on them start.
+  void write_end(IoOp& op, int32_t result) noexcept {
+    for (size_t i = 0; i < writes_.size(); ++i) {
+      if (writes_[i].op == &op) {
+        writes_[i] = writes_.back();
+        writes_.pop_back();
+        std::vector<IoOp*> parked;
+        parked.swap(parked_);
+        for (IoOp* p : parked) start(*p);  // parks again if it still must wait
+        break;
+      }
+    }
+    op.finish(result);
+  }
+
+  static uint64_t page_size() noexcept {
+    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    return page;
   }
 
   // Writes go direct or through the page cache by whole pages: a direct
@@ -392,8 +462,7 @@ class RawBackend final : public Backend {
   // a stream of 66048-byte writes at 512-byte offsets, its first write
   // direct and the rest buffered, hit it in a test.
   static bool whole_pages(uint64_t offset, uint64_t length) noexcept {
-    static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-    return offset % page == 0 && length % page == 0;
+    return offset % page_size() == 0 && length % page_size() == 0;
   }
 
   // A sequential write is in the page cache. When it completes a 2 MiB
@@ -412,10 +481,10 @@ class RawBackend final : public Backend {
     }
     uint64_t first, last;
     behind(op, first, last);
-    if (last <= first) return op.finish(static_cast<int32_t>(op.length));
+    if (last <= first) return write_end(op, static_cast<int32_t>(op.length));
     op.stage = kStageBehindWait;
-    io_uring_prep_sync_file_range(ring(op), buffered_fd_, static_cast<unsigned>(last - first), first,
-                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+    queue(op, io_uring_prep_sync_file_range, buffered_fd_, static_cast<unsigned>(last - first), first,
+          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
   }
 
   void zeroes_done(IoOp& op, int32_t result) noexcept {
@@ -424,7 +493,7 @@ class RawBackend final : public Backend {
       case kStageMain:  // punch hole
         if (!unsupported) return finish_or_sync(op, result);
         op.stage = kStageZeroRange;
-        io_uring_prep_fallocate(ring(op), fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
+        queue(op, io_uring_prep_fallocate, fd_, FALLOC_FL_ZERO_RANGE, op.offset, op.length);
         return;
       case kStageZeroRange:
         if (!unsupported) return finish_or_sync(op, result);
@@ -449,14 +518,14 @@ class RawBackend final : public Backend {
   void write_zero_chunk(IoOp& op) noexcept {
     uint32_t n = std::min(op.length - op.done_bytes, kZeroChunk);
     const uint64_t pos = op.offset + op.done_bytes;
-    io_uring_prep_write(ring(op), write_fd(pos, n, zeroes_), zeroes_, n, pos);
+    queue(op, io_uring_prep_write, write_fd(pos, n, zeroes_), zeroes_, n, pos);
   }
 
   // Trim and zero with FUA: the metadata change must be durable too.
   void finish_or_sync(IoOp& op, int32_t result) noexcept {
     if (result < 0 || !(op.flags & kFua)) return op.finish(result < 0 ? result : 0);
     op.stage = kStageFuaSync;
-    io_uring_prep_fsync(ring(op), fd_, IORING_FSYNC_DATASYNC);
+    queue(op, io_uring_prep_fsync, fd_, IORING_FSYNC_DATASYNC);
   }
 
   int fd_;
@@ -464,10 +533,19 @@ class RawBackend final : public Backend {
   bool direct_;
   bool block_device_;
   bool in_memory_;
+  bool always_async_;  // FUSE: see queue()
   uint64_t size_;
   uint32_t align_;
   RawOptions options_;
   uint8_t* zeroes_ = nullptr;
+  // Writes on the ring, by pages, and writes waiting for them: claim_pages().
+  struct InFlightWrite {
+    IoOp* op;
+    uint64_t first_page, end_page;
+    bool direct;
+  };
+  std::vector<InFlightWrite> writes_;
+  std::vector<IoOp*> parked_;
 };
 
 uint32_t direct_io_alignment(int fd, bool block_device) {
@@ -556,7 +634,8 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
   struct statfs fs{};
   const bool in_memory = !block_device && fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC);
-  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, size, align, options);
+  const bool fuse = !block_device && fs.f_type == FUSE_SUPER_MAGIC;
+  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, fuse, size, align, options);
 }
 
 }  // namespace ioband::io

@@ -206,7 +206,7 @@ def free_tcp_port():
 # --- export specs -------------------------------------------------------------
 
 EXPORT_KEYS = {"size", "readonly", "backend", "fault-errno", "fault-rate",
-               "fault-delay-ms", "description"}
+               "fault-delay-ms", "fault-offset", "fault-length", "description"}
 
 
 def parse_export_spec(spec):

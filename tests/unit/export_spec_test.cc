@@ -25,6 +25,12 @@ TEST(ExportSpec, ParsesEveryKey) {
   EXPECT_EQ(mem.fault_errno, ENOSPC);
   EXPECT_DOUBLE_EQ(mem.fault_rate, 0.5);
   EXPECT_EQ(mem.fault_delay_ms, 3u);
+  EXPECT_EQ(mem.fault_length, 0u);  // everywhere
+
+  ExportSpec range;
+  ASSERT_FALSE(parse_export_spec("r=/x,fault-errno=EIO,fault-offset=1M,fault-length=64K", range));
+  EXPECT_EQ(range.fault_offset, 1u << 20);
+  EXPECT_EQ(range.fault_length, 64u << 10);
 }
 
 TEST(ExportSpec, RefusesBadInputNamingIt) {
@@ -37,6 +43,8 @@ TEST(ExportSpec, RefusesBadInputNamingIt) {
   EXPECT_NE(parse_export_spec("a=/x,fault-rate=2", spec)->find("fault-rate"), std::string::npos);
   EXPECT_NE(parse_export_spec("a=/x,fault-errno=EWHAT", spec)->find("EWHAT"), std::string::npos);
   EXPECT_NE(parse_export_spec("a=", spec)->find("needs a PATH"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,fault-offset=1M", spec)->find("fault-offset needs fault-length"), std::string::npos);
+  EXPECT_NE(parse_export_spec("a=/x,fault-length=lots", spec)->find("fault-length 'lots'"), std::string::npos);
 }
 
 TEST(ExportSpec, AccessRulesInOrder) {

@@ -480,11 +480,12 @@ NbdRequest* Session::acquire_request() noexcept {
 void Session::release_request(NbdRequest* r) noexcept {
   --inflight_;
   if (r->header.type == kCmdRead || r->header.type == kCmdWrite) inflight_bytes_ -= r->header.length;
-  // Keep a few requests and modest buffers for reuse; give back the rest.
+  // Keep a few requests and modest buffers for reuse; give back the rest,
+  // and buffers above 128 KiB while request memory is tight (limits.h).
   if (free_count_ >= 64) {
     delete r;
   } else {
-    if (r->capacity > (1u << 20) || (r->capacity != 0 && host_.limits->memory.tight())) {
+    if (r->capacity > (1u << 20) || (r->capacity > (128u << 10) && host_.limits->memory.tight())) {
       buffer_changed(r->capacity, 0);
       free(r->data);
       r->data = nullptr;

@@ -4,6 +4,7 @@ too many, or ask for data and never read it cost the daemon a bounded
 amount of time, descriptors and memory, and are told or closed; the daemon
 never spins, and serves new clients once they are gone."""
 
+import json
 import os
 import select
 import socket
@@ -96,6 +97,14 @@ def test_idle_timeout_closes_idle_connections_only():
         assert "idle for --idle-timeout" in srv.logs()
 
 
+def status_limits(srv):
+    """The counters of `iobandctl --json status`."""
+    ctl = os.environ.get("IOBANDCTL") or os.path.join(os.path.dirname(it.IOBANDD), "iobandctl")
+    out = subprocess.run([ctl, "--control", os.path.join(srv.state_dir, "ioband.ctl"), "--json", "status"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return json.loads(out)["data"]["limits"]
+
+
 def refused(srv, uri=None):
     """qemu-img info: exit status and what it printed (the server's message)."""
     r = subprocess.run(["qemu-img", "info", "--output=json", uri or srv.uri("m")],
@@ -119,6 +128,8 @@ def test_connection_cap_refuses_cleanly_and_frees_a_place():
         h.pread(4096, 0)
         second.pread(4096, 0)
         assert "refused a connection" in srv.logs()
+        limits = status_limits(srv)
+        assert limits["refused_max_connections"] >= 2 and limits["connections"] >= 2, limits
 
 
 def test_per_client_cap_counts_each_identity():
@@ -230,6 +241,9 @@ def test_slow_readers_stay_under_the_memory_cap_and_are_disconnected():
         logs = srv.logs()
         assert "replies unread for --send-timeout" in logs
         assert "request memory at its cap" in logs
+        limits = status_limits(srv)
+        assert limits["slow_readers_closed"] == 6 and limits["memory_waits"] >= 1, limits
+        assert limits["request_memory_peak_bytes"] <= cap + 32 * MiB, limits
 
 
 def test_memory_export_size_cap():

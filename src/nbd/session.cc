@@ -1047,8 +1047,10 @@ Expiry Session::expired(std::chrono::steady_clock::time_point now, const LimitsC
       if (out_head_ && over(last_send_progress_, config.send_timeout)) return Expiry::kSlowReader;
       if (inflight_ == 0 && !waiting_memory_ && over(last_input_, config.idle_timeout)) return Expiry::kIdle;
       return Expiry::kNone;
-    case Phase::kMigrating:
-    case Phase::kClosing: return Expiry::kNone;
+    case Phase::kClosing:
+      // A stop or remove --force waits for replies to go out: not forever.
+      return out_head_ && over(last_send_progress_, config.send_timeout) ? Expiry::kSlowReader : Expiry::kNone;
+    case Phase::kMigrating: return Expiry::kNone;
   }
   return Expiry::kNone;
 }

@@ -102,7 +102,10 @@ class Session {
 
   // Limits (limits.h). refuse(): before start(), answer every option with
   // an error saying why (the connection cap) instead of serving.
-  void refuse(std::string why) noexcept { refusal_ = std::move(why); }
+  void refuse(std::string why) noexcept {
+    refusal_ = std::move(why);
+    limit_closed_ = true;  // the server logged the refusal, rate-limited
+  }
   // Which timeout has run out at now, if any (nullptr: none); see limits.h.
   Expiry expired(std::chrono::steady_clock::time_point now, const LimitsConfig& config) const noexcept;
   // Closes the connection at once, queued replies dropped; the server logs it.
@@ -274,7 +277,7 @@ class Session {
   std::chrono::steady_clock::time_point started_, last_input_, last_send_progress_;
   uint64_t held_capacity_ = 0;  // bytes of request buffers, counted in Limits::memory
   bool waiting_memory_ = false;
-  bool limit_closed_ = false;
+  bool limit_closed_ = false;  // closed by a limit: no line of its own (the server logs, rate-limited)
   std::string refusal_;
 };
 

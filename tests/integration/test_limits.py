@@ -246,6 +246,18 @@ def test_slow_readers_stay_under_the_memory_cap_and_are_disconnected():
         assert limits["request_memory_peak_bytes"] <= cap + 32 * MiB, limits
 
 
+def test_stop_does_not_wait_for_a_slow_reader_past_the_send_timeout():
+    srv = server("--send-timeout", "2").start()
+    raw = slow_reader(srv.socket_path, 3, 32 * MiB)
+    time.sleep(0.5)
+    start = time.monotonic()
+    srv.signal(it.signal.SIGTERM)
+    assert srv.wait(timeout=20) == 0
+    took = time.monotonic() - start
+    assert took < 6, f"stopped after {took:.1f} s (--send-timeout 2; the grace period is 30 s)"
+    raw.close()
+
+
 def test_memory_export_size_cap():
     def start(*args):
         r = subprocess.run([it.IOBANDD, "--state-dir", it.make_tmpdir(), *args],

@@ -735,7 +735,7 @@ Reply Engine::status(const Request& request) {
   if (platform_.limit_counters) {
     json limits = json::object();
     for (const auto& [name, value] : platform_.limit_counters()) limits[name] = value;
-    reply.data["limits"] = std::move(limits);
+    reply.data["server_limits"] = std::move(limits);
   }
   return reply;
 }

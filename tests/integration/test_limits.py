@@ -102,7 +102,7 @@ def status_limits(srv):
     ctl = os.environ.get("IOBANDCTL") or os.path.join(os.path.dirname(it.IOBANDD), "iobandctl")
     out = subprocess.run([ctl, "--control", os.path.join(srv.state_dir, "ioband.ctl"), "--json", "status"],
                          capture_output=True, text=True, timeout=30, check=True).stdout
-    return json.loads(out)["data"]["limits"]
+    return json.loads(out)["data"]["server_limits"]
 
 
 def refused(srv, uri=None):

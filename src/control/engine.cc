@@ -848,6 +848,11 @@ Reply Engine::status(const Request& request) {
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";
   reply.data = {{"devices", std::move(array)}};
+  if (platform_.limit_counters) {
+    json limits = json::object();
+    for (const auto& [name, value] : platform_.limit_counters()) limits[name] = value;
+    reply.data["server_limits"] = std::move(limits);
+  }
   return reply;
 }
 

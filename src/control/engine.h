@@ -107,6 +107,9 @@ struct Platform {
   // Runs off the control thread.
   std::function<io::CalibrationReport(const io::CalibrationOptions& options, const std::atomic<bool>& cancel)>
       calibrate;
+  // Optional: the NBD server's resource limits and what they did (name,
+  // value), shown by status --json as "server_limits".
+  std::function<std::vector<std::pair<std::string, uint64_t>>()> limit_counters;
 };
 
 class Engine {

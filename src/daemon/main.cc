@@ -16,6 +16,7 @@
 #include "control/engine.h"
 #include "control/export_spec.h"
 #include "daemon/control_server.h"
+#include "daemon/limit_options.h"
 #include "daemon/platform.h"
 #include "daemon/state_lock.h"
 #include "io/backend.h"
@@ -145,6 +146,8 @@ int main(int argc, char** argv) {
   // authenticated and encrypted, and a listener other hosts reach is no
   // longer worth a warning.
   bool tls_enabled = false;
+  daemon::LimitOptions limit_options;
+  daemon::add_limit_options(app, limit_options);
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -169,11 +172,19 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (auto error = daemon::finish_limit_options(limit_options); !error.empty()) {
+    std::cerr << "iobandd: " << error << "\n";
+    return 2;
+  }
   std::vector<control::ExportSpec> specs;
   for (const auto& text : export_texts) {
     control::ExportSpec spec;
     if (auto error = control::parse_export_spec(text, spec)) {
       std::cerr << "iobandd: " << *error << "\n";
+      return 2;
+    }
+    if (auto error = daemon::check_memory_export(spec, limit_options); !error.empty()) {
+      std::cerr << "iobandd: " << error << "\n";
       return 2;
     }
     for (const auto& other : specs) {
@@ -252,7 +263,9 @@ int main(int argc, char** argv) {
     exports.add(std::move(e));
   }
 
+  daemon::raise_open_file_limit(limit_options.config);
   nbd::Server server(reactor_ptrs, exports);
+  server.set_limits(limit_options.config);
   if (auto error = server.listen_unix(socket_path); !error.empty()) {
     std::cerr << "iobandd: --socket " << error << "\n";
     return 1;

@@ -42,6 +42,24 @@ control::Platform DaemonPlatform::make() {
   };
   p.run_on_owner = [this](int id, const std::function<void()>& fn) { run_on_owner(id, fn); };
   p.release_device_group = [this](int id, qos::DeviceGroup&) { release_device_group(id); };
+  p.limit_counters = [this] {
+    const nbd::Limits& l = server_.limits();
+    const nbd::LimitCounters& c = l.counters;
+    const auto get = [](const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); };
+    return std::vector<std::pair<std::string, uint64_t>>{
+        {"connections", static_cast<uint64_t>(server_.sessions())},
+        {"request_memory_bytes", l.memory.used()},
+        {"request_memory_peak_bytes", l.memory.peak()},
+        {"request_memory_cap_bytes", l.memory.cap()},
+        {"handshake_timeouts", get(c.handshake_timeouts)},
+        {"idle_timeouts", get(c.idle_timeouts)},
+        {"slow_readers_closed", get(c.slow_readers_closed)},
+        {"refused_max_connections", get(c.refused_max_connections)},
+        {"refused_per_client", get(c.refused_per_client)},
+        {"memory_waits", get(c.memory_waits)},
+        {"accept_pauses", get(c.accept_pauses)},
+    };
+  };
   return p;
 }
 

@@ -17,6 +17,29 @@
 
 namespace ioband::nbd {
 
+namespace {
+
+// Clients decide how often these happen: one line per kind per interval.
+RateLimitedLog accept_log, refusal_log, timeout_log;
+
+__kernel_timespec timespec_of(std::chrono::nanoseconds d) {
+  __kernel_timespec ts{};
+  ts.tv_sec = d.count() / 1000000000;
+  ts.tv_nsec = d.count() % 1000000000;
+  return ts;
+}
+
+}  // namespace
+
+struct Server::Ticker final : io::Completion {
+  Server* server = nullptr;
+  size_t index = 0;
+  __kernel_timespec ts{};
+  void on_complete(int32_t result, uint32_t) noexcept override {
+    if (result != -ECANCELED) server->tick(index);
+  }
+};
+
 struct Server::Listener final : io::Completion {
   Server* server = nullptr;
   int fd = -1;
@@ -25,8 +48,21 @@ struct Server::Listener final : io::Completion {
   bool multishot = true;
   bool armed = false;
   std::string where;
+  // Accept paused for want of descriptors (EMFILE, ENFILE) or memory: a
+  // timer arms it again. Re-arming at once spins: the pending connection
+  // stays in the backlog and fails the same way.
+  struct Resume final : io::Completion {
+    Listener* listener = nullptr;
+    __kernel_timespec ts{};
+    void on_complete(int32_t result, uint32_t) noexcept override {
+      Server* server = listener->server;
+      if (result != -ECANCELED && !server->shutting_down_) listener->arm(*server->reactors_[0].reactor);
+    }
+  } resume;
+  bool paused = false;
 
   void arm(io::Reactor& reactor) noexcept {
+    paused = false;
     io_uring_sqe* sqe = reactor.prepare(this);
     if (multishot) {
       io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -45,11 +81,22 @@ struct Server::Listener final : io::Completion {
       multishot = false;  // kernel without multishot accept: one at a time
     } else if (result == -ECANCELED) {
       return;
+    } else if (result == -EMFILE || result == -ENFILE || result == -ENOBUFS || result == -ENOMEM) {
+      if (armed) return;  // multishot still armed: it reports the next one
+      server->limits_.counters.accept_pauses.fetch_add(1, std::memory_order_relaxed);
+      accept_log.log("accept on " + where + ": " + std::strerror(-result) + " with " +
+                     std::to_string(server->live_sessions_.load()) + " connections open; accepting again in " +
+                     std::to_string(kAcceptPause.count()) + " ms");
+      paused = true;
+      resume.listener = this;
+      resume.ts = timespec_of(kAcceptPause);
+      server->reactors_[0].reactor->arm_timer(&resume, &resume.ts);
+      return;
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
       log_line("accept on " + where + " failed: " + std::strerror(-result));
     }
     // Multishot ends after an error or an overflow: arm it again.
-    if (!armed && !server->shutting_down_) arm(*server->reactors_[0].reactor);
+    if (!armed && !paused && !server->shutting_down_) arm(*server->reactors_[0].reactor);
   }
 
   ~Listener() {
@@ -58,7 +105,10 @@ struct Server::Listener final : io::Completion {
 };
 
 Server::Server(std::vector<io::Reactor*> reactors, ExportRegistry& exports) : exports_(exports) {
-  for (io::Reactor* r : reactors) reactors_.push_back(PerReactor{r, {}});
+  for (io::Reactor* r : reactors) {
+    reactors_.emplace_back();
+    reactors_.back().reactor = r;
+  }
 }
 
 Server::~Server() {
@@ -173,13 +223,74 @@ std::vector<std::string> Server::tcp_listeners(bool exposed_only) const {
   return out;
 }
 
+void Server::set_limits(const LimitsConfig& config) {
+  limits_.config = config;
+  limits_.memory.set_cap(config.max_request_memory);
+}
+
 void Server::start() {
   for (auto& l : listeners_) l->arm(*reactors_[0].reactor);
   for (size_t i = 0; i < reactors_.size(); ++i) {
     PerReactor* pr = &reactors_[i];
     // Reactor 0 runs the stop's timers: it is the last to stop.
     pr->reactor->set_idle_check([this, pr, i] { return pr->sessions.empty() && (i != 0 || live_sessions_ == 0); });
+    pr->ticker = std::make_unique<Ticker>();
+    pr->ticker->server = this;
+    pr->ticker->index = i;
+    pr->reactor->post([this, i] { arm_tick(i); });
   }
+}
+
+void Server::arm_tick(size_t index) noexcept {
+  PerReactor& pr = reactors_[index];
+  pr.ticker->ts = timespec_of(pr.memory_waiters.empty() ? std::chrono::nanoseconds(std::chrono::seconds(1))
+                                                        : std::chrono::nanoseconds(RequestMemory::kRetryInterval));
+  pr.reactor->arm_timer(pr.ticker.get(), &pr.ticker->ts);
+}
+
+void Server::tick(size_t index) noexcept {
+  PerReactor& pr = reactors_[index];
+  const auto now = pr.reactor->now();
+  if (!pr.memory_waiters.empty()) {
+    std::vector<Session*> waiting(pr.memory_waiters.begin(), pr.memory_waiters.end());
+    pr.memory_waiters.clear();
+    for (Session* s : waiting) {
+      if (!pr.sessions.count(s)) continue;
+      s->retry_memory();
+      if (pr.sessions.count(s) && s->waiting_for_memory()) pr.memory_waiters.insert(s);
+    }
+  }
+  if (now - pr.last_sweep >= std::chrono::seconds(1)) {
+    pr.last_sweep = now;
+    std::vector<std::pair<Session*, Expiry>> expired;
+    for (Session* s : pr.sessions) {
+      if (const Expiry why = s->expired(now, limits_.config); why != Expiry::kNone) expired.emplace_back(s, why);
+    }
+    LimitCounters& counters = limits_.counters;
+    for (const auto& [s, why] : expired) {
+      if (!pr.sessions.count(s)) continue;
+      std::chrono::seconds limit{};
+      switch (why) {
+        case Expiry::kHandshake:
+          counters.handshake_timeouts.fetch_add(1, std::memory_order_relaxed);
+          limit = limits_.config.handshake_timeout;
+          break;
+        case Expiry::kIdle:
+          counters.idle_timeouts.fetch_add(1, std::memory_order_relaxed);
+          limit = limits_.config.idle_timeout;
+          break;
+        case Expiry::kSlowReader:
+          counters.slow_readers_closed.fetch_add(1, std::memory_order_relaxed);
+          limit = limits_.config.send_timeout;
+          break;
+        case Expiry::kNone: break;
+      }
+      timeout_log.log("connection " + std::to_string(s->id()) + " from " + s->peer().address + " closed: " +
+                      expiry_reason(why) + " (" + std::to_string(limit.count()) + " s)");
+      s->expire(why);
+    }
+  }
+  arm_tick(index);
 }
 
 namespace {
@@ -244,15 +355,57 @@ PeerIdentity identify(int fd, bool unix_socket) {
 
 }  // namespace
 
+std::string Server::admit(const PeerIdentity& peer, std::string& key) {
+  const LimitsConfig& config = limits_.config;
+  LimitCounters& counters = limits_.counters;
+  const int admitted = live_sessions_.load() - refusing_.load();
+  if (config.max_connections && admitted >= static_cast<int64_t>(config.max_connections)) {
+    counters.refused_max_connections.fetch_add(1, std::memory_order_relaxed);
+    return "the server has reached its limit of " + std::to_string(config.max_connections) +
+           " connections (iobandd --max-connections); try again later";
+  }
+  const std::string identity = client_key(peer.unix_socket, peer.uid, peer.address);
+  std::lock_guard lock(clients_mutex_);
+  uint32_t& count = clients_[identity];
+  if (config.max_connections_per_client && count >= config.max_connections_per_client) {
+    if (count == 0) clients_.erase(identity);
+    counters.refused_per_client.fetch_add(1, std::memory_order_relaxed);
+    return identity + " has reached its limit of " + std::to_string(config.max_connections_per_client) +
+           " connections (iobandd --max-connections-per-client); try again later";
+  }
+  ++count;
+  key = identity;
+  return {};
+}
+
 void Server::accepted(Listener& listener, int fd) noexcept {
   if (shutting_down_) {
     close(fd);
     return;
   }
-  auto* session = new (std::nothrow) Session(host_for(0), fd, identify(fd, listener.unix_socket), next_id_++);
+  PeerIdentity peer = identify(fd, listener.unix_socket);
+  std::string key;
+  std::string refusal = admit(peer, key);
+  if (!refusal.empty()) {
+    refusal_log.log("refused a connection from " + peer.address + ": " + refusal);
+    if (refusing_.load() >= kMaxRefusing) {
+      close(fd);
+      return;
+    }
+  }
+  auto* session = new (std::nothrow) Session(host_for(0), fd, std::move(peer), next_id_++);
   if (!session) {
     close(fd);
+    if (!key.empty()) {
+      std::lock_guard lock(clients_mutex_);
+      if (--clients_[key] == 0) clients_.erase(key);
+    }
     return;
+  }
+  session->client_key = std::move(key);
+  if (!refusal.empty()) {
+    session->refuse(std::move(refusal));
+    refusing_.fetch_add(1);
   }
   reactors_[0].sessions.insert(session);
   live_sessions_.fetch_add(1);
@@ -270,6 +423,8 @@ SessionHost Server::host_for(size_t index) {
   SessionHost host;
   host.reactor = reactors_[index].reactor;
   host.exports = &exports_;
+  host.limits = &limits_;
+  host.wait_memory = [this, index](Session* s) { reactors_[index].memory_waiters.insert(s); };
   host.on_closed = [this, index](Session* s) { closed(index, s); };
   host.migrate = [this, index](Session* s, io::Reactor* target) {
     reactors_[index].sessions.erase(s);
@@ -288,6 +443,12 @@ void Server::adopt(size_t index, Session* session) {
 
 void Server::closed(size_t index, Session* session) {
   reactors_[index].sessions.erase(session);
+  reactors_[index].memory_waiters.erase(session);
+  if (!session->client_key.empty()) {
+    std::lock_guard lock(clients_mutex_);
+    if (--clients_[session->client_key] == 0) clients_.erase(session->client_key);
+  }
+  if (session->refusing()) refusing_.fetch_sub(1);
   delete session;
   // Reactor 0 stops only when no session is left anywhere: wake it for the last.
   if (live_sessions_.fetch_sub(1) == 1 && shutting_down_ && index != 0) reactors_[0].reactor->post([] {});

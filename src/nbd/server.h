@@ -4,13 +4,17 @@
 // reactor that owns their export.
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "io/reactor.h"
 #include "nbd/export.h"
+#include "nbd/limits.h"
 #include "nbd/session.h"
 
 namespace ioband::nbd {
@@ -41,11 +45,25 @@ class Server {
 
   int sessions() const noexcept { return live_sessions_.load(); }
 
+  // Before start(). The counters and memory use may be read at any time.
+  void set_limits(const LimitsConfig& config);
+  const Limits& limits() const noexcept { return limits_; }
+
+  // Connections refused at a cap still get a handshake that says why; past
+  // this many at once they are closed without a word.
+  static constexpr int kMaxRefusing = 64;
+  // accept failed for want of file descriptors or memory: wait this long.
+  static constexpr std::chrono::milliseconds kAcceptPause{500};
+
  private:
   struct Listener;
+  struct Ticker;
   struct PerReactor {
-    io::Reactor* reactor;
+    io::Reactor* reactor = nullptr;
     std::unordered_set<Session*> sessions;  // touched only on reactor's thread
+    std::unordered_set<Session*> memory_waiters;  // stopped reading for request memory
+    std::unique_ptr<Ticker> ticker;
+    std::chrono::steady_clock::time_point last_sweep{};
   };
 
   void accepted(Listener& listener, int fd) noexcept;
@@ -53,6 +71,12 @@ class Server {
   void adopt(size_t index, Session* session);
   void closed(size_t index, Session* session);
   size_t index_of(io::Reactor* reactor) const;
+  // Once a second per reactor (every RequestMemory::kRetryInterval while
+  // sessions wait for memory): timeouts and memory waiters. See limits.h.
+  void tick(size_t index) noexcept;
+  void arm_tick(size_t index) noexcept;
+  // The refusal message when a cap is reached, or empty (then counted).
+  std::string admit(const PeerIdentity& peer, std::string& key);
 
   std::vector<PerReactor> reactors_;
   ExportRegistry& exports_;
@@ -60,6 +84,10 @@ class Server {
   std::atomic<int> live_sessions_{0};
   uint64_t next_id_ = 1;
   std::atomic<bool> shutting_down_{false};
+  Limits limits_;
+  std::atomic<int> refusing_{0};
+  std::mutex clients_mutex_;
+  std::unordered_map<std::string, uint32_t> clients_;  // guarded by clients_mutex_
 };
 
 }  // namespace ioband::nbd

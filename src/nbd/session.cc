@@ -24,23 +24,32 @@ void NbdRequest::finish(int32_t result) noexcept { session->io_done(*this, resul
 
 bool NbdRequest::ensure_capacity(uint32_t bytes) noexcept {
   if (capacity >= bytes) return true;
+  const uint32_t before = capacity;
   free(data);
   data = nullptr;
   capacity = 0;
   const uint32_t rounded = (bytes + 4095u) & ~4095u;
   void* p = nullptr;
-  if (posix_memalign(&p, 4096, rounded) != 0) return false;
+  if (posix_memalign(&p, 4096, rounded) != 0) {
+    session->buffer_changed(before, 0);
+    return false;
+  }
   data = static_cast<uint8_t*>(p);
   capacity = rounded;
+  session->buffer_changed(before, rounded);
   return true;
 }
 
-NbdRequest::~NbdRequest() { free(data); }
+NbdRequest::~NbdRequest() {
+  if (capacity) session->buffer_changed(capacity, 0);
+  free(data);
+}
 
 // ---------------------------------------------------------------- lifecycle
 
 Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
-    : host_(std::move(host)), fd_(fd), peer_(std::move(peer)), id_(id), in_(new uint8_t[kStagingSize]) {
+    : host_(std::move(host)), fd_(fd), peer_(std::move(peer)), id_(id), in_(new uint8_t[kStagingSize]),
+      started_(host_.reactor->now()), last_input_(started_), last_send_progress_(started_) {
   // sendfile() has no "don't wait" flag: the socket itself must not block.
   // The ring's recv and poll wait for readiness either way.
   const int fl = fcntl(fd_, F_GETFL);
@@ -133,6 +142,7 @@ void Session::maybe_destroy() noexcept {
       busy_ != 0) {
     return;
   }
+  if (limit_closed_) return host_.on_closed(this);  // the server logged it, rate-limited
   std::string line = "connection " + std::to_string(id_) + " closed";
   if (export_) line += " (export " + export_->name + ")";
   if (close_reason_) line += ": " + std::string(close_reason_);
@@ -192,6 +202,7 @@ void Session::recv_done_inner(int32_t result) noexcept {
     input_closed_ = true;
     return begin_close(result == 0 ? "client disconnected" : "connection reset");
   }
+  last_input_ = host_.reactor->now();
   // A full staging buffer means the socket may hold more requests; a
   // payload read straight into its buffer says nothing about that.
   if (!payload_direct_ && static_cast<uint32_t>(result) == recv_asked_) host_.reactor->expect_more();
@@ -224,7 +235,7 @@ void Session::process_input() noexcept {
   // Reading stops while the session is over its limits (memory stays
   // bounded); a WRITE whose payload is arriving is always completed.
   const bool want_input = payload_request_ != nullptr || discard_ != 0 || phase_ != Phase::kTransmission ||
-                          (!reading_paused() && !disconnect_requested_ && !(cork_pending_ && memory_speed_));
+                          (!reading_paused() && !disconnect_requested_ && !waiting_memory_ && !(cork_pending_ && memory_speed_));
   if (want_input) arm_recv();
 }
 
@@ -292,12 +303,13 @@ void Session::option_error(uint32_t option, uint32_t type, const std::string& me
 }
 
 void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t length) noexcept {
+  if (!refusal_.empty()) return refuse_option(option);
   switch (option) {
     case kOptExportName: {
       std::string name(reinterpret_cast<const char*>(data), length);
       auto e = host_.exports->find_for_client(name);
       if (!e) {
-        log_line("connection " + std::to_string(id_) + ": unknown export '" + name + "'");
+        log_line("connection " + std::to_string(id_) + ": unknown export '" + escape_for_log(name) + "'");
         begin_close("unknown export");
         return;
       }
@@ -307,7 +319,7 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
         return;
       }
       if (!e->admit()) {  // this old-style option has no way to say why
-        log_line("connection " + std::to_string(id_) + ": export '" + name + "' is held (calibration)");
+        log_line("connection " + std::to_string(id_) + ": export '" + escape_for_log(name) + "' is held (calibration)");
         begin_close("export held");
         return;
       }
@@ -501,11 +513,13 @@ NbdRequest* Session::acquire_request() noexcept {
 void Session::release_request(NbdRequest* r) noexcept {
   --inflight_;
   if (r->header.type == kCmdRead || r->header.type == kCmdWrite) inflight_bytes_ -= r->header.length;
-  // Keep a few requests and modest buffers for reuse; give back the rest.
+  // Keep a few requests and modest buffers for reuse; give back the rest,
+  // and buffers above 128 KiB while request memory is tight (limits.h).
   if (free_count_ >= 64) {
     delete r;
   } else {
-    if (r->capacity > (1u << 20)) {
+    if (r->capacity > (1u << 20) || (r->capacity > (128u << 10) && host_.limits->memory.tight())) {
+      buffer_changed(r->capacity, 0);
       free(r->data);
       r->data = nullptr;
       r->capacity = 0;
@@ -584,6 +598,11 @@ bool Session::process_request() noexcept {
       in_start_ += header.length;
       dispatch(*r, payload);
       return true;
+    }
+    if (r->capacity < header.length && !memory_admits(((header.length + 4095ull) & ~4095ull) - r->capacity)) {
+      release_request(r);
+      in_start_ -= kRequestSize;  // read again once memory is free
+      return false;
     }
     if (!r->ensure_capacity(header.length)) {
       discard_ = verdict.payload;
@@ -820,6 +839,7 @@ void Session::build_block_status(NbdRequest& r) noexcept {
 
 void Session::queue_reply(NbdRequest& r) noexcept {
   r.next = nullptr;
+  if (!out_head_) last_send_progress_ = host_.reactor->now();
   if (out_tail_) {
     out_tail_->next = &r;
   } else {
@@ -1016,6 +1036,7 @@ void Session::send_failed() noexcept {
 }
 
 void Session::account_sent(uint32_t bytes) noexcept {
+  last_send_progress_ = host_.reactor->now();
   unread_bound_ += kUnreadPerSend + 2ull * bytes;
   if (handshake_sent_ < handshake_out_.size()) {
     handshake_sent_ += bytes;
@@ -1040,6 +1061,90 @@ void Session::account_sent(uint32_t bytes) noexcept {
   }
   // Replies drained: a session paused at its limits may read again.
   if (phase_ == Phase::kTransmission) process_input();
+}
+
+// ---------------------------------------------------------------- limits
+
+namespace {
+
+// Clients choose how often these happen: one line per interval.
+RateLimitedLog memory_log;
+
+}  // namespace
+
+Expiry Session::expired(std::chrono::steady_clock::time_point now, const LimitsConfig& config) const noexcept {
+  const auto over = [now](std::chrono::steady_clock::time_point since, std::chrono::seconds limit) {
+    return limit.count() > 0 && now - since >= limit;
+  };
+  switch (phase_) {
+    case Phase::kGreeting:
+    case Phase::kOptions:
+      return over(started_, config.handshake_timeout) ? Expiry::kHandshake : Expiry::kNone;
+    case Phase::kTransmission:
+      if (out_head_ && over(last_send_progress_, config.send_timeout)) return Expiry::kSlowReader;
+      if (inflight_ == 0 && !waiting_memory_ && over(last_input_, config.idle_timeout)) return Expiry::kIdle;
+      return Expiry::kNone;
+    case Phase::kClosing:
+      // A stop or remove --force waits for replies to go out: not forever.
+      return out_head_ && over(last_send_progress_, config.send_timeout) ? Expiry::kSlowReader : Expiry::kNone;
+    case Phase::kMigrating: return Expiry::kNone;
+  }
+  return Expiry::kNone;
+}
+
+// The ring's recv and polls on the socket end at shutdown(); replies
+// queued for a client that does not read are dropped, requests on the
+// storage finish and are dropped too (their sends fail).
+void Session::expire(Expiry why) noexcept {
+  ++busy_;
+  limit_closed_ = true;
+  ::shutdown(fd_, SHUT_RDWR);
+  begin_close(expiry_reason(why));
+  if (!send_pending_) send_failed();
+  --busy_;
+  maybe_destroy();
+}
+
+void Session::retry_memory() noexcept {
+  ++busy_;
+  process_input();
+  --busy_;
+  maybe_destroy();
+}
+
+bool Session::memory_admits(uint64_t delta) noexcept {
+  RequestMemory& memory = host_.limits->memory;
+  if (memory.admits(delta, held_capacity_)) {
+    waiting_memory_ = false;
+    return true;
+  }
+  if (!waiting_memory_) {
+    waiting_memory_ = true;
+    host_.limits->counters.memory_waits.fetch_add(1, std::memory_order_relaxed);
+    memory_log.log("request memory at its cap (" + std::to_string(memory.used() >> 20) + " of " +
+                   std::to_string(memory.cap() >> 20) + " MiB, --max-request-memory): connection " +
+                   std::to_string(id_) + " from " + peer_.address + " waits before reading more requests");
+    host_.wait_memory(this);
+  }
+  return false;
+}
+
+void Session::buffer_changed(uint32_t before, uint32_t after) noexcept {
+  held_capacity_ = held_capacity_ + after - before;
+  host_.limits->memory.add(static_cast<int64_t>(after) - static_cast<int64_t>(before));
+}
+
+// At the connection cap: the handshake goes on so that the client can be
+// told why (nbdinfo, qemu-img and libnbd print the server's message), and
+// nothing is served.
+void Session::refuse_option(uint32_t option) noexcept {
+  switch (option) {
+    case kOptExportName: return begin_close(refusal_.c_str());  // no way to answer an error
+    case kOptAbort:
+      option_reply(option, kRepAck, nullptr, 0);
+      return begin_close(refusal_.c_str());
+    default: return option_error(option, kRepErrPolicy, refusal_);
+  }
 }
 
 }  // namespace ioband::nbd

@@ -36,6 +36,7 @@
 #include "io/reactor.h"
 #include "nbd/classify.h"
 #include "nbd/export.h"
+#include "nbd/limits.h"
 #include "qos/request.h"
 #include "nbd/protocol.h"
 #include "nbd/validate.h"
@@ -81,6 +82,8 @@ struct SessionHost {
   ExportRegistry* exports = nullptr;
   std::function<void(Session*)> on_closed;  // called on the session's reactor
   std::function<void(Session*, io::Reactor*)> migrate;  // hand to another reactor
+  Limits* limits = nullptr;
+  std::function<void(Session*)> wait_memory;  // stopped reading until request memory frees
 };
 
 class Session {
@@ -96,6 +99,21 @@ class Session {
   void resume_on(io::Reactor* reactor) noexcept;  // after migration
   void shutdown() noexcept;          // graceful: stop reading, finish, close
   void abort() noexcept;             // remove --force
+
+  // Limits (limits.h). refuse(): before start(), answer every option with
+  // an error saying why (the connection cap) instead of serving.
+  void refuse(std::string why) noexcept {
+    refusal_ = std::move(why);
+    limit_closed_ = true;  // the server logged the refusal, rate-limited
+  }
+  // Which timeout has run out at now, if any (nullptr: none); see limits.h.
+  Expiry expired(std::chrono::steady_clock::time_point now, const LimitsConfig& config) const noexcept;
+  // Closes the connection at once, queued replies dropped; the server logs it.
+  void expire(Expiry why) noexcept;
+  bool waiting_for_memory() const noexcept { return waiting_memory_; }
+  bool refusing() const noexcept { return !refusal_.empty(); }
+  void retry_memory() noexcept;
+  std::string client_key;  // the identity counted by the per-client cap; empty: not counted
 
   uint64_t id() const noexcept { return id_; }
   const PeerIdentity& peer() const noexcept { return peer_; }
@@ -170,6 +188,10 @@ class Session {
   void cork_done() noexcept;
 
   void begin_close(const char* why) noexcept;
+  void refuse_option(uint32_t option) noexcept;
+  bool memory_admits(uint64_t delta) noexcept;
+  void buffer_changed(uint32_t before, uint32_t after) noexcept;
+  friend struct NbdRequest;
   void unlink_waiting(NbdRequest& request) noexcept;
   void cancel_waiting() noexcept;
   void maybe_destroy() noexcept;
@@ -253,6 +275,14 @@ class Session {
   bool shutting_down_ = false;
   bool aborted_ = false;  // abort(): replies the client does not take are dropped
   const char* close_reason_ = nullptr;
+
+  // Limits (limits.h): when this connection began, last read something,
+  // and last sent something while replies waited.
+  std::chrono::steady_clock::time_point started_, last_input_, last_send_progress_;
+  uint64_t held_capacity_ = 0;  // bytes of request buffers, counted in Limits::memory
+  bool waiting_memory_ = false;
+  bool limit_closed_ = false;  // closed by a limit: no line of its own (the server logs, rate-limited)
+  std::string refusal_;
 };
 
 }  // namespace ioband::nbd

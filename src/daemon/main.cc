@@ -23,6 +23,7 @@
 #include "ioband/version.h"
 #include "nbd/export.h"
 #include "nbd/server.h"
+#include "net/tls.h"
 
 namespace {
 
@@ -97,6 +98,20 @@ int main(int argc, char** argv) {
                  "deep queue, at most 32 otherwise; 0 never polls (less CPU, more latency)")
       ->check(CLI::Range(int64_t{0}, int64_t{10000}))
       ->capture_default_str();
+  std::string tls_mode = "off";
+  net::TlsOptions tls_options;
+  app.add_option("--tls", tls_mode,
+                 "TLS for NBD clients (NBD_OPT_STARTTLS): off; on (each client chooses); require (nothing but "
+                 "STARTTLS is answered before TLS)")
+      ->check(CLI::IsMember({"off", "on", "require"}))
+      ->capture_default_str();
+  app.add_option("--tls-psk", tls_options.psk_file,
+                 "TLS pre-shared keys: a file of USERNAME:HEXKEY lines, as 'psktool -u NAME -p FILE' writes");
+  app.add_option("--tls-certificates", tls_options.certificates_dir,
+                 "TLS X.509 credentials: a directory with server-cert.pem, server-key.pem and ca-cert.pem "
+                 "(ca-crl.pem if present), the layout QEMU and nbdkit use");
+  app.add_flag("--tls-verify-peer", tls_options.verify_peer,
+               "with --tls-certificates: require a client certificate signed by ca-cert.pem");
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -117,6 +132,14 @@ int main(int argc, char** argv) {
       std::cerr << "iobandd: --listen " << listen << ": expected HOST:PORT, e.g. 127.0.0.1:10809\n";
       return 2;
     }
+  }
+
+  tls_options.mode = *net::parse_tls_mode(tls_mode);
+  std::string tls_error;
+  const std::unique_ptr<net::TlsContext> tls = net::TlsContext::load(tls_options, tls_error);
+  if (!tls_error.empty()) {
+    std::cerr << "iobandd: " << tls_error << "\n";
+    return 1;
   }
 
   std::vector<control::ExportSpec> specs;
@@ -193,6 +216,7 @@ int main(int argc, char** argv) {
   }
 
   nbd::Server server(reactor_ptrs, exports);
+  server.set_tls(tls.get());
   if (auto error = server.listen_unix(socket_path); !error.empty()) {
     std::cerr << "iobandd: --socket " << error << "\n";
     return 1;
@@ -261,7 +285,8 @@ int main(int argc, char** argv) {
   arm_signal();
 
   log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
-           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
+           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)" +
+           (tls ? ", TLS " + tls->describe() : ""));
 
   std::vector<std::thread> workers;
   for (size_t i = 1; i < reactors.size(); ++i) {

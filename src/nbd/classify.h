@@ -24,6 +24,7 @@ struct PeerIdentity {
   uint64_t cgroup_id = 0;  // inode of the client's cgroup v2 directory
   uint32_t ipv4 = 0;       // TCP over IPv4: the address as a number
   std::string address;     // for logs: "host:port" or "pid N uid N"
+  std::string tls_identity;  // after TLS: the PSK username or the client certificate's DN
 };
 
 inline constexpr int64_t kDefaultGroupId = -1;

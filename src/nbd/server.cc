@@ -185,6 +185,7 @@ SessionHost Server::host_for(size_t index) {
   SessionHost host;
   host.reactor = reactors_[index].reactor;
   host.exports = &exports_;
+  host.tls = tls_;
   host.on_closed = [this, index](Session* s) { closed(index, s); };
   host.migrate = [this, index](Session* s, io::Reactor* target) {
     reactors_[index].sessions.erase(s);

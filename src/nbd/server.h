@@ -33,6 +33,8 @@ class Server {
   void disconnect_export(const std::string& name);
 
   int sessions() const noexcept { return live_sessions_.load(); }
+  // TLS for every connection from now on (nullptr: off); tls outlives the server.
+  void set_tls(const net::TlsContext* tls) noexcept { tls_ = tls; }
 
  private:
   struct Listener;
@@ -53,6 +55,7 @@ class Server {
   std::atomic<int> live_sessions_{0};
   uint64_t next_id_ = 1;
   std::atomic<bool> shutting_down_{false};
+  const net::TlsContext* tls_ = nullptr;
 };
 
 }  // namespace ioband::nbd

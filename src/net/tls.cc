@@ -464,7 +464,7 @@ void TlsTransport::handshake_step() noexcept {
         error_ = "the client's certificate: " + std::string(reinterpret_cast<char*>(text.data), text.size);
         gnutls_free(text.data);
       }
-    } else if (rc == GNUTLS_E_NO_CERTIFICATE_FOUND) {
+    } else if (rc == GNUTLS_E_CERTIFICATE_REQUIRED || rc == GNUTLS_E_NO_CERTIFICATE_FOUND) {
       error_ = "the client sent no certificate (--tls-verify-peer requires one)";
     }
     const std::string reason = gnutls_strerror(rc);

@@ -27,9 +27,18 @@ constexpr uint32_t kCipherIn = 64u << 10;
 // Sealed records waiting for the socket: past this, send() takes no more.
 constexpr size_t kCipherOutHigh = 256u << 10;
 
-// With PSK the key exchanges that use it are added to GnuTLS's defaults.
-constexpr const char* kPriorityPsk = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK";
-constexpr const char* kPriority = "NORMAL";
+// GnuTLS's defaults with the PSK key exchanges added, the same ciphers in
+// the same order but for AES-128-GCM ahead of ChaCha20, and the server's
+// order winning (%SERVER_PRECEDENCE). A TLS 1.3 PSK is bound to SHA-256,
+// which rules AES-256-GCM out; clients then chose ChaCha20, which nettle
+// runs in software, over AES-128-GCM, which AES-NI runs: the records of
+// 4 KiB reads spent most of their time in ChaCha20 (docs/performance.md).
+#define IOBAND_TLS_CIPHERS                                                                                 \
+  "-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-CCM:+AES-128-CCM:+AES-256-CBC:" \
+  "+AES-128-CBC:%SERVER_PRECEDENCE"
+constexpr const char* kPriorityPsk = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK:" IOBAND_TLS_CIPHERS;
+constexpr const char* kPriority = "NORMAL:" IOBAND_TLS_CIPHERS;
+#undef IOBAND_TLS_CIPHERS
 
 gnutls_session_t as_session(void* p) { return static_cast<gnutls_session_t>(p); }
 

@@ -11,6 +11,7 @@
 #                               validity (30 days), e.g. dates in the past.
 
 make_psk() {
+  mkdir -p "$(dirname "$1")"
   psktool -u "$2" -p "$1" >/dev/null 2>&1 || { echo "psktool failed for $1" >&2; return 1; }
 }
 

@@ -442,10 +442,12 @@ void TlsTransport::handshake(io::Reactor& reactor, io::Completion* owner) noexce
   reactor_ = &reactor;
   owner_ = owner;
   cancelled_ = false;
-  handshake_step();
+  handshake_step(false);
 }
 
-void TlsTransport::handshake_step() noexcept {
+// from_ring: called from a ring completion, so owner_ may be called back at
+// once. It may destroy this transport: nothing touches a member after it.
+void TlsTransport::handshake_step(bool from_ring) noexcept {
   gnutls_session_t session = as_session(session_);
   // Warning alerts are skipped; a bound keeps a peer from looping us.
   for (int round = 0; round < 16; ++round) {
@@ -453,13 +455,13 @@ void TlsTransport::handshake_step() noexcept {
     const int written = write_out();
     if (written < 0 && written != -EAGAIN) {
       error_ = std::string("cannot send: ") + std::strerror(-written);
-      return handshake_finish(written);
+      return handshake_finish(written, from_ring);
     }
     if (rc == GNUTLS_E_SUCCESS) {
       handshake_done_ = true;
       // The last flight must reach the client, which waits for it.
       if (written == -EAGAIN) return arm_writable();
-      return handshake_finish(0);
+      return handshake_finish(0, from_ring);
     }
     if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) {
       if (written == -EAGAIN) return arm_writable();
@@ -480,10 +482,10 @@ void TlsTransport::handshake_step() noexcept {
     error_ = error_.empty() ? reason : error_ + " (" + reason + ")";
     gnutls_alert_send_appropriate(session, rc);
     write_out();
-    return handshake_finish(-EPROTO);
+    return handshake_finish(-EPROTO, from_ring);
   }
   error_ = "too many alerts during the handshake";
-  handshake_finish(-EPROTO);
+  handshake_finish(-EPROTO, from_ring);
 }
 
 void TlsTransport::arm_writable() noexcept {
@@ -493,24 +495,22 @@ void TlsTransport::arm_writable() noexcept {
 
 void TlsTransport::handshake_writable(int32_t result) noexcept {
   writable_pending_ = false;
-  in_callback_ = true;
   if (cancelled_ || result == -ECANCELED) {
     error_ = "cancelled";
-    handshake_finish(-ECANCELED);
+    handshake_finish(-ECANCELED, true);
   } else if (const int written = write_out(); written == -EAGAIN) {
     arm_writable();
   } else if (written < 0) {
     error_ = std::string("cannot send: ") + std::strerror(-written);
-    handshake_finish(written);
+    handshake_finish(written, true);
   } else if (handshake_done_) {
-    handshake_finish(0);
+    handshake_finish(0, true);
   } else {
-    handshake_step();
+    handshake_step(true);
   }
-  in_callback_ = false;
 }
 
-void TlsTransport::handshake_finish(int32_t result) noexcept {
+void TlsTransport::handshake_finish(int32_t result, bool from_ring) noexcept {
   gnutls_session_t session = as_session(session_);
   if (result == 0) {
     stage_ = Stage::records;
@@ -538,8 +538,8 @@ void TlsTransport::handshake_finish(int32_t result) noexcept {
     stage_ = Stage::failed;
   }
   io::Completion* owner = owner_;
-  if (in_callback_) {
-    owner->on_complete(result, 0);
+  if (from_ring) {
+    owner->on_complete(result, 0);  // may destroy this transport
   } else {  // still inside handshake(): the caller is not ready to be called back
     reactor_->defer([owner, result] { owner->on_complete(result, 0); });
   }
@@ -620,28 +620,25 @@ int32_t TlsTransport::open_records() noexcept {
 
 void TlsTransport::cipher_received(int32_t result) noexcept {
   cipher_recv_pending_ = false;
-  in_callback_ = true;
   const bool retry = result == -EAGAIN || result == -EINTR || result == -ENOBUFS;
   if (stage_ == Stage::handshake) {
     if (result > 0) {
       in_end_ += static_cast<uint32_t>(result);
       if (cancelled_) {
         error_ = "cancelled";
-        handshake_finish(-ECANCELED);
+        handshake_finish(-ECANCELED, true);
       } else {
-        handshake_step();
+        handshake_step(true);
       }
     } else if (retry && !cancelled_) {
       arm_cipher_recv(*reactor_);
     } else {
       error_ = result == 0 ? "the client closed the connection during the TLS handshake"
                            : std::string("receive failed: ") + std::strerror(-result);
-      handshake_finish(result == 0 ? -ECONNRESET : result);
+      handshake_finish(result == 0 ? -ECONNRESET : result, true);
     }
-    in_callback_ = false;
     return;
   }
-  in_callback_ = false;
   io::Completion* owner = owner_;
   if (result > 0) {
     in_end_ += static_cast<uint32_t>(result);

@@ -127,10 +127,10 @@ class TlsTransport final : public Transport {
 
   void arm_cipher_recv(io::Reactor& reactor) noexcept;
   void cipher_received(int32_t result) noexcept;
-  void handshake_step() noexcept;
+  void handshake_step(bool from_ring) noexcept;
   void arm_writable() noexcept;
   void handshake_writable(int32_t result) noexcept;
-  void handshake_finish(int32_t result) noexcept;
+  void handshake_finish(int32_t result, bool from_ring) noexcept;
   // Opens records into the pending recv's buffer: bytes (> 0), 0 at the
   // peer's close_notify, -EAGAIN when more ciphertext is needed, -errno.
   int32_t open_records() noexcept;
@@ -153,7 +153,6 @@ class TlsTransport final : public Transport {
   bool writable_pending_ = false;
   bool cancelled_ = false;
   bool handshake_done_ = false;  // the last flight may still be unsent
-  bool in_callback_ = false;     // inside a ring completion: owner_ may be called at once
   // The session's pending recv.
   uint8_t* recv_buffer_ = nullptr;
   uint32_t recv_length_ = 0;

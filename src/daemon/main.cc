@@ -25,6 +25,7 @@
 #include "ioband/version.h"
 #include "nbd/export.h"
 #include "nbd/server.h"
+#include "net/tls.h"
 
 namespace {
 
@@ -148,6 +149,20 @@ int main(int argc, char** argv) {
   bool tls_enabled = false;
   daemon::LimitOptions limit_options;
   daemon::add_limit_options(app, limit_options);
+  std::string tls_mode = "off";
+  net::TlsOptions tls_options;
+  app.add_option("--tls", tls_mode,
+                 "TLS for NBD clients (NBD_OPT_STARTTLS): off; on (each client chooses); require (nothing but "
+                 "STARTTLS is answered before TLS)")
+      ->check(CLI::IsMember({"off", "on", "require"}))
+      ->capture_default_str();
+  app.add_option("--tls-psk", tls_options.psk_file,
+                 "TLS pre-shared keys: a file of USERNAME:HEXKEY lines, as 'psktool -u NAME -p FILE' writes");
+  app.add_option("--tls-certificates", tls_options.certificates_dir,
+                 "TLS X.509 credentials: a directory with server-cert.pem, server-key.pem and ca-cert.pem "
+                 "(ca-crl.pem if present), the layout QEMU and nbdkit use");
+  app.add_flag("--tls-verify-peer", tls_options.verify_peer,
+               "with --tls-certificates: require a client certificate signed by ca-cert.pem");
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -176,6 +191,16 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: " << error << "\n";
     return 2;
   }
+  tls_options.mode = *net::parse_tls_mode(tls_mode);
+  std::string tls_error;
+  const std::unique_ptr<net::TlsContext> tls = net::TlsContext::load(tls_options, tls_error);
+  if (!tls_error.empty()) {
+    std::cerr << "iobandd: " << tls_error << "\n";
+    return 1;
+  }
+  // Only --tls require keeps clear clients off a listener other hosts reach.
+  tls_enabled = tls_options.mode == net::TlsMode::require;
+
   std::vector<control::ExportSpec> specs;
   for (const auto& text : export_texts) {
     control::ExportSpec spec;
@@ -266,6 +291,7 @@ int main(int argc, char** argv) {
   daemon::raise_open_file_limit(limit_options.config);
   nbd::Server server(reactor_ptrs, exports);
   server.set_limits(limit_options.config);
+  server.set_tls(tls.get());
   if (auto error = server.listen_unix(socket_path); !error.empty()) {
     std::cerr << "iobandd: --socket " << error << "\n";
     return 1;
@@ -286,7 +312,7 @@ int main(int argc, char** argv) {
     }
     for (const std::string& where : server.tcp_listeners(true)) {
       if (tls_enabled) break;
-      log_line("warning: --listen " + where + " serves NBD to other hosts without TLS: whoever reaches it reads "
+      log_line("warning: --listen " + where + " serves NBD to other hosts without --tls require: whoever reaches it reads "
                "and writes every export whose access list lets them in (every export without one); give each "
                "export allow=... rules, or listen on 127.0.0.1");
     }
@@ -356,7 +382,8 @@ int main(int argc, char** argv) {
   arm_signal();
 
   log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
-           (listen.empty() ? "" : " and tcp " + join(server.tcp_listeners(), " ")) + " with " + std::to_string(threads) + " thread(s)");
+           (listen.empty() ? "" : " and tcp " + join(server.tcp_listeners(), " ")) + " with " + std::to_string(threads) + " thread(s)" +
+           (tls ? ", TLS " + tls->describe() : ""));
 
   std::vector<std::thread> workers;
   for (size_t i = 1; i < reactors.size(); ++i) {

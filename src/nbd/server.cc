@@ -425,6 +425,7 @@ SessionHost Server::host_for(size_t index) {
   host.exports = &exports_;
   host.limits = &limits_;
   host.wait_memory = [this, index](Session* s) { reactors_[index].memory_waiters.insert(s); };
+  host.tls = tls_;
   host.on_closed = [this, index](Session* s) { closed(index, s); };
   host.migrate = [this, index](Session* s, io::Reactor* target) {
     reactors_[index].sessions.erase(s);

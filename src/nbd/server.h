@@ -44,6 +44,8 @@ class Server {
   void disconnect_export(const std::string& name);
 
   int sessions() const noexcept { return live_sessions_.load(); }
+  // TLS for every connection from now on (nullptr: off); tls outlives the server.
+  void set_tls(const net::TlsContext* tls) noexcept { tls_ = tls; }
 
   // Before start(). The counters and memory use may be read at any time.
   void set_limits(const LimitsConfig& config);
@@ -88,6 +90,7 @@ class Server {
   std::atomic<int> refusing_{0};
   std::mutex clients_mutex_;
   std::unordered_map<std::string, uint32_t> clients_;  // guarded by clients_mutex_
+  const net::TlsContext* tls_ = nullptr;
 };
 
 }  // namespace ioband::nbd

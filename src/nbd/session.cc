@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/sendfile.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -48,8 +47,15 @@ NbdRequest::~NbdRequest() {
 // ---------------------------------------------------------------- lifecycle
 
 Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
-    : host_(std::move(host)), fd_(fd), peer_(std::move(peer)), id_(id), in_(new uint8_t[kStagingSize]),
-      started_(host_.reactor->now()), last_input_(started_), last_send_progress_(started_) {
+    : host_(std::move(host)),
+      fd_(fd),
+      transport_(net::plain_transport(fd)),
+      peer_(std::move(peer)),
+      id_(id),
+      in_(new uint8_t[kStagingSize]),
+      started_(host_.reactor->now()),
+      last_input_(started_),
+      last_send_progress_(started_) {
   // sendfile() has no "don't wait" flag: the socket itself must not block.
   // The ring's recv and poll wait for readiness either way.
   const int fl = fcntl(fd_, F_GETFL);
@@ -57,6 +63,7 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   recv_op_.session = this;
   send_op_.session = this;
   cork_op_.session = this;
+  tls_op_.session = this;
   // A Unix stream socket is writable again once its unread data is at most
   // a quarter of the send buffer (unix_writable() in the kernel).
   int sndbuf = 0;
@@ -73,6 +80,7 @@ Session::~Session() {
     delete r;
   }
   if (export_) export_->connections.fetch_sub(1, std::memory_order_relaxed);
+  transport_.reset();  // TLS says goodbye on the socket before it closes
   close(fd_);
 }
 
@@ -123,7 +131,7 @@ void Session::begin_close(const char* why) noexcept {
     phase_ = Phase::kClosing;
     close_reason_ = why;
   }
-  if (recv_pending_) host_.reactor->cancel(&recv_op_);
+  if (recv_pending_ || tls_ == Tls::handshake) transport_->cancel(*host_.reactor);
   if (cork_pending_) host_.reactor->cancel(&cork_op_);
   if (waiting_) cancel_waiting();
   // A write whose data never fully arrived is not acknowledged; its buffer
@@ -139,7 +147,7 @@ void Session::begin_close(const char* why) noexcept {
 
 void Session::maybe_destroy() noexcept {
   if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || cork_pending_ || inflight_ != 0 ||
-      busy_ != 0) {
+      busy_ != 0 || tls_ == Tls::handshake) {
     return;
   }
   if (limit_closed_) return host_.on_closed(this);  // the server logged it, rate-limited
@@ -158,10 +166,11 @@ bool Session::reading_paused() const noexcept {
 
 void Session::arm_recv() noexcept {
   if (recv_pending_ || input_closed_ || phase_ == Phase::kClosing || phase_ == Phase::kMigrating) return;
-  io_uring_sqe* sqe = host_.reactor->prepare(&recv_op_);
+  // After STARTTLS the next bytes are the TLS handshake's, not options.
+  if (tls_ == Tls::acked || tls_ == Tls::handshake) return;
   if (payload_direct_) {
     NbdRequest* r = payload_request_;
-    io_uring_prep_recv(sqe, fd_, r->data + r->received, r->header.length - r->received, 0);
+    transport_->recv(*host_.reactor, &recv_op_, r->data + r->received, r->header.length - r->received);
   } else {
     if (in_start_ == in_end_) in_start_ = in_end_ = 0;
     if (in_end_ == kStagingSize) {
@@ -170,7 +179,7 @@ void Session::arm_recv() noexcept {
       in_start_ = 0;
     }
     recv_asked_ = kStagingSize - in_end_;
-    io_uring_prep_recv(sqe, fd_, in_.get() + in_end_, recv_asked_, 0);
+    transport_->recv(*host_.reactor, &recv_op_, in_.get() + in_end_, recv_asked_);
   }
   recv_pending_ = true;
 }
@@ -242,6 +251,7 @@ void Session::process_input() noexcept {
 // ---------------------------------------------------------------- handshake
 
 bool Session::process_handshake() noexcept {
+  if (tls_ == Tls::acked || tls_ == Tls::handshake) return false;
   if (discard_) {
     uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(discard_, available()));
     in_start_ += n;
@@ -304,6 +314,15 @@ void Session::option_error(uint32_t option, uint32_t type, const std::string& me
 
 void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t length) noexcept {
   if (!refusal_.empty()) return refuse_option(option);
+  // --tls require: nothing but STARTTLS and ABORT before TLS (FORCEDTLS).
+  if (tls_missing() && option != kOptStartTls && option != kOptAbort) {
+    if (option == kOptExportName) {  // cannot be refused with an error
+      log_line("connection " + std::to_string(id_) + ": EXPORT_NAME without TLS, which is required");
+      begin_close("TLS required");
+      return;
+    }
+    return option_error(option, kRepErrTlsReqd, "TLS is required: send NBD_OPT_STARTTLS first");
+  }
   switch (option) {
     case kOptExportName: {
       std::string name(reinterpret_cast<const char*>(data), length);
@@ -349,6 +368,8 @@ void Session::handle_option(uint32_t option, const uint8_t* data, uint32_t lengt
       option_reply(option, kRepAck, nullptr, 0);
       return;
     }
+    case kOptStartTls:
+      return handle_starttls(length);
     case kOptStructuredReply:
       if (length != 0) return option_error(option, kRepErrInvalid, "STRUCTURED_REPLY takes no data");
       context_.structured_replies = true;
@@ -472,8 +493,65 @@ std::string Session::access_denied(const Export& e) const {
   return "access to export '" + e.name + "' denied for " + describe_for_access(peer_);
 }
 
+void Session::handle_starttls(uint32_t length) noexcept {
+  if (!host_.tls) {
+    return option_error(kOptStartTls, kRepErrPolicy, "TLS is off on this server (iobandd --tls on or require)");
+  }
+  if (length != 0) return option_error(kOptStartTls, kRepErrInvalid, "STARTTLS takes no data");
+  if (tls_ != Tls::plain) return option_error(kOptStartTls, kRepErrInvalid, "TLS is already on");
+  option_reply(kOptStartTls, kRepAck, nullptr, 0);
+  tls_ = Tls::acked;  // start_tls() once the answer is out, in clear
+}
+
+// The answer to STARTTLS went out in clear; from here on the stream is TLS.
+void Session::start_tls() noexcept {
+  std::string error;
+  // Bytes the client sent after STARTTLS already begin its handshake.
+  auto tls = net::TlsTransport::create(*host_.tls, fd_, in_.get() + in_start_, available(), error);
+  in_start_ = in_end_ = 0;
+  if (!tls) {
+    tls_ = Tls::plain;
+    log_line("connection " + std::to_string(id_) + ": cannot start TLS: " + error);
+    return begin_close("TLS failed");
+  }
+  tls_transport_ = tls.get();
+  transport_ = std::move(tls);
+  tls_ = Tls::handshake;
+  cork_threshold_ = 0;  // SIOCOUTQ would count ciphertext, not replies
+  tls_transport_->handshake(*host_.reactor, &tls_op_);
+}
+
+void Session::tls_done(int32_t result) noexcept {
+  ++busy_;
+  if (result < 0) {
+    tls_ = Tls::acked;  // no plain talk after an ACK
+    if (phase_ != Phase::kClosing) {
+      log_line("connection " + std::to_string(id_) + " from " + peer_.address +
+               ": TLS handshake failed: " + tls_transport_->error());
+    }
+    begin_close("TLS handshake failed");
+  } else {
+    tls_ = Tls::on;
+    peer_.tls_identity = tls_transport_->identity();
+    // What was negotiated in clear does not carry over (the spec, and
+    // nbdkit): the client asks again under TLS.
+    context_.structured_replies = false;
+    context_.base_allocation = false;
+    log_line("connection " + std::to_string(id_) + " from " + peer_.address + ": TLS " +
+             tls_transport_->description() +
+             (peer_.tls_identity.empty() ? "" : ", identity '" + peer_.tls_identity + "'"));
+    if (phase_ != Phase::kClosing) process_input();
+  }
+  --busy_;
+  maybe_destroy();
+}
+
 // export_ was admitted (Export::admit counted the connection).
 void Session::enter_transmission() noexcept {
+  if (tls_missing()) {  // handle_option refuses first; this is the last line
+    begin_close("TLS required");
+    return;
+  }
   context_.export_size = export_->backend->size();
   context_.read_only = export_->is_read_only() || client_read_only_;
   const io::BackendTraits traits = export_->backend->traits();
@@ -633,7 +711,7 @@ void Session::dispatch(NbdRequest& r, uint8_t* payload) noexcept {
   switch (h.type) {
     case kCmdRead:
       r.op = io::Op::kRead;
-      r.flags |= io::kSpliceOk;
+      if (transport_->zero_copy_files()) r.flags |= io::kSpliceOk;
       if (continues_stream(h.offset, h.length, false)) r.flags |= io::kSequential;
       break;
     case kCmdWrite:
@@ -954,6 +1032,9 @@ void Session::send_queued() noexcept {
         }
       }
     } else {
+      // What the transport holds (sealed TLS records) goes out first.
+      if (const int rc = transport_->flush(); rc != 0) return rc == -EAGAIN ? wait_writable() : send_failed();
+      if (tls_ == Tls::acked && phase_ == Phase::kOptions) return start_tls();
       if (phase_ == Phase::kMigrating) host_.migrate(this, export_->reactor);
       return;
     }
@@ -961,15 +1042,12 @@ void Session::send_queued() noexcept {
       if (!send_splice(*splice_next)) return;
       continue;
     }
-    msg_ = {};
-    msg_.msg_iov = iov_.data();
-    msg_.msg_iovlen = iov_.size();
-    const ssize_t n = ::sendmsg(fd_, &msg_, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t n = transport_->send(iov_.data(), static_cast<int>(iov_.size()));
     if (n > 0) {
       account_sent(static_cast<uint32_t>(n));
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return wait_writable();
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR) return wait_writable();
     send_failed();
     return;
   }
@@ -978,13 +1056,12 @@ void Session::send_queued() noexcept {
 // The data part of the head reply, from its file: out_offset_ is inside it.
 bool Session::send_splice(NbdRequest& r) noexcept {
   const uint32_t done = out_offset_ - r.reply_header_length;
-  off_t offset = static_cast<off_t>(r.reply_splice_offset + done);
-  const ssize_t n = ::sendfile(fd_, r.reply_splice_fd, &offset, r.reply_data_length - done);
+  const ssize_t n = transport_->send_file(r.reply_splice_fd, r.reply_splice_offset + done, r.reply_data_length - done);
   if (n > 0) {
     account_sent(static_cast<uint32_t>(n));
     return true;
   }
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+  if (n == -EAGAIN || n == -EWOULDBLOCK || n == -EINTR) {
     wait_writable();
     return false;
   }
@@ -992,7 +1069,7 @@ bool Session::send_splice(NbdRequest& r) noexcept {
   // header promised data that will not come, so the stream is broken.
   log_line("connection " + std::to_string(id_) + ": READ at " + std::to_string(r.header.offset) + "+" +
            std::to_string(r.header.length) + ": the file cannot be sent" +
-           (n < 0 ? std::string(": ") + std::strerror(errno) : std::string(" (it is shorter now)")));
+           (n < 0 ? std::string(": ") + std::strerror(static_cast<int>(-n)) : std::string(" (it is shorter now)")));
   send_failed();
   return false;
 }
@@ -1002,7 +1079,7 @@ void Session::wait_writable() noexcept {
     ::shutdown(fd_, SHUT_RDWR);
     return send_failed();
   }
-  io_uring_prep_poll_add(host_.reactor->prepare(&send_op_), fd_, POLLOUT);
+  transport_->wait_writable(*host_.reactor, &send_op_);
   send_pending_ = true;
 }
 

@@ -23,6 +23,10 @@
 // At most kMaxInflight requests and kMaxInflightBytes of buffers exist per
 // connection: past that, the session stops reading until
 // replies drain, so memory is bounded whatever the client does.
+//
+// Every read and write goes through a net::Transport: the socket itself,
+// or TLS after NBD_OPT_STARTTLS (net/tls.h). The session knows STARTTLS as
+// an option of the protocol, never how bytes are carried.
 
 #include <sys/uio.h>
 
@@ -40,6 +44,8 @@
 #include "qos/request.h"
 #include "nbd/protocol.h"
 #include "nbd/validate.h"
+#include "net/tls.h"
+#include "net/transport.h"
 
 namespace ioband::nbd {
 
@@ -84,6 +90,7 @@ struct SessionHost {
   std::function<void(Session*, io::Reactor*)> migrate;  // hand to another reactor
   Limits* limits = nullptr;
   std::function<void(Session*)> wait_memory;  // stopped reading until request memory frees
+  const net::TlsContext* tls = nullptr;  // nullptr: --tls off
 };
 
 class Session {
@@ -141,6 +148,13 @@ class Session {
     Session* session;
     void on_complete(int32_t, uint32_t) noexcept override { session->cork_done(); }
   };
+  struct TlsOp final : io::Completion {
+    Session* session;
+    void on_complete(int32_t result, uint32_t) noexcept override { session->tls_done(result); }
+  };
+  // plain: no TLS yet; acked: STARTTLS answered, the handshake starts once
+  // the answer is sent; handshake: under way; on: the stream is TLS.
+  enum class Tls : uint8_t { plain, acked, handshake, on };
 
   // Input.
   void arm_recv() noexcept;
@@ -163,6 +177,12 @@ class Session {
   void enter_transmission() noexcept;
   Access access_to(const Export& e) noexcept;
   std::string access_denied(const Export& e) const;
+  void handle_starttls(uint32_t length) noexcept;
+  void start_tls() noexcept;
+  void tls_done(int32_t result) noexcept;
+  bool tls_missing() const noexcept {
+    return host_.tls && host_.tls->mode() == net::TlsMode::require && tls_ != Tls::on;
+  }
 
   // Transmission.
   bool process_request() noexcept;  // false: wait for more input
@@ -200,6 +220,10 @@ class Session {
 
   SessionHost host_;
   int fd_;
+  std::unique_ptr<net::Transport> transport_;
+  net::TlsTransport* tls_transport_ = nullptr;  // transport_, once TLS starts
+  Tls tls_ = Tls::plain;
+  TlsOp tls_op_;
   PeerIdentity peer_;
   uint64_t id_;
   Phase phase_ = Phase::kGreeting;
@@ -237,7 +261,6 @@ class Session {
   NbdRequest* out_tail_ = nullptr;
   uint32_t out_offset_ = 0;  // bytes of out_head_'s reply already sent
   std::vector<iovec> iov_;
-  msghdr msg_{};
   SendOp send_op_;
   bool send_pending_ = false;
   bool flush_scheduled_ = false;

@@ -312,7 +312,7 @@ int main(int argc, char** argv) {
     }
     for (const std::string& where : server.tcp_listeners(true)) {
       if (tls_enabled) break;
-      log_line("warning: --listen " + where + " serves NBD to other hosts without --tls require: whoever reaches it reads "
+      log_line("warning: --listen " + where + " serves NBD to other hosts without TLS required (--tls require): whoever reaches it reads "
                "and writes every export whose access list lets them in (every export without one); give each "
                "export allow=... rules, or listen on 127.0.0.1");
     }

@@ -232,6 +232,11 @@ const std::string kTwice = good_with("}]}]}", "}]},{\"name\":\"ioband1\",\"path\
                                                "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
                                                "\"limits\":{}}]}]}");
 
+// nlohmann reports a number beyond a double as out_of_range, not
+// parse_error: it escaped read_state_file and ended the start with
+// std::terminate instead of a message (found by fuzz/state_file).
+const std::string kHugeNumber = good_with("\"carryover\":2", "\"carryover\":7058e282736");
+
 const Corrupt kCorrupt[] = {
     {"empty", "", "parse error at line 1, column 1"},
     {"garbage", "this is not json\n", "parse error at line 1"},
@@ -250,6 +255,7 @@ const Corrupt kCorrupt[] = {
     {"io_limit_auto not a boolean", kBadAuto.c_str(), "device_groups[0].io_limit_auto: expected true or false"},
     {"sectors as a string", kStringSectors.c_str(), "devices[0].sectors: expected a non-negative integer"},
     {"a name twice", kTwice.c_str(), "devices[1].name: device ioband1 appears twice"},
+    {"a number beyond a double", kHugeNumber.c_str(), "number overflow parsing '7058e282736'"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Files, ControlStateCorrupt, ::testing::ValuesIn(kCorrupt),

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -18,7 +19,7 @@ namespace ioband::fuzz {
 inline std::string private_directory() {
   static const std::string path = [] {
     std::string pattern = (::access("/dev/shm", W_OK) == 0 ? std::string("/dev/shm") : std::string("/tmp")) +
-                          "/ioband-fuzz-XXXXXX";
+                          "/fuzzstate-XXXXXX";
     const char* made = ::mkdtemp(pattern.data());
     if (!made) std::abort();
     std::string dir = made;
@@ -30,6 +31,16 @@ inline std::string private_directory() {
     return dir;
   }();
   return path;
+}
+
+// Whether the private directory is still there; if not (something on the
+// machine cleaned /dev/shm or /tmp under the fuzzer's feet), makes it again
+// and says no: the input's file checks then mean nothing and it is skipped.
+inline bool directory_intact() {
+  if (::access(private_directory().c_str(), W_OK) == 0) return true;
+  ::mkdir(private_directory().c_str(), 0700);
+  std::fprintf(stderr, "fuzz: %s vanished (cleaned by someone else); input skipped\n", private_directory().c_str());
+  return false;
 }
 
 struct ControlPlatform : control::testing::FakePlatform {

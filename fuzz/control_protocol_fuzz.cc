@@ -73,6 +73,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       FUZZ_CHECK(reply.is_object() && reply.contains("ok") && reply["ok"].is_boolean(), answer);
       const std::string after = engine.state_json();
+      if (!fuzz::directory_intact()) return 0;
       if (!reply["ok"].get<bool>()) {
         FUZZ_CHECK(reply.contains("error") && reply["error"].is_string() && !reply["error"].get<std::string>().empty(),
                    "a refusal says why: " + answer);
@@ -83,7 +84,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         saved = true;
       }
     }
-    if (saved) {
+    if (saved && fuzz::directory_intact()) {
       // Restart: the same devices and settings come back.
       const std::string final_state = engine.state_json();
       fuzz::ControlPlatform fake2;

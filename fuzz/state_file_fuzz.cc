@@ -23,6 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   control::State state;
   bool exists = false;
   const auto error = control::read_state_file(path, state, exists);
+  if (!fuzz::directory_intact()) return 0;
   FUZZ_CHECK(exists, "the file exists");
   if (error) {
     FUZZ_CHECK(!error->empty(), "a refused state file says why");
@@ -31,6 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     control::testing::write_file(path, text);
     control::State again;
     const auto reread = control::read_state_file(path, again, exists);
+    if (!fuzz::directory_intact()) return 0;
     FUZZ_CHECK(!reread, "a state written by state_to_text reads again: " + reread.value_or(""));
     FUZZ_CHECK(control::state_to_text(again) == text, "a state survives being written and read");
     control::testing::write_file(path, input);
@@ -39,6 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::ControlPlatform fake;
   control::Engine engine(fake.platform(), path);
   const std::string restored = engine.restore();
+  if (!fuzz::directory_intact()) return 0;
   if (error) {
     FUZZ_CHECK(!restored.empty(), "a file read_state_file refuses stops the start");
   } else if (restored.empty()) {
@@ -47,6 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!restored.empty()) {
     // The engine must never write over a file it could not restore.
     (void)engine.handle_line(R"({"command":"create","name":"fuzzcheck","table":"0 2048 ioband /small.img 99"})", true);
+    if (!fuzz::directory_intact()) return 0;
     FUZZ_CHECK(control::testing::read_file(path) == input, "a state file the start refused is left as it was");
   }
   return 0;

@@ -123,7 +123,7 @@ def main():
                 "h.pread(512, 0)"])],
             "qemu-img-info": ["qemu-img", "info", img],
             "qemu-img-map": ["qemu-img", "map", "--output=json", img],
-            "qemu-io": ["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 64k", "-c", "read -P 0x55 0 64k",
+            "qemu-io": ["qemu-io", "-f", "raw", "-c", "write -P 0x55 0 16k", "-c", "read -P 0x55 0 16k",
                         "-c", "discard 0 4k", "-c", "write -z 64k 4k", "-c", "flush", img],
             "nbdcopy": ["nbdcopy", uri, "null:"],
         }

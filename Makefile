@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 
-.PHONY: all setup build build-asan run test test-unit clean
+.PHONY: all setup build build-asan run test test-unit fuzz clean
 
 all: build
 
@@ -34,5 +34,11 @@ test: setup build build-asan
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
 
+# libFuzzer harnesses (clang, ASan+UBSan) in build-fuzz/, each run for
+# FUZZ_SECONDS (default 60) on fuzz/corpus/; FUZZ_MERGE=1 adds new coverage
+# to the committed corpus. See docs/fuzzing.md.
+fuzz:
+	scripts/fuzz
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) build-fuzz

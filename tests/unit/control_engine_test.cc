@@ -431,6 +431,24 @@ TEST_F(ControlEngine, RepliesEchoTheRequestId) {
   EXPECT_FALSE(reply["ok"]);
 }
 
+// Found by fuzz/control_protocol: one line with a number beyond a double
+// (valid JSON, which nlohmann reports as out_of_range) ended the daemon, from
+// any local user who could connect. Now it is a usage error like any other
+// malformed line, nothing changes, and the engine goes on answering.
+TEST_F(ControlEngine, ANumberBeyondADoubleIsAMalformedRequestNotACrash) {
+  getting_started();
+  const std::string state = engine.state_json();
+  const uint32_t weight_before = weight("ioband1", -1);
+  const json reply = json::parse(engine.handle_line(
+      R"({"command":"message","name":"ioband1","sector":"0","args":["weight","5"],"seconds":1e999})", true));
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_EQ(reply["kind"], "usage");
+  EXPECT_NE(reply.value("error", "").find("out of range"), std::string::npos) << reply.dump();
+  EXPECT_EQ(engine.state_json(), state);
+  EXPECT_EQ(weight("ioband1", -1), weight_before);
+  ok(client.table());
+}
+
 // ---- Bad input: one sentence naming what was wrong, and no change at all ----
 
 struct BadInput {

@@ -60,6 +60,10 @@ TEST(ControlProtocol, MalformedRequestsAreUsageErrors) {
       {R"({"command":"message","name":"a","args":"weight 4"})", "\"args\" must be an array of strings"},
       {R"({"command":"message","name":"a","sector":[0]})", "\"sector\" must be a string or an integer"},
       {R"({"command":"table","target":1})", "\"target\" must be a string"},
+      // Valid JSON nlohmann reports as out_of_range, not parse_error: it
+      // escaped parse_request and ended the daemon (fuzz/control_protocol).
+      {R"({"command":"table","x":1e999})", "out of range"},
+      {R"({"command":"calibrate","name":"a","seconds":-1e400})", "out of range"},
   };
   for (const Case& c : cases) {
     Request request;

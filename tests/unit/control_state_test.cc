@@ -242,6 +242,11 @@ const std::string kTwice = good_with("}]}]}", "}]},{\"name\":\"ioband1\",\"path\
                                                "[{\"id\":-1,\"weight\":1,\"range_bw\":{\"min_kib\":0,\"max_kib\":0},"
                                                "\"limits\":{}}]}]}");
 
+// nlohmann reports a number beyond a double as out_of_range, not
+// parse_error: it escaped read_state_file and ended the start with
+// std::terminate instead of a message (found by fuzz/state_file).
+const std::string kHugeNumber = good_with("\"carryover\":2", "\"carryover\":7058e282736");
+
 const Corrupt kCorrupt[] = {
     {"empty", "", "parse error at line 1, column 1"},
     {"garbage", "this is not json\n", "parse error at line 1"},
@@ -263,6 +268,7 @@ const Corrupt kCorrupt[] = {
     {"bad access rule", kBadRule.c_str(), "devices[0].access: access rule \"let=all\": unknown action \"let\""},
     {"access rule not a string", kRuleNumber.c_str(), "devices[0].access[1]: expected a string"},
     {"empty access list", kNoRules.c_str(), "devices[0].access: an empty list"},
+    {"a number beyond a double", kHugeNumber.c_str(), "number overflow parsing '7058e282736'"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Files, ControlStateCorrupt, ::testing::ValuesIn(kCorrupt),

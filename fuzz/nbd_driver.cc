@@ -150,6 +150,12 @@ SessionRun run_session(const ServerShape& shape, const uint8_t* input, size_t si
       if (peer->eof) peer->reactor->stop();
     };
     host.migrate = [](nbd::Session*, io::Reactor*) { FUZZ_CHECK(false, "one reactor: nothing migrates"); };
+    // The server's limits with their defaults (a 1 MiB export never reaches
+    // the memory cap, so nothing waits for memory).
+    nbd::Limits limits;
+    limits.memory.set_cap(limits.config.max_request_memory);
+    host.limits = &limits;
+    host.wait_memory = [](nbd::Session*) { FUZZ_CHECK(false, "a 1 MiB export never waits for request memory"); };
     nbd::PeerIdentity peer;
     peer.unix_socket = !shape.tcp_peer;
     peer.address = shape.tcp_peer ? "127.0.0.1:10809" : "unix";

@@ -11,6 +11,7 @@
 #include "qos/device_group.h"
 #include "qos/group_table.h"
 #include "qos/indexed_heap.h"
+#include "qos/observation.h"
 #include "qos/request.h"
 #include "qos/stats.h"
 #include "qos/token_bucket.h"
@@ -109,8 +110,17 @@ struct Device {
   std::uint32_t top_index = kNotInHeap;
   std::uint32_t top_reservation_index = kNotInHeap;
   std::uint32_t timer_index = kNotInHeap;
+  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the device held it back (observation.h)
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
+};
+
+// A group's observation (observation.h), kept beside it for groups that
+// dispatched: `group` is whom it belongs to, so a stale index is noticed.
+struct ObservedGroup {
+  const Group* group = nullptr;
+  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the group held it back
+  GroupObservation data;
 };
 
 // Groups come from fixed-size slabs: no per-group allocator header, and

@@ -16,6 +16,7 @@
 #include "control/engine.h"
 #include "control/export_spec.h"
 #include "daemon/control_server.h"
+#include "daemon/http.h"
 #include "daemon/platform.h"
 #include "io/backend.h"
 #include "io/log.h"
@@ -97,6 +98,10 @@ int main(int argc, char** argv) {
                  "deep queue, at most 32 otherwise; 0 never polls (less CPU, more latency)")
       ->check(CLI::Range(int64_t{0}, int64_t{10000}))
       ->capture_default_str();
+  std::string http_address;
+  app.add_option("--http", http_address,
+                 "serve /metrics (Prometheus), /api/stats (JSON) and a live dashboard at / on HOST:PORT, "
+                 "read-only, e.g. 127.0.0.1:9180 (off unless given)");
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -223,6 +228,13 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --control " << error << "\n";
     return 1;
   }
+  daemon::HttpServer http(platform, exports);
+  if (!http_address.empty()) {
+    if (auto error = http.start(http_address); !error.empty()) {
+      std::cerr << "iobandd: --http " << error << "\n";
+      return 1;
+    }
+  }
   platform.set_running(true);
   server.start();
   control.start();
@@ -261,7 +273,7 @@ int main(int argc, char** argv) {
   arm_signal();
 
   log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
-           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
+           (listen.empty() ? "" : " and tcp " + listen) + (http_address.empty() ? "" : ", http on " + http_address) + " with " + std::to_string(threads) + " thread(s)");
 
   std::vector<std::thread> workers;
   for (size_t i = 1; i < reactors.size(); ++i) {
@@ -273,6 +285,7 @@ int main(int argc, char** argv) {
     log_line(std::string("event loop failed: ") + e.what());
     _exit(1);
   }
+  http.stop();  // its scrapes wait for reactors that no longer answer
   for (auto& w : workers) w.join();
   for (auto& r : reactors) r->run_leftovers();
   control.stop();

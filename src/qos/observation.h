@@ -41,8 +41,8 @@ constexpr std::string_view op_name(OpKind op) noexcept {
 
 // Upper bounds of the duration buckets, ns (Prometheus "le"); one more
 // bucket above the last catches everything longer.
-inline constexpr std::array<std::int64_t, 14> kDurationBoundsNs = {
-    50'000,     100'000,     250'000,     500'000,     1'000'000,   2'500'000,     5'000'000,
+inline constexpr std::array<std::int64_t, 16> kDurationBoundsNs = {
+    10'000,     25'000,      50'000,     100'000,     250'000,     500'000,     1'000'000,   2'500'000,     5'000'000,
     10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 2'500'000'000};
 inline constexpr std::size_t kDurationBuckets = kDurationBoundsNs.size() + 1;
 
@@ -52,8 +52,8 @@ constexpr std::size_t duration_bucket(std::int64_t ns) noexcept {
   return i;
 }
 static_assert(duration_bucket(0) == 0);
-static_assert(duration_bucket(50'000) == 0);
-static_assert(duration_bucket(50'001) == 1);
+static_assert(duration_bucket(10'000) == 0);
+static_assert(duration_bucket(10'001) == 1);
 static_assert(duration_bucket(3'000'000'000) == kDurationBuckets - 1);
 
 enum class HoldReason : std::uint8_t { weight, limit, window };

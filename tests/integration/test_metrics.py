@@ -1,0 +1,321 @@
+#!/usr/bin/python3
+"""iobandd --http: what an operator sees, checked with real tools.
+
+Two ioband devices (d1, d2) of one device group on images in /dev/shm, read
+by `fio --ioengine=nbd` at fixed rates (--rate_iops), so the rates every
+view shows can be compared with fio's own count:
+
+- test_scrape_under_load_passes_promtool: a /metrics scrape taken under load
+  passes `promtool check metrics` and has the series an operator needs.
+- test_prometheus_server_rates_match_fio: a real Prometheus server (started
+  here on a loopback port with its own config and data directory) scrapes
+  every second; its query API's rate() and final counter match fio's figures
+  within 5 %.
+- test_top_batch_json_rates_match_fio: `iobandctl top --batch 3 --json`.
+- test_top_screen_in_tmux: the ncurses screen, driven with tmux send-keys and
+  read with capture-pane, shows every device and group and sorts.
+- test_http_bad_input: 404, 405, HEAD; stuck HTTP clients do not stall other
+  scrapes nor NBD requests.
+- test_dashboard_assets: / and /chart.js (Debian's Chart.js) are served.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import controltest as ct  # noqa: E402
+import iobandtest as it  # noqa: E402
+
+import pytest  # noqa: E402
+
+MiB = it.MiB
+IMAGE = 64 * MiB
+RATES = {"d1": 1500, "d2": 600}  # fio --rate_iops per device
+TOLERANCE = 0.05
+
+watchdog = it.pytest_watchdog()
+
+
+def http_get(url, method="GET", timeout=10):
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    it.require_tools("fio")
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    tmpdir = tempfile.mkdtemp(prefix="ioband-metrics.", dir=base)
+    it._tmpdirs.append(tmpdir)
+    port = it.free_tcp_port()
+    with ct.Daemon(tmpdir=tmpdir, args=["--http", f"127.0.0.1:{port}"]) as d:
+        d.http = f"http://127.0.0.1:{port}"
+        for name in RATES:
+            d.create(name, it.random_file(d.path(f"{name}.img"), IMAGE, seed=1), 1)
+        d.message("d1", "weight", 300)
+        d.message("d2", "limit", "iops-total=5000")
+        yield d
+
+
+class Fio:
+    """fio readers of d1 and d2 at RATES, in the background, for `seconds`."""
+
+    def __init__(self, d, seconds):
+        self.procs = {}
+        self.started = time.time()
+        self.seconds = seconds
+        for name, rate in RATES.items():
+            argv = ct.fio_argv(d.uri(name), name, "--rw=randread", "--bs=4k", "--iodepth=4", "--time_based",
+                               f"--runtime={seconds}", f"--rate_iops={rate}", "--direct=1")
+            self.procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def results(self):
+        out = {}
+        for name, proc in self.procs.items():
+            stdout, stderr = proc.communicate(timeout=self.seconds + it.TIMEOUT)
+            assert proc.returncode == 0, f"fio {name} exited {proc.returncode}: {stderr[-2000:]}"
+            job = ct.fio_json(stdout)["jobs"][0]
+            out[name] = {"ios": job["read"]["total_ios"], "iops": job["read"]["iops"],
+                         "runtime_s": job["read"]["runtime"] / 1000}
+        self.ended = time.time()
+        return out
+
+
+def series(text):
+    """The samples of a Prometheus text exposition: {(name, frozenset(labels)): value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels = frozenset()
+        if rest:
+            pairs = [p for p in rest.rstrip("}").split('",') if p]
+            labels = frozenset(tuple(p.rstrip('"').split('="', 1)) for p in pairs)
+        out[(name, labels)] = float(value)
+    return out
+
+
+def value(samples, name, **labels):
+    want = frozenset(labels.items())
+    return samples[(name, want)]
+
+
+def test_scrape_under_load_passes_promtool(daemon):
+    it.require_tools("promtool")
+    fio = Fio(daemon, 3)
+    time.sleep(2)
+    status, headers, body = http_get(daemon.http + "/metrics")
+    fio.results()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert check.returncode == 0, f"promtool check metrics: {check.stdout.decode()} {check.stderr.decode()}"
+    samples = series(body.decode())
+    # Under load: requests were counted, per device and group, with their configuration beside them.
+    assert value(samples, "ioband_requests_total", device="d1", group="default", op="read") > 100
+    assert value(samples, "ioband_requests_total", device="d2", group="default", op="read") > 40
+    assert value(samples, "ioband_group_weight", device="d1", group="default") == 300
+    assert value(samples, "ioband_group_weight_share", device="d1", group="default") == pytest.approx(0.75)
+    assert value(samples, "ioband_device_limit_requests_per_second", device="d2", direction="total") == 5000
+    assert value(samples, "ioband_request_duration_seconds_count", device="d1", group="default", op="read") > 100
+    assert value(samples, "ioband_connections", device="d1") == 1
+    assert [v for (n, _), v in samples.items() if n == "ioband_build_info"] == [1]
+    for reason in ("weight", "limit", "window"):
+        assert ("ioband_held_seconds_total", frozenset({("device", "d1"), ("group", "default"),
+                                                        ("reason", reason)})) in samples
+
+
+def prometheus_query(base, query, at=None):
+    params = {"query": query}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    url = base + "/api/v1/query?" + urllib.parse.urlencode(params)
+    status, _, body = http_get(url)
+    reply = json.loads(body)
+    assert status == 200 and reply["status"] == "success", reply
+    return {r["metric"].get("device"): float(r["value"][1]) for r in reply["data"]["result"]}
+
+
+def test_prometheus_server_rates_match_fio(daemon):
+    it.require_tools("prometheus")
+    work = tempfile.mkdtemp(prefix="prometheus.", dir=daemon.dir)
+    port = it.free_tcp_port()
+    target = daemon.http.removeprefix("http://")
+    with open(os.path.join(work, "prometheus.yml"), "w") as f:
+        f.write(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                f"scrape_configs:\n  - job_name: ioband\n    static_configs:\n      - targets: ['{target}']\n")
+    base = f"http://127.0.0.1:{port}"
+    with open(os.path.join(work, "log"), "wb") as log:
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/data",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=it._pdeathsig)
+    try:
+        deadline = time.monotonic() + it.TIMEOUT
+        while True:
+            try:
+                if http_get(base + "/-/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert prometheus.poll() is None and time.monotonic() < deadline, open(f"{work}/log").read()[-3000:]
+            time.sleep(0.2)
+        counter = 'sum by (device) (ioband_requests_total{op="read"})'
+        while len(before := prometheus_query(base, counter)) < len(RATES):  # the first scrapes
+            assert time.monotonic() < deadline, "Prometheus scraped nothing"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a scrape after the one that gave `before`
+        before = prometheus_query(base, counter)
+        fio = Fio(daemon, 7)
+        results = fio.results()
+        time.sleep(2.5)  # a scrape after fio's last request
+        # The counters' increase over fio's run, and the rate over its middle.
+        after = prometheus_query(base, counter)
+        middle = fio.started + fio.seconds / 2 + 2
+        rate = prometheus_query(base, 'sum by (device) (rate(ioband_requests_total{op="read"}[5s]))', at=middle)
+        for name, fio_result in results.items():
+            counted = after[name] - before.get(name, 0)
+            it.log(f"{name}: fio {fio_result['ios']} ios at {fio_result['iops']:.0f}/s; "
+                   f"Prometheus: {counted:.0f} ios, rate {rate.get(name, 0):.0f}/s")
+            assert counted == pytest.approx(fio_result["ios"], rel=TOLERANCE)
+            assert rate[name] == pytest.approx(fio_result["iops"], rel=TOLERANCE)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_top_batch_json_rates_match_fio(daemon):
+    fio = Fio(daemon, 6)
+    time.sleep(1.5)
+    top = subprocess.run([ct.IOBANDCTL, "--control", daemon.control, "top", "--batch", "3", "--json"],
+                         capture_output=True, text=True, timeout=it.TIMEOUT)
+    results = fio.results()
+    assert top.returncode == 0, top.stderr
+    samples = [json.loads(line) for line in top.stdout.splitlines()]
+    assert len(samples) == 3
+    for name, fio_result in results.items():
+        rows = [[g for g in s["groups"] if g["device"] == name and g["group"] == "default"][0] for s in samples]
+        iops = sum(r["iops"] for r in rows) / len(rows)
+        it.log(f"{name}: top {iops:.0f}/s, fio {fio_result['iops']:.0f}/s")
+        assert iops == pytest.approx(fio_result["iops"], rel=TOLERANCE)
+        assert rows[-1]["mib_per_s"] == pytest.approx(rows[-1]["iops"] * 4096 / MiB, rel=0.01)
+        assert rows[-1]["p99_ms"] is not None
+    shares = {g["device"]: g for g in samples[-1]["groups"]}
+    assert shares["d1"]["share_configured"] == pytest.approx(0.75)
+    assert shares["d1"]["share_delivered"] == pytest.approx(RATES["d1"] / sum(RATES.values()), abs=0.05)
+    assert shares["d2"]["limits"] == "iops-total=5000"
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", "-L", f"ioband-test-{os.getpid()}"] + list(args), capture_output=True, text=True,
+                          timeout=30)
+
+
+def rows_on_screen(text):
+    return [line.split()[:2] for line in text.splitlines() if line.startswith(("d1 ", "d2 "))]
+
+
+def test_top_screen_in_tmux(daemon):
+    it.require_tools("tmux")
+    fio = Fio(daemon, 6)
+    try:
+        command = f"{ct.IOBANDCTL} --control {daemon.control} top"
+        assert tmux("new-session", "-d", "-x", "200", "-y", "30", "-s", "top", command).returncode == 0
+
+        def screen_after(keys, predicate):
+            if keys:
+                tmux("send-keys", "-t", "top", keys)
+            deadline = time.monotonic() + 10
+            while True:
+                text = tmux("capture-pane", "-p", "-t", "top").stdout
+                if predicate(text) or time.monotonic() > deadline:
+                    return text
+                time.sleep(0.2)
+
+        def ordered(first, marker):
+            return lambda text: marker in text and [r[0] for r in rows_on_screen(text)][:1] == [first]
+
+        # By IOPS (the default): d1 (1500/s) above d2 (600/s), once rates are known.
+        text = screen_after(None, ordered("d1", "sort: iops"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
+        assert ["d1", "default"] in rows_on_screen(text) and ["d2", "default"] in rows_on_screen(text), text
+        # Reversed: d2 first.
+        text = screen_after("r", ordered("d2", "(reversed)"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
+        # By name (reversed still): d2 first; then not reversed: d1 first.
+        text = screen_after("n", ordered("d2", "sort: name (reversed)"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
+        text = screen_after("r", lambda t: "sort: name " in t and "(reversed)" not in t)
+        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
+        tmux("send-keys", "-t", "top", "q")
+        deadline = time.monotonic() + 10
+        while tmux("has-session", "-t", "top").returncode == 0:
+            assert time.monotonic() < deadline, "top did not quit on q"
+            time.sleep(0.1)
+    finally:
+        tmux("kill-server")
+        fio.results()
+
+
+def test_http_bad_input(daemon):
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = http_get(daemon.http + "/metrics", method=method)
+        assert status == 405 and "GET" in headers.get("Allow", ""), (method, status, body)
+    status, _, body = http_get(daemon.http + "/no/such/page")
+    assert status == 404 and b"not found" in body
+    status, headers, body = http_get(daemon.http + "/metrics", method="HEAD")
+    assert status == 200 and body == b""
+    # Read-only: after all that, nothing changed.
+    assert daemon.json_of("table", "d1")["devices"][0]["groups"][0]["weight"] == 300
+
+    # Stuck clients: half a request line each, never finished.
+    stuck = []
+    for _ in range(4):
+        host, _, port = daemon.http.removeprefix("http://").rpartition(":")
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        stuck.append(s)
+    try:
+        started = time.monotonic()
+        status, _, body = http_get(daemon.http + "/metrics", timeout=5)
+        assert status == 200 and b"ioband_requests_total" in body
+        assert time.monotonic() - started < 2, "a scrape waited for the stuck clients"
+        # The data path goes on meanwhile.
+        fio = Fio(daemon, 2)
+        results = fio.results()
+        assert results["d1"]["ios"] > 0.8 * RATES["d1"] * 2
+    finally:
+        for s in stuck:
+            s.close()
+
+
+def test_dashboard_assets(daemon):
+    status, headers, page = http_get(daemon.http + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<script src="/chart.js">' in page and b"/api/stats" in page
+    status, headers, script = http_get(daemon.http + "/chart.js")
+    if os.path.exists("/usr/share/javascript/chart.js/chart.min.js"):
+        assert status == 200 and b"Chart.js v" in script[:200]
+    status, _, body = http_get(daemon.http + "/api/stats")
+    stats = json.loads(body)
+    names = {d["name"]: d for d in stats["devices"]}
+    assert {"d1", "d2"} <= names.keys()
+    assert names["d1"]["groups"][0]["weight"] == 300
+
+
+if __name__ == "__main__":
+    sys.exit(it.run(__file__))

@@ -100,6 +100,8 @@ function update(now) {
   const byDeviceGroup = new Map();
   let index = 0;
   for (const d of now.devices) {
+    const deviceLimit = d.limits && d.limits["iops-total"];
+    if (charts.iops && deviceLimit) dataset(charts.iops, d.name + " limit (device)", index, true).data.push(deviceLimit);
     for (const g of d.groups || []) {
       const key = d.name + "/" + g.name;
       const t = totals(g), p = before.get(key);
@@ -113,8 +115,9 @@ function update(now) {
         p99 = quantile(diff, t.bounds, 0.99);
       }
       const limit = g.limits && g.limits["iops-total"];
+      const limitText = limit ? `${limit} IOPS` : deviceLimit ? `device: ${deviceLimit} IOPS` : "";
       rows.push({device: d.name, group: g.name, weight: g.weight, iops, bw, p50, p99, conf: g.weight_share,
-                 held, queued: g.queued, in_flight: g.in_flight, limit, dg: d.device_group_id, key});
+                 held, queued: g.queued, in_flight: g.in_flight, limit, limitText, dg: d.device_group_id, key});
       if (!byDeviceGroup.has(d.device_group_id)) byDeviceGroup.set(d.device_group_id, 0);
       byDeviceGroup.set(d.device_group_id, byDeviceGroup.get(d.device_group_id) + (iops || 0));
       if (charts.iops) {
@@ -149,7 +152,7 @@ function update(now) {
     `<tr data-device="${r.device}" data-group="${r.group}"><td>${r.device}</td><td>${r.group}</td><td>${r.weight}</td>` +
     `<td class="iops">${fmt(r.iops, 0)}</td><td>${fmt(r.bw, 1)}</td><td>${fmt(r.p50, 2)}</td><td>${fmt(r.p99, 2)}</td>` +
     `<td>${fmt(r.conf * 100, 1)}%</td><td class="delivered">${r.deliv === null ? "–" : fmt(r.deliv * 100, 1) + "%"}</td>` +
-    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${r.limit ? r.limit + " IOPS" : ""}</td></tr>`).join("");
+    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${r.limitText}</td></tr>`).join("");
   const unscheduled = now.devices.filter(d => d.device_group_id < 0).map(d => d.name);
   document.getElementById("status").textContent = `iobandd ${now.version} · ${now.devices.length} device(s) · ` +
     `updated ${new Date(now.time * 1000).toLocaleTimeString()}` + (now.complete ? "" : " · a reactor did not answer") +
@@ -160,7 +163,10 @@ function update(now) {
 }
 async function tick() {
   try {
-    const response = await fetch("/api/stats", {cache: "no-store"});
+    // The daemon answers a second after the previous sample: rates over a
+    // steady interval, even where timers are not real time.
+    const after = previous ? `?after=${(previous.time + 1).toFixed(3)}` : "";
+    const response = await fetch("/api/stats" + after, {cache: "no-store"});
     update(await response.json());
   } catch (e) {
     document.getElementById("status").textContent = "cannot reach iobandd: " + e;

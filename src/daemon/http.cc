@@ -2,9 +2,13 @@
 
 #include <civetweb.h>
 
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <prometheus/text_serializer.h>
 
@@ -54,7 +58,7 @@ std::string HttpServer::start(const std::string& address) {
   if (chart_js_.empty()) log_line("--http: libjs-chart.js not found; the dashboard at / will show no charts");
   mg_init_library(0);
   const char* options[] = {"listening_ports", address.c_str(),
-                           "num_threads", "8",
+                           "num_threads", "16",
                            "request_timeout_ms", "10000",
                            "enable_keep_alive", "yes",
                            nullptr};
@@ -105,6 +109,23 @@ int HttpServer::serve(mg_connection* connection) {
     return 200;
   }
   if (uri == "/api/stats") {
+    // ?after=UNIX_SECONDS: answer once that time has passed (at most 5 s
+    // from now), so that a page or a script gets samples a steady interval
+    // apart whatever its own timers do (a headless browser's virtual time
+    // fires them at once).
+    char after[64] = "";
+    if (request->query_string &&
+        mg_get_var(request->query_string, std::strlen(request->query_string), "after", after, sizeof after) > 0) {
+      char* end = nullptr;
+      const double at = std::strtod(after, &end);
+      if (end == after || *end != '\0' || !std::isfinite(at)) {
+        respond(connection, 400, "Bad Request", "text/plain; charset=utf-8",
+                std::string("after=") + after + ": expected a Unix time in seconds\n");
+        return 400;
+      }
+      const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      if (at > now) std::this_thread::sleep_for(std::chrono::duration<double>(std::min(at - now, 5.0)));
+    }
     respond(connection, 200, "OK", "application/json", to_json(gather(platform_, exports_, std::chrono::seconds(2))));
     return 200;
   }

@@ -4,6 +4,7 @@
 //   /metrics     the Prometheus text format (metrics.h; prometheus-cpp's
 //                types and serializer)
 //   /api/stats   the same snapshot as JSON, for the page and for scripts
+//                (?after=UNIX_SECONDS waits until then, at most 5 s)
 //   /            a live dashboard (dashboard.cc)
 //   /chart.js    Chart.js from Debian's libjs-chart.js, read at start
 // Anything else is 404; methods other than GET and HEAD are 405. Requests

@@ -212,6 +212,8 @@ std::vector<MetricFamily> to_metric_families(const Snapshot& snapshot) {
     const std::vector<ClientMetric::Label> device = {{"device", d.name}};
     f.gauge("ioband_connections", "Open NBD connections to the export", device, d.connections);
     if (d.device_group_id < 0) continue;
+    f.gauge("ioband_device_info", "The device group of each ioband device (always 1): join on device for shares",
+            {{"device", d.name}, {"device_group", std::to_string(d.device_group_id)}}, 1);
     f.gauge("ioband_device_queued_requests", "Requests the scheduler holds queued for the device", device, d.queued);
     f.gauge("ioband_device_in_flight_requests", "Requests of the device on the storage", device, d.in_flight);
     limit_gauges(f, "ioband_device", device, d.limits);
@@ -234,6 +236,10 @@ std::vector<MetricFamily> to_metric_families(const Snapshot& snapshot) {
               g.stats.queue_length);
       f.gauge("ioband_group_in_flight_requests", "Requests of the group on the storage", group, g.stats.in_flight);
 
+      // A group that never served a request has no counters yet (as a
+      // client library's labelled child appears with its first use): with
+      // thousands of groups attached and few busy, the scrape stays small.
+      if (g.observation == qos::GroupObservation{}) continue;
       for (std::size_t kind = 0; kind < qos::kOpKinds; ++kind) {
         const qos::OpObservation& op = g.observation.ops[kind];
         const auto op_kind = static_cast<qos::OpKind>(kind);

@@ -193,6 +193,16 @@ def test_prometheus_server_rates_match_fio(daemon):
                    f"Prometheus: {counted:.0f} ios, rate {rate.get(name, 0):.0f}/s")
             assert counted == pytest.approx(fio_result["ios"], rel=TOLERANCE)
             assert rate[name] == pytest.approx(fio_result["iops"], rel=TOLERANCE)
+        # Every query of docs/grafana-dashboard.json is valid PromQL over these metrics, and the
+        # main panels have data (the limit and error panels may rightly be empty here).
+        with open(os.path.join(it.SOURCE, "docs", "grafana-dashboard.json")) as f:
+            dashboard = json.load(f)
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "5s").replace("$device", ".*")
+                result = prometheus_query(base, expr, at=middle)
+                if target["refId"] == "A" and "errors" not in panel["title"].lower():
+                    assert result, f"{panel['title']}: {expr} returned nothing"
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)

@@ -46,7 +46,9 @@ void sample_device_group(const Owned& owned, DeviceGroupSample& out, std::vector
     sample.queued = group.queued(device);
     sample.in_flight = group.in_flight(device);
     sample.limits = group.limits(device, std::nullopt).value_or(qos::Limits{});
-    for (qos::GroupId id : group.groups(device)) {
+    const std::vector<qos::GroupId> ids = group.groups(device);
+    sample.groups.reserve(ids.size());  // a reallocation would copy every sample again, on the reactor
+    for (qos::GroupId id : ids) {
       GroupSample g;
       g.id = id;
       g.weight = group.weight(device, id).value_or(0);
@@ -55,7 +57,7 @@ void sample_device_group(const Owned& owned, DeviceGroupSample& out, std::vector
       g.stats = group.stats(device, id).value_or(qos::GroupStats{});
       g.observation = group.observation(device, id).value_or(qos::GroupObservation{});
       out.weight_total += g.weight;
-      sample.groups.push_back(std::move(g));
+      sample.groups.push_back(g);
     }
     devices.push_back(std::move(sample));
   }

@@ -39,12 +39,7 @@ std::string read_file(const char* path) {
 }  // namespace
 
 HttpServer::HttpServer(DaemonPlatform& platform, const nbd::ExportRegistry& exports)
-    : platform_(platform), exports_(exports), collector_(platform, exports) {
-  for (const char* path : kChartJsPaths) {
-    chart_js_ = read_file(path);
-    if (!chart_js_.empty()) break;
-  }
-}
+    : platform_(platform), exports_(exports), collector_(platform, exports) {}
 
 HttpServer::~HttpServer() { stop(); }
 
@@ -54,6 +49,10 @@ std::string HttpServer::start(const std::string& address) {
       address.find_first_not_of("0123456789", colon + 1) != std::string::npos || address.size() - colon > 6 ||
       std::stoul(address.substr(colon + 1)) > 65535) {
     return address + ": expected HOST:PORT, e.g. 127.0.0.1:9180";
+  }
+  for (const char* path : kChartJsPaths) {
+    chart_js_ = read_file(path);
+    if (!chart_js_.empty()) break;
   }
   if (chart_js_.empty()) log_line("--http: libjs-chart.js not found; the dashboard at / will show no charts");
   mg_init_library(0);
@@ -76,9 +75,10 @@ std::string HttpServer::start(const std::string& address) {
   context_ = mg_start2(&init, &error);
   if (context_ == nullptr) {
     mg_exit_library();
-    return address + ": " + (text[0] ? text : "cannot listen");
+    return address + ": cannot listen (" + (text[0] ? text : "civetweb gave no reason") + "; is the port in use?)";
   }
   mg_set_request_handler(context_, "/", &HttpServer::handle, this);
+  log_line("http on " + address + ": /metrics, /api/stats and the dashboard at /");
   return {};
 }
 

@@ -273,7 +273,7 @@ int main(int argc, char** argv) {
   arm_signal();
 
   log_line(std::string("ioband ") + kVersion + " serving NBD on " + socket_path + ", control on " + control_path +
-           (listen.empty() ? "" : " and tcp " + listen) + (http_address.empty() ? "" : ", http on " + http_address) + " with " + std::to_string(threads) + " thread(s)");
+           (listen.empty() ? "" : " and tcp " + listen) + " with " + std::to_string(threads) + " thread(s)");
 
   std::vector<std::thread> workers;
   for (size_t i = 1; i < reactors.size(); ++i) {

@@ -394,6 +394,19 @@ def test_http_bad_input(daemon):
             s.close()
 
 
+def test_bad_http_option_stops_the_start():
+    tmpdir = it.make_tmpdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        for address, reason in (("nonsense", "expected HOST:PORT"), ("127.0.0.1:99999", "expected HOST:PORT"),
+                                (taken, "cannot listen")):
+            r = subprocess.run([it.IOBANDD, "--state-dir", tmpdir, "--http", address], capture_output=True, text=True,
+                               timeout=it.TIMEOUT)
+            assert r.returncode != 0 and f"--http {address}: {reason}" in r.stderr, (address, r.returncode, r.stderr)
+
+
 def test_dashboard_assets(daemon):
     status, headers, page = http_get(daemon.http + "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")

@@ -421,9 +421,15 @@ struct DeviceGroup::Impl {
   }
 
   // The first line of `group` and what a dispatch of it reads beyond its own lines.
-  static void prefetch_group(const Group& group) noexcept {
+  void prefetch_group(const Group& group) const noexcept {
     __builtin_prefetch(&group);
-    if (group.head != nullptr) __builtin_prefetch(group.head);
+    if (group.head != nullptr) {
+      __builtin_prefetch(group.head);
+      // Its observation's first line, which the dispatch checks (a stale
+      // index only fetches a line for nothing).
+      const std::uint32_t index = group.head->scheduler.observed;
+      if (index != 0 && index <= observed.size()) __builtin_prefetch(&observed[index - 1], 1);
+    }
     if (const GroupExtras* extras = group.extras.get()) {
       static_assert(sizeof(GroupExtras) >= 3 * 64);
       const char* line = reinterpret_cast<const char*>(extras);
@@ -493,6 +499,7 @@ struct DeviceGroup::Impl {
       detail::ObservedGroup& found = observed_for(group);
       state.observed = static_cast<std::uint32_t>(&found - observed.data()) + 1;
     }
+    observed[state.observed - 1].prefetch_op(request.op_kind);  // for complete()
     const Nanos delay = now - state.time;
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
     if (delay <= 0) return;

@@ -79,9 +79,9 @@ struct OpObservation {
 };
 
 struct GroupObservation {
-  std::array<OpObservation, kOpKinds> ops{};                // by OpKind
   std::array<std::uint64_t, kHoldReasons> held_requests{};  // by HoldReason: dispatched after waiting
   std::array<std::uint64_t, kHoldReasons> held_ns{};        // by HoldReason: the time they waited
+  std::array<OpObservation, kOpKinds> ops{};                // by OpKind
 
   friend bool operator==(const GroupObservation&, const GroupObservation&) = default;
 };

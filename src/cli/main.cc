@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/top.h"
 #include "control/protocol.h"
 #include "control/usage.h"
 #include "ioband/version.h"
@@ -222,8 +223,10 @@ int fail_usage(const std::string& message, const std::string& command) {
   return kExitUsage;
 }
 
+}  // namespace
+
 // Sends one line, reads one line back. "" and `error` set on failure.
-std::string exchange(const std::string& path, const std::string& line, std::string& error) {
+std::string ioband::cli::exchange(const std::string& path, const std::string& line, std::string& error) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() >= sizeof address.sun_path) {
@@ -279,13 +282,27 @@ std::string exchange(const std::string& path, const std::string& line, std::stri
   return reply;
 }
 
-}  // namespace
-
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   Options options;
   options.control = default_control();
   Request request;
+  // top is the tool's own (many requests, a screen): its options follow it.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "top") {
+      Request ignored;
+      try {
+        for (size_t k = 0; k < i; ++k) {
+          if (!take_option(args, k, "", options, ignored)) throw UsageError{"unknown option " + args[k], ""};
+        }
+      } catch (const UsageError& e) {
+        return fail_usage(e.message, e.command);
+      }
+      return ioband::cli::run_top({args.begin() + static_cast<long>(i) + 1, args.end()}, options.control, options.json);
+    }
+    if (args[i].empty() || args[i][0] != '-') break;
+    if (args[i] == "--control") ++i;  // its value
+  }
   try {
     request = parse(args, options);
   } catch (const UsageError& e) {
@@ -308,7 +325,7 @@ int main(int argc, char** argv) {
   // Arguments that are not UTF-8 cannot travel in JSON; they arrive with
   // U+FFFD in place of the bad bytes and the daemon names them.
   const std::string line = ioband::control::request_to_json(request).dump(-1, ' ', false, json::error_handler_t::replace);
-  const std::string reply_line = exchange(options.control, line, error);
+  const std::string reply_line = ioband::cli::exchange(options.control, line, error);
   if (!error.empty()) {
     std::cerr << "iobandctl: " << error << "\n";
     return kExitRefused;

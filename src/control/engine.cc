@@ -834,7 +834,8 @@ Reply Engine::status(const Request& request) {
     std::vector<GroupStatus> groups;
     (void)call(device->device_group_id, [&](qos::DeviceGroup& group) {
       for (const auto& [id, settings] : device->groups) {
-        groups.push_back({id, group.stats(device->device, id).value_or(qos::GroupStats{})});
+        groups.push_back({id, group.stats(device->device, id).value_or(qos::GroupStats{}),
+                          group.observation(device->device, id).value_or(qos::GroupObservation{})});
       }
       return qos::Status{};
     });

@@ -101,6 +101,31 @@ std::string status_line(const DeviceState& device, const std::vector<GroupStatus
   return line;
 }
 
+json observation_json(const qos::GroupObservation& observation) {
+  json ops = json::object();
+  for (size_t kind = 0; kind < observation.ops.size(); ++kind) {
+    const qos::OpObservation& op = observation.ops[kind];
+    if (op.requests == 0) continue;
+    json histogram = json::array();
+    for (size_t i = 0; i < op.duration_histogram.size(); ++i) {
+      json bucket = {{"count", op.duration_histogram[i]}};
+      bucket["le_ns"] = i < qos::kDurationBoundsNs.size() ? json(qos::kDurationBoundsNs[i]) : json(nullptr);
+      histogram.push_back(std::move(bucket));
+    }
+    ops[std::string(qos::op_name(static_cast<qos::OpKind>(kind)))] = {
+        {"requests", op.requests},       {"bytes", op.bytes},
+        {"errors", op.errors},           {"duration_ns", op.duration_ns},
+        {"duration_histogram", std::move(histogram)},
+    };
+  }
+  json held = json::object();
+  for (size_t reason = 0; reason < qos::kHoldReasons; ++reason) {
+    held[std::string(qos::to_string(static_cast<qos::HoldReason>(reason)))] = {
+        {"requests", observation.held_requests[reason]}, {"ns", observation.held_ns[reason]}};
+  }
+  return {{"ops", std::move(ops)}, {"held", std::move(held)}};
+}
+
 json status_json(const DeviceState& device, const std::vector<GroupStatus>& groups, int connections) {
   json group_array = json::array();
   for (const GroupStatus& group : groups) {
@@ -121,6 +146,7 @@ json status_json(const DeviceState& device, const std::vector<GroupStatus>& grou
         {"queue_length", s.queue_length},
         {"in_flight", s.in_flight},
         {"delay_histogram", std::move(histogram)},
+        {"observation", observation_json(group.observation)},
     });
   }
   return {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/model.h"
+#include "qos/observation.h"
 #include "qos/stats.h"
 
 namespace ioband::control {
@@ -22,10 +23,17 @@ nlohmann::json table_json(const DeviceState& device, const DeviceGroupSettings& 
 struct GroupStatus {
   int64_t id = -1;
   qos::GroupStats stats;
+  qos::GroupObservation observation;
 };
 // "ioband2: 0 44371467 ioband 128 -1 143 90 424 122 78 352"
 std::string status_line(const DeviceState& device, const std::vector<GroupStatus>& groups, bool with_name);
 nlohmann::json status_json(const DeviceState& device, const std::vector<GroupStatus>& groups, int connections);
+
+// {"ops": {"read": {"requests", "bytes", "errors", "duration_ns",
+// "duration_histogram": [{"le_ns", "count"}...]}, ...}, "held": {"weight":
+// {"requests", "ns"}, "limit": ..., "window": ...}}; operations never seen
+// are left out. Counters only grow (see observation.h).
+nlohmann::json observation_json(const qos::GroupObservation& observation);
 
 // The keys that differ from "no limit" ({"iops-total":100, ...}).
 nlohmann::json limits_to_json(const qos::Limits& limits);

@@ -20,6 +20,7 @@ constexpr Entry kCommands[] = {
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
     {"targets", "iobandctl targets"},
+    {"top", "iobandctl top [--batch N] [--json] [--interval SECONDS] [--sort KEY] [--reverse]"},
 };
 
 constexpr Entry kMessageVerbs[] = {
@@ -194,11 +195,34 @@ prefix): NAME: 0 SECTORS ioband DEVICE_GROUP_ID, then for each group (the
 default group is -1) seven columns: ID, read requests, delayed read requests,
 read sectors, write requests, delayed write requests, write sectors.
 --json adds queueing time, queue length, requests in flight, a delay
-histogram and the number of connections.
+histogram, the number of connections, and each group's "observation":
+completed requests, bytes, errors and a duration histogram per operation,
+and the time held back by reason (weight, limit, window); these only grow.
 
 Example:
   iobandctl status
   ioband2: 0 44371467 ioband 128 -1 143 90 424 122 78 352
+)"},
+    {"top",
+     R"(A live view of every ioband device and group, refreshed every second (like
+iotop): weight, configured share (weight over all weights of the device
+group) against the delivered share (of the device group's IOPS), IOPS,
+MiB/s, latency p50/p99 (arrival to completion, to the histogram's bucket
+bound), time held back by the scheduler (ms per second), queued, in flight,
+and the limits, followed by (limiting) while one holds requests back.
+Rates are the differences of `status --json` counters between two readings.
+
+Keys: i IOPS, b bandwidth, l p99 latency, h held, s delivered share,
+w weight, n name (sort); r reverse; q quit.
+
+  --batch N          print N samples and exit, without the screen (scripts)
+  --json             one JSON object per sample (implies --batch 1 unless given)
+  --interval SECONDS time between samples (default 1)
+  --sort KEY         iops, bandwidth, p99, held, share, weight or name
+
+Example:
+  iobandctl top
+  iobandctl top --batch 3 --json
 )"},
     {"targets",
      R"(Print the target types and their versions.
@@ -221,7 +245,7 @@ std::string usage_of(std::string_view command, std::string_view verb) {
     if (entry.verb == command) return std::string(entry.usage);
   }
   return "iobandctl [--control PATH] [--json] COMMAND ARGS  (COMMAND: create remove message calibrate table status "
-         "targets)";
+         "targets top)";
 }
 
 std::string help_of(std::string_view command) {

@@ -17,6 +17,7 @@
 #include "control/export_spec.h"
 #include "daemon/control_server.h"
 #include "daemon/limit_options.h"
+#include "daemon/http.h"
 #include "daemon/platform.h"
 #include "daemon/state_lock.h"
 #include "io/backend.h"
@@ -163,6 +164,10 @@ int main(int argc, char** argv) {
                  "(ca-crl.pem if present), the layout QEMU and nbdkit use");
   app.add_flag("--tls-verify-peer", tls_options.verify_peer,
                "with --tls-certificates: require a client certificate signed by ca-cert.pem");
+  std::string http_address;
+  app.add_option("--http", http_address,
+                 "serve /metrics (Prometheus), /api/stats (JSON) and a live dashboard at / on HOST:PORT, "
+                 "read-only, e.g. 127.0.0.1:9180 (off unless given)");
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -330,6 +335,13 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --control " << error << "\n";
     return 1;
   }
+  daemon::HttpServer http(platform, exports);
+  if (!http_address.empty()) {
+    if (auto error = http.start(http_address); !error.empty()) {
+      std::cerr << "iobandd: --http " << error << "\n";
+      return 1;
+    }
+  }
   platform.set_running(true);
   server.start();
   control.start();
@@ -395,6 +407,7 @@ int main(int argc, char** argv) {
     log_line(std::string("event loop failed: ") + e.what());
     exit_now();
   }
+  http.stop();  // its scrapes wait for reactors that no longer answer
   for (auto& w : workers) w.join();
   for (auto& r : reactors) r->run_leftovers();
   control.stop();

@@ -156,6 +156,13 @@ void DaemonPlatform::run_on_owner(int id, const std::function<void()>& fn) {
   done.get_future().wait();
 }
 
+std::vector<std::pair<int, nbd::DeviceGroupDriver*>> DaemonPlatform::device_groups() {
+  std::lock_guard lock(mutex_);
+  std::vector<std::pair<int, nbd::DeviceGroupDriver*>> out;
+  for (const auto& [id, driver] : drivers_) out.emplace_back(id, driver.get());
+  return out;
+}
+
 void DaemonPlatform::release_device_group(int id) {
   std::lock_guard lock(mutex_);
   auto it = drivers_.find(id);

@@ -30,6 +30,8 @@ class DaemonPlatform {
   // Before the reactors run, work for a device group runs inline.
   void set_running(bool running) { running_ = running; }
   void set_image_locks(bool lock) { image_locks_ = lock; }
+  // The live device groups' drivers, by id (the metrics listener: metrics.h).
+  std::vector<std::pair<int, nbd::DeviceGroupDriver*>> device_groups();
 
  private:
   io::Reactor& reactor_for(int device_group_id) const;

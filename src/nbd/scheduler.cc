@@ -17,9 +17,9 @@ void DeviceGroupDriver::enqueue(NbdRequest& request) noexcept {
   pump(now);
 }
 
-void DeviceGroupDriver::complete(NbdRequest& request) noexcept {
+void DeviceGroupDriver::complete(NbdRequest& request, bool failed) noexcept {
   const qos::TimePoint now = reactor_.now();
-  group_.complete(&request, now);
+  group_.complete(&request, now, failed);
   pump(now);
 }
 

@@ -21,7 +21,9 @@ class DeviceGroupDriver final : public io::Completion {
   ~DeviceGroupDriver();
 
   void enqueue(NbdRequest& request) noexcept;
-  void complete(NbdRequest& request) noexcept;
+  // failed: the storage answered with an error (counted per operation).
+  void complete(NbdRequest& request, bool failed = false) noexcept;
+  bool retired() const noexcept { return retired_.load(std::memory_order_acquire); }
   // Dispatches what the scheduler releases now; call after any change of
   // the device group's settings too.
   void pump() noexcept;

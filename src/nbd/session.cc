@@ -832,7 +832,7 @@ void Session::io_done(NbdRequest& r, int32_t result) noexcept {
 void Session::io_done_inner(NbdRequest& r, int32_t result) noexcept {
   if (r.scheduled) {
     r.scheduled = false;
-    export_->scheduling.driver->complete(r);
+    export_->scheduling.driver->complete(r, result < 0);
   }
   if (result < 0) {
     log_line("connection " + std::to_string(id_) + ": " + command_name(r.header.type) + " at " +

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cassert>
 #include <string>
+#include <unordered_map>
 
 #include "qos/accounting.h"
 #include "qos/admission.h"
@@ -92,6 +93,12 @@ struct DeviceGroup::Impl {
   std::uint32_t wait_epoch = 0;  // bumped whenever next() answers "wait"
   Nanos last_now = 0;            // latest time seen on the hot path (for control-plane changes)
   std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
+  Nanos window_closed_at = INT64_MIN;  // last time next() found the in-flight window full
+
+  // ---- observation (observation.h) ----
+  std::vector<detail::ObservedGroup> observed;             // index + 1 is Request::SchedulerState::observed
+  std::unordered_map<const Group*, std::uint32_t> observed_index;
+  std::vector<std::uint32_t> observed_free;
 
   ~Impl() {
     for (auto& device : devices) {
@@ -297,6 +304,11 @@ struct DeviceGroup::Impl {
   }
 
   void destroy_group(Group* group) noexcept {
+    if (auto it = observed_index.find(group); it != observed_index.end()) {
+      observed[it->second] = {};
+      observed_free.push_back(it->second);
+      observed_index.erase(it);
+    }
     admission.forget(group);
     policy->forget(group);
     if (group->extras) --group->device->groups_with_extras;
@@ -321,7 +333,10 @@ struct DeviceGroup::Impl {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
-    if (admission.closed(in_flight, now)) return waiting(TimePoint::max());
+    if (admission.closed(in_flight, now)) {
+      window_closed_at = now;
+      return waiting(TimePoint::max());
+    }
     for (;;) {
       Device* device;
       Group* group;
@@ -354,6 +369,7 @@ struct DeviceGroup::Impl {
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
         admission.paced_by_limit(*group, now);
+        observed_for(*group).limit_paced_at = now;
         park_group(*group, at);
         continue;
       }
@@ -362,6 +378,7 @@ struct DeviceGroup::Impl {
         at = device->limits.available_at(request.direction, now, &direction_specific);
         if (at > now) {
           admission.paced_by_limit(*group, now);
+          device->limit_paced_at = now;
           // A read (or write) limit of the device holds back only this
           // group's head; a total limit holds back the whole device.
           if (direction_specific) {
@@ -404,9 +421,15 @@ struct DeviceGroup::Impl {
   }
 
   // The first line of `group` and what a dispatch of it reads beyond its own lines.
-  static void prefetch_group(const Group& group) noexcept {
+  void prefetch_group(const Group& group) const noexcept {
     __builtin_prefetch(&group);
-    if (group.head != nullptr) __builtin_prefetch(group.head);
+    if (group.head != nullptr) {
+      __builtin_prefetch(group.head);
+      // Its observation's first line, which the dispatch checks (a stale
+      // index only fetches a line for nothing).
+      const std::uint32_t index = group.head->scheduler.observed;
+      if (index != 0 && index <= observed.size()) __builtin_prefetch(&observed[index - 1], 1);
+    }
     if (const GroupExtras* extras = group.extras.get()) {
       static_assert(sizeof(GroupExtras) >= 3 * 64);
       const char* line = reinterpret_cast<const char*>(extras);
@@ -436,6 +459,7 @@ struct DeviceGroup::Impl {
     if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
     const bool rebase_now = policy->charge(group, request, rule, now);
     detail::count_dispatch(group, request, now, wait_epoch);
+    observe_dispatch(group, request, now);
     request.scheduler.time = now;  // from here on: the dispatch time
 
     // Requeue the group under its new key, or let it go idle.
@@ -450,6 +474,61 @@ struct DeviceGroup::Impl {
     if (rebase_now) rebase();
   }
 
+  // ------------------------------------------------------------ observation
+  // Not on the way of a request that finds its group's index in its own
+  // state (the session reuses its requests): a hash lookup only after the
+  // request was resolved again, or when its group was held by a limit.
+  detail::ObservedGroup& observed_for(const Group& group) noexcept {
+    auto [it, inserted] = observed_index.try_emplace(&group, 0);
+    if (inserted) {
+      if (observed_free.empty()) {
+        observed.emplace_back();
+        it->second = static_cast<std::uint32_t>(observed.size() - 1);
+      } else {
+        it->second = observed_free.back();
+        observed_free.pop_back();
+      }
+      observed[it->second].group = &group;
+    }
+    return observed[it->second];
+  }
+
+  void observe_dispatch(const Group& group, Request& request, Nanos now) noexcept {
+    Request::SchedulerState& state = request.scheduler;
+    if (state.observed == 0 || observed[state.observed - 1].group != &group) {
+      detail::ObservedGroup& found = observed_for(group);
+      state.observed = static_cast<std::uint32_t>(&found - observed.data()) + 1;
+    }
+    observed[state.observed - 1].prefetch_op(request.op_kind);  // for complete()
+    const Nanos delay = now - state.time;
+    state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
+    if (delay <= 0) return;
+    detail::ObservedGroup& entry = observed[state.observed - 1];
+    HoldReason reason = HoldReason::weight;
+    if (std::max(entry.limit_paced_at, group.device->limit_paced_at) >= state.time) {
+      reason = HoldReason::limit;
+    } else if (window_closed_at >= state.time) {
+      reason = HoldReason::window;
+    }
+    const auto index = static_cast<std::size_t>(reason);
+    ++entry.data.held_requests[index];
+    entry.data.held_ns[index] += static_cast<std::uint64_t>(delay);
+  }
+
+  void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
+    const Request::SchedulerState& state = request.scheduler;
+    if (state.observed == 0 || state.observed > observed.size()) return;
+    detail::ObservedGroup& entry = observed[state.observed - 1];
+    if (entry.group != state.group) return;  // cannot happen: a group outlives its requests in flight
+    OpObservation& op = entry.data.ops[static_cast<std::size_t>(request.op_kind)];
+    const Nanos duration = std::max<Nanos>(now - state.time, 0) + Nanos{state.queued_16ns} * 16;
+    ++op.requests;
+    op.bytes += request.bytes;
+    op.errors += failed;
+    op.duration_ns += static_cast<std::uint64_t>(duration);
+    ++op.duration_histogram[duration_bucket(duration)];
+  }
+
   void enqueue(Request& request, TimePoint now) noexcept {
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::idle) && "enqueue: already queued");
     Request::SchedulerState& state = request.scheduler;
@@ -459,6 +538,7 @@ struct DeviceGroup::Impl {
       group = resolve(request.device, request.group);
       state.resolved_key = key;
       state.resolved_group = request.group;
+      state.observed = 0;
     }
     Device& device = *group->device;
     Nanos at = to_nanos(now);
@@ -527,9 +607,10 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void complete(Request& request, Nanos now) noexcept {
+  void complete(Request& request, Nanos now, bool failed) noexcept {
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::in_flight) &&
            "complete: the request is not in flight");
+    observe_completion(request, now, failed);
     Group& group = *request.scheduler.group;
     Device& device = *group.device;
     request.scheduler.state = static_cast<std::uint8_t>(RequestState::idle);
@@ -656,6 +737,10 @@ struct DeviceGroup::Impl {
     for_each_group([&](const Group* group) {
       if (group->extras) bytes += sizeof(GroupExtras);
     });
+    // The observation of groups that dispatched, and its index (a node and a bucket each).
+    bytes += observed.capacity() * sizeof(detail::ObservedGroup) + observed_free.capacity() * sizeof(std::uint32_t);
+    bytes += observed_index.size() * (sizeof(void*) * 2 + sizeof(std::uint32_t)) +
+             observed_index.bucket_count() * sizeof(void*);
     return bytes;
   }
 };
@@ -984,7 +1069,9 @@ std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<Grou
 // ---- hot path ----
 void DeviceGroup::enqueue(Request* request, TimePoint now) noexcept { impl_->enqueue(*request, now); }
 Decision DeviceGroup::next(TimePoint now) noexcept { return impl_->next(to_nanos(now)); }
-void DeviceGroup::complete(Request* request, TimePoint now) noexcept { impl_->complete(*request, to_nanos(now)); }
+void DeviceGroup::complete(Request* request, TimePoint now, bool failed) noexcept {
+  impl_->complete(*request, to_nanos(now), failed);
+}
 bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*request); }
 
 // ---- observation ----
@@ -992,6 +1079,13 @@ std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_i
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
   return detail::stats_of(*group);
+}
+
+std::optional<GroupObservation> DeviceGroup::observation(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  auto it = impl_->observed_index.find(group);
+  return it == impl_->observed_index.end() ? GroupObservation{} : impl_->observed[it->second].data;
 }
 
 Status DeviceGroup::reset_stats(DeviceId device_id) {

@@ -32,6 +32,7 @@
 #include "qos/cost.h"
 #include "qos/device_model.h"
 #include "qos/limits.h"
+#include "qos/observation.h"
 #include "qos/policy.h"
 #include "qos/request.h"
 #include "qos/stats.h"
@@ -155,14 +156,18 @@ class DeviceGroup {
   void enqueue(Request* request, TimePoint now) noexcept;
   // The next request to submit, or when to ask again, or empty.
   Decision next(TimePoint now) noexcept;
-  // A dispatched request finished on the storage.
-  void complete(Request* request, TimePoint now) noexcept;
+  // A dispatched request finished on the storage (`failed`: with an error;
+  // counted in observation()).
+  void complete(Request* request, TimePoint now, bool failed = false) noexcept;
   // Takes a still-queued request out (its client went away). False if it
   // is not queued (already dispatched, or never enqueued).
   bool cancel(Request* request) noexcept;
 
   // ---- Observation ----
   std::optional<GroupStats> stats(DeviceId device, GroupId group) const noexcept;
+  // Requests by operation, bytes, errors, durations and the time held back
+  // by reason (observation.h). Counters only grow: reset_stats leaves them.
+  std::optional<GroupObservation> observation(DeviceId device, GroupId group) const noexcept;
   // Clears the statistics of every group of the device (not queue_length / in_flight).
   Status reset_stats(DeviceId device);
   std::optional<std::uint32_t> queue_length(DeviceId device, GroupId group) const noexcept;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <new>
@@ -11,6 +12,7 @@
 #include "qos/device_group.h"
 #include "qos/group_table.h"
 #include "qos/indexed_heap.h"
+#include "qos/observation.h"
 #include "qos/request.h"
 #include "qos/stats.h"
 #include "qos/token_bucket.h"
@@ -109,9 +111,27 @@ struct Device {
   std::uint32_t top_index = kNotInHeap;
   std::uint32_t top_reservation_index = kNotInHeap;
   std::uint32_t timer_index = kNotInHeap;
+  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the device held it back (observation.h)
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
+
+// A group's observation (observation.h), kept beside it for groups that
+// dispatched: `group` is whom it belongs to, so a stale index is noticed.
+// The first line holds what a dispatch touches (the check and the held
+// counters); a completion touches its operation's counters, which the
+// dispatch prefetches (with thousands of active groups each is a miss).
+struct alignas(64) ObservedGroup {
+  const Group* group = nullptr;
+  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the group held it back
+  GroupObservation data;
+
+  void prefetch_op(OpKind op) const noexcept {
+    const char* first = reinterpret_cast<const char*>(&data.ops[static_cast<std::size_t>(op)]);
+    for (std::size_t offset = 0; offset < sizeof(OpObservation) + 63; offset += 64) __builtin_prefetch(first + offset, 1);
+  }
+};
+static_assert(offsetof(ObservedGroup, data) + offsetof(GroupObservation, ops) == 64);
 
 // Groups come from fixed-size slabs: no per-group allocator header, and
 // attach/detach reuse freed slots.

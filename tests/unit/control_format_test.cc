@@ -74,6 +74,31 @@ TEST(ControlFormat, StatusJsonCarriesMoreThanTheLine) {
   EXPECT_EQ(group_json["delay_histogram"].size(), qos::kDelayBuckets);
 }
 
+TEST(ControlFormat, ObservationShowsOperationsSeenAndEveryHoldReason) {
+  qos::GroupObservation o;
+  qos::OpObservation& write = o.ops[static_cast<size_t>(qos::OpKind::write)];
+  write.requests = 3;
+  write.bytes = 12288;
+  write.errors = 1;
+  write.duration_ns = 90'000;
+  write.duration_histogram[qos::duration_bucket(30'000)] = 3;
+  o.held_requests[static_cast<size_t>(qos::HoldReason::limit)] = 2;
+  o.held_ns[static_cast<size_t>(qos::HoldReason::limit)] = 5'000;
+  const nlohmann::json json = observation_json(o);
+  EXPECT_EQ(json["ops"].size(), 1u);  // reads, flushes... never seen: left out
+  const nlohmann::json& w = json["ops"]["write"];
+  EXPECT_EQ(w["requests"], 3);
+  EXPECT_EQ(w["bytes"], 12288);
+  EXPECT_EQ(w["errors"], 1);
+  EXPECT_EQ(w["duration_ns"], 90000);
+  EXPECT_EQ(w["duration_histogram"].size(), qos::kDurationBuckets);
+  EXPECT_EQ(w["duration_histogram"][qos::duration_bucket(30'000)], (nlohmann::json{{"count", 3}, {"le_ns", 50000}}));
+  EXPECT_TRUE(w["duration_histogram"].back()["le_ns"].is_null());  // +Inf
+  EXPECT_EQ(json["held"]["limit"], (nlohmann::json{{"requests", 2}, {"ns", 5000}}));
+  EXPECT_EQ(json["held"]["weight"], (nlohmann::json{{"requests", 0}, {"ns", 0}}));
+  EXPECT_EQ(json["held"]["window"], (nlohmann::json{{"requests", 0}, {"ns", 0}}));
+}
+
 TEST(ControlFormat, LimitsShowOnlyWhatIsSet) {
   qos::Limits limits;
   EXPECT_EQ(limits_to_json(limits), nlohmann::json::object());

@@ -1,0 +1,89 @@
+// What the metrics listener and `iobandctl top` see of one ioband group,
+// beyond dm-ioband's counters (stats.h): per operation, completed requests,
+// bytes, errors and a histogram of the whole request duration (queued plus
+// on the storage); and the time requests were held back, by the reason that
+// held them.
+//
+// Why a request waited, decided when it is dispatched (the latest cause wins
+// in this order):
+//   limit   its group or its device was paced by a limit since it arrived;
+//   window  the in-flight window (io_limit, or the learned one) was full;
+//   weight  otherwise: other groups went first by the policy's order (this
+//           includes the anticipation holding a lighter group back).
+//
+// Counters only grow (a `reset` message does not clear them): scrapers take
+// rates of them. They live beside the group, not in it (see group.h: a group
+// is three full cache lines), and only for groups that dispatched a request.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "qos/device_model.h"
+
+namespace ioband::qos {
+
+inline constexpr std::size_t kOpKinds = 5;  // OpKind::read .. write_zeroes
+
+constexpr std::string_view op_name(OpKind op) noexcept {
+  switch (op) {
+    case OpKind::read: return "read";
+    case OpKind::write: return "write";
+    case OpKind::flush: return "flush";
+    case OpKind::trim: return "trim";
+    case OpKind::write_zeroes: return "write_zeroes";
+  }
+  return "unknown";
+}
+
+// Upper bounds of the duration buckets, ns (Prometheus "le"); one more
+// bucket above the last catches everything longer.
+inline constexpr std::array<std::int64_t, 16> kDurationBoundsNs = {
+    10'000,     25'000,      50'000,     100'000,     250'000,     500'000,     1'000'000,   2'500'000,     5'000'000,
+    10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 1'000'000'000, 2'500'000'000};
+inline constexpr std::size_t kDurationBuckets = kDurationBoundsNs.size() + 1;
+
+constexpr std::size_t duration_bucket(std::int64_t ns) noexcept {
+  std::size_t i = 0;
+  while (i < kDurationBoundsNs.size() && ns > kDurationBoundsNs[i]) ++i;
+  return i;
+}
+static_assert(duration_bucket(0) == 0);
+static_assert(duration_bucket(10'000) == 0);
+static_assert(duration_bucket(10'001) == 1);
+static_assert(duration_bucket(3'000'000'000) == kDurationBuckets - 1);
+
+enum class HoldReason : std::uint8_t { weight, limit, window };
+inline constexpr std::size_t kHoldReasons = 3;
+
+constexpr std::string_view to_string(HoldReason reason) noexcept {
+  switch (reason) {
+    case HoldReason::weight: return "weight";
+    case HoldReason::limit: return "limit";
+    case HoldReason::window: return "window";
+  }
+  return "unknown";
+}
+
+struct OpObservation {
+  std::uint64_t requests = 0;     // completed
+  std::uint64_t bytes = 0;        // payload of completed requests
+  std::uint64_t errors = 0;       // completed with an error from the storage
+  std::uint64_t duration_ns = 0;  // sum of arrival-to-completion times
+  std::array<std::uint64_t, kDurationBuckets> duration_histogram{};  // per bucket, not cumulative
+
+  friend bool operator==(const OpObservation&, const OpObservation&) = default;
+};
+
+struct GroupObservation {
+  std::array<std::uint64_t, kHoldReasons> held_requests{};  // by HoldReason: dispatched after waiting
+  std::array<std::uint64_t, kHoldReasons> held_ns{};        // by HoldReason: the time they waited
+  std::array<OpObservation, kOpKinds> ops{};                // by OpKind
+
+  friend bool operator==(const GroupObservation&, const GroupObservation&) = default;
+};
+
+}  // namespace ioband::qos

@@ -1,0 +1,425 @@
+#!/usr/bin/python3
+"""iobandd --http: what an operator sees, checked with real tools.
+
+Two ioband devices (d1, d2) of one device group on images in /dev/shm, read
+by `fio --ioengine=nbd` at fixed rates (--rate_iops), so the rates every
+view shows can be compared with fio's own count:
+
+- test_scrape_under_load_passes_promtool: a /metrics scrape taken under load
+  passes `promtool check metrics` and has the series an operator needs.
+- test_prometheus_server_rates_match_client: a real Prometheus server
+  (started here on a loopback port with its own config and data directory)
+  scrapes every second; the counter's increase between two of its scrapes and
+  its rate() match the client's own count of completed reads over the same
+  instants within 5 % (paced libnbd clients that note when each read
+  completed, so a loaded machine moves both sides alike).
+- test_top_batch_json_rates_match_client: `iobandctl top --batch 3 --json`
+  against the same clients' count over top's own intervals.
+- test_top_screen_in_tmux: the ncurses screen, driven with tmux send-keys and
+  read with capture-pane, shows every device and group and sorts.
+- test_http_bad_input: 404, 405, HEAD; stuck HTTP clients do not stall other
+  scrapes nor NBD requests.
+- test_dashboard_assets: / and /chart.js (Debian's Chart.js) are served.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import controltest as ct  # noqa: E402
+import iobandtest as it  # noqa: E402
+
+import pytest  # noqa: E402
+
+MiB = it.MiB
+IMAGE = 64 * MiB
+RATES = {"d1": 1500, "d2": 600}  # fio --rate_iops per device
+TOLERANCE = 0.05
+
+watchdog = it.pytest_watchdog()
+
+
+def http_get(url, method="GET", timeout=10):
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    it.require_tools("fio")
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    tmpdir = tempfile.mkdtemp(prefix="ioband-metrics.", dir=base)
+    it._tmpdirs.append(tmpdir)
+    port = it.free_tcp_port()
+    with ct.Daemon(tmpdir=tmpdir, args=["--http", f"127.0.0.1:{port}"]) as d:
+        d.http = f"http://127.0.0.1:{port}"
+        for name in RATES:
+            d.create(name, it.random_file(d.path(f"{name}.img"), IMAGE, seed=1), 1)
+        d.message("d1", "weight", 300)
+        d.message("d2", "limit", "iops-total=5000")
+        yield d
+
+
+class Fio:
+    """fio readers of d1 and d2 at RATES, in the background, for `seconds`."""
+
+    def __init__(self, d, seconds):
+        self.procs = {}
+        self.started = time.time()
+        self.seconds = seconds
+        for name, rate in RATES.items():
+            argv = ct.fio_argv(d.uri(name), name, "--rw=randread", "--bs=4k", "--iodepth=4", "--time_based",
+                               f"--runtime={seconds}", f"--rate_iops={rate}", "--direct=1")
+            self.procs[name] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def results(self):
+        out = {}
+        for name, proc in self.procs.items():
+            stdout, stderr = proc.communicate(timeout=self.seconds + it.TIMEOUT)
+            assert proc.returncode == 0, f"fio {name} exited {proc.returncode}: {stderr[-2000:]}"
+            job = ct.fio_json(stdout)["jobs"][0]
+            out[name] = {"ios": job["read"]["total_ios"], "iops": job["read"]["iops"],
+                         "runtime_s": job["read"]["runtime"] / 1000}
+        self.ended = time.time()
+        return out
+
+
+_PACED = r"""
+import json, sys, time
+import nbd
+uri, rate, seconds, out = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+h = nbd.NBD()
+h.connect_uri(uri)
+blocks = h.get_size() // 4096
+times = []
+start = time.time()
+n = 0
+while time.time() - start < seconds:
+    due = start + n / rate
+    now = time.time()
+    if due > now:
+        time.sleep(due - now)
+    h.pread(4096, (n * 7919 % blocks) * 4096)
+    times.append(time.time())
+    n += 1
+h.shutdown()
+with open(out, "w") as f:
+    json.dump(times, f)
+"""
+
+
+class Paced:
+    """libnbd readers of d1 and d2 (4 KiB, one at a time) paced at RATES, each
+    noting when every read completed: the client's own count over any window."""
+
+    def __init__(self, d, seconds):
+        self.files = {name: os.path.join(d.dir, f"paced-{name}.json") for name in RATES}
+        self.procs = {name: subprocess.Popen([ct.PY, "-c", _PACED, d.uri(name), str(rate), str(seconds),
+                                              self.files[name]], stderr=subprocess.PIPE, text=True)
+                      for name, rate in RATES.items()}
+        self.seconds = seconds
+
+    def completions(self):
+        out = {}
+        for name, proc in self.procs.items():
+            _, stderr = proc.communicate(timeout=self.seconds + it.TIMEOUT)
+            assert proc.returncode == 0, f"client of {name}: {stderr[-2000:]}"
+            with open(self.files[name]) as f:
+                out[name] = json.load(f)
+        return out
+
+
+def count_between(times, start, end):
+    return sum(1 for t in times if start < t <= end)
+
+
+def series(text):
+    """The samples of a Prometheus text exposition: {(name, frozenset(labels)): value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels = frozenset()
+        if rest:
+            pairs = [p for p in rest.rstrip("}").split('",') if p]
+            labels = frozenset(tuple(p.rstrip('"').split('="', 1)) for p in pairs)
+        out[(name, labels)] = float(value)
+    return out
+
+
+def value(samples, name, **labels):
+    want = frozenset(labels.items())
+    return samples[(name, want)]
+
+
+def test_scrape_under_load_passes_promtool(daemon):
+    it.require_tools("promtool")
+    fio = Fio(daemon, 4)
+    deadline = time.monotonic() + it.TIMEOUT
+    while True:  # both clients counted: a scrape under load
+        stats = json.loads(http_get(daemon.http + "/api/stats")[2])
+        reads = {d["name"]: d["groups"][0]["observation"]["ops"].get("read", {}).get("requests", 0)
+                 for d in stats["devices"] if d["name"] in RATES}
+        if min(reads.values()) > 50:
+            break
+        assert time.monotonic() < deadline, reads
+        time.sleep(0.1)
+    status, headers, body = http_get(daemon.http + "/metrics")
+    fio.results()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert check.returncode == 0, f"promtool check metrics: {check.stdout.decode()} {check.stderr.decode()}"
+    samples = series(body.decode())
+    # Under load: requests were counted, per device and group, with their configuration beside them.
+    assert value(samples, "ioband_requests_total", device="d1", group="default", op="read") > 50
+    assert value(samples, "ioband_requests_total", device="d2", group="default", op="read") > 50
+    assert value(samples, "ioband_group_weight", device="d1", group="default") == 300
+    assert value(samples, "ioband_group_weight_share", device="d1", group="default") == pytest.approx(0.75)
+    assert value(samples, "ioband_device_limit_requests_per_second", device="d2", direction="total") == 5000
+    assert value(samples, "ioband_request_duration_seconds_count", device="d1", group="default", op="read") > 50
+    assert value(samples, "ioband_connections", device="d1") == 1
+    assert [v for (n, _), v in samples.items() if n == "ioband_build_info"] == [1]
+    for reason in ("weight", "limit", "window"):
+        assert ("ioband_held_seconds_total", frozenset({("device", "d1"), ("group", "default"),
+                                                        ("reason", reason)})) in samples
+
+
+def prometheus_query(base, query, at=None):
+    params = {"query": query}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    url = base + "/api/v1/query?" + urllib.parse.urlencode(params)
+    status, _, body = http_get(url)
+    reply = json.loads(body)
+    assert status == 200 and reply["status"] == "success", reply
+    return {r["metric"].get("device"): float(r["value"][1]) for r in reply["data"]["result"]}
+
+
+def test_prometheus_server_rates_match_client(daemon):
+    it.require_tools("prometheus")
+    work = tempfile.mkdtemp(prefix="prometheus.", dir=daemon.dir)
+    port = it.free_tcp_port()
+    target = daemon.http.removeprefix("http://")
+    with open(os.path.join(work, "prometheus.yml"), "w") as f:
+        f.write(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                f"scrape_configs:\n  - job_name: ioband\n    static_configs:\n      - targets: ['{target}']\n")
+    base = f"http://127.0.0.1:{port}"
+    with open(os.path.join(work, "log"), "wb") as log:
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/data",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=it._pdeathsig)
+    try:
+        deadline = time.monotonic() + it.TIMEOUT
+        while True:
+            try:
+                if http_get(base + "/-/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert prometheus.poll() is None and time.monotonic() < deadline, open(f"{work}/log").read()[-3000:]
+            time.sleep(0.2)
+        counter = 'sum by (device) (ioband_requests_total{op="read"})'
+        while len(prometheus_query(base, counter)) < len(RATES):  # the first scrapes
+            assert time.monotonic() < deadline, "Prometheus scraped nothing"
+            time.sleep(0.2)
+        started = time.time()
+        clients = Paced(daemon, 8)
+        completions = clients.completions()
+        time.sleep(2.5)  # a scrape after the last request
+        ended = time.time()
+        # Prometheus's own samples (scrape time, value) over the run: the
+        # counter's increase between two scrapes against the client's count
+        # of completions between the same two instants, and rate() against
+        # the client's rate over rate()'s window.
+        params = urllib.parse.urlencode({"query": f'ioband_requests_total{{op="read"}}[{ended - started + 5:.0f}s]',
+                                         "time": f"{ended:.3f}"})
+        reply = json.loads(http_get(f"{base}/api/v1/query?{params}")[2])
+        samples = {r["metric"]["device"]: [(float(t), float(v)) for t, v in r["values"]]
+                   for r in reply["data"]["result"] if r["metric"]["group"] == "default"}
+        assert len(samples["d1"]) >= 6, f"Prometheus scraped too few times: {samples}"
+        for name, times in completions.items():
+            busy = [(t, v) for t, v in samples[name] if times[0] + 0.5 < t < times[-1]]
+            (t0, v0), (t1, v1) = busy[0], busy[-1]
+            counted = count_between(times, t0, t1)
+            it.log(f"{name}: between scrapes at +{t0 - started:.1f}s and +{t1 - started:.1f}s the client "
+                   f"completed {counted}, Prometheus counted {v1 - v0:.0f}")
+            assert v1 - v0 == pytest.approx(counted, rel=TOLERANCE)
+            window = 4.0
+            rate = prometheus_query(base, f'sum by (device) (rate(ioband_requests_total{{op="read"}}[{window:.0f}s]))',
+                                    at=t1)[name]
+            # rate() extrapolates from the samples inside its window: the client's rate between them.
+            inside = [(t, v) for t, v in samples[name] if t1 - window < t <= t1]
+            client_rate = count_between(times, inside[0][0], inside[-1][0]) / (inside[-1][0] - inside[0][0])
+            it.log(f"{name}: rate() {rate:.0f}/s, the client's {client_rate:.0f}/s")
+            assert rate == pytest.approx(client_rate, rel=TOLERANCE)
+        middle = t1
+        # Every query of docs/grafana-dashboard.json is valid PromQL over these metrics, and the
+        # main panels have data (the limit and error panels may rightly be empty here).
+        with open(os.path.join(it.SOURCE, "docs", "grafana-dashboard.json")) as f:
+            dashboard = json.load(f)
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "5s").replace("$device", ".*")
+                result = prometheus_query(base, expr, at=middle)
+                if target["refId"] == "A" and "errors" not in panel["title"].lower():
+                    assert result, f"{panel['title']}: {expr} returned nothing"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def test_top_batch_json_rates_match_client(daemon):
+    clients = Paced(daemon, 6)
+    time.sleep(1.5)
+    top = subprocess.run([ct.IOBANDCTL, "--control", daemon.control, "top", "--batch", "3", "--json"],
+                         capture_output=True, text=True, timeout=it.TIMEOUT)
+    completions = clients.completions()
+    assert top.returncode == 0, top.stderr
+    samples = [json.loads(line) for line in top.stdout.splitlines()]
+    assert len(samples) == 3
+    for name, times in completions.items():
+        rows = [[g for g in s["groups"] if g["device"] == name and g["group"] == "default"][0] for s in samples]
+        # The three intervals together, against the client's completions in the same span.
+        start, end = samples[0]["time"] - samples[0]["interval_s"], samples[-1]["time"]
+        iops = sum(r["iops"] * s["interval_s"] for r, s in zip(rows, samples)) / (end - start)
+        client = count_between(times, start, end) / (end - start)
+        it.log(f"{name}: top {iops:.0f}/s, the client {client:.0f}/s")
+        assert iops == pytest.approx(client, rel=TOLERANCE)
+        assert rows[-1]["mib_per_s"] == pytest.approx(rows[-1]["iops"] * 4096 / MiB, rel=0.01)
+        assert rows[-1]["p99_ms"] is not None
+    shares = {g["device"]: g for g in samples[-1]["groups"]}
+    assert shares["d1"]["share_configured"] == pytest.approx(0.75)
+    delivered = {name: count_between(times, samples[-1]["time"] - samples[-1]["interval_s"], samples[-1]["time"])
+                 for name, times in completions.items()}
+    assert shares["d1"]["share_delivered"] == pytest.approx(delivered["d1"] / sum(delivered.values()), abs=0.02)
+    assert shares["d2"]["limits"] == "iops-total=5000"
+
+
+def tmux(*args):
+    return subprocess.run(["tmux", "-L", f"ioband-test-{os.getpid()}"] + list(args), capture_output=True, text=True,
+                          timeout=30)
+
+
+def rows_on_screen(text):
+    return [line.split()[:2] for line in text.splitlines() if line.startswith(("d1 ", "d2 "))]
+
+
+def test_top_screen_in_tmux(daemon):
+    it.require_tools("tmux")
+    fio = Fio(daemon, 6)
+    try:
+        command = f"{ct.IOBANDCTL} --control {daemon.control} top"
+        assert tmux("new-session", "-d", "-x", "200", "-y", "30", "-s", "top", command).returncode == 0
+
+        def screen_after(keys, predicate):
+            if keys:
+                tmux("send-keys", "-t", "top", keys)
+            deadline = time.monotonic() + 10
+            while True:
+                text = tmux("capture-pane", "-p", "-t", "top").stdout
+                if predicate(text) or time.monotonic() > deadline:
+                    return text
+                time.sleep(0.2)
+
+        def ordered(first, marker):
+            return lambda text: marker in text and [r[0] for r in rows_on_screen(text)][:1] == [first]
+
+        # By IOPS (the default): d1 (1500/s) above d2 (600/s), once rates are known.
+        text = screen_after(None, ordered("d1", "sort: iops"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
+        assert ["d1", "default"] in rows_on_screen(text) and ["d2", "default"] in rows_on_screen(text), text
+        # Reversed: d2 first.
+        text = screen_after("r", ordered("d2", "(reversed)"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
+        # By name (reversed still): d2 first; then not reversed: d1 first.
+        text = screen_after("n", ordered("d2", "sort: name (reversed)"))
+        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
+        text = screen_after("r", lambda t: "sort: name " in t and "(reversed)" not in t)
+        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
+        tmux("send-keys", "-t", "top", "q")
+        deadline = time.monotonic() + 10
+        while tmux("has-session", "-t", "top").returncode == 0:
+            assert time.monotonic() < deadline, "top did not quit on q"
+            time.sleep(0.1)
+    finally:
+        tmux("kill-server")
+        fio.results()
+
+
+def test_http_bad_input(daemon):
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = http_get(daemon.http + "/metrics", method=method)
+        assert status == 405 and "GET" in headers.get("Allow", ""), (method, status, body)
+    status, _, body = http_get(daemon.http + "/no/such/page")
+    assert status == 404 and b"not found" in body
+    status, headers, body = http_get(daemon.http + "/metrics", method="HEAD")
+    assert status == 200 and body == b""
+    # Read-only: after all that, nothing changed.
+    assert daemon.json_of("table", "d1")["devices"][0]["groups"][0]["weight"] == 300
+
+    # Stuck clients: half a request line each, never finished.
+    stuck = []
+    for _ in range(4):
+        host, _, port = daemon.http.removeprefix("http://").rpartition(":")
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        stuck.append(s)
+    try:
+        started = time.monotonic()
+        status, _, body = http_get(daemon.http + "/metrics", timeout=5)
+        assert status == 200 and b"ioband_requests_total" in body
+        assert time.monotonic() - started < 2, "a scrape waited for the stuck clients"
+        # The data path goes on meanwhile.
+        fio = Fio(daemon, 2)
+        results = fio.results()
+        assert results["d1"]["ios"] > 0.8 * RATES["d1"] * 2
+    finally:
+        for s in stuck:
+            s.close()
+
+
+def test_bad_http_option_stops_the_start():
+    tmpdir = it.make_tmpdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f"127.0.0.1:{busy.getsockname()[1]}"
+        for address, reason in (("nonsense", "expected HOST:PORT"), ("127.0.0.1:99999", "expected HOST:PORT"),
+                                (taken, "cannot listen")):
+            r = subprocess.run([it.IOBANDD, "--state-dir", tmpdir, "--http", address], capture_output=True, text=True,
+                               timeout=it.TIMEOUT)
+            assert r.returncode != 0 and f"--http {address}: {reason}" in r.stderr, (address, r.returncode, r.stderr)
+
+
+def test_dashboard_assets(daemon):
+    status, headers, page = http_get(daemon.http + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<script src="/chart.js">' in page and b"/api/stats" in page
+    status, headers, script = http_get(daemon.http + "/chart.js")
+    if os.path.exists("/usr/share/javascript/chart.js/chart.min.js"):
+        assert status == 200 and b"Chart.js v" in script[:200]
+    status, _, body = http_get(daemon.http + "/api/stats")
+    stats = json.loads(body)
+    names = {d["name"]: d for d in stats["devices"]}
+    assert {"d1", "d2"} <= names.keys()
+    assert names["d1"]["groups"][0]["weight"] == 300
+
+
+if __name__ == "__main__":
+    sys.exit(it.run(__file__))

@@ -1,0 +1,146 @@
+// DeviceGroup::observation: completed requests per operation, bytes, errors,
+// the duration histogram, and the time held back by reason, with a fake clock.
+#include <gtest/gtest.h>
+
+#include <deque>
+
+#include "qos/device_group.h"
+
+namespace ioband::qos {
+namespace {
+
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+const TimePoint kStart = TimePoint() + std::chrono::hours(1);
+
+struct Pool {
+  std::deque<Request> requests;
+  Request* make(GroupId group, OpKind op = OpKind::read, std::uint32_t bytes = 4096) {
+    requests.emplace_back();
+    Request& r = requests.back();
+    r.group = group;
+    r.op_kind = op;
+    r.direction = op == OpKind::read ? Direction::read : Direction::write;
+    r.bytes = bytes;
+    return &r;
+  }
+};
+
+Request* next_dispatch(DeviceGroup& g, TimePoint now) {
+  Decision d = g.next(now);
+  return d.kind == Decision::Kind::dispatch ? d.request : nullptr;
+}
+
+TEST(Observation, CountsCompletionsPerOperationWithDurationsAndErrors) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 7));
+  Pool pool;
+  Request* read = pool.make(7, OpKind::read, 8192);
+  Request* write = pool.make(7, OpKind::write, 4096);
+  g.enqueue(read, kStart);
+  g.enqueue(write, kStart);
+  ASSERT_EQ(next_dispatch(g, kStart), read);
+  ASSERT_EQ(next_dispatch(g, kStart), write);
+  g.complete(read, kStart + microseconds(300));
+  g.complete(write, kStart + milliseconds(3), /*failed=*/true);
+
+  const GroupObservation o = g.observation(0, 7).value();
+  const OpObservation& r = o.ops[static_cast<std::size_t>(OpKind::read)];
+  const OpObservation& w = o.ops[static_cast<std::size_t>(OpKind::write)];
+  EXPECT_EQ(r.requests, 1u);
+  EXPECT_EQ(r.bytes, 8192u);
+  EXPECT_EQ(r.errors, 0u);
+  EXPECT_EQ(r.duration_ns, 300'000u);
+  EXPECT_EQ(r.duration_histogram[duration_bucket(300'000)], 1u);
+  EXPECT_EQ(w.requests, 1u);
+  EXPECT_EQ(w.errors, 1u);
+  EXPECT_EQ(w.duration_histogram[duration_bucket(3'000'000)], 1u);
+  // Nothing waited: nothing held back; the default group saw nothing.
+  EXPECT_EQ(o.held_requests, (std::array<std::uint64_t, kHoldReasons>{}));
+  EXPECT_EQ(g.observation(0, kDefaultGroup).value(), GroupObservation{});
+  EXPECT_FALSE(g.observation(0, 8).has_value());
+}
+
+TEST(Observation, DurationIncludesTheTimeQueuedAndTheReasonIsTheWindow) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);
+  ASSERT_TRUE(g.set_io_throttle(0));
+  ASSERT_TRUE(g.set_io_limit(1));
+  ASSERT_TRUE(g.add_device(0));
+  Pool pool;
+  Request* first = pool.make(kDefaultGroup);
+  Request* second = pool.make(kDefaultGroup);
+  g.enqueue(first, kStart);
+  g.enqueue(second, kStart);
+  ASSERT_EQ(next_dispatch(g, kStart), first);
+  EXPECT_EQ(next_dispatch(g, kStart), nullptr);  // the window of one is full
+  g.complete(first, kStart + milliseconds(2));
+  ASSERT_EQ(next_dispatch(g, kStart + milliseconds(2)), second);
+  g.complete(second, kStart + milliseconds(3));
+
+  const GroupObservation o = g.observation(0, kDefaultGroup).value();
+  const OpObservation& r = o.ops[static_cast<std::size_t>(OpKind::read)];
+  EXPECT_EQ(r.requests, 2u);
+  EXPECT_EQ(r.duration_ns, 2'000'000u + 3'000'000u);  // the second: 2 ms queued + 1 ms served
+  EXPECT_EQ(o.held_requests[static_cast<std::size_t>(HoldReason::window)], 1u);
+  EXPECT_EQ(o.held_ns[static_cast<std::size_t>(HoldReason::window)], 2'000'000u);
+  EXPECT_EQ(o.held_requests[static_cast<std::size_t>(HoldReason::limit)], 0u);
+}
+
+TEST(Observation, ALimitIsTheReasonWhenItPacedTheGroup) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  Limits limits;
+  limits.iops_total.rate = 100;  // one request every 10 ms
+  ASSERT_TRUE(g.set_limits(0, 1, limits));
+  Pool pool;
+  std::vector<Request*> requests;
+  // More than the bucket's burst allows at once.
+  for (int i = 0; i < 300; ++i) {
+    requests.push_back(pool.make(1));
+    g.enqueue(requests.back(), kStart);
+  }
+  int dispatched = 0;
+  for (int ms = 0; ms <= 4000 && dispatched < 300; ++ms) {
+    const TimePoint now = kStart + milliseconds(ms);
+    while (Request* r = next_dispatch(g, now)) {
+      ++dispatched;
+      g.complete(r, now);
+    }
+  }
+  ASSERT_EQ(dispatched, 300);
+  const GroupObservation o = g.observation(0, 1).value();
+  const std::uint64_t limited = o.held_requests[static_cast<std::size_t>(HoldReason::limit)];
+  EXPECT_GE(limited, 1u);
+  EXPECT_EQ(limited + o.held_requests[static_cast<std::size_t>(HoldReason::weight)] +
+                o.held_requests[static_cast<std::size_t>(HoldReason::window)],
+            o.held_requests[static_cast<std::size_t>(HoldReason::limit)]);
+  EXPECT_GT(o.held_ns[static_cast<std::size_t>(HoldReason::limit)], 0u);
+}
+
+TEST(Observation, ResetStatsLeavesTheCountersAndADetachedGroupStartsAfresh) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 3));
+  Pool pool;
+  Request* r = pool.make(3);
+  g.enqueue(r, kStart);
+  ASSERT_EQ(next_dispatch(g, kStart), r);
+  g.complete(r, kStart + microseconds(10));
+  ASSERT_TRUE(g.reset_stats(0));
+  EXPECT_EQ(g.observation(0, 3)->ops[0].requests, 1u);
+  ASSERT_TRUE(g.detach(0, 3));
+  ASSERT_TRUE(g.attach(0, 3));
+  EXPECT_EQ(g.observation(0, 3).value(), GroupObservation{});
+  // The request, used again, counts in the new group.
+  g.enqueue(r, kStart + milliseconds(1));
+  ASSERT_EQ(next_dispatch(g, kStart + milliseconds(1)), r);
+  g.complete(r, kStart + milliseconds(2));
+  EXPECT_EQ(g.observation(0, 3)->ops[0].requests, 1u);
+}
+
+}  // namespace
+}  // namespace ioband::qos

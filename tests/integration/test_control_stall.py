@@ -183,30 +183,22 @@ def sanitized(pid):
         return "libasan" in f.read()
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_remove_force_with_a_client_that_never_reads():
     with ct.Daemon() as d:
         image = d.path("victim.img")
         with open(image, "wb") as f:  # real data: reads fill buffers
             f.write(os.urandom(MiB) * 64)
         d.create("victim", image, 1)
-        base = rss_bytes(d.proc.pid)
+        base = it.rss_bytes(d.proc.pid)
         raw = it.RawClient(d.sock("victim"))
         raw.greeting()
         raw.go("victim")
         for i in range(8):
             raw.request(it.CMD_READ, offset=(i % 2) * 32 * MiB, length=32 * MiB)
         deadline = time.monotonic() + it.TIMEOUT
-        while rss_bytes(d.proc.pid) < base + 64 * MiB and time.monotonic() < deadline:
+        while it.rss_bytes(d.proc.pid) < base + 64 * MiB and time.monotonic() < deadline:
             time.sleep(0.05)
-        held = rss_bytes(d.proc.pid)
+        held = it.rss_bytes(d.proc.pid)
         assert held >= base + 64 * MiB, f"the reads hold only {(held - base) / MiB:.0f} MiB"
         start = time.monotonic()
         r = d.ctl("remove", "--force", "victim")
@@ -219,7 +211,7 @@ def test_remove_force_with_a_client_that_never_reads():
         raw.close()
         if sanitized(d.proc.pid):
             return  # its allocator keeps freed memory in quarantine: RSS says nothing
-        after = rss_bytes(d.proc.pid)
+        after = it.rss_bytes(d.proc.pid)
         assert after < held - 48 * MiB, (
             f"{(held - base) / MiB:.0f} MiB held before remove, {(after - base) / MiB:.0f} MiB after")
 

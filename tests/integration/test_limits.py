@@ -48,14 +48,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def eventually(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -218,10 +210,10 @@ def test_slow_readers_stay_under_the_memory_cap_and_are_disconnected():
         # Memory of the RAM disk is touched first, so that RSS shows requests only.
         h = connect(srv)
         h.pwrite(b"\x5a" * (32 * MiB), 0)
-        base = rss_bytes(srv.pid)
+        base = it.rss_bytes(srv.pid)
         attackers = [slow_reader(srv.socket_path, 8, 32 * MiB) for _ in range(6)]
         time.sleep(1.5)
-        peak = rss_bytes(srv.pid) - base
+        peak = it.rss_bytes(srv.pid) - base
         # Each would hold 96 MiB (576 MiB in all) without the global cap.
         assert peak <= cap + 64 * MiB, f"{peak / MiB:.0f} MiB held with --max-request-memory 256M"
         # An honest client with a few requests in flight goes on meanwhile.
@@ -233,7 +225,7 @@ def test_slow_readers_stay_under_the_memory_cap_and_are_disconnected():
         # that waited for memory get it, then time out too), and their
         # memory is freed. Reading would be progress: look for the hang-up.
         eventually(lambda: all(hung_up(raw.sock) for raw in attackers), 40, "slow readers disconnected")
-        eventually(lambda: rss_bytes(srv.pid) - base < 64 * MiB, 10, "memory of the slow readers freed")
+        eventually(lambda: it.rss_bytes(srv.pid) - base < 64 * MiB, 10, "memory of the slow readers freed")
         for raw in attackers:
             raw.close()
         h.pread(4096, 0)

@@ -166,12 +166,8 @@ void ControlServer::accept_clients() {
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE) {
         // The client stays in the backlog until a descriptor is free.
-        const Clock::time_point now = Clock::now();
-        accept_paused_until_ = now + std::chrono::milliseconds(100);
-        if (now >= accept_log_after_) {
-          log_line(std::string("control: accept: ") + std::strerror(errno) + "; paused 100 ms at a time");
-          accept_log_after_ = now + std::chrono::seconds(10);
-        }
+        accept_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
+        accept_log_.log(std::string("control: accept: ") + std::strerror(errno) + "; paused 100 ms at a time");
       }
       return;
     }
@@ -181,10 +177,9 @@ void ControlServer::accept_clients() {
                                        " control clients at once; try again later");
       (void)send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       close(fd);
-      if (refused_++ % 1000 == 0) {
-        log_line("control: a client refused: " + std::to_string(kMaxControlClients) + " control clients already (" +
-                 std::to_string(refused_) + " refused so far)");
-      }
+      ++refused_;
+      refusal_log_.log("control: a client refused: " + std::to_string(kMaxControlClients) +
+                       " control clients already (" + std::to_string(refused_) + " refused so far)");
       continue;
     }
     ucred cred{};

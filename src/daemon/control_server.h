@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "control/engine.h"
+#include "io/log.h"
 
 namespace ioband::daemon {
 
@@ -94,7 +95,8 @@ class ControlServer {
   std::optional<Parked> parked_;
   uint64_t refused_ = 0;
   Clock::time_point accept_paused_until_{};
-  Clock::time_point accept_log_after_{};
+  RateLimitedLog accept_log_{std::chrono::seconds(10)};  // descriptors ran out
+  RateLimitedLog refusal_log_;                           // clients past kMaxControlClients
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

@@ -23,7 +23,6 @@
 #include <atomic>
 #include <cassert>
 #include <string>
-#include <unordered_map>
 
 #include "qos/accounting.h"
 #include "qos/admission.h"
@@ -96,8 +95,8 @@ struct DeviceGroup::Impl {
   Nanos window_closed_at = INT64_MIN;  // last time next() found the in-flight window full
 
   // ---- observation (observation.h) ----
-  std::vector<detail::ObservedGroup> observed;             // index + 1 is Request::SchedulerState::observed
-  std::unordered_map<const Group*, std::uint32_t> observed_index;
+  std::vector<detail::ObservedGroup> observed;  // index + 1 is Request::SchedulerState::observed
+  std::vector<std::uint32_t> observed_by_slot;   // by Group::slot: index + 1 into `observed`, 0: none yet
   std::vector<std::uint32_t> observed_free;
 
   ~Impl() {
@@ -304,10 +303,11 @@ struct DeviceGroup::Impl {
   }
 
   void destroy_group(Group* group) noexcept {
-    if (auto it = observed_index.find(group); it != observed_index.end()) {
-      observed[it->second] = {};
-      observed_free.push_back(it->second);
-      observed_index.erase(it);
+    if (group->slot < observed_by_slot.size() && observed_by_slot[group->slot] != 0) {
+      const std::uint32_t index = observed_by_slot[group->slot] - 1;
+      observed[index] = {};
+      observed_free.push_back(index);
+      observed_by_slot[group->slot] = 0;
     }
     admission.forget(group);
     policy->forget(group);
@@ -369,7 +369,7 @@ struct DeviceGroup::Impl {
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
         admission.paced_by_limit(*group, now);
-        observed_for(*group).limit_paced_at = now;
+        group->extras->limit_paced_at = now;  // pacing needs a limit or range-bw: extras
         park_group(*group, at);
         continue;
       }
@@ -425,10 +425,6 @@ struct DeviceGroup::Impl {
     __builtin_prefetch(&group);
     if (group.head != nullptr) {
       __builtin_prefetch(group.head);
-      // Its observation's first line, which the dispatch checks (a stale
-      // index only fetches a line for nothing).
-      const std::uint32_t index = group.head->scheduler.observed;
-      if (index != 0 && index <= observed.size()) __builtin_prefetch(&observed[index - 1], 1);
     }
     if (const GroupExtras* extras = group.extras.get()) {
       static_assert(sizeof(GroupExtras) >= 3 * 64);
@@ -475,44 +471,42 @@ struct DeviceGroup::Impl {
   }
 
   // ------------------------------------------------------------ observation
-  // Not on the way of a request that finds its group's index in its own
-  // state (the session reuses its requests): a hash lookup only after the
-  // request was resolved again, or when its group was held by a limit.
-  detail::ObservedGroup& observed_for(const Group& group) noexcept {
-    auto [it, inserted] = observed_index.try_emplace(&group, 0);
-    if (inserted) {
+  // The index + 1 of the group's observation, made on its first dispatch.
+  // observed_by_slot is 4 bytes a group: with 10,000 groups it stays in
+  // the cache, where a hash map keyed by the group would not.
+  std::uint32_t observed_index(const Group& group) {
+    if (group.slot >= observed_by_slot.size()) observed_by_slot.resize(pool.slots(), 0);
+    std::uint32_t& index = observed_by_slot[group.slot];
+    if (index == 0) {
       if (observed_free.empty()) {
         observed.emplace_back();
-        it->second = static_cast<std::uint32_t>(observed.size() - 1);
+        index = static_cast<std::uint32_t>(observed.size());
       } else {
-        it->second = observed_free.back();
+        index = observed_free.back() + 1;
         observed_free.pop_back();
       }
-      observed[it->second].group = &group;
+      observed[index - 1].group = &group;
     }
-    return observed[it->second];
+    return index;
   }
 
+  // Why the request waited, decided now (observation.h); the completion counts it.
   void observe_dispatch(const Group& group, Request& request, Nanos now) noexcept {
     Request::SchedulerState& state = request.scheduler;
-    if (state.observed == 0 || observed[state.observed - 1].group != &group) {
-      detail::ObservedGroup& found = observed_for(group);
-      state.observed = static_cast<std::uint32_t>(&found - observed.data()) + 1;
-    }
-    observed[state.observed - 1].prefetch_op(request.op_kind);  // for complete()
+    state.observed = observed_index(group);
+    observed[state.observed - 1].prefetch_for(request.op_kind);  // for complete()
     const Nanos delay = now - state.time;
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
+    state.held = 0;
     if (delay <= 0) return;
-    detail::ObservedGroup& entry = observed[state.observed - 1];
+    const Nanos group_paced_at = group.extras ? group.extras->limit_paced_at : INT64_MIN;
     HoldReason reason = HoldReason::weight;
-    if (std::max(entry.limit_paced_at, group.device->limit_paced_at) >= state.time) {
+    if (std::max(group_paced_at, group.device->limit_paced_at) >= state.time) {
       reason = HoldReason::limit;
     } else if (window_closed_at >= state.time) {
       reason = HoldReason::window;
     }
-    const auto index = static_cast<std::size_t>(reason);
-    ++entry.data.held_requests[index];
-    entry.data.held_ns[index] += static_cast<std::uint64_t>(delay);
+    state.held = static_cast<std::uint8_t>(static_cast<std::uint8_t>(reason) + 1);
   }
 
   void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
@@ -520,8 +514,14 @@ struct DeviceGroup::Impl {
     if (state.observed == 0 || state.observed > observed.size()) return;
     detail::ObservedGroup& entry = observed[state.observed - 1];
     if (entry.group != state.group) return;  // cannot happen: a group outlives its requests in flight
+    const Nanos queued_ns = Nanos{state.queued_16ns} * 16;
+    if (state.held != 0) {
+      const std::size_t reason = state.held - 1U;
+      ++entry.data.held_requests[reason];
+      entry.data.held_ns[reason] += static_cast<std::uint64_t>(queued_ns);
+    }
     OpObservation& op = entry.data.ops[static_cast<std::size_t>(request.op_kind)];
-    const Nanos duration = std::max<Nanos>(now - state.time, 0) + Nanos{state.queued_16ns} * 16;
+    const Nanos duration = std::max<Nanos>(now - state.time, 0) + queued_ns;
     ++op.requests;
     op.bytes += request.bytes;
     op.errors += failed;
@@ -538,7 +538,6 @@ struct DeviceGroup::Impl {
       group = resolve(request.device, request.group);
       state.resolved_key = key;
       state.resolved_group = request.group;
-      state.observed = 0;
     }
     Device& device = *group->device;
     Nanos at = to_nanos(now);
@@ -737,10 +736,9 @@ struct DeviceGroup::Impl {
     for_each_group([&](const Group* group) {
       if (group->extras) bytes += sizeof(GroupExtras);
     });
-    // The observation of groups that dispatched, and its index (a node and a bucket each).
-    bytes += observed.capacity() * sizeof(detail::ObservedGroup) + observed_free.capacity() * sizeof(std::uint32_t);
-    bytes += observed_index.size() * (sizeof(void*) * 2 + sizeof(std::uint32_t)) +
-             observed_index.bucket_count() * sizeof(void*);
+    // The observation of groups that dispatched, and its index by slot.
+    bytes += observed.capacity() * sizeof(detail::ObservedGroup) +
+             (observed_free.capacity() + observed_by_slot.capacity()) * sizeof(std::uint32_t);
     return bytes;
   }
 };
@@ -1084,8 +1082,9 @@ std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_i
 std::optional<GroupObservation> DeviceGroup::observation(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  auto it = impl_->observed_index.find(group);
-  return it == impl_->observed_index.end() ? GroupObservation{} : impl_->observed[it->second].data;
+  const auto& by_slot = impl_->observed_by_slot;
+  if (group->slot >= by_slot.size() || by_slot[group->slot] == 0) return GroupObservation{};
+  return impl_->observed[by_slot[group->slot] - 1].data;
 }
 
 Status DeviceGroup::reset_stats(DeviceId device_id) {

@@ -32,6 +32,7 @@ struct alignas(64) GroupExtras {
   std::uint32_t reservation_index = kNotInHeap;  // Device::reserved (range-bw)
   RangeBw range{};
   Nanos reservation = 0;   // range-bw: when the group's next min-bw byte is due
+  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the group held it back (observation.h)
   TokenBucket max_bw;      // range-bw max-bw, bytes/s
   LimitState limits;       // inline: one pointer less to chase per request
 };
@@ -117,21 +118,24 @@ struct Device {
 };
 
 // A group's observation (observation.h), kept beside it for groups that
-// dispatched: `group` is whom it belongs to, so a stale index is noticed.
-// The first line holds what a dispatch touches (the check and the held
-// counters); a completion touches its operation's counters, which the
-// dispatch prefetches (with thousands of active groups each is a miss).
+// dispatched, found by the group's slot (DeviceGroup::Impl::observed_by_slot).
+// Only a completion writes it: the dispatch decides why the request waited
+// and leaves that in the request, and prefetches the lines the completion
+// will write (the held counters in the first line, then its operation's).
+// With thousands of active groups each line is a miss, and a dispatch that
+// wrote here would wait for one.
 struct alignas(64) ObservedGroup {
-  const Group* group = nullptr;
-  Nanos limit_paced_at = INT64_MIN;  // last time a limit of the group held it back
+  const Group* group = nullptr;  // whose it is (checked by the completion)
   GroupObservation data;
 
-  void prefetch_op(OpKind op) const noexcept {
+  void prefetch_for(OpKind op) const noexcept {
+    __builtin_prefetch(this, 1);
     const char* first = reinterpret_cast<const char*>(&data.ops[static_cast<std::size_t>(op)]);
     for (std::size_t offset = 0; offset < sizeof(OpObservation) + 63; offset += 64) __builtin_prefetch(first + offset, 1);
   }
 };
-static_assert(offsetof(ObservedGroup, data) + offsetof(GroupObservation, ops) == 64);
+static_assert(offsetof(ObservedGroup, data) + offsetof(GroupObservation, held_ns) + sizeof(GroupObservation::held_ns) <= 64,
+              "a completion's held counters share the first line");
 
 // Groups come from fixed-size slabs: no per-group allocator header, and
 // attach/detach reuse freed slots.

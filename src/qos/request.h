@@ -63,9 +63,12 @@ struct Request {
     // In flight, a request of the anticipated group (anticipation.h): the
     // other requests in flight when it was dispatched (saturating).
     std::uint8_t company = 0;
-    // For observation.h: the index + 1 of the group's observation (0: not
-    // looked up since the request was resolved), and how long it was queued
-    // (units of 16 ns, saturating at about 68 s).
+    // In flight, for observation.h: why it waited (HoldReason + 1; 0: it
+    // did not wait).
+    std::uint8_t held = 0;
+    // In flight, for observation.h: the index + 1 of its group's
+    // observation, and how long it was queued (units of 16 ns, saturating
+    // at about 68 s).
     std::uint32_t observed = 0;
     std::uint32_t queued_16ns = 0;
   } scheduler;

@@ -27,6 +27,21 @@ struct Pool {
   }
 };
 
+// The histogram's bucket of a duration is the first bound it does not
+// exceed, for durations on both sides of every bound and across the range.
+TEST(DurationBucket, EveryDurationLandsInTheBucketOfItsBounds) {
+  std::int64_t ns = 1;
+  while (ns < INT64_MAX / 8) {  // ns * 5 below stays in range
+    for (std::int64_t d : {ns - 1, ns, ns + 1, ns * 3 / 2}) EXPECT_EQ(duration_bucket(d), duration_bucket_by_scan(d)) << d;
+    ns = ns * 5 / 4 + 1;
+  }
+  for (std::int64_t bound : kDurationBoundsNs) {
+    EXPECT_EQ(duration_bucket(bound) + 1, duration_bucket(bound + 1)) << bound;
+  }
+  EXPECT_EQ(duration_bucket(-1), 0u);
+  EXPECT_EQ(duration_bucket(INT64_MAX), kDurationBuckets - 1);
+}
+
 Request* next_dispatch(DeviceGroup& g, TimePoint now) {
   Decision d = g.next(now);
   return d.kind == Decision::Kind::dispatch ? d.request : nullptr;

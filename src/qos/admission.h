@@ -71,12 +71,18 @@ class Admission {
   void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless) noexcept {
     if (auto_) window_.dispatched(orderless);
     anticipation_.dispatching(group, request, in_flight);
-    if (group.in_flight == 0 && deep(group.busy_peak)) ++busy_deep_groups_;
+    if (deep(group.busy_peak)) {
+      if (group.in_flight == 0) become_busy_deep(group);
+      ++busy_deep_in_flight_;  // the caller counts it in group.in_flight next
+    }
   }
 
   // A request of `group` was queued; `peak` was its busy_peak before.
   void queued(Group& group, std::uint8_t peak, bool anticipates, Nanos now) noexcept {
-    if (group.in_flight > 0 && !deep(peak) && deep(group.busy_peak)) ++busy_deep_groups_;
+    if (group.in_flight > 0 && !deep(peak) && deep(group.busy_peak)) {
+      become_busy_deep(group);
+      busy_deep_in_flight_ += group.in_flight;
+    }
     if (group.queue_length == 1 && group.in_flight == 0 && !deep(group.busy_peak) && anticipates) {
       anticipation_.arrived(group, now);
     }
@@ -91,7 +97,13 @@ class Admission {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
-    if (group.in_flight == 0 && deep(group.busy_peak)) --busy_deep_groups_;
+    if (deep(group.busy_peak)) {
+      --busy_deep_in_flight_;
+      if (group.in_flight == 0) {
+        --busy_deep_groups_;
+        busy_deep_weight_ -= group.weight;
+      }
+    }
     if (!deep(group.busy_peak) && !group.retired && anticipates) {
       anticipation_.completed(group, request, in_flight - 1 - group.in_flight, now);
     } else {
@@ -104,11 +116,27 @@ class Admission {
   }
 
   // Was a dispatch of `group` orderless (AutoWindow::dispatched)? `alone`:
-  // nothing else is ready or parked.
+  // nothing else is ready or parked. It is when the other busy deep groups
+  // (in flight, none queued: their requests wait in the storage and in the
+  // clients) hold fewer of the storage's places per unit of weight than
+  // `group` would with this request, by more than 1/8: first come, first
+  // served gives `group` more than its weight. A group that takes only
+  // what its weight allows beside a deep group that cannot ask for more
+  // (a 16-deep client at weight 80 whose 16 all sit in the storage) is not
+  // disorder: shrinking the window there would only starve the storage.
   bool orderless(const Group& group, bool alone) const noexcept {
     const bool self_busy = group.in_flight > 0 && deep(group.busy_peak);
     const bool others_busy = busy_deep_groups_ > (self_busy ? 1u : 0u);
-    return others_busy && alone;
+    if (!others_busy || !alone) return false;
+    const std::uint64_t others_weight = busy_deep_weight_ - (self_busy ? group.weight : 0);
+    const std::uint64_t others_in_flight = busy_deep_in_flight_ - (self_busy ? group.in_flight : 0);
+    // (n + 1) / w > (9 / 8) N / W, multiplied out.
+    return (std::uint64_t{group.in_flight} + 1) * others_weight * 8 > others_in_flight * group.weight * 9;
+  }
+
+  // The weight of `group` changes from `before` (it may be busy and deep).
+  void weight_changed(const Group& group, std::uint32_t before) noexcept {
+    if (group.in_flight > 0 && deep(group.busy_peak)) busy_deep_weight_ += std::uint64_t{group.weight} - before;
   }
 
   // A new policy: the anticipation starts afresh.
@@ -129,7 +157,14 @@ class Admission {
   Anticipation anticipation_;
   std::vector<Group*> held_;  // parked by the anticipation
   std::vector<Group*> none_;  // always empty
-  std::uint32_t busy_deep_groups_ = 0;  // groups with requests in flight that are deep
+  void become_busy_deep(const Group& group) noexcept {
+    ++busy_deep_groups_;
+    busy_deep_weight_ += group.weight;
+  }
+
+  std::uint32_t busy_deep_groups_ = 0;     // groups with requests in flight that are deep
+  std::uint64_t busy_deep_weight_ = 0;     // their weights
+  std::uint64_t busy_deep_in_flight_ = 0;  // their requests in flight
 };
 
 }  // namespace ioband::qos::detail

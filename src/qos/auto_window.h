@@ -63,7 +63,11 @@
 // came out at 64.8 % with W ~ 108). next() reports such "orderless"
 // dispatches: nothing else ready while another deep group (one that had
 // more than 4 outstanding; a shallow one cannot queue more) has requests in
-// flight and none queued. A phase with over 1/40 of its dispatches
+// flight and none queued, and the group served would then hold more places
+// in flight per unit of weight than those groups (Admission::orderless). A
+// light group that takes only its weight's part beside a heavy one whose
+// own depth limits it is not disorder: shrinking W there starves the
+// storage and the heavy group with it. A phase with over 1/40 of its dispatches
 // orderless steps W down by max(s, W / 8) whatever the rate says, and the
 // next probe goes down too; with over 1/200, W does not grow (slow start
 // ends, an up probe does not count).

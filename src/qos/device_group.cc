@@ -987,7 +987,9 @@ Status DeviceGroup::set_weight(DeviceId device_id, GroupId group_id, std::uint32
   }
   impl_->settings.weight_total += weight;
   impl_->settings.weight_total -= group->weight;
+  const std::uint32_t before = group->weight;
   group->weight = weight;
+  impl_->admission.weight_changed(*group, before);
   impl_->settings_changed();  // fair / range-bw: the next dispatch uses it
   return {};
 }

@@ -44,6 +44,23 @@ HttpServer::HttpServer(DaemonPlatform& platform, const nbd::ExportRegistry& expo
 HttpServer::~HttpServer() { stop(); }
 
 std::string HttpServer::start(const std::string& address) {
+  // Debian's libcivetweb1 (1.15+dfsg) is built without USE_X_DOM_SOCKET and
+  // without USE_IPV6: its listening_ports parser then has no syntax for a
+  // Unix socket, and takes "[::1]:PORT" only to fail with "Failed to setup
+  // server ports". Say which, rather than blame the port.
+  if (address.starts_with("unix:") || address.starts_with("/") || address.starts_with("./")) {
+    if (mg_check_feature(MG_FEATURES_X_DOMAIN_SOCKET) == 0) {
+      return address +
+             ": a Unix socket is not possible: the civetweb library iobandd uses (Debian's libcivetweb1) was "
+             "built without Unix-socket support (USE_X_DOM_SOCKET); use a loopback HOST:PORT such as "
+             "127.0.0.1:9180";
+    }
+  }
+  if (address.starts_with("[") && mg_check_feature(MG_FEATURES_IPV6) == 0) {
+    return address +
+           ": IPv6 is not possible: the civetweb library iobandd uses (Debian's libcivetweb1) was built without "
+           "IPv6 (USE_IPV6); use an IPv4 address such as 127.0.0.1:9180";
+  }
   const auto colon = address.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == address.size() ||
       address.find_first_not_of("0123456789", colon + 1) != std::string::npos || address.size() - colon > 6 ||
@@ -57,7 +74,7 @@ std::string HttpServer::start(const std::string& address) {
   if (chart_js_.empty()) log_line("--http: libjs-chart.js not found; the dashboard at / will show no charts");
   mg_init_library(0);
   const char* options[] = {"listening_ports", address.c_str(),
-                           "num_threads", "16",
+                           "num_threads", "64",
                            "request_timeout_ms", "10000",
                            "enable_keep_alive", "yes",
                            nullptr};

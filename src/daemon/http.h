@@ -8,9 +8,11 @@
 //   /            a live dashboard (dashboard.cc)
 //   /chart.js    Chart.js from Debian's libjs-chart.js, read at start
 // Anything else is 404; methods other than GET and HEAD are 405. Requests
-// are served on civetweb's own threads, never on a reactor: a slow or
-// stuck HTTP client holds one of those threads (until its timeout), not the
-// data path and not other scrapes.
+// are served on civetweb's own threads (64), never on a reactor: a slow or
+// stuck HTTP client holds one of those threads (until the 10 s request
+// timeout), not the data path and not other scrapes. civetweb 1.15 gives
+// each connection a thread: 64 stuck connections at once would hold every
+// scrape until the timeout frees one (the data path still goes on).
 
 #include <memory>
 #include <string>
@@ -33,7 +35,9 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Listens on "HOST:PORT" ("127.0.0.1:9180", "[::1]:9180"). "" or a sentence.
+  // Listens on "HOST:PORT" ("127.0.0.1:9180"). "" or a sentence. Debian's
+  // civetweb has neither IPv6 nor Unix sockets: such an address gets a
+  // sentence that says so.
   std::string start(const std::string& address);
   void stop();
 

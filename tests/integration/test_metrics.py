@@ -327,36 +327,36 @@ def rows_on_screen(text):
 
 def test_top_screen_in_tmux(daemon):
     it.require_tools("tmux")
-    fio = Fio(daemon, 6)
+    # A third group, idle: d2 classifies by uid, and fio (root) stays in d2's default group.
+    daemon.message("d2", "type", "user")
+    daemon.message("d2", "attach", 4242)
+    fio = Fio(daemon, 8)
     try:
         command = f"{ct.IOBANDCTL} --control {daemon.control} top"
         assert tmux("new-session", "-d", "-x", "200", "-y", "30", "-s", "top", command).returncode == 0
 
-        def screen_after(keys, predicate):
+        def screen_after(keys, marker, rows):
+            """The screen once it shows `marker` and exactly `rows` (device, group) in that order."""
             if keys:
                 tmux("send-keys", "-t", "top", keys)
             deadline = time.monotonic() + 10
             while True:
                 text = tmux("capture-pane", "-p", "-t", "top").stdout
-                if predicate(text) or time.monotonic() > deadline:
+                if (marker in text and rows_on_screen(text) == rows) or time.monotonic() > deadline:
                     return text
                 time.sleep(0.2)
 
-        def ordered(first, marker):
-            return lambda text: marker in text and [r[0] for r in rows_on_screen(text)][:1] == [first]
-
-        # By IOPS (the default): d1 (1500/s) above d2 (600/s), once rates are known.
-        text = screen_after(None, ordered("d1", "sort: iops"))
-        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
-        assert ["d1", "default"] in rows_on_screen(text) and ["d2", "default"] in rows_on_screen(text), text
-        # Reversed: d2 first.
-        text = screen_after("r", ordered("d2", "(reversed)"))
-        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
-        # By name (reversed still): d2 first; then not reversed: d1 first.
-        text = screen_after("n", ordered("d2", "sort: name (reversed)"))
-        assert [r[0] for r in rows_on_screen(text)] == ["d2", "d1"], text
-        text = screen_after("r", lambda t: "sort: name " in t and "(reversed)" not in t)
-        assert [r[0] for r in rows_on_screen(text)] == ["d1", "d2"], text
+        d1, d2, idle = ["d1", "default"], ["d2", "default"], ["d2", "4242"]
+        # By IOPS (the default), once rates are known: d1 (1500/s), d2 (600/s), then the idle group.
+        steps = [(None, "sort: iops - ", [d1, d2, idle]),
+                 ("r", "sort: iops (reversed)", [idle, d2, d1]),
+                 ("n", "sort: name (reversed)", [d2, idle, d1]),  # "default" after "4242"
+                 ("r", "sort: name - ", [d1, idle, d2]),
+                 ("w", "sort: weight - ", [d1, d2, idle])]  # 300, then 100 and 100 in the order before
+        for keys, marker, rows in steps:
+            text = screen_after(keys, marker, rows)
+            assert marker in text and rows_on_screen(text) == rows, (keys, marker, rows, text)
+        assert "3 groups" in text, text
         tmux("send-keys", "-t", "top", "q")
         deadline = time.monotonic() + 10
         while tmux("has-session", "-t", "top").returncode == 0:
@@ -365,6 +365,8 @@ def test_top_screen_in_tmux(daemon):
     finally:
         tmux("kill-server")
         fio.results()
+        daemon.message("d2", "detach", 4242)
+        daemon.message("d2", "type", "none")
 
 
 def test_http_bad_input(daemon):
@@ -386,6 +388,13 @@ def test_http_bad_input(daemon):
         host, _, port = daemon.http.removeprefix("http://").rpartition(":")
         s = socket.create_connection((host, int(port)), timeout=10)
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        stuck.append(s)
+    # Slow readers: Chart.js (about 200 KB) asked for through a small receive buffer, never read.
+    for _ in range(2):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        s.sendall(b"GET /chart.js HTTP/1.1\r\nHost: x\r\n\r\n")
         stuck.append(s)
     try:
         started = time.monotonic()

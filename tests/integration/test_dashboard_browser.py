@@ -43,13 +43,15 @@ def chromium(url, *args):
 
 
 def rows_of(dom):
-    """{(device, group): {"iops": float|None, "delivered": float|None}} from the page's table."""
+    """{(device, group): {"iops", "configured", "delivered": float|None}} from the page's table."""
     rows = {}
     for m in re.finditer(r'<tr data-device="([^"]+)" data-group="([^"]+)">(.*?)</tr>', dom):
         iops = re.search(r'<td class="iops">([^<]*)</td>', m.group(3)).group(1)
+        configured = re.search(r'<td class="configured">([^<]*)</td>', m.group(3)).group(1)
         delivered = re.search(r'<td class="delivered">([^<]*)</td>', m.group(3)).group(1)
         rows[(m.group(1), m.group(2))] = {
             "iops": float(iops) if iops not in ("–", "") else None,
+            "configured": float(configured.rstrip("%")) if configured.endswith("%") else None,
             "delivered": float(delivered.rstrip("%")) if delivered.endswith("%") else None,
         }
     return rows
@@ -93,14 +95,22 @@ def test_dashboard_in_chromium():
             before = rows[("vm", "1000")]["delivered"]
             it.log(f"uid 1000's delivered share at weights 80:20: {before}%")
             assert before == pytest.approx(80, abs=10), rows
+            # Configured: the weights of the groups with I/O (80 and 20); the
+            # idle default group (100) counts only for itself.
+            assert rows[("vm", "1000")]["configured"] == 80.0, rows
+            assert rows[("vm", "default")]["configured"] == 50.0, rows
 
             d.message("vm", "weight", f"{ct.UID_A}:20")
             d.message("vm", "weight", f"{ct.UID_B}:80")
-            time.sleep(1)
+            # The requests queued at the change (16 of each client) still go
+            # out first: a second or two before the new split shows fully.
+            time.sleep(2.5)
             page = chromium(url, "--dump-dom")
-            after = rows_of(page.stdout)[("vm", "1000")]["delivered"]
+            rows = rows_of(page.stdout)
+            after = rows[("vm", "1000")]["delivered"]
             it.log(f"uid 1000's delivered share at weights 20:80: {after}%")
-            assert after == pytest.approx(20, abs=10), rows_of(page.stdout)
+            assert after == pytest.approx(20, abs=10), rows
+            assert rows[("vm", "1000")]["configured"] == 20.0, rows
 
             if os.environ.get("IOBAND_SCREENSHOT"):
                 shot = chromium(url, "--window-size=1400,1000", "--virtual-time-budget=8500",

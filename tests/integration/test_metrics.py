@@ -23,6 +23,7 @@ view shows can be compared with fio's own count:
 - test_dashboard_assets: / and /chart.js (Debian's Chart.js) are served.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -279,17 +280,21 @@ def test_prometheus_server_rates_match_fio(daemon):
                 result = prometheus_query(base, expr, at=middle)
                 if target["refId"] == "A" and "errors" not in panel["title"].lower():
                     assert result, f"{panel['title']}: {expr} returned nothing"
+                if panel["title"].startswith("Share") and target["refId"] == "B":
+                    # The configured share among the groups with I/O: weights 300 and 100.
+                    assert result == pytest.approx({"d1": 0.75, "d2": 0.25}), (expr, result)
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
 
 
 def test_top_batch_json_rates_match_fio(daemon):
-    fio = Fio(daemon, 7)
-    fio.wait_running(daemon)
-    top = subprocess.run([ct.IOBANDCTL, "--control", daemon.control, "top", "--batch", "3", "--json"],
-                         capture_output=True, text=True, timeout=it.TIMEOUT)
-    results = fio.results()
+    with idle_group(daemon):
+        fio = Fio(daemon, 7)
+        fio.wait_running(daemon)
+        top = subprocess.run([ct.IOBANDCTL, "--control", daemon.control, "top", "--batch", "3", "--json"],
+                             capture_output=True, text=True, timeout=it.TIMEOUT)
+        results = fio.results()
     assert top.returncode == 0, top.stderr
     samples = [json.loads(line) for line in top.stdout.splitlines()]
     assert len(samples) == 3
@@ -308,12 +313,18 @@ def test_top_batch_json_rates_match_fio(daemon):
         assert iops == pytest.approx(counted / (end - start), rel=TOLERANCE)
         assert rows[-1]["mib_per_s"] == pytest.approx(rows[-1]["iops"] * 4096 / MiB, rel=0.01)
         assert rows[-1]["p99_ms"] is not None
-    shares = {g["device"]: g for g in samples[-1]["groups"]}
-    assert shares["d1"]["share_configured"] == pytest.approx(0.75)
+    shares = {(g["device"], g["group"]): g for g in samples[-1]["groups"]}
+    # Configured shares among the groups with I/O (weights 300 and 100; the
+    # idle group's 100 left out), and the idle group's if it came now.
+    assert shares[("d1", "default")]["share_configured"] == pytest.approx(0.75)
+    assert shares[("d2", "default")]["share_configured"] == pytest.approx(0.25)
+    assert shares[("d2", "4242")]["share_configured"] == pytest.approx(0.2)
+    assert shares[("d2", "4242")]["iops"] == 0 and shares[("d2", "4242")]["share_delivered"] == 0
     delivered = {name: count_between(result["times"], samples[-1]["time"] - samples[-1]["interval_s"],
                                      samples[-1]["time"]) for name, result in results.items()}
-    assert shares["d1"]["share_delivered"] == pytest.approx(delivered["d1"] / sum(delivered.values()), abs=0.02)
-    assert shares["d2"]["limits"] == "iops-total=5000"
+    assert shares[("d1", "default")]["share_delivered"] == pytest.approx(delivered["d1"] / sum(delivered.values()),
+                                                                         abs=0.02)
+    assert shares[("d2", "default")]["limits"] == "iops-total=5000"
 
 
 def tmux(*args):
@@ -325,11 +336,26 @@ def rows_on_screen(text):
     return [line.split()[:2] for line in text.splitlines() if line.startswith(("d1 ", "d2 "))]
 
 
+@contextlib.contextmanager
+def idle_group(d):
+    """A third group, 4242 on d2, with no I/O: d2 classifies by uid, and fio
+    (root) stays in d2's default group."""
+    d.message("d2", "type", "user")
+    d.message("d2", "attach", 4242)
+    try:
+        yield
+    finally:
+        d.message("d2", "detach", 4242)
+        d.message("d2", "type", "none")
+
+
 def test_top_screen_in_tmux(daemon):
     it.require_tools("tmux")
-    # A third group, idle: d2 classifies by uid, and fio (root) stays in d2's default group.
-    daemon.message("d2", "type", "user")
-    daemon.message("d2", "attach", 4242)
+    with idle_group(daemon):
+        top_screen(daemon)
+
+
+def top_screen(daemon):
     fio = Fio(daemon, 8)
     try:
         command = f"{ct.IOBANDCTL} --control {daemon.control} top"
@@ -365,8 +391,6 @@ def test_top_screen_in_tmux(daemon):
     finally:
         tmux("kill-server")
         fio.results()
-        daemon.message("d2", "detach", 4242)
-        daemon.message("d2", "type", "none")
 
 
 def test_http_bad_input(daemon):

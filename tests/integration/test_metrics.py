@@ -43,7 +43,7 @@ import iobandtest as it  # noqa: E402
 import pytest  # noqa: E402
 
 MiB = it.MiB
-IMAGE = 64 * MiB
+IMAGE = 16 * MiB
 RATES = {"d1": 1500, "d2": 600}  # fio --rate_iops per device
 TOLERANCE = 0.05
 
@@ -238,7 +238,7 @@ def test_prometheus_server_rates_match_fio(daemon):
         # counter yet, which counts as 0 (a scrape of d1 and d2 before fio
         # may carry none if no earlier test read them).
         (_, scrape_times), = raw('up{job="ioband"}')
-        window = 4.0
+        window = 6.0  # wide: a scrape answered late by a loaded machine moves the rate less
         for name, result in results.items():
             times = result["times"]
             scrapes = [(t, samples[name].get(t, 0.0)) for t, up in scrape_times if up == 1]

@@ -157,11 +157,13 @@ function update(now) {
     charts.share.update();
   }
   const fmt = (v, digits) => v === null || v === undefined ? "–" : v === Infinity ? "&gt;2500" : Number(v).toFixed(digits);
+  // Device names may hold any printable character (<, &, "): text, never markup.
+  const esc = v => String(v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
   document.querySelector("#groups tbody").innerHTML = rows.map(r =>
-    `<tr data-device="${r.device}" data-group="${r.group}"><td>${r.device}</td><td>${r.group}</td><td>${r.weight}</td>` +
+    `<tr data-device="${esc(r.device)}" data-group="${esc(r.group)}"><td>${esc(r.device)}</td><td>${esc(r.group)}</td><td>${r.weight}</td>` +
     `<td class="iops">${fmt(r.iops, 0)}</td><td>${fmt(r.bw, 1)}</td><td>${fmt(r.p50, 2)}</td><td>${fmt(r.p99, 2)}</td>` +
     `<td class="configured">${fmt(r.conf * 100, 1)}%</td><td class="delivered">${r.deliv === null ? "–" : fmt(r.deliv * 100, 1) + "%"}</td>` +
-    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${r.limitText}</td></tr>`).join("");
+    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${esc(r.limitText)}</td></tr>`).join("");
   const unscheduled = now.devices.filter(d => d.device_group_id < 0).map(d => d.name);
   document.getElementById("status").textContent = `iobandd ${now.version} · ${now.devices.length} device(s) · ` +
     `updated ${new Date(now.time * 1000).toLocaleTimeString()}` + (now.complete ? "" : " · a reactor did not answer") +

@@ -9,12 +9,14 @@ the split: one device of `type user` with groups 1000 and 2000 (two fio
 clients run as those uids with setpriv, so it needs root) under a
 device-wide `limit iops-total=800`, which makes the device the bottleneck
 whatever the machine (as in test_control_share). A second device, `idle`,
-with no client, must be on the page too.
+with no client, must be on the page too; its name holds <, & and a quote,
+which the page must show as text, not markup.
 
 IOBAND_SCREENSHOT=PATH also saves a screenshot of the page there (how
 docs/dashboard.png is made).
 """
 
+import html
 import os
 import re
 import subprocess
@@ -37,6 +39,7 @@ LIMIT = 500  # low enough to be the bottleneck even while Chromium takes the CPU
 # to the other (the scheduler is work-conserving). At 16 and 800/s (20 ms)
 # a load average of 10 on 2 CPUs gave 57.6 % for weight 80.
 IODEPTH = 64
+IDLE = 'idle<i>&"x'  # a device name is any printable text without spaces
 
 watchdog = it.pytest_watchdog()
 
@@ -54,7 +57,7 @@ def rows_of(dom):
         iops = re.search(r'<td class="iops">([^<]*)</td>', m.group(3)).group(1)
         configured = re.search(r'<td class="configured">([^<]*)</td>', m.group(3)).group(1)
         delivered = re.search(r'<td class="delivered">([^<]*)</td>', m.group(3)).group(1)
-        rows[(m.group(1), m.group(2))] = {
+        rows[(html.unescape(m.group(1)), html.unescape(m.group(2)))] = {
             "iops": float(iops) if iops not in ("–", "") else None,
             "configured": float(configured.rstrip("%")) if configured.endswith("%") else None,
             "delivered": float(delivered.rstrip("%")) if delivered.endswith("%") else None,
@@ -69,7 +72,7 @@ def test_dashboard_in_chromium():
     with ct.Daemon(socket_mode="0666", args=["--http", f"127.0.0.1:{port}"]) as d:
         url = f"http://127.0.0.1:{port}/"
         d.create("vm", it.random_file(d.path("vm.img"), IMAGE, seed=1), 1)
-        d.create("idle", it.sparse_file(d.path("idle.img"), IMAGE), 2)
+        d.create(IDLE, it.sparse_file(d.path("idle.img"), IMAGE), 2)
         d.message("vm", "type", "user")
         for uid, weight in ((ct.UID_A, 80), (ct.UID_B, 20)):
             d.message("vm", "attach", uid)
@@ -95,7 +98,8 @@ def test_dashboard_in_chromium():
             assert "iobandd" in status_line and "Chart.js not available" not in status_line, status_line
             assert page.stdout.count("<canvas") == 4 and 'style="display: block' in page.stdout, "no charts drawn"
             rows = rows_of(page.stdout)
-            assert set(rows) == {("vm", "default"), ("vm", "1000"), ("vm", "2000"), ("idle", "default")}, rows
+            assert set(rows) == {("vm", "default"), ("vm", "1000"), ("vm", "2000"), (IDLE, "default")}, rows
+            assert "<td>idle&lt;i&gt;&amp;" in page.stdout, "the device name was not shown as text"
             for group in ("1000", "2000"):
                 assert rows[("vm", group)]["iops"] and rows[("vm", group)]["iops"] > 0, rows
             before = rows[("vm", "1000")]["delivered"]

@@ -1,5 +1,6 @@
 #include "daemon/http.h"
 
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -115,6 +116,17 @@ std::string HttpServer::start(const std::string& address) {
   } else if (std::string error = listen_tcp(address, fd); !error.empty()) {
     return error;
   }
+  auto give_up = [&](const std::string& error) {
+    close(fd);
+    if (!unix_path_.empty()) unlink(unix_path_.c_str());
+    unix_path_.clear();
+    return error;
+  };
+  // Every pool thread accepts on it after the same wake-up: a blocking
+  // accept would hold the thread that lost the race.
+  if (const int flags = fcntl(fd, F_GETFL); flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return give_up(address + ": " + std::strerror(errno));
+  }
   for (const char* path : kChartJsPaths) {
     chart_js_ = read_file(path);
     if (!chart_js_.empty()) break;
@@ -130,12 +142,7 @@ std::string HttpServer::start(const std::string& address) {
   daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, nullptr,
                              nullptr, handler, this, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE, 4u,
                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_END);
-  if (daemon_ == nullptr) {
-    close(fd);
-    if (!unix_path_.empty()) unlink(unix_path_.c_str());
-    unix_path_.clear();
-    return address + ": libmicrohttpd did not start";
-  }
+  if (daemon_ == nullptr) return give_up(address + ": libmicrohttpd did not start");
   waiter_ = std::thread([this] { resume_due(); });
   log_line("http on " + address + ": /metrics, /api/stats and the dashboard at /");
   return {};

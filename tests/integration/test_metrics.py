@@ -399,6 +399,7 @@ def top_screen(daemon):
 
 
 def test_http_bad_input(daemon):
+    it.require_tools("curl")
     for method in ("POST", "PUT", "DELETE"):
         status, headers, body = http_get(daemon.http + "/metrics", method=method)
         assert status == 405 and "GET" in headers.get("Allow", ""), (method, status, body)
@@ -406,6 +407,20 @@ def test_http_bad_input(daemon):
     assert status == 404 and b"not found" in body
     status, headers, body = http_get(daemon.http + "/metrics", method="HEAD")
     assert status == 200 and body == b""
+    status, _, body = http_get(daemon.http + "/api/stats?after=soon")
+    assert status == 400 and b"after=soon: expected a Unix time in seconds" in body
+    # ?after= waits for its time without holding a thread: four of them (as
+    # many as the listener has threads) and a scrape beside them.
+    waiting = [subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                 f"{daemon.http}/api/stats?after={time.time() + 1.5:.3f}"],
+                                stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert http_get(daemon.http + "/metrics", timeout=5)[0] == 200
+    assert time.monotonic() - started < 1, "a scrape waited behind ?after= requests"
+    for w in waiting:
+        assert w.communicate(timeout=it.TIMEOUT)[0] == "200"
+    assert time.monotonic() - started > 0.9, "?after= answered before its time"
     # Read-only: after all that, nothing changed.
     assert daemon.json_of("table", "d1")["devices"][0]["groups"][0]["weight"] == 300
 

@@ -163,11 +163,14 @@ std::optional<double> quantile(const std::vector<double>& counts, const std::vec
   return std::nullopt;
 }
 
+// A group with I/O in the interval: completed, queued or on the storage.
+bool busy(const Row& row) { return row.iops > 0 || row.queued > 0 || row.in_flight > 0; }
+
 std::vector<Row> rows_between(const Reading& before, const Reading& now) {
   const double dt = std::chrono::duration<double>(now.at - before.at).count();
   std::map<std::string, const GroupReading*> old;
   for (const GroupReading& g : before.groups) old[key_of(g.device, g.group)] = &g;
-  std::map<int, double> weight_total, iops_total;
+  std::map<int, double> busy_weight, iops_total;
   std::vector<Row> rows;
   for (const GroupReading& g : now.groups) {
     Row row;
@@ -178,7 +181,6 @@ std::vector<Row> rows_between(const Reading& before, const Reading& now) {
     row.limits = g.limits;
     row.queued = g.queued;
     row.in_flight = g.in_flight;
-    weight_total[g.device_group] += static_cast<double>(g.weight);
     if (auto it = old.find(key_of(g.device, g.group)); it != old.end() && dt > 0) {
       const Counters& a = it->second->counters;
       const Counters& b = g.counters;
@@ -196,10 +198,16 @@ std::vector<Row> rows_between(const Reading& before, const Reading& now) {
       row.p99_ms = quantile(counts, b.bounds_ms, 0.99);
     }
     iops_total[g.device_group] += row.iops;
+    if (busy(row)) busy_weight[g.device_group] += static_cast<double>(g.weight);
     rows.push_back(std::move(row));
   }
   for (Row& row : rows) {
-    const double w = weight_total[row.device_group], t = iops_total[row.device_group];
+    // Weights divide the storage among the groups that have I/O: the
+    // configured share is the group's weight over theirs (itself counted
+    // if idle: what it would be owed if it came now), so that it can be
+    // read against the delivered share.
+    const double w = busy_weight[row.device_group] + (busy(row) ? 0 : static_cast<double>(row.weight));
+    const double t = iops_total[row.device_group];
     row.share_configured = w > 0 ? static_cast<double>(row.weight) / w : 0;
     row.share_delivered = t > 0 ? row.iops / t : 0;
   }

@@ -205,8 +205,9 @@ Example:
 )"},
     {"top",
      R"(A live view of every ioband device and group, refreshed every second (like
-iotop): weight, configured share (weight over all weights of the device
-group) against the delivered share (of the device group's IOPS), IOPS,
+iotop): weight, configured share (the weight over the weights of the
+groups of its device group that had I/O in the interval, itself counted)
+against the delivered share (of the device group's IOPS), IOPS,
 MiB/s, latency p50/p99 (arrival to completion, to the histogram's bucket
 bound), time held back by the scheduler (ms per second), queued, in flight,
 and the limits, followed by (limiting) while one holds requests back.

@@ -129,8 +129,17 @@ function update(now) {
       ++index;
     }
   }
+  // The configured share, read against the delivered one: the weight over
+  // the weights of the groups of its device group with I/O in this interval
+  // (itself counted if idle: what it would be owed if it came now). Before
+  // the first interval, over all groups (the daemon's weight_share).
+  const busy = r => r.iops > 0 || r.queued > 0 || r.in_flight > 0;
+  const busyWeight = new Map();
+  for (const r of rows) if (busy(r)) busyWeight.set(r.dg, (busyWeight.get(r.dg) || 0) + r.weight);
   for (const r of rows) {
     const total = byDeviceGroup.get(r.dg);
+    const weights = (busyWeight.get(r.dg) || 0) + (busy(r) ? 0 : r.weight);
+    if (r.iops !== null && weights > 0) r.conf = r.weight / weights;
     r.deliv = r.iops === null || !total ? null : r.iops / total;
     share.labels.push(r.key);
     share.configured.push(r.conf);
@@ -148,11 +157,13 @@ function update(now) {
     charts.share.update();
   }
   const fmt = (v, digits) => v === null || v === undefined ? "–" : v === Infinity ? "&gt;2500" : Number(v).toFixed(digits);
+  // Device names may hold any printable character (<, &, "): text, never markup.
+  const esc = v => String(v).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
   document.querySelector("#groups tbody").innerHTML = rows.map(r =>
-    `<tr data-device="${r.device}" data-group="${r.group}"><td>${r.device}</td><td>${r.group}</td><td>${r.weight}</td>` +
+    `<tr data-device="${esc(r.device)}" data-group="${esc(r.group)}"><td>${esc(r.device)}</td><td>${esc(r.group)}</td><td>${r.weight}</td>` +
     `<td class="iops">${fmt(r.iops, 0)}</td><td>${fmt(r.bw, 1)}</td><td>${fmt(r.p50, 2)}</td><td>${fmt(r.p99, 2)}</td>` +
-    `<td>${fmt(r.conf * 100, 1)}%</td><td class="delivered">${r.deliv === null ? "–" : fmt(r.deliv * 100, 1) + "%"}</td>` +
-    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${r.limitText}</td></tr>`).join("");
+    `<td class="configured">${fmt(r.conf * 100, 1)}%</td><td class="delivered">${r.deliv === null ? "–" : fmt(r.deliv * 100, 1) + "%"}</td>` +
+    `<td>${fmt(r.held, 1)}</td><td>${r.queued}</td><td>${r.in_flight}</td><td>${esc(r.limitText)}</td></tr>`).join("");
   const unscheduled = now.devices.filter(d => d.device_group_id < 0).map(d => d.name);
   document.getElementById("status").textContent = `iobandd ${now.version} · ${now.devices.length} device(s) · ` +
     `updated ${new Date(now.time * 1000).toLocaleTimeString()}` + (now.complete ? "" : " · a reactor did not answer") +

@@ -167,7 +167,8 @@ int main(int argc, char** argv) {
   std::string http_address;
   app.add_option("--http", http_address,
                  "serve /metrics (Prometheus), /api/stats (JSON) and a live dashboard at / on HOST:PORT, "
-                 "read-only, e.g. 127.0.0.1:9180 (off unless given)");
+                 "read-only, e.g. 127.0.0.1:9180 or [::1]:9180, or on a Unix socket: unix:PATH or a path starting "
+                 "with / (mode 0660); off unless given");
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);

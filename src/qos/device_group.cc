@@ -494,8 +494,8 @@ struct DeviceGroup::Impl {
   void observe_dispatch(const Group& group, Request& request, Nanos now) noexcept {
     Request::SchedulerState& state = request.scheduler;
     state.observed = observed_index(group);
-    observed[state.observed - 1].prefetch_for(request.op_kind);  // for complete()
     const Nanos delay = now - state.time;
+    observed[state.observed - 1].ops[static_cast<std::size_t>(request.op_kind)].prefetch();  // for complete()
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
     state.held = 0;
     if (delay <= 0) return;
@@ -513,18 +513,17 @@ struct DeviceGroup::Impl {
     const Request::SchedulerState& state = request.scheduler;
     if (state.observed == 0 || state.observed > observed.size()) return;
     detail::ObservedGroup& entry = observed[state.observed - 1];
-    if (entry.group != state.group) return;  // cannot happen: a group outlives its requests in flight
+    assert(entry.group == state.group && "a group outlives its requests in flight");
     const Nanos queued_ns = Nanos{state.queued_16ns} * 16;
+    detail::ObservedOp& op = entry.ops[static_cast<std::size_t>(request.op_kind)];
     if (state.held != 0) {
       const std::size_t reason = state.held - 1U;
-      ++entry.data.held_requests[reason];
-      entry.data.held_ns[reason] += static_cast<std::uint64_t>(queued_ns);
+      ++op.held_requests[reason];
+      op.held_ns[reason] += static_cast<std::uint64_t>(queued_ns);
     }
-    OpObservation& op = entry.data.ops[static_cast<std::size_t>(request.op_kind)];
     const Nanos duration = std::max<Nanos>(now - state.time, 0) + queued_ns;
-    ++op.requests;
     op.bytes += request.bytes;
-    op.errors += failed;
+    if (failed) ++op.errors;  // not on every completion: its line is not prefetched
     op.duration_ns += static_cast<std::uint64_t>(duration);
     ++op.duration_histogram[duration_bucket(duration)];
   }
@@ -1086,7 +1085,7 @@ std::optional<GroupObservation> DeviceGroup::observation(DeviceId device_id, Gro
   if (group == nullptr) return std::nullopt;
   const auto& by_slot = impl_->observed_by_slot;
   if (group->slot >= by_slot.size() || by_slot[group->slot] == 0) return GroupObservation{};
-  return impl_->observed[by_slot[group->slot] - 1].data;
+  return impl_->observed[by_slot[group->slot] - 1].read();
 }
 
 Status DeviceGroup::reset_stats(DeviceId device_id) {

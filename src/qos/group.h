@@ -120,22 +120,56 @@ struct Device {
 // A group's observation (observation.h), kept beside it for groups that
 // dispatched, found by the group's slot (DeviceGroup::Impl::observed_by_slot).
 // Only a completion writes it: the dispatch decides why the request waited
-// and leaves that in the request, and prefetches the lines the completion
-// will write (the held counters in the first line, then its operation's).
-// With thousands of active groups each line is a miss, and a dispatch that
-// wrote here would wait for one.
-struct alignas(64) ObservedGroup {
-  const Group* group = nullptr;  // whose it is (checked by the completion)
-  GroupObservation data;
+// and leaves that in the request, and prefetches the two lines the
+// completion will write -- its operation's first line (bytes, time, and
+// the held counters, kept per operation here and summed when read) and the
+// line of its histogram bucket. With thousands of active groups each line
+// is a miss; GroupObservation's own layout would take three, and a check
+// of `group` a fourth (a group outlives its requests in flight, so the
+// completion does not check).
+struct alignas(64) ObservedOp {
+  // ---- line 0 ----
+  std::uint64_t bytes = 0;
+  std::uint64_t duration_ns = 0;
+  std::array<std::uint64_t, kHoldReasons> held_requests{};
+  std::array<std::uint64_t, kHoldReasons> held_ns{};
+  // ---- lines 1..3 ----
+  std::uint64_t errors = 0;
+  std::array<std::uint64_t, kDurationBuckets> duration_histogram{};  // its sum is the requests
 
-  void prefetch_for(OpKind op) const noexcept {
-    __builtin_prefetch(this, 1);
-    const char* first = reinterpret_cast<const char*>(&data.ops[static_cast<std::size_t>(op)]);
-    for (std::size_t offset = 0; offset < sizeof(OpObservation) + 63; offset += 64) __builtin_prefetch(first + offset, 1);
+  // What a completion writes: line 0, and the line of its bucket, which
+  // is not known yet -- lines 1 and 2 hold the buckets up to 1 s.
+  void prefetch() const noexcept {
+    const char* line = reinterpret_cast<const char*>(this);
+    __builtin_prefetch(line, 1);
+    __builtin_prefetch(line + 64, 1);
+    __builtin_prefetch(line + 128, 1);
   }
 };
-static_assert(offsetof(ObservedGroup, data) + offsetof(GroupObservation, held_ns) + sizeof(GroupObservation::held_ns) <= 64,
-              "a completion's held counters share the first line");
+static_assert(offsetof(ObservedOp, errors) == 64, "what every completion writes is one line");
+
+struct ObservedGroup {
+  const Group* group = nullptr;  // whose it is
+  std::array<ObservedOp, kOpKinds> ops;
+
+  GroupObservation read() const noexcept {
+    GroupObservation out;
+    for (std::size_t i = 0; i < kOpKinds; ++i) {
+      const ObservedOp& from = ops[i];
+      OpObservation& to = out.ops[i];
+      to.bytes = from.bytes;
+      to.duration_ns = from.duration_ns;
+      to.errors = from.errors;
+      to.duration_histogram = from.duration_histogram;
+      for (std::uint64_t n : from.duration_histogram) to.requests += n;
+      for (std::size_t r = 0; r < kHoldReasons; ++r) {
+        out.held_requests[r] += from.held_requests[r];
+        out.held_ns[r] += from.held_ns[r];
+      }
+    }
+    return out;
+  }
+};
 
 // Groups come from fixed-size slabs: no per-group allocator header, and
 // attach/detach reuse freed slots.

@@ -50,6 +50,7 @@ control::Platform DaemonPlatform::make() {
         {"connections", static_cast<uint64_t>(server_.sessions())},
         {"request_memory_bytes", l.memory.used()},
         {"request_memory_peak_bytes", l.memory.peak()},
+        {"request_memory_staging_bytes", l.memory.staging()},
         {"request_memory_cap_bytes", l.memory.cap()},
         {"handshake_timeouts", get(c.handshake_timeouts)},
         {"idle_timeouts", get(c.idle_timeouts)},

@@ -264,7 +264,11 @@ void Server::tick(size_t index) noexcept {
     pr.last_sweep = now;
     std::vector<std::pair<Session*, Expiry>> expired;
     for (Session* s : pr.sessions) {
-      if (const Expiry why = s->expired(now, limits_.config); why != Expiry::kNone) expired.emplace_back(s, why);
+      if (const Expiry why = s->expired(now, limits_.config); why != Expiry::kNone) {
+        expired.emplace_back(s, why);
+      } else {
+        s->release_idle_input(now);
+      }
     }
     LimitCounters& counters = limits_.counters;
     for (const auto& [s, why] : expired) {

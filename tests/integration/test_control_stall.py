@@ -231,7 +231,7 @@ def test_remove_force_waiting_for_the_storage_answers_others_meanwhile():
         raw.greeting()
         raw.go("slow")
         raw.request(it.CMD_READ, offset=0, length=4096)
-        time.sleep(0.2)  # the read is on the storage
+        time.sleep(0.5)  # the read is on the storage
         started = time.monotonic()
         remover = subprocess.Popen([ct.IOBANDCTL, "--control", d.control, "remove", "--force", "slow"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")

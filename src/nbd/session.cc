@@ -59,7 +59,7 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   // The ring's recv and poll wait for readiness either way.
   const int fl = fcntl(fd_, F_GETFL);
   if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
-  (void)ensure_staging();  // without it the session closes at its first read
+  (void)ensure_staging();  // failing, arm_recv polls and the first input tries again
   recv_op_.session = this;
   send_op_.session = this;
   cork_op_.session = this;
@@ -75,11 +75,7 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
 
 Session::~Session() {
   drop_staging();
-  while (free_) {
-    NbdRequest* r = free_;
-    free_ = r->next;
-    delete r;
-  }
+  drop_free_requests();
   if (export_) export_->connections.fetch_sub(1, std::memory_order_relaxed);
   transport_.reset();  // TLS says goodbye on the socket before it closes
   close(fd_);
@@ -267,6 +263,15 @@ void Session::process_input() noexcept {
   if (want_input) arm_recv();
 }
 
+void Session::drop_free_requests() noexcept {
+  while (free_) {
+    NbdRequest* r = free_;
+    free_ = r->next;
+    delete r;
+  }
+  free_count_ = 0;
+}
+
 bool Session::ensure_staging() noexcept {
   if (in_) return true;
   in_.reset(new (std::nothrow) uint8_t[kStagingSize]);
@@ -293,12 +298,7 @@ void Session::release_idle_input(std::chrono::steady_clock::time_point now) noex
       (phase_ != Phase::kOptions && phase_ != Phase::kTransmission)) {
     return;
   }
-  while (free_) {
-    NbdRequest* r = free_;
-    free_ = r->next;
-    delete r;
-  }
-  free_count_ = 0;
+  drop_free_requests();
   std::vector<iovec>().swap(iov_);
   staging_release_ = true;
   transport_->cancel(*host_.reactor);

@@ -223,6 +223,7 @@ class Session {
   bool continues_stream(uint64_t offset, uint32_t length, bool write) noexcept;
   bool ensure_staging() noexcept;
   void drop_staging() noexcept;
+  void drop_free_requests() noexcept;  // the requests cached for reuse, and their buffers
 
   SessionHost host_;
   int fd_;

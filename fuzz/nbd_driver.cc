@@ -164,6 +164,9 @@ SessionRun run_session(const ServerShape& shape, const uint8_t* input, size_t si
     client.arm();
     if (!closed) reactor.run();
     FUZZ_CHECK(closed, "the session closed once its client had sent everything");
+    // Every buffer counted in the request memory (staging included) was given back.
+    FUZZ_CHECK(limits.memory.used() == 0 && limits.memory.staging() == 0,
+               "the closed session gave back all its request memory");
     ::close(fds[1]);
     return SessionRun{std::move(client.output), closed};
   }

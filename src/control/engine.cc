@@ -440,7 +440,7 @@ Reply Engine::execute(const Request& request, bool may_change, Answer& answer) {
     return Reply::failure(Error::refused(request.command + ": refused: " + state_path_ + " could not be read at start"));
   }
   if (request.command == "create") return create(request);
-  if (request.command == "remove") return remove(request);
+  if (request.command == "remove") return remove(request, answer);
   if (request.command == "message") return message(request);
   if (request.command == "calibrate") return calibrate(request, answer);
   if (request.command == "table") return table(request);
@@ -459,6 +459,10 @@ Reply Engine::create(const Request& request) {
   }
   if (find_device(request.name) != nullptr) {
     return Reply::failure(Error::refused("create: ioband device " + request.name + " already exists"));
+  }
+  if (removing_.count(request.name)) {
+    return Reply::failure(Error::refused("create: ioband device " + request.name +
+                                         " is being removed (its connections are closing); try again"));
   }
   if (const DeviceState* kept = find_unrestored(request.name)) {
     return Reply::failure(Error::refused("create: ioband device " + request.name + " is in the state file (" +
@@ -489,7 +493,7 @@ Reply Engine::create(const Request& request) {
   return reply;
 }
 
-Reply Engine::remove(const Request& request) {
+Reply Engine::remove(const Request& request, Answer& answer) {
   if (request.name.empty()) return Reply::failure(Error::bad_usage("remove needs NAME", usage_of("remove")));
   Reply done;
   done.data = {{"removed", request.name}};
@@ -503,6 +507,9 @@ Reply Engine::remove(const Request& request) {
                                            error));
     }
     return done;
+  }
+  if (removing_.count(request.name)) {
+    return Reply::failure(Error::refused("remove " + request.name + ": a remove of it is under way"));
   }
   if (find_device(request.name) == nullptr) {
     return Reply::failure(Error::refused("remove: no ioband device named " + request.name));
@@ -524,12 +531,50 @@ Reply Engine::remove(const Request& request) {
     return Reply::failure(Error::refused("remove " + request.name + ": not removed, the state cannot be saved: " +
                                          error));
   }
+  if (platform_.unpublish_export) {
+    // The wait for the connections runs on a thread of its own (answer.work);
+    // meanwhile the device is out of the model (the state file already says
+    // so) and its name is taken until finish_remove.
+    auto it = std::find_if(state_.devices.begin(), state_.devices.end(),
+                           [&](const DeviceState& device) { return device.name == request.name; });
+    removing_.emplace(request.name, *it);
+    state_.devices.erase(it);
+    auto left = std::make_shared<std::string>();
+    answer.work = [wait = platform_.unpublish_export(request.name, request.force), left] { *left = wait(); };
+    answer.finish = [this, left, name = request.name, id = request.id] {
+      return reply_to_line(finish_remove(name, *left), id);
+    };
+    return {};
+  }
   if (std::string error = destroy_device(request.name, request.force); !error.empty()) {
     // Still there: so is its entry.
     std::string saved = save();
     return Reply::failure(Error::refused("remove " + request.name + ": " + error +
                                          (saved.empty() ? "" : "; and the state file could not be restored: " + saved)));
   }
+  return done;
+}
+
+Reply Engine::finish_remove(const std::string& name, const std::string& left) {
+  auto node = removing_.extract(name);
+  DeviceState& device = node.mapped();
+  if (!left.empty()) {
+    // Connections outlived the wait: the device stays, unpublished (a later
+    // remove waits again), and so does its entry.
+    state_.devices.push_back(std::move(device));
+    std::string saved = save();
+    return Reply::failure(Error::refused("remove " + name + ": " + left +
+                                         (saved.empty() ? "" : "; and the state file could not be restored: " + saved)));
+  }
+  const int id = device.device_group_id;
+  const qos::DeviceId device_id = device.device;
+  qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
+  const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
+                                 [&](const DeviceState& other) { return other.device_group_id == id; });
+  if (last) destroy_device_group(id);
+  if (!status) return Reply::failure(Error::refused("remove " + name + ": " + status.message()));
+  Reply done;
+  done.data = {{"removed", name}};
   return done;
 }
 

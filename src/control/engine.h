@@ -80,6 +80,11 @@ struct Platform {
   // "" when done; otherwise, after a bounded wait, what is left (a
   // sentence): the export stays unpublished, and a later call waits again.
   std::function<std::string(const std::string& name, bool force)> remove_export;
+  // Optional, the same in two steps: unpublish (and with force end the
+  // connections) now, and return the wait, which blocks as remove_export
+  // does and touches nothing of the engine: remove runs it on a thread of
+  // its own, so the control plane goes on answering meanwhile.
+  std::function<std::function<std::string()>(const std::string& name, bool force)> unpublish_export;
   // Live NBD connections of the export (empty: none).
   std::function<int(const std::string& name)> connections;
   // Classification may have changed (type, attach or detach): live
@@ -169,8 +174,10 @@ class Engine {
   Reply calibrate(const Request& request, Answer& answer);
   // The control thread's part once the measurement is done.
   Reply finish_calibration(const io::CalibrationReport& report, int connections);
+  Reply finish_remove(const std::string& name, const std::string& left);
   Reply create(const Request& request);
-  Reply remove(const Request& request);
+  Reply remove(const Request& request, Answer& answer);
+  // The control thread's part once the connections of a removed device are gone.
   Reply message(const Request& request);
   Reply table(const Request& request);
   Reply status(const Request& request);
@@ -216,6 +223,10 @@ class Engine {
   State state_;                 // the model, equal to what the qos layer accepted
   // Devices of the state file not restored at start (restore(false)): saved
   // as they were read, never served.
+  // Devices removed from the model and the state file whose connections
+  // are still closing (remove's work under way): their qos device goes,
+  // or (connections left) they come back, in finish_remove.
+  std::map<std::string, DeviceState> removing_;
   std::vector<DeviceState> unrestored_;
   std::map<int, DeviceGroupSettings> unrestored_groups_;
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;

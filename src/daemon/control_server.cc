@@ -96,8 +96,8 @@ void ControlServer::run() {
     fds.clear();
     Clock::time_point next = Clock::now() + std::chrono::milliseconds(500);
     // Out of descriptors: the backlog waits rather than the thread spinning.
-    const bool accepting = Clock::now() >= accept_paused_until_;
-    if (!accepting) next = std::min(next, accept_paused_until_);
+    const bool accepting = !accept_pause_.paused(Clock::now());
+    if (!accepting) next = std::min(next, accept_pause_.until());
     fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
     fds.push_back({wake_fd_, POLLIN, 0});
     for (const auto& c : clients_) {
@@ -120,7 +120,7 @@ void ControlServer::run() {
     if (fds[1].revents & POLLIN) {
       uint64_t count = 0;
       (void)read(wake_fd_, &count, sizeof count);
-      if (parked_) resume_parked();
+      resume_parked();
     }
     // Clients first, in the order they were polled; a client accepted now
     // is polled on the next round.
@@ -144,16 +144,15 @@ void ControlServer::run() {
       if (c.fd >= 0 && !c.parked && now >= c.deadline) drop(c, c.waiting_for);
     }
     std::erase_if(clients_, [this](const std::unique_ptr<Client>& c) {
-      return c->fd < 0 && !(parked_ && parked_->client == c.get());
+      return c->fd < 0 && std::none_of(parked_.begin(), parked_.end(),
+                                       [&](const Parked& p) { return p.client == c.get(); });
     });
     if (fds[0].revents & POLLIN) accept_clients();
   }
-  if (parked_) {
-    // Cancelled by stop_accepting. Its answer is not made: the reactors that
-    // would apply it may be gone, and nobody waits for it.
-    parked_->worker.join();
-    parked_.reset();
-  }
+  // Cancelled by stop_accepting, or bounded waits. Their answers are not
+  // made: the reactors that would apply them may be gone, and nobody waits.
+  for (Parked& parked : parked_) parked.worker.join();
+  parked_.clear();
   for (auto& c : clients_) {
     if (c->fd >= 0) close(c->fd);
   }
@@ -164,11 +163,7 @@ void ControlServer::accept_clients() {
   for (int accepted = 0; accepted < 64; ++accepted) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE) {
-        // The client stays in the backlog until a descriptor is free.
-        accept_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
-        accept_log_.log(std::string("control: accept: ") + std::strerror(errno) + "; paused 100 ms at a time");
-      }
+      if (io::AcceptPause::applies(errno)) accept_pause_.pause(errno, "control");
       return;
     }
     if (clients_.size() >= kMaxControlClients) {
@@ -263,39 +258,42 @@ void ControlServer::answer(Client& client) {
       reply(client, std::move(answer.line));
       continue;
     }
-    if (!parked_) {
-      Parked& parked = parked_.emplace();
-      parked.client = &client;
-      parked.finish = answer.finish;
-      try {
-        parked.worker = std::thread([this, work = answer.work] {
-          work();
-          const uint64_t one = 1;
-          (void)write(wake_fd_, &one, sizeof one);
-        });
-        client.parked = true;
-        continue;
-      } catch (const std::system_error&) {  // no thread to be had: the work here, then
-        parked_.reset();
-      }
+    Parked& parked = parked_.emplace_back();
+    parked.client = &client;
+    parked.finish = answer.finish;
+    try {
+      parked.worker = std::thread([this, &parked, work = answer.work] {
+        work();
+        parked.done.store(true);
+        const uint64_t one = 1;
+        (void)write(wake_fd_, &one, sizeof one);
+      });
+      client.parked = true;
+      continue;
+    } catch (const std::system_error&) {  // no thread to be had: the work here, then
+      parked_.pop_back();
     }
-    // The engine runs one long command at a time; never here, but never lose an answer.
     answer.work();
     reply(client, answer.finish());
   }
 }
 
-// The parked command's work is done: its answer, then the client's next lines.
+// Parked commands whose work is done: their answers, then their clients' next lines.
 void ControlServer::resume_parked() {
-  parked_->worker.join();
-  Parked parked = std::move(*parked_);
-  parked_.reset();
-  std::string line = parked.finish();
-  Client& client = *parked.client;
-  client.parked = false;
-  if (client.fd < 0) return;  // gone meanwhile: the answer was made, nobody reads it
-  reply(client, std::move(line));
-  answer(client);
+  for (auto it = parked_.begin(); it != parked_.end();) {
+    if (!it->done.load()) {
+      ++it;
+      continue;
+    }
+    it->worker.join();
+    std::string line = it->finish();
+    Client& client = *it->client;
+    it = parked_.erase(it);
+    client.parked = false;
+    if (client.fd < 0) continue;  // gone meanwhile: the answer was made, nobody reads it
+    reply(client, std::move(line));
+    answer(client);
+  }
 }
 
 void ControlServer::drop(Client& client, const char* why) {

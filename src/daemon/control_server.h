@@ -11,13 +11,15 @@
 // Limits: kMaxControlClients connections (one more gets a refusal line and
 // is closed) and kMaxControlLine bytes per request line.
 //
-// A command that takes long (calibrate) runs on a worker thread of its own;
-// its client waits for the answer while the control thread goes on serving
-// others, and its answer is made on the control thread when the work is done.
+// A command that takes long (calibrate, a remove whose connections are
+// still closing) runs on a worker thread of its own; its client waits for
+// the answer while the control thread goes on serving others, and its
+// answer is made on the control thread when the work is done.
 
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "control/engine.h"
+#include "io/accept_pause.h"
 #include "io/log.h"
 
 namespace ioband::daemon {
@@ -66,11 +69,13 @@ class ControlServer {
     Clock::time_point deadline;  // of the line, the reply or the silence under way
     const char* waiting_for = "";
   };
-  // The client waiting for a long command's answer (at most one).
+  // A client waiting for a long command's answer (calibrate, a remove
+  // whose connections are closing): its work runs on a thread of its own.
   struct Parked {
     Client* client = nullptr;
     std::function<std::string()> finish;
     std::thread worker;
+    std::atomic<bool> done{false};
   };
 
   void run();
@@ -90,12 +95,11 @@ class ControlServer {
   const std::chrono::milliseconds timeout_;
   std::string path_;
   int listen_fd_ = -1;
-  int wake_fd_ = -1;  // eventfd: the parked command's work is done
+  int wake_fd_ = -1;  // eventfd: a parked command's work is done
   std::vector<std::unique_ptr<Client>> clients_;
-  std::optional<Parked> parked_;
+  std::list<Parked> parked_;
   uint64_t refused_ = 0;
-  Clock::time_point accept_paused_until_{};
-  RateLimitedLog accept_log_{std::chrono::seconds(10)};  // descriptors ran out
+  io::AcceptPause accept_pause_;  // descriptors ran out
   RateLimitedLog refusal_log_;                           // clients past kMaxControlClients
   std::atomic<bool> stopping_{false};
   std::thread thread_;

@@ -15,6 +15,7 @@ control::Platform DaemonPlatform::make() {
     return create_export(config, group, device);
   };
   p.remove_export = [this](const std::string& name, bool force) { return remove_export(name, force); };
+  p.unpublish_export = [this](const std::string& name, bool force) { return unpublish_export(name, force); };
   p.connections = [this](const std::string& name) {
     if (auto e = exports_.find(name)) return e->connections.load();
     std::lock_guard lock(mutex_);
@@ -50,6 +51,7 @@ control::Platform DaemonPlatform::make() {
         {"connections", static_cast<uint64_t>(server_.sessions())},
         {"request_memory_bytes", l.memory.used()},
         {"request_memory_peak_bytes", l.memory.peak()},
+        {"request_memory_staging_bytes", l.memory.staging()},
         {"request_memory_cap_bytes", l.memory.cap()},
         {"handshake_timeouts", get(c.handshake_timeouts)},
         {"idle_timeouts", get(c.idle_timeouts)},
@@ -104,6 +106,10 @@ std::string DaemonPlatform::create_export(const control::DeviceConfig& config, q
 }
 
 std::string DaemonPlatform::remove_export(const std::string& name, bool force) {
+  return unpublish_export(name, force)();
+}
+
+std::function<std::string()> DaemonPlatform::unpublish_export(const std::string& name, bool force) {
   std::shared_ptr<nbd::Export> e = exports_.remove(name);
   {
     std::lock_guard lock(mutex_);
@@ -111,28 +117,30 @@ std::string DaemonPlatform::remove_export(const std::string& name, bool force) {
     if (!e && left != removing_.end()) e = left->second;  // a remove that timed out before
     if (left != removing_.end()) removing_.erase(left);
   }
-  if (!e) return {};
+  if (!e) return [] { return std::string(); };
   if (force) server_.disconnect_export(name);
   // Sessions hold the export while they live: when only ours is left, none
   // of its requests is queued or in flight and their buffers are freed.
   // Aborted sessions close at once; only requests still on the storage can
   // make this wait.
-  const auto deadline = std::chrono::steady_clock::now() + kRemoveWait;
-  while (e.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  if (e.use_count() > 1) {
-    const int connections = e->connections.load();
-    std::string left = std::to_string(connections) + (connections == 1 ? " connection" : " connections") +
-                       " of " + name + " still closing after " + std::to_string(kRemoveWait.count()) +
-                       " s, with requests on the storage not finished; the export takes no new connections";
-    log_line("remove " + name + ": " + left);
-    std::lock_guard lock(mutex_);
-    removing_[name] = std::move(e);
-    return left;
-  }
-  log_line("ioband device " + name + " removed");
-  return {};
+  return [this, name, e]() mutable {
+    const auto deadline = std::chrono::steady_clock::now() + kRemoveWait;
+    while (e.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (e.use_count() > 1) {
+      const int connections = e->connections.load();
+      std::string left = std::to_string(connections) + (connections == 1 ? " connection" : " connections") +
+                         " of " + name + " still closing after " + std::to_string(kRemoveWait.count()) +
+                         " s, with requests on the storage not finished; the export takes no new connections";
+      log_line("remove " + name + ": " + left);
+      std::lock_guard lock(mutex_);
+      removing_[name] = std::move(e);
+      return left;
+    }
+    log_line("ioband device " + name + " removed");
+    return std::string();
+  };
 }
 
 void DaemonPlatform::run_on_owner(int id, const std::function<void()>& fn) {

@@ -37,6 +37,8 @@ class DaemonPlatform {
   io::Reactor& reactor_for(int device_group_id) const;
   std::string create_export(const control::DeviceConfig& config, qos::DeviceGroup& group, qos::DeviceId device);
   std::string remove_export(const std::string& name, bool force);
+  // Unpublishes now; the function returned waits (control::Platform).
+  std::function<std::string()> unpublish_export(const std::string& name, bool force);
   void run_on_owner(int device_group_id, const std::function<void()>& fn);
   void release_device_group(int device_group_id);
 

@@ -1,8 +1,19 @@
-// The memory backend: a RAM disk for tests. Anonymous memory that is never
-// written stays unallocated, so block status reports it as a hole. Each op
-// runs at submit and completes after the current batch of completions, so
-// callers see the same asynchronous contract as with real storage.
+// The memory backend: a RAM disk. Its memory is a memfd (shared memory,
+// mapped): pages never written stay unallocated, so block status reports
+// them as a hole. Each op runs at submit and completes after the current
+// batch of completions, so callers see the same asynchronous contract as
+// with real storage.
+//
+// Reads of kSpliceMin and more whose caller can send from a file are not
+// copied: the reply's data goes out from the memfd with sendfile(), as the
+// raw backend does for files in memory. A burst of large reads (32 MiB
+// each) otherwise copied everything on the reactor thread, into fresh
+// buffers whose every page faulted, and stalled the other clients of the
+// reactor (docs/hostile.md). As with a file, the data is taken when it is
+// sent: a write to the range that arrives before the reply has gone out
+// may show in it, which NBD allows for requests in flight together.
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -17,8 +28,12 @@ namespace {
 
 class MemoryBackend final : public Backend {
  public:
-  MemoryBackend(uint8_t* base, uint64_t size, uint64_t mapped) : base_(base), size_(size), mapped_(mapped) {}
-  ~MemoryBackend() override { munmap(base_, mapped_); }
+  MemoryBackend(int fd, uint8_t* base, uint64_t size, uint64_t mapped)
+      : fd_(fd), base_(base), size_(size), mapped_(mapped) {}
+  ~MemoryBackend() override {
+    munmap(base_, mapped_);
+    close(fd_);
+  }
 
   uint64_t size() const noexcept override { return size_; }
   BackendTraits traits() const noexcept override {
@@ -34,6 +49,12 @@ class MemoryBackend final : public Backend {
     op.reactor = &reactor;
     op.done_bytes = 0;
     op.stage = 0;
+    op.splice_fd = -1;
+    if (op.op == Op::kRead && (op.flags & kSpliceOk) && op.length >= kSpliceMin) {
+      op.splice_fd = fd_;
+      reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
+      return;
+    }
     const int32_t result = execute(op);
     reactor.defer([&op, result] { op.finish(result); });
   }
@@ -80,6 +101,10 @@ class MemoryBackend final : public Backend {
     return -EINVAL;
   }
 
+  // Smaller reads are copied: one sendmsg then carries many replies, where
+  // each sendfile() is a system call of its own.
+  static constexpr uint32_t kSpliceMin = 64u << 10;
+
   // Whole pages are given back to the kernel (they read as zeroes and show
   // as holes) unless the caller asked to keep them allocated.
   void zero(uint64_t offset, uint64_t length, bool may_punch) noexcept {
@@ -91,10 +116,14 @@ class MemoryBackend final : public Backend {
       return;
     }
     std::memset(base_ + offset, 0, first - offset);
-    madvise(base_ + first, last - first, MADV_DONTNEED);
+    if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first),
+                  static_cast<off_t>(last - first)) != 0) {
+      std::memset(base_ + first, 0, last - first);
+    }
     std::memset(base_ + last, 0, offset + length - last);
   }
 
+  int fd_;
   uint8_t* base_;
   uint64_t size_;
   uint64_t mapped_;
@@ -109,12 +138,23 @@ std::unique_ptr<Backend> open_memory_backend(uint64_t size, std::string& error) 
   }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t mapped = (size + page - 1) & ~(page - 1);
-  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == MAP_FAILED) {
-    error = "cannot map " + std::to_string(size) + " bytes of memory: " + std::strerror(errno);
+  const int fd = memfd_create("ioband-memory", MFD_CLOEXEC);
+  if (fd < 0) {
+    error = std::string("memfd_create: ") + std::strerror(errno);
     return nullptr;
   }
-  return std::make_unique<MemoryBackend>(static_cast<uint8_t*>(base), size, mapped);
+  if (ftruncate(fd, static_cast<off_t>(mapped)) != 0) {
+    error = "cannot size " + std::to_string(size) + " bytes of memory: " + std::strerror(errno);
+    close(fd);
+    return nullptr;
+  }
+  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (base == MAP_FAILED) {
+    error = "cannot map " + std::to_string(size) + " bytes of memory: " + std::strerror(errno);
+    close(fd);
+    return nullptr;
+  }
+  return std::make_unique<MemoryBackend>(fd, static_cast<uint8_t*>(base), size, mapped);
 }
 
 }  // namespace ioband::io

@@ -10,8 +10,14 @@
 // its last send progress (one store each, from the reactor's clock).
 //
 // Request memory is the sum of the buffers of every NbdRequest, in flight
-// or cached for reuse, across all sessions and reactors; a reply not yet
-// read by its client keeps its buffer, so a slow reader's memory counts.
+// or cached for reuse, and of every connection's 32 KiB input staging
+// buffer, across all sessions and reactors; a reply not yet read by its
+// client keeps its buffer, so a slow reader's memory counts. A connection
+// without input for kStagingIdle gives back its staging buffer and its
+// cached requests and waits for input with a ring poll (Session::
+// release_idle_input), so idle connections hold no counted memory; what
+// they still hold (the Session object, about 1 KiB, and the kernel's
+// socket buffers) is bounded by the connection cap.
 // A session admits a READ or WRITE only if its buffer fits:
 //
 //   used + delta <= cap - reserve                        (anyone), or
@@ -68,6 +74,8 @@ class RequestMemory {
  public:
   static constexpr uint64_t kSmallHold = 4ull << 20;
   static constexpr std::chrono::milliseconds kRetryInterval{20};
+  // Without input this long, a connection gives back its staging buffer.
+  static constexpr std::chrono::seconds kStagingIdle{1};
 
   void set_cap(uint64_t cap) noexcept {
     cap_ = cap;
@@ -75,6 +83,8 @@ class RequestMemory {
   }
   uint64_t cap() const noexcept { return cap_; }
   uint64_t used() const noexcept { return used_.load(std::memory_order_relaxed); }
+  // The part of used() that is connections' staging buffers (see add_staging).
+  uint64_t staging() const noexcept { return staging_.load(std::memory_order_relaxed); }
   uint64_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
 
   // May a session holding `held` bytes take `delta` more?
@@ -92,12 +102,21 @@ class RequestMemory {
                          static_cast<uint64_t>(delta);
     if (delta > 0 && now > peak_.load(std::memory_order_relaxed)) peak_.store(now, std::memory_order_relaxed);
   }
+  // A connection's input staging buffer: counted in used(), so requests
+  // see what connections hold, but never refused (a connection without one
+  // could not read the requests that free memory). They are bounded by
+  // the connection cap, and an idle connection gives its buffer back.
+  void add_staging(int64_t delta) noexcept {
+    staging_.fetch_add(static_cast<uint64_t>(delta), std::memory_order_relaxed);
+    add(delta);
+  }
 
  private:
   uint64_t cap_ = 0;
   uint64_t reserve_ = 0;
   std::atomic<uint64_t> used_{0};
   std::atomic<uint64_t> peak_{0};
+  std::atomic<uint64_t> staging_{0};
 };
 
 // Why a session's time ran out (Session::expired).

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "io/accept_pause.h"
 #include "io/log.h"
 #include "io/unix_socket.h"
 
@@ -20,7 +21,7 @@ namespace ioband::nbd {
 namespace {
 
 // Clients decide how often these happen: one line per kind per interval.
-RateLimitedLog accept_log, refusal_log, timeout_log;
+RateLimitedLog refusal_log, timeout_log;
 
 __kernel_timespec timespec_of(std::chrono::nanoseconds d) {
   __kernel_timespec ts{};
@@ -48,9 +49,9 @@ struct Server::Listener final : io::Completion {
   bool multishot = true;
   bool armed = false;
   std::string where;
-  // Accept paused for want of descriptors (EMFILE, ENFILE) or memory: a
-  // timer arms it again. Re-arming at once spins: the pending connection
-  // stays in the backlog and fails the same way.
+  // Accept paused for want of descriptors or memory (io/accept_pause.h): a
+  // timer arms it again.
+  io::AcceptPause pause;
   struct Resume final : io::Completion {
     Listener* listener = nullptr;
     __kernel_timespec ts{};
@@ -81,15 +82,13 @@ struct Server::Listener final : io::Completion {
       multishot = false;  // kernel without multishot accept: one at a time
     } else if (result == -ECANCELED) {
       return;
-    } else if (result == -EMFILE || result == -ENFILE || result == -ENOBUFS || result == -ENOMEM) {
+    } else if (io::AcceptPause::applies(-result)) {
       if (armed) return;  // multishot still armed: it reports the next one
       server->limits_.counters.accept_pauses.fetch_add(1, std::memory_order_relaxed);
-      accept_log.log("accept on " + where + ": " + std::strerror(-result) + " with " +
-                     std::to_string(server->live_sessions_.load()) + " connections open; accepting again in " +
-                     std::to_string(kAcceptPause.count()) + " ms");
+      pause.pause(-result, where, " with " + std::to_string(server->live_sessions_.load()) + " connections open");
       paused = true;
       resume.listener = this;
-      resume.ts = timespec_of(kAcceptPause);
+      resume.ts = timespec_of(io::AcceptPause::kInterval);
       server->reactors_[0].reactor->arm_timer(&resume, &resume.ts);
       return;
     } else if (result != -EAGAIN && result != -EINTR && result != -ECONNABORTED) {
@@ -264,7 +263,11 @@ void Server::tick(size_t index) noexcept {
     pr.last_sweep = now;
     std::vector<std::pair<Session*, Expiry>> expired;
     for (Session* s : pr.sessions) {
-      if (const Expiry why = s->expired(now, limits_.config); why != Expiry::kNone) expired.emplace_back(s, why);
+      if (const Expiry why = s->expired(now, limits_.config); why != Expiry::kNone) {
+        expired.emplace_back(s, why);
+      } else {
+        s->release_idle_input(now);
+      }
     }
     LimitCounters& counters = limits_.counters;
     for (const auto& [s, why] : expired) {

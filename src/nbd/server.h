@@ -54,8 +54,6 @@ class Server {
   // Connections refused at a cap still get a handshake that says why; past
   // this many at once they are closed without a word.
   static constexpr int kMaxRefusing = 64;
-  // accept failed for want of file descriptors or memory: wait this long.
-  static constexpr std::chrono::milliseconds kAcceptPause{500};
 
  private:
   struct Listener;

@@ -52,7 +52,6 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
       transport_(net::plain_transport(fd)),
       peer_(std::move(peer)),
       id_(id),
-      in_(new uint8_t[kStagingSize]),
       started_(host_.reactor->now()),
       last_input_(started_),
       last_send_progress_(started_) {
@@ -60,6 +59,7 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   // The ring's recv and poll wait for readiness either way.
   const int fl = fcntl(fd_, F_GETFL);
   if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+  (void)ensure_staging();  // failing, arm_recv polls and the first input tries again
   recv_op_.session = this;
   send_op_.session = this;
   cork_op_.session = this;
@@ -74,11 +74,8 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
 }
 
 Session::~Session() {
-  while (free_) {
-    NbdRequest* r = free_;
-    free_ = r->next;
-    delete r;
-  }
+  drop_staging();
+  drop_free_requests();
   if (export_) export_->connections.fetch_sub(1, std::memory_order_relaxed);
   transport_.reset();  // TLS says goodbye on the socket before it closes
   close(fd_);
@@ -168,7 +165,11 @@ void Session::arm_recv() noexcept {
   if (recv_pending_ || input_closed_ || phase_ == Phase::kClosing || phase_ == Phase::kMigrating) return;
   // After STARTTLS the next bytes are the TLS handshake's, not options.
   if (tls_ == Tls::acked || tls_ == Tls::handshake) return;
-  if (payload_direct_) {
+  if (!in_ && !payload_direct_) {
+    // Idle: the staging buffer comes back with the first byte.
+    io_uring_prep_poll_add(host_.reactor->prepare(&recv_op_), fd_, POLLIN);
+    input_polling_ = true;
+  } else if (payload_direct_) {
     NbdRequest* r = payload_request_;
     transport_->recv(*host_.reactor, &recv_op_, r->data + r->received, r->header.length - r->received);
   } else {
@@ -193,6 +194,20 @@ void Session::recv_done(int32_t result) noexcept {
 
 void Session::recv_done_inner(int32_t result) noexcept {
   recv_pending_ = false;
+  if (input_polling_ && phase_ != Phase::kClosing) {
+    input_polling_ = false;
+    if (result < 0 && result != -EINTR) return begin_close("connection reset");
+    if (!ensure_staging()) return begin_close("out of memory");
+    return arm_recv();
+  }
+  input_polling_ = false;
+  if (staging_release_) {
+    staging_release_ = false;
+    if (result == -ECANCELED && phase_ != Phase::kClosing) {
+      drop_staging();
+      return arm_recv();
+    }
+  }
   if (phase_ == Phase::kClosing) {
     input_closed_ = true;
     if (payload_request_) {
@@ -246,6 +261,47 @@ void Session::process_input() noexcept {
   const bool want_input = payload_request_ != nullptr || discard_ != 0 || phase_ != Phase::kTransmission ||
                           (!reading_paused() && !disconnect_requested_ && !waiting_memory_ && !(cork_pending_ && memory_speed_));
   if (want_input) arm_recv();
+}
+
+void Session::drop_free_requests() noexcept {
+  while (free_) {
+    NbdRequest* r = free_;
+    free_ = r->next;
+    delete r;
+  }
+  free_count_ = 0;
+}
+
+bool Session::ensure_staging() noexcept {
+  if (in_) return true;
+  in_.reset(new (std::nothrow) uint8_t[kStagingSize]);
+  if (!in_) return false;
+  host_.limits->memory.add_staging(kStagingSize);
+  return true;
+}
+
+void Session::drop_staging() noexcept {
+  if (!in_) return;
+  in_.reset();
+  in_start_ = in_end_ = 0;
+  host_.limits->memory.add_staging(-static_cast<int64_t>(kStagingSize));
+}
+
+// Only a plain socket: a TLS transport may hold decrypted bytes a poll
+// would not see. Only with nothing half-read, nothing in flight and
+// nothing to send: the connection is truly idle, and its next input is a
+// new request (or option).
+void Session::release_idle_input(std::chrono::steady_clock::time_point now) noexcept {
+  if (!in_ || !recv_pending_ || input_polling_ || staging_release_ || tls_ != Tls::plain || payload_request_ ||
+      payload_direct_ || discard_ != 0 || available() != 0 || inflight_ != 0 || out_head_ || waiting_memory_ ||
+      handshake_sent_ < handshake_out_.size() || now - last_input_ < RequestMemory::kStagingIdle ||
+      (phase_ != Phase::kOptions && phase_ != Phase::kTransmission)) {
+    return;
+  }
+  drop_free_requests();
+  std::vector<iovec>().swap(iov_);
+  staging_release_ = true;
+  transport_->cancel(*host_.reactor);
 }
 
 // ---------------------------------------------------------------- handshake

@@ -120,6 +120,10 @@ class Session {
   bool waiting_for_memory() const noexcept { return waiting_memory_; }
   bool refusing() const noexcept { return !refusal_.empty(); }
   void retry_memory() noexcept;
+  // Without input since RequestMemory::kStagingIdle before now: give back
+  // the staging buffer and cached requests, and wait for input with a poll
+  // (limits.h). Called by the server's sweep.
+  void release_idle_input(std::chrono::steady_clock::time_point now) noexcept;
   std::string client_key;  // the identity counted by the per-client cap; empty: not counted
 
   uint64_t id() const noexcept { return id_; }
@@ -217,6 +221,9 @@ class Session {
   void maybe_destroy() noexcept;
   bool reading_paused() const noexcept;
   bool continues_stream(uint64_t offset, uint32_t length, bool write) noexcept;
+  bool ensure_staging() noexcept;
+  void drop_staging() noexcept;
+  void drop_free_requests() noexcept;  // the requests cached for reuse, and their buffers
 
   SessionHost host_;
   int fd_;
@@ -240,8 +247,11 @@ class Session {
   };
   Streams read_streams_, write_streams_;
 
-  // Input state.
+  // Input state. in_ is null while an idle connection waits for input
+  // with a poll (input_polling_) instead of a recv into it.
   std::unique_ptr<uint8_t[]> in_;
+  bool input_polling_ = false;
+  bool staging_release_ = false;  // the pending recv was cancelled to give in_ back
   uint32_t in_start_ = 0, in_end_ = 0;
   RecvOp recv_op_;
   bool recv_pending_ = false;

@@ -345,6 +345,44 @@ def _pdeathsig():
         pass
 
 
+@contextlib.contextmanager
+def stalling_file(d, seconds):
+    """A 16 MiB file whose reads and writes each block `seconds` in the kernel:
+    nbdkit's memory plugin behind its delay filter, as a file by nbdfuse.
+    For pytest tests (a missing FUSE skips the test)."""
+    import pytest  # noqa: PLC0415
+
+    require_tools("nbdkit", "nbdfuse")
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("mounting a FUSE file system needs root and /dev/fuse")
+    sock = os.path.join(d, "nbdkit.sock")
+    mnt = os.path.join(d, "fuse")
+    os.mkdir(mnt)
+    kit = subprocess.Popen(["nbdkit", "--exit-with-parent", "-f", "-U", sock, "--filter=delay", "memory",
+                            "size=16M", f"rdelay={seconds}", f"wdelay={seconds}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pdeathsig)
+    fuse = None
+    try:
+        wait_ready(sock, lambda: kit.poll() is None, what="nbdkit")
+        fuse = subprocess.Popen(["nbdfuse", mnt, f"nbd+unix:///?socket={sock}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_pdeathsig)
+        path = os.path.join(mnt, "nbd")
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(path):
+            if fuse.poll() is not None:
+                pytest.skip(f"nbdfuse: {fuse.stderr.read().decode().strip()}")
+            assert time.monotonic() < deadline, "nbdfuse did not mount"
+            time.sleep(0.05)
+        yield path
+    finally:
+        if fuse:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+            fuse.terminate()
+            fuse.wait()
+        kit.terminate()
+        kit.wait()
+
+
 # --- the server under test --------------------------------------------------
 
 _servers = []

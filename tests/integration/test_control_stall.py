@@ -216,6 +216,48 @@ def test_remove_force_with_a_client_that_never_reads():
             f"{(held - base) / MiB:.0f} MiB held before remove, {(after - base) / MiB:.0f} MiB after")
 
 
+STORAGE_STALL_S = 3
+
+
+def test_remove_force_waiting_for_the_storage_answers_others_meanwhile():
+    """remove --force of a device with a read on a storage that takes 3 s:
+    the remove answers only once that read is done and the connection gone,
+    and other iobandctl commands (table, a create) are answered meanwhile
+    instead of waiting behind it."""
+    tmp = it.make_tmpdir()
+    with it.stalling_file(tmp, STORAGE_STALL_S) as stalled, ct.Daemon(tmpdir=tmp) as d:
+        d.create("slow", stalled, 1, sectors=16 * MiB // ct.SECTOR)
+        raw = it.RawClient(d.sock("slow"))
+        raw.greeting()
+        raw.go("slow")
+        raw.request(it.CMD_READ, offset=0, length=4096)
+        time.sleep(0.5)  # the read is on the storage
+        started = time.monotonic()
+        remover = subprocess.Popen([ct.IOBANDCTL, "--control", d.control, "remove", "--force", "slow"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        time.sleep(0.2)  # the remove is waiting for the read
+        r, took = timed_table(d)
+        assert remover.poll() is None, (
+            f"iobandctl table answered {took:.1f} s after it was asked, once remove --force was done: "
+            "the table waited for the remove")
+        assert r.returncode == 0, r.stderr
+        assert "slow" not in ct.parse_table(r.stdout), "a device being removed is still listed"
+        d.create("fast", it.sparse_file(d.path("fast.img"), 16 * MiB), 2)
+        # Its name is taken until its connections are gone.
+        again = d.ctl("create", "slow", input=f"0 {16 * MiB // ct.SECTOR} ioband {d.path('fast.img')} 3\n")
+        assert again.returncode != 0 and "being removed" in again.stderr, again.stderr
+        out, err = remover.communicate(timeout=it.TIMEOUT)
+        assert remover.returncode == 0, err
+        # Not before the read on the storage was done.
+        assert time.monotonic() - started >= STORAGE_STALL_S - 1, f"remove --force answered early: {out}"
+        raw.wait_closed(timeout=it.TIMEOUT)
+        raw.close()
+        table = ct.parse_table(d.table())
+        assert "slow" not in table and "fast" in table, table
+        assert json.loads(d.ok("--json", "status"))["data"]["server_limits"]["connections"] == 0
+        d.assert_alive()
+
+
 # --- a state directory that cannot be written --------------------------------
 
 @pytest.fixture

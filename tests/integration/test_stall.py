@@ -15,7 +15,6 @@ here, and 11.7 s with 32 stalled requests of 3 s), and the test checks
 that the stalled requests were still unanswered when the healthy client
 finished, so the two really overlapped."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -105,39 +104,8 @@ def test_fault_delay_stalls_only_its_export(threads):
         s.assert_alive()
 
 
-@contextlib.contextmanager
 def stalling_file(d):
-    """A 16 MiB file whose reads and writes each block FUSE_STALL_S in the kernel:
-    nbdkit's memory plugin behind its delay filter, as a file by nbdfuse."""
-    it.require_tools("nbdkit", "nbdfuse")
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        pytest.skip("mounting a FUSE file system needs root and /dev/fuse")
-    sock = os.path.join(d, "nbdkit.sock")
-    mnt = os.path.join(d, "fuse")
-    os.mkdir(mnt)
-    kit = subprocess.Popen(["nbdkit", "--exit-with-parent", "-f", "-U", sock, "--filter=delay", "memory",
-                            "size=16M", f"rdelay={FUSE_STALL_S}", f"wdelay={FUSE_STALL_S}"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=it._pdeathsig)
-    fuse = None
-    try:
-        it.wait_ready(sock, lambda: kit.poll() is None, what="nbdkit")
-        fuse = subprocess.Popen(["nbdfuse", mnt, f"nbd+unix:///?socket={sock}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=it._pdeathsig)
-        path = os.path.join(mnt, "nbd")
-        deadline = time.monotonic() + it.TIMEOUT
-        while not os.path.exists(path):
-            if fuse.poll() is not None:
-                pytest.skip(f"nbdfuse: {fuse.stderr.read().decode().strip()}")
-            assert time.monotonic() < deadline, "nbdfuse did not mount"
-            time.sleep(0.05)
-        yield path
-    finally:
-        if fuse:
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
-            fuse.terminate()
-            fuse.wait()
-        kit.terminate()
-        kit.wait()
+    return it.stalling_file(d, FUSE_STALL_S)
 
 
 @pytest.mark.parametrize("threads,dgids", [(1, (1, 2)), (2, (1, 2))])

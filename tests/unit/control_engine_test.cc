@@ -396,6 +396,52 @@ TEST_F(ControlEngine, RemoveIsRefusedWhileClientsAreConnectedUnlessForced) {
   EXPECT_NE(engine.scheduling("ioband1")->group, engine.scheduling("ioband2")->group);
 }
 
+// The daemon's remove: the wait for the connections is work for another
+// thread; the control thread answers others meanwhile.
+TEST(ControlEngineRemove, WaitsOffTheControlThreadHoldingTheNameThenRemovesOrPutsBack) {
+  TempDir dir;
+  FakePlatform fake;
+  fake.two_step_remove = true;
+  Engine engine{fake.platform(), dir.file("state.json")};
+  Client client{engine};
+  ASSERT_TRUE(client.create("ioband1", "0 44371467 ioband /dev/sda1 1")["ok"]);
+  ASSERT_TRUE(client.create("ioband2", "0 44371467 ioband /dev/sda2 2")["ok"]);
+  fake.connections["ioband1"] = 1;
+  const auto remove_line = json({{"command", "remove"}, {"name", "ioband1"}, {"force", true}}).dump();
+
+  // Connections outlive the wait: the device comes back, and says why.
+  fake.remove_error = "1 connection of ioband1 still closing after 5 s";
+  Engine::Answer answer = engine.answer_line(remove_line, true);
+  ASSERT_TRUE(answer.work && answer.finish);
+  EXPECT_EQ(fake.log.back(), "unpublish_export ioband1 force");
+  // Meanwhile: out of the table and the state file, its name held.
+  EXPECT_EQ(client.table_text(), "ioband2: 0 44371467 ioband 8:2 2 4 128\n");
+  EXPECT_EQ(testing::read_file(engine.state_path()).find("ioband1"), std::string::npos);
+  json again = client.create("ioband1", "0 8 ioband /dev/sdb3 3");
+  EXPECT_FALSE(again["ok"]);
+  EXPECT_NE(again["error"].get<std::string>().find("is being removed"), std::string::npos) << again.dump();
+  json twice = client.remove("ioband1", true);
+  EXPECT_FALSE(twice["ok"]);
+  EXPECT_NE(twice["error"].get<std::string>().find("under way"), std::string::npos) << twice.dump();
+  answer.work();
+  json left = json::parse(answer.finish());
+  EXPECT_FALSE(left["ok"]);
+  EXPECT_NE(left["error"].get<std::string>().find("still closing"), std::string::npos) << left.dump();
+  EXPECT_NE(client.table_text().find("ioband1: 0 44371467 ioband 8:1 1"), std::string::npos);
+  EXPECT_NE(testing::read_file(engine.state_path()).find("ioband1"), std::string::npos);
+
+  // Gone this time: removed from its device group, which goes with it.
+  fake.remove_error.clear();
+  answer = engine.answer_line(remove_line, true);
+  ASSERT_TRUE(answer.work);
+  answer.work();
+  EXPECT_TRUE(json::parse(answer.finish())["ok"]);
+  EXPECT_EQ(fake.log.back(), "release_device_group 1");
+  EXPECT_FALSE(engine.scheduling("ioband1").has_value());
+  EXPECT_EQ(client.table_text(), "ioband2: 0 44371467 ioband 8:2 2 4 128\n");
+  EXPECT_TRUE(client.create("ioband1", "0 8 ioband /dev/sdb3 3")["ok"]);
+}
+
 TEST_F(ControlEngine, ReplacesFreedDeviceIdsInADeviceGroup) {
   ok(client.create("a", "0 8 ioband /dev/sda1 1"));
   ok(client.create("b", "0 8 ioband /dev/sda2 1"));

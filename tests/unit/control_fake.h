@@ -30,6 +30,9 @@ struct FakePlatform {
   std::string create_error;  // create_export fails with this when set
   std::string remove_error;  // remove_export leaves connections with this when set
   int released = 0;
+  // Set before platform(): remove unpublishes and hands its wait back
+  // (Platform::unpublish_export), as the daemon does.
+  bool two_step_remove = false;
 
   FakePlatform() {
     // The reference's disks: 8:1 and 8:2 on sda, 8:19/8:20 on sdb; xvdc1 as in
@@ -62,6 +65,18 @@ struct FakePlatform {
       connections.erase(name);
       return std::string();
     };
+    if (two_step_remove) {
+      p.unpublish_export = [this](const std::string& name, bool force) {
+        log.push_back("unpublish_export " + name + (force ? " force" : ""));
+        exports.erase(name);
+        return std::function<std::string()>([this, name] {
+          log.push_back("wait " + name);
+          if (!remove_error.empty()) return remove_error;
+          connections.erase(name);
+          return std::string();
+        });
+      };
+    }
     p.connections = [this](const std::string& name) {
       auto it = connections.find(name);
       return it == connections.end() ? 0 : it->second;

@@ -120,6 +120,22 @@ TEST(RequestMemory, HeavySessionsStopAtTheSharedPartLightOnesUseTheReserve) {
   EXPECT_FALSE(memory.tight());
 }
 
+TEST(RequestMemory, StagingBuffersCountAgainstRequestsButAreNeverRefused) {
+  RequestMemory memory;
+  memory.set_cap(128 * MiB);  // shared part: 112 MiB
+  // 3,000 active connections' staging buffers (about 94 MiB) leave a heavy
+  // request room for less than 32 MiB of the shared part.
+  for (int i = 0; i < 3000; ++i) memory.add_staging(32 * 1024);
+  EXPECT_EQ(memory.staging(), 3000ull * 32 * 1024);
+  EXPECT_EQ(memory.used(), memory.staging());
+  EXPECT_FALSE(memory.admits(32 * MiB, 0));
+  EXPECT_TRUE(memory.admits(4 * MiB, 0));
+  // Given back when the connections go idle: room again.
+  for (int i = 0; i < 3000; ++i) memory.add_staging(-32 * 1024);
+  EXPECT_EQ(memory.used(), 0u);
+  EXPECT_TRUE(memory.admits(32 * MiB, 0));
+}
+
 TEST(RequestMemory, NoCapAdmitsEverything) {
   RequestMemory memory;
   memory.add(1ull << 40);

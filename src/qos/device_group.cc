@@ -369,9 +369,11 @@ struct DeviceGroup::Impl {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
+    bool window_full = false;  // hook: latency targets (latency_target.h)
     if (admission.closed(in_flight, now)) {
       window_closed_at = now;
-      return waiting(TimePoint::max());
+      if (!latency.any() || !latency.passes_window(in_flight, admission.io_limit)) return waiting(TimePoint::max());
+      window_full = true;
     }
     for (;;) {
       Device* device;
@@ -403,7 +405,7 @@ struct DeviceGroup::Impl {
       // ---- hook: latency targets (latency_target.h) ----
       // Another group misses its target: this one waits while the others
       // have the cap in flight (asked again at completions).
-      if (latency.any() && latency.holds(*group, in_flight)) {
+      if (latency.any() && latency.holds(*group, in_flight, window_full)) {
         park_group(*group, now + detail::LatencyTargets::kRecheck);
         continue;
       }

@@ -9,18 +9,22 @@
 //   epoch      at least 50 ms and 16 of g's completions (at most 2048
 //              samples; 250 ms with fewer counts as an idle epoch)
 //   q          g's p-th percentile of the epoch's latencies
-//   q > T      missed: the cap on the others' requests in flight (every
+// The loop aims below T, so that the percentile over longer spans (a
+// second of several epochs) holds too:
+//   q > 0.9T   missed: the cap on the others' requests in flight (every
 //              group of the device group but g) steps down:
 //                  cap := max(1, c * 3/4), or c / 2 when q > 1.5 T
 //              c: the cap, or (none yet) the most the others had in flight
 //              during the epoch
-//   q <= 0.8T  held with room (or an idle epoch): the cap steps up,
+//   q <= 0.7T  held with room: the cap steps up,
 //                  cap := cap + max(1, cap / 8)
-//              and goes away once it passes io_limit
+//   idle       an epoch without g's completions doubles the cap
+//              the cap goes away once it passes io_limit
 //   otherwise  the cap stays
 // Dispatch: a group that is not g waits while the others of g already have
 // cap requests in flight (it asks again at the next completion). g itself is
-// never held by its own target; two targets each cap the other's group.
+// never held by its own target, and then passes a full in-flight window (up
+// to io_limit); two targets each cap the other's group.
 //
 // Unlike io.latency, which throttles every group of a lower priority to
 // queue depth 1 and back, the cap moves in steps and stops where the target
@@ -84,13 +88,30 @@ class LatencyTargets {
 
   // Must `group` wait, with `in_flight` in the device group? A held group
   // is remembered and handed back by completed().
-  bool holds(Group& group, std::uint32_t in_flight) noexcept {
+  // `window_full`: only the groups passes_window() lets through may go.
+  bool holds(Group& group, std::uint32_t in_flight, bool window_full) noexcept {
+    if (window_full && !passes(group)) {
+      if (std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
+      return true;
+    }
     for (const auto& t : targets_) {
       if (t->status.cap == 0 || t->group == &group) continue;
       if (in_flight - t->group->in_flight >= t->status.cap) {
         if (std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
         return true;
       }
+    }
+    return false;
+  }
+
+  // The in-flight window is full, and a group whose target caps the others
+  // has requests queued: it may pass the window (up to io_limit), the
+  // others may not. The cap made the room it needs; behind a full window it
+  // would wait for the others' completions, the latency its target is against.
+  bool passes_window(std::uint32_t in_flight, std::uint32_t io_limit) const noexcept {
+    if (in_flight >= io_limit) return false;
+    for (const auto& t : targets_) {
+      if (t->status.cap != 0 && t->group->queue_length != 0) return true;
     }
     return false;
   }
@@ -132,6 +153,13 @@ class LatencyTargets {
     std::uint32_t others_peak = 0;
   };
 
+  bool passes(const Group& group) const noexcept {
+    for (const auto& t : targets_) {
+      if (t->group == &group) return t->status.cap != 0;
+    }
+    return false;
+  }
+
   Target* find(const Group* group) noexcept {
     for (auto& t : targets_) {
       if (t->group == group) return t.get();
@@ -156,11 +184,14 @@ class LatencyTargets {
       ++s.epochs;
       if (!s.met) ++s.missed_epochs;
     }
-    if (q > target) {
+    if (10 * q > 9 * target) {
       const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
       const std::uint32_t lower = 2 * q > 3 * target ? base / 2 : base * 3 / 4;
       s.cap = std::max<std::uint32_t>(1, std::min(lower, base - (base > 1 ? 1 : 0)));
-    } else if (s.cap != 0 && (q < 0 || 5 * q <= 4 * target)) {
+    } else if (s.cap != 0 && q < 0) {
+      s.cap *= 2;  // g is idle: nothing to protect, the others get it back quickly
+      if (s.cap > ceiling) s.cap = 0;
+    } else if (s.cap != 0 && 10 * q <= 7 * target) {
       s.cap += std::max<std::uint32_t>(1, s.cap / 8);
       if (s.cap > ceiling) s.cap = 0;
     }

@@ -196,10 +196,13 @@ struct DeviceGroup::Impl {
     return key;
   }
   // Device time the storage gives a second, in what fair charges: the
-  // calibrated model's for admission, else the learned one.
+  // learned figure; for admission the calibrated model's, or the larger of
+  // the model's and the learned one (a reservation admitted once is
+  // restored at start whatever was learned: set_limits' `admitted`).
   double capacity_ns(bool admission_check) const noexcept {
-    if ((admission_check && device_model_calibrated) || !model_learning) return 1e9;
-    return 1e9 / learner.scale();
+    if (!model_learning || (admission_check && device_model_calibrated)) return 1e9;
+    const double learned = 1e9 / learner.scale();
+    return admission_check ? std::max(1e9, learned) : learned;
   }
   void rescale_reservations() noexcept {
     if (!reservations.any()) return;
@@ -1095,7 +1098,8 @@ std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_i
   return group->extras ? group->extras->range : RangeBw{};
 }
 
-Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits) {
+Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits,
+                               bool admitted) {
   Impl& impl = *impl_;
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
@@ -1110,7 +1114,7 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     if (limits.empty() && !group->extras) return {};
     // ---- hook: reservations and latency targets (reservation.h, latency_target.h) ----
     const detail::GroupReservation* had = group->extras ? &group->extras->reserve : nullptr;
-    if (limits.reserves()) {
+    if (limits.reserves() && !admitted) {
       impl.reservations.set_units(impl.settings.cost);
       const bool calibrated = impl.device_model_calibrated || !impl.model_learning;
       if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps,

@@ -178,11 +178,14 @@ class DeviceGroup {
   std::optional<RangeBw> range_bw(DeviceId device, GroupId group) const noexcept;
   // Limits of a group, or of the whole device when `group` is nullopt.
   // An all-zero Limits removes them. Validated with validate(Limits).
-  Status set_limits(DeviceId device, std::optional<GroupId> group, const Limits& limits);
+  // `admitted`: accepted before (restoring saved state, undoing a change):
+  // no admission check for its reservation.
+  Status set_limits(DeviceId device, std::optional<GroupId> group, const Limits& limits, bool admitted = false);
   std::optional<Limits> limits(DeviceId device, std::optional<GroupId> group) const noexcept;
   // Limits also carry a group's reservation (reservation-iops, -bps) and
   // latency target; a reservation that would take the sum past 90 % of the
-  // capacity is refused (reservation.h). Not yet on a whole device.
+  // capacity is refused (reservation.h): of the calibrated model's, or of
+  // the larger of the model's and the learned one's. Not yet on a whole device.
   std::optional<ReservationStatus> reservation(DeviceId device, GroupId group) const noexcept;  // nullopt: none
   ReservationSummary reservations() const noexcept;
   std::optional<LatencyTargetStatus> latency_target(DeviceId device, GroupId group) const noexcept;  // nullopt: none

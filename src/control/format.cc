@@ -167,6 +167,7 @@ json status_json(const DeviceState& device, const std::vector<GroupStatus>& grou
           {"served_iops", r->served_iops < 0 ? json(nullptr) : json(std::round(r->served_iops))},
           {"met", r->met},
           {"scaled", r->scaled},
+          {"cap_on_others", r->cap_on_others == 0 ? json(nullptr) : json(r->cap_on_others)},
       };
     }
     if (const auto& t = group.latency_target) {

@@ -173,7 +173,10 @@ struct DeviceGroup::Impl {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
       policy->from_idle(group, last_now);
-      if (group.extras) group.extras->reserve.from_idle(last_now);  // hook: reservations
+      // hook: reservations. Idle means nothing queued and nothing in flight:
+      // a group whose requests all went to a deep storage queue at once is
+      // still busy, and keeps what it is owed.
+      if (group.extras && group.in_flight == 0) group.extras->reserve.from_idle(last_now);
     } else {
       policy->from_hold(group, last_now);
     }
@@ -205,7 +208,6 @@ struct DeviceGroup::Impl {
     return admission_check ? std::max(1e9, learned) : learned;
   }
   void rescale_reservations() noexcept {
-    if (!reservations.any()) return;
     reservations.set_units(settings.cost);
     reservations.rescale(capacity_ns(false));
   }
@@ -792,6 +794,13 @@ struct DeviceGroup::Impl {
     settings.weight_total -= group->weight;
     --group_count;
     policy->forget(group);
+    // hook: its reservation and latency target end with it, not with its last request in flight.
+    latency.forget(group);
+    if (group->extras && group->extras->reserve.active()) {
+      reservations.forget(&group->extras->reserve);
+      group->extras->reserve = {};
+      rescale_reservations();
+    }
   }
 
   std::size_t memory_bytes() const noexcept {
@@ -1132,7 +1141,7 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
                      static_cast<std::uint32_t>(limits.latency_percentile_permille == 0
                                                     ? kDefaultLatencyPermille
                                                     : limits.latency_percentile_permille),
-                     impl.last_now);
+                     extras.reserve.active() ? &extras.reserve : nullptr, impl.last_now);
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
@@ -1174,6 +1183,7 @@ std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, Gr
   status.served_iops = r.last_served_ns < 0 ? -1 : all.in_iops(r.last_served_ns);
   status.met = r.met();
   status.scaled = all.factor() < 1;
+  status.cap_on_others = impl_->latency.cap_of(group);
   return status;
 }
 

@@ -87,6 +87,7 @@ struct ReservationStatus {
   double served_iops = -1;      // in the last whole second; < 0: none yet
   bool met = true;              // served >= 95 % of effective, or it asked for less
   bool scaled = false;          // effective < wanted
+  std::uint32_t cap_on_others = 0;  // in flight the others may have while it is behind (latency_target.h); 0: none
 };
 
 // The device group's reservations against its capacity (reservation.h).

@@ -26,6 +26,13 @@
 // never held by its own target, and then passes a full in-flight window (up
 // to io_limit); two targets each cap the other's group.
 //
+// Reservations use the same cap (reservation.h): a backlogged reserved group
+// whose tag lags more than 50 ms behind is missing its reservation, because
+// the others' requests already in the storage's own queue (a deep device
+// queue ioband does not order) delay its own; the cap steps down as for a
+// missed latency target, and up while the tag is 5 ms ahead (served more
+// than its due).
+//
 // Unlike io.latency, which throttles every group of a lower priority to
 // queue depth 1 and back, the cap moves in steps and stops where the target
 // holds, so the others keep what the protected group does not need.
@@ -39,6 +46,7 @@
 #include <vector>
 
 #include "qos/group.h"
+#include "qos/reservation.h"
 #include "qos/token_bucket.h"
 
 namespace ioband::qos::detail {
@@ -50,13 +58,17 @@ class LatencyTargets {
   static constexpr std::size_t kMinSamples = 16;
   static constexpr std::size_t kMaxSamples = 2048;
   static constexpr Nanos kRecheck = 1'000'000;  // a held group asks again at least this often
+  static constexpr Nanos kLate = 50'000'000;    // a reservation this far behind is missed
+  static constexpr Nanos kOnTime = 5'000'000;   // and this far ahead is held with room
 
   bool any() const noexcept { return !targets_.empty(); }
 
-  // Sets (target_ns 0: removes) the target of `group`.
-  void set(const Group* group, Nanos target_ns, std::uint32_t permille, Nanos now) {
+  // Sets (target_ns 0: removes) the latency target of `group`, and the
+  // reservation it guards (nullptr: none).
+  void set(const Group* group, Nanos target_ns, std::uint32_t permille, const GroupReservation* reservation,
+           Nanos now) {
     Target* t = find(group);
-    if (target_ns == 0) {
+    if (target_ns == 0 && reservation == nullptr) {
       if (t != nullptr) std::erase_if(targets_, [&](const auto& p) { return p.get() == t; });
       return;
     }
@@ -69,13 +81,22 @@ class LatencyTargets {
     }
     t->status.target_ns = target_ns;
     t->status.permille = permille;
+    t->reservation = reservation;
   }
 
+  // The latency target of `group` (nullptr: none).
   const LatencyTargetStatus* status(const Group* group) const noexcept {
     for (const auto& t : targets_) {
-      if (t->group == group) return &t->status;
+      if (t->group == group && t->status.target_ns != 0) return &t->status;
     }
     return nullptr;
+  }
+  // The cap `group`'s target or reservation puts on the others (0: none).
+  std::uint32_t cap_of(const Group* group) const noexcept {
+    for (const auto& t : targets_) {
+      if (t->group == group) return t->status.cap;
+    }
+    return 0;
   }
   // The smallest cap imposed on `group` by the targets of others (0: none).
   std::uint32_t cap_on(const Group* group) const noexcept {
@@ -128,7 +149,8 @@ class LatencyTargets {
       t.others_peak = std::max(t.others_peak, others);
       if (t.group == &group && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
       const Nanos age = now - t.epoch_start;
-      if ((age >= kEpoch && t.samples.size() >= kMinSamples) || t.samples.size() >= kMaxSamples || age >= kIdleEpoch) {
+      const bool enough = t.samples.size() >= kMinSamples || t.status.target_ns == 0;
+      if ((age >= kEpoch && enough) || t.samples.size() >= kMaxSamples || age >= kIdleEpoch) {
         step(t, ceiling, now);
       }
     }
@@ -148,6 +170,7 @@ class LatencyTargets {
   struct Target {
     const Group* group = nullptr;
     LatencyTargetStatus status;
+    const GroupReservation* reservation = nullptr;  // guarded too (see reservation.h)
     Nanos epoch_start = 0;
     std::vector<Nanos> samples;
     std::uint32_t others_peak = 0;
@@ -170,28 +193,47 @@ class LatencyTargets {
   static void step(Target& t, std::uint32_t ceiling, Nanos now) noexcept {
     LatencyTargetStatus& s = t.status;
     const Nanos target = s.target_ns;
-    Nanos q = -1;
-    if (t.samples.size() >= kMinSamples || (!t.samples.empty() && now - t.epoch_start >= kIdleEpoch)) {
-      const std::size_t n = t.samples.size();
-      std::size_t rank = (n * s.permille + 999) / 1000;
-      rank = std::clamp<std::size_t>(rank, 1, n) - 1;
-      std::nth_element(t.samples.begin(), t.samples.begin() + static_cast<std::ptrdiff_t>(rank), t.samples.end());
-      q = t.samples[rank];
+    bool missed = false, halve = false, room = true, idle = true;
+    if (target != 0) {
+      Nanos q = -1;
+      if (t.samples.size() >= kMinSamples || (!t.samples.empty() && now - t.epoch_start >= kIdleEpoch)) {
+        const std::size_t n = t.samples.size();
+        std::size_t rank = (n * s.permille + 999) / 1000;
+        rank = std::clamp<std::size_t>(rank, 1, n) - 1;
+        std::nth_element(t.samples.begin(), t.samples.begin() + static_cast<std::ptrdiff_t>(rank), t.samples.end());
+        q = t.samples[rank];
+      }
+      if (q >= 0) {
+        s.percentile_ns = q;
+        s.met = q <= target;
+        ++s.epochs;
+        if (!s.met) ++s.missed_epochs;
+      }
+      missed = 10 * q > 9 * target;
+      halve = 2 * q > 3 * target;
+      room = q < 0 || 10 * q <= 7 * target;
+      idle = q < 0;
     }
-    if (q >= 0) {
-      s.percentile_ns = q;
-      s.met = q <= target;
-      ++s.epochs;
-      if (!s.met) ++s.missed_epochs;
+    if (t.reservation != nullptr && t.reservation->active()) {
+      // A backlogged reserved group whose tag lags: requests of others in
+      // the storage's own queue delay it, ahead of the order ioband keeps.
+      // Backlogged: requests queued in ioband, or several in the storage (a
+      // deep storage queue takes them all at once). A 1-deep client below
+      // its reservation is not: it asks for less than it is due.
+      const bool backlogged = t.group->queue_length != 0 || t.group->in_flight >= 2;
+      const bool late = backlogged && t.reservation->tag < now - kLate;
+      missed = missed || late;
+      room = room && !late && (!backlogged || t.reservation->tag > now + kOnTime);
+      idle = idle && !backlogged && t.group->in_flight == 0;
     }
-    if (10 * q > 9 * target) {
+    if (missed) {
       const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
-      const std::uint32_t lower = 2 * q > 3 * target ? base / 2 : base * 3 / 4;
+      const std::uint32_t lower = halve ? base / 2 : base * 3 / 4;
       s.cap = std::max<std::uint32_t>(1, std::min(lower, base - (base > 1 ? 1 : 0)));
-    } else if (s.cap != 0 && q < 0) {
-      s.cap *= 2;  // g is idle: nothing to protect, the others get it back quickly
+    } else if (s.cap != 0 && idle) {
+      s.cap *= 2;  // nothing to protect: the others get it back quickly
       if (s.cap > ceiling) s.cap = 0;
-    } else if (s.cap != 0 && 10 * q <= 7 * target) {
+    } else if (s.cap != 0 && room) {
       s.cap += std::max<std::uint32_t>(1, s.cap / 8);
       if (s.cap > ceiling) s.cap = 0;
     }

@@ -32,7 +32,8 @@
 //                            counts toward its reservation (dmclock's
 //                            reduce_reservation_tags), so g gets the larger
 //                            of its reservation and its weighted share
-//   back from idle           R_g := max(R_g, now): an idle group banks nothing
+//   back from idle           R_g := max(R_g, now): an idle group (nothing
+//                            queued, nothing in flight) banks nothing
 // Guarantee: while the storage gives at least sum_g r'_g, a backlogged g gets
 // r'_g over every window, within one request, the storage's latency and the
 // 100 ms it may catch up.

@@ -175,6 +175,59 @@ TEST(ReservationSim, ScaledDownWhenTheSlowedStorageCannotGiveItAndBackAfter) {
   EXPECT_GE(met_fraction(after, wanted), 0.98);
 }
 
+TEST(ReservationSim, HeldWhenTheWindowDoesNotQueueAnything) {
+  // Elastic storage and a fixed window of 256: the clients' 160 requests
+  // all go to the storage at once, and ioband's order alone cannot give the
+  // reader its 30 % (it gets 61 % of it); the cap on the others
+  // (latency_target.h) does, over the run.
+  Scenario s;
+  s.name = "reservation, nothing queued in ioband";
+  s.storage = vm_disk_elastic();
+  s.io_limit = 256;
+  s.io_limit_auto = false;
+  s.devices = {0};
+  s.groups = {group(0, kReserved, 1), group(0, kLight, 100), group(0, kHeavy, 300)};
+  s.clients = {closed_loop("reserved", 0, kReserved, 32, {4 * KiB}), closed_loop("light", 0, kLight, 64, {64 * KiB}),
+               closed_loop("heavy", 0, kHeavy, 64, {64 * KiB})};
+  s.clients[1].read_fraction = 0;
+  s.clients[2].read_fraction = 0;
+  const double capacity = vm_disk_elastic().costs.read_rand_iops;
+  const auto iops = static_cast<std::uint64_t>(0.3 * capacity);
+  s.actions.push_back({0, [iops](qos::DeviceGroup& g) {
+                         ASSERT_TRUE(g.set_device_model(vm_disk_elastic().costs, true));
+                         qos::Limits limits;
+                         limits.reservation_iops = iops;
+                         ASSERT_TRUE(g.set_limits(0, kReserved, limits));
+                       }});
+  s.duration = 20 * kSecond;
+  std::vector<qos::ReservationStatus> samples;
+  for (Nanos t = kSecond; t < 20 * kSecond; t += kSecond) {
+    s.actions.push_back({t, [&samples](qos::DeviceGroup& g) {
+                           samples.push_back(g.reservation(0, kReserved).value_or(qos::ReservationStatus{}));
+                         }});
+  }
+  const Result with = simulate(s);
+  printf("cap on the others each second:");
+  for (const auto& r : samples) printf(" %u", r.cap_on_others);
+  printf("\n");
+  s.actions.resize(1);
+  s.actions[0].apply = [](qos::DeviceGroup& g) { ASSERT_TRUE(g.set_device_model(vm_disk_elastic().costs, true)); };
+  const Result without = simulate(s);
+  const double wanted = static_cast<double>(iops);
+  const std::vector<double> rates = windows(with, 2 * kSecond, 20 * kSecond);
+  const std::vector<double> before = windows(without, 2 * kSecond, 20 * kSecond);
+  report("elastic, window 256, no reservation", before, wanted, light_share(without, 2 * kSecond, 20 * kSecond));
+  report("elastic, window 256, reserved", rates, wanted, light_share(with, 2 * kSecond, 20 * kSecond));
+  EXPECT_LT(percentile(before, 0.5), 0.9 * wanted) << "the reader gets its reservation without one: no test";
+  // Over the run it gets its reservation; second by second the cap swings
+  // (OPEN, docs/reservations.md: 67 % of windows, p5 74 %, against the
+  // 98 % the ordering gives when requests queue in ioband).
+  double served = 0;
+  for (double r : rates) served += r;
+  EXPECT_GE(served / static_cast<double>(rates.size()), 0.97 * wanted);
+  EXPECT_GE(percentile(rates, 0.05), 0.7 * wanted);
+}
+
 TEST(ReservationSim, AnIdleReservedGroupBanksNothing) {
   // The reserved client stops for 5 s: when it returns it gets its
   // reservation again, not a burst of the time it was away.

@@ -84,6 +84,11 @@ TEST(ReservationAdmission, RefusesPast90PercentNamingCapacityAndSumAndChangesNot
   EXPECT_FALSE(g.reservation(0, 1).has_value());
   Status device = g.set_limits(0, std::nullopt, reserve(100));
   EXPECT_NE(device.message().find("not yet on a whole device"), std::string::npos);
+  // A detached group's reservation leaves with it.
+  ASSERT_TRUE(g.set_limits(0, 2, reserve(8000)));
+  ASSERT_TRUE(g.detach(0, 2));
+  EXPECT_EQ(g.reservations().reserved_iops, 0);
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(9000)));
 }
 
 TEST(ReservationRule, AReservedGroupBehindItsTagGoesFirstWhateverTheWeights) {

@@ -33,25 +33,35 @@ struct Outcome {
 // `share` of the capacity reserved for 4 KiB random reads 64 deep (weight 1)
 // against 64 KiB random writers 64 deep at weights 100 and 300; the storage
 // at `speed` in [slow_from, slow_to).
+// At 0: the scheduler's model calibrated to `model`, and `iops` reserved for kReserved.
+Action calibrate_and_reserve(const qos::DeviceModel& model, std::uint64_t iops) {
+  return {0, [model, iops](qos::DeviceGroup& g) {
+            ASSERT_TRUE(g.set_device_model(model, true));
+            qos::Limits limits;
+            limits.reservation_iops = iops;
+            qos::Status status = g.set_limits(0, kReserved, limits);
+            ASSERT_TRUE(status) << status.message();
+          }};
+}
+
+// The reserved reader (4 KiB random reads, `depth` deep, weight 1) against
+// 64 KiB random writers 64 deep at weights 100 and 300.
+void three_clients(Scenario& s, std::uint32_t depth) {
+  s.devices = {0};
+  s.groups = {group(0, kReserved, 1), group(0, kLight, 100), group(0, kHeavy, 300)};
+  s.clients = {closed_loop("reserved", 0, kReserved, depth, {4 * KiB}),
+               closed_loop("light", 0, kLight, 64, {64 * KiB}), closed_loop("heavy", 0, kHeavy, 64, {64 * KiB})};
+  s.clients[1].read_fraction = 0;
+  s.clients[2].read_fraction = 0;
+}
+
 Outcome run(double share, double speed, Nanos slow_from, Nanos slow_to, Nanos duration) {
   Scenario s;
   s.name = "reservation";
   s.storage = disk();
   if (speed < 1) s.storage.slowdowns.push_back({slow_from, slow_to, speed});
-  s.devices = {0};
-  s.groups = {group(0, kReserved, 1), group(0, kLight, 100), group(0, kHeavy, 300)};
-  s.clients = {closed_loop("reserved", 0, kReserved, 64, {4 * KiB}), closed_loop("light", 0, kLight, 64, {64 * KiB}),
-               closed_loop("heavy", 0, kHeavy, 64, {64 * KiB})};
-  s.clients[1].read_fraction = 0;
-  s.clients[2].read_fraction = 0;
-  const auto iops = static_cast<std::uint64_t>(share * capacity_iops());
-  s.actions.push_back({0, [iops](qos::DeviceGroup& g) {
-                         ASSERT_TRUE(g.set_device_model(disk().costs, true));
-                         qos::Limits limits;
-                         limits.reservation_iops = iops;
-                         qos::Status status = g.set_limits(0, kReserved, limits);
-                         ASSERT_TRUE(status) << status.message();
-                       }});
+  three_clients(s, 64);
+  s.actions.push_back(calibrate_and_reserve(disk().costs, static_cast<std::uint64_t>(share * capacity_iops())));
   s.duration = duration;
   Outcome out;
   for (Nanos t = kSecond; t < duration; t += kSecond) {
@@ -185,20 +195,9 @@ TEST(ReservationSim, HeldWhenTheWindowDoesNotQueueAnything) {
   s.storage = vm_disk_elastic();
   s.io_limit = 256;
   s.io_limit_auto = false;
-  s.devices = {0};
-  s.groups = {group(0, kReserved, 1), group(0, kLight, 100), group(0, kHeavy, 300)};
-  s.clients = {closed_loop("reserved", 0, kReserved, 32, {4 * KiB}), closed_loop("light", 0, kLight, 64, {64 * KiB}),
-               closed_loop("heavy", 0, kHeavy, 64, {64 * KiB})};
-  s.clients[1].read_fraction = 0;
-  s.clients[2].read_fraction = 0;
-  const double capacity = vm_disk_elastic().costs.read_rand_iops;
-  const auto iops = static_cast<std::uint64_t>(0.3 * capacity);
-  s.actions.push_back({0, [iops](qos::DeviceGroup& g) {
-                         ASSERT_TRUE(g.set_device_model(vm_disk_elastic().costs, true));
-                         qos::Limits limits;
-                         limits.reservation_iops = iops;
-                         ASSERT_TRUE(g.set_limits(0, kReserved, limits));
-                       }});
+  three_clients(s, 32);
+  const auto iops = static_cast<std::uint64_t>(0.3 * vm_disk_elastic().costs.read_rand_iops);
+  s.actions.push_back(calibrate_and_reserve(vm_disk_elastic().costs, iops));
   s.duration = 20 * kSecond;
   std::vector<qos::ReservationStatus> samples;
   for (Nanos t = kSecond; t < 20 * kSecond; t += kSecond) {
@@ -242,12 +241,7 @@ TEST(ReservationSim, AnIdleReservedGroupBanksNothing) {
   again.start = 10 * kSecond;
   s.clients = {first, again, closed_loop("light", 0, kLight, 64, {64 * KiB})};
   const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
-  s.actions.push_back({0, [iops](qos::DeviceGroup& g) {
-                         ASSERT_TRUE(g.set_device_model(disk().costs, true));
-                         qos::Limits limits;
-                         limits.reservation_iops = iops;
-                         ASSERT_TRUE(g.set_limits(0, kReserved, limits));
-                       }});
+  s.actions.push_back(calibrate_and_reserve(disk().costs, iops));
   s.duration = 15 * kSecond;
   const Result result = simulate(s);
   const auto in_first_100ms = static_cast<double>(result.client("again").completions(10 * kSecond, 10 * kSecond + 100 * kMilli));

@@ -1129,7 +1129,7 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
       if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps,
                                                   impl.capacity_ns(true), calibrated ? "calibrated" : "learned");
           !status) {
-        return Status::error(group_name(device_id, *group_id) + ": " + status.message());
+        return status;
       }
     }
     GroupExtras& extras = impl.extras_of(*group);

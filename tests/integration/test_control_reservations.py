@@ -52,6 +52,7 @@ def test_set_refuse_and_usage_errors(daemon):
     assert "capacity of 10000 IOPS" in r.stderr and "at most 9000" in r.stderr, r.stderr
     assert d.state_bytes() == saved, "a refused reservation changed the state file"
     assert group_of(d.json_of("table", "resv"), OTHER)["limits"] == {}
+    refusal = r.stderr.strip()
     for bad, why in [("latency-target=2000", "duration with its unit"),
                      ("latency-percentile=100", "percentile from 50 to 99.9")]:
         r = d.ctl("message", "resv", 0, "limit", f"{OTHER}:{bad}")
@@ -60,7 +61,7 @@ def test_set_refuse_and_usage_errors(daemon):
     r = d.ctl("message", "resv", 0, "limit", "reservation-iops=100")
     assert r.returncode == 1 and "not yet on a whole device" in r.stderr, r.stderr
     assert d.state_bytes() == saved
-    it.report("refused past 90 %: " + r.stderr.strip().splitlines()[0][:100])
+    it.report("refused past 90 %: " + refusal)
     d.assert_alive()
 
 

@@ -63,7 +63,7 @@ TEST(ReservationAdmission, RefusesPast90PercentNamingCapacityAndSumAndChangesNot
   Status refused = g.set_limits(0, 2, reserve(4500));
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.message(),
-            "group 2 of device 0: reservations would total 9500 IOPS (4 KiB random reads a second, in device time), "
+            "reservations would total 9500 IOPS (4 KiB random reads a second, in device time), "
             "above 90 % of the calibrated capacity of 10000 IOPS (at most 9000 may be reserved); nothing was changed");
   EXPECT_FALSE(g.reservation(0, 2).has_value());
   EXPECT_EQ(g.limits(0, 2), Limits{});

@@ -1125,9 +1125,11 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     const detail::GroupReservation* had = group->extras ? &group->extras->reserve : nullptr;
     if (limits.reserves() && !admitted) {
       impl.reservations.set_units(impl.settings.cost);
-      const bool calibrated = impl.device_model_calibrated || !impl.model_learning;
-      if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps,
-                                                  impl.capacity_ns(true), calibrated ? "calibrated" : "learned");
+      const double capacity = impl.capacity_ns(true);
+      const char* kind = impl.device_model_calibrated ? "calibrated"
+                         : capacity > 1e9            ? "learned"
+                                                     : "device model's";
+      if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps, capacity, kind);
           !status) {
         return status;
       }

@@ -113,7 +113,9 @@ qos::Status apply_group(qos::DeviceGroup& group, qos::DeviceId device, int64_t i
       !status) {
     return qos::Status::error(which + ": " + status.message());
   }
-  if (qos::Status status = group.set_limits(device, id, settings.limits); !status) {
+  // Admitted before: restoring saved state or undoing a change never fails on
+  // a reservation the storage seems too slow for now.
+  if (qos::Status status = group.set_limits(device, id, settings.limits, true); !status) {
     return qos::Status::error(which + ": " + status.message());
   }
   return {};
@@ -151,7 +153,7 @@ qos::Status revert(qos::DeviceGroup& group, const DeviceGroupSettings& before_gr
       keep(apply_group(group, before.device, id, settings));
     }
   }
-  if (before.limits != after.limits) keep(group.set_limits(before.device, std::nullopt, before.limits));
+  if (before.limits != after.limits) keep(group.set_limits(before.device, std::nullopt, before.limits, true));
   return status;
 }
 
@@ -165,8 +167,10 @@ qos::Status add_device(qos::DeviceGroup& group, const DeviceState& device) {
       }
       if (qos::Status status = apply_group(group, device.device, id, settings); !status) return status;
     }
-    if (!device.limits.unlimited()) {
-      if (qos::Status status = group.set_limits(device.device, std::nullopt, device.limits); !status) return status;
+    if (!device.limits.empty()) {
+      if (qos::Status status = group.set_limits(device.device, std::nullopt, device.limits, true); !status) {
+        return status;
+      }
     }
     return {};
   };
@@ -733,6 +737,7 @@ Reply Engine::message(const Request& request) {
       if (message.group) {
         if (auto reply = check_attached(group_id)) return *reply;
       }
+      // Reservations and latency targets ride on the limit keys (qos/limits.h).
       qos::Limits& current = message.group ? device->groups.at(group_id).limits : device->limits;
       qos::Limits limits = message.clear_limits ? qos::Limits{} : current;
       for (const auto& [key, value] : message.limits) {
@@ -877,11 +882,15 @@ Reply Engine::status(const Request& request) {
   const bool with_name = request.name.empty();
   for (const DeviceState* device : devices) {
     std::vector<GroupStatus> groups;
+    qos::ReservationSummary reservations;
     (void)call(device->device_group_id, [&](qos::DeviceGroup& group) {
       for (const auto& [id, settings] : device->groups) {
         groups.push_back({id, group.stats(device->device, id).value_or(qos::GroupStats{}),
-                          group.observation(device->device, id).value_or(qos::GroupObservation{})});
+                          group.observation(device->device, id).value_or(qos::GroupObservation{}),
+                          group.reservation(device->device, id), group.latency_target(device->device, id),
+                          group.latency_cap_on(device->device, id)});
       }
+      reservations = group.reservations();
       return qos::Status{};
     });
     reply.text += status_line(*device, groups, with_name) + "\n";
@@ -890,6 +899,8 @@ Reply Engine::status(const Request& request) {
     object["io_window"] = io_window(device->device_group_id);
     object["device_model"] = model_to_json(state_.device_groups.at(device->device_group_id));
     object["learned_model"] = learned_model_json(device->device_group_id);
+    // The device group's reservations against its capacity, when it has any.
+    if (reservations.reserved_iops > 0) object["reservations"] = reservations_json(reservations);
     array.push_back(std::move(object));
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";

@@ -1,5 +1,7 @@
 #include "control/format.h"
 
+#include <cmath>
+
 #include <string_view>
 
 #include "control/language.h"
@@ -16,6 +18,13 @@ std::string table_line(const DeviceState& device, const DeviceGroupSettings& dev
   // Access rules as create takes them; none when everyone may connect.
   for (const nbd::AccessRule& rule : device.access) line += " " + nbd::to_string(rule);
   return line;
+}
+
+json reservations_json(const qos::ReservationSummary& summary) {
+  return {{"capacity_iops", std::round(summary.capacity_iops)},
+          {"reserved_iops", std::round(summary.reserved_iops)},
+          {"factor", std::round(summary.factor * 1000) / 1000},
+          {"scaled", summary.factor < 1}};
 }
 
 json limits_to_json(const qos::Limits& limits) {
@@ -148,6 +157,31 @@ json status_json(const DeviceState& device, const std::vector<GroupStatus>& grou
         {"delay_histogram", std::move(histogram)},
         {"observation", observation_json(group.observation)},
     });
+    json& entry = group_array.back();
+    if (const auto& r = group.reservation) {
+      entry["reservation"] = {
+          {"iops", r->iops},
+          {"bps", r->bps},
+          {"wanted_iops", std::round(r->wanted_iops)},
+          {"effective_iops", std::round(r->effective_iops)},
+          {"served_iops", r->served_iops < 0 ? json(nullptr) : json(std::round(r->served_iops))},
+          {"met", r->met},
+          {"scaled", r->scaled},
+          {"cap_on_others", r->cap_on_others == 0 ? json(nullptr) : json(r->cap_on_others)},
+      };
+    }
+    if (const auto& t = group.latency_target) {
+      entry["latency_target"] = {
+          {"target_us", t->target_ns / 1000},
+          {"percentile", t->permille / 10.0},
+          {"measured_us", t->percentile_ns < 0 ? json(nullptr) : json(t->percentile_ns / 1000)},
+          {"met", t->met},
+          {"cap_on_others", t->cap == 0 ? json(nullptr) : json(t->cap)},
+          {"epochs", t->epochs},
+          {"missed_epochs", t->missed_epochs},
+      };
+    }
+    if (group.in_flight_cap != 0) entry["in_flight_cap"] = group.in_flight_cap;
   }
   return {
       {"name", device.name},

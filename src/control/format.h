@@ -1,12 +1,14 @@
 // `table` and `status` as dm-ioband prints them, and as JSON.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "control/model.h"
+#include "qos/device_group.h"
 #include "qos/observation.h"
 #include "qos/stats.h"
 
@@ -24,6 +26,9 @@ struct GroupStatus {
   int64_t id = -1;
   qos::GroupStats stats;
   qos::GroupObservation observation;
+  std::optional<qos::ReservationStatus> reservation;      // reservation-iops / -bps
+  std::optional<qos::LatencyTargetStatus> latency_target;
+  uint32_t in_flight_cap = 0;  // imposed on it by others' latency targets; 0: none
 };
 // "ioband2: 0 44371467 ioband 128 -1 143 90 424 122 78 352"
 std::string status_line(const DeviceState& device, const std::vector<GroupStatus>& groups, bool with_name);
@@ -34,6 +39,10 @@ nlohmann::json status_json(const DeviceState& device, const std::vector<GroupSta
 // {"requests", "ns"}, "limit": ..., "window": ...}}; operations never seen
 // are left out. Counters only grow (see observation.h).
 nlohmann::json observation_json(const qos::GroupObservation& observation);
+
+// {"capacity_iops", "reserved_iops", "factor", "scaled"}: a device group's
+// reservations against what its storage gives now (qos/reservation.h).
+nlohmann::json reservations_json(const qos::ReservationSummary& summary);
 
 // The keys that differ from "no limit" ({"iops-total":100, ...}).
 nlohmann::json limits_to_json(const qos::Limits& limits);

@@ -253,6 +253,34 @@ uint64_t get_model_key(const qos::DeviceModel& model, std::string_view key) {
   return 0;
 }
 
+std::optional<uint64_t> parse_duration_us(std::string_view text) noexcept {
+  if (text == "0") return 0;
+  static constexpr std::pair<std::string_view, double> kUnits[] = {{"us", 1}, {"ms", 1e3}, {"s", 1e6}};
+  for (const auto& [unit, scale] : kUnits) {
+    if (!text.ends_with(unit)) continue;
+    const std::string_view number = text.substr(0, text.size() - unit.size());
+    if (number.empty() || number.find_first_not_of("0123456789.") != std::string_view::npos) return std::nullopt;
+    double value = 0;
+    const auto [end, error] = std::from_chars(number.data(), number.data() + number.size(), value);
+    if (error != std::errc() || end != number.data() + number.size()) return std::nullopt;
+    const double us = std::round(value * scale);
+    if (!(us >= 1 && us <= 1e12)) return std::nullopt;
+    return static_cast<uint64_t>(us);
+  }
+  return std::nullopt;
+}
+
+std::optional<uint64_t> parse_percentile_permille(std::string_view text) noexcept {
+  if (text.starts_with("p")) text.remove_prefix(1);
+  if (text.empty() || text.find_first_not_of("0123456789.") != std::string_view::npos) return std::nullopt;
+  double value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  const double permille = value * 10;
+  if (!(permille >= 500 && permille <= 999) || std::abs(permille - std::round(permille)) > 1e-6) return std::nullopt;
+  return static_cast<uint64_t>(std::round(permille));
+}
+
 std::string_view verb_name(Message::Verb verb) noexcept {
   for (const auto& [name, v] : kVerbs) {
     if (v == verb) return name;
@@ -428,6 +456,24 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
         }
         std::string key(item.substr(0, eq));
         std::string_view value_text = item.substr(eq + 1);
+        // A latency target is written as a duration, its percentile as a
+        // percent; they are kept in microseconds and per mille.
+        if (key == "latency-target" || key == "latency-percentile") {
+          const bool target = key == "latency-target";
+          auto value = target ? parse_duration_us(value_text) : parse_percentile_permille(value_text);
+          if (!value) {
+            return Error::bad_usage(
+                target ? "limit latency-target must be a duration with its unit (500us, 2ms, 1.5ms, 1s; 0 removes it), "
+                         "not " + quoted(value_text)
+                       : "limit latency-percentile must be a percentile from 50 to 99.9 (99, 99.9, p99), not " +
+                             quoted(value_text),
+                usage);
+          }
+          message.limits.emplace_back(target ? "latency-target-us" : "latency-percentile-permille", *value);
+          if (comma == std::string_view::npos) break;
+          rest = rest.substr(comma + 1);
+          continue;
+        }
         qos::Limits probe;
         if (qos::Status status = qos::set_limit_key(probe, key, 0); !status) {
           return Error::bad_usage(status.message(), usage);

@@ -75,6 +75,10 @@ uint64_t get_model_key(const qos::DeviceModel& model, std::string_view key);
 std::optional<int64_t> parse_group_id(std::string_view text) noexcept;
 // Digits only, at most `max`.
 std::optional<uint64_t> parse_unsigned(std::string_view text, uint64_t max = UINT64_MAX) noexcept;
+// A latency target's duration with its unit ("500us", "2ms", "1.5ms", "1s"; "0"), in microseconds.
+std::optional<uint64_t> parse_duration_us(std::string_view text) noexcept;
+// A percentile from 50 to 99.9 ("99", "99.9", "p99"), in per mille (990, 999).
+std::optional<uint64_t> parse_percentile_permille(std::string_view text) noexcept;
 // A name an ioband device may have (an NBD export name): "" or why not.
 std::string check_device_name(std::string_view name);
 

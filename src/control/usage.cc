@@ -94,7 +94,17 @@ Example:
                        group). KEYs as QEMU's: iops-total, iops-read, iops-write,
                        bps-total, bps-read, bps-write, each also with -max and
                        -max-length, and iops-size; VAL 0 removes a key,
-                       "limit [ID:]none" removes them all
+                       "limit [ID:]none" removes them all. Of a group only:
+                       reservation-iops=N, reservation-bps=B: a floor served
+                       before the weights, in device time (N 4 KiB random
+                       reads a second, B bytes/s of large sequential reads,
+                       whichever is more), refused past 90 % of the
+                       storage's capacity, scaled down while the storage is
+                       slower than their sum (status --json says so);
+                       latency-target=DURATION (500us, 2ms) with
+                       latency-percentile=P (default 99): while the group
+                       misses it, the other groups' requests in flight are
+                       capped, in steps. See docs/reservations.md
   model [KEY=VAL[,KEY=VAL...]]
                        device group: the storage's device model, what a request
                        costs under the fair policy (see iobandctl calibrate,
@@ -128,6 +138,8 @@ Examples:
   iobandctl message ioband1 0 attach 1000
   iobandctl message ioband1 0 weight 1000:30
   iobandctl message ioband1 0 limit 1000:iops-total=200,bps-write=10M
+  iobandctl message ioband1 0 limit 1000:reservation-iops=2000
+  iobandctl message ioband1 0 limit 1000:latency-target=2ms,latency-percentile=99.9
   iobandctl message ioband1 0 model rbps=500M,rrandiops=40000,depth=16
   iobandctl message ioband1 0 access allow=uid:1000 allow-ro=10.0.0.0/8 deny=all
   iobandctl message ioband1 0 reset

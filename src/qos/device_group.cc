@@ -27,6 +27,7 @@
 #include "qos/accounting.h"
 #include "qos/admission.h"
 #include "qos/group.h"
+#include "qos/latency_target.h"
 #include "qos/order_policy.h"
 #include "qos/range_bw_policy.h"
 
@@ -73,6 +74,8 @@ struct DeviceGroup::Impl {
   detail::ModelLearner learner;
   double in_flight_ns = 0;   // the model's time of the reads and writes in flight
   double saturation_ns = 0;  // in flight from which the storage counts as saturated
+  detail::Reservations reservations;  // reservation-iops / -bps (reservation.h)
+  detail::LatencyTargets latency;     // latency targets (latency_target.h)
 
   // ---- model ----
   std::vector<std::unique_ptr<Device>> devices;  // by DeviceId; null = none
@@ -169,13 +172,43 @@ struct DeviceGroup::Impl {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
       policy->from_idle(group, last_now);
+      // hook: reservations. Idle means nothing queued and nothing in flight:
+      // a group whose requests all went to a deep storage queue at once is
+      // still busy, and keeps what it is owed.
+      if (group.extras && group.in_flight == 0) group.extras->reserve.from_idle(last_now);
     } else {
       policy->from_hold(group, last_now);
     }
     Device& device = *group.device;
     device.ready.push(group.slot, policy->key(group));
-    if (policy->has_reservation(group)) device.reserved.push(group.extras.get(), group.extras->reservation);
+    if (has_reservation(group)) device.reserved.push(group.extras.get(), reservation_key(group));
     update_device(device);
+  }
+
+  // ---- hook: reservations (reservation.h) ----
+  // A group is in its device's reservation heap for range-bw's min-bw or for
+  // reservation-iops / -bps, under the earlier of the two tags.
+  bool has_reservation(const Group& group) const noexcept {
+    return policy->has_reservation(group) || (group.extras && group.extras->reserve.active());
+  }
+  Nanos reservation_key(const Group& group) const noexcept {
+    Nanos key = INT64_MAX;
+    if (policy->has_reservation(group)) key = group.extras->reservation;
+    if (group.extras->reserve.active()) key = std::min(key, group.extras->reserve.tag);
+    return key;
+  }
+  // Device time the storage gives a second, in what fair charges: the
+  // learned figure; for admission the calibrated model's, or the larger of
+  // the model's and the learned one (a reservation admitted once is
+  // restored at start whatever was learned: set_limits' `admitted`).
+  double capacity_ns(bool admission_check) const noexcept {
+    if (!model_learning || (admission_check && device_model_calibrated)) return 1e9;
+    const double learned = 1e9 / learner.scale();
+    return admission_check ? std::max(1e9, learned) : learned;
+  }
+  void rescale_reservations() noexcept {
+    reservations.set_units(settings.cost);
+    reservations.rescale(capacity_ns(false));
   }
 
   bool is_ready(const Group& group) const noexcept { return ready_positions[group.slot] != detail::kNotInHeap; }
@@ -289,7 +322,8 @@ struct DeviceGroup::Impl {
     top.reserve(device_count);
     top_reserved.reserve(device_count);
     device_timers.reserve(device_count);
-    group_timers.reserve(parkable);
+    // hook: latency targets can hold any group.
+    group_timers.reserve(latency.any() ? pool.live() : parkable);
   }
 
   GroupExtras& extras_of(Group& group) {
@@ -311,7 +345,14 @@ struct DeviceGroup::Impl {
     }
     admission.forget(group);
     policy->forget(group);
-    if (group->extras) --group->device->groups_with_extras;
+    latency.forget(group);  // hook: latency targets
+    if (group->extras) {
+      if (group->extras->reserve.active()) {  // hook: reservations
+        reservations.forget(&group->extras->reserve);
+        rescale_reservations();
+      }
+      --group->device->groups_with_extras;
+    }
     pool.destroy(group);
   }
 
@@ -333,18 +374,23 @@ struct DeviceGroup::Impl {
     last_now = std::max(last_now, now);
     if (queued == 0) return Decision::empty();
     release_timers(now);
+    bool window_full = false;  // hook: latency targets (latency_target.h)
     if (admission.closed(in_flight, now)) {
       window_closed_at = now;
-      return waiting(TimePoint::max());
+      if (!latency.any() || !latency.passes_window(in_flight, admission.io_limit)) return waiting(TimePoint::max());
+      window_full = true;
     }
     for (;;) {
       Device* device;
       Group* group;
       Rule rule;
+      bool by_reservation = false;  // released by reservation-iops / -bps, not range-bw's min-bw
       if (!top_reserved.empty() && top_reserved.top().key <= now) {
         device = top_reserved.top().item;
         group = device->reserved.top().item->group;
         rule = Rule::reservation;
+        by_reservation = group->extras->reserve.due(now) &&
+                         !(policy->has_reservation(*group) && group->extras->reservation <= now);
       } else if (!top.empty()) {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
@@ -359,6 +405,13 @@ struct DeviceGroup::Impl {
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
         park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
+        continue;
+      }
+      // ---- hook: latency targets (latency_target.h) ----
+      // Another group misses its target: this one waits while the others
+      // have the cap in flight (asked again at completions).
+      if (latency.any() && latency.holds(*group, in_flight, window_full)) {
+        park_group(*group, now + detail::LatencyTargets::kRecheck);
         continue;
       }
       // The dispatch will write the group's counters: fetch them while the
@@ -395,7 +448,7 @@ struct DeviceGroup::Impl {
       // flight but none queued (auto_window.h).
       const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
       admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
-      dispatch(*group, request, now, rule);
+      dispatch(*group, request, now, rule, by_reservation);
       prefetch_next();
       return Decision::dispatch(&request, reported);
     }
@@ -435,7 +488,7 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void dispatch(Group& group, Request& request, Nanos now, Rule rule) noexcept {
+  void dispatch(Group& group, Request& request, Nanos now, Rule rule, bool by_reservation = false) noexcept {
     Device& device = *group.device;
     // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
@@ -453,7 +506,13 @@ struct DeviceGroup::Impl {
     if (model_learning) in_flight_ns += settings.cost.model_ns(request);
     if (group.extras && group.extras->limits.active()) group.extras->limits.charge(request.direction, request.bytes, now);
     if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-    const bool rebase_now = policy->charge(group, request, rule, now);
+    // hook: reservations. A dispatch the reservation released is not the
+    // policy's (the weights share what reservations leave); every dispatch
+    // counts toward the reservation (reservation.h).
+    const bool rebase_now = by_reservation ? false : policy->charge(group, request, rule, now);
+    if (group.extras && group.extras->reserve.active()) {
+      group.extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
+    }
     detail::count_dispatch(group, request, now, wait_epoch);
     observe_dispatch(group, request, now);
     request.scheduler.time = now;  // from here on: the dispatch time
@@ -461,7 +520,7 @@ struct DeviceGroup::Impl {
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
       if (is_ready(group)) device.ready.update(group.slot, policy->key(group));
-      if (reserved(group)) device.reserved.update(group.extras.get(), group.extras->reservation);
+      if (reserved(group)) device.reserved.update(group.extras.get(), reservation_key(group));
     } else {
       if (is_ready(group)) device.ready.erase(group.slot);
       if (reserved(group)) device.reserved.erase(group.extras.get());
@@ -593,6 +652,7 @@ struct DeviceGroup::Impl {
   void restart_learning() noexcept {
     learner.reset();
     settings.cost.set_shape(learner);
+    rescale_reservations();
     saturation_ns = device_model.depth * DeviceCosts::of(device_model).cost_ns(OpKind::read, 4096, false);
   }
 
@@ -602,6 +662,7 @@ struct DeviceGroup::Impl {
     in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
     if (learner.completed(detail::RequestCost::class_of(request), base, saturated, last_now)) {
       settings.cost.set_shape(learner);
+      rescale_reservations();  // hook: the storage's speed moved
     }
   }
 
@@ -627,6 +688,18 @@ struct DeviceGroup::Impl {
       }
     }
     release.clear();
+    // ---- hook: latency targets (latency_target.h) ----
+    if (latency.any()) {
+      const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;
+      std::vector<Group*>& again = latency.completed(group, latency_ns, in_flight, admission.io_limit, last_now);
+      for (Group* held : again) {
+        if (held->parked()) {
+          group_timers.erase(held);
+          make_ready(*held, false);
+        }
+      }
+      again.clear();
+    }
     if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {
       retired.erase(std::find(retired.begin(), retired.end(), &group));
@@ -719,6 +792,13 @@ struct DeviceGroup::Impl {
     settings.weight_total -= group->weight;
     --group_count;
     policy->forget(group);
+    // hook: its reservation and latency target end with it, not with its last request in flight.
+    latency.forget(group);
+    if (group->extras && group->extras->reserve.active()) {
+      reservations.forget(&group->extras->reserve);
+      group->extras->reserve = {};
+      rescale_reservations();
+    }
   }
 
   std::size_t memory_bytes() const noexcept {
@@ -1026,25 +1106,50 @@ std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_i
   return group->extras ? group->extras->range : RangeBw{};
 }
 
-Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits) {
+Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits,
+                               bool admitted) {
   Impl& impl = *impl_;
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
   auto apply = [&](LimitState& state) {
-    if (limits.unlimited()) {
-      state = LimitState();
-    } else {
-      state.configure(limits);  // keeps the levels: no free burst from a change
-    }
+    if (limits.unlimited()) state = LimitState();  // no level kept past no limit
+    state.configure(limits);  // keeps the levels: no free burst from a change
   };
   if (group_id) {
     Group* group = Impl::find_group(*device, *group_id);
     if (group == nullptr) return Status::error(group_name(device_id, *group_id) + " is not attached");
-    if (limits.unlimited() && !group->extras) return {};
-    apply(impl.extras_of(*group).limits);
+    if (limits.empty() && !group->extras) return {};
+    // ---- hook: reservations and latency targets (reservation.h, latency_target.h) ----
+    const detail::GroupReservation* had = group->extras ? &group->extras->reserve : nullptr;
+    if (limits.reserves() && !admitted) {
+      impl.reservations.set_units(impl.settings.cost);
+      const double capacity = impl.capacity_ns(true);
+      const char* kind = impl.device_model_calibrated ? "calibrated"
+                         : capacity > 1e9            ? "learned"
+                                                     : "device model's";
+      if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps, capacity, kind);
+          !status) {
+        return status;
+      }
+    }
+    GroupExtras& extras = impl.extras_of(*group);
+    apply(extras.limits);
+    impl.reservations.set(extras.reserve, limits.reservation_iops, limits.reservation_bps, impl.last_now);
+    impl.rescale_reservations();
+    const bool had_target = impl.latency.any();
+    impl.latency.set(group, static_cast<Nanos>(limits.latency_target_us) * 1000,
+                     static_cast<std::uint32_t>(limits.latency_percentile_permille == 0
+                                                    ? kDefaultLatencyPermille
+                                                    : limits.latency_percentile_permille),
+                     extras.reserve.active() ? &extras.reserve : nullptr, impl.last_now);
+    if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
+    if (limits.reserves() || limits.latency_target_us != 0) {
+      return Status::error("reservations and latency targets are set on groups (limit ID:reservation-iops=..., "
+                           "-1 for the default group), not yet on a whole device");
+    }
     apply(device->limits);
     impl.reserve_capacity();
     if (device->parked()) impl.device_timers.erase(device);
@@ -1063,6 +1168,46 @@ std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<Grou
   Group* group = Impl::find_group(*device, *group_id);
   if (group == nullptr) return std::nullopt;
   return group->extras ? group->extras->limits.limits() : Limits{};
+}
+
+std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
+  detail::GroupReservation& r = group->extras->reserve;
+  r.roll(impl_->last_now);
+  const detail::Reservations& all = impl_->reservations;
+  ReservationStatus status;
+  status.iops = r.iops;
+  status.bps = r.bps;
+  status.wanted_iops = all.in_iops(r.wanted_ns);
+  status.effective_iops = all.in_iops(r.rate_ns);
+  status.served_iops = r.last_served_ns < 0 ? -1 : all.in_iops(r.last_served_ns);
+  status.met = r.met();
+  status.scaled = all.factor() < 1;
+  status.cap_on_others = impl_->latency.cap_of(group);
+  return status;
+}
+
+ReservationSummary DeviceGroup::reservations() const noexcept {
+  const detail::Reservations& all = impl_->reservations;
+  ReservationSummary summary;
+  summary.capacity_iops = all.in_iops(impl_->capacity_ns(false));
+  summary.reserved_iops = all.in_iops(all.sum_ns());
+  summary.factor = all.factor();
+  return summary;
+}
+
+std::optional<LatencyTargetStatus> DeviceGroup::latency_target(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  const LatencyTargetStatus* status = impl_->latency.status(group);
+  if (status == nullptr) return std::nullopt;
+  return *status;
+}
+
+std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  return group == nullptr ? 0 : impl_->latency.cap_on(group);
 }
 
 // ---- hot path ----

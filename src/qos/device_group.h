@@ -77,6 +77,37 @@ struct RangeBw {
   friend bool operator==(const RangeBw&, const RangeBw&) = default;
 };
 
+// A group's reservation (reservation.h), in reserved IOPS: device time a
+// second counted in 4 KiB random reads of the device model.
+struct ReservationStatus {
+  std::uint64_t iops = 0;       // as configured
+  std::uint64_t bps = 0;
+  double wanted_iops = 0;       // the larger of the two, in IOPS
+  double effective_iops = 0;    // after scaling down (the storage is slower than their sum)
+  double served_iops = -1;      // in the last whole second; < 0: none yet
+  bool met = true;              // served >= 95 % of effective, or it asked for less
+  bool scaled = false;          // effective < wanted
+  std::uint32_t cap_on_others = 0;  // in flight the others may have while it is behind (latency_target.h); 0: none
+};
+
+// The device group's reservations against its capacity (reservation.h).
+struct ReservationSummary {
+  double capacity_iops = 0;     // what the storage gives now (learned), in IOPS
+  double reserved_iops = 0;     // the sum of the groups' reservations
+  double factor = 1;            // < 1: every reservation scaled down by it
+};
+
+// A group's latency target (latency_target.h).
+struct LatencyTargetStatus {
+  std::int64_t target_ns = 0;
+  std::uint32_t permille = 990;   // the percentile, p99 = 990
+  std::int64_t percentile_ns = -1;  // of the last epoch; -1: none yet
+  bool met = true;                // the last epoch's percentile was within the target
+  std::uint32_t cap = 0;          // what the other groups may have in flight; 0: no cap
+  std::uint64_t epochs = 0;
+  std::uint64_t missed_epochs = 0;
+};
+
 class DeviceGroup {
  public:
   DeviceGroup();
@@ -148,8 +179,19 @@ class DeviceGroup {
   std::optional<RangeBw> range_bw(DeviceId device, GroupId group) const noexcept;
   // Limits of a group, or of the whole device when `group` is nullopt.
   // An all-zero Limits removes them. Validated with validate(Limits).
-  Status set_limits(DeviceId device, std::optional<GroupId> group, const Limits& limits);
+  // `admitted`: accepted before (restoring saved state, undoing a change):
+  // no admission check for its reservation.
+  Status set_limits(DeviceId device, std::optional<GroupId> group, const Limits& limits, bool admitted = false);
   std::optional<Limits> limits(DeviceId device, std::optional<GroupId> group) const noexcept;
+  // Limits also carry a group's reservation (reservation-iops, -bps) and
+  // latency target; a reservation that would take the sum past 90 % of the
+  // capacity is refused (reservation.h): of the calibrated model's, or of
+  // the larger of the model's and the learned one's. Not yet on a whole device.
+  std::optional<ReservationStatus> reservation(DeviceId device, GroupId group) const noexcept;  // nullopt: none
+  ReservationSummary reservations() const noexcept;
+  std::optional<LatencyTargetStatus> latency_target(DeviceId device, GroupId group) const noexcept;  // nullopt: none
+  // The in-flight cap the latency targets of other groups impose on the group (0: none).
+  std::uint32_t latency_cap_on(DeviceId device, GroupId group) const noexcept;
 
   // ---- Hot path ----
   // Queues `request` (its device must exist). Never dispatches by itself.

@@ -14,6 +14,7 @@
 #include "qos/indexed_heap.h"
 #include "qos/observation.h"
 #include "qos/request.h"
+#include "qos/reservation.h"
 #include "qos/stats.h"
 #include "qos/token_bucket.h"
 
@@ -24,7 +25,8 @@ struct Group;
 
 enum class RequestState : std::uint8_t { idle = 0, queued = 1, in_flight = 2 };
 
-// Rarely used per-group settings, allocated only when set: limits and range-bw.
+// Rarely used per-group settings, allocated only when set: limits, range-bw,
+// reservations and latency targets.
 // Laid out so that a dispatch under range-bw touches the first two cache
 // lines, and one checking limits the second and third (two buckets).
 struct alignas(64) GroupExtras {
@@ -35,6 +37,7 @@ struct alignas(64) GroupExtras {
   Nanos limit_paced_at = INT64_MIN;  // last time a limit of the group held it back (observation.h)
   TokenBucket max_bw;      // range-bw max-bw, bytes/s
   LimitState limits;       // inline: one pointer less to chase per request
+  GroupReservation reserve;  // reservation-iops / -bps (reservation.h)
 };
 
 // Counters kept per group; GroupStats adds the live queue_length / in_flight.

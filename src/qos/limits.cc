@@ -76,6 +76,29 @@ Status validate(const Limits& limits) {
       return Status::error(name + "-max-length needs " + name + "-max (the burst rate it bounds)");
     }
   }
+  if (limits.reservation_iops > kMaxIops) {
+    return Status::error("reservation-iops " + std::to_string(limits.reservation_iops) +
+                         " is above the largest allowed, " + std::to_string(kMaxIops));
+  }
+  if (limits.reservation_bps > kMaxBps) {
+    return Status::error("reservation-bps " + std::to_string(limits.reservation_bps) +
+                         " is above the largest allowed, " + std::to_string(kMaxBps));
+  }
+  if (limits.latency_target_us != 0 &&
+      (limits.latency_target_us < kMinLatencyTargetUs || limits.latency_target_us > kMaxLatencyTargetUs)) {
+    return Status::error("latency-target must be from 10us to 10s, not " + std::to_string(limits.latency_target_us) +
+                         "us");
+  }
+  if (limits.latency_percentile_permille != 0) {
+    if (limits.latency_target_us == 0) {
+      return Status::error("latency-percentile needs latency-target (the latency the percentile must stay under)");
+    }
+    if (limits.latency_percentile_permille < 500 || limits.latency_percentile_permille > 999) {
+      return Status::error("latency-percentile must be from 50 to 99.9, not " +
+                           std::to_string(limits.latency_percentile_permille / 10) + "." +
+                           std::to_string(limits.latency_percentile_permille % 10));
+    }
+  }
   if (limits.iops_size != 0) {
     if (!limits.iops_total.limited() && !limits.iops_read.limited() && !limits.iops_write.limited()) {
       return Status::error("iops-size needs an iops limit (iops-total, iops-read or iops-write)");
@@ -88,23 +111,38 @@ Status validate(const Limits& limits) {
   return {};
 }
 
+namespace {
+
+// ioband's own keys beside QEMU's.
+std::uint64_t* own_key(Limits& limits, std::string_view key) noexcept {
+  if (key == "iops-size") return &limits.iops_size;
+  if (key == "reservation-iops") return &limits.reservation_iops;
+  if (key == "reservation-bps") return &limits.reservation_bps;
+  if (key == "latency-target-us") return &limits.latency_target_us;
+  if (key == "latency-percentile-permille") return &limits.latency_percentile_permille;
+  return nullptr;
+}
+
+}  // namespace
+
 Status set_limit_key(Limits& limits, std::string_view key, std::uint64_t value) {
-  if (key == "iops-size") {
-    limits.iops_size = value;
+  if (std::uint64_t* field = own_key(limits, key)) {
+    *field = value;
     return {};
   }
   auto [family, field] = find_key(key);
   if (family == nullptr) {
     return Status::error("unknown limit \"" + std::string(key) +
                          "\" (expected iops-total, iops-read, iops-write, bps-total, bps-read, bps-write, "
-                         "each optionally with -max or -max-length, or iops-size)");
+                         "each optionally with -max or -max-length, iops-size, reservation-iops, reservation-bps, "
+                         "latency-target or latency-percentile)");
   }
   limits.*(family->rate).*field = value;
   return {};
 }
 
 std::optional<std::uint64_t> get_limit_key(const Limits& limits, std::string_view key) noexcept {
-  if (key == "iops-size") return limits.iops_size;
+  if (const std::uint64_t* field = own_key(const_cast<Limits&>(limits), key)) return *field;
   auto [family, field] = find_key(key);
   if (family == nullptr) return std::nullopt;
   return limits.*(family->rate).*field;

@@ -47,10 +47,24 @@ struct Limits {
   Rate bps_total, bps_read, bps_write;
   std::uint64_t iops_size = 0;  // bytes; 0 = every request counts as one
 
+  // Beside the limits, the floor and the latency promise (reservation.h,
+  // latency_target.h): not limits, but set, saved and shown with them.
+  // reservation-iops: device time of this many 4 KiB random reads a second;
+  // reservation-bps: of this many bytes of large sequential reads a second;
+  // the reservation is the larger of the two. 0 = none.
+  std::uint64_t reservation_iops = 0;
+  std::uint64_t reservation_bps = 0;
+  std::uint64_t latency_target_us = 0;            // 0 = no latency target
+  std::uint64_t latency_percentile_permille = 0;  // 0 = the default, p99 (990)
+
+  // No rate limit (reservations and latency targets aside).
   bool unlimited() const noexcept {
     return !iops_total.limited() && !iops_read.limited() && !iops_write.limited() &&
            !bps_total.limited() && !bps_read.limited() && !bps_write.limited();
   }
+  bool reserves() const noexcept { return reservation_iops != 0 || reservation_bps != 0; }
+  // Nothing set at all: no limit, no reservation, no latency target.
+  bool empty() const noexcept { return unlimited() && !reserves() && latency_target_us == 0 && iops_size == 0; }
   friend bool operator==(const Limits&, const Limits&) = default;
 };
 
@@ -60,7 +74,8 @@ struct Limits {
 Status validate(const Limits& limits);
 
 // QEMU's key names: "iops-total", "iops-total-max", "iops-total-max-length",
-// ... "bps-write-max-length", "iops-size" (19 keys).
+// ... "bps-write-max-length", "iops-size" (19 keys), then ioband's
+// reservation and latency-target keys (4).
 inline constexpr std::string_view kLimitKeys[] = {
     "iops-total", "iops-total-max", "iops-total-max-length",
     "iops-read",  "iops-read-max",  "iops-read-max-length",
@@ -69,7 +84,12 @@ inline constexpr std::string_view kLimitKeys[] = {
     "bps-read",   "bps-read-max",   "bps-read-max-length",
     "bps-write",  "bps-write-max",  "bps-write-max-length",
     "iops-size",
+    "reservation-iops", "reservation-bps", "latency-target-us", "latency-percentile-permille",
 };
+inline constexpr std::uint64_t kDefaultLatencyPermille = 990;  // p99
+// Latency targets from 10 us to 10 s; percentiles from p50 to p99.9.
+inline constexpr std::uint64_t kMinLatencyTargetUs = 10;
+inline constexpr std::uint64_t kMaxLatencyTargetUs = 10'000'000;
 
 // Sets one key by name (no validation of the whole; call validate()).
 Status set_limit_key(Limits& limits, std::string_view key, std::uint64_t value);

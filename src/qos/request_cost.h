@@ -43,11 +43,16 @@ class RequestCost {
     return device_.cost_ns(op_of(request), request.bytes, request.sequential);
   }
 
+  // The device time fair charges for the request, ns: the model's time
+  // shaped by what was learned (a token model set instead does not change it).
+  double device_ns(const Request& request) const noexcept {
+    const int c = class_of(request);
+    return model_ns(request) * (c < 0 ? 1.0 : shape_[static_cast<std::size_t>(c)]);
+  }
+
   Cost of(const Request& request) const noexcept {
     if (use_tokens_) return request_cost(tokens_, request.bytes);
-    const int c = class_of(request);
-    const double ns = model_ns(request) * (c < 0 ? 1.0 : shape_[static_cast<std::size_t>(c)]);
-    return std::clamp<Cost>(static_cast<Cost>(ns), 1, kMaxCost);
+    return std::clamp<Cost>(static_cast<Cost>(device_ns(request)), 1, kMaxCost);
   }
 
  private:

@@ -230,6 +230,7 @@ struct ClientResult {
   std::vector<Nanos> completed;           // completion time of every request
   std::vector<std::uint32_t> completed_bytes;
   std::vector<double> completed_device_time;  // running sum of the device time of the completed requests, ns
+  std::vector<Nanos> latency;             // of every completed request (issue to completion), as `completed`
   // Or sums per bin of Scenario::record_bin (long runs: less memory, no per-request times):
   Nanos bin = 0;
   std::vector<std::uint64_t> completions_in_bin, bytes_in_bin;
@@ -657,6 +658,7 @@ class Simulator {
       result.device_time_in_bin[bin] += device_time;
     } else {
       result.completed.push_back(now_);
+      result.latency.push_back(now_ - sim.issued);
       result.completed_bytes.push_back(sim.request.bytes);
       result.completed_device_time.push_back(
           (result.completed_device_time.empty() ? 0.0 : result.completed_device_time.back()) + device_time);

@@ -347,6 +347,68 @@ TEST_F(ControlEngine, RangeBwAndLimits) {
   EXPECT_EQ(device["limits"], json::object());
 }
 
+TEST_F(ControlEngine, ReservationsAndLatencyTargetsRideOnLimitKeys) {
+  ok(client.create("ioband1", "0 8 ioband /dev/sda1 1"));
+  ok(client.message("ioband1", "type user"));
+  ok(client.message("ioband1", "attach 1000"));
+  ok(client.message("ioband1", "attach 2000"));
+  // A capacity of 10,000 reserved IOPS (4 KiB random reads), measured.
+  ok(client.message("ioband1", "model rrandiops=10000"));
+  ok(client.message("ioband1", "limit 1000:reservation-iops=5000,latency-target=2ms"));
+  const std::string saved = testing::read_file(engine.state_path());
+  json reply = client.message("ioband1", "limit 2000:reservation-iops=4500,iops-total=100");
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_EQ(reply["kind"], "refused");
+  const std::string error = reply["error"].get<std::string>();
+  EXPECT_NE(error.find("reservations would total 9500 IOPS"), std::string::npos) << error;
+  EXPECT_NE(error.find("capacity of 10000 IOPS"), std::string::npos) << error;
+  // Nothing changed: not the qos layer, not the model, not the file.
+  EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), 2000), qos::Limits{});
+  EXPECT_EQ(testing::read_file(engine.state_path()), saved);
+  reply = client.message("ioband1", "limit reservation-iops=10");
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_NE(reply["error"].get<std::string>().find("not yet on a whole device"), std::string::npos);
+
+  reply = client.message("ioband1", "limit 2000:reservation-bps=10M,latency-percentile=99.9");
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_NE(reply["error"].get<std::string>().find("latency-percentile needs latency-target"), std::string::npos);
+  EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), 2000), qos::Limits{});
+  ok(client.message("ioband1", "limit 2000:reservation-bps=10M,latency-target=500us,latency-percentile=99.9"));
+  json device = client.table("ioband1")["data"]["devices"][0];
+  EXPECT_EQ(device["groups"][1]["limits"], (json{{"reservation-iops", 5000}, {"latency-target-us", 2000}}));
+  EXPECT_EQ(device["groups"][2]["limits"], (json{{"reservation-bps", 10 << 20},
+                                                 {"latency-target-us", 500},
+                                                 {"latency-percentile-permille", 999}}));
+  json status = client.status("ioband1")["data"]["devices"][0];
+  json group = status["groups"][1];
+  EXPECT_EQ(group["reservation"]["iops"], 5000);
+  EXPECT_EQ(group["reservation"]["effective_iops"], 5000);
+  EXPECT_EQ(group["reservation"]["met"], true);
+  EXPECT_EQ(group["reservation"]["scaled"], false);
+  EXPECT_EQ(group["latency_target"]["target_us"], 2000);
+  EXPECT_EQ(group["latency_target"]["percentile"], 99.0);
+  EXPECT_EQ(group["latency_target"]["measured_us"], nullptr);
+  EXPECT_EQ(status["groups"][2]["latency_target"]["percentile"], 99.9);
+  EXPECT_FALSE(status["groups"][0].contains("reservation"));
+  EXPECT_EQ(status["reservations"]["capacity_iops"], 10000);
+  EXPECT_EQ(status["reservations"]["scaled"], false);
+
+  // Saved: a second engine on the same state file has them again.
+  FakePlatform fake2;
+  Engine again{fake2.platform(), dir.file("state.json")};
+  ASSERT_EQ(again.restore(), "");
+  const auto restored = again.scheduling("ioband1");
+  ASSERT_TRUE(restored && restored->group);
+  EXPECT_EQ(restored->group->limits(restored->device, 1000)->reservation_iops, 5000u);
+  EXPECT_EQ(restored->group->limits(restored->device, 2000)->latency_percentile_permille, 999u);
+  ASSERT_TRUE(restored->group->reservation(restored->device, 1000).has_value());
+  ASSERT_TRUE(restored->group->latency_target(restored->device, 2000).has_value());
+
+  ok(client.message("ioband1", "limit 1000:none"));
+  EXPECT_FALSE(group_of("ioband1").reservation(device_of("ioband1"), 1000).has_value());
+  EXPECT_FALSE(group_of("ioband1").latency_target(device_of("ioband1"), 1000).has_value());
+}
+
 TEST_F(ControlEngine, AccessListsAtCreateAndByMessage) {
   ok(client.create("vm1", "0 8 ioband /vmdisk/vm1.img 1 allow=uid:1000 allow-ro=all"));
   EXPECT_EQ(fake.access["vm1"], (std::vector<std::string>{"allow=uid:1000", "allow-ro=all"}));

@@ -158,6 +158,24 @@ TEST(ControlMessage, ParsesEveryVerb) {
   for (std::string_view key : qos::kLimitKeys) {
     EXPECT_EQ(parse_ok("limit " + std::string(key) + "=1").limits.at(0).first, key);
   }
+  // Reservations and latency targets: a duration and a percentile, kept in us and per mille.
+  Message latency = parse_ok("limit 1000:reservation-iops=2K,latency-target=1.5ms,latency-percentile=p99.9");
+  ASSERT_EQ(latency.limits.size(), 3u);
+  EXPECT_EQ(latency.limits[0], (std::pair<std::string, uint64_t>{"reservation-iops", 2048}));
+  EXPECT_EQ(latency.limits[1], (std::pair<std::string, uint64_t>{"latency-target-us", 1500}));
+  EXPECT_EQ(latency.limits[2], (std::pair<std::string, uint64_t>{"latency-percentile-permille", 999}));
+  EXPECT_EQ(parse_duration_us("500us"), 500u);
+  EXPECT_EQ(parse_duration_us("2s"), 2'000'000u);
+  EXPECT_EQ(parse_duration_us("0"), 0u);
+  EXPECT_EQ(parse_duration_us("2000"), std::nullopt);  // a unit is needed
+  EXPECT_EQ(parse_duration_us("2 ms"), std::nullopt);
+  EXPECT_EQ(parse_duration_us("ms"), std::nullopt);
+  EXPECT_EQ(parse_duration_us("-1ms"), std::nullopt);
+  EXPECT_EQ(parse_percentile_permille("99"), 990u);
+  EXPECT_EQ(parse_percentile_permille("50"), 500u);
+  EXPECT_EQ(parse_percentile_permille("99.99"), std::nullopt);
+  EXPECT_EQ(parse_percentile_permille("100"), std::nullopt);
+  EXPECT_EQ(parse_percentile_permille("49"), std::nullopt);
 
   Message show = parse_ok("access");
   EXPECT_EQ(show.verb, Message::Verb::access);
@@ -212,6 +230,9 @@ TEST(ControlMessage, RefusesBadInputWithTheVerbsUsage) {
       {"limit iops=5", "unknown limit \"iops\"", "limit"},
       {"limit iops-total", "\"iops-total\" is not KEY=VAL", "limit"},
       {"limit iops-total=fast", "iops-total must be a non-negative integer", "limit"},
+      {"limit 1:latency-target=2000", "latency-target must be a duration with its unit", "limit"},
+      {"limit 1:latency-percentile=100", "latency-percentile must be a percentile from 50 to 99.9", "limit"},
+      {"limit 1:reservation-iops=lots", "reservation-iops must be a non-negative integer", "limit"},
       {"limit iops-total=-1", "iops-total must be", "limit"},
       {"limit 1000:", "limit needs KEY=VAL", "limit"},
       {"limit bob:iops-total=1", "group ID \"bob\"", "limit"},

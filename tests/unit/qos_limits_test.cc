@@ -67,7 +67,9 @@ TEST(Limits, KeysByName) {
   EXPECT_FALSE(set_limit_key(limits, "iops", 1).ok());
   EXPECT_FALSE(set_limit_key(limits, "bps-total-maxx", 1).ok());
   EXPECT_EQ(get_limit_key(limits, "nonsense"), std::nullopt);
-  EXPECT_EQ(std::size(kLimitKeys), 19u);
+  EXPECT_EQ(limits.reservation_bps, 7u);
+  EXPECT_EQ(limits.latency_percentile_permille, 7u);
+  EXPECT_EQ(std::size(kLimitKeys), 23u);  // QEMU's 19, then reservations and latency targets
 }
 
 }  // namespace

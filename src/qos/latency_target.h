@@ -1,0 +1,250 @@
+// Latency targets: a group's promise that a percentile of its requests'
+// latency stays under a target (Linux io.latency's idea), kept by lowering
+// what the other groups may have in flight on the storage, in steps.
+//
+// The latency of a request is what its client sees of ioband and the
+// storage: from its arrival in the queue to its completion.
+//
+// The control loop, per target (group g, target T, percentile p):
+//   epoch      at least 50 ms and 16 of g's completions (at most 2048
+//              samples; 250 ms with fewer counts as an idle epoch)
+//   q          g's p-th percentile of the epoch's latencies
+// The loop aims below T, so that the percentile over longer spans (a
+// second of several epochs) holds too:
+//   q > 0.9T   missed: the cap on the others' requests in flight (every
+//              group of the device group but g) steps down:
+//                  cap := max(1, c * 3/4), or c / 2 when q > 1.5 T
+//              c: the cap, or (none yet) the most the others had in flight
+//              during the epoch
+//   q <= 0.7T  held with room: the cap steps up,
+//                  cap := cap + max(1, cap / 8)
+//   idle       an epoch without g's completions doubles the cap
+//              the cap goes away once it passes io_limit
+//   otherwise  the cap stays
+// Dispatch: a group that is not g waits while the others of g already have
+// cap requests in flight (it asks again at the next completion). g itself is
+// never held by its own target, and then passes a full in-flight window (up
+// to io_limit); two targets each cap the other's group.
+//
+// Reservations use the same cap (reservation.h): a backlogged reserved group
+// whose tag lags more than 50 ms behind is missing its reservation, because
+// the others' requests already in the storage's own queue (a deep device
+// queue ioband does not order) delay its own; the cap steps down as for a
+// missed latency target, and up while the tag is 5 ms ahead (served more
+// than its due).
+//
+// Unlike io.latency, which throttles every group of a lower priority to
+// queue depth 1 and back, the cap moves in steps and stops where the target
+// holds, so the others keep what the protected group does not need.
+//
+// Pure: time comes in as arguments.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "qos/group.h"
+#include "qos/reservation.h"
+#include "qos/token_bucket.h"
+
+namespace ioband::qos::detail {
+
+class LatencyTargets {
+ public:
+  static constexpr Nanos kEpoch = 50'000'000;
+  static constexpr Nanos kIdleEpoch = 250'000'000;
+  static constexpr std::size_t kMinSamples = 16;
+  static constexpr std::size_t kMaxSamples = 2048;
+  static constexpr Nanos kRecheck = 1'000'000;  // a held group asks again at least this often
+  static constexpr Nanos kLate = 50'000'000;    // a reservation this far behind is missed
+  static constexpr Nanos kOnTime = 5'000'000;   // and this far ahead is held with room
+
+  bool any() const noexcept { return !targets_.empty(); }
+
+  // Sets (target_ns 0: removes) the latency target of `group`, and the
+  // reservation it guards (nullptr: none).
+  void set(const Group* group, Nanos target_ns, std::uint32_t permille, const GroupReservation* reservation,
+           Nanos now) {
+    Target* t = find(group);
+    if (target_ns == 0 && reservation == nullptr) {
+      if (t != nullptr) std::erase_if(targets_, [&](const auto& p) { return p.get() == t; });
+      return;
+    }
+    if (t == nullptr) {
+      targets_.push_back(std::make_unique<Target>());
+      t = targets_.back().get();
+      t->group = group;
+      t->samples.reserve(kMaxSamples);
+      t->epoch_start = now;
+    }
+    t->status.target_ns = target_ns;
+    t->status.permille = permille;
+    t->reservation = reservation;
+  }
+
+  // The latency target of `group` (nullptr: none).
+  const LatencyTargetStatus* status(const Group* group) const noexcept {
+    for (const auto& t : targets_) {
+      if (t->group == group && t->status.target_ns != 0) return &t->status;
+    }
+    return nullptr;
+  }
+  // The cap `group`'s target or reservation puts on the others (0: none).
+  std::uint32_t cap_of(const Group* group) const noexcept {
+    for (const auto& t : targets_) {
+      if (t->group == group) return t->status.cap;
+    }
+    return 0;
+  }
+  // The smallest cap imposed on `group` by the targets of others (0: none).
+  std::uint32_t cap_on(const Group* group) const noexcept {
+    std::uint32_t cap = 0;
+    for (const auto& t : targets_) {
+      if (t->group != group && t->status.cap != 0) cap = cap == 0 ? t->status.cap : std::min(cap, t->status.cap);
+    }
+    return cap;
+  }
+
+  // Must `group` wait, with `in_flight` in the device group? A held group
+  // is remembered and handed back by completed().
+  // `window_full`: only the groups passes_window() lets through may go.
+  bool holds(Group& group, std::uint32_t in_flight, bool window_full) noexcept {
+    if (window_full && !passes(group)) {
+      if (std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
+      return true;
+    }
+    for (const auto& t : targets_) {
+      if (t->status.cap == 0 || t->group == &group) continue;
+      if (in_flight - t->group->in_flight >= t->status.cap) {
+        if (std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // The in-flight window is full, and a group whose target caps the others
+  // has requests queued: it may pass the window (up to io_limit), the
+  // others may not. The cap made the room it needs; behind a full window it
+  // would wait for the others' completions, the latency its target is against.
+  bool passes_window(std::uint32_t in_flight, std::uint32_t io_limit) const noexcept {
+    if (in_flight >= io_limit) return false;
+    for (const auto& t : targets_) {
+      if (t->status.cap != 0 && t->group->queue_length != 0) return true;
+    }
+    return false;
+  }
+
+  // A request of `group` completed after `latency_ns`, `in_flight` still in
+  // flight in the device group (its own count already lowered); `ceiling`:
+  // io_limit. Returns the held groups to ask again (the caller empties it).
+  std::vector<Group*>& completed(const Group& group, Nanos latency_ns, std::uint32_t in_flight, std::uint32_t ceiling,
+                                 Nanos now) noexcept {
+    for (const auto& p : targets_) {
+      Target& t = *p;
+      // The others' requests in flight just before this completion.
+      const std::uint32_t others = in_flight - t.group->in_flight + (t.group == &group ? 0 : 1);
+      t.others_peak = std::max(t.others_peak, others);
+      if (t.group == &group && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
+      const Nanos age = now - t.epoch_start;
+      const bool enough = t.samples.size() >= kMinSamples || t.status.target_ns == 0;
+      if ((age >= kEpoch && enough) || t.samples.size() >= kMaxSamples || age >= kIdleEpoch) {
+        step(t, ceiling, now);
+      }
+    }
+    if (held_.empty()) return held_;
+    for (const auto& t : targets_) {
+      if (t->status.cap != 0 && in_flight - t->group->in_flight >= t->status.cap) return none_;
+    }
+    return held_;
+  }
+
+  void forget(const Group* group) noexcept {
+    std::erase_if(targets_, [&](const auto& t) { return t->group == group; });
+    std::erase(held_, group);
+  }
+
+ private:
+  struct Target {
+    const Group* group = nullptr;
+    LatencyTargetStatus status;
+    const GroupReservation* reservation = nullptr;  // guarded too (see reservation.h)
+    Nanos epoch_start = 0;
+    std::vector<Nanos> samples;
+    std::uint32_t others_peak = 0;
+  };
+
+  bool passes(const Group& group) const noexcept {
+    for (const auto& t : targets_) {
+      if (t->group == &group) return t->status.cap != 0;
+    }
+    return false;
+  }
+
+  Target* find(const Group* group) noexcept {
+    for (auto& t : targets_) {
+      if (t->group == group) return t.get();
+    }
+    return nullptr;
+  }
+
+  static void step(Target& t, std::uint32_t ceiling, Nanos now) noexcept {
+    LatencyTargetStatus& s = t.status;
+    const Nanos target = s.target_ns;
+    bool missed = false, halve = false, room = true, idle = true;
+    if (target != 0) {
+      Nanos q = -1;
+      if (t.samples.size() >= kMinSamples || (!t.samples.empty() && now - t.epoch_start >= kIdleEpoch)) {
+        const std::size_t n = t.samples.size();
+        std::size_t rank = (n * s.permille + 999) / 1000;
+        rank = std::clamp<std::size_t>(rank, 1, n) - 1;
+        std::nth_element(t.samples.begin(), t.samples.begin() + static_cast<std::ptrdiff_t>(rank), t.samples.end());
+        q = t.samples[rank];
+      }
+      if (q >= 0) {
+        s.percentile_ns = q;
+        s.met = q <= target;
+        ++s.epochs;
+        if (!s.met) ++s.missed_epochs;
+      }
+      missed = 10 * q > 9 * target;
+      halve = 2 * q > 3 * target;
+      room = q < 0 || 10 * q <= 7 * target;
+      idle = q < 0;
+    }
+    if (t.reservation != nullptr && t.reservation->active()) {
+      // A backlogged reserved group whose tag lags: requests of others in
+      // the storage's own queue delay it, ahead of the order ioband keeps.
+      // Backlogged: requests queued in ioband, or several in the storage (a
+      // deep storage queue takes them all at once). A 1-deep client below
+      // its reservation is not: it asks for less than it is due.
+      const bool backlogged = t.group->queue_length != 0 || t.group->in_flight >= 2;
+      const bool late = backlogged && t.reservation->tag < now - kLate;
+      missed = missed || late;
+      room = room && !late && (!backlogged || t.reservation->tag > now + kOnTime);
+      idle = idle && !backlogged && t.group->in_flight == 0;
+    }
+    if (missed) {
+      const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
+      const std::uint32_t lower = halve ? base / 2 : base * 3 / 4;
+      s.cap = std::max<std::uint32_t>(1, std::min(lower, base - (base > 1 ? 1 : 0)));
+    } else if (s.cap != 0 && idle) {
+      s.cap *= 2;  // nothing to protect: the others get it back quickly
+      if (s.cap > ceiling) s.cap = 0;
+    } else if (s.cap != 0 && room) {
+      s.cap += std::max<std::uint32_t>(1, s.cap / 8);
+      if (s.cap > ceiling) s.cap = 0;
+    }
+    t.samples.clear();
+    t.others_peak = 0;
+    t.epoch_start = now;
+  }
+
+  std::vector<std::unique_ptr<Target>> targets_;
+  std::vector<Group*> held_;
+  std::vector<Group*> none_;  // always empty
+};
+
+}  // namespace ioband::qos::detail

@@ -1,0 +1,189 @@
+// Reservations: a floor of device time a group gets before the weights
+// share the rest (mClock's reservation, Gulati, Merchant, Varman 2010;
+// ceph/dmclock's reservation tags and reduce_reservation_tags).
+//
+// The unit. A reservation is device time a second, in what `fair` charges
+// (request_cost.h: the device model, shaped by what the learner found):
+//   reservation-iops = N   ->  N * t(4 KiB random read)        ns a second
+//   reservation-bps  = B   ->  B * t(large sequential read) / its bytes
+//   r_g = the larger of the two
+// so 1000 reserved IOPS are the same share of the storage whatever the group
+// sends: 1000 4 KiB random reads a second, or as many 64 KiB writes, 1 MiB
+// reads, ... as take the same device time.
+//
+// The capacity. The storage gives C = 1e9 / s ns of that time a second; s is
+// the learner's scale (model_learner.h: s > 1, the storage is slower than
+// its model, for example under load from outside ioband).
+//   admission   a change is refused when sum_g r_g > 0.9 * C_a, where C_a is
+//               1e9 for a calibrated model (the storage as measured) and C
+//               otherwise (what was learned); nothing changes then
+//   scaling     when the storage slows down, f = min(1, 0.9 * C / sum_g r_g)
+//               and every group gets r'_g = f * r_g: proportionally less,
+//               and the weights keep a tenth of the storage
+//
+// The tags (mClock's reservation phase):
+//   R_g                      when g's next reserved nanosecond is due
+//   reservation rule         among the groups with R_g <= now, the smallest
+//                            R_g goes first, before the policy's order; such
+//                            a dispatch is not charged to the policy (the
+//                            weights share what the reservations leave)
+//   every dispatch of g      R_g := max(R_g, now - 100 ms) + c(r) * 1e9 / r'_g
+//                            whatever released it: what the weights give g
+//                            counts toward its reservation (dmclock's
+//                            reduce_reservation_tags), so g gets the larger
+//                            of its reservation and its weighted share
+//   back from idle           R_g := max(R_g, now): an idle group (nothing
+//                            queued, nothing in flight) banks nothing
+// Guarantee: while the storage gives at least sum_g r'_g, a backlogged g gets
+// r'_g over every window, within one request, the storage's latency and the
+// 100 ms it may catch up.
+//
+// Met. Over each 1 s window: the group was served at least 95 % of r'_g, or
+// it went idle in the window (it asked for less).
+//
+// Pure: time comes in as arguments.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qos/request.h"
+#include "qos/request_cost.h"
+#include "qos/status.h"
+#include "qos/token_bucket.h"
+
+namespace ioband::qos::detail {
+
+// One group's reservation (in its GroupExtras).
+struct GroupReservation {
+  std::uint64_t iops = 0;  // as configured
+  std::uint64_t bps = 0;
+  double wanted_ns = 0;    // r_g, ns of device time a second
+  double rate_ns = 0;      // r'_g (0: none)
+  Nanos tag = 0;           // R_g
+  // The met window.
+  Nanos window_start = INT64_MIN;
+  double served_ns = 0;
+  bool idle_seen = false;
+  double last_served_ns = -1;  // the last whole window; < 0: none yet
+  bool last_idle_seen = false;
+
+  bool active() const noexcept { return rate_ns > 0; }
+  bool due(Nanos now) const noexcept { return active() && tag <= now; }
+
+  void from_idle(Nanos now) noexcept { tag = std::max(tag, now); }
+
+  static constexpr Nanos kCatchUp = 100'000'000;  // 100 ms
+  static constexpr Nanos kWindow = 1'000'000'000;
+
+  // A dispatch of the group (any rule), of `cost_ns` device time.
+  void charge(double cost_ns, bool emptied, Nanos now) noexcept {
+    if (!active()) return;
+    const double due = std::max(1.0, cost_ns * 1e9 / rate_ns);
+    tag = std::max(tag, now - kCatchUp) + static_cast<Nanos>(due);
+    roll(now);
+    served_ns += cost_ns;
+    if (emptied) idle_seen = true;
+  }
+
+  void roll(Nanos now) noexcept {
+    if (window_start == INT64_MIN) window_start = now;
+    if (now - window_start < kWindow) return;
+    // A whole window without a dispatch counts as idle.
+    const bool skipped = now - window_start >= 2 * kWindow;
+    last_served_ns = skipped ? 0 : served_ns;
+    last_idle_seen = skipped || idle_seen;
+    window_start = skipped ? now : window_start + kWindow;
+    served_ns = 0;
+    idle_seen = false;
+  }
+
+  // The last whole window met the reservation (or asked for less).
+  bool met() const noexcept { return last_served_ns < 0 || last_idle_seen || last_served_ns >= 0.95 * rate_ns; }
+};
+
+class Reservations {
+ public:
+  static constexpr double kMaxShare = 0.9;
+
+  // The units, from what fair charges now (the device model and the shape).
+  void set_units(const RequestCost& cost) noexcept {
+    Request small;
+    small.bytes = 4096;
+    small.direction = Direction::read;
+    small.op_kind = OpKind::read;
+    unit_ns_ = std::max(1.0, cost.device_ns(small));
+    Request large = small;
+    large.bytes = 1 << 20;
+    large.sequential = true;
+    byte_ns_ = cost.device_ns(large) / (1 << 20);
+  }
+  double wanted_ns(std::uint64_t iops, std::uint64_t bps) const noexcept {
+    return std::max(static_cast<double>(iops) * unit_ns_, static_cast<double>(bps) * byte_ns_);
+  }
+  // ns of device time a second, in reserved IOPS (4 KiB random reads).
+  double in_iops(double ns) const noexcept { return ns / unit_ns_; }
+
+  // Would giving `changing` (nullptr: a new one) iops and bps keep the sum
+  // within 0.9 of `capacity_ns`? The refusal names both.
+  Status admit(const GroupReservation* changing, std::uint64_t iops, std::uint64_t bps, double capacity_ns,
+               const char* capacity_kind) const {
+    double sum = wanted_ns(iops, bps);
+    if (sum == 0) return {};
+    for (const GroupReservation* r : groups_) {
+      if (r != changing) sum += wanted_ns(r->iops, r->bps);
+    }
+    if (sum <= kMaxShare * capacity_ns) return {};
+    auto iops_text = [&](double ns) { return std::to_string(static_cast<std::uint64_t>(in_iops(ns) + 0.5)); };
+    return Status::error("reservations would total " + iops_text(sum) +
+                         " IOPS (4 KiB random reads a second, in device time), above 90 % of the " + capacity_kind +
+                         " capacity of " + iops_text(capacity_ns) + " IOPS (at most " +
+                         iops_text(kMaxShare * capacity_ns) + " may be reserved); nothing was changed");
+  }
+
+  // Sets (or with 0, 0 clears) a reservation; call rescale() after.
+  void set(GroupReservation& r, std::uint64_t iops, std::uint64_t bps, Nanos now) {
+    const bool was = r.iops != 0 || r.bps != 0;
+    const bool is = iops != 0 || bps != 0;
+    r.iops = iops;
+    r.bps = bps;
+    if (is && !was) {
+      groups_.push_back(&r);
+      r.tag = now;
+      r.window_start = now;
+    }
+    if (!is && was) forget(&r);
+    if (!is) r = GroupReservation{};
+  }
+  void forget(const GroupReservation* r) noexcept { std::erase(groups_, r); }
+
+  // The storage gives `capacity_ns` a second now: each r'_g again.
+  void rescale(double capacity_ns) noexcept {
+    capacity_ns_ = capacity_ns;
+    double sum = 0;
+    for (GroupReservation* r : groups_) {
+      r->wanted_ns = wanted_ns(r->iops, r->bps);
+      sum += r->wanted_ns;
+    }
+    sum_ns_ = sum;
+    factor_ = sum > kMaxShare * capacity_ns ? kMaxShare * capacity_ns / sum : 1.0;
+    for (GroupReservation* r : groups_) r->rate_ns = r->wanted_ns * factor_;
+  }
+
+  bool any() const noexcept { return !groups_.empty(); }
+  double factor() const noexcept { return factor_; }  // f: 1 unless scaled down
+  double sum_ns() const noexcept { return sum_ns_; }
+  double capacity_ns() const noexcept { return capacity_ns_; }
+
+ private:
+  std::vector<GroupReservation*> groups_;
+  double unit_ns_ = 40'000;  // t(4 KiB random read) of the default model
+  double byte_ns_ = 2;
+  double factor_ = 1;
+  double sum_ns_ = 0;
+  double capacity_ns_ = 1e9;
+};
+
+}  // namespace ioband::qos::detail

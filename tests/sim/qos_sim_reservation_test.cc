@@ -1,0 +1,257 @@
+// Reservations (reservation.h) in virtual time, the targets of issue 16:
+// a group reserving 20 % of the storage's capacity against two heavy groups
+// at weights 1:3 gets its reservation in at least 98 % of 1 s windows (the
+// 5th percentile of the windows at least 98 % of it), and the surplus splits
+// 1:3 within 3 points; the same while load from outside ioband halves the
+// storage's speed, and again within 2 s after it stops. A reservation the
+// slowed storage cannot give is scaled down (and says so), and comes back.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "sim/simulator.h"
+
+namespace ioband::sim {
+namespace {
+
+constexpr GroupId kReserved = 1, kLight = 2, kHeavy = 3;
+
+// The knee storage of the weights tests, with the scheduler's device model
+// calibrated to it: the capacity in reserved IOPS (4 KiB random reads a
+// second) is its read_rand_iops.
+StorageModel disk() { return vm_disk_knee(); }
+double capacity_iops() { return disk().costs.read_rand_iops; }
+
+struct Outcome {
+  Result result;
+  std::vector<qos::ReservationStatus> status;   // sampled once a second
+  std::vector<qos::ReservationSummary> summary;
+};
+
+// `share` of the capacity reserved for 4 KiB random reads 64 deep (weight 1)
+// against 64 KiB random writers 64 deep at weights 100 and 300; the storage
+// at `speed` in [slow_from, slow_to).
+// At 0: the scheduler's model calibrated to `model`, and `iops` reserved for kReserved.
+Action calibrate_and_reserve(const qos::DeviceModel& model, std::uint64_t iops) {
+  return {0, [model, iops](qos::DeviceGroup& g) {
+            ASSERT_TRUE(g.set_device_model(model, true));
+            qos::Limits limits;
+            limits.reservation_iops = iops;
+            qos::Status status = g.set_limits(0, kReserved, limits);
+            ASSERT_TRUE(status) << status.message();
+          }};
+}
+
+// The reserved reader (4 KiB random reads, `depth` deep, weight 1) against
+// 64 KiB random writers 64 deep at weights 100 and 300.
+void three_clients(Scenario& s, std::uint32_t depth) {
+  s.devices = {0};
+  s.groups = {group(0, kReserved, 1), group(0, kLight, 100), group(0, kHeavy, 300)};
+  s.clients = {closed_loop("reserved", 0, kReserved, depth, {4 * KiB}),
+               closed_loop("light", 0, kLight, 64, {64 * KiB}), closed_loop("heavy", 0, kHeavy, 64, {64 * KiB})};
+  s.clients[1].read_fraction = 0;
+  s.clients[2].read_fraction = 0;
+}
+
+Outcome run(double share, double speed, Nanos slow_from, Nanos slow_to, Nanos duration) {
+  Scenario s;
+  s.name = "reservation";
+  s.storage = disk();
+  if (speed < 1) s.storage.slowdowns.push_back({slow_from, slow_to, speed});
+  three_clients(s, 64);
+  s.actions.push_back(calibrate_and_reserve(disk().costs, static_cast<std::uint64_t>(share * capacity_iops())));
+  s.duration = duration;
+  Outcome out;
+  for (Nanos t = kSecond; t < duration; t += kSecond) {
+    s.actions.push_back({t, [&out](qos::DeviceGroup& g) {
+                           out.status.push_back(g.reservation(0, kReserved).value_or(qos::ReservationStatus{}));
+                           out.summary.push_back(g.reservations());
+                         }});
+  }
+  out.result = simulate(s);
+  return out;
+}
+
+// The reserved client's IOPS in each 1 s window of [t0, t1).
+std::vector<double> windows(const Result& result, Nanos t0, Nanos t1) {
+  std::vector<double> rates;
+  for (Nanos t = t0; t + kSecond <= t1; t += kSecond) {
+    rates.push_back(static_cast<double>(result.client("reserved").completions(t, t + kSecond)));
+  }
+  return rates;
+}
+
+double percentile(std::vector<double> values, double p) {
+  std::sort(values.begin(), values.end());
+  return values[static_cast<std::size_t>(p * static_cast<double>(values.size() - 1))];
+}
+
+double met_fraction(const std::vector<double>& rates, double wanted) {
+  const auto met = std::count_if(rates.begin(), rates.end(), [&](double r) { return r >= 0.98 * wanted; });
+  return static_cast<double>(met) / static_cast<double>(rates.size());
+}
+
+// The light writer's share of the two writers' device time.
+double light_share(const Result& result, Nanos t0, Nanos t1) {
+  return device_time_shares(result, {"light", "heavy"}, t0, t1)[0];
+}
+
+void report(const char* what, const std::vector<double>& rates, double wanted, double light) {
+  printf("%-34s reserved %.0f IOPS: windows met %.1f %%, p5 %.1f %%, mean %.1f %%; light %.1f %% of the writers\n", what,
+         wanted, 100 * met_fraction(rates, wanted), 100 * percentile(rates, 0.05) / wanted,
+         100 * [&] {
+           double sum = 0;
+           for (double r : rates) sum += r;
+           return sum / static_cast<double>(rates.size()) / wanted;
+         }(),
+         light);
+}
+
+TEST(ReservationSim, TwentyPercentAgainstTwoHeavyGroupsAtOneToThree) {
+  const Outcome r = run(0.2, 1, 0, 0, 30 * kSecond);
+  const double wanted = static_cast<double>(static_cast<std::uint64_t>(0.2 * capacity_iops()));
+  const std::vector<double> rates = windows(r.result, 2 * kSecond, 30 * kSecond);
+  const double light = light_share(r.result, 2 * kSecond, 30 * kSecond);
+  report("20 % vs 1:3", rates, wanted, light);
+  EXPECT_GE(met_fraction(rates, wanted), 0.98);
+  EXPECT_GE(percentile(rates, 0.05), 0.98 * wanted);
+  EXPECT_NEAR(light, 25, 3);
+  // Not a trivial pass: by weight alone (1 of 401) it would get a quarter of a percent.
+  const std::array<std::uint64_t, 5>& rules = r.result.client("reserved").by_rule;
+  EXPECT_GT(rules[static_cast<std::size_t>(qos::Rule::reservation)], rules[static_cast<std::size_t>(qos::Rule::fair)]);
+  ASSERT_FALSE(r.status.empty());
+  EXPECT_TRUE(r.status.back().met);
+  EXPECT_FALSE(r.status.back().scaled);
+  EXPECT_NEAR(r.status.back().effective_iops, wanted, 1);
+}
+
+TEST(ReservationSim, HoldsWhileOutsideLoadHalvesTheStorageAndRecovers) {
+  // 20 % of the full capacity is 40 % of the halved one: nothing to scale,
+  // the group keeps its IOPS while the writers lose half of theirs.
+  const Outcome r = run(0.2, 0.5, 10 * kSecond, 20 * kSecond, 30 * kSecond);
+  const double wanted = static_cast<double>(static_cast<std::uint64_t>(0.2 * capacity_iops()));
+  const std::vector<double> slow = windows(r.result, 11 * kSecond, 20 * kSecond);
+  const std::vector<double> after = windows(r.result, 22 * kSecond, 30 * kSecond);
+  report("20 %, storage halved", slow, wanted, light_share(r.result, 11 * kSecond, 20 * kSecond));
+  report("20 %, after (from 2 s)", after, wanted, light_share(r.result, 22 * kSecond, 30 * kSecond));
+  EXPECT_GE(met_fraction(slow, wanted), 0.98);
+  EXPECT_GE(percentile(slow, 0.05), 0.98 * wanted);
+  EXPECT_NEAR(light_share(r.result, 11 * kSecond, 20 * kSecond), 25, 3);
+  EXPECT_GE(met_fraction(after, wanted), 0.98);
+  EXPECT_NEAR(light_share(r.result, 22 * kSecond, 30 * kSecond), 25, 3);
+  // The writers did lose: the storage was slower.
+  const double writers_fast = r.result.client("heavy").device_time(2 * kSecond, 10 * kSecond) / 8;
+  const double writers_slow = r.result.client("heavy").device_time(11 * kSecond, 20 * kSecond) / 9;
+  EXPECT_LT(writers_slow, 0.7 * writers_fast);
+}
+
+TEST(ReservationSim, ScaledDownWhenTheSlowedStorageCannotGiveItAndBackAfter) {
+  // 60 % of the full capacity is 120 % of the halved one: scaled to 90 % of
+  // what the storage gives, f = 0.75, shown in the status; back to 1 after.
+  const Outcome r = run(0.6, 0.5, 10 * kSecond, 20 * kSecond, 30 * kSecond);
+  const double wanted = static_cast<double>(static_cast<std::uint64_t>(0.6 * capacity_iops()));
+  // Status samples are taken at t = 1 s, 2 s, ...: index i is t = i + 1 s.
+  ASSERT_GE(r.summary.size(), 29u);
+  for (int t = 3; t < 10; ++t) {
+    EXPECT_EQ(r.summary[static_cast<std::size_t>(t - 1)].factor, 1) << "at " << t << " s";
+  }
+  for (int t = 13; t < 20; ++t) {
+    const qos::ReservationSummary& s = r.summary[static_cast<std::size_t>(t - 1)];
+    // 0.75 if the learner saw the storage exactly twice as slow; it sees it a
+    // little slower than that (its scale comes from a mix of 4 KiB reads and
+    // 64 KiB writes), so the factor is a little lower.
+    EXPECT_GT(s.factor, 0.6) << "at " << t << " s";
+    EXPECT_LT(s.factor, 0.8) << "at " << t << " s";
+    EXPECT_TRUE(r.status[static_cast<std::size_t>(t - 1)].scaled) << "at " << t << " s";
+  }
+  for (int t = 22; t < 30; ++t) {
+    EXPECT_EQ(r.summary[static_cast<std::size_t>(t - 1)].factor, 1) << "at " << t << " s";
+  }
+  // In each window of the slow-down, the group gets what the status says it
+  // is due (the effective reservation at the window's end).
+  std::vector<double> slow_met;
+  for (int t = 12; t < 20; ++t) {
+    const double served = static_cast<double>(r.result.client("reserved").completions(t * kSecond, (t + 1) * kSecond));
+    const double effective = r.status[static_cast<std::size_t>(t)].effective_iops;
+    printf("  %2d-%2d s: factor %.3f, effective %.0f IOPS, served %.0f (%.1f %%)\n", t, t + 1,
+           r.summary[static_cast<std::size_t>(t)].factor, effective, served, 100 * served / effective);
+    slow_met.push_back(served / effective);
+  }
+  const std::vector<double> after = windows(r.result, 22 * kSecond, 30 * kSecond);
+  report("60 %, after (from 2 s)", after, wanted, light_share(r.result, 22 * kSecond, 30 * kSecond));
+  EXPECT_GE(percentile(slow_met, 0.05), 0.98);
+  EXPECT_GE(met_fraction(after, wanted), 0.98);
+}
+
+TEST(ReservationSim, HeldWhenTheWindowDoesNotQueueAnything) {
+  // Elastic storage and a fixed window of 256: the clients' 160 requests
+  // all go to the storage at once, and ioband's order alone cannot give the
+  // reader its 30 % (it gets 61 % of it); the cap on the others
+  // (latency_target.h) does, over the run.
+  Scenario s;
+  s.name = "reservation, nothing queued in ioband";
+  s.storage = vm_disk_elastic();
+  s.io_limit = 256;
+  s.io_limit_auto = false;
+  three_clients(s, 32);
+  const auto iops = static_cast<std::uint64_t>(0.3 * vm_disk_elastic().costs.read_rand_iops);
+  s.actions.push_back(calibrate_and_reserve(vm_disk_elastic().costs, iops));
+  s.duration = 20 * kSecond;
+  std::vector<qos::ReservationStatus> samples;
+  for (Nanos t = kSecond; t < 20 * kSecond; t += kSecond) {
+    s.actions.push_back({t, [&samples](qos::DeviceGroup& g) {
+                           samples.push_back(g.reservation(0, kReserved).value_or(qos::ReservationStatus{}));
+                         }});
+  }
+  const Result with = simulate(s);
+  printf("cap on the others each second:");
+  for (const auto& r : samples) printf(" %u", r.cap_on_others);
+  printf("\n");
+  s.actions.resize(1);
+  s.actions[0].apply = [](qos::DeviceGroup& g) { ASSERT_TRUE(g.set_device_model(vm_disk_elastic().costs, true)); };
+  const Result without = simulate(s);
+  const double wanted = static_cast<double>(iops);
+  const std::vector<double> rates = windows(with, 2 * kSecond, 20 * kSecond);
+  const std::vector<double> before = windows(without, 2 * kSecond, 20 * kSecond);
+  report("elastic, window 256, no reservation", before, wanted, light_share(without, 2 * kSecond, 20 * kSecond));
+  report("elastic, window 256, reserved", rates, wanted, light_share(with, 2 * kSecond, 20 * kSecond));
+  EXPECT_LT(percentile(before, 0.5), 0.9 * wanted) << "the reader gets its reservation without one: no test";
+  // Over the run it gets its reservation; second by second the cap swings
+  // (OPEN, docs/reservations.md: 67 % of windows, p5 74 %, against the
+  // 98 % the ordering gives when requests queue in ioband).
+  double served = 0;
+  for (double r : rates) served += r;
+  EXPECT_GE(served / static_cast<double>(rates.size()), 0.97 * wanted);
+  EXPECT_GE(percentile(rates, 0.05), 0.7 * wanted);
+}
+
+TEST(ReservationSim, AnIdleReservedGroupBanksNothing) {
+  // The reserved client stops for 5 s: when it returns it gets its
+  // reservation again, not a burst of the time it was away.
+  Scenario s;
+  s.name = "reservation, idle return";
+  s.storage = disk();
+  s.devices = {0};
+  s.groups = {group(0, kReserved, 1), group(0, kLight, 100)};
+  ClientSpec first = closed_loop("reserved", 0, kReserved, 32);
+  first.stop = 5 * kSecond;
+  ClientSpec again = closed_loop("again", 0, kReserved, 32);
+  again.start = 10 * kSecond;
+  s.clients = {first, again, closed_loop("light", 0, kLight, 64, {64 * KiB})};
+  const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
+  s.actions.push_back(calibrate_and_reserve(disk().costs, iops));
+  s.duration = 15 * kSecond;
+  const Result result = simulate(s);
+  const auto in_first_100ms = static_cast<double>(result.client("again").completions(10 * kSecond, 10 * kSecond + 100 * kMilli));
+  printf("back from 5 s idle: %.0f completions in its first 100 ms (reservation %.0f a second)\n", in_first_100ms,
+         static_cast<double>(iops));
+  // At most its reservation's 100 ms plus the 100 ms it may catch up, and what its weight gives.
+  EXPECT_LT(in_first_100ms, 0.25 * static_cast<double>(iops));
+  EXPECT_GE(static_cast<double>(result.client("again").completions(11 * kSecond, 15 * kSecond)) / 4,
+            0.98 * static_cast<double>(iops));
+}
+
+}  // namespace
+}  // namespace ioband::sim

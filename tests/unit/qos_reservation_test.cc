@@ -1,0 +1,203 @@
+// Reservations and latency targets at the qos layer: their keys, what is
+// refused (and that a refusal changes nothing), admission at 90 % of the
+// capacity, the reservation rule request by request, and the latency
+// target's cap, with a fake clock.
+#include <gtest/gtest.h>
+
+#include <deque>
+
+#include "qos/device_group.h"
+#include "qos/limits.h"
+
+namespace ioband::qos {
+namespace {
+
+const TimePoint kStart = TimePoint() + std::chrono::hours(1);
+
+Limits reserve(std::uint64_t iops, std::uint64_t bps = 0) {
+  Limits limits;
+  limits.reservation_iops = iops;
+  limits.reservation_bps = bps;
+  return limits;
+}
+
+// A device model whose capacity is 10,000 reserved IOPS (4 KiB random reads).
+DeviceModel model_10k() {
+  DeviceModel model;
+  model.read_rand_iops = 10'000;
+  return model;
+}
+
+TEST(ReservationKeys, AreLimitKeysWithTheirOwnChecks) {
+  Limits limits;
+  ASSERT_TRUE(set_limit_key(limits, "reservation-iops", 500));
+  ASSERT_TRUE(set_limit_key(limits, "reservation-bps", 10'000'000));
+  ASSERT_TRUE(set_limit_key(limits, "latency-target-us", 2000));
+  ASSERT_TRUE(set_limit_key(limits, "latency-percentile-permille", 999));
+  EXPECT_TRUE(validate(limits));
+  EXPECT_TRUE(limits.unlimited());  // no rate limit among them
+  EXPECT_FALSE(limits.empty());
+  EXPECT_EQ(get_limit_key(limits, "reservation-iops"), 500u);
+
+  Limits bad = limits;
+  bad.latency_target_us = 5;
+  EXPECT_EQ(validate(bad).message(), "latency-target must be from 10us to 10s, not 5us");
+  bad = limits;
+  bad.latency_percentile_permille = 400;
+  EXPECT_EQ(validate(bad).message(), "latency-percentile must be from 50 to 99.9, not 40.0");
+  bad = Limits{};
+  bad.latency_percentile_permille = 990;
+  EXPECT_NE(validate(bad).message().find("latency-percentile needs latency-target"), std::string::npos);
+  bad = Limits{};
+  bad.reservation_iops = std::uint64_t{1} << 31;
+  EXPECT_NE(validate(bad).message().find("reservation-iops"), std::string::npos);
+}
+
+TEST(ReservationAdmission, RefusesPast90PercentNamingCapacityAndSumAndChangesNothing) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.set_device_model(model_10k(), true));
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(0, 2));
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(5000)));
+  Status refused = g.set_limits(0, 2, reserve(4500));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.message(),
+            "reservations would total 9500 IOPS (4 KiB random reads a second, in device time), "
+            "above 90 % of the calibrated capacity of 10000 IOPS (at most 9000 may be reserved); nothing was changed");
+  EXPECT_FALSE(g.reservation(0, 2).has_value());
+  EXPECT_EQ(g.limits(0, 2), Limits{});
+  EXPECT_NEAR(g.reservations().reserved_iops, 5000, 0.5);
+  // Exactly 90 % is allowed; changing group 1's own reservation counts it once.
+  ASSERT_TRUE(g.set_limits(0, 2, reserve(4000)));
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(5000)));
+  EXPECT_FALSE(g.set_limits(0, 1, reserve(5001)));
+  EXPECT_NEAR(g.reservations().reserved_iops, 9000, 0.5);
+  // bytes/s count as the device time of large sequential reads: 100 MB/s on a
+  // 500 MB/s model is a fifth of the storage, 2000 IOPS of it.
+  ASSERT_TRUE(g.set_limits(0, 2, reserve(0, 100'000'000)));
+  const auto status = g.reservation(0, 2);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_NEAR(status->wanted_iops, 2000, 20);
+  // Clearing frees the room; a whole device cannot reserve (yet).
+  ASSERT_TRUE(g.set_limits(0, 1, Limits{}));
+  EXPECT_FALSE(g.reservation(0, 1).has_value());
+  Status device = g.set_limits(0, std::nullopt, reserve(100));
+  EXPECT_NE(device.message().find("not yet on a whole device"), std::string::npos);
+  // A detached group's reservation leaves with it.
+  ASSERT_TRUE(g.set_limits(0, 2, reserve(8000)));
+  ASSERT_TRUE(g.detach(0, 2));
+  EXPECT_EQ(g.reservations().reserved_iops, 0);
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(9000)));
+}
+
+TEST(ReservationRule, AReservedGroupBehindItsTagGoesFirstWhateverTheWeights) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.set_device_model(model_10k(), true));
+  ASSERT_TRUE(g.set_io_throttle(0));
+  ASSERT_TRUE(g.set_io_limit(1));  // one at a time: the order is visible
+  g.set_io_limit_auto(false);
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(0, 2));
+  ASSERT_TRUE(g.set_weight(0, 1, 1));
+  ASSERT_TRUE(g.set_weight(0, 2, 1000));
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(1000)));  // one 4 KiB read every ms
+  std::deque<Request> requests;
+  auto add = [&](GroupId group, TimePoint now) {
+    requests.emplace_back();
+    requests.back().device = 0;
+    requests.back().group = group;
+    requests.back().bytes = 4096;
+    g.enqueue(&requests.back(), now);
+  };
+  for (int i = 0; i < 200; ++i) {
+    add(1, kStart);
+    add(2, kStart);
+  }
+  // Over 20 ms, one request completing every 100 us: group 1 gets its 20
+  // (one each ms, by reservation), group 2 the rest by weight.
+  int reserved = 0, by_reservation = 0, total = 0;
+  TimePoint now = kStart;
+  for (int step = 0; step < 200; ++step) {
+    Decision d = g.next(now);
+    ASSERT_EQ(d.kind, Decision::Kind::dispatch);
+    reserved += d.request->group == 1;
+    by_reservation += d.rule == Rule::reservation;
+    ++total;
+    now += std::chrono::microseconds(100);
+    g.complete(d.request, now);
+  }
+  EXPECT_GE(reserved, 20);
+  EXPECT_LE(reserved, 22);
+  EXPECT_GE(by_reservation, 19);
+  const auto status = g.reservation(0, 1);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_FALSE(status->scaled);
+  EXPECT_NEAR(status->effective_iops, 1000, 1);
+}
+
+TEST(LatencyTarget, ShowsNothingUntilMeasuredAndCapsTheOthersWhenMissed) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(0, 2));
+  Limits target;
+  target.latency_target_us = 1000;
+  ASSERT_TRUE(g.set_limits(0, 1, target));
+  auto status = g.latency_target(0, 1);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->target_ns, 1'000'000);
+  EXPECT_EQ(status->permille, 990u);
+  EXPECT_EQ(status->percentile_ns, -1);
+  EXPECT_EQ(g.latency_cap_on(0, 2), 0u);
+
+  // Group 2 keeps 20 in flight; group 1's requests take 5 ms: missed, and
+  // group 2 gets a cap below what it had.
+  std::deque<Request> requests;
+  auto make = [&](GroupId group) {
+    requests.emplace_back();
+    requests.back().device = 0;
+    requests.back().group = group;
+    requests.back().bytes = 4096;
+    return &requests.back();
+  };
+  TimePoint now = kStart;
+  std::vector<Request*> others;
+  for (int i = 0; i < 20; ++i) {
+    Request* r = make(2);
+    g.enqueue(r, now);
+    Decision d = g.next(now);
+    ASSERT_EQ(d.kind, Decision::Kind::dispatch);
+    others.push_back(d.request);
+  }
+  for (int i = 0; i < 40; ++i) {
+    Request* r = make(1);
+    g.enqueue(r, now);
+    Decision d = g.next(now);
+    ASSERT_EQ(d.kind, Decision::Kind::dispatch);
+    ASSERT_EQ(d.request, r);
+    now += std::chrono::milliseconds(5);
+    g.complete(r, now);
+  }
+  status = g.latency_target(0, 1);
+  EXPECT_FALSE(status->met);
+  EXPECT_EQ(status->percentile_ns, 5'000'000);
+  const std::uint32_t cap = g.latency_cap_on(0, 2);
+  EXPECT_GT(cap, 0u);
+  EXPECT_LT(cap, 20u);
+  EXPECT_EQ(g.latency_cap_on(0, 1), 0u);  // never capped by its own target
+  // Group 2 is at or above its cap: a new request of it waits.
+  Request* waiting = make(2);
+  g.enqueue(waiting, now);
+  Decision d = g.next(now);
+  EXPECT_NE(d.kind, Decision::Kind::dispatch);
+  // Removing the target lifts the cap.
+  ASSERT_TRUE(g.set_limits(0, 1, Limits{}));
+  EXPECT_FALSE(g.latency_target(0, 1).has_value());
+  EXPECT_EQ(g.latency_cap_on(0, 2), 0u);
+  for (Request* r : others) g.complete(r, now);
+}
+
+}  // namespace
+}  // namespace ioband::qos

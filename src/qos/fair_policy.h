@@ -62,18 +62,32 @@ class FairOrder : public OrderPolicy {
   Rule rule() const noexcept override { return Rule::fair; }
   std::int64_t key(const Group& group) const noexcept override { return group.vtime; }
   void start(Group& group) noexcept override { group.vtime = vtime_; }
-  void from_idle(Group& group, Nanos) noexcept override { FairPolicy::normalize(group, vtime_); }
+  void from_idle(Group& group, Nanos) noexcept override {
+    Tenant* tenant = group.device->tree.tenant;  // tree.h: a tenant's groups come back at V_T
+    FairPolicy::normalize(group, tenant == nullptr ? vtime_ : tenant_vtime(*tenant, vtime_, rebases_));
+  }
 
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
     vtime_ = std::max(vtime_, group.vtime);
-    group.vtime += FairPolicy::advance(settings_.cost.of(request), group.weight);
+    if (Tenant* tenant = group.device->tree.tenant) {
+      tenant->vtime = std::max(tenant_vtime(*tenant, vtime_, rebases_), group.vtime);
+    }
+    // Under a tenant: the group's effective weight in the tree (tree.h).
+    const DeviceNode& node = group.device->tree;
+    const Cost cost = settings_.cost.of(request);
+    group.vtime += node.tenant == nullptr ? FairPolicy::advance(cost, group.weight)
+                                          : tree_advance(cost, group.weight, node);
     return group.vtime > kVtimeRebase;
   }
   void rebase(Group& group) noexcept override { group.vtime = std::max<std::int64_t>(group.vtime - vtime_, 0); }
-  void rebased() noexcept override { vtime_ = 0; }
+  void rebased() noexcept override {
+    vtime_ = 0;
+    ++rebases_;  // every V_T restarts from V
+  }
 
  protected:
   std::int64_t vtime_ = 0;  // V
+  std::uint32_t rebases_ = 0;
 };
 
 }  // namespace ioband::qos::detail

@@ -116,9 +116,11 @@ inline void leaf_idle(DeviceNode& node, std::uint32_t weight) noexcept {
 // fixed point of fair_policy.h (shift 16), at least 1. The leaf is active.
 inline std::int64_t tree_advance(Cost cost, std::uint32_t weight, const DeviceNode& node) noexcept {
   const Tenant& tenant = *node.tenant;
-  const double inverse_share = (static_cast<double>(tenant.active_weight) / node.weight) *
-                               (static_cast<double>(node.active_leaf_weight) / weight) / tenant.weight;
-  const double step = static_cast<double>(cost << 16) * inverse_share;
+  // One division: S_T * S_d over W_T * w_d * w_g (< 2^57, exact in a double's range).
+  const double above = static_cast<double>(cost << 16) * static_cast<double>(tenant.active_weight) *
+                       static_cast<double>(node.active_leaf_weight);
+  const double below = static_cast<double>(std::uint64_t{tenant.weight} * node.weight * weight);
+  const double step = above / below;
   if (!(step >= 1)) return 1;
   if (step > 0x1p52) return std::int64_t{1} << 52;
   return static_cast<std::int64_t>(step);

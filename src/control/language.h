@@ -75,6 +75,10 @@ uint64_t get_model_key(const qos::DeviceModel& model, std::string_view key);
 std::optional<int64_t> parse_group_id(std::string_view text) noexcept;
 // Digits only, at most `max`.
 std::optional<uint64_t> parse_unsigned(std::string_view text, uint64_t max = UINT64_MAX) noexcept;
+// The body of `limit KEY=VAL[,KEY=VAL...]` (QEMU's keys, limits.h), appended
+// to `out` in order. The error names the item and carries `usage`.
+std::optional<Error> parse_limit_items(std::string_view body, const std::string& usage,
+                                       std::vector<std::pair<std::string, uint64_t>>& out);
 // A name an ioband device may have (an NBD export name): "" or why not.
 std::string check_device_name(std::string_view name);
 

@@ -27,6 +27,12 @@
 // every window, whatever its length. Weights apply to the next dispatch, so a
 // weight change takes effect at once. Cost: O(log groups) per request.
 //
+// Tenants (tree.h). A group of a device in a tenant is charged c / e(g), e
+// its effective weight in the tree (the product of the hweights on its path,
+// in the root's units), and comes back from idle at its tenant's V_T (the
+// largest start tag its tenant dispatched) rather than V, so a tenant held
+// back by its shared limits splits that limit by its own weights.
+//
 // Virtual time is fixed point: c / w is computed as c * 2^kVtimeShift / w
 // (at least 1); when V passes 2^61 every tag is shifted down (rebase), which
 // preserves the order and happens at most every few hours.

@@ -9,6 +9,7 @@
 //     depths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "sim/simulator.h"
@@ -99,19 +100,21 @@ TEST(Tree, ThreeLevelsEveryLeafWithinTwoPointsOfItsShare) {
   EXPECT_GE(tree_done / flat_done, 0.97);
 }
 
-TEST(Tree, AnIdleLeafsShareGoesToItsSiblingFirstWithin100ms) {
-  Scenario s = tree_scenario(true, 20 * kSecond);
+// Stops `stopped` at 10 s and checks every leaf against `after` (percent)
+// in [10.1, 10.6 s) and [10.5, 11.0 s).
+void check_idle(const std::vector<std::string>& stopped, const std::map<std::string, double>& after_changes) {
+  Scenario s = tree_scenario(true, 12 * kSecond);
   constexpr Nanos kStop = 10 * kSecond;
   for (ClientSpec& client : s.clients) {
-    if (client.name == "A.d0.g2") client.stop = kStop;
+    if (std::find(stopped.begin(), stopped.end(), client.name) != stopped.end()) client.stop = kStop;
   }
   const Result result = simulate(s);
   const std::vector<Leaf> expected = leaves();
-  // After: A.d0.g1 holds all of d0's share (1/3); every other leaf keeps its own.
   std::vector<double> after(expected.size());
-  for (std::size_t i = 0; i < expected.size(); ++i) after[i] = 100 * expected[i].share;
-  after[0] = 100.0 / 3;
-  after[1] = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    auto change = after_changes.find(expected[i].name);
+    after[i] = change != after_changes.end() ? change->second : 100 * expected[i].share;
+  }
   for (Nanos from : {kStop + 100 * kMilli, kStop + 500 * kMilli}) {
     const Nanos to = from + 500 * kMilli;
     const std::vector<double> measured = device_time_shares(result, names(), from, to);
@@ -121,6 +124,17 @@ TEST(Tree, AnIdleLeafsShareGoesToItsSiblingFirstWithin100ms) {
       EXPECT_NEAR(measured[i], after[i], 2.0) << expected[i].name << " from " << from;
     }
   }
+}
+
+// A.d0.g2 stops: A.d0.g1 takes all of d0's share (1/3); the others keep theirs.
+TEST(Tree, AnIdleLeafsShareGoesToItsSiblingFirstWithin100ms) {
+  check_idle({"A.d0.g2"}, {{"A.d0.g1", 100.0 / 3}, {"A.d0.g2", 0}});
+}
+
+// Both groups of A.d1 stop: d0 takes all of A's half (g1 2/5, g2 3/5 of it);
+// tenant B and the root's device keep theirs.
+TEST(Tree, AnIdleDevicesShareGoesToItsTenantsOtherDevicesFirst) {
+  check_idle({"A.d1.-1", "A.d1.g1"}, {{"A.d0.g1", 20}, {"A.d0.g2", 30}, {"A.d1.-1", 0}, {"A.d1.g1", 0}});
 }
 
 // QEMU's throttle group: one limit for three devices of a tenant.

@@ -208,6 +208,10 @@ read sectors, write requests, delayed write requests, write sectors.
 histogram, the number of connections, and each group's "observation":
 completed requests, bytes, errors and a duration histogram per operation,
 and the time held back by reason (weight, limit, window); these only grow.
+It also shows every device's and group's share of the storage ("share":
+configured and effective, of its parent and along the path; see "iobandctl
+tenant --help"), each device's tenant, and "tenants": each tenant's share,
+devices and limits, and whether its limit held I/O back in the last second.
 
 Example:
   iobandctl status

@@ -11,7 +11,7 @@
 - a tenant limit holds for two devices together: two fio clients on two
   devices of a tenant limited to iops-total=300 get about 300 IOPS in all,
   split 3:1 by the devices' weights in the tenant, and status says it is
-  limiting;
+  limiting, with effective shares of 0.75 and 0.25;
 - bad input (unknown verbs, weights 0 or 10001, bad limit keys, a device of
   another device group, a device in two tenants, policy weight under a
   tenant, ...) is refused with one line naming the problem, and state.json
@@ -150,7 +150,10 @@ def test_tenant_limit_is_shared_and_split_by_weight(daemon):
         t.start()
     # While both run: the tenant's limit holds them back.
     threading.Event().wait(2.5)
-    limiting.append({t["name"]: t["limiting"] for t in d.json_of("status")["tenants"]}["acme"])
+    acme = {t["name"]: t for t in d.json_of("status")["tenants"]}["acme"]
+    limiting.append(acme["limiting"])
+    # Both devices busy: the effective shares are those of the weights, 3:1.
+    effective = {dev["name"]: dev["share"]["effective"] for dev in acme["devices"]}
     for t in threads:
         t.join()
     total = results["vm1"] + results["vm2"]
@@ -159,6 +162,8 @@ def test_tenant_limit_is_shared_and_split_by_weight(daemon):
     assert 220 <= total <= 390, f"the shared limit of 300 gave {total:.0f} IOPS in all"
     assert 0.65 <= results["vm1"] / total <= 0.85, results
     assert limiting == [True]
+    assert acme["share"]["active"] is True
+    assert effective["vm1"] == pytest.approx(0.75) and effective["vm2"] == pytest.approx(0.25), effective
     d.ok("tenant", "set", "acme", "limit", "none")
     assert_alive(d)
 

@@ -20,8 +20,6 @@ using nlohmann::json;
 
 namespace {
 
-bool tree_policy(qos::Policy policy) { return policy == qos::Policy::fair || policy == qos::Policy::range_bw; }
-
 std::string limits_text(const qos::Limits& limits) {
   std::string text;
   for (std::string_view key : qos::kLimitKeys) {
@@ -188,7 +186,7 @@ Reply Engine::tenant(const Request& request) {
                        "; a tenant's devices share one storage (one device group)");
       }
       const qos::Policy policy = state_.device_groups.at(device->device_group_id).policy;
-      if (!tree_policy(policy)) {
+      if (!qos::orders_by_shares(policy)) {
         return refused("device group " + std::to_string(device->device_group_id) + " has policy " +
                        std::string(qos::to_string(policy)) +
                        ", which does not order by tenant shares (iobandctl message " + command.device +

@@ -243,7 +243,7 @@ void tenants_from(const json& tenants, State& state) {
       }
       device_group = found->device_group_id;
       const qos::Policy policy = state.device_groups.at(device_group).policy;
-      if (policy != qos::Policy::fair && policy != qos::Policy::range_bw) {
+      if (!qos::orders_by_shares(policy)) {
         invalid(child(at, "name"), "device group " + std::to_string(device_group) + " has policy " +
                                        std::string(qos::to_string(policy)) + ", which does not order by tenant shares");
       }

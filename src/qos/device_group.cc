@@ -54,9 +54,6 @@ constexpr std::uint64_t kMaxRangeKib = std::uint64_t{1} << 30;  // 1 TiB/s
 
 std::string device_name(DeviceId device) { return "device " + std::to_string(device); }
 
-// Policies whose order follows the tree's shares (tree.h): those of fair's tags.
-bool tree_policy(Policy policy) noexcept { return policy == Policy::fair || policy == Policy::range_bw; }
-
 double ratio(std::uint64_t part, std::uint64_t whole) noexcept {
   return whole == 0 ? 0.0 : static_cast<double>(part) / static_cast<double>(whole);
 }
@@ -815,7 +812,7 @@ Status DeviceGroup::set_policy(Policy policy) {
     case Policy::fair: break;
     default: return Status::error("unknown policy");
   }
-  if (!tree_policy(policy)) {
+  if (!orders_by_shares(policy)) {
     for (const auto& device : impl_->devices) {
       if (device && device->tree.tenant != nullptr) {
         return Status::error("policy " + std::string(to_string(policy)) + " does not order by tenant shares; " +
@@ -1175,7 +1172,7 @@ Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId
     tenant = impl.tenants.find(*tenant_id);
     if (tenant == nullptr) return Status::error("tenant " + std::to_string(*tenant_id) + " does not exist");
     if (Status status = detail::check_tree_weight(weight, "a device's"); !status) return status;
-    if (!tree_policy(impl.policy_name)) {
+    if (!orders_by_shares(impl.policy_name)) {
       return Status::error("policy " + std::string(to_string(impl.policy_name)) +
                            " does not order by tenant shares; use fair or range-bw");
     }

@@ -49,6 +49,7 @@
 #include <string>
 
 #include "qos/cost.h"
+#include "qos/policy.h"
 #include "qos/status.h"
 #include "qos/token_bucket.h"
 
@@ -56,6 +57,11 @@ namespace ioband::qos {
 
 using TenantId = std::uint32_t;
 inline constexpr std::uint32_t kMaxTreeWeight = 10'000;  // tenants and devices in a tenant: 1..10000
+
+// The policies whose order follows the tree's shares: those of fair's tags.
+// dm-ioband's token policies (weight, weight-iosize) do not; tenants are
+// refused under them.
+constexpr bool orders_by_shares(Policy policy) noexcept { return policy == Policy::fair || policy == Policy::range_bw; }
 
 // Shares of one node, for status: configured (over all siblings) and
 // effective (over the active siblings, as the order applies it now), each

@@ -1,6 +1,10 @@
 // The scheduler's cost per request: one enqueue + one dispatch (next) + one
 // complete, in steady state, with 1, 100, 10 000 (and 100 000) active groups,
 // for each policy. Time is a counter passed in, as the reactor would.
+// BM_FairTree: the same groups under a 3-level tree (qos/tree.h): the four
+// devices in two tenants (weights 300 and 100; devices 200:100 and 100:300),
+// so every dispatch takes its group's effective weight from the tree;
+// BM_FairTreeLimited adds a shared limit on each tenant (never reached).
 //
 // Every group keeps requests queued (it is "active": in the ready heaps), a
 // window of 64 requests is in flight, and each iteration completes the
@@ -35,7 +39,7 @@ struct Setup {
   TimePoint now = TimePoint() + std::chrono::hours(1);
 };
 
-void prepare(Setup& s, Policy policy, int groups, bool limits) {
+void prepare(Setup& s, Policy policy, int groups, bool limits, bool tree = false) {
   benchmark::DoNotOptimize(s.group.set_policy(policy));
   benchmark::DoNotOptimize(s.group.set_io_limit(kInFlight));
   // A fixed window: one completion frees exactly one dispatch, so every
@@ -47,6 +51,19 @@ void prepare(Setup& s, Policy policy, int groups, bool limits) {
   Limits limit;
   limit.iops_total = {10'000'000, 0, 1};  // never reached: measures the bucket arithmetic
   limit.bps_total = {std::uint64_t{1} << 39, 0, 1};
+  if (tree) {
+    static_assert(kDevices == 4);
+    benchmark::DoNotOptimize(s.group.add_tenant(1, 300));
+    benchmark::DoNotOptimize(s.group.add_tenant(2, 100));
+    const std::uint32_t device_weights[kDevices] = {200, 100, 100, 300};
+    for (DeviceId d = 0; d < kDevices; ++d) {
+      benchmark::DoNotOptimize(s.group.set_device_tenant(d, d < 2 ? 1 : 2, device_weights[d]));
+    }
+    if (limits) {
+      benchmark::DoNotOptimize(s.group.set_tenant_limits(1, limit));
+      benchmark::DoNotOptimize(s.group.set_tenant_limits(2, limit));
+    }
+  }
   for (int i = 0; i < groups; ++i) {
     DeviceId device = static_cast<DeviceId>(i % kDevices);
     benchmark::DoNotOptimize(s.group.attach(device, 1000 + i));
@@ -54,7 +71,7 @@ void prepare(Setup& s, Policy policy, int groups, bool limits) {
     if (policy == Policy::range_bw && i % 10 == 0) {
       benchmark::DoNotOptimize(s.group.set_range_bw(device, 1000 + i, 1024, 0));
     }
-    if (limits) benchmark::DoNotOptimize(s.group.set_limits(device, 1000 + i, limit));
+    if (limits && !tree) benchmark::DoNotOptimize(s.group.set_limits(device, 1000 + i, limit));
   }
   // Enough requests that every group stays active with the window in flight.
   int per_group = std::max(4, static_cast<int>(2 * kInFlight) / groups);
@@ -75,10 +92,10 @@ void prepare(Setup& s, Policy policy, int groups, bool limits) {
   }
 }
 
-void run(benchmark::State& state, Policy policy, bool limits) {
+void run(benchmark::State& state, Policy policy, bool limits, bool tree = false) {
   int groups = static_cast<int>(state.range(0));
   Setup s;
-  prepare(s, policy, groups, limits);
+  prepare(s, policy, groups, limits, tree);
   for (auto _ : state) {
     s.now += std::chrono::microseconds(1);
     Request* done = s.in_flight.front();
@@ -103,6 +120,8 @@ void BM_WeightIosize(benchmark::State& state) { run(state, Policy::weight_iosize
 void BM_RangeBw(benchmark::State& state) { run(state, Policy::range_bw, false); }
 void BM_Fair(benchmark::State& state) { run(state, Policy::fair, false); }
 void BM_FairWithLimits(benchmark::State& state) { run(state, Policy::fair, true); }
+void BM_FairTree(benchmark::State& state) { run(state, Policy::fair, false, true); }
+void BM_FairTreeLimited(benchmark::State& state) { run(state, Policy::fair, true, true); }
 
 #define GROUPS Arg(1)->Arg(100)->Arg(10'000)->Arg(100'000)
 BENCHMARK(BM_Weight)->GROUPS;
@@ -110,6 +129,8 @@ BENCHMARK(BM_WeightIosize)->GROUPS;
 BENCHMARK(BM_RangeBw)->GROUPS;
 BENCHMARK(BM_Fair)->GROUPS;
 BENCHMARK(BM_FairWithLimits)->GROUPS;
+BENCHMARK(BM_FairTree)->GROUPS;
+BENCHMARK(BM_FairTreeLimited)->GROUPS;
 
 }  // namespace
 

@@ -150,7 +150,7 @@ Request parse(const std::vector<std::string>& args, Options& options) {
   bool options_end = false;
   for (; i < args.size(); ++i) {
     const std::string& arg = args[i];
-    const bool payload = command == "message" && positional.size() >= 2;
+    const bool payload = (command == "message" && positional.size() >= 2) || command == "tenant";
     if (payload) {
       // The verb's own words go through as written ("weight -5" is the
       // server's to judge); only our own options, never a verb's word, are taken.
@@ -214,6 +214,8 @@ Request parse(const std::vector<std::string>& args, Options& options) {
     if (!positional.empty()) request.name = positional[0];
   } else if (command == "targets") {
     need(0, 0, "");
+  } else if (command == "tenant") {
+    if (request.args.empty()) throw UsageError{"tenant needs a VERB (create set attach detach remove list)", command};
   }
   return request;
 }

@@ -372,6 +372,14 @@ std::string Engine::destroy_device(const std::string& name, bool force) {
   const int id = it->device_group_id;
   const qos::DeviceId device_id = it->device;
   if (std::string left = platform_.remove_export(name, force); !left.empty()) return left;
+  // Out of its tenant first (the tenant leaves the device group with its last device there).
+  for (auto& [tenant_name, tenant] : state_.tenants) {
+    if (!tenant.devices.contains(name)) continue;
+    TenantState without = tenant;
+    without.devices.erase(name);
+    (void)apply_tenant(&tenant, &without);
+    tenant = std::move(without);
+  }
   qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
   state_.devices.erase(it);
   const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
@@ -404,6 +412,12 @@ std::string Engine::restore(bool strict) {
     while (!state_.devices.empty()) (void)destroy_device(state_.devices.back().name, true);
     return state_path_ + ": device " + device.name + ": " + error;
   }
+  if (std::string error = restore_tenants(saved); !error.empty()) {
+    save_disabled_ = true;
+    state_.tenants.clear();
+    while (!state_.devices.empty()) (void)destroy_device(state_.devices.back().name, true);
+    return state_path_ + ": " + error;
+  }
   return {};
 }
 
@@ -435,7 +449,8 @@ Engine::Answer Engine::answer_line(const std::string& line, bool may_change) {
 
 Reply Engine::execute(const Request& request, bool may_change, Answer& answer) {
   const bool changes = request.command == "create" || request.command == "remove" || request.command == "message" ||
-                       request.command == "calibrate";
+                       request.command == "calibrate" ||
+                       (request.command == "tenant" && (request.args.empty() || request.args.front() != "list"));
   if (changes && !may_change) {
     return Reply::failure(
         Error::refused(request.command + ": permission denied: only the owner of the control socket may change state"));
@@ -447,6 +462,7 @@ Reply Engine::execute(const Request& request, bool may_change, Answer& answer) {
   if (request.command == "remove") return remove(request, answer);
   if (request.command == "message") return message(request);
   if (request.command == "calibrate") return calibrate(request, answer);
+  if (request.command == "tenant") return tenant(request);
   if (request.command == "table") return table(request);
   if (request.command == "status") return status(request);
   return targets(request);
@@ -504,9 +520,12 @@ Reply Engine::remove(const Request& request, Answer& answer) {
   if (find_unrestored(request.name) != nullptr) {
     // Only an entry of the state file: nothing is served.
     const std::vector<DeviceState> before = unrestored_;
+    const std::map<std::string, TenantState> tenants_before = state_.tenants;
     std::erase_if(unrestored_, [&](const DeviceState& device) { return device.name == request.name; });
+    forget_in_tenants(state_, request.name);  // not served: nothing of it in the qos layer
     if (std::string error = save(); !error.empty()) {
       unrestored_ = before;
+      state_.tenants = tenants_before;
       return Reply::failure(Error::refused("remove " + request.name + ": not removed, the state cannot be saved: " +
                                            error));
     }
@@ -531,6 +550,7 @@ Reply Engine::remove(const Request& request, Answer& answer) {
   // any connection is ended.
   State after = state_;
   std::erase_if(after.devices, [&](const DeviceState& device) { return device.name == request.name; });
+  forget_in_tenants(after, request.name);
   if (std::string error = write_state(after); !error.empty()) {
     return Reply::failure(Error::refused("remove " + request.name + ": not removed, the state cannot be saved: " +
                                          error));
@@ -905,6 +925,7 @@ Reply Engine::status(const Request& request) {
   }
   if (state_.devices.empty()) reply.text = "No devices found\n";
   reply.data = {{"devices", std::move(array)}};
+  add_tree_status(reply.data);
   if (platform_.limit_counters) {
     json limits = json::object();
     for (const auto& [name, value] : platform_.limit_counters()) limits[name] = value;

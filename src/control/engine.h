@@ -182,6 +182,20 @@ class Engine {
   Reply table(const Request& request);
   Reply status(const Request& request);
   Reply targets(const Request& request);
+  // Tenants (engine_tenant.cc, control/tenant.h, qos/tree.h).
+  Reply tenant(const Request& request);
+  Reply tenant_list(const std::string& name);
+  // Moves the qos layer from `before` to `after` (either may be null: no
+  // such tenant) for the tenant's devices that are served.
+  qos::Status apply_tenant(const TenantState* before, const TenantState* after);
+  // The device group of the tenant's served devices (nullopt: none).
+  std::optional<int> tenant_device_group(const TenantState& tenant) const;
+  // Takes `device` out of its tenant in `state` (remove).
+  static void forget_in_tenants(State& state, const std::string& device);
+  // restore(): the saved tenants onto the devices restored.
+  std::string restore_tenants(const State& saved);
+  // status --json: shares of the tree and the tenants' limit state.
+  void add_tree_status(nlohmann::json& reply_data);
 
   // Builds a device (its device group if new, its groups and settings) and
   // publishes its export. On error nothing has changed.
@@ -230,6 +244,7 @@ class Engine {
   std::vector<DeviceState> unrestored_;
   std::map<int, DeviceGroupSettings> unrestored_groups_;
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
+  qos::TenantId next_tenant_id_ = 1;  // a tenant's id in the qos layer (runtime only)
 };
 
 }  // namespace ioband::control

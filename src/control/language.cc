@@ -138,6 +138,54 @@ std::string check_device_name(std::string_view name) {
   return {};
 }
 
+std::optional<Error> parse_limit_items(std::string_view body, const std::string& usage,
+                                       std::vector<std::pair<std::string, uint64_t>>& out) {
+  if (body.empty()) return Error::bad_usage("limit needs KEY=VAL", usage);
+  std::string_view rest = body;
+  for (;;) {
+    auto comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    auto eq = item.find('=');
+    if (eq == std::string_view::npos) {
+      return Error::bad_usage("limit " + quoted(item) + " is not KEY=VAL", usage);
+    }
+    std::string key(item.substr(0, eq));
+    std::string_view value_text = item.substr(eq + 1);
+    // A latency target is written as a duration, its percentile as a
+    // percent; they are kept in microseconds and per mille.
+    if (key == "latency-target" || key == "latency-percentile") {
+      const bool target = key == "latency-target";
+      auto value = target ? parse_duration_us(value_text) : parse_percentile_permille(value_text);
+      if (!value) {
+        return Error::bad_usage(
+            target ? "limit latency-target must be a duration with its unit (500us, 2ms, 1.5ms, 1s; 0 removes it), "
+                     "not " + quoted(value_text)
+                   : "limit latency-percentile must be a percentile from 50 to 99.9 (99, 99.9, p99), not " +
+                         quoted(value_text),
+            usage);
+      }
+      out.emplace_back(target ? "latency-target-us" : "latency-percentile-permille", *value);
+      if (comma == std::string_view::npos) break;
+      rest = rest.substr(comma + 1);
+      continue;
+    }
+    qos::Limits probe;
+    if (qos::Status status = qos::set_limit_key(probe, key, 0); !status) {
+      return Error::bad_usage(status.message(), usage);
+    }
+    auto value = parse_size(std::string(value_text));
+    if (!value) {
+      return Error::bad_usage("limit " + key + " must be a non-negative integer (K, M, G, T suffixes allowed), not " +
+                                  quoted(value_text),
+                              usage);
+    }
+    out.emplace_back(std::move(key), *value);
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return std::nullopt;
+}
+
 std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
   const std::string usage = usage_of("create");
   std::vector<std::string> lines;
@@ -445,49 +493,7 @@ std::optional<Error> parse_message(const std::vector<std::string>& args, Message
         message.clear_limits = true;
         break;
       }
-      if (body.empty()) return Error::bad_usage("limit needs KEY=VAL", usage);
-      std::string_view rest = body;
-      for (;;) {
-        auto comma = rest.find(',');
-        std::string_view item = rest.substr(0, comma);
-        auto eq = item.find('=');
-        if (eq == std::string_view::npos) {
-          return Error::bad_usage("limit " + quoted(item) + " is not KEY=VAL", usage);
-        }
-        std::string key(item.substr(0, eq));
-        std::string_view value_text = item.substr(eq + 1);
-        // A latency target is written as a duration, its percentile as a
-        // percent; they are kept in microseconds and per mille.
-        if (key == "latency-target" || key == "latency-percentile") {
-          const bool target = key == "latency-target";
-          auto value = target ? parse_duration_us(value_text) : parse_percentile_permille(value_text);
-          if (!value) {
-            return Error::bad_usage(
-                target ? "limit latency-target must be a duration with its unit (500us, 2ms, 1.5ms, 1s; 0 removes it), "
-                         "not " + quoted(value_text)
-                       : "limit latency-percentile must be a percentile from 50 to 99.9 (99, 99.9, p99), not " +
-                             quoted(value_text),
-                usage);
-          }
-          message.limits.emplace_back(target ? "latency-target-us" : "latency-percentile-permille", *value);
-          if (comma == std::string_view::npos) break;
-          rest = rest.substr(comma + 1);
-          continue;
-        }
-        qos::Limits probe;
-        if (qos::Status status = qos::set_limit_key(probe, key, 0); !status) {
-          return Error::bad_usage(status.message(), usage);
-        }
-        auto value = parse_size(std::string(value_text));
-        if (!value) {
-          return Error::bad_usage("limit " + key + " must be a non-negative integer (K, M, G, T suffixes allowed), not " +
-                                      quoted(value_text),
-                                  usage);
-        }
-        message.limits.emplace_back(std::move(key), *value);
-        if (comma == std::string_view::npos) break;
-        rest = rest.substr(comma + 1);
-      }
+      if (auto error = parse_limit_items(body, usage, message.limits)) return error;
       break;
     }
   }

@@ -79,6 +79,10 @@ std::optional<uint64_t> parse_unsigned(std::string_view text, uint64_t max = UIN
 std::optional<uint64_t> parse_duration_us(std::string_view text) noexcept;
 // A percentile from 50 to 99.9 ("99", "99.9", "p99"), in per mille (990, 999).
 std::optional<uint64_t> parse_percentile_permille(std::string_view text) noexcept;
+// The body of `limit KEY=VAL[,KEY=VAL...]` (QEMU's keys, limits.h), appended
+// to `out` in order. The error names the item and carries `usage`.
+std::optional<Error> parse_limit_items(std::string_view body, const std::string& usage,
+                                       std::vector<std::pair<std::string, uint64_t>>& out);
 // A name an ioband device may have (an NBD export name): "" or why not.
 std::string check_device_name(std::string_view name);
 

@@ -58,9 +58,23 @@ struct DeviceState {
   bool block_device = false;  // path is a block device (major:minor its own number)
 };
 
+// A tenant (qos/tree.h): a level above devices. Its devices are in one
+// device group; its weight is its share among the root's children there,
+// each device's weight its share within the tenant, and its limits hold for
+// its devices together.
+struct TenantState {
+  uint32_t weight = qos::kDefaultWeight;
+  qos::Limits limits;                       // unlimited() = none
+  std::map<std::string, uint32_t> devices;  // ioband device name -> its weight in the tenant
+
+  // Runtime only (not saved).
+  qos::TenantId id = 0;
+};
+
 struct State {
   std::map<int, DeviceGroupSettings> device_groups;  // by id
   std::vector<DeviceState> devices;                  // in creation order
+  std::map<std::string, TenantState> tenants;        // by name
 };
 
 }  // namespace ioband::control

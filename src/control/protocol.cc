@@ -8,7 +8,7 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::string_view kCommands[] = {"create", "remove", "message", "calibrate", "table", "status", "targets"};
+constexpr std::string_view kCommands[] = {"create", "remove", "message", "calibrate", "table", "status", "targets", "tenant"};
 
 std::optional<Error> malformed(const std::string& what) {
   return Error::bad_usage("malformed request: " + what, usage_of(""));
@@ -91,6 +91,7 @@ json request_to_json(const Request& request) {
     object["sector"] = request.sector;
     object["args"] = request.args;
   }
+  if (request.command == "tenant") object["args"] = request.args;
   if (request.command == "remove") object["force"] = request.force;
   if (request.seconds) object["seconds"] = *request.seconds;
   if (request.target) object["target"] = *request.target;

@@ -9,6 +9,7 @@
 //   {"command":"status","name":"ioband1","target":"ioband"}  name, target optional
 //   {"command":"targets"}
 //   {"command":"calibrate","name":"ioband1","seconds":25}            seconds optional
+//   {"command":"tenant","args":["create","acme","weight","300"]}      (control/tenant.h)
 // Responses:
 //   {"ok":true,"text":"<what iobandctl prints>","data":{...}}
 //   {"ok":false,"kind":"usage"|"refused","error":"<sentence>","usage":"<usage line>"}

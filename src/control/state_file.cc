@@ -4,12 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <set>
 
 #include "control/format.h"
 #include "control/language.h"
+#include "control/tenant.h"
 #include "io/log.h"
 
 namespace ioband::control {
@@ -195,6 +197,64 @@ DeviceState device_from(const json& object, const std::string& where) {
 
 std::string errno_text(int error) { return std::strerror(error); }
 
+json tenants_to_json(const std::map<std::string, TenantState>& tenants) {
+  json array = json::array();
+  for (const auto& [name, tenant] : tenants) {
+    json devices = json::array();
+    for (const auto& [device, weight] : tenant.devices) devices.push_back({{"name", device}, {"weight", weight}});
+    array.push_back({{"name", name}, {"weight", tenant.weight}, {"limits", limits_to_json(tenant.limits)},
+                     {"devices", std::move(devices)}});
+  }
+  return array;
+}
+
+// Tenants name devices of the file, each at most once, all of one tenant
+// in one device group, whose policy orders by tenant shares.
+void tenants_from(const json& tenants, State& state) {
+  if (!tenants.is_array()) invalid("tenants", "expected an array");
+  std::map<std::string, std::string> tenant_of;  // device -> tenant
+  for (size_t i = 0; i < tenants.size(); ++i) {
+    const std::string where = "tenants[" + std::to_string(i) + "]";
+    const json& object = tenants[i];
+    check_keys(object, where, {"name", "weight", "limits", "devices"});
+    const std::string name = string(object, where, "name");
+    if (auto why = check_tenant_name(name); !why.empty()) invalid(child(where, "name"), why);
+    TenantState tenant;
+    tenant.weight = static_cast<uint32_t>(unsigned_integer(object, where, "weight", 1, qos::kMaxTreeWeight));
+    tenant.limits = limits_from(field(object, where, "limits"), child(where, "limits"));
+    const json& devices = field(object, where, "devices");
+    if (!devices.is_array()) invalid(child(where, "devices"), "expected an array");
+    int device_group = -1;
+    for (size_t k = 0; k < devices.size(); ++k) {
+      const std::string at = child(where, "devices") + "[" + std::to_string(k) + "]";
+      check_keys(devices[k], at, {"name", "weight"});
+      const std::string device = string(devices[k], at, "name");
+      const auto weight = static_cast<uint32_t>(unsigned_integer(devices[k], at, "weight", 1, qos::kMaxTreeWeight));
+      auto found = std::find_if(state.devices.begin(), state.devices.end(),
+                                [&](const DeviceState& d) { return d.name == device; });
+      if (found == state.devices.end()) invalid(child(at, "name"), "no device " + device + " in devices");
+      if (auto [it, fresh] = tenant_of.emplace(device, name); !fresh) {
+        invalid(child(at, "name"), "device " + device + " is already in tenant " + it->second);
+      }
+      if (device_group >= 0 && found->device_group_id != device_group) {
+        invalid(child(at, "name"), "device " + device + " is in device group " +
+                                       std::to_string(found->device_group_id) + ", the tenant's others in " +
+                                       std::to_string(device_group));
+      }
+      device_group = found->device_group_id;
+      const qos::Policy policy = state.device_groups.at(device_group).policy;
+      if (!qos::orders_by_shares(policy)) {
+        invalid(child(at, "name"), "device group " + std::to_string(device_group) + " has policy " +
+                                       std::string(qos::to_string(policy)) + ", which does not order by tenant shares");
+      }
+      tenant.devices.emplace(device, weight);
+    }
+    if (!state.tenants.emplace(name, std::move(tenant)).second) {
+      invalid(child(where, "name"), "tenant " + name + " appears twice");
+    }
+  }
+}
+
 }  // namespace
 
 json state_to_json(const State& state) {
@@ -229,7 +289,9 @@ json state_to_json(const State& state) {
     if (!device.access.empty()) object["access"] = nbd::access_words(device.access);
     devices.push_back(std::move(object));
   }
-  return {{"version", kStateVersion}, {"device_groups", std::move(device_groups)}, {"devices", std::move(devices)}};
+  json out = {{"version", kStateVersion}, {"device_groups", std::move(device_groups)}, {"devices", std::move(devices)}};
+  if (!state.tenants.empty()) out["tenants"] = tenants_to_json(state.tenants);
+  return out;
 }
 
 std::string state_to_text(const State& state) {
@@ -238,7 +300,7 @@ std::string state_to_text(const State& state) {
 
 std::optional<std::string> state_from_json(const json& object, State& out) {
   try {
-    check_keys(object, "state", {"version", "device_groups", "devices"});
+    check_keys(object, "state", {"version", "device_groups", "devices", "tenants"});
     const json& version = field(object, "state", "version");
     if (!version.is_number_integer() || version.get<int64_t>() < 1 || version.get<int64_t>() > kStateVersion) {
       invalid("version", "this iobandd reads versions 1 to " + std::to_string(kStateVersion) + ", not " +
@@ -272,6 +334,8 @@ std::optional<std::string> state_from_json(const json& object, State& out) {
     for (const auto& [id, settings] : state.device_groups) {
       if (!used.contains(id)) invalid("device_groups", "device group " + std::to_string(id) + " has no device");
     }
+    // Optional: absent in files written before tenants, and when there are none.
+    if (object.contains("tenants")) tenants_from(object.at("tenants"), state);
     out = std::move(state);
     return std::nullopt;
   } catch (const Invalid& e) {

@@ -10,9 +10,11 @@
 //    "devices": [{"name": "ioband1", "path": "/dev/sda1", "sectors": 2048,
 //                 "device_group_id": 1, "type": "user", "limits": {},
 //                 "groups": [{"id": -1, "weight": 40, "range_bw": {"min_kib": 0, "max_kib": 0},
-//                             "limits": {}}, ...]}]}
+//                             "limits": {}}, ...]}],
+//    "tenants": [{"name": "acme", "weight": 300, "limits": {"iops-total": 2000},
+//                 "devices": [{"name": "ioband1", "weight": 200}, ...]}]}
 //
-// io_limit_auto and device_model are optional (files of older versions lack
+// io_limit_auto, device_model and tenants are optional (files of older versions lack
 // them; device_model is written only once one was set or calibrated).
 // Reading is strict (an unknown key, a wrong type or an out-of-range value is
 // an error naming the element) so a damaged or hand-edited file stops the

@@ -20,6 +20,7 @@ constexpr Entry kCommands[] = {
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
     {"targets", "iobandctl targets"},
+    {"tenant", "iobandctl tenant VERB NAME [ARG...]  (VERB: create set attach detach remove list)"},
     {"top", "iobandctl top [--batch N] [--json] [--interval SECONDS] [--sort KEY] [--reverse]"},
 };
 
@@ -38,6 +39,15 @@ constexpr Entry kMessageVerbs[] = {
     {"model", "iobandctl message NAME 0 model [KEY=VAL[,KEY=VAL...]|default]"},
     {"access", "iobandctl message NAME 0 access [RULE...]  (RULE: allow=WHO, allow-ro=WHO, deny=WHO)"},
     {"reset", "iobandctl message NAME 0 reset"},
+};
+
+constexpr Entry kTenantVerbs[] = {
+    {"create", "iobandctl tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]]"},
+    {"set", "iobandctl tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none]"},
+    {"attach", "iobandctl tenant attach NAME DEVICE [weight W]"},
+    {"detach", "iobandctl tenant detach NAME DEVICE"},
+    {"remove", "iobandctl tenant remove NAME"},
+    {"list", "iobandctl tenant list [NAME]"},
 };
 
 constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
@@ -210,10 +220,53 @@ read sectors, write requests, delayed write requests, write sectors.
 histogram, the number of connections, and each group's "observation":
 completed requests, bytes, errors and a duration histogram per operation,
 and the time held back by reason (weight, limit, window); these only grow.
+It also shows every device's and group's share of the storage ("share":
+configured and effective, of its parent and along the path; see "iobandctl
+tenant --help"), each device's tenant, and "tenants": each tenant's share,
+devices and limits, and whether its limit held I/O back in the last second.
 
 Example:
   iobandctl status
   ioband2: 0 44371467 ioband 128 -1 143 90 424 122 78 352
+)"},
+    {"tenant",
+     R"(Tenants: a level above ioband devices. A tenant holds devices of one device
+group; its weight is its share of the storage among the device group's other
+tenants and the groups of devices outside every tenant, each device's weight
+its share within the tenant, and each group's weight (message NAME 0 weight)
+its share within its device. A node's share of its parent is its weight over
+the weights of its siblings that have I/O queued or in flight, so a device
+or group that goes idle leaves its share to its siblings first. Weights are
+used exactly. A limit set on a tenant holds for all its devices together
+(QEMU's throttle group), and the tenant's weights split it.
+
+  create NAME [weight W] [limit KEY=VAL,...]   a tenant (weight 1..10000, default 100)
+  set NAME weight W                            the tenant's weight
+  set NAME weight DEVICE:W                     a device's weight within the tenant
+  set NAME limit KEY=VAL[,KEY=VAL...]          limits shared by its devices (QEMU's keys, as
+                                               message limit: iops-total, iops-total-max,
+                                               iops-total-max-length, ... bps-write, iops-size);
+                                               keys not given keep their value
+  set NAME limit none                          no limit
+  attach NAME DEVICE [weight W]                DEVICE joins (weight 1..10000, default 100);
+                                               under policy fair or range-bw only
+  detach NAME DEVICE                           DEVICE goes back under the device group
+  remove NAME                                  its devices go back under the device group
+  list [NAME]                                  every tenant, or NAME: weight, devices, limit
+
+A device outside every tenant behaves as without tenants. status --json shows
+for every tenant, device and group its configured share (weight over all its
+siblings' weights) and effective share (over the active siblings'), of its
+parent and of the whole storage ("path"), and each tenant's limit state.
+Removing a device takes it out of its tenant. Tenants are saved in state.json.
+
+Example:
+  iobandctl tenant create acme weight 300 limit iops-total=2000,iops-total-max=4000
+  iobandctl tenant attach acme vm1 weight 200
+  iobandctl tenant attach acme vm2
+  iobandctl tenant set acme weight vm2:50
+  iobandctl tenant list
+  acme: weight 300 devices vm1:200,vm2:50 limit iops-total=2000,iops-total-max=4000
 )"},
     {"top",
      R"(A live view of every ioband device and group, refreshed every second (like
@@ -254,11 +307,16 @@ std::string usage_of(std::string_view command, std::string_view verb) {
       if (entry.verb == verb) return std::string(entry.usage);
     }
   }
+  if (command == "tenant" && !verb.empty()) {
+    for (const Entry& entry : kTenantVerbs) {
+      if (entry.verb == verb) return std::string(entry.usage);
+    }
+  }
   for (const Entry& entry : kCommands) {
     if (entry.verb == command) return std::string(entry.usage);
   }
   return "iobandctl [--control PATH] [--json] COMMAND ARGS  (COMMAND: create remove message calibrate table status "
-         "targets top)";
+         "targets tenant top)";
 }
 
 std::string help_of(std::string_view command) {

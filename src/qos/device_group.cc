@@ -54,6 +54,10 @@ constexpr std::uint64_t kMaxRangeKib = std::uint64_t{1} << 30;  // 1 TiB/s
 
 std::string device_name(DeviceId device) { return "device " + std::to_string(device); }
 
+double ratio(std::uint64_t part, std::uint64_t whole) noexcept {
+  return whole == 0 ? 0.0 : static_cast<double>(part) / static_cast<double>(whole);
+}
+
 std::string group_name(DeviceId device, GroupId group) {
   return group == kDefaultGroup ? "the default group of " + device_name(device)
                                 : "group " + std::to_string(group) + " of " + device_name(device);
@@ -84,6 +88,7 @@ struct DeviceGroup::Impl {
   detail::GroupPool pool;
   std::vector<std::uint32_t> ready_positions;  // by group slot: position in its device's ready heap
   std::vector<Group*> retired;  // detached, requests still in flight
+  detail::Tenants tenants;      // tree.h
 
   // ---- scheduling ----
   IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
@@ -317,7 +322,8 @@ struct DeviceGroup::Impl {
       std::size_t groups = device->groups.size() + 1;
       device->ready.reserve(groups);
       device->reserved.reserve(device->groups_with_extras);
-      parkable += device->limits.active() ? groups : device->groups_with_extras;
+      const bool limited = device->limits.active() || (device->tree.tenant && device->tree.tenant->limits.active());
+      parkable += limited ? groups : device->groups_with_extras;
     }
     top.reserve(device_count);
     top_reserved.reserve(device_count);
@@ -356,6 +362,35 @@ struct DeviceGroup::Impl {
     pool.destroy(group);
   }
 
+  // ------------------------------------------------------------- tree.h
+  // The device's limits, tenant, or its tenant's limits changed: a device
+  // held by the old limits asks again, and its groups start from the
+  // virtual time (no burst from the lag a limit left them).
+  void restart_device(Device& device) noexcept {
+    if (device.parked()) device_timers.erase(&device);
+    if (device.tree.tenant != nullptr) device.tree.tenant->vtime_restart = true;
+    device.ready.for_each([&](std::uint32_t slot) { policy->from_idle(*pool.at(slot), last_now); });
+    device.ready.rekey([&](std::uint32_t slot) { return policy->key(*pool.at(slot)); });
+    update_device(device);
+  }
+
+  // Sums of the root's children: groups of devices outside every tenant,
+  // and tenants with devices. {configured (all), active}.
+  std::pair<std::uint64_t, std::uint64_t> root_sums() const noexcept {
+    std::uint64_t configured = 0, active = 0;
+    for (const auto& device : devices) {
+      if (!device || device->tree.tenant != nullptr) continue;
+      configured += device->tree.leaf_weight;
+      active += device->tree.active_leaf_weight;
+    }
+    tenants.for_each([&](const detail::Tenant& tenant) {
+      if (tenant.devices == 0) return;
+      configured += tenant.weight;
+      if (tenant.active_devices != 0) active += tenant.weight;
+    });
+    return {configured, active};
+  }
+
   // --------------------------------------------------------------- hot path
   Decision waiting(TimePoint until) noexcept {
     ++wait_epoch;
@@ -368,6 +403,23 @@ struct DeviceGroup::Impl {
     Nanos at = now;
     if (group.extras->limits.active()) at = group.extras->limits.available_at(request.direction, now);
     return std::max(at, policy->cap_available_at(group, now));
+  }
+
+  // Whether `limits` of the device (or of its tenant) hold back the group's
+  // head `request`. A read (or write) limit holds back only this group's
+  // head; a total limit holds back the whole device.
+  bool held_by_limit(LimitState& limits, Group& group, Device& device, const Request& request, Nanos now) noexcept {
+    bool direction_specific = false;
+    const Nanos at = limits.available_at(request.direction, now, &direction_specific);
+    if (at <= now) return false;
+    admission.paced_by_limit(group, now);
+    device.limit_paced_at = now;
+    if (direction_specific) {
+      park_group(group, at);
+    } else {
+      park_device(device, at);
+    }
+    return true;
   }
 
   Decision next(Nanos now) noexcept {
@@ -426,21 +478,12 @@ struct DeviceGroup::Impl {
         park_group(*group, at);
         continue;
       }
-      if (device->limits.active()) {
-        bool direction_specific = false;
-        at = device->limits.available_at(request.direction, now, &direction_specific);
-        if (at > now) {
-          admission.paced_by_limit(*group, now);
-          device->limit_paced_at = now;
-          // A read (or write) limit of the device holds back only this
-          // group's head; a total limit holds back the whole device.
-          if (direction_specific) {
-            park_group(*group, at);
-          } else {
-            park_device(*device, at);
-          }
-          continue;
-        }
+      if (device->limits.active() && held_by_limit(device->limits, *group, *device, request, now)) continue;
+      // tree.h: the limits a tenant shares over its devices.
+      if (detail::Tenant* tenant = device->tree.tenant;
+          tenant != nullptr && tenant->limits.active() && held_by_limit(tenant->limits, *group, *device, request, now)) {
+        tenant->limit_paced_at = now;
+        continue;
       }
       Rule reported = in_flight < admission.io_throttle ? Rule::below_throttle : rule;
       // Was this an order, or first come first served? The latter when
@@ -506,6 +549,9 @@ struct DeviceGroup::Impl {
     if (model_learning) in_flight_ns += settings.cost.model_ns(request);
     if (group.extras && group.extras->limits.active()) group.extras->limits.charge(request.direction, request.bytes, now);
     if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
+    if (device.tree.tenant != nullptr && device.tree.tenant->limits.active()) {
+      device.tree.tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+    }
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
@@ -616,6 +662,7 @@ struct DeviceGroup::Impl {
     ++group->queue_length;
     ++device.queued;
     ++queued;
+    if (group->queue_length == 1 && group->in_flight == 0) detail::leaf_active(device.tree, group->weight);  // tree.h
     const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
@@ -678,6 +725,7 @@ struct DeviceGroup::Impl {
     --group.in_flight;
     --device.in_flight;
     --in_flight;
+    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) detail::leaf_idle(device.tree, group.weight);
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, policy->anticipates(), last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
@@ -735,6 +783,7 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
+    if (group.queue_length == 0 && group.in_flight == 0) detail::leaf_idle(device.tree, group.weight);  // tree.h
     // The keys belong to the group, not to its head: only an emptied group changes.
     if (group.head == nullptr) take_out(group);
     return true;
@@ -782,6 +831,7 @@ struct DeviceGroup::Impl {
     group->device = &device;
     group->weight = weight;
     settings.weight_total += weight;
+    device.tree.leaf_weight += weight;
     ++group_count;
     policy->start(*group);
     return group;
@@ -790,6 +840,7 @@ struct DeviceGroup::Impl {
   // A group leaves the weights (detached, or its device removed).
   void leave(Group* group) noexcept {
     settings.weight_total -= group->weight;
+    group->device->tree.leaf_weight -= group->weight;
     --group_count;
     policy->forget(group);
     // hook: its reservation and latency target end with it, not with its last request in flight.
@@ -837,6 +888,15 @@ Status DeviceGroup::set_policy(Policy policy) {
     case Policy::range_bw:
     case Policy::fair: break;
     default: return Status::error("unknown policy");
+  }
+  if (!orders_by_shares(policy)) {
+    for (const auto& device : impl_->devices) {
+      if (device && device->tree.tenant != nullptr) {
+        return Status::error("policy " + std::string(to_string(policy)) + " does not order by tenant shares; " +
+                             device_name(device->id) + " is in tenant " + std::to_string(device->tree.tenant->id) +
+                             " (use fair or range-bw, or take the devices out of their tenants first)");
+      }
+    }
   }
   if (policy != impl_->policy_name) impl_->set_policy(policy);
   return {};
@@ -966,6 +1026,7 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.top.contains(device)) impl.top.erase(device);
   if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
+  detail::Tenants::place(device->tree, nullptr, kDefaultWeight);  // tree.h
   Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
   impl.destroy_groups(*device);
   impl.devices[id].reset();
@@ -1011,7 +1072,12 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
 
   impl.take_out(*group);
   bool fallback_was_idle = fallback.head == nullptr;
+  // tree.h: its weight leaves the device's active sum; the default group
+  // may become active with the requests it takes over.
+  if (group->queue_length + group->in_flight != 0) detail::leaf_idle(device->tree, group->weight);
+  const bool fallback_was_active = fallback.queue_length + fallback.in_flight != 0;
   if (group->head != nullptr) Impl::merge_queue(*group, fallback);
+  if (!fallback_was_active && fallback.head != nullptr) detail::leaf_active(device->tree, fallback.weight);
   if (fallback_was_idle && fallback.head != nullptr) impl.make_ready(fallback);
 
   device->groups.erase(group_id);
@@ -1067,6 +1133,10 @@ Status DeviceGroup::set_weight(DeviceId device_id, GroupId group_id, std::uint32
   impl_->settings.weight_total += weight;
   impl_->settings.weight_total -= group->weight;
   const std::uint32_t before = group->weight;
+  detail::DeviceNode& node = group->device->tree;  // tree.h
+  node.leaf_weight += weight;
+  node.leaf_weight -= group->weight;
+  if (group->queue_length + group->in_flight != 0) node.active_leaf_weight = node.active_leaf_weight + weight - group->weight;
   group->weight = weight;
   impl_->admission.weight_changed(*group, before);
   impl_->settings_changed();  // fair / range-bw: the next dispatch uses it
@@ -1152,11 +1222,7 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     }
     apply(device->limits);
     impl.reserve_capacity();
-    if (device->parked()) impl.device_timers.erase(device);
-    // Its groups may lag far behind after being held back: no burst from that.
-    device->ready.for_each([&](std::uint32_t slot) { impl.policy->from_idle(*impl.pool.at(slot), impl.last_now); });
-    device->ready.rekey([&](std::uint32_t slot) { return impl.policy->key(*impl.pool.at(slot)); });
-    impl.update_device(*device);
+    impl.restart_device(*device);
   }
   return {};
 }
@@ -1208,6 +1274,119 @@ std::optional<LatencyTargetStatus> DeviceGroup::latency_target(DeviceId device_i
 std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   return group == nullptr ? 0 : impl_->latency.cap_on(group);
+}
+
+// ---- tenants (tree.h) ----
+Status DeviceGroup::add_tenant(TenantId tenant, std::uint32_t weight) { return impl_->tenants.add(tenant, weight); }
+Status DeviceGroup::remove_tenant(TenantId tenant) { return impl_->tenants.remove(tenant); }
+bool DeviceGroup::has_tenant(TenantId tenant) const noexcept { return impl_->tenants.find(tenant) != nullptr; }
+Status DeviceGroup::set_tenant_weight(TenantId tenant, std::uint32_t weight) {
+  return impl_->tenants.set_weight(tenant, weight);  // read at each dispatch: nothing to redo
+}
+
+Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits) {
+  Impl& impl = *impl_;
+  detail::Tenant* tenant = impl.tenants.find(tenant_id);
+  if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
+  if (Status status = validate(limits); !status) return status;
+  if (limits.unlimited()) {
+    tenant->limits = LimitState();
+  } else {
+    tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
+  }
+  impl.reserve_capacity();
+  for (auto& device : impl.devices) {
+    if (device && device->tree.tenant == tenant) impl.restart_device(*device);
+  }
+  return {};
+}
+
+std::optional<Limits> DeviceGroup::tenant_limits(TenantId tenant_id) const noexcept {
+  const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  if (tenant == nullptr) return std::nullopt;
+  return tenant->limits.limits();
+}
+
+Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId> tenant_id, std::uint32_t weight) {
+  Impl& impl = *impl_;
+  Device* device = impl.find_device(device_id);
+  if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
+  detail::Tenant* tenant = nullptr;
+  if (tenant_id) {
+    tenant = impl.tenants.find(*tenant_id);
+    if (tenant == nullptr) return Status::error("tenant " + std::to_string(*tenant_id) + " does not exist");
+    if (Status status = detail::check_tree_weight(weight, "a device's"); !status) return status;
+    if (!orders_by_shares(impl.policy_name)) {
+      return Status::error("policy " + std::string(to_string(impl.policy_name)) +
+                           " does not order by tenant shares; use fair or range-bw");
+    }
+  }
+  detail::Tenants::place(device->tree, tenant, tenant ? weight : kDefaultWeight);
+  impl.reserve_capacity();
+  impl.restart_device(*device);
+  return {};
+}
+
+std::optional<TenantId> DeviceGroup::device_tenant(DeviceId device_id) const noexcept {
+  const Device* device = impl_->find_device(device_id);
+  if (device == nullptr || device->tree.tenant == nullptr) return std::nullopt;
+  return device->tree.tenant->id;
+}
+
+std::optional<NodeShare> DeviceGroup::group_share(DeviceId device_id, GroupId group_id) const noexcept {
+  const Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr) return std::nullopt;
+  const detail::DeviceNode& node = group->device->tree;
+  NodeShare share;
+  share.active = group->queue_length + group->in_flight != 0;
+  if (node.tenant == nullptr) {
+    const auto [configured, active] = impl_->root_sums();
+    share.configured = share.configured_path = ratio(group->weight, configured);
+    share.effective = share.effective_path = share.active ? ratio(group->weight, active) : 0;
+    return share;
+  }
+  const NodeShare device = *device_share(device_id);
+  share.configured = ratio(group->weight, node.leaf_weight);
+  share.effective = share.active ? ratio(group->weight, node.active_leaf_weight) : 0;
+  share.configured_path = device.configured_path * share.configured;
+  share.effective_path = device.effective_path * share.effective;
+  return share;
+}
+
+std::optional<NodeShare> DeviceGroup::device_share(DeviceId device_id) const noexcept {
+  const Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return std::nullopt;
+  const detail::DeviceNode& node = device->tree;
+  NodeShare share;
+  share.active = node.active_leaves != 0;
+  if (node.tenant == nullptr) {
+    const auto [configured, active] = impl_->root_sums();
+    share.configured = share.configured_path = ratio(node.leaf_weight, configured);
+    share.effective = share.effective_path = ratio(node.active_leaf_weight, active);
+    return share;
+  }
+  const NodeShare tenant = *tenant_share(node.tenant->id);
+  share.configured = ratio(node.weight, node.tenant->weight_sum);
+  share.effective = share.active ? ratio(node.weight, node.tenant->active_weight) : 0;
+  share.configured_path = tenant.configured_path * share.configured;
+  share.effective_path = tenant.effective_path * share.effective;
+  return share;
+}
+
+std::optional<NodeShare> DeviceGroup::tenant_share(TenantId tenant_id) const noexcept {
+  const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  if (tenant == nullptr) return std::nullopt;
+  const auto [configured, active] = impl_->root_sums();
+  NodeShare share;
+  share.active = tenant->active_devices != 0;
+  share.configured = share.configured_path = ratio(tenant->weight, configured);
+  share.effective = share.effective_path = share.active ? ratio(tenant->weight, active) : 0;
+  return share;
+}
+
+bool DeviceGroup::tenant_limiting(TenantId tenant_id) const noexcept {
+  const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  return tenant != nullptr && tenant->limit_paced_at != INT64_MIN && tenant->limit_paced_at >= impl_->last_now - 1'000'000'000;
 }
 
 // ---- hot path ----

@@ -37,6 +37,7 @@
 #include "qos/request.h"
 #include "qos/stats.h"
 #include "qos/status.h"
+#include "qos/tree.h"
 
 namespace ioband::qos {
 
@@ -192,6 +193,31 @@ class DeviceGroup {
   std::optional<LatencyTargetStatus> latency_target(DeviceId device, GroupId group) const noexcept;  // nullopt: none
   // The in-flight cap the latency targets of other groups impose on the group (0: none).
   std::uint32_t latency_cap_on(DeviceId device, GroupId group) const noexcept;
+
+  // ---- Tenants (tree.h): a level above the devices, with shared limits ----
+  // A tenant of this device group, weight 1..kMaxTreeWeight.
+  Status add_tenant(TenantId tenant, std::uint32_t weight);
+  // Refused while devices are in it.
+  Status remove_tenant(TenantId tenant);
+  bool has_tenant(TenantId tenant) const noexcept;
+  Status set_tenant_weight(TenantId tenant, std::uint32_t weight);
+  // Limits shared by every device of the tenant (all-zero: none).
+  Status set_tenant_limits(TenantId tenant, const Limits& limits);
+  std::optional<Limits> tenant_limits(TenantId tenant) const noexcept;
+  // Puts `device` into `tenant` with `weight` among the tenant's devices
+  // (moving it out of another), or, with nullopt, back under the root.
+  // Tenants order by share under fair and range-bw only: refused under
+  // weight and weight-iosize (and set_policy to those while a device is in
+  // a tenant).
+  Status set_device_tenant(DeviceId device, std::optional<TenantId> tenant, std::uint32_t weight = kDefaultWeight);
+  std::optional<TenantId> device_tenant(DeviceId device) const noexcept;
+  // Shares for status (NodeShare): of a group, of its device (the sum of
+  // its groups' shares outside a tenant), of a tenant.
+  std::optional<NodeShare> group_share(DeviceId device, GroupId group) const noexcept;
+  std::optional<NodeShare> device_share(DeviceId device) const noexcept;
+  std::optional<NodeShare> tenant_share(TenantId tenant) const noexcept;
+  // Whether the tenant's shared limits held a request back in the last second.
+  bool tenant_limiting(TenantId tenant) const noexcept;
 
   // ---- Hot path ----
   // Queues `request` (its device must exist). Never dispatches by itself.

@@ -27,6 +27,12 @@
 // every window, whatever its length. Weights apply to the next dispatch, so a
 // weight change takes effect at once. Cost: O(log groups) per request.
 //
+// Tenants (tree.h). A group of a device in a tenant is charged c / e(g), e
+// its effective weight in the tree (the product of the hweights on its path,
+// in the root's units), and comes back from idle at its tenant's V_T (the
+// largest start tag its tenant dispatched) rather than V, so a tenant held
+// back by its shared limits splits that limit by its own weights.
+//
 // Virtual time is fixed point: c / w is computed as c * 2^kVtimeShift / w
 // (at least 1); when V passes 2^61 every tag is shifted down (rebase), which
 // preserves the order and happens at most every few hours.
@@ -62,18 +68,32 @@ class FairOrder : public OrderPolicy {
   Rule rule() const noexcept override { return Rule::fair; }
   std::int64_t key(const Group& group) const noexcept override { return group.vtime; }
   void start(Group& group) noexcept override { group.vtime = vtime_; }
-  void from_idle(Group& group, Nanos) noexcept override { FairPolicy::normalize(group, vtime_); }
+  void from_idle(Group& group, Nanos) noexcept override {
+    Tenant* tenant = group.device->tree.tenant;  // tree.h: a tenant's groups come back at V_T
+    FairPolicy::normalize(group, tenant == nullptr ? vtime_ : tenant_vtime(*tenant, vtime_, rebases_));
+  }
 
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
     vtime_ = std::max(vtime_, group.vtime);
-    group.vtime += FairPolicy::advance(settings_.cost.of(request), group.weight);
+    if (Tenant* tenant = group.device->tree.tenant) {
+      tenant->vtime = std::max(tenant_vtime(*tenant, vtime_, rebases_), group.vtime);
+    }
+    // Under a tenant: the group's effective weight in the tree (tree.h).
+    const DeviceNode& node = group.device->tree;
+    const Cost cost = settings_.cost.of(request);
+    group.vtime += node.tenant == nullptr ? FairPolicy::advance(cost, group.weight)
+                                          : tree_advance(cost, group.weight, node);
     return group.vtime > kVtimeRebase;
   }
   void rebase(Group& group) noexcept override { group.vtime = std::max<std::int64_t>(group.vtime - vtime_, 0); }
-  void rebased() noexcept override { vtime_ = 0; }
+  void rebased() noexcept override {
+    vtime_ = 0;
+    ++rebases_;  // every V_T restarts from V
+  }
 
  protected:
   std::int64_t vtime_ = 0;  // V
+  std::uint32_t rebases_ = 0;
 };
 
 }  // namespace ioband::qos::detail

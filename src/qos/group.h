@@ -17,6 +17,7 @@
 #include "qos/reservation.h"
 #include "qos/stats.h"
 #include "qos/token_bucket.h"
+#include "qos/tree.h"
 
 namespace ioband::qos::detail {
 
@@ -116,6 +117,7 @@ struct Device {
   std::uint32_t top_reservation_index = kNotInHeap;
   std::uint32_t timer_index = kNotInHeap;
   Nanos limit_paced_at = INT64_MIN;  // last time a limit of the device held it back (observation.h)
+  DeviceNode tree;                   // its tenant, if any, and its active groups (tree.h)
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };

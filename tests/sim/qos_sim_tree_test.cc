@@ -1,0 +1,200 @@
+// The tree (qos/tree.h) in virtual time: tenants above devices above groups.
+//   - three levels, nine leaves: each within 2 points of its hweight share
+//     over 60 s (weights used exactly: 200:300 is 40/60, 1:3 is 25/75);
+//   - a leaf that goes idle leaves its share to its sibling first, within
+//     100 ms, and the other tenants keep theirs;
+//   - the storage is as busy as with the same clients and no tenants;
+//   - a tenant's limit (QEMU's throttle group) holds for its three devices
+//     together, burst included, and its weights split it, not the clients'
+//     depths.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+
+#include "sim/simulator.h"
+
+namespace ioband::sim {
+namespace {
+
+constexpr qos::TenantId kA = 1, kB = 2;
+
+struct Leaf {
+  std::string name;
+  DeviceId device;
+  GroupId group;
+  std::uint32_t weight;
+  double share;  // expected, of the storage
+};
+
+// Tenant A (300): d0 (200) {g1 200, g2 300}, d1 (100) {default 100, g1 1000}
+// Tenant B (100): d2 (100) {g1 1, g2 3},     d3 (300) {default 100, g1 100}
+// Outside every tenant: d4 {default 200}.
+// Root: 300 + 100 + 200 = 600.
+std::vector<Leaf> leaves() {
+  const double a = 300.0 / 600, b = 100.0 / 600;
+  const double d0 = a * 2 / 3, d1 = a / 3, d2 = b / 4, d3 = b * 3 / 4;
+  return {
+      {"A.d0.g1", 0, 1, 200, d0 * 200 / 500},   {"A.d0.g2", 0, 2, 300, d0 * 300 / 500},
+      {"A.d1.-1", 1, qos::kDefaultGroup, 100, d1 * 100 / 1100}, {"A.d1.g1", 1, 1, 1000, d1 * 1000 / 1100},
+      {"B.d2.g1", 2, 1, 1, d2 / 4},             {"B.d2.g2", 2, 2, 3, d2 * 3 / 4},
+      {"B.d3.-1", 3, qos::kDefaultGroup, 100, d3 / 2}, {"B.d3.g1", 3, 1, 100, d3 / 2},
+      {"root.d4", 4, qos::kDefaultGroup, 200, 200.0 / 600},
+  };
+}
+
+void make_tree(qos::DeviceGroup& g) {
+  ASSERT_TRUE(g.add_tenant(kA, 300));
+  ASSERT_TRUE(g.add_tenant(kB, 100));
+  ASSERT_TRUE(g.set_device_tenant(0, kA, 200));
+  ASSERT_TRUE(g.set_device_tenant(1, kA, 100));
+  ASSERT_TRUE(g.set_device_tenant(2, kB, 100));
+  ASSERT_TRUE(g.set_device_tenant(3, kB, 300));
+}
+
+Scenario tree_scenario(bool with_tree, Nanos duration) {
+  Scenario s;
+  s.name = with_tree ? "tree" : "flat";
+  s.storage = storage(32, 10 * kMilli, 2 * kMilli);
+  s.devices = {0, 1, 2, 3, 4};
+  for (const Leaf& leaf : leaves()) {
+    s.groups.push_back(group(leaf.device, leaf.group, leaf.weight));
+    ClientSpec client = closed_loop(leaf.name, leaf.device, leaf.group, 16);
+    client.start = kMilli;  // after the tree is made (the action at 0)
+    s.clients.push_back(client);
+  }
+  if (with_tree) s.actions.push_back({0, [](qos::DeviceGroup& g) { make_tree(g); }});
+  s.duration = duration;
+  return s;
+}
+
+std::vector<std::string> names() {
+  std::vector<std::string> out;
+  for (const Leaf& leaf : leaves()) out.push_back(leaf.name);
+  return out;
+}
+
+TEST(Tree, ThreeLevelsEveryLeafWithinTwoPointsOfItsShare) {
+  constexpr Nanos kDuration = 60 * kSecond;
+  const Result tree = simulate(tree_scenario(true, kDuration));
+  const std::vector<Leaf> expected = leaves();
+  const std::vector<double> measured = device_time_shares(tree, names(), kSecond, kDuration);
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    printf("%-8s expected %6.2f %%  measured %6.2f %%\n", expected[i].name.c_str(), 100 * expected[i].share,
+           measured[i]);
+    EXPECT_NEAR(measured[i], 100 * expected[i].share, 2.0) << expected[i].name;
+  }
+  // Weights exactly: 200:300 is 40/60 of their device, 1:3 is 25/75.
+  EXPECT_NEAR(measured[0] / (measured[0] + measured[1]), 0.4, 0.01);
+  EXPECT_NEAR(measured[4] / (measured[4] + measured[5]), 0.25, 0.03);
+
+  // The same clients without tenants keep the storage as busy (>= 97 %).
+  const Result flat = simulate(tree_scenario(false, kDuration));
+  double tree_done = 0, flat_done = 0;
+  for (const std::string& name : names()) {
+    tree_done += static_cast<double>(tree.client(name).completions(kSecond, kDuration));
+    flat_done += static_cast<double>(flat.client(name).completions(kSecond, kDuration));
+  }
+  printf("completions with the tree %.0f, without %.0f (%.2f %%); utilisation %.3f vs %.3f\n", tree_done, flat_done,
+         100 * tree_done / flat_done, tree.utilization(kSecond, kDuration), flat.utilization(kSecond, kDuration));
+  EXPECT_GE(tree_done / flat_done, 0.97);
+}
+
+// Stops `stopped` at 10 s and checks every leaf against `after` (percent)
+// in [10.1, 10.6 s) and [10.5, 11.0 s).
+void check_idle(const std::vector<std::string>& stopped, const std::map<std::string, double>& after_changes) {
+  Scenario s = tree_scenario(true, 12 * kSecond);
+  constexpr Nanos kStop = 10 * kSecond;
+  for (ClientSpec& client : s.clients) {
+    if (std::find(stopped.begin(), stopped.end(), client.name) != stopped.end()) client.stop = kStop;
+  }
+  const Result result = simulate(s);
+  const std::vector<Leaf> expected = leaves();
+  std::vector<double> after(expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    auto change = after_changes.find(expected[i].name);
+    after[i] = change != after_changes.end() ? change->second : 100 * expected[i].share;
+  }
+  for (Nanos from : {kStop + 100 * kMilli, kStop + 500 * kMilli}) {
+    const Nanos to = from + 500 * kMilli;
+    const std::vector<double> measured = device_time_shares(result, names(), from, to);
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      printf("[%.1f, %.1f s) %-8s expected %6.2f %%  measured %6.2f %%\n", static_cast<double>(from) / kSecond,
+             static_cast<double>(to) / kSecond, expected[i].name.c_str(), after[i], measured[i]);
+      EXPECT_NEAR(measured[i], after[i], 2.0) << expected[i].name << " from " << from;
+    }
+  }
+}
+
+// A.d0.g2 stops: A.d0.g1 takes all of d0's share (1/3); the others keep theirs.
+TEST(Tree, AnIdleLeafsShareGoesToItsSiblingFirstWithin100ms) {
+  check_idle({"A.d0.g2"}, {{"A.d0.g1", 100.0 / 3}, {"A.d0.g2", 0}});
+}
+
+// Both groups of A.d1 stop: d0 takes all of A's half (g1 2/5, g2 3/5 of it);
+// tenant B and the root's device keep theirs.
+TEST(Tree, AnIdleDevicesShareGoesToItsTenantsOtherDevicesFirst) {
+  check_idle({"A.d1.-1", "A.d1.g1"}, {{"A.d0.g1", 20}, {"A.d0.g2", 30}, {"A.d1.-1", 0}, {"A.d1.g1", 0}});
+}
+
+// QEMU's throttle group: one limit for three devices of a tenant.
+TEST(Tree, TenantLimitHoldsForItsDevicesTogetherSplitByWeight) {
+  constexpr Nanos kDuration = 30 * kSecond;
+  Scenario s;
+  s.name = "tenant limit";
+  // Fast storage (256 in parallel, 1 ms): the limit, not the storage, binds.
+  s.storage = storage(256, kMilli, 200 * kMicro);
+  s.io_limit = 256;
+  s.io_limit_auto = false;
+  s.devices = {0, 1, 2, 3};
+  // Depths 32, 4 and 1 (QEMU splits such drives by depth); weights 1:2:1.
+  s.clients = {closed_loop("d0", 0, qos::kDefaultGroup, 32), closed_loop("d1", 1, qos::kDefaultGroup, 4),
+               closed_loop("d2", 2, qos::kDefaultGroup, 1), closed_loop("other", 3, qos::kDefaultGroup, 64)};
+  for (ClientSpec& client : s.clients) client.start = kMilli;
+  qos::Limits limit;
+  limit.iops_total = {2000, 4000, 2};  // 2000 IOPS, bursts at 4000 for 2 s
+  s.actions.push_back({0, [limit](qos::DeviceGroup& g) {
+                         ASSERT_TRUE(g.add_tenant(kA, 100));
+                         ASSERT_TRUE(g.set_device_tenant(0, kA, 100));
+                         ASSERT_TRUE(g.set_device_tenant(1, kA, 200));
+                         ASSERT_TRUE(g.set_device_tenant(2, kA, 100));
+                         ASSERT_TRUE(g.set_tenant_limits(kA, limit));
+                       }});
+  s.duration = kDuration;
+  const Result result = simulate(s);
+
+  std::vector<Nanos> together;
+  for (const char* name : {"d0", "d1", "d2"}) {
+    const auto& times = result.client(name).dispatched;
+    together.insert(together.end(), times.begin(), times.end());
+  }
+  std::sort(together.begin(), together.end());
+  ClientResult merged;
+  merged.dispatched = together;
+  // The bucket of (4000 - 2000) * 2 = 4000 requests: 2000 * 30 + 4000 in all.
+  const double expected = 2000.0 * 30 + 4000;
+  printf("tenant: %zu requests in 30 s (expected %.0f, %+.3f %%); most in 1 s: %llu\n", together.size(), expected,
+         100 * (static_cast<double>(together.size()) / expected - 1),
+         static_cast<unsigned long long>(merged.max_dispatched_in(kSecond)));
+  EXPECT_NEAR(static_cast<double>(together.size()), expected, expected * 0.01);
+  const auto steady = static_cast<double>(std::lower_bound(together.begin(), together.end(), kDuration) -
+                                          std::lower_bound(together.begin(), together.end(), 5 * kSecond));
+  EXPECT_NEAR(steady / 25, 2000, 20);
+  // No 1 s window above the limit plus its burst (limits.h: rate * T +
+  // capacity + one request, and max * T + max / 10 + one request).
+  EXPECT_LE(merged.max_dispatched_in(kSecond), 2000u + 4000u + 1u);
+  EXPECT_LE(merged.max_dispatched_in(kSecond), 4000u + 400u + 1u);
+
+  // Split 1:2:1 by the tenant's weights, whatever the depths.
+  const std::vector<double> split = shares(result, {"d0", "d1", "d2"}, 5 * kSecond, kDuration);
+  printf("split d0 (32 deep) %.2f %%, d1 (4 deep) %.2f %%, d2 (1 deep) %.2f %%; other device %.0f IOPS\n", split[0],
+         split[1], split[2], static_cast<double>(result.client("other").completions(5 * kSecond, kDuration)) / 25);
+  EXPECT_NEAR(split[0], 25, 3);
+  EXPECT_NEAR(split[1], 50, 3);
+  EXPECT_NEAR(split[2], 25, 3);
+  // A device outside the tenant is not held by its limit.
+  EXPECT_GE(static_cast<double>(result.client("other").completions(5 * kSecond, kDuration)) / 25, 20'000);
+}
+
+}  // namespace
+}  // namespace ioband::sim

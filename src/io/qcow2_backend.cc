@@ -1,37 +1,67 @@
 // The qcow2 backend: a qcow2 image served through a raw backend of its file,
 // with its backing chain under it (DESIGN.md: backends stack). The format's
-// rules are in qcow2_format.{h,cc}; this file does the I/O.
+// rules are in qcow2_format.{h,cc}; opening and detection in image.cc.
 //
-// A read is cut at cluster boundaries and each piece goes where its L2
-// entry says: to the image file (through the raw backend, so O_DIRECT,
-// bounce buffers and the tmpfs path are the raw backend's), to the backing
-// image (any Backend: qcow2 or raw, shared by every image on it), to
-// zeroes, or through zlib for a compressed cluster. Neighbouring pieces of
-// one kind are merged (contiguous host clusters are one read). An L2 table
-// not in the cache is read on the ring and the requests that need it wait
-// for it; nothing blocks the reactor except block_status, whose interface
-// is synchronous: it preads a missing table (like the raw backend's
-// lseek(SEEK_DATA), one small metadata read).
+// Reads. A request is cut at cluster boundaries and each piece goes where
+// its L2 entry says: to the image file (through the raw backend, so
+// O_DIRECT, bounce buffers and the tmpfs path are the raw backend's), to
+// the backing image (any Backend, shared by every image on it), to zeroes,
+// or through zlib for a compressed cluster. Neighbouring pieces of one kind
+// are merged (contiguous host clusters are one read). An L2 table not in
+// the cache is read on the ring; requests that need it wait for it.
+// block_status, synchronous by its interface, preads a missing table (one
+// small metadata read, like the raw backend's lseek(SEEK_DATA)).
 //
-// Writes are not done yet: a qcow2 image is served read-only, and opening
-// one writable is refused with a sentence saying so.
+// Writes. A write into an allocated cluster goes in place. Into any other
+// cluster (unallocated, zero, compressed) it takes a new cluster at the end
+// of the file, fills it (the bytes it does not write are read first through
+// this backend: backing chain, zeroes or the inflated cluster), writes it,
+// and only then links it: the L2 entry in memory points to it, so a read
+// sees either the old content or the new, never an unwritten cluster. One
+// allocation per guest cluster at a time: another write to that cluster
+// waits (busy_). Whole clusters trimmed or zeroed only change their L2
+// entry (zero flag, or unallocated with no backing file).
+//
+// Metadata is written back, as QEMU's caches do: links change tables in
+// memory (marked dirty, never evicted while dirty), and refcounts are
+// counted at the next flush. A flush (FLUSH, FUA, or too many dirty
+// tables) runs stages, each made durable (fdatasync) before the next:
+//
+//   0. count: every cluster taken since the last flush gets refcount 1
+//      (new refcount blocks, and a larger refcount table, are taken and
+//      counted the same way); frees made durable by an earlier flush are
+//      subtracted                               (memory only)
+//   1. refcount blocks                          -> sync
+//   2. refcount table clusters                  -> sync
+//   3. L2 tables, and the header if the refcount table moved -> sync
+//   4. L1 entries                               -> sync
+//
+// so on disk a refcount is durable before any reference to its cluster,
+// a refcount block before the table entry naming it, an L2 table before
+// the L1 entry naming it, and the data (written before its link) before
+// its L2 entry. No link happens while a flush runs (they wait for its
+// end), so the tables a stage writes reference only clusters an earlier
+// stage counted. A cluster unlinked (trim, a write over a compressed
+// cluster) is freed only by the flush after the one that made its L2
+// entry durable, and freed clusters are never taken again (allocation is
+// at the end of the file), so a crash at any point leaves at worst leaked
+// clusters, which qemu-img check reports as leaks, not corruption.
+
+#include "io/qcow2_backend.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <list>
-#include <map>
-#include <mutex>
-#include <tuple>
+#include <set>
 #include <unordered_map>
+#include <unordered_set>
 
-#include "io/image.h"
 #include "io/log.h"
-#include "io/qcow2_format.h"
 
 namespace ioband::io {
 
@@ -40,12 +70,14 @@ namespace {
 using qcow2::Header;
 using qcow2::Mapping;
 
+constexpr uint64_t kCopied = 1ull << 63;  // refcount is exactly 1
+constexpr uint64_t kZeroFlag = 1;
+
 class Qcow2Backend;
 
-// A client request in progress: the pieces planned so far and the first
-// error. pending counts pieces on the storage, plus one while planning.
+// A client request (or an internal read) in progress. pending counts
+// pieces on the storage, plus one while planning.
 struct Job {
-  Qcow2Backend* owner = nullptr;
   IoOp* op = nullptr;
   uint64_t next = 0;  // guest offset not planned yet
   uint32_t pending = 0;
@@ -53,16 +85,31 @@ struct Job {
   bool in_submit = false;
 };
 
-// One storage operation of a piece, or of an L2 table load.
+// One storage operation of a piece, a cluster allocation, or metadata.
 struct SubOp final : IoOp {
-  enum class Kind : uint8_t { kData, kBacking, kCompressed, kTable } kind = Kind::kData;
+  enum class Kind : uint8_t {
+    kData,        // read or in-place write of host clusters
+    kBacking,     // read from the backing image
+    kCompressed,  // read of a compressed cluster's bytes
+    kTable,       // L2 table load
+    kRefblock,    // refcount block load
+    kCowRead,     // allocation: the cluster's old content, read through this backend
+    kAllocWrite,  // allocation: the new cluster written
+    kMeta,        // flush: a metadata write or a sync
+  } kind = Kind::kData;
   Qcow2Backend* owner = nullptr;
   Job* job = nullptr;
-  uint64_t table = 0;       // kTable: its host offset
+  uint64_t table = 0;         // kTable, kRefblock: host offset
   uint8_t* target = nullptr;  // kCompressed: where the piece goes
-  uint32_t skip = 0;          // kCompressed: offset of the piece in the cluster; kBacking: zero tail starts
-  uint32_t piece = 0;         // kCompressed: length of the piece; kBacking: whole length wanted
-  uint64_t host = 0;          // kCompressed: the cluster's descriptor offset (the cache key)
+  uint32_t skip = 0;          // kCompressed: the piece's offset in the cluster; kBacking: zero tail starts
+  uint32_t piece = 0;         // kCompressed: piece length; kBacking: whole length wanted
+  uint64_t host = 0;          // kCompressed: descriptor offset; allocation: the new cluster
+  // Allocation and relink:
+  uint64_t cluster = 0;        // guest cluster index
+  uint64_t entry = 0;          // the new L2 entry
+  Mapping old;                 // what it replaces (freed if it held clusters)
+  const uint8_t* src = nullptr;  // the write's bytes, nullptr: zeroes
+  uint32_t from = 0, to = 0;     // the written range inside the cluster
   void finish(int32_t result) noexcept override;
 };
 
@@ -73,27 +120,38 @@ void* aligned_alloc_or_null(size_t bytes) {
 
 class Qcow2Backend final : public Backend {
  public:
-  Qcow2Backend(std::string path, Header header, std::vector<uint64_t> l1, std::unique_ptr<Backend> file, int meta_fd,
-               uint64_t file_size, std::shared_ptr<Backend> backing, uint64_t cache_bytes)
-      : path_(std::move(path)),
-        h_(std::move(header)),
-        l1_(std::move(l1)),
-        file_(std::move(file)),
-        meta_fd_(meta_fd),
-        file_size_(file_size),
-        backing_(std::move(backing)),
+  explicit Qcow2Backend(Qcow2Parts p)
+      : path_(std::move(p.path)),
+        h_(std::move(p.header)),
+        head_(std::move(p.head)),
+        l1_(std::move(p.l1)),
+        rt_(std::move(p.refcount_table)),
+        file_(std::move(p.file)),
+        meta_fd_(p.meta_fd),
+        file_size_(p.file_size),
+        backing_(std::move(p.backing)),
         backing_size_(backing_ ? backing_->size() : 0),
-        max_tables_(std::max<uint64_t>(2, cache_bytes / h_.cluster_size())) {}
+        max_tables_(std::max<uint64_t>(2, p.cache_bytes / h_.cluster_size())),
+        writable_(p.writable) {
+    const uint64_t cs = h_.cluster_size();
+    next_free_ = counted_end_ = (file_size_ + cs - 1) & ~(cs - 1);
+    rt_offset_ = h_.refcount_table_offset;
+    rt_clusters_ = h_.refcount_table_clusters;
+    zeroes_ = static_cast<uint8_t*>(aligned_alloc_or_null(cs));
+    if (zeroes_) std::memset(zeroes_, 0, cs);
+  }
   ~Qcow2Backend() override {
+    if (writable_ && !flushing_) flush_at_close();
     close(meta_fd_);
     free(compressed_cluster_);
+    free(zeroes_);
   }
 
   uint64_t size() const noexcept override { return h_.size; }
   BackendTraits traits() const noexcept override {
     BackendTraits t = file_->traits();
-    t.read_only = true;
-    t.can_trim = false;
+    t.read_only = !writable_;
+    t.can_trim = writable_;
     t.can_fast_zero = false;
     t.memory_speed = false;
     t.writes_consumed_below = 0;
@@ -109,10 +167,14 @@ class Qcow2Backend final : public Backend {
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {
     op.splice_fd = -1;
-    if (op.op != Op::kRead) {
-      // The export is read-only (traits); the session refuses writes first.
-      const int32_t result = op.op == Op::kFlush || op.op == Op::kCache ? 0 : -EROFS;
+    reactor_ = &reactor;
+    if (op.op == Op::kCache || (!writable_ && op.op != Op::kRead)) {
+      const int32_t result = op.op == Op::kCache || op.op == Op::kFlush ? 0 : -EROFS;
       reactor.defer([&op, result] { op.finish(result); });
+      return;
+    }
+    if (op.op == Op::kFlush) {
+      flush([&op](int rc) { op.finish(rc); });
       return;
     }
     Job* job = take_job();
@@ -121,7 +183,6 @@ class Qcow2Backend final : public Backend {
     job->pending = 1;
     job->error = 0;
     job->in_submit = true;
-    reactor_ = &reactor;
     plan(*job);
     job->in_submit = false;
   }
@@ -138,8 +199,7 @@ class Qcow2Backend final : public Backend {
       Mapping m;
       if (int rc = lookup_sync(pos, m); rc < 0) return out.size() > first ? 0 : rc;
       uint64_t run_end = cluster_end;
-      // Whole clusters of one kind in a row are one extent.
-      while (run_end < end) {
+      while (run_end < end) {  // whole clusters of one kind in a row are one extent
         Mapping n;
         if (lookup_sync(run_end, n) < 0 || n.kind != m.kind) break;
         run_end = std::min<uint64_t>(run_end + h_.cluster_size(), end);
@@ -160,25 +220,20 @@ class Qcow2Backend final : public Backend {
     Job* job = sub.job;
     switch (sub.kind) {
       case SubOp::Kind::kTable: return table_loaded(sub, result);
+      case SubOp::Kind::kRefblock: return refblock_loaded(sub, result);
+      case SubOp::Kind::kMeta: return meta_done(sub, result);
+      case SubOp::Kind::kCowRead: return cow_read_done(sub, result);
+      case SubOp::Kind::kAllocWrite:
+        if (result >= 0) return link(sub);
+        free(sub.buffer);
+        unbusy(sub.cluster);
+        break;
       case SubOp::Kind::kData: break;
       case SubOp::Kind::kBacking:
         if (result >= 0 && sub.skip < sub.piece) std::memset(sub.buffer + sub.skip, 0, sub.piece - sub.skip);
         break;
       case SubOp::Kind::kCompressed:
-        if (result >= 0) {
-          if (!compressed_cluster_) compressed_cluster_ = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
-          std::string why = compressed_cluster_ ? qcow2::inflate_cluster(sub.buffer, sub.length, compressed_cluster_,
-                                                                          h_.cluster_size())
-                                                : "out of memory";
-          if (why.empty()) {
-            compressed_host_ = sub.host;
-            std::memcpy(sub.target, compressed_cluster_ + sub.skip, sub.piece);
-          } else {
-            compressed_host_ = 0;
-            corrupt("compressed cluster at " + std::to_string(sub.host) + ": " + why);
-            result = -EIO;
-          }
-        }
+        if (result >= 0) result = inflated(sub);
         free(sub.buffer);
         break;
     }
@@ -188,12 +243,13 @@ class Qcow2Backend final : public Backend {
   }
 
  private:
+  using Callback = std::function<void(int)>;
+
   // --- requests --------------------------------------------------------
 
   Job* take_job() {
     if (free_jobs_.empty()) {
       jobs_.push_back(std::make_unique<Job>());
-      jobs_.back()->owner = this;
       return jobs_.back().get();
     }
     Job* j = free_jobs_.back();
@@ -221,9 +277,12 @@ class Qcow2Backend final : public Backend {
   void piece_done(Job& job) noexcept {
     if (--job.pending > 0) return;
     IoOp& op = *job.op;
-    const int32_t result = job.error ? job.error : static_cast<int32_t>(op.length);
+    const int32_t result = job.error ? job.error : op.op == Op::kRead || op.op == Op::kWrite ? static_cast<int32_t>(op.length) : 0;
     const bool deferred = job.in_submit;
     free_jobs_.push_back(&job);
+    if (result >= 0 && op.op != Op::kRead && (op.flags & kFua)) {
+      return flush([&op, result](int rc) { op.finish(rc < 0 ? rc : result); });
+    }
     // The caller does not expect its op finished inside its own submit().
     if (deferred) {
       reactor_->defer([&op, result] { op.finish(result); });
@@ -233,13 +292,17 @@ class Qcow2Backend final : public Backend {
   }
 
   // Plans pieces from job.next on; stops (the job waits) at an L2 table not
-  // in the cache, and resumes when it arrives.
+  // in the cache or a cluster being allocated, and resumes from there.
   void plan(Job& job) noexcept {
     IoOp& op = *job.op;
     const uint64_t end = op.offset + op.length;
     const uint64_t cs = h_.cluster_size();
     while (job.next < end && job.error == 0) {
       const uint64_t pos = job.next;
+      if (op.op != Op::kRead && busy_.count(pos >> h_.cluster_bits)) {
+        busy_waiters_.push_back(&job);
+        return;
+      }
       Mapping m;
       const int rc = lookup(pos, m, &job);
       if (rc == -EAGAIN) return;  // parked on a table load
@@ -247,35 +310,226 @@ class Qcow2Backend final : public Backend {
         job.error = rc;
         break;
       }
-      // The run: this cluster and the following ones that continue it.
       uint64_t run_end = std::min<uint64_t>((pos | (cs - 1)) + 1, end);
-      while (run_end < end && m.kind != Mapping::Kind::kCompressed) {
-        Mapping n;
-        if (lookup(run_end, n, nullptr) != 0 || n.kind != m.kind) break;
-        if (m.kind == Mapping::Kind::kNormal && n.host != m.host + (run_end - (pos & ~(cs - 1)))) break;
-        run_end = std::min<uint64_t>(run_end + cs, end);
-      }
-      uint8_t* buffer = op.buffer + (pos - op.offset);
-      const uint32_t length = static_cast<uint32_t>(run_end - pos);
-      switch (m.kind) {
-        case Mapping::Kind::kZero: std::memset(buffer, 0, length); break;
-        case Mapping::Kind::kUnallocated: read_backing(job, pos, buffer, length); break;
-        case Mapping::Kind::kNormal: {
-          SubOp* s = take_sub(&job, SubOp::Kind::kData);
-          s->offset = m.host + (pos & (cs - 1));
-          s->length = length;
-          s->buffer = buffer;
-          s->flags = op.flags & kSequential;
-          ++job.pending;
-          file_->submit(*reactor_, *s);
-          break;
+      // Reads and in-place writes: the following clusters that continue the run.
+      if (op.op == Op::kRead || (op.op == Op::kWrite && m.kind == Mapping::Kind::kNormal)) {
+        while (run_end < end && m.kind != Mapping::Kind::kCompressed) {
+          Mapping n;
+          if ((op.op != Op::kRead && busy_.count(run_end >> h_.cluster_bits)) || lookup(run_end, n, nullptr) != 0 ||
+              n.kind != m.kind) {
+            break;
+          }
+          if (m.kind == Mapping::Kind::kNormal && n.host != m.host + (run_end - (pos & ~(cs - 1)))) break;
+          run_end = std::min<uint64_t>(run_end + cs, end);
         }
-        case Mapping::Kind::kCompressed: read_compressed(job, pos, m, buffer, length); break;
+      }
+      if (op.op == Op::kRead) {
+        plan_read(job, pos, run_end, m);
+      } else {
+        plan_change(job, pos, run_end, m);
       }
       job.next = run_end;
     }
     piece_done(job);
   }
+
+  void plan_read(Job& job, uint64_t pos, uint64_t run_end, const Mapping& m) noexcept {
+    IoOp& op = *job.op;
+    uint8_t* buffer = op.buffer + (pos - op.offset);
+    const uint32_t length = static_cast<uint32_t>(run_end - pos);
+    switch (m.kind) {
+      case Mapping::Kind::kZero: std::memset(buffer, 0, length); break;
+      case Mapping::Kind::kUnallocated: read_backing(job, pos, buffer, length); break;
+      case Mapping::Kind::kNormal: data_io(job, Op::kRead, m.host + (pos & (h_.cluster_size() - 1)), buffer, length); break;
+      case Mapping::Kind::kCompressed: read_compressed(job, pos, m, buffer, length); break;
+    }
+  }
+
+  void data_io(Job& job, Op kind, uint64_t host, uint8_t* buffer, uint32_t length) noexcept {
+    SubOp* s = take_sub(&job, SubOp::Kind::kData);
+    s->op = kind;
+    s->offset = host;
+    s->length = length;
+    s->buffer = buffer;
+    s->flags = job.op->flags & kSequential;
+    ++job.pending;
+    file_->submit(*reactor_, *s);
+  }
+
+  // A write, zeroing or trim of [pos, run_end) (one cluster, or a run of
+  // allocated clusters for a write).
+  void plan_change(Job& job, uint64_t pos, uint64_t run_end, const Mapping& m) noexcept {
+    IoOp& op = *job.op;
+    const uint64_t cs = h_.cluster_size();
+    const uint64_t cluster = pos >> h_.cluster_bits;
+    const uint64_t cluster_start = cluster << h_.cluster_bits;
+    const bool whole = pos == cluster_start && run_end == std::min(cluster_start + cs, h_.size);
+    // Zero flags exist from version 3; without a backing file an
+    // unallocated cluster reads as zeroes anyway.
+    const bool can_unmap = h_.version >= 3 || !backing_;
+    const uint64_t unmapped = backing_ ? kZeroFlag : 0;
+    switch (op.op) {
+      case Op::kWrite:
+        if (m.kind == Mapping::Kind::kNormal) {
+          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), op.buffer + (pos - op.offset),
+                         static_cast<uint32_t>(run_end - pos));
+        }
+        return allocate(job, cluster, m, pos, run_end, op.buffer + (pos - op.offset));
+      case Op::kWriteZeroes:
+        if (whole && can_unmap && !(op.flags & kNoHole)) return relink(job, cluster, m, unmapped);
+        if (m.kind == Mapping::Kind::kNormal) {
+          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), zeroes_, static_cast<uint32_t>(run_end - pos));
+        }
+        if (m.kind == Mapping::Kind::kZero || (m.kind == Mapping::Kind::kUnallocated && !backing_)) return;  // zeroes already
+        return allocate(job, cluster, m, pos, run_end, nullptr);
+      case Op::kTrim:  // advisory: whole clusters only
+        if (whole && can_unmap) return relink(job, cluster, m, unmapped);
+        return;
+      default:
+        return;
+    }
+  }
+
+  void relink(Job& job, uint64_t cluster, const Mapping& m, uint64_t entry) noexcept {
+    const bool same = (entry == 0 && m.kind == Mapping::Kind::kUnallocated) ||
+                      (entry == kZeroFlag && m.kind == Mapping::Kind::kZero && m.host == 0);
+    if (same) return;
+    SubOp* s = take_sub(&job, SubOp::Kind::kAllocWrite);
+    s->cluster = cluster;
+    s->entry = entry;
+    s->old = m;
+    s->buffer = nullptr;
+    busy_.insert(cluster);
+    ++job.pending;
+    link(*s);
+  }
+
+  // A new cluster for [pos, run_end) of guest cluster `cluster`: filled
+  // with what it held where the write does not reach, then written.
+  void allocate(Job& job, uint64_t cluster, const Mapping& m, uint64_t pos, uint64_t run_end, const uint8_t* src) noexcept {
+    const uint64_t cs = h_.cluster_size();
+    auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(cs));
+    if (!buffer) {
+      job.error = -ENOMEM;
+      return;
+    }
+    SubOp* s = take_sub(&job, SubOp::Kind::kCowRead);
+    s->cluster = cluster;
+    s->old = m;
+    s->src = src;
+    s->from = static_cast<uint32_t>(pos & (cs - 1));
+    s->to = static_cast<uint32_t>(s->from + (run_end - pos));
+    s->buffer = buffer;
+    s->host = take_clusters(1);
+    s->entry = s->host | kCopied;
+    busy_.insert(cluster);
+    ++job.pending;
+    const uint64_t start = cluster << h_.cluster_bits;
+    const uint64_t valid = std::min(cs, h_.size - start);
+    std::memset(buffer + valid, 0, cs - valid);  // past the virtual size
+    if (s->from == 0 && s->to >= valid) return cow_read_done(*s, 0);  // all of it is new
+    s->offset = start;
+    s->length = static_cast<uint32_t>(valid);
+    s->op = Op::kRead;
+    submit(*reactor_, *s);  // through this backend: backing chain, zeroes, inflation
+  }
+
+  void cow_read_done(SubOp& s, int32_t result) noexcept {
+    if (result < 0) {
+      free(s.buffer);
+      unbusy(s.cluster);
+      Job* job = s.job;
+      release(s);
+      if (job->error == 0) job->error = result;
+      return piece_done(*job);
+    }
+    if (s.src) {
+      std::memcpy(s.buffer + s.from, s.src, s.to - s.from);
+    } else {
+      std::memset(s.buffer + s.from, 0, s.to - s.from);
+    }
+    s.kind = SubOp::Kind::kAllocWrite;
+    s.op = Op::kWrite;
+    s.offset = s.host;
+    s.length = static_cast<uint32_t>(h_.cluster_size());
+    s.flags = 0;
+    file_->submit(*reactor_, s);
+  }
+
+  // The cluster's data is down: its L2 entry now points to it. Waits for
+  // a running flush, for the L2 table to be read, or makes a new table.
+  void link(SubOp& s) noexcept {
+    if (flushing_) {
+      deferred_links_.push_back(&s);
+      return;
+    }
+    const uint64_t guest = s.cluster << h_.cluster_bits;
+    const uint64_t index = guest / h_.l2_span();
+    uint64_t table_offset = 0;
+    if (int rc = table_of(guest, table_offset); rc < 0) return link_failed(s, rc);
+    auto it = tables_.end();
+    if (table_offset == 0) {
+      // A new L2 table: counted at the next flush, written before L1 names it.
+      table_offset = take_clusters(1);
+      it = insert_table(table_offset);
+      it->second.entries.assign(h_.l2_entries(), 0);
+      it->second.loaded = true;
+      l1_[index] = table_offset | kCopied;
+      l1_dirty_.insert(index / 64);
+    } else {
+      it = tables_.find(table_offset);
+      if (it == tables_.end() || !it->second.loaded) {
+        auto retry = [this, &s](int rc) { rc < 0 ? link_failed(s, rc) : link(s); };
+        if (it != tables_.end()) {
+          it->second.waiters.push_back(retry);
+        } else if (start_load(table_offset, retry) < 0) {
+          link_failed(s, -ENOMEM);
+        }
+        return;
+      }
+    }
+    Table& t = it->second;
+    touch(t);
+    t.entries[s.cluster & (h_.l2_entries() - 1)] = s.entry;
+    mark_dirty(t);
+    // What it replaces is freed once this entry is durable (see the top).
+    if (s.old.kind == Mapping::Kind::kNormal || (s.old.kind == Mapping::Kind::kZero && s.old.host)) {
+      pending_frees_.push_back({s.old.host, h_.cluster_size()});
+    } else if (s.old.kind == Mapping::Kind::kCompressed) {
+      pending_frees_.push_back({s.old.host, s.old.compressed});
+    }
+    free(s.buffer);
+    Job* job = s.job;
+    const uint64_t cluster = s.cluster;
+    release(s);
+    unbusy(cluster);
+    piece_done(*job);
+    if (dirty_tables_ * 2 > max_tables_ && !flushing_) flush(nullptr);
+  }
+
+  void link_failed(SubOp& s, int rc) noexcept {
+    free(s.buffer);
+    Job* job = s.job;
+    unbusy(s.cluster);
+    release(s);
+    if (job->error == 0) job->error = rc;
+    piece_done(*job);
+  }
+
+  void unbusy(uint64_t cluster) noexcept {
+    busy_.erase(cluster);
+    if (busy_waiters_.empty()) return;
+    std::vector<Job*> waiters;
+    waiters.swap(busy_waiters_);
+    for (Job* job : waiters) plan(*job);
+  }
+
+  uint64_t take_clusters(uint64_t n) noexcept {
+    const uint64_t offset = next_free_;
+    next_free_ += n * h_.cluster_size();
+    return offset;
+  }
+  uint64_t file_end() const noexcept { return writable_ ? std::max(next_free_, file_size_) : file_size_; }
 
   void read_backing(Job& job, uint64_t pos, uint8_t* buffer, uint32_t length) noexcept {
     const uint32_t from_backing =
@@ -321,13 +575,29 @@ class Qcow2Backend final : public Backend {
     file_->submit(*reactor_, *s);
   }
 
+  int32_t inflated(SubOp& sub) noexcept {
+    if (!compressed_cluster_) compressed_cluster_ = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
+    std::string why = compressed_cluster_
+                          ? qcow2::inflate_cluster(sub.buffer, sub.length, compressed_cluster_, h_.cluster_size())
+                          : "out of memory";
+    if (!why.empty()) {
+      compressed_host_ = 0;
+      corrupt("compressed cluster at " + std::to_string(sub.host) + ": " + why);
+      return -EIO;
+    }
+    compressed_host_ = sub.host;
+    std::memcpy(sub.target, compressed_cluster_ + sub.skip, sub.piece);
+    return 0;
+  }
+
   // --- the map ---------------------------------------------------------
 
   struct Table {
     std::vector<uint64_t> entries;  // host order; empty while loading
-    std::vector<Job*> waiters;
+    std::vector<Callback> waiters;
     std::list<uint64_t>::iterator lru;
     bool loaded = false;
+    bool dirty = false;
   };
 
   // The mapping of guest offset pos. 0, -EIO for a corrupt entry, or
@@ -341,8 +611,16 @@ class Qcow2Backend final : public Backend {
     auto it = tables_.find(table_offset);
     if (it == tables_.end() || !it->second.loaded) {
       if (!job) return -EAGAIN;
-      if (it == tables_.end()) return start_load(table_offset, job);
-      it->second.waiters.push_back(job);
+      Callback resume = [this, job](int rc) {
+        if (rc < 0) {
+          job->error = rc;
+          piece_done(*job);
+        } else {
+          plan(*job);
+        }
+      };
+      if (it == tables_.end()) return start_load(table_offset, std::move(resume));
+      it->second.waiters.push_back(std::move(resume));
       return -EAGAIN;
     }
     touch(it->second);
@@ -388,7 +666,7 @@ class Qcow2Backend final : public Backend {
       return -EIO;
     }
     if (table_offset == 0) return 0;
-    if (table_offset > file_size_ - h_.cluster_size() || file_size_ < h_.cluster_size()) {
+    if (file_end() < h_.cluster_size() || table_offset > file_end() - h_.cluster_size()) {
       corrupt("L2 table at " + std::to_string(table_offset) + " lies past the end of the file");
       return -EIO;
     }
@@ -401,7 +679,8 @@ class Qcow2Backend final : public Backend {
       corrupt(why);
       return -EIO;
     }
-    if ((m.kind == Mapping::Kind::kNormal && (m.host >= file_size_ || file_size_ - m.host < h_.cluster_size())) ||
+    const uint64_t end = file_end();
+    if ((m.kind == Mapping::Kind::kNormal && (m.host >= end || end - m.host < h_.cluster_size())) ||
         (m.kind == Mapping::Kind::kCompressed && m.host >= file_size_)) {
       corrupt("cluster at " + std::to_string(m.host) + " lies past the end of the file");
       return -EIO;
@@ -417,31 +696,37 @@ class Qcow2Backend final : public Backend {
     return it;
   }
 
-  // Least recently used first; tables being read are not in the way.
+  // Least recently used first; tables being read, or dirty, stay, and all
+  // do while a flush runs (one being written must not be read back stale).
   void evict() noexcept {
+    if (flushing_) return;
     auto it = lru_.end();
     while (tables_.size() >= max_tables_ && it != lru_.begin()) {
       --it;
       auto t = tables_.find(*it);
-      if (!t->second.loaded) continue;
+      if (!t->second.loaded || t->second.dirty) continue;
       it = lru_.erase(it);
       tables_.erase(t);
     }
   }
 
   void touch(Table& t) noexcept { lru_.splice(lru_.begin(), lru_, t.lru); }
+  void mark_dirty(Table& t) noexcept {
+    if (!t.dirty) ++dirty_tables_;
+    t.dirty = true;
+  }
 
   void fill(std::vector<uint64_t>& entries, const uint8_t* raw) {
     entries.resize(h_.l2_entries());
     for (uint64_t i = 0; i < entries.size(); ++i) entries[i] = qcow2::load_be64(raw + i * 8);
   }
 
-  // Reads the table on the ring; job waits for it. -EAGAIN, or -ENOMEM.
-  int start_load(uint64_t offset, Job* job) noexcept {
+  // Reads the table on the ring; waiter runs when it is in. -EAGAIN, or -ENOMEM.
+  int start_load(uint64_t offset, Callback waiter) noexcept {
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
     if (!buffer) return -ENOMEM;
     auto it = insert_table(offset);
-    it->second.waiters.push_back(job);  // before submit: the read may fail inside it
+    it->second.waiters.push_back(std::move(waiter));  // before submit: the read may fail inside it
     SubOp* s = take_sub(nullptr, SubOp::Kind::kTable);
     s->offset = offset;
     s->length = static_cast<uint32_t>(h_.cluster_size());
@@ -455,32 +740,352 @@ class Qcow2Backend final : public Backend {
     auto it = tables_.find(sub.table);
     uint8_t* buffer = sub.buffer;
     release(sub);
-    if (it == tables_.end()) {  // cannot happen: a loading table is never evicted
-      free(buffer);
-      return;
-    }
+    std::vector<Callback> waiters;
+    waiters.swap(it->second.waiters);
     if (result < 0) {
-      std::vector<Job*> waiters;
-      waiters.swap(it->second.waiters);
       lru_.erase(it->second.lru);
       tables_.erase(it);
-      free(buffer);
-      for (Job* job : waiters) {
-        job->error = result;
-        piece_done(*job);
-      }
-      return;
+    } else {
+      fill(it->second.entries, buffer);
+      it->second.loaded = true;
     }
-    fill(it->second.entries, buffer);
-    it->second.loaded = true;
     free(buffer);
-    wake(it->second);
+    for (Callback& w : waiters) w(result < 0 ? result : 0);  // may evict the table: not used after
   }
 
-  void wake(Table& t) noexcept {
-    std::vector<Job*> waiters;
-    waiters.swap(t.waiters);
-    for (Job* job : waiters) plan(*job);  // may evict t: not used after
+  // --- refcounts and flush ---------------------------------------------
+
+  struct RefBlock {
+    std::vector<uint16_t> counts;
+    std::vector<Callback> waiters;
+    bool loaded = false;
+    bool dirty = false;
+  };
+  struct Extent64 {
+    uint64_t offset, length;
+  };
+
+  // Runs done(rc) once everything written before it is durable, data and
+  // metadata (done may be empty: a flush of our own, for the cache bound).
+  void flush(Callback done) noexcept {
+    if (flushing_) {
+      if (done) next_waiters_.push_back(std::move(done));
+      return;
+    }
+    if (done) flush_waiters_.push_back(std::move(done));
+    flushing_ = true;
+    flush_error_ = 0;
+    synced_ = false;
+    frees_at_start_ = pending_frees_.size();
+    count_step();
+  }
+
+  // Stage 0: refcounts in memory. Loops until every cluster taken is
+  // counted (counting may take clusters: refcount blocks, a larger table)
+  // and the frees ready are subtracted; waits for refcount blocks to load.
+  void count_step() noexcept {
+    const uint64_t cs = h_.cluster_size();
+    const uint64_t per_block = cs / 2;
+    while (counted_end_ < next_free_) {
+      const uint64_t index = counted_end_ / cs;
+      const uint64_t group = index / per_block;
+      if (group >= rt_.size()) {
+        grow_refcount_table(group);
+        continue;
+      }
+      if (rt_[group] == 0) {
+        // A new block, in the first free cluster: it counts itself when
+        // it lies in its own group, else the loop gives it a block.
+        const uint64_t block = take_clusters(1);
+        rt_[group] = block;
+        rt_dirty_.insert(group * 8 / cs);
+        RefBlock& b = refblocks_[block];
+        b.counts.assign(per_block, 0);
+        b.loaded = true;
+        b.dirty = true;
+        continue;
+      }
+      RefBlock* b = refblock(rt_[group]);
+      if (!b) return;  // loading: count_step runs again
+      const uint64_t group_end = (group + 1) * per_block * cs;
+      for (; counted_end_ < std::min(group_end, next_free_); counted_end_ += cs) {
+        uint16_t& count = b->counts[(counted_end_ / cs) % per_block];
+        if (count != 0) corrupt("cluster at " + std::to_string(counted_end_) + " past the end of the file has a refcount");
+        count = 1;
+      }
+      b->dirty = true;
+    }
+    while (!ready_frees_.empty()) {
+      Extent64& e = ready_frees_.back();
+      for (uint64_t c = e.offset / cs; c <= (e.offset + e.length - 1) / cs; ++c) {
+        const uint64_t group = c / per_block;
+        if (group >= rt_.size() || rt_[group] == 0) {
+          corrupt("freeing cluster " + std::to_string(c) + " that has no refcount block");
+          continue;
+        }
+        if (!refblock(rt_[group])) return;  // loading: count_step runs again, from this extent
+      }
+      for (uint64_t c = e.offset / cs; c <= (e.offset + e.length - 1) / cs; ++c) {
+        const uint64_t group = c / per_block;
+        if (group >= rt_.size() || rt_[group] == 0) continue;
+        RefBlock& b = refblocks_[rt_[group]];
+        uint16_t& count = b.counts[c % per_block];
+        if (count == 0) {
+          corrupt("freeing cluster " + std::to_string(c) + " whose refcount is 0");
+          continue;
+        }
+        --count;
+        b.dirty = true;
+      }
+      ready_frees_.pop_back();
+    }
+    if (closing_) return;
+    stage_ = 1;
+    run_stage();
+  }
+
+  // At close (the reactor has stopped): the same stages, with plain
+  // synchronous calls, so a clean stop loses nothing written.
+  void flush_at_close() noexcept {
+    closing_ = true;
+    count_step_sync_ = true;
+    count_step();  // with closing_, stops before the stages
+    const int fd = open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+    bool ok = fd >= 0 && close_error_ == 0;
+    for (unsigned stage = 1; ok && stage <= 4; ++stage) {
+      for (auto& [offset, bytes] : collect_stage(stage)) {
+        ok = ok && pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)) == static_cast<ssize_t>(bytes.size());
+      }
+      ok = ok && fdatasync(fd) == 0;
+    }
+    // The unlinks are durable now: their clusters are freed too.
+    ready_frees_.insert(ready_frees_.end(), pending_frees_.begin(), pending_frees_.end());
+    pending_frees_.clear();
+    if (ok && !ready_frees_.empty()) {
+      count_step();
+      for (auto& [offset, bytes] : collect_stage(1)) {
+        ok = ok && pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)) == static_cast<ssize_t>(bytes.size());
+      }
+      ok = ok && fdatasync(fd) == 0;
+    }
+    if (!ok) log_line("qcow2 " + path_ + ": metadata not written at close: " + std::strerror(errno));
+    if (fd >= 0) close(fd);
+  }
+
+  // The block at offset if loaded; else starts its load (count_step runs
+  // again when it is in) and returns nullptr.
+  RefBlock* refblock(uint64_t offset) noexcept {
+    RefBlock& b = refblocks_[offset];
+    if (b.loaded) return &b;
+    if (count_step_sync_) {  // at close
+      std::vector<uint8_t> raw(h_.cluster_size());
+      if (pread(meta_fd_, raw.data(), raw.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(raw.size())) {
+        close_error_ = EIO;
+        b.counts.assign(h_.cluster_size() / 2, 0);
+      } else {
+        decode_refblock(b, raw.data());
+      }
+      b.loaded = true;
+      return &b;
+    }
+    if (!b.waiters.empty()) return nullptr;
+    b.waiters.push_back([this](int rc) { rc < 0 ? flush_failed(rc) : count_step(); });
+    if (offset % h_.cluster_size() || offset + h_.cluster_size() > file_end()) {
+      corrupt("refcount block at " + std::to_string(offset) + " is not a cluster of the file");
+      b.waiters.clear();
+      reactor_->defer([this] { flush_failed(-EIO); });
+      return nullptr;
+    }
+    auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
+    SubOp* s = take_sub(nullptr, SubOp::Kind::kRefblock);
+    s->offset = offset;
+    s->length = static_cast<uint32_t>(h_.cluster_size());
+    s->buffer = buffer;
+    s->table = offset;
+    file_->submit(*reactor_, *s);
+    return nullptr;
+  }
+
+  void refblock_loaded(SubOp& sub, int32_t result) noexcept {
+    RefBlock& b = refblocks_[sub.table];
+    uint8_t* buffer = sub.buffer;
+    release(sub);
+    if (result >= 0) decode_refblock(b, buffer);
+    free(buffer);
+    std::vector<Callback> waiters;
+    waiters.swap(b.waiters);
+    for (Callback& w : waiters) w(result < 0 ? result : 0);
+  }
+
+  void decode_refblock(RefBlock& b, const uint8_t* raw) {
+    b.counts.resize(h_.cluster_size() / 2);
+    for (size_t i = 0; i < b.counts.size(); ++i) b.counts[i] = static_cast<uint16_t>((raw[2 * i] << 8) | raw[2 * i + 1]);
+    b.loaded = true;
+  }
+
+  // A table for group `group` and more: a new one after the end of the
+  // file, the old one freed once the header names the new one.
+  void grow_refcount_table(uint64_t group) noexcept {
+    const uint64_t cs = h_.cluster_size();
+    uint64_t entries = std::max<uint64_t>(rt_.size() * 2, group + 1) + 16;
+    const uint64_t clusters = (entries * 8 + cs - 1) / cs;
+    entries = clusters * cs / 8;
+    pending_frees_.push_back({rt_offset_, rt_clusters_ * cs});
+    rt_offset_ = take_clusters(clusters);
+    rt_clusters_ = clusters;
+    rt_.resize(entries, 0);
+    rt_moved_ = true;
+    for (uint64_t i = 0; i < clusters; ++i) rt_dirty_.insert(i);
+  }
+
+  // Stages 1-4 (see the top): the writes of a stage, then a sync.
+  void run_stage() noexcept {
+    for (; stage_ <= 4; ++stage_) {
+      // Data written before the flush is durable before an L2 entry names it.
+      if (stage_ == 3 && !synced_ && dirty_tables_) return sync(3);
+      std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes = collect_stage(stage_);
+      if (writes.empty()) continue;
+      stage_pending_ = writes.size();
+      for (auto& [offset, bytes] : writes) {
+        SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
+        auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(bytes.size()));
+        std::memcpy(buffer, bytes.data(), bytes.size());
+        s->op = Op::kWrite;
+        s->offset = offset;
+        s->length = static_cast<uint32_t>(bytes.size());
+        s->buffer = buffer;
+        file_->submit(*reactor_, *s);
+      }
+      return;  // meta_done goes on
+    }
+    if (!synced_) return sync(5);
+    finish_flush(flush_error_);
+  }
+
+  void sync(uint8_t next_stage) noexcept {
+    stage_ = next_stage;
+    stage_pending_ = 1;
+    synced_ = true;
+    SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
+    s->op = Op::kFlush;
+    s->buffer = nullptr;
+    s->offset = 0;
+    s->length = 0;
+    file_->submit(*reactor_, *s);
+  }
+
+  void meta_done(SubOp& sub, int32_t result) noexcept {
+    const bool was_sync = sub.op == Op::kFlush;
+    free(sub.buffer);
+    release(sub);
+    if (result < 0 && flush_error_ == 0) flush_error_ = result;
+    if (--stage_pending_ > 0) return;
+    if (flush_error_) return flush_failed(flush_error_);
+    if (was_sync) {
+      if (stage_ > 4) return finish_flush(0);
+      return run_stage();
+    }
+    sync(static_cast<uint8_t>(stage_ + 1));
+  }
+
+  // The writes of a stage, taken out of the dirty sets.
+  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> collect_stage(unsigned stage) {
+    const uint64_t cs = h_.cluster_size();
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    switch (stage) {
+      case 1:
+        for (auto& [offset, b] : refblocks_) {
+          if (!b.dirty) continue;
+          std::vector<uint8_t> bytes(cs);
+          for (size_t i = 0; i < b.counts.size(); ++i) {
+            bytes[2 * i] = static_cast<uint8_t>(b.counts[i] >> 8);
+            bytes[2 * i + 1] = static_cast<uint8_t>(b.counts[i]);
+          }
+          b.dirty = false;
+          writes.emplace_back(offset, std::move(bytes));
+        }
+        break;
+      case 2:
+        for (uint64_t i : rt_dirty_) {
+          std::vector<uint8_t> bytes(cs);
+          for (uint64_t e = 0; e < cs / 8 && i * cs / 8 + e < rt_.size(); ++e) {
+            qcow2::store_be64(bytes.data() + e * 8, rt_[i * cs / 8 + e]);
+          }
+          writes.emplace_back(rt_offset_ + i * cs, std::move(bytes));
+        }
+        rt_dirty_.clear();
+        break;
+      case 3:
+        for (auto& [offset, t] : tables_) {
+          if (!t.dirty) continue;
+          std::vector<uint8_t> bytes(cs);
+          for (size_t i = 0; i < t.entries.size(); ++i) qcow2::store_be64(bytes.data() + i * 8, t.entries[i]);
+          t.dirty = false;
+          --dirty_tables_;
+          writes.emplace_back(offset, std::move(bytes));
+        }
+        if (rt_moved_) {
+          std::vector<uint8_t> sector(head_.begin(), head_.begin() + 512);
+          qcow2::store_be64(sector.data() + 48, rt_offset_);
+          for (int i = 0; i < 4; ++i) sector[56 + i] = static_cast<uint8_t>(rt_clusters_ >> (24 - 8 * i));
+          std::copy(sector.begin(), sector.end(), head_.begin());
+          rt_moved_ = false;
+          writes.emplace_back(0, std::move(sector));
+        }
+        break;
+      case 4:
+        for (uint64_t chunk : l1_dirty_) {
+          const uint64_t first = chunk * 64, n = std::min<uint64_t>(64, l1_.size() - first);
+          std::vector<uint8_t> bytes(n * 8);
+          for (uint64_t i = 0; i < n; ++i) qcow2::store_be64(bytes.data() + i * 8, l1_[first + i]);
+          writes.emplace_back(h_.l1_table_offset + first * 8, std::move(bytes));
+        }
+        l1_dirty_.clear();
+        break;
+    }
+    return writes;
+  }
+
+  // A metadata write failed: what was taken out of the dirty sets is
+  // dirty again (everything is: a retry writes it all), the waiters fail.
+  void flush_failed(int rc) noexcept {
+    for (auto& [offset, b] : refblocks_) b.dirty = b.dirty || b.loaded;
+    for (uint64_t i = 0; i < rt_clusters_; ++i) rt_dirty_.insert(i);
+    for (auto& [offset, t] : tables_) {
+      if (t.loaded && !t.dirty) mark_dirty(t);
+    }
+    for (uint64_t i = 0; i < (l1_.size() + 63) / 64; ++i) l1_dirty_.insert(i);
+    log_line("qcow2 " + path_ + ": metadata write failed: " + std::strerror(-rc));
+    finish_flush(rc);
+  }
+
+  void finish_flush(int rc) noexcept {
+    if (rc == 0) {
+      // The unlinks this flush made durable: their clusters may be freed.
+      ready_frees_.insert(ready_frees_.end(), pending_frees_.begin(), pending_frees_.begin() + frees_at_start_);
+      pending_frees_.erase(pending_frees_.begin(), pending_frees_.begin() + frees_at_start_);
+      // Clean refcount blocks other than the last group's are dropped.
+      const uint64_t last = (next_free_ / h_.cluster_size()) / (h_.cluster_size() / 2);
+      for (auto it = refblocks_.begin(); it != refblocks_.end();) {
+        const bool keep = it->second.dirty || !it->second.waiters.empty() ||
+                          (last < rt_.size() && rt_[last] == it->first);
+        it = keep ? std::next(it) : refblocks_.erase(it);
+      }
+    }
+    flushing_ = false;
+    std::vector<Callback> done;
+    done.swap(flush_waiters_);
+    flush_waiters_.swap(next_waiters_);
+    std::vector<SubOp*> links;
+    links.swap(deferred_links_);
+    for (SubOp* s : links) link(*s);
+    for (Callback& d : done) d(rc);
+    if (!flushing_ && !flush_waiters_.empty()) {
+      std::vector<Callback> waiting;
+      waiting.swap(flush_waiters_);
+      flush(nullptr);
+      for (Callback& w : waiting) flush_waiters_.push_back(std::move(w));
+    }
   }
 
   // --- block status ----------------------------------------------------
@@ -517,242 +1122,59 @@ class Qcow2Backend final : public Backend {
 
   std::string path_;
   Header h_;
+  std::vector<uint8_t> head_;
   std::vector<uint64_t> l1_;  // host order
+  std::vector<uint64_t> rt_;  // refcount table, host order
   std::unique_ptr<Backend> file_;
   int meta_fd_;
   uint64_t file_size_;
   std::shared_ptr<Backend> backing_;
   uint64_t backing_size_;
   uint64_t max_tables_;
+  bool writable_;
   Reactor* reactor_ = nullptr;
   std::unordered_map<uint64_t, Table> tables_;
   std::list<uint64_t> lru_;
+  uint64_t dirty_tables_ = 0;
   std::vector<std::unique_ptr<Job>> jobs_;
   std::vector<Job*> free_jobs_;
   std::vector<std::unique_ptr<SubOp>> subs_;
   std::vector<SubOp*> free_subs_;
   uint8_t* compressed_cluster_ = nullptr;
   uint64_t compressed_host_ = 0;
+  uint8_t* zeroes_ = nullptr;  // one cluster
+  // Writes:
+  std::unordered_set<uint64_t> busy_;  // guest clusters being allocated or relinked
+  std::vector<Job*> busy_waiters_;
+  uint64_t next_free_ = 0;    // allocation: the end of the file, in clusters
+  uint64_t counted_end_ = 0;  // clusters below have their refcount in memory
+  std::unordered_map<uint64_t, RefBlock> refblocks_;
+  std::set<uint64_t> rt_dirty_;  // refcount table clusters
+  uint64_t rt_offset_ = 0, rt_clusters_ = 0;
+  bool rt_moved_ = false;
+  std::set<uint64_t> l1_dirty_;  // 64-entry chunks
+  std::vector<Extent64> pending_frees_;  // unlinked; freed after the next flush
+  std::vector<Extent64> ready_frees_;    // their unlink is durable
+  size_t frees_at_start_ = 0;
+  // The flush in progress:
+  bool flushing_ = false;
+  bool synced_ = false;
+  unsigned stage_ = 0;
+  size_t stage_pending_ = 0;
+  int flush_error_ = 0;
+  std::vector<Callback> flush_waiters_, next_waiters_;
+  std::vector<SubOp*> deferred_links_;
+  bool closing_ = false, count_step_sync_ = false;
+  int close_error_ = 0;
   RateLimitedLog corrupt_log_;
 };
 
 void SubOp::finish(int32_t result) noexcept { owner->sub_done(*this, result); }
 
-// --- opening -------------------------------------------------------------
-
-// A backing file per (device, inode, share key), while some image uses it.
-struct Shared {
-  std::mutex mutex;
-  std::map<std::tuple<dev_t, ino_t, int>, std::weak_ptr<Backend>> backings;
-};
-Shared& shared() {
-  static Shared s;
-  return s;
-}
-
-// The files of the chain being opened, by identity: a loop is refused.
-using Chain = std::vector<std::pair<dev_t, ino_t>>;
-
-constexpr size_t kMaxChainDepth = 256;
-
-std::unique_ptr<Backend> open_image(const ImageOptions& options, Chain& chain, std::string& error,
-                                    std::string* format_out);
-
-std::string resolve_backing(const std::string& overlay, const std::string& name) {
-  if (name.front() == '/') return name;
-  const auto slash = overlay.rfind('/');
-  return slash == std::string::npos ? name : overlay.substr(0, slash + 1) + name;
-}
-
-std::shared_ptr<Backend> open_backing(const ImageOptions& overlay, const Header& h, Chain& chain, std::string& error) {
-  const std::string path = resolve_backing(overlay.path, h.backing_file);
-  struct stat st{};
-  if (stat(path.c_str(), &st) != 0) {
-    error = "backing file " + path + ": " + std::strerror(errno);
-    return nullptr;
-  }
-  for (const auto& [dev, ino] : chain) {
-    if (dev == st.st_dev && ino == st.st_ino) {
-      error = "backing chain loop: " + path + " is already in the chain";
-      return nullptr;
-    }
-  }
-  if (chain.size() >= kMaxChainDepth) {
-    error = "backing chain deeper than " + std::to_string(kMaxChainDepth) + " images at " + path;
-    return nullptr;
-  }
-  Shared& s = shared();
-  const auto key = std::make_tuple(st.st_dev, st.st_ino, overlay.share_key);
-  {
-    std::lock_guard lock(s.mutex);
-    if (auto found = s.backings[key].lock()) return found;
-  }
-  ImageOptions backing = overlay;
-  backing.path = path;
-  backing.format = h.backing_format;  // "" (the image does not say): detected, read-only
-  backing.size = 0;
-  backing.read_only = true;
-  std::string why;
-  std::shared_ptr<Backend> opened = open_image(backing, chain, why, nullptr);
-  if (!opened) {
-    error = why;
-    return nullptr;
-  }
-  std::lock_guard lock(s.mutex);
-  std::weak_ptr<Backend>& slot = s.backings[key];
-  if (auto raced = slot.lock()) return raced;
-  slot = opened;
-  return opened;
-}
-
-std::unique_ptr<Backend> open_qcow2(const ImageOptions& options, Chain& chain, std::string& error) {
-  const std::string& path = options.path;
-  auto fail = [&](const std::string& why) -> std::unique_ptr<Backend> {
-    error = path + ": " + why;
-    return nullptr;
-  };
-  if (!options.read_only) {
-    return fail("writing qcow2 images is not supported yet: export it readonly");
-  }
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return fail(std::strerror(errno));
-  struct stat st{};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
-    return fail("a qcow2 image must be a regular file");
-  }
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-  std::vector<uint8_t> head(std::min<uint64_t>(file_size, 1u << qcow2::kMaxClusterBits));
-  if (pread(fd, head.data(), head.size(), 0) != static_cast<ssize_t>(head.size())) {
-    close(fd);
-    return fail("cannot read the header");
-  }
-  Header h;
-  std::string why = qcow2::parse_header(head.data(), head.size(), file_size, h);
-  if (why.empty()) why = qcow2::check_features(h, !options.read_only);
-  if (!why.empty()) {
-    close(fd);
-    return fail(why);
-  }
-  std::vector<uint8_t> raw_l1(uint64_t{h.l1_size} * 8);
-  if (!raw_l1.empty() &&
-      pread(fd, raw_l1.data(), raw_l1.size(), static_cast<off_t>(h.l1_table_offset)) != static_cast<ssize_t>(raw_l1.size())) {
-    close(fd);
-    return fail("cannot read the L1 table");
-  }
-  std::vector<uint64_t> l1(h.l1_size);
-  for (size_t i = 0; i < l1.size(); ++i) l1[i] = qcow2::load_be64(raw_l1.data() + i * 8);
-
-  chain.push_back({st.st_dev, st.st_ino});
-  std::shared_ptr<Backend> backing;
-  if (!h.backing_file.empty()) {
-    backing = open_backing(options, h, chain, error);
-    if (!backing) {
-      close(fd);
-      error = path + ": " + error;
-      return nullptr;
-    }
-  }
-  RawOptions raw;
-  raw.path = path;
-  raw.read_only = options.read_only;
-  raw.direct = options.direct;
-  raw.lock = options.lock;
-  std::string raw_error;
-  std::unique_ptr<Backend> file = open_raw_backend(raw, raw_error);
-  if (!file) {
-    close(fd);
-    error = raw_error;
-    return nullptr;
-  }
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags >= 0) fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  return std::make_unique<Qcow2Backend>(path, std::move(h), std::move(l1), std::move(file), fd, file_size,
-                                        std::move(backing), options.cache_bytes);
-}
-
-// True if path starts with the qcow2 magic; false with error set if it
-// cannot be read.
-bool starts_with_qcow2(const std::string& path, std::string& error) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    error = path + ": " + std::strerror(errno);
-    return false;
-  }
-  struct stat st{};
-  uint8_t head[4] = {};
-  ssize_t n = 0;
-  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) n = pread(fd, head, sizeof head, 0);
-  close(fd);
-  return n == 4 && qcow2::has_magic(head, 4);
-}
-
-// A raw image served by detection: no write may make it look like qcow2
-// (see image.h).
-class ProbedRawGuard final : public Backend {
- public:
-  explicit ProbedRawGuard(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
-  uint64_t size() const noexcept override { return inner_->size(); }
-  BackendTraits traits() const noexcept override { return inner_->traits(); }
-  std::string describe() const override { return inner_->describe(); }
-  void submit(Reactor& reactor, IoOp& op) noexcept override {
-    if (op.op == Op::kWrite && op.offset == 0 && qcow2::has_magic(op.buffer, op.length)) {
-      {
-        if (!warned_) log_line("refused a write of the qcow2 magic to the first sector of a raw image served by "
-                               "detection (" + inner_->describe() + "): use format=raw to allow it");
-        warned_ = true;
-        reactor.defer([&op] { op.finish(-EPERM); });
-        return;
-      }
-    }
-    inner_->submit(reactor, op);
-  }
-  void complete(Reactor& reactor, IoOp& op, int32_t result) noexcept override { inner_->complete(reactor, op, result); }
-  int block_status(uint64_t offset, uint32_t length, std::vector<Extent>& out) noexcept override {
-    return inner_->block_status(offset, length, out);
-  }
-
- private:
-  std::unique_ptr<Backend> inner_;
-  bool warned_ = false;
-};
-
-std::unique_ptr<Backend> open_image(const ImageOptions& options, Chain& chain, std::string& error,
-                                    std::string* format_out) {
-  std::string format = options.format;
-  const bool detected = format.empty();
-  if (detected) {
-    std::string why;  // an unreadable file: the raw backend says why below
-    format = starts_with_qcow2(options.path, why) ? "qcow2" : "raw";
-  }
-  if (format_out) *format_out = format;
-  if (format == "qcow2") return open_qcow2(options, chain, error);
-  if (format != "raw") {
-    error = options.path + ": unknown image format '" + format + "' (raw or qcow2)";
-    return nullptr;
-  }
-  RawOptions raw;
-  raw.path = options.path;
-  raw.size = options.size;
-  raw.read_only = options.read_only;
-  raw.direct = options.direct;
-  raw.lock = options.lock;
-  std::unique_ptr<Backend> backend = open_raw_backend(raw, error);
-  if (backend && detected && !options.read_only) return std::make_unique<ProbedRawGuard>(std::move(backend));
-  return backend;
-}
-
 }  // namespace
 
-std::string detect_format(const std::string& path, std::string& error) {
-  error.clear();
-  const bool qcow2 = starts_with_qcow2(path, error);
-  return qcow2 ? "qcow2" : error.empty() ? "raw" : "";
-}
-
-std::unique_ptr<Backend> open_image_backend(const ImageOptions& options, std::string& error, std::string* format_out) {
-  Chain chain;
-  return open_image(options, chain, error, format_out);
+std::unique_ptr<Backend> make_qcow2_backend(Qcow2Parts parts) {
+  return std::make_unique<Qcow2Backend>(std::move(parts));
 }
 
 }  // namespace ioband::io

@@ -6,7 +6,8 @@
   ranges) against a qcow2 image and a raw oracle that gets the same
   changes: the export reads back equal to the oracle after every phase;
   at the end `qemu-img check` finds nothing and `qemu-img compare` says the
-  image equals the oracle. Images: empty with 4 KiB and 64 KiB clusters, an
+  image equals the oracle. Images: empty with 512 B (the refcount table
+  grows and moves), 4 KiB and 64 KiB clusters, an
   overlay on a raw base (copy-on-write of partial clusters), a compressed
   image (writes allocate normal clusters), a v2 image with a backing file.
 - kill -9 while allocating writes are in flight, repeated: each time
@@ -24,6 +25,7 @@ import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import controltest as ct  # noqa: E402
 import iobandtest as it  # noqa: E402
 
 import pytest  # noqa: E402
@@ -41,8 +43,9 @@ def make_image(d, kind):
     """Returns (image path, oracle bytearray with the image's content)."""
     path = os.path.join(d, f"{kind}.qcow2")
     rng = random.Random(SEED)
-    if kind in ("c4k", "c64k"):
-        qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={4096 if kind == 'c4k' else 65536}", path, str(SIZE))
+    if kind in ("c512", "c4k", "c64k"):
+        cluster = {"c512": 512, "c4k": 4096, "c64k": 65536}[kind]
+        qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", path, str(SIZE))
         return path, bytearray(SIZE)
     base = os.path.join(d, f"{kind}-base.raw")
     data = bytearray(rng.randbytes(SIZE // 2)) + bytearray(SIZE // 2)
@@ -89,7 +92,7 @@ def wait_all(h, cookies):
         h.aio_command_completed(c)
 
 
-@pytest.mark.parametrize("kind,cluster", [("c4k", 4096), ("c64k", 65536), ("overlay", 65536),
+@pytest.mark.parametrize("kind,cluster", [("c512", 512), ("c4k", 4096), ("c64k", 65536), ("overlay", 65536),
                                           ("compressed", 65536), ("v2", 8192)])
 def test_random_workload_matches_raw_oracle(kind, cluster):
     nbd = it.require_nbd()
@@ -193,6 +196,74 @@ def test_kill_during_allocating_writes():
         assert now == bytes(expect), f"iteration {i}: blocks no one wrote changed"
         it.log(f"iteration {i} ({time.monotonic() - t0:.1f} s): killed after {delay:.2f} s, {len(durable)} blocks flushed, "
                f"{len(pending)} unflushed, check: {check.stdout.strip().splitlines()[0] if check.stdout else ''}")
+
+
+def test_probed_raw_export_refuses_the_qcow2_magic():
+    """--export of a raw file without format=: a write that would make it
+    look like qcow2 (the magic at offset 0) is refused with EPERM, as QEMU
+    does for probed raw images; with format=raw it is the guest's right."""
+    nbd = it.require_nbd()
+    d = it.make_tmpdir()
+    a = it.sparse_file(os.path.join(d, "a.img"), MiB)
+    b = it.sparse_file(os.path.join(d, "b.img"), MiB)
+    magic = b"QFI\xfb" + bytes(4092)
+    with it.Server([f"probed={a}", f"forced={b},format=raw"], tmpdir=d) as s:
+        h = s.connect("probed")
+        with pytest.raises(nbd.Error) as e:
+            h.pwrite(magic, 0)
+        assert e.value.errnum == 1  # EPERM
+        h.pwrite(b"QFI\xfa" + bytes(4092), 0)  # anything else is written
+        h.pwrite(magic, 4096)
+        h.shutdown()
+        h = s.connect("forced")
+        h.pwrite(magic, 0)
+        h.shutdown()
+        assert "refused a write of the qcow2 magic" in s.logs()
+    with open(b, "rb") as f:
+        assert f.read(4096) == magic
+
+
+def test_ioband_device_on_qcow2_keeps_its_format():
+    """iobandctl create on a qcow2 overlay: detected, scheduled, written,
+    saved with format=qcow2; after a restart the same; a raw device whose
+    guest wrote the qcow2 magic stays raw after a restart."""
+    d = ct.Daemon().start()
+    try:
+        base = it.random_file(d.path("base.raw"), 8 * MiB, seed=SEED)
+        top = d.path("top.qcow2")
+        qemu_img("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", top, str(8 * MiB))
+        r = d.ctl("create", "vm", input=f"0 {4 * MiB // 512} ioband {top} 1\n")
+        assert r.returncode != 0 and "virtual size is 8388608 bytes (16384 sectors)" in r.stderr, r.stderr
+        d.create("vm", top, 1, sectors=16384)
+        raw = it.sparse_file(d.path("plain.img"), 4 * MiB)
+        d.create("plain", raw, 1)
+        assert "format=qcow2" in d.table("vm")
+        assert "format" not in d.table("plain")
+        h = d.connect("vm")
+        h.pwrite(b"\x5a" * 5000, 3 * MiB + 100)
+        h.flush()
+        h.shutdown()
+        p = d.connect("plain")
+        magic = b"QFI\xfb" + bytes(508)
+        p.pwrite(magic, 0)  # a raw device's guest may write anything
+        p.shutdown()
+        assert '"format": "qcow2"' in open(d.state_path).read().replace('":"', '": "')
+        d.restart()
+        assert "format=qcow2" in d.table("vm") and "format" not in d.table("plain")
+        h = d.connect("vm")
+        with open(base, "rb") as f:
+            want = bytearray(f.read())
+        want[3 * MiB + 100:3 * MiB + 5100] = b"\x5a" * 5000
+        assert h.pread(8 * MiB, 0) == bytes(want)
+        h.shutdown()
+        p = d.connect("plain")
+        assert p.pread(512, 0) == magic and p.get_size() == 4 * MiB
+        p.shutdown()
+        d.stop()
+        check = qemu_img("check", top, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        d.stop()
 
 
 if __name__ == "__main__":

@@ -137,8 +137,8 @@ class Qcow2Backend final : public Backend {
     next_free_ = counted_end_ = (file_size_ + cs - 1) & ~(cs - 1);
     rt_offset_ = h_.refcount_table_offset;
     rt_clusters_ = h_.refcount_table_clusters;
-    zeroes_ = static_cast<uint8_t*>(aligned_alloc_or_null(cs));
-    if (zeroes_) std::memset(zeroes_, 0, cs);
+    head_.resize(512);  // the header sector is all a flush rewrites
+    head_.shrink_to_fit();
   }
   ~Qcow2Backend() override {
     if (writable_ && !flushing_) flush_at_close();
@@ -378,6 +378,10 @@ class Qcow2Backend final : public Backend {
       case Op::kWriteZeroes:
         if (whole && can_unmap && !(op.flags & kNoHole)) return relink(job, cluster, m, unmapped);
         if (m.kind == Mapping::Kind::kNormal) {
+          if (!zeroes()) {
+            job.error = -ENOMEM;
+            return;
+          }
           return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), zeroes_, static_cast<uint32_t>(run_end - pos));
         }
         if (m.kind == Mapping::Kind::kZero || (m.kind == Mapping::Kind::kUnallocated && !backing_)) return;  // zeroes already
@@ -388,6 +392,15 @@ class Qcow2Backend final : public Backend {
       default:
         return;
     }
+  }
+
+  // One cluster of zeroes, made when first needed (most images never
+  // need it: 64 KiB each for a hundred overlays would count).
+  uint8_t* zeroes() noexcept {
+    if (!zeroes_ && (zeroes_ = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size())))) {
+      std::memset(zeroes_, 0, h_.cluster_size());
+    }
+    return zeroes_;
   }
 
   void relink(Job& job, uint64_t cluster, const Mapping& m, uint64_t entry) noexcept {

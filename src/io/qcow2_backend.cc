@@ -57,6 +57,7 @@
 #include <cstring>
 #include <functional>
 #include <list>
+#include <map>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -118,6 +119,29 @@ void* aligned_alloc_or_null(size_t bytes) {
   return posix_memalign(&p, 4096, std::max<size_t>(bytes, 4096)) == 0 ? p : nullptr;
 }
 
+// The refcount table, kept sparse: a table of one 64 KiB cluster is 8192
+// entries, nearly all 0 in a small overlay, and a hundred overlays on one
+// base would otherwise hold 6 MiB of zeroes.
+class SparseTable {
+ public:
+  explicit SparseTable(const std::vector<uint64_t>& entries = {}) : size_(entries.size()) {
+    for (uint64_t i = 0; i < entries.size(); ++i) {
+      if (entries[i]) nonzero_[i] = entries[i];
+    }
+  }
+  uint64_t size() const noexcept { return size_; }
+  uint64_t operator[](uint64_t i) const noexcept {
+    auto it = nonzero_.find(i);
+    return it == nonzero_.end() ? 0 : it->second;
+  }
+  void set(uint64_t i, uint64_t value) { nonzero_[i] = value; }
+  void resize(uint64_t size) noexcept { size_ = size; }
+
+ private:
+  uint64_t size_;
+  std::map<uint64_t, uint64_t> nonzero_;
+};
+
 class Qcow2Backend final : public Backend {
  public:
   explicit Qcow2Backend(Qcow2Parts p)
@@ -141,7 +165,12 @@ class Qcow2Backend final : public Backend {
     head_.shrink_to_fit();
   }
   ~Qcow2Backend() override {
-    if (writable_ && !flushing_) flush_at_close();
+    if (writable_) {
+      // A flush of our own may have been cut short by the stop: its writes
+      // are not known to be down, so everything is written again.
+      if (flushing_) redirty_all();
+      flush_at_close();
+    }
     close(meta_fd_);
     free(compressed_cluster_);
     free(zeroes_);
@@ -153,7 +182,10 @@ class Qcow2Backend final : public Backend {
     t.read_only = !writable_;
     t.can_trim = writable_;
     t.can_fast_zero = false;
-    t.memory_speed = false;
+    // Memory speed when the file and the whole chain are (each lookup is
+    // then done inline too); writes are not consumed inside submit(): an
+    // allocating write copies its bytes after the copy-on-write read.
+    t.memory_speed = t.memory_speed && (!backing_ || backing_->traits().memory_speed);
     t.writes_consumed_below = 0;
     return t;
   }
@@ -810,7 +842,7 @@ class Qcow2Backend final : public Backend {
         // A new block, in the first free cluster: it counts itself when
         // it lies in its own group, else the loop gives it a block.
         const uint64_t block = take_clusters(1);
-        rt_[group] = block;
+        rt_.set(group, block);
         rt_dirty_.insert(group * 8 / cs);
         RefBlock& b = refblocks_[block];
         b.counts.assign(per_block, 0);
@@ -946,7 +978,7 @@ class Qcow2Backend final : public Backend {
     pending_frees_.push_back({rt_offset_, rt_clusters_ * cs});
     rt_offset_ = take_clusters(clusters);
     rt_clusters_ = clusters;
-    rt_.resize(entries, 0);
+    rt_.resize(entries);
     rt_moved_ = true;
     for (uint64_t i = 0; i < clusters; ++i) rt_dirty_.insert(i);
   }
@@ -1061,13 +1093,19 @@ class Qcow2Backend final : public Backend {
 
   // A metadata write failed: what was taken out of the dirty sets is
   // dirty again (everything is: a retry writes it all), the waiters fail.
-  void flush_failed(int rc) noexcept {
+  void redirty_all() noexcept {
     for (auto& [offset, b] : refblocks_) b.dirty = b.dirty || b.loaded;
     for (uint64_t i = 0; i < rt_clusters_; ++i) rt_dirty_.insert(i);
     for (auto& [offset, t] : tables_) {
       if (t.loaded && !t.dirty) mark_dirty(t);
     }
     for (uint64_t i = 0; i < (l1_.size() + 63) / 64; ++i) l1_dirty_.insert(i);
+    // The header too, if the table ever moved (writing it again is harmless).
+    rt_moved_ = rt_moved_ || rt_offset_ != h_.refcount_table_offset;
+  }
+
+  void flush_failed(int rc) noexcept {
+    redirty_all();
     log_line("qcow2 " + path_ + ": metadata write failed: " + std::strerror(-rc));
     finish_flush(rc);
   }
@@ -1137,7 +1175,7 @@ class Qcow2Backend final : public Backend {
   Header h_;
   std::vector<uint8_t> head_;
   std::vector<uint64_t> l1_;  // host order
-  std::vector<uint64_t> rt_;  // refcount table, host order
+  SparseTable rt_;  // the refcount table
   std::unique_ptr<Backend> file_;
   int meta_fd_;
   uint64_t file_size_;

@@ -31,7 +31,7 @@ import iobandtest as it  # noqa: E402
 import pytest  # noqa: E402
 
 MiB = it.MiB
-SIZE = 24 * MiB
+SIZE = 16 * MiB
 SEED = int(os.environ.get("IOBAND_TEST_SEED", "17"))
 
 
@@ -103,8 +103,8 @@ def test_random_workload_matches_raw_oracle(kind, cluster):
         h = s.connect("q")
         assert h.get_size() == SIZE
         assert h.can_trim() and not h.is_read_only()
-        for phase in range(4):
-            for _ in range(6):
+        for phase in range(3):
+            for _ in range(4):
                 cookies = []
                 for op, offset, length, payload in random_batch(rng, cluster, 24):
                     if op == "write":
@@ -142,7 +142,7 @@ def test_random_workload_matches_raw_oracle(kind, cluster):
 def test_kill_during_allocating_writes():
     """kill -9 in a storm of allocating writes: no corruption, flushed writes there."""
     nbd = it.require_nbd()
-    iterations = int(os.environ.get("IOBAND_QCOW2_CRASH_ITERATIONS", "12"))
+    iterations = int(os.environ.get("IOBAND_QCOW2_CRASH_ITERATIONS", "10"))
     d = it.make_tmpdir()
     base = os.path.join(d, "base.raw")
     rng = random.Random(SEED)
@@ -165,12 +165,10 @@ def test_kill_during_allocating_writes():
         try:
             for start in range(0, len(blocks), 40):
                 cookies = []
-                written = {}
                 for b in blocks[start:start + 40]:
                     data = rng.randbytes(block)
+                    pending[b] = data  # before the call: the kill may come inside it
                     cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(data)), b * block))
-                    written[b] = data
-                pending.update(written)
                 wait_all(h, cookies)
                 h.flush()
                 durable.update(pending)
@@ -193,7 +191,9 @@ def test_kill_during_allocating_writes():
             got = now[b * block:(b + 1) * block]
             assert got in (data, bytes(expect[b * block:(b + 1) * block])), f"iteration {i}: block {b} is neither old nor new"
             expect[b * block:(b + 1) * block] = got
-        assert now == bytes(expect), f"iteration {i}: blocks no one wrote changed"
+        if now != bytes(expect):  # (not an assert: pytest would diff 16 MiB)
+            first = next(j for j in range(SIZE) if now[j] != expect[j])
+            pytest.fail(f"iteration {i}: block {first // block}, which no one wrote, changed")
         it.log(f"iteration {i} ({time.monotonic() - t0:.1f} s): killed after {delay:.2f} s, {len(durable)} blocks flushed, "
                f"{len(pending)} unflushed, check: {check.stdout.strip().splitlines()[0] if check.stdout else ''}")
 

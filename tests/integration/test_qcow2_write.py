@@ -159,7 +159,7 @@ def test_kill_during_allocating_writes():
         s = it.Server([f"q={path}"], tmpdir=d).start()
         h = s.connect("q")
         blocks = rng.sample(range(SIZE // block), 600)
-        delay = rng.uniform(0.02, 0.3)  # the 600 writes take about 0.3 s
+        delay = rng.uniform(0.05, 0.5)  # the 600 writes take 0.3 s or more
         killer = threading.Timer(delay, lambda: s.signal(signal.SIGKILL))
         killer.start()
         try:

@@ -19,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(!spec.name.empty(), "an accepted spec has a name: " + input);
     FUZZ_CHECK(spec.backend == "raw" || spec.backend == "memory", "a known backend: " + spec.backend);
     FUZZ_CHECK(spec.fault_rate >= 0 && spec.fault_rate <= 1, "a fault rate is a fraction: " + input);
+    FUZZ_CHECK(spec.format.empty() || spec.format == "raw" || spec.format == "qcow2", "a known format: " + spec.format);
   }
   if (auto bytes = control::parse_size(input)) {
     // The digits times the unit: never wrapped around.

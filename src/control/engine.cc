@@ -19,6 +19,7 @@
 #include "control/language.h"
 #include "control/state_file.h"
 #include "control/usage.h"
+#include "io/image.h"
 #include "io/log.h"
 #include "ioband/version.h"
 
@@ -286,7 +287,8 @@ std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& 
   PathInfo info;
   std::string error = platform_.probe ? platform_.probe(device.path, info) : probe_path(device.path, info);
   if (!error.empty()) return error;
-  if (info.bytes / 512 < device.sectors) {
+  // A qcow2 image's virtual size is checked when it is opened (platform).
+  if (device.format != "qcow2" && info.bytes / 512 < device.sectors) {
     return device.path + " is " + std::to_string(info.bytes) + " bytes, smaller than " + std::to_string(device.sectors) +
            " sectors (" + std::to_string(device.sectors * 512) + " bytes)";
   }
@@ -354,6 +356,7 @@ std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& 
   config.io_limit = after.io_limit;
   config.type = device.type;
   config.access = device.access;
+  config.format = device.format;
   error = platform_.create_export(config, *device_groups_.at(id), device_id);
   if (!error.empty()) {
     (void)call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
@@ -494,6 +497,13 @@ Reply Engine::create(const Request& request) {
   device.sectors = line.sectors;
   device.device_group_id = line.device_group_id;
   device.access = line.access;
+  device.format = line.format;
+  if (device.format.empty()) {
+    // Detected once, here; saved with the device (model.h).
+    std::string unreadable;  // then raw: the open below says why
+    device.format = io::detect_format(line.path, unreadable);
+    if (device.format.empty()) device.format = "raw";
+  }
   DeviceGroupSettings wanted;
   auto existing = state_.device_groups.find(line.device_group_id);
   if (existing != state_.device_groups.end()) wanted = existing->second;

@@ -54,6 +54,7 @@ struct DeviceConfig {
   uint32_t io_limit = qos::kDefaultIoLimit;
   GroupType type = GroupType::none;  // non-none only when restored from the state file
   nbd::AccessList access;            // who may open the export (empty: everyone)
+  std::string format = "raw";        // raw or qcow2 (io/image.h)
 };
 
 // What a path is: its size and the device number `table` prints.

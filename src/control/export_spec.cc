@@ -88,6 +88,14 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
     } else if (key == "backend") {
       if (value != "raw" && value != "memory") return "--export " + out.name + ": backend must be raw or memory, not '" + value + "'";
       out.backend = value;
+    } else if (key == "format") {
+      if (value != "raw" && value != "qcow2") return "--export " + out.name + ": format must be raw or qcow2, not '" + value + "'";
+      out.format = value;
+    } else if (key == "cache") {
+      if (auto e = need_value()) return e;
+      auto bytes = parse_size(value);
+      if (!bytes || *bytes < 4096) return "--export " + out.name + ": cache '" + value + "' is not a size of 4K or more";
+      out.cache_bytes = *bytes;
     } else if (key == "description") {
       out.description = value;
     } else if (key == "fault-errno") {
@@ -125,6 +133,7 @@ std::optional<std::string> parse_export_spec(const std::string& text, ExportSpec
   if (std::string why = nbd::check_access_list(out.access); !why.empty()) return "--export " + out.name + ": " + why;
   if (out.access.size() == 1 && out.access.front() == nbd::AccessRule{}) out.access.clear();  // allow=all
   if (out.backend == "raw" && out.path.empty()) return "--export " + out.name + ": a raw export needs a PATH";
+  if (out.backend == "memory" && !out.format.empty()) return "--export " + out.name + ": format= is for image files, not backend=memory";
   if (out.backend == "memory" && out.size == 0) return "--export " + out.name + ": a memory export needs size=BYTES";
   if (out.fault_offset && !out.fault_length) return "--export " + out.name + ": fault-offset needs fault-length";
   return std::nullopt;

@@ -16,6 +16,8 @@ struct ExportSpec {
   uint64_t size = 0;
   bool read_only = false;
   std::string backend = "raw";  // raw | memory
+  std::string format;           // "" (detected), raw or qcow2: the image format of a raw-backend export
+  uint64_t cache_bytes = 0;     // a qcow2 image's L2 cache; 0: the default
   std::string description;
   int fault_errno = 0;
   double fault_rate = 1.0;

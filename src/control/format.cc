@@ -17,6 +17,7 @@ std::string table_line(const DeviceState& device, const DeviceGroupSettings& dev
           std::to_string(device_group.io_throttle) + " " + std::to_string(device_group.io_limit);
   // Access rules as create takes them; none when everyone may connect.
   for (const nbd::AccessRule& rule : device.access) line += " " + nbd::to_string(rule);
+  if (device.format != "raw") line += " format=" + device.format;
   return line;
 }
 

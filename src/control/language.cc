@@ -257,6 +257,18 @@ std::optional<Error> parse_table_line(std::string_view text, TableLine& out) {
     }
     line.io_limit = static_cast<uint32_t>(*io_limit);
   }
+  // format=raw|qcow2 stands among the rules: the image format (io/image.h).
+  for (auto it = rules.begin(); it != rules.end();) {
+    if (!it->starts_with("format=")) {
+      ++it;
+      continue;
+    }
+    line.format = it->substr(7);
+    if (line.format != "raw" && line.format != "qcow2") {
+      return Error::bad_usage("the image format " + quoted(line.format) + " is not raw or qcow2", usage);
+    }
+    it = rules.erase(it);
+  }
   if (std::string why = nbd::parse_access_list(rules, line.access); !why.empty()) {
     return Error::bad_usage(why, usage);
   }

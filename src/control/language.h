@@ -28,6 +28,7 @@ struct TableLine {
   std::optional<uint32_t> io_throttle;
   std::optional<uint32_t> io_limit;
   nbd::AccessList access;  // empty: everyone
+  std::string format;      // format=raw|qcow2 among the rules; "": detected at create
 };
 
 // Accepts one line (blank lines and lines starting with '#' are ignored).

@@ -51,6 +51,9 @@ struct DeviceState {
   std::map<int64_t, GroupSettings> groups{{qos::kDefaultGroup, {}}};  // -1 first, then ascending
   qos::Limits limits;  // of the whole device
   nbd::AccessList access;  // who may open its export; empty: everyone, read-write
+  // The image format, fixed at create (given, or detected then) and saved,
+  // so a restart never detects again; "raw" is saved as no key.
+  std::string format = "raw";
 
   // Runtime only (not saved).
   qos::DeviceId device = 0;  // index within its device group

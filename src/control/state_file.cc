@@ -144,13 +144,18 @@ DeviceGroupSettings device_group_from(const json& object, const std::string& whe
 }
 
 DeviceState device_from(const json& object, const std::string& where) {
-  check_keys(object, where, {"name", "path", "sectors", "device_group_id", "type", "limits", "groups", "access"});
+  check_keys(object, where,
+             {"name", "path", "sectors", "device_group_id", "type", "limits", "groups", "access", "format"});
   DeviceState device;
   device.name = string(object, where, "name");
   if (auto why = check_device_name(device.name); !why.empty()) invalid(child(where, "name"), why);
   device.path = string(object, where, "path");
   if (device.path.empty() || device.path.front() != '/') invalid(child(where, "path"), "expected an absolute path");
   device.sectors = unsigned_integer(object, where, "sectors", 1, UINT64_MAX / 512);
+  if (object.contains("format")) {
+    device.format = string(object, where, "format");
+    if (device.format != "qcow2" && device.format != "raw") invalid(child(where, "format"), "expected raw or qcow2");
+  }
   device.device_group_id = static_cast<int>(integer(object, where, "device_group_id", 0, INT32_MAX));
   const std::string type = string(object, where, "type");
   auto parsed = nbd::parse_group_type(type);
@@ -287,6 +292,7 @@ json state_to_json(const State& state) {
                    {"limits", limits_to_json(device.limits)},
                    {"groups", std::move(groups)}};
     if (!device.access.empty()) object["access"] = nbd::access_words(device.access);
+    if (device.format != "raw") object["format"] = device.format;
     devices.push_back(std::move(object));
   }
   json out = {{"version", kStateVersion}, {"device_groups", std::move(device_groups)}, {"devices", std::move(devices)}};

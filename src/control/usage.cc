@@ -55,10 +55,13 @@ constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
      R"(Create an ioband device NAME and publish it at once as the NBD export NAME.
 The table line is read from standard input (or given with --table LINE):
 
-  0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] [RULE...]
+  0 SECTORS ioband PATH DEVICE_GROUP_ID [IO_THROTTLE [IO_LIMIT]] [RULE...] [format=raw|qcow2]
 
-  SECTORS          512-byte sectors of PATH to serve (PATH must be at least this large)
-  PATH             an image file or a block device
+  SECTORS          512-byte sectors of PATH to serve (PATH must be at least this large);
+                   for a qcow2 image, its virtual size in sectors
+  PATH             an image file or a block device: raw, or qcow2 (with its
+                   backing chain), detected from the header at create unless
+                   format= says; the format is saved with the device
   DEVICE_GROUP_ID  devices with the same ID share one scheduler (one physical disk)
   IO_THROTTLE      below this many requests in flight, no control (default 4)
   IO_LIMIT         with this many in flight, every new request waits (default 128)

@@ -22,6 +22,7 @@
 #include "daemon/state_lock.h"
 #include "io/backend.h"
 #include "io/log.h"
+#include "io/image.h"
 #include "io/reactor.h"
 #include "ioband/version.h"
 #include "nbd/export.h"
@@ -34,18 +35,21 @@ using namespace ioband;
 
 constexpr uint64_t kDemoSize = 1ull << 30;
 
-std::string open_export(const control::ExportSpec& spec, bool image_locks, nbd::Export& out) {
+std::string open_export(const control::ExportSpec& spec, bool image_locks, int reactor_index, nbd::Export& out) {
   std::string error;
   std::unique_ptr<io::Backend> backend;
   if (spec.backend == "memory") {
     backend = io::open_memory_backend(spec.size, error);
   } else {
-    io::RawOptions raw;
-    raw.path = spec.path;
-    raw.size = spec.size;
-    raw.read_only = spec.read_only;
-    raw.lock = image_locks;
-    backend = io::open_raw_backend(raw, error);
+    io::ImageOptions image;
+    image.path = spec.path;
+    image.format = spec.format;
+    image.size = spec.size;
+    image.read_only = spec.read_only;
+    image.lock = image_locks;
+    if (spec.cache_bytes) image.cache_bytes = spec.cache_bytes;
+    image.share_key = reactor_index;
+    backend = io::open_image_backend(image, error);
   }
   if (!backend) return "export " + spec.name + ": " + error;
   if (spec.fault_errno || spec.fault_delay_ms) {
@@ -117,10 +121,13 @@ int main(int argc, char** argv) {
                  "the exports' access lists (allow=...)");
   app.add_option("--control", control_path, "control socket for iobandctl (default STATE_DIR/ioband.ctl)");
   app.add_option("--export", export_texts,
-                 "NAME=PATH[,size=BYTES][,readonly][,backend=raw|memory][,description=TEXT]"
+                 "NAME=PATH[,format=raw|qcow2][,cache=BYTES][,size=BYTES][,readonly][,backend=raw|memory]"
+                 "[,description=TEXT]"
                  "[,fault-errno=E][,fault-rate=F][,fault-delay-ms=N][,fault-offset=BYTES,fault-length=BYTES]"
                  "[,allow=WHO][,allow-ro=WHO][,deny=WHO]... "
-                 "(repeatable). Access rules, first match decides, none matches: refused; without rules "
+                 "(repeatable). The image format is raw or qcow2 (with its backing chain, read and written natively; "
+                 "docs/qcow2.md), detected from the header unless format= says; cache= is a qcow2 image's L2 cache "
+                 "(default 4M, per image of the chain). Access rules, first match decides, none matches: refused; without rules "
                  "everyone may read and write. WHO: all, unix, tcp, uid:USER, gid:GROUP, an address or "
                  "network (127.0.0.1, 10.0.0.0/8, ::1, fd00::/8), tls, tls:NAME (PSK username or certificate "
                  "DN; write a comma in it as ,,). E.g. disk=/srv/disk.img,allow=uid:1000,allow-ro=gid:disk");
@@ -283,11 +290,12 @@ int main(int argc, char** argv) {
   nbd::ExportRegistry exports;
   for (size_t i = 0; i < specs.size(); ++i) {
     auto e = std::make_shared<nbd::Export>();
-    if (auto error = open_export(specs[i], image_locks, *e); !error.empty()) {
+    const int reactor_index = static_cast<int>(i % reactor_ptrs.size());
+    if (auto error = open_export(specs[i], image_locks, reactor_index, *e); !error.empty()) {
       std::cerr << "iobandd: " << error << "\n";
       return 1;
     }
-    e->reactor = reactor_ptrs[i % reactor_ptrs.size()];
+    e->reactor = reactor_ptrs[static_cast<size_t>(reactor_index)];
     log_line("export " + e->name + ": " + e->backend->describe() + ", " + std::to_string(e->backend->size()) +
              " bytes" + (e->is_read_only() ? ", read-only" : "") +
              (specs[i].access.empty() ? "" : ", access " + join(nbd::access_words(specs[i].access), " ")));

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "io/backend.h"
+#include "io/image.h"
 #include "io/log.h"
 
 namespace ioband::daemon {
@@ -75,13 +76,20 @@ io::Reactor& DaemonPlatform::reactor_for(int device_group_id) const {
 std::string DaemonPlatform::create_export(const control::DeviceConfig& config, qos::DeviceGroup& group,
                                           qos::DeviceId device) {
   if (exports_.find(config.name)) return "an export named " + config.name + " already exists";
-  io::RawOptions raw;
-  raw.path = config.path;
-  raw.size = config.sectors * 512;
-  raw.lock = image_locks_;
+  io::ImageOptions image;
+  image.path = config.path;
+  image.format = config.format;
+  image.size = config.sectors * 512;
+  image.lock = image_locks_;
+  image.share_key = reactor_for(config.device_group_id).index();
   std::string error;
-  auto backend = io::open_raw_backend(raw, error);
+  auto backend = io::open_image_backend(image, error);
   if (!backend) return error;
+  if (config.format == "qcow2" && backend->size() != config.sectors * 512) {
+    return config.path + ": the qcow2 image's virtual size is " + std::to_string(backend->size()) + " bytes (" +
+           std::to_string(backend->size() / 512) + " sectors), not the " + std::to_string(config.sectors) +
+           " sectors of the table line";
+  }
 
   nbd::DeviceGroupDriver* driver;
   {

@@ -65,6 +65,21 @@ TEST(ControlTableLine, AccessRulesComeAfterTheNumbers) {
   EXPECT_TRUE(line.access.empty());
 }
 
+TEST(ControlTableLine, TheImageFormatStandsAmongTheRules) {
+  TableLine line;
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.img 1", line));
+  EXPECT_EQ(line.format, "");  // detected at create
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.qcow2 1 10 200 allow=uid:0 format=qcow2", line));
+  EXPECT_EQ(line.format, "qcow2");
+  EXPECT_EQ(nbd::access_words(line.access), (std::vector<std::string>{"allow=uid:0"}));
+  ASSERT_FALSE(parse_table_line("0 8 ioband /x.img 1 format=raw", line));
+  EXPECT_EQ(line.format, "raw");
+  EXPECT_TRUE(line.access.empty());
+  auto error = parse_table_line("0 8 ioband /x.img 1 format=vmdk", line);
+  ASSERT_TRUE(error);
+  EXPECT_NE(error->message.find("\"vmdk\" is not raw or qcow2"), std::string::npos) << error->message;
+}
+
 TEST(ControlTableLine, RefusesBadLinesNamingTheField) {
   struct Case {
     const char* line;

@@ -33,6 +33,22 @@ TEST(ExportSpec, ParsesEveryKey) {
   EXPECT_EQ(range.fault_length, 64u << 10);
 }
 
+TEST(ExportSpec, ImageFormatAndQcow2Cache) {
+  ExportSpec spec;
+  ASSERT_FALSE(parse_export_spec("vm=/srv/vm.qcow2", spec));
+  EXPECT_EQ(spec.format, "");  // detected from the header
+  EXPECT_EQ(spec.cache_bytes, 0u);
+  ASSERT_FALSE(parse_export_spec("vm=/srv/vm.qcow2,format=qcow2,cache=1M", spec));
+  EXPECT_EQ(spec.format, "qcow2");
+  EXPECT_EQ(spec.cache_bytes, 1u << 20);
+  ASSERT_FALSE(parse_export_spec("vm=/srv/vm.img,format=raw", spec));
+  EXPECT_EQ(spec.format, "raw");
+  EXPECT_NE(parse_export_spec("vm=/x,format=vmdk", spec)->find("format must be raw or qcow2"), std::string::npos);
+  EXPECT_NE(parse_export_spec("vm=/x,cache=1", spec)->find("cache '1'"), std::string::npos);
+  EXPECT_NE(parse_export_spec("m=,backend=memory,size=1M,format=qcow2", spec)->find("not backend=memory"),
+            std::string::npos);
+}
+
 TEST(ExportSpec, RefusesBadInputNamingIt) {
   ExportSpec spec;
   EXPECT_NE(parse_export_spec("noequals", spec)->find("NAME=PATH"), std::string::npos);

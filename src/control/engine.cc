@@ -368,14 +368,9 @@ std::string Engine::build_device(DeviceState device, const DeviceGroupSettings& 
   return {};
 }
 
-std::string Engine::destroy_device(const std::string& name, bool force) {
-  auto it = std::find_if(state_.devices.begin(), state_.devices.end(),
-                         [&](const DeviceState& device) { return device.name == name; });
-  if (it == state_.devices.end()) return "no ioband device named " + name;
-  const int id = it->device_group_id;
-  const qos::DeviceId device_id = it->device;
-  if (std::string left = platform_.remove_export(name, force); !left.empty()) return left;
-  // Out of its tenant first (the tenant leaves the device group with its last device there).
+// Out of its tenant, before the device leaves the qos layer (the tenant
+// leaves the device group with its last device there).
+void Engine::leave_tenants(const std::string& name) {
   for (auto& [tenant_name, tenant] : state_.tenants) {
     if (!tenant.devices.contains(name)) continue;
     TenantState without = tenant;
@@ -383,6 +378,16 @@ std::string Engine::destroy_device(const std::string& name, bool force) {
     (void)apply_tenant(&tenant, &without);
     tenant = std::move(without);
   }
+}
+
+std::string Engine::destroy_device(const std::string& name, bool force) {
+  auto it = std::find_if(state_.devices.begin(), state_.devices.end(),
+                         [&](const DeviceState& device) { return device.name == name; });
+  if (it == state_.devices.end()) return "no ioband device named " + name;
+  const int id = it->device_group_id;
+  const qos::DeviceId device_id = it->device;
+  if (std::string left = platform_.remove_export(name, force); !left.empty()) return left;
+  leave_tenants(name);
   qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
   state_.devices.erase(it);
   const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
@@ -602,6 +607,7 @@ Reply Engine::finish_remove(const std::string& name, const std::string& left) {
   }
   const int id = device.device_group_id;
   const qos::DeviceId device_id = device.device;
+  leave_tenants(name);
   qos::Status status = call(id, [&](qos::DeviceGroup& group) { return group.remove_device(device_id); });
   const bool last = std::none_of(state_.devices.begin(), state_.devices.end(),
                                  [&](const DeviceState& other) { return other.device_group_id == id; });

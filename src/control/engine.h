@@ -203,6 +203,7 @@ class Engine {
   std::string build_device(DeviceState device, const DeviceGroupSettings& device_group, bool explicit_throttle_limit);
   // Unpublishes and forgets a device; the device group goes with its last device.
   std::string destroy_device(const std::string& name, bool force);
+  void leave_tenants(const std::string& name);
   void destroy_device_group(int id);
   std::string save();
   // Writes `state` (with the devices not restored) to the state file.

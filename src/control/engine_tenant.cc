@@ -169,6 +169,10 @@ Reply Engine::tenant(const Request& request) {
         if (qos::Status status = qos::set_limit_key(after->limits, key, value); !status) return refused(status.message());
       }
       if (qos::Status status = qos::validate(after->limits); !status) return refused("limit: " + status.message());
+      if (after->limits.reserves() || after->limits.latency_target_us != 0) {
+        return refused("limit: reservations and latency targets are set on groups (message NAME 0 limit "
+                       "ID:reservation-iops=...), not yet on a tenant");
+      }
       break;
     }
     case TenantCommand::Verb::attach: {

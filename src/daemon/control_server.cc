@@ -36,11 +36,8 @@ ControlServer::~ControlServer() {
 std::string ControlServer::listen(const std::string& path) {
   // A live daemon answers a request; the socket is 0600 from the start.
   int fd = -1;
-  std::string error = io::listen_unix_socket(path, 128, 0177, [](int probe) {
-    const char ask[] = "{\"command\":\"targets\"}\n";
-    char answer[1];
-    return send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
-  }, fd);
+  std::string error = io::listen_unix_socket(
+      path, 128, 0177, [](int probe) { return io::answers(probe, "{\"command\":\"targets\"}\n"); }, fd);
   if (!error.empty()) return error;
   listen_fd_ = fd;
   path_ = path;

@@ -106,11 +106,8 @@ std::string HttpServer::start(const std::string& address) {
     if (path.empty()) return address + ": expected a path after unix:";
     // 0660: the owner and its group may read the metrics. A socket found
     // there is replaced only if no HTTP server answers on it.
-    std::string error = io::listen_unix_socket(path, 128, 0117, [](int probe) {
-      const char ask[] = "HEAD / HTTP/1.0\r\n\r\n";
-      char answer[1];
-      return send(probe, ask, sizeof ask - 1, MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
-    }, fd);
+    std::string error = io::listen_unix_socket(
+        path, 128, 0117, [](int probe) { return io::answers(probe, "HEAD / HTTP/1.0\r\n\r\n"); }, fd);
     if (!error.empty()) return error;
     unix_path_ = path;
   } else if (std::string error = listen_tcp(address, fd); !error.empty()) {

@@ -11,6 +11,11 @@
 
 namespace ioband::io {
 
+bool answers(int probe, std::string_view ask) noexcept {
+  char answer[1];
+  return send(probe, ask.data(), ask.size(), MSG_NOSIGNAL) > 0 && recv(probe, answer, 1, 0) == 1;
+}
+
 std::string listen_unix_socket(const std::string& path, int backlog, mode_t mode_mask,
                                const std::function<bool(int)>& is_live, int& fd) {
   sockaddr_un addr{};

@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <string>
+#include <string_view>
 
 namespace ioband::io {
 
@@ -18,5 +19,9 @@ namespace ioband::io {
 // or a sentence naming the path.
 std::string listen_unix_socket(const std::string& path, int backlog, mode_t mode_mask,
                                const std::function<bool(int)>& is_live, int& fd);
+
+// An is_live for servers that answer a request: sends `ask` on the probe
+// connection and says whether at least one byte came back.
+bool answers(int probe, std::string_view ask) noexcept;
 
 }  // namespace ioband::io

@@ -102,10 +102,10 @@ struct DeviceGroup::Impl {
   std::uint64_t mapping_stamp = new_mapping_stamp();  // see groups_changed()
   Nanos window_closed_at = INT64_MIN;  // last time next() found the in-flight window full
 
-  // ---- observation (observation.h) ----
-  std::vector<detail::ObservedGroup> observed;  // index + 1 is Request::SchedulerState::observed
-  std::vector<std::uint32_t> observed_by_slot;   // by Group::slot: index + 1 into `observed`, 0: none yet
-  std::vector<std::uint32_t> observed_free;
+  // ---- statistics: the wide counters (group.h, accounting.h) ----
+  std::vector<detail::WideCounters> wide;     // of the groups that folded
+  std::vector<std::uint32_t> wide_by_slot;    // by Group::slot: index + 1 into `wide`, 0: none yet
+  std::vector<std::uint32_t> wide_free;
 
   ~Impl() {
     for (auto& device : devices) {
@@ -343,11 +343,11 @@ struct DeviceGroup::Impl {
   }
 
   void destroy_group(Group* group) noexcept {
-    if (group->slot < observed_by_slot.size() && observed_by_slot[group->slot] != 0) {
-      const std::uint32_t index = observed_by_slot[group->slot] - 1;
-      observed[index] = {};
-      observed_free.push_back(index);
-      observed_by_slot[group->slot] = 0;
+    if (group->slot < wide_by_slot.size() && wide_by_slot[group->slot] != 0) {
+      const std::uint32_t index = wide_by_slot[group->slot] - 1;
+      wide[index] = {};
+      wide_free.push_back(index);
+      wide_by_slot[group->slot] = 0;
     }
     admission.forget(group);
     policy->forget(group);
@@ -468,8 +468,8 @@ struct DeviceGroup::Impl {
       }
       // The dispatch will write the group's counters: fetch them while the
       // head request is on its way.
-      __builtin_prefetch(&group->epoch, 1);
-      __builtin_prefetch(&group->counters.delay_histogram, 1);
+      __builtin_prefetch(reinterpret_cast<const char*>(group) + 64, 1);
+      __builtin_prefetch(reinterpret_cast<const char*>(group) + 128, 1);
       Request& request = *group->head;
       Nanos at = group_available_at(*group, request, now);
       if (at > now) {
@@ -559,7 +559,9 @@ struct DeviceGroup::Impl {
     if (group.extras && group.extras->reserve.active()) {
       group.extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
     }
-    detail::count_dispatch(group, request, now, wait_epoch);
+    detail::count_dispatch(group, request, now, wait_epoch, [this](const Group& g) -> detail::WideCounters& {
+      return wide_of(g);
+    });
     observe_dispatch(group, request, now);
     request.scheduler.time = now;  // from here on: the dispatch time
 
@@ -575,32 +577,36 @@ struct DeviceGroup::Impl {
     if (rebase_now) rebase();
   }
 
-  // ------------------------------------------------------------ observation
-  // The index + 1 of the group's observation, made on its first dispatch.
-  // observed_by_slot is 4 bytes a group: with 10,000 groups it stays in
-  // the cache, where a hash map keyed by the group would not.
-  std::uint32_t observed_index(const Group& group) {
-    if (group.slot >= observed_by_slot.size()) observed_by_slot.resize(pool.slots(), 0);
-    std::uint32_t& index = observed_by_slot[group.slot];
+  // ------------------------------------------------------------ counters
+  // The wide counters of `group` (group.h), made on its first fold.
+  // wide_by_slot is 4 bytes a group: with 10,000 groups it stays in the
+  // cache, where a hash map keyed by the group would not.
+  detail::WideCounters& wide_of(const Group& group) {
+    if (group.slot >= wide_by_slot.size()) wide_by_slot.resize(pool.slots(), 0);
+    std::uint32_t& index = wide_by_slot[group.slot];
     if (index == 0) {
-      if (observed_free.empty()) {
-        observed.emplace_back();
-        index = static_cast<std::uint32_t>(observed.size());
+      if (wide_free.empty()) {
+        wide.emplace_back();
+        index = static_cast<std::uint32_t>(wide.size());
       } else {
-        index = observed_free.back() + 1;
-        observed_free.pop_back();
+        index = wide_free.back() + 1;
+        wide_free.pop_back();
       }
-      observed[index - 1].group = &group;
+      wide[index - 1].group = &group;
     }
-    return index;
+    return wide[index - 1];
+  }
+
+  // Its wide counters, if it has folded (else null).
+  detail::WideCounters* wide_if_any(const Group& group) noexcept {
+    if (group.slot >= wide_by_slot.size() || wide_by_slot[group.slot] == 0) return nullptr;
+    return &wide[wide_by_slot[group.slot] - 1];
   }
 
   // Why the request waited, decided now (observation.h); the completion counts it.
   void observe_dispatch(const Group& group, Request& request, Nanos now) noexcept {
     Request::SchedulerState& state = request.scheduler;
-    state.observed = observed_index(group);
     const Nanos delay = now - state.time;
-    observed[state.observed - 1].ops[static_cast<std::size_t>(request.op_kind)].prefetch();  // for complete()
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
     state.held = 0;
     if (delay <= 0) return;
@@ -616,21 +622,10 @@ struct DeviceGroup::Impl {
 
   void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
     const Request::SchedulerState& state = request.scheduler;
-    if (state.observed == 0 || state.observed > observed.size()) return;
-    detail::ObservedGroup& entry = observed[state.observed - 1];
-    assert(entry.group == state.group && "a group outlives its requests in flight");
     const Nanos queued_ns = Nanos{state.queued_16ns} * 16;
-    detail::ObservedOp& op = entry.ops[static_cast<std::size_t>(request.op_kind)];
-    if (state.held != 0) {
-      const std::size_t reason = state.held - 1U;
-      ++op.held_requests[reason];
-      op.held_ns[reason] += static_cast<std::uint64_t>(queued_ns);
-    }
     const Nanos duration = std::max<Nanos>(now - state.time, 0) + queued_ns;
-    op.bytes += request.bytes;
-    if (failed) ++op.errors;  // not on every completion: its line is not prefetched
-    op.duration_ns += static_cast<std::uint64_t>(duration);
-    ++op.duration_histogram[duration_bucket(duration)];
+    detail::count_completion(*state.group, request, duration, queued_ns, state.held, failed,
+                             [this](const Group& g) -> detail::WideCounters& { return wide_of(g); });
   }
 
   void enqueue(Request& request, TimePoint now) noexcept {
@@ -866,9 +861,9 @@ struct DeviceGroup::Impl {
     for_each_group([&](const Group* group) {
       if (group->extras) bytes += sizeof(GroupExtras);
     });
-    // The observation of groups that dispatched, and its index by slot.
-    bytes += observed.capacity() * sizeof(detail::ObservedGroup) +
-             (observed_free.capacity() + observed_by_slot.capacity()) * sizeof(std::uint32_t);
+    // The wide counters of groups that folded, and their index by slot.
+    bytes += wide.capacity() * sizeof(detail::WideCounters) +
+             (wide_free.capacity() + wide_by_slot.capacity()) * sizeof(std::uint32_t);
     return bytes;
   }
 };
@@ -1401,21 +1396,22 @@ bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*requ
 std::optional<GroupStats> DeviceGroup::stats(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  return detail::stats_of(*group);
+  return detail::stats_of(*group, impl_->wide_if_any(*group));
 }
 
 std::optional<GroupObservation> DeviceGroup::observation(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  const auto& by_slot = impl_->observed_by_slot;
-  if (group->slot >= by_slot.size() || by_slot[group->slot] == 0) return GroupObservation{};
-  return impl_->observed[by_slot[group->slot] - 1].read();
+  return detail::observation_of(*group, impl_->wide_if_any(*group));
 }
 
 Status DeviceGroup::reset_stats(DeviceId device_id) {
   Device* device = impl_->find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
-  Impl::for_each_group(*device, [](Group* group) { group->counters = {}; });
+  Impl& impl = *impl_;
+  Impl::for_each_group(*device, [&impl](Group* group) {
+    detail::reset_dispatch_counters(*group, impl.wide_if_any(*group));
+  });
   return {};
 }
 

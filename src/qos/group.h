@@ -41,10 +41,24 @@ struct alignas(64) GroupExtras {
   GroupReservation reserve;  // reservation-iops / -bps (reservation.h)
 };
 
-// Counters kept per group; GroupStats adds the live queue_length / in_flight.
-// Write requests are not stored: every dispatched request lands in one
-// histogram bucket, so writes = sum(delay_histogram) - read_requests. That
-// keeps the counters and the weight policy's state in two cache lines.
+// A group's statistics (dm-ioband's counters, stats.h, and the
+// observation, observation.h) in two parts.
+//
+// The narrow part, NarrowCounters, sits in the group's dispatch lines: the
+// dispatch fetches them anyway and the completion, a window's worth of
+// requests later, finds them still in the cache, so a request's counting
+// costs no line of its own. Its counters are 8, 16 and 32 bits wide.
+//
+// The wide part, WideCounters (64-bit), is kept beside the groups by the
+// device group and made on a group's first fold: before any narrow
+// counter would overflow, the narrow part is added to the wide one and
+// cleared (every 255 requests of one histogram bucket, or 4.3 s of summed
+// time). What does not fit the narrow part goes to the wide part at once:
+// completions of other operations than read and write, failed ones, and
+// times over 4.3 s. A reader adds the two parts.
+//
+// Write requests are not counted: every dispatched request lands in one
+// delay bucket, so writes = sum(delay_histogram) - read_requests.
 // Per-direction counters are indexed by Direction, so counting takes no
 // branch on it.
 struct GroupCounters {
@@ -53,18 +67,40 @@ struct GroupCounters {
   std::array<std::uint64_t, 2> sectors{};           // by Direction
   std::uint64_t delayed_nanos = 0;
   std::array<std::uint64_t, kDelayBuckets> delay_histogram{};
-
-  std::uint64_t write_requests() const noexcept {
-    std::uint64_t all = 0;
-    for (std::uint64_t n : delay_histogram) all += n;
-    return all - read_requests;
-  }
 };
+
+inline constexpr std::size_t kNarrowOps = 2;  // OpKind::read and OpKind::write
+
+struct NarrowCounters {
+  // Counted at dispatch (accounting.h); a dm-ioband `reset` clears them.
+  struct Dispatch {
+    std::array<std::uint32_t, 2> sectors{};  // by Direction
+    std::uint32_t delayed_nanos = 0;
+    std::uint16_t read_requests = 0;
+    std::array<std::uint16_t, 2> delayed_requests{};  // by Direction
+    std::array<std::uint8_t, kDelayBuckets> delay_histogram{};
+  };
+  // Counted at completion (accounting.h); only ever grow.
+  struct Completion {
+    struct Op {
+      std::uint32_t bytes = 0;
+      std::uint32_t duration_ns = 0;
+      std::array<std::uint8_t, kDurationBuckets> duration_histogram{};  // its sum is the requests
+    };
+    std::array<Op, kNarrowOps> ops{};  // by OpKind
+    std::array<std::uint16_t, kHoldReasons> held_requests{};
+    std::array<std::uint32_t, kHoldReasons> held_ns{};
+  };
+  Dispatch dispatch;
+  Completion completion;
+};
+static_assert(sizeof(NarrowCounters) <= 120, "the narrow counters share two lines with the weight policy's state");
 
 // One group is three cache lines. The first holds all that enqueue and
 // complete touch, and what next() needs to pick and unlink a request; the
-// other two what only a dispatch touches (next() prefetches them with the
-// first). With thousands of active groups each of these lines is a cache
+// other two what a dispatch touches (next() prefetches them with the
+// first), and the completion's counting, which finds them still in the
+// cache. With thousands of active groups each of these lines is a cache
 // miss, so a field moved into the first line must earn its place.
 struct alignas(64) Group {
   // ---- line 0: enqueue, next, complete ----
@@ -89,10 +125,10 @@ struct alignas(64) Group {
   bool retired = false;                          // detached, waiting for its in-flight requests
   std::uint8_t busy_peak = 0;                    // most requests outstanding since it was last empty (saturating)
 
-  // ---- lines 1 and 2: dispatch ----
+  // ---- lines 1 and 2: dispatch (and the completion's counting) ----
   std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
   std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
-  GroupCounters counters;
+  NarrowCounters counters;
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
@@ -122,58 +158,13 @@ struct Device {
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
 
-// A group's observation (observation.h), kept beside it for groups that
-// dispatched, found by the group's slot (DeviceGroup::Impl::observed_by_slot).
-// Only a completion writes it: the dispatch decides why the request waited
-// and leaves that in the request, and prefetches the two lines the
-// completion will write -- its operation's first line (bytes, time, and
-// the held counters, kept per operation here and summed when read) and the
-// line of its histogram bucket. With thousands of active groups each line
-// is a miss; GroupObservation's own layout would take three, and a check
-// of `group` a fourth (a group outlives its requests in flight, so the
-// completion does not check).
-struct alignas(64) ObservedOp {
-  // ---- line 0 ----
-  std::uint64_t bytes = 0;
-  std::uint64_t duration_ns = 0;
-  std::array<std::uint64_t, kHoldReasons> held_requests{};
-  std::array<std::uint64_t, kHoldReasons> held_ns{};
-  // ---- lines 1..3 ----
-  std::uint64_t errors = 0;
-  std::array<std::uint64_t, kDurationBuckets> duration_histogram{};  // its sum is the requests
-
-  // What a completion writes: line 0, and the line of its bucket, which
-  // is not known yet -- lines 1 and 2 hold the buckets up to 1 s.
-  void prefetch() const noexcept {
-    const char* line = reinterpret_cast<const char*>(this);
-    __builtin_prefetch(line, 1);
-    __builtin_prefetch(line + 64, 1);
-    __builtin_prefetch(line + 128, 1);
-  }
-};
-static_assert(offsetof(ObservedOp, errors) == 64, "what every completion writes is one line");
-
-struct ObservedGroup {
-  const Group* group = nullptr;  // whose it is
-  std::array<ObservedOp, kOpKinds> ops;
-
-  GroupObservation read() const noexcept {
-    GroupObservation out;
-    for (std::size_t i = 0; i < kOpKinds; ++i) {
-      const ObservedOp& from = ops[i];
-      OpObservation& to = out.ops[i];
-      to.bytes = from.bytes;
-      to.duration_ns = from.duration_ns;
-      to.errors = from.errors;
-      to.duration_histogram = from.duration_histogram;
-      for (std::uint64_t n : from.duration_histogram) to.requests += n;
-      for (std::size_t r = 0; r < kHoldReasons; ++r) {
-        out.held_requests[r] += from.held_requests[r];
-        out.held_ns[r] += from.held_ns[r];
-      }
-    }
-    return out;
-  }
+// A group's wide counters (see GroupCounters), kept beside the groups for
+// groups that folded, found by the group's slot
+// (DeviceGroup::Impl::wide_by_slot).
+struct WideCounters {
+  const Group* group = nullptr;  // whose they are
+  GroupCounters dispatch;
+  GroupObservation completion;
 };
 
 // Groups come from fixed-size slabs: no per-group allocator header, and

@@ -12,8 +12,8 @@
 //           includes the anticipation holding a lighter group back).
 //
 // Counters only grow (a `reset` message does not clear them): scrapers take
-// rates of them. They live beside the group, not in it (see group.h: a group
-// is three full cache lines), and only for groups that dispatched a request.
+// rates of them. A request adds to narrow counters in the group's own lines,
+// folded into wide ones kept beside the groups (group.h, accounting.h).
 #pragma once
 
 #include <array>

@@ -66,10 +66,8 @@ struct Request {
     // In flight, for observation.h: why it waited (HoldReason + 1; 0: it
     // did not wait).
     std::uint8_t held = 0;
-    // In flight, for observation.h: the index + 1 of its group's
-    // observation, and how long it was queued (units of 16 ns, saturating
-    // at about 68 s).
-    std::uint32_t observed = 0;
+    // In flight, for observation.h: how long it was queued (units of
+    // 16 ns, saturating at about 68 s).
     std::uint32_t queued_16ns = 0;
   } scheduler;
 };

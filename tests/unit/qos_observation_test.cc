@@ -157,5 +157,66 @@ TEST(Observation, ResetStatsLeavesTheCountersAndADetachedGroupStartsAfresh) {
   EXPECT_EQ(g.observation(0, 3)->ops[0].requests, 1u);
 }
 
+// The counters a request adds to are narrow (group.h) and folded into wide
+// ones long before they would overflow: a user reading them after 100,000
+// requests -- waits of up to 6 s, 32 MiB writes, failures, flushes -- sees
+// the exact sums, for dm-ioband's counters and the observation alike, and a
+// `reset` between folds clears the former only.
+TEST(Observation, CountsStayExactOverManyFoldsOfTheNarrowCounters) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 5));
+  Pool pool;
+  Request* r = pool.make(5);
+  GroupStats want_stats;
+  GroupObservation want;
+  std::array<std::uint64_t, kDelayBuckets> delays{};
+  TimePoint now = kStart;
+  for (std::uint64_t i = 0; i < 100'000; ++i) {
+    const OpKind op = i % 97 == 0 ? OpKind::flush : (i % 3 == 0 ? OpKind::write : OpKind::read);
+    r->op_kind = op;
+    r->direction = op == OpKind::read ? Direction::read : Direction::write;
+    r->bytes = op == OpKind::flush ? 0 : (i % 1000 == 0 ? 32u << 20 : 4096u * static_cast<std::uint32_t>(1 + i % 5));
+    // Queued: mostly nothing, sometimes milliseconds, rarely seconds.
+    const std::int64_t queued_ns = i % 5000 == 1 ? 6'000'000'000 : (i % 7 == 0 ? 1'000'000 * static_cast<std::int64_t>(i % 50) : 0);
+    const std::int64_t service_ns = 20'000 + static_cast<std::int64_t>(i % 13) * 40'000;
+    const bool failed = i % 1009 == 0;
+    g.enqueue(r, now);
+    now += std::chrono::nanoseconds(queued_ns);
+    ASSERT_EQ(next_dispatch(g, now), r);
+    now += std::chrono::nanoseconds(service_ns);
+    g.complete(r, now, failed);
+
+    const bool read = op == OpKind::read;
+    (read ? want_stats.read_requests : want_stats.write_requests) += 1;
+    (read ? want_stats.read_sectors : want_stats.write_sectors) += (r->bytes + 511) / 512;
+    if (queued_ns > 0) (read ? want_stats.delayed_read_requests : want_stats.delayed_write_requests) += 1;
+    want_stats.delayed_time += std::chrono::nanoseconds(queued_ns);
+    ++delays[delay_bucket(std::chrono::nanoseconds(queued_ns))];
+    OpObservation& o = want.ops[static_cast<std::size_t>(op)];
+    ++o.requests;
+    o.bytes += r->bytes;
+    o.errors += failed;
+    o.duration_ns += static_cast<std::uint64_t>(queued_ns + service_ns);
+    ++o.duration_histogram[duration_bucket(queued_ns + service_ns)];
+    if (queued_ns > 0) {
+      // Dispatched after it arrived, with no limit and the window open.
+      ++want.held_requests[static_cast<std::size_t>(HoldReason::weight)];
+      want.held_ns[static_cast<std::size_t>(HoldReason::weight)] += static_cast<std::uint64_t>(queued_ns);
+    }
+  }
+  want_stats.delay_histogram = delays;
+  EXPECT_EQ(g.stats(0, 5).value(), want_stats);
+  EXPECT_EQ(g.observation(0, 5).value(), want);
+
+  ASSERT_TRUE(g.reset_stats(0));
+  EXPECT_EQ(g.stats(0, 5).value(), GroupStats{});
+  EXPECT_EQ(g.observation(0, 5).value(), want);
+  g.enqueue(r, now);
+  ASSERT_EQ(next_dispatch(g, now), r);
+  g.complete(r, now + microseconds(50));
+  EXPECT_EQ(g.stats(0, 5)->write_requests + g.stats(0, 5)->read_requests, 1u);
+}
+
 }  // namespace
 }  // namespace ioband::qos

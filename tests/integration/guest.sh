@@ -162,6 +162,7 @@ guest_run() {
 # blocks of BLOCK bytes (OFFSET and BLOCK multiples of 512, BLOCK divides
 # LENGTH). Later lines may overwrite earlier ones.
 #
+#   guest_sample_plan SIZE                  a plan in $T/plan, $T/pattern
 #   guest_apply_plan PLAN PATTERN IMAGE     the same writes on a host file:
 #                                           the oracle
 #   guest_expect PLAN OUT DISK=IMAGE...     what the guest must read: the md5
@@ -174,6 +175,25 @@ guest_run() {
 #                                           reads every extent and every whole
 #                                           disk back with O_DIRECT and
 #                                           compares the md5s
+
+# guest_sample_plan SIZE: $T/plan and $T/pattern for a disk of SIZE bytes (at
+# least 32 MiB): whole 64 KiB clusters, a few sectors inside one cluster,
+# writes across cluster boundaries (64 KiB and 16 KiB), 4 MiB in 1 MiB
+# requests, an odd request size at an odd sector, the last 64 KiB of the
+# disk, and a rewrite of sectors written before.
+guest_sample_plan() {
+  local size=$1
+  head -c $((6 * MiB)) /dev/urandom >"$T/pattern"
+  cat >"$T/plan" <<EOF_PLAN
+0 $MiB 0 65536
+$((3 * MiB + 3072)) 5120 $MiB 512
+$((7 * MiB - 2048)) 4096 $((MiB + 12288)) 4096
+$((16 * MiB)) $((4 * MiB)) $((MiB + 16384)) $MiB
+$((24 * MiB + 1536)) 200704 $((5 * MiB + 20480)) 28672
+$((size - 65536)) 65536 $((5 * MiB + 221184)) 65536
+524288 8192 $((5 * MiB + 286720)) 512
+EOF_PLAN
+}
 
 guest_apply_plan() {
   local plan=$1 pattern=$2 image=$3 offset length source block

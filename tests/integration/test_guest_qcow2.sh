@@ -22,16 +22,7 @@ qemu-img create -q -f qcow2 -o cluster_size=64k -b base.raw -F raw "$T/a.qcow2" 
 qemu-img create -q -f qcow2 -o cluster_size=16k -b base.qcow2 -F qcow2 "$T/b.qcow2" || fail "qemu-img create b"
 md5sum "$T/base.raw" "$T/base.qcow2" >"$T/bases.md5"
 
-head -c $((6 * MiB)) /dev/urandom >"$T/pattern"
-cat >"$T/plan" <<EOF
-0 $MiB 0 65536
-$((3 * MiB + 3072)) 5120 $MiB 512
-$((7 * MiB - 2048)) 4096 $((MiB + 12288)) 4096
-$((16 * MiB)) $((4 * MiB)) $((MiB + 16384)) $MiB
-$((24 * MiB + 1536)) 200704 $((5 * MiB + 20480)) 28672
-$((size - 65536)) 65536 $((5 * MiB + 221184)) 65536
-524288 8192 $((5 * MiB + 286720)) 512
-EOF
+guest_sample_plan "$size"
 cp "$T/base.raw" "$T/want.raw"
 guest_apply_plan "$T/plan" "$T/pattern" "$T/want.raw"
 guest_expect "$T/plan" "$T/expect" vda="$T/want.raw" vdb="$T/want.raw"

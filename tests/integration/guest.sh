@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A real Linux guest for integration tests: QEMU (TCG) boots Debian's cloud
 # kernel with a busybox initramfs made here, its virtio disks on NBD exports,
 # runs a script given by the test, reports on the serial console and powers
@@ -20,8 +21,8 @@
 #
 # The kernel comes from scripts/guest-kernel (run by scripts/setup) in
 # $IOBAND_SOURCE/var/guest, or IOBAND_GUEST_DIR. TCG, not KVM: KVM is not
-# available everywhere the tests run, and QEMU 7.2 aborts on an MSR with the
-# KVM of some hosts; a few seconds of boot are cheap.
+# there on every machine the tests run on (containers, CI), and where it is,
+# QEMU 7.2 has been seen to abort on an MSR; a few seconds of boot are cheap.
 
 GUEST_DIR=${IOBAND_GUEST_DIR:-$IOBAND_SOURCE/var/guest}
 GUEST_TIMEOUT=${IOBAND_GUEST_TIMEOUT:-120}
@@ -182,7 +183,7 @@ guest_run() {
 # requests, an odd request size at an odd sector, the last 64 KiB of the
 # disk, and a rewrite of sectors written before.
 guest_sample_plan() {
-  local size=$1
+  local size=$1 MiB=$((1024 * 1024))
   head -c $((6 * MiB)) /dev/urandom >"$T/pattern"
   cat >"$T/plan" <<EOF_PLAN
 0 $MiB 0 65536

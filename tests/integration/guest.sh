@@ -11,6 +11,7 @@
 #   start_server "top=$T/top.qcow2"
 #   guest_file "$T/pattern"              copied to /data/pattern in the guest
 #   guest_run "$T/script.sh" top [...]   boot with /dev/vda=top, vdb=...
+#   GUEST_DRIVE_OPTIONS=,discard=unmap   more -drive options, for every disk
 #
 # The script runs as `sh -e` under busybox (every applet on PATH) with the
 # disks' device nodes present, /data holding the files given by guest_file,
@@ -31,9 +32,10 @@ GUEST_APPEND=${IOBAND_GUEST_APPEND:-} # more kernel arguments (loglevel=7 to see
 GUEST_CONSOLE=
 GUEST_BOOTS=0
 GUEST_FILES=()
+GUEST_DRIVE_OPTIONS=
 
 guest_requires() {
-  requires qemu-system-x86_64 cpio
+  requires qemu-system-x86_64 cpio file
   [ -x "$GUEST_BUSYBOX" ] || skip "no busybox at $GUEST_BUSYBOX (install busybox-static)"
   # The guest has no C library: a dynamically linked busybox (Debian's
   # package busybox rather than busybox-static) cannot run there.
@@ -121,7 +123,7 @@ guest_run() {
   for name; do
     path=$(sock "$name")
     # QEMU's option syntax doubles a comma inside a value.
-    drives+=(-drive "file=nbd+unix:///$name?socket=${path//,/,,},if=virtio,format=raw,cache=none")
+    drives+=(-drive "file=nbd+unix:///$name?socket=${path//,/,,},if=virtio,format=raw,cache=none$GUEST_DRIVE_OPTIONS")
   done
   GUEST_CONSOLE=$T/console$boot.log
   local started rc=0
@@ -161,7 +163,11 @@ guest_run() {
 # A plan is a file of lines "OFFSET LENGTH SOURCE BLOCK" (bytes): write
 # LENGTH bytes of the pattern file, from SOURCE, at OFFSET of the disk, in dd
 # blocks of BLOCK bytes (OFFSET and BLOCK multiples of 512, BLOCK divides
-# LENGTH). Later lines may overwrite earlier ones.
+# LENGTH). Later lines may overwrite earlier ones. SOURCE "zero" writes
+# zeroes from /dev/zero (with detect-zeroes=unmap in GUEST_DRIVE_OPTIONS,
+# QEMU sends them as NBD WRITE_ZEROES); "discard" is blkdiscard of the range,
+# which the oracle takes as zeroes: use it only where the export promises
+# that (whole clusters of a qcow2 v3 image, as in QEMU).
 #
 #   guest_sample_plan SIZE                  a plan in $T/plan, $T/pattern
 #   guest_apply_plan PLAN PATTERN IMAGE     the same writes on a host file:
@@ -199,8 +205,12 @@ EOF_PLAN
 guest_apply_plan() {
   local plan=$1 pattern=$2 image=$3 offset length source block
   while read -r offset length source block; do
-    dd if="$pattern" of="$image" bs="$block" count=$((length / block)) skip="$source" seek="$offset" \
-      iflag=skip_bytes,fullblock oflag=seek_bytes conv=notrunc status=none ||
+    case $source in
+      zero | discard) dd if=/dev/zero of="$image" bs="$block" count=$((length / block)) seek="$offset" \
+        oflag=seek_bytes conv=notrunc status=none ;;
+      *) dd if="$pattern" of="$image" bs="$block" count=$((length / block)) skip="$source" seek="$offset" \
+        iflag=skip_bytes,fullblock oflag=seek_bytes conv=notrunc status=none ;;
+    esac ||
       fail "could not apply '$offset $length $source $block' to $image"
   done <"$plan"
 }
@@ -225,9 +235,13 @@ disks=$(cat /etc/disks)
 for d in $disks; do
   while read -r offset length source block; do
     # fsync: the disk has a write cache (cache=none), so this is a FLUSH.
-    dd if=/data/pattern of=/dev/$d bs=$block count=$((length / block)) skip=$source seek=$offset \
-      iflag=skip_bytes,fullblock oflag=seek_bytes,direct conv=fsync 2>/tmp/dd.err ||
-      { cat /tmp/dd.err; echo "write $offset+$length to $d failed"; exit 1; }
+    case $source in
+      zero) dd if=/dev/zero of=/dev/$d bs=$block count=$((length / block)) seek=$offset \
+        oflag=seek_bytes,direct conv=fsync 2>/tmp/dd.err ;;
+      discard) blkdiscard -o $offset -l $length /dev/$d 2>/tmp/dd.err ;;
+      *) dd if=/data/pattern of=/dev/$d bs=$block count=$((length / block)) skip=$source seek=$offset \
+        iflag=skip_bytes,fullblock oflag=seek_bytes,direct conv=fsync 2>/tmp/dd.err ;;
+    esac || { cat /tmp/dd.err; echo "$source $offset+$length on $d failed"; exit 1; }
   done </data/plan
   echo "wrote $(wc -l </data/plan) extents to $d (up $(cut -d' ' -f1 /proc/uptime) s)"
 done

@@ -167,7 +167,10 @@ guest_run() {
 # zeroes from /dev/zero (with detect-zeroes=unmap in GUEST_DRIVE_OPTIONS,
 # QEMU sends them as NBD WRITE_ZEROES); "discard" is blkdiscard of the range,
 # which the oracle takes as zeroes: use it only where the export promises
-# that (whole clusters of a qcow2 v3 image, as in QEMU).
+# that (whole clusters of a qcow2 v3 image, as in QEMU). A fifth field "&"
+# runs the line in the background: it goes on at once with the next line,
+# and a line without "&" first waits for all of them, so lines that run
+# together must not overlap.
 #
 #   guest_sample_plan SIZE                  a plan in $T/plan, $T/pattern
 #   guest_apply_plan PLAN PATTERN IMAGE     the same writes on a host file:
@@ -204,7 +207,7 @@ EOF_PLAN
 
 guest_apply_plan() {
   local plan=$1 pattern=$2 image=$3 offset length source block
-  while read -r offset length source block; do
+  while read -r offset length source block _; do
     case $source in
       zero | discard) dd if=/dev/zero of="$image" bs="$block" count=$((length / block)) seek="$offset" \
         oflag=seek_bytes conv=notrunc status=none ;;
@@ -219,7 +222,7 @@ guest_expect() {
   local plan=$1 out=$2 offset length source block disk image
   shift 2
   : >"$out"
-  while read -r offset length source block; do
+  while read -r offset length source block _; do
     echo "extent $offset $(dd if="${1#*=}" bs="$block" count=$((length / block)) skip="$offset" \
       iflag=skip_bytes status=none | md5sum | cut -d' ' -f1)" >>"$out"
   done <"$plan"
@@ -232,23 +235,32 @@ guest_expect() {
 guest_plan_script() {
   cat <<'EOF_GUEST'
 disks=$(cat /etc/disks)
+write_extent() { # DISK OFFSET LENGTH SOURCE BLOCK
+  # fsync: the disk has a write cache (cache=none), so this is a FLUSH.
+  case $4 in
+    zero) dd if=/dev/zero of=/dev/$1 bs=$5 count=$(($3 / $5)) seek=$2 oflag=seek_bytes,direct conv=fsync ;;
+    discard) blkdiscard -o $2 -l $3 /dev/$1 ;;
+    *) dd if=/data/pattern of=/dev/$1 bs=$5 count=$(($3 / $5)) skip=$4 seek=$2 \
+      iflag=skip_bytes,fullblock oflag=seek_bytes,direct conv=fsync ;;
+  esac 2>/tmp/err.$2 || { cat /tmp/err.$2; echo "$4 $2+$3 on $1 failed" | tee -a /tmp/failed; }
+}
 for d in $disks; do
-  while read -r offset length source block; do
-    # fsync: the disk has a write cache (cache=none), so this is a FLUSH.
-    case $source in
-      zero) dd if=/dev/zero of=/dev/$d bs=$block count=$((length / block)) seek=$offset \
-        oflag=seek_bytes,direct conv=fsync 2>/tmp/dd.err ;;
-      discard) blkdiscard -o $offset -l $length /dev/$d 2>/tmp/dd.err ;;
-      *) dd if=/data/pattern of=/dev/$d bs=$block count=$((length / block)) skip=$source seek=$offset \
-        iflag=skip_bytes,fullblock oflag=seek_bytes,direct conv=fsync 2>/tmp/dd.err ;;
-    esac || { cat /tmp/dd.err; echo "$source $offset+$length on $d failed"; exit 1; }
+  while read -r offset length source block background; do
+    if [ "$background" = "&" ]; then
+      write_extent $d $offset $length $source $block &
+    else
+      wait
+      write_extent $d $offset $length $source $block
+    fi
   done </data/plan
+  wait
+  [ ! -e /tmp/failed ] || exit 1
   echo "wrote $(wc -l </data/plan) extents to $d (up $(cut -d' ' -f1 /proc/uptime) s)"
 done
 echo 3 >/proc/sys/vm/drop_caches
 bad=0
 for d in $disks; do
-  while read -r offset length source block; do
+  while read -r offset length source block _; do
     sum=$(dd if=/dev/$d bs=$block count=$((length / block)) skip=$offset iflag=skip_bytes,direct 2>/dev/null |
       md5sum | cut -d' ' -f1)
     want=$(sed -n "s/^extent $offset //p" /data/expect)

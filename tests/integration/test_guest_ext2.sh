@@ -7,13 +7,15 @@
 #   vdb  an --export of an overlay over a raw base that holds an ext2 file
 #        system made on the host (mke2fs -d): the guest mounts it, checks the
 #        host's files (read from the base), adds its own, deletes one.
+# Then it fills and frees space on both and runs fstrim (discard=unmap).
 # iobandd restarts (the ioband device comes back from state.json); a second
 # guest mounts both and finds every file as written. On the host, both
-# overlays pass qemu-img check, their file systems pass e2fsck -fn, a file
-# the guest wrote reads back through debugfs, and the bases are unchanged.
+# overlays pass qemu-img check and hold zero clusters from the trims, their
+# file systems pass e2fsck -fn, a file the guest wrote reads back through
+# debugfs, and the bases are unchanged.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/guest.sh"
-requires qemu-img md5sum mke2fs e2fsck debugfs cmp
+requires qemu-img md5sum mke2fs e2fsck debugfs cmp jq
 guest_requires
 IOBANDCTL=${IOBANDCTL:-$IOBAND_SOURCE/build/bin/iobandctl}
 [ -x "$IOBANDCTL" ] || fail "iobandctl not found at $IOBANDCTL"
@@ -76,6 +78,14 @@ echo "vdb: the host's files read back from the base"
 mkdir /mnt/b/guest
 write_files /mnt/b/guest
 rm /mnt/b/host/remove-me
+# Free space handed back: the overlays' clusters under it are unmapped
+# (NBD TRIM), and nothing in use may go with them.
+for m in /mnt/a /mnt/b; do
+  cp /data/pattern $m/scratch
+  sync
+  rm $m/scratch
+  fstrim -v $m
+done
 umount /mnt/a
 umount /mnt/b
 # Mounted again, the cache is gone: the files come from the disks.
@@ -102,6 +112,7 @@ start_server "b=$T/b.qcow2"
 echo "0 $((size / 512)) ioband $T/a.qcow2 1" | run 30 "$IOBANDCTL" --control "$T/state/ioband.ctl" create fs1 ||
   fail "iobandctl create fs1"
 SOCKETS[fs1]=$T/nbd.sock
+GUEST_DRIVE_OPTIONS=,discard=unmap
 guest_run "$T/first.sh" fs1 b
 assert_alive
 stop_servers
@@ -114,6 +125,12 @@ assert_alive
 stop_servers
 
 md5sum -c --quiet "$T/bases.md5" || fail "a base image changed"
+for name in a b; do
+  qemu-img map -f qcow2 --output=json "$T/$name.qcow2" >"$T/$name.map" || fail "qemu-img map $name.qcow2"
+  zeroes=$(jq '[.[] | select(.depth == 0 and .zero and (.data | not)) | .length] | add // 0' "$T/$name.map")
+  [ "$zeroes" -gt 0 ] || fail "$name.qcow2 has no zero cluster: the guest's fstrim did not reach it"
+  log "$name.qcow2: $zeroes bytes of zero clusters after fstrim"
+done
 for name in a b; do
   qemu-img check -q "$T/$name.qcow2" || fail "qemu-img check: $name.qcow2 is not clean"
   qemu-img convert -f qcow2 -O raw "$T/$name.qcow2" "$T/$name.raw" || fail "qemu-img convert $name.qcow2"

@@ -3,7 +3,8 @@
 # 64 KiB-cluster overlay on a raw base, vdb a 16 KiB-cluster overlay on a
 # 64 KiB-cluster qcow2 base. The guest writes extents with dd (O_DIRECT,
 # fsync): whole clusters, a few sectors inside one cluster, writes across
-# cluster boundaries, the last cluster of the disk, an in-place rewrite; and
+# cluster boundaries, the last cluster of the disk, an in-place rewrite,
+# eight writers at once into the same clusters; and
 # zeroes (NBD WRITE_ZEROES, through detect-zeroes=unmap) and discards (NBD
 # TRIM) of whole and partial clusters. It drops its cache and reads them and
 # the whole disk back. Then, on the host: a second client (qemu-img) reads
@@ -38,6 +39,11 @@ $((MiB - 4096)) 4096 zero 4096
 $((14 * MiB + 1024)) 2048 zero 512
 $((17 * MiB + 65536 + 512)) 1024 $((5 * MiB + 300000)) 512
 EOF
+# Eight writers at once, each 24 KiB in 4 KiB requests, side by side from
+# 26 MiB: allocating writes from different requests into the same clusters.
+for j in 0 1 2 3 4 5 6 7; do
+  echo "$((26 * MiB + j * 24576)) 24576 $((5 * MiB + 400000 + j * 24576)) 4096 &"
+done >>"$T/plan"
 cp "$T/base.raw" "$T/want.raw"
 guest_apply_plan "$T/plan" "$T/pattern" "$T/want.raw"
 guest_expect "$T/plan" "$T/expect" vda="$T/want.raw" vdb="$T/want.raw"
@@ -78,7 +84,7 @@ import json, sys
 plan, mapfile, cluster = sys.argv[1], sys.argv[2], int(sys.argv[3])
 want = {}
 for line in open(plan):
-    offset, length, source, _ = line.split()
+    offset, length, source = line.split()[:3]
     offset, length = int(offset), int(length)
     for c in range(offset // cluster, (offset + length - 1) // cluster + 1):
         whole = offset <= c * cluster and (c + 1) * cluster <= offset + length

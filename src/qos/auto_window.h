@@ -29,24 +29,25 @@
 // kPhase apart (an idle gap: its rate says nothing about W).
 //
 // Rule. Slow start first: W doubles each phase (from kInitialWindow) while
-// the window is full and the rate rises by >= 1/8 per doubling; it ends on a
+// the window is full and the rate rises by >= 1/32 per doubling; it ends on a
 // phase that is not full (W stays), or that did not gain so much (W goes back
 // to the last half). Then holds at W alternate with probes at W - s or W + s,
 // s = max(1, W / 16) (W / 8 right after a step: faster across a change). A
 // probe is judged at the end of the hold after it, against the mean rate of
 // the holds on both sides (which cancels a drift of the storage's own speed),
 // with e = (rate change / rate) / (s / W):
-//   down   e < 0.12                       -> W <- W - s
-//   up     full, e > 0.2, twice in a row  -> W <- W + s
+//   down   e < 0.05                       -> W <- W - s
+//   up     full, e > 0.1, twice in a row  -> W <- W + s
 //   a hold that was not full (W held nothing back for a whole phase)
 //                                         -> W <- the most in flight + 1
 // A step taken, or a first up probe that paid, is probed again at once (2
 // phases per step: 128 to 32 in about 3 s); otherwise the next probe goes
 // the other way, after a back-off of 1, 3, then 7 holds (reset by a step),
 // in both directions alike. A broken phase voids the judgement it belongs
-// to. Without noise W rests where e is between 0.12 and 0.2: on flat storage
-// at P .. P + P / 16, on the elastic disk near 5 K (about 88 % of its rate;
-// the weights only act below the storage's depth: the price of ordering).
+// to. Without noise W rests where e is between 0.05 and 0.1: on flat storage
+// at P .. P + P / 16, on the elastic disk between 9 K and 19 K (90-95 % of
+// its rate); throughput first, and the order rule below takes W lower where
+// the weights need it (they only act below the storage's depth).
 // With noise -- a probe's rate off by a few percent either way, more than a
 // step's own effect near the balance -- the walk leans down on purpose (an up
 // step needs two probes that paid; a window that holds nothing back shrinks

@@ -68,7 +68,11 @@
 // in flight per unit of weight than those groups (Admission::orderless). A
 // light group that takes only its weight's part beside a heavy one whose
 // own depth limits it is not disorder: shrinking W there starves the
-// storage and the heavy group with it. A phase with over 1/40 of its dispatches
+// storage and the heavy group with it. Before such a dispatch, the
+// request waits up to 0.5 ms for the others' next (Admission::order_holds:
+// their requests are on their way back from the clients); most never
+// become orderless, and W stays where the rate puts it. Those that do (the
+// wait ran out) count: a phase with over 1/40 of its dispatches
 // orderless steps W down by max(s, W / 8) whatever the rate says, and the
 // next probe goes down too; with over 1/200, W does not grow (slow start
 // ends, an up probe does not count).

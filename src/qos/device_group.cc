@@ -490,6 +490,11 @@ struct DeviceGroup::Impl {
       // nothing else is ready while another deep group has requests in
       // flight but none queued (auto_window.h).
       const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
+      // A request that would give its group more than its weight's part of
+      // the storage waits a moment for the others' next (admission.h).
+      if (Nanos until = admission.order_holds(*group, alone, in_flight, now); until != 0) {
+        return waiting(std::min(earliest_timer(), from_nanos(until)));
+      }
       admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
       dispatch(*group, request, now, rule, by_reservation);
       prefetch_next();

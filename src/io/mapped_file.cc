@@ -29,14 +29,11 @@ std::once_flag g_installed;
 void on_sigbus(int signal, siginfo_t *info, void *context) {
   const Guard *guard = t_guard;
   const auto *address = static_cast<const uint8_t *>(info->si_addr);
-  if (guard && address >= guard->begin && address < guard->end)
-    siglongjmp(const_cast<Guard *>(guard)->jump, 1);
+  if (guard && address >= guard->begin && address < guard->end) siglongjmp(const_cast<Guard *>(guard)->jump, 1);
   // Not a page of a guarded copy: what would have happened without us.
   if (g_previous.sa_flags & SA_SIGINFO) {
-    if (g_previous.sa_sigaction)
-      return g_previous.sa_sigaction(signal, info, context);
-  } else if (g_previous.sa_handler != SIG_DFL &&
-             g_previous.sa_handler != SIG_IGN) {
+    if (g_previous.sa_sigaction) return g_previous.sa_sigaction(signal, info, context);
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
     return g_previous.sa_handler(signal);
   }
   // The default action: returning re-runs the faulting instruction, which
@@ -58,26 +55,22 @@ void install_handler() {
   sigaction(SIGBUS, &action, &g_previous);
 }
 
-} // namespace
+}  // namespace
 
 std::unique_ptr<MappedFile> MappedFile::map(int fd, uint64_t length) noexcept {
-  if (length == 0)
-    return nullptr;
+  if (length == 0) return nullptr;
   void *base = mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
-  if (base == MAP_FAILED)
-    return nullptr;
+  if (base == MAP_FAILED) return nullptr;
   // Random small reads: no readahead of the mapping (the pages are in
   // memory already; fault-around still maps neighbours present).
   madvise(base, length, MADV_RANDOM);
   std::call_once(g_installed, install_handler);
-  return std::unique_ptr<MappedFile>(
-      new MappedFile(static_cast<const uint8_t *>(base), length));
+  return std::unique_ptr<MappedFile>(new MappedFile(static_cast<const uint8_t *>(base), length));
 }
 
 MappedFile::~MappedFile() { munmap(const_cast<uint8_t *>(base_), length_); }
 
-MappedFile::Copy MappedFile::copy(uint8_t *out, uint64_t offset,
-                                  size_t length) const noexcept {
+MappedFile::Copy MappedFile::copy(uint8_t *out, uint64_t offset, size_t length) const noexcept {
   assert(offset <= length_ && length <= length_ - offset);
   static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   const uint64_t next_page = (offset + length + page - 1) / page * page;
@@ -93,8 +86,7 @@ MappedFile::Copy MappedFile::copy(uint8_t *out, uint64_t offset,
   }
   t_guard = &guard;
   // The probe's cache miss overlaps the copy's (a prefetch never faults).
-  if (next_page < length_)
-    __builtin_prefetch(base_ + next_page);
+  if (next_page < length_) __builtin_prefetch(base_ + next_page);
   // The handler must see the guard before the copy touches a page, and
   // the copy must be over before the guard goes.
   std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -111,4 +103,4 @@ MappedFile::Copy MappedFile::copy(uint8_t *out, uint64_t offset,
   return result;
 }
 
-} // namespace ioband::io
+}  // namespace ioband::io

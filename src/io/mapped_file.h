@@ -23,7 +23,7 @@
 namespace ioband::io {
 
 class MappedFile {
-public:
+ public:
   // The first length bytes of fd, or nullptr if they cannot be mapped.
   static std::unique_ptr<MappedFile> map(int fd, uint64_t length) noexcept;
   ~MappedFile();
@@ -32,19 +32,18 @@ public:
 
   uint64_t length() const noexcept { return length_; }
   enum class Copy : uint8_t {
-    whole,  // copied, and the file went on past the range's last page
-    at_end, // copied, but the file may end inside the range's last page
-    failed, // a page of the range is gone (the file was cut under the mapping)
+    whole,   // copied, and the file went on past the range's last page
+    at_end,  // copied, but the file may end inside the range's last page
+    failed,  // a page of the range is gone (the file was cut under the mapping)
   };
   // Copies [offset, offset + length) of the file to out. The range must lie
   // within length().
   Copy copy(uint8_t *out, uint64_t offset, size_t length) const noexcept;
 
-private:
-  MappedFile(const uint8_t *base, uint64_t length) noexcept
-      : base_(base), length_(length) {}
+ private:
+  MappedFile(const uint8_t *base, uint64_t length) noexcept : base_(base), length_(length) {}
   const uint8_t *base_;
   uint64_t length_;
 };
 
-} // namespace ioband::io
+}  // namespace ioband::io

@@ -11,8 +11,8 @@
 //
 // What the mapping cannot say, its user checks: the bytes of the last page
 // past a new end of file read as zeros rather than fault, so copy() also
-// touches the page after the range (a fault there means the file may now
-// end inside the range's last page: the caller checks the file's size);
+// touches the mapping's last page after the copy (a fault there means the
+// file may now end inside the range: the caller checks the file's size);
 // and reading a hole through a shared mapping of tmpfs allocates the page,
 // where pread would not (map only files without holes).
 
@@ -27,8 +27,8 @@ class MappedFile {
   // The first length bytes of fd, or nullptr if they cannot be mapped.
   static std::unique_ptr<MappedFile> map(int fd, uint64_t length) noexcept;
   ~MappedFile();
-  MappedFile(const MappedFile &) = delete;
-  MappedFile &operator=(const MappedFile &) = delete;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
 
   uint64_t length() const noexcept { return length_; }
   enum class Copy : uint8_t {
@@ -38,11 +38,11 @@ class MappedFile {
   };
   // Copies [offset, offset + length) of the file to out. The range must lie
   // within length().
-  Copy copy(uint8_t *out, uint64_t offset, size_t length) const noexcept;
+  Copy copy(uint8_t* out, uint64_t offset, size_t length) const noexcept;
 
  private:
-  MappedFile(const uint8_t *base, uint64_t length) noexcept : base_(base), length_(length) {}
-  const uint8_t *base_;
+  MappedFile(const uint8_t* base, uint64_t length) noexcept : base_(base), length_(length) {}
+  const uint8_t* base_;
   uint64_t length_;
 };
 

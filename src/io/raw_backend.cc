@@ -210,8 +210,8 @@ class RawBackend final : public Backend {
   // under the mapping faults (SIGBUS, caught by MappedFile::copy) only in
   // pages wholly past its new end; the rest of the page holding the end
   // reads as zeros, where pread gives a short read and the client EIO. So
-  // the copy also touches the page after the range: when that faults too
-  // (or the range ends in the mapping's last page) an fstat says whether
+  // after the copy MappedFile::copy touches the mapping's last page: when
+  // that faults too (or the range reaches into it) an fstat says whether
   // the file still holds the range. A copy that ends before that check
   // describes the file at some moment before it, as a pread would.
   // Reading a hole through the mapping would allocate its page on tmpfs:

@@ -149,7 +149,10 @@ class RawBackend final : public Backend {
     if (op.op == Op::kTrim || op.op == Op::kWriteZeroes) map_reads_ = false;  // holes: see read_mapped
     if (in_memory_ && op.length < kInlineLimit) {
       if (op.op == Op::kRead && mapped_ && ++reads_since_hole_check_ >= kHoleCheck) check_holes();
-      if (op.op == Op::kRead && map_reads_) return read_mapped(reactor, op);
+      // A format's file (qcow2) grows past what was mapped at open: there, pread.
+      if (op.op == Op::kRead && map_reads_ && op.offset + op.length <= mapped_->length()) {
+        return read_mapped(reactor, op);
+      }
       const int32_t result = execute_now(op);
       reactor.defer([&op, result] { op.finish(result); });
       return;

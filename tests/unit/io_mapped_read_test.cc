@@ -232,6 +232,30 @@ TEST_F(MappedReadTest, ReadingAndTrimmingHolesAllocatesNothing) {
   EXPECT_EQ(blocks(), trimmed);
 }
 
+TEST_F(MappedReadTest, ReadsPastWhatWasMappedReadTheGrownFile) {
+  // A qcow2 image grows under its raw backend: reads of the new part must
+  // see the file, not run off the end of the mapping made at open.
+  write_image();
+  open_backend();
+  std::vector<uint8_t> more(kSize);
+  std::mt19937 rng(12);
+  for (auto& b : more) b = static_cast<uint8_t>(rng() | 1);
+  {
+    const int w = open(path_.c_str(), O_RDWR);
+    ASSERT_EQ(pwrite(w, more.data(), kSize, kSize), static_cast<ssize_t>(kSize));
+    close(w);
+  }
+  std::vector<ReadOp*> reads = {add(Op::kRead, kSize - 4096, 8192), add(Op::kRead, kSize + kMiB, 4096),
+                                add(Op::kRead, 2 * kSize - 4096, 4096), add(Op::kRead, kMiB, 4096)};
+  run(reads);
+  std::vector<uint8_t> whole(image_);
+  whole.insert(whole.end(), more.begin(), more.end());
+  for (ReadOp* r : reads) {
+    ASSERT_EQ(r->result(), static_cast<int32_t>(r->length)) << "read at " << r->offset;
+    EXPECT_EQ(std::memcmp(r->buffer, whole.data() + r->offset, r->length), 0) << "read at " << r->offset;
+  }
+}
+
 TEST_F(MappedReadTest, OtherSigbusStillEndsTheProcess) {
   write_image();
   const int fd = open(path_.c_str(), O_RDWR);

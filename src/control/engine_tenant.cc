@@ -296,9 +296,10 @@ void Engine::add_tree_status(json& data) {
     object["share"] = nullptr;
     object["limiting"] = false;
     if (group_id) {
-      (void)call(*group_id, [&](qos::DeviceGroup& group) {
-        object["share"] = share_json(group.tenant_share(tenant.id));
-        object["limiting"] = group.tenant_limiting(tenant.id);
+      // The id by copy: clang 14 (make fuzz) cannot capture a structured binding.
+      (void)call(*group_id, [&, id = tenant.id](qos::DeviceGroup& group) {
+        object["share"] = share_json(group.tenant_share(id));
+        object["limiting"] = group.tenant_limiting(id);
         for (json& device_object : object["devices"]) {
           const DeviceState* device = find_device(device_object["name"].get<std::string>());
           device_object["share"] = device ? share_json(group.device_share(device->device)) : json(nullptr);

@@ -13,6 +13,9 @@
 // synchronous calls on the reactor thread: they never wait for a device, and
 // io_uring cannot do them without blocking (tmpfs refuses RWF_NOWAIT), so it
 // would hand each one to a worker thread, two context switches a request.
+// Small reads of such a file without holes are copied from a mapping of it
+// instead (mapped_file.h), without the system call and page-cache lookup
+// of a pread: see read_mapped.
 // Large requests are the exception: there the copy dominates, and the ring's
 // worker threads copy on other cores while the reactor goes on. Large reads
 // whose caller can send from a file (kSpliceOk) are not copied at all: the
@@ -52,6 +55,7 @@
 
 #include "io/backend.h"
 #include "io/file_lock.h"
+#include "io/mapped_file.h"
 
 namespace ioband::io {
 
@@ -76,12 +80,17 @@ constexpr uint32_t kInlineLimit = 128u << 10;
 constexpr uint32_t kSpliceMin = 64u << 10;
 constexpr uint64_t kLargestFolio = 2u << 20;
 constexpr uint64_t kDropLag = 8u << 20;
+// Reads through the mapping between two looks for holes (see read_mapped).
+constexpr uint32_t kHoleCheck = 1024;
 
 class RawBackend final : public Backend {
  public:
   RawBackend(int fd, int buffered_fd, bool direct, bool block_device, bool in_memory, bool always_async,
-             uint64_t size, uint32_t align, const RawOptions& options)
-      : fd_(fd),
+             uint64_t size, uint32_t align, const RawOptions& options, std::unique_ptr<MappedFile> mapped,
+             bool map_reads)
+      : mapped_(std::move(mapped)),
+        map_reads_(map_reads),
+        fd_(fd),
         buffered_fd_(buffered_fd),
         direct_(direct),
         block_device_(block_device),
@@ -94,6 +103,13 @@ class RawBackend final : public Backend {
     close(fd_);
     if (buffered_fd_ != fd_) close(buffered_fd_);
     free(zeroes_);
+  }
+
+  // The file's blocks cover its size: a read through the mapping will not
+  // allocate (see read_mapped).
+  static bool without_holes(const struct stat& st) noexcept {
+    const uint64_t pages = (static_cast<uint64_t>(st.st_size) + page_size() - 1) / page_size();
+    return static_cast<uint64_t>(st.st_blocks) * 512 >= pages * page_size();
   }
 
   uint64_t size() const noexcept override { return size_; }
@@ -130,7 +146,13 @@ class RawBackend final : public Backend {
       reactor.defer([&op] { op.finish(static_cast<int32_t>(op.length)); });
       return;
     }
+    if (op.op == Op::kTrim || op.op == Op::kWriteZeroes) map_reads_ = false;  // holes: see read_mapped
     if (in_memory_ && op.length < kInlineLimit) {
+      if (op.op == Op::kRead && mapped_ && ++reads_since_hole_check_ >= kHoleCheck) check_holes();
+      // A format's file (qcow2) grows past what was mapped at open: there, pread.
+      if (op.op == Op::kRead && map_reads_ && op.offset + op.length <= mapped_->length()) {
+        return read_mapped(reactor, op);
+      }
       const int32_t result = execute_now(op);
       reactor.defer([&op, result] { op.finish(result); });
       return;
@@ -143,8 +165,11 @@ class RawBackend final : public Backend {
     switch (op.op) {
       case Op::kRead: return read_done(op, result);
       case Op::kWrite: return write_done(op, result);
-      case Op::kWriteZeroes: return zeroes_done(op, result);
+      case Op::kWriteZeroes:
+        map_reads_ = false;  // as for a TRIM
+        return zeroes_done(op, result);
       case Op::kTrim:
+        map_reads_ = false;  // a recheck may have come between its submission and now
         if (op.stage == kStageFuaSync) return op.finish(result < 0 ? result : 0);
         // Trimming is advisory: storage that cannot punch holes just keeps the data.
         if (result == -EOPNOTSUPP || result == -ENOTTY) result = 0;
@@ -184,6 +209,37 @@ class RawBackend final : public Backend {
   }
 
  private:
+  // A small read of a file in memory, copied from the mapping. A file cut
+  // under the mapping faults (SIGBUS, caught by MappedFile::copy) only in
+  // pages wholly past its new end; the rest of the page holding the end
+  // reads as zeros, where pread gives a short read and the client EIO. So
+  // after the copy MappedFile::copy touches the mapping's last page: when
+  // that faults too (or the range reaches into it) an fstat says whether
+  // the file still holds the range. A copy that ends before that check
+  // describes the file at some moment before it, as a pread would.
+  // Reading a hole through the mapping would allocate its page on tmpfs:
+  // a TRIM or zeroing of ours stops mapped reads, and every kHoleCheck
+  // reads an fstat says whether the file has holes now (its blocks cover
+  // less than its size), for holes made by others and to start again once
+  // ours are filled.
+  void read_mapped(Reactor& reactor, IoOp& op) noexcept {
+    int32_t result = static_cast<int32_t>(op.length);
+    switch (mapped_->copy(op.buffer, op.offset, op.length)) {
+      case MappedFile::Copy::whole: break;
+      case MappedFile::Copy::at_end:
+        if (!file_covers(op.offset + op.length)) result = -EIO;
+        break;
+      case MappedFile::Copy::failed: result = -EIO; break;
+    }
+    reactor.defer([&op, result] { op.finish(result); });
+  }
+
+  void check_holes() noexcept {
+    reads_since_hole_check_ = 0;
+    struct stat st{};
+    map_reads_ = mapped_ && fstat(buffered_fd_, &st) == 0 && without_holes(st);
+  }
+
   bool aligned(const IoOp& op) const noexcept { return aligned(op.offset, op.length, op.buffer); }
   bool file_covers(uint64_t end) const noexcept {
     struct stat st{};
@@ -528,6 +584,10 @@ class RawBackend final : public Backend {
     queue(op, io_uring_prep_fsync, fd_, IORING_FSYNC_DATASYNC);
   }
 
+  // Small reads of a file in memory: see read_mapped.
+  std::unique_ptr<MappedFile> mapped_;
+  bool map_reads_;
+  uint32_t reads_since_hole_check_ = 0;
   int fd_;
   int buffered_fd_;  // fd_ itself unless fd_ is O_DIRECT
   bool direct_;
@@ -635,7 +695,12 @@ std::unique_ptr<Backend> open_raw_backend(const RawOptions& options, std::string
   const bool in_memory = !block_device && fstatfs(fd, &fs) == 0 &&
                          (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC);
   const bool fuse = !block_device && fs.f_type == FUSE_SUPER_MAGIC;
-  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, fuse, size, align, options);
+  // hugetlbfs maps only whole huge pages: its files keep pread.
+  std::unique_ptr<MappedFile> mapped;
+  if (in_memory && fs.f_type != HUGETLBFS_MAGIC) mapped = MappedFile::map(buffered_fd, size);
+  const bool map_reads = mapped && RawBackend::without_holes(st);
+  return std::make_unique<RawBackend>(fd, buffered_fd, direct, block_device, in_memory, fuse, size, align, options,
+                                      std::move(mapped), map_reads);
 }
 
 }  // namespace ioband::io

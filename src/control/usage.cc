@@ -107,13 +107,15 @@ Example:
                        group). KEYs as QEMU's: iops-total, iops-read, iops-write,
                        bps-total, bps-read, bps-write, each also with -max and
                        -max-length, and iops-size; VAL 0 removes a key,
-                       "limit [ID:]none" removes them all. Of a group only:
+                       "limit [ID:]none" removes them all. Of a group, the
+                       whole device, or a tenant (tenant set NAME limit ...):
                        reservation-iops=N, reservation-bps=B: a floor served
                        before the weights, in device time (N 4 KiB random
                        reads a second, B bytes/s of large sequential reads,
                        whichever is more), refused past 90 % of the
                        storage's capacity, scaled down while the storage is
-                       slower than their sum (status --json says so);
+                       slower than their sum (status --json says so); a
+                       node's reservation covers its groups'. Of a group only:
                        latency-target=DURATION (500us, 2ms) with
                        latency-percentile=P (default 99): while the group
                        misses it, the other groups' requests in flight are

@@ -188,7 +188,8 @@ class Engine {
   Reply tenant_list(const std::string& name);
   // Moves the qos layer from `before` to `after` (either may be null: no
   // such tenant) for the tenant's devices that are served.
-  qos::Status apply_tenant(const TenantState* before, const TenantState* after);
+  // `admitted`: false for a change asked for now, whose reservation must pass admission.
+  qos::Status apply_tenant(const TenantState* before, const TenantState* after, bool admitted = true);
   // The device group of the tenant's served devices (nullopt: none).
   std::optional<int> tenant_device_group(const TenantState& tenant) const;
   // Takes `device` out of its tenant in `state` (remove).

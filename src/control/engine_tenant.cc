@@ -76,7 +76,7 @@ std::optional<int> Engine::tenant_device_group(const TenantState& tenant) const 
   return std::nullopt;
 }
 
-qos::Status Engine::apply_tenant(const TenantState* before, const TenantState* after) {
+qos::Status Engine::apply_tenant(const TenantState* before, const TenantState* after, bool admitted) {
   qos::Status result;
   auto keep = [&](qos::Status step) {
     if (result && !step) result = step;
@@ -115,7 +115,7 @@ qos::Status Engine::apply_tenant(const TenantState* before, const TenantState* a
         if (qos::Status status = group.set_tenant_weight(id, after->weight); !status) return status;
       }
       if (!same_group || before->limits != after->limits) {
-        if (qos::Status status = group.set_tenant_limits(id, after->limits); !status) return status;
+        if (qos::Status status = group.set_tenant_limits(id, after->limits, admitted); !status) return status;
       }
       for (const auto& [name, weight] : after->devices) {
         const DeviceState* device = served(name);
@@ -169,9 +169,9 @@ Reply Engine::tenant(const Request& request) {
         if (qos::Status status = qos::set_limit_key(after->limits, key, value); !status) return refused(status.message());
       }
       if (qos::Status status = qos::validate(after->limits); !status) return refused("limit: " + status.message());
-      if (after->limits.reserves() || after->limits.latency_target_us != 0) {
-        return refused("limit: reservations and latency targets are set on groups (message NAME 0 limit "
-                       "ID:reservation-iops=...), not yet on a tenant");
+      if (after->limits.latency_target_us != 0) {
+        return refused("limit: latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
+                       "not yet on a tenant");
       }
       break;
     }
@@ -209,7 +209,7 @@ Reply Engine::tenant(const Request& request) {
 
   const TenantState* from = before ? &*before : nullptr;
   const TenantState* to = after ? &*after : nullptr;
-  if (qos::Status status = apply_tenant(from, to); !status) {
+  if (qos::Status status = apply_tenant(from, to, false); !status) {
     (void)apply_tenant(to, from);
     return refused(status.message());
   }
@@ -282,8 +282,12 @@ void Engine::add_tree_status(json& data) {
     object["tenant"] = tenant_name;
     (void)call(device->device_group_id, [&](qos::DeviceGroup& group) {
       object["share"] = share_json(group.device_share(device->device));
+      object["limiting"] = group.limiting(device->device, std::nullopt);
+      if (auto reservation = group.device_reservation(device->device)) object["reservation"] = reservation_json(*reservation);
       for (json& group_object : object["groups"]) {
-        group_object["share"] = share_json(group.group_share(device->device, group_object["id"].get<int64_t>()));
+        const int64_t id = group_object["id"].get<int64_t>();
+        group_object["share"] = share_json(group.group_share(device->device, id));
+        group_object["limiting"] = group.limiting(device->device, id);
       }
       return qos::Status{};
     });
@@ -300,6 +304,7 @@ void Engine::add_tree_status(json& data) {
       (void)call(*group_id, [&, id = tenant.id](qos::DeviceGroup& group) {
         object["share"] = share_json(group.tenant_share(id));
         object["limiting"] = group.tenant_limiting(id);
+        if (auto reservation = group.tenant_reservation(id)) object["reservation"] = reservation_json(*reservation);
         for (json& device_object : object["devices"]) {
           const DeviceState* device = find_device(device_object["name"].get<std::string>());
           device_object["share"] = device ? share_json(group.device_share(device->device)) : json(nullptr);

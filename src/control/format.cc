@@ -28,6 +28,19 @@ json reservations_json(const qos::ReservationSummary& summary) {
           {"scaled", summary.factor < 1}};
 }
 
+json reservation_json(const qos::ReservationStatus& r) {
+  return {
+      {"iops", r.iops},
+      {"bps", r.bps},
+      {"wanted_iops", std::round(r.wanted_iops)},
+      {"effective_iops", std::round(r.effective_iops)},
+      {"served_iops", r.served_iops < 0 ? json(nullptr) : json(std::round(r.served_iops))},
+      {"met", r.met},
+      {"scaled", r.scaled},
+      {"cap_on_others", r.cap_on_others == 0 ? json(nullptr) : json(r.cap_on_others)},
+  };
+}
+
 json limits_to_json(const qos::Limits& limits) {
   json object = json::object();
   for (std::string_view key : qos::kLimitKeys) {
@@ -159,18 +172,7 @@ json status_json(const DeviceState& device, const std::vector<GroupStatus>& grou
         {"observation", observation_json(group.observation)},
     });
     json& entry = group_array.back();
-    if (const auto& r = group.reservation) {
-      entry["reservation"] = {
-          {"iops", r->iops},
-          {"bps", r->bps},
-          {"wanted_iops", std::round(r->wanted_iops)},
-          {"effective_iops", std::round(r->effective_iops)},
-          {"served_iops", r->served_iops < 0 ? json(nullptr) : json(std::round(r->served_iops))},
-          {"met", r->met},
-          {"scaled", r->scaled},
-          {"cap_on_others", r->cap_on_others == 0 ? json(nullptr) : json(r->cap_on_others)},
-      };
-    }
+    if (const auto& r = group.reservation) entry["reservation"] = reservation_json(*r);
     if (const auto& t = group.latency_target) {
       entry["latency_target"] = {
           {"target_us", t->target_ns / 1000},

@@ -43,6 +43,8 @@ nlohmann::json observation_json(const qos::GroupObservation& observation);
 // {"capacity_iops", "reserved_iops", "factor", "scaled"}: a device group's
 // reservations against what its storage gives now (qos/reservation.h).
 nlohmann::json reservations_json(const qos::ReservationSummary& summary);
+// One node's reservation (a group's, a device's, a tenant's) in status --json.
+nlohmann::json reservation_json(const qos::ReservationStatus& reservation);
 
 // The keys that differ from "no limit" ({"iops-total":100, ...}).
 nlohmann::json limits_to_json(const qos::Limits& limits);

@@ -107,13 +107,15 @@ Example:
                        group). KEYs as QEMU's: iops-total, iops-read, iops-write,
                        bps-total, bps-read, bps-write, each also with -max and
                        -max-length, and iops-size; VAL 0 removes a key,
-                       "limit [ID:]none" removes them all. Of a group only:
+                       "limit [ID:]none" removes them all. Of a group, the
+                       whole device, or a tenant (tenant set NAME limit ...):
                        reservation-iops=N, reservation-bps=B: a floor served
                        before the weights, in device time (N 4 KiB random
                        reads a second, B bytes/s of large sequential reads,
                        whichever is more), refused past 90 % of the
                        storage's capacity, scaled down while the storage is
-                       slower than their sum (status --json says so);
+                       slower than their sum (status --json says so); a
+                       node's reservation covers its groups'. Of a group only:
                        latency-target=DURATION (500us, 2ms) with
                        latency-percentile=P (default 99): while the group
                        misses it, the other groups' requests in flight are
@@ -248,8 +250,10 @@ used exactly. A limit set on a tenant holds for all its devices together
   set NAME weight DEVICE:W                     a device's weight within the tenant
   set NAME limit KEY=VAL[,KEY=VAL...]          limits shared by its devices (QEMU's keys, as
                                                message limit: iops-total, iops-total-max,
-                                               iops-total-max-length, ... bps-write, iops-size);
-                                               keys not given keep their value
+                                               iops-total-max-length, ... bps-write, iops-size),
+                                               and a reservation for them together
+                                               (reservation-iops, reservation-bps: covers
+                                               their own); keys not given keep their value
   set NAME limit none                          no limit
   attach NAME DEVICE [weight W]                DEVICE joins (weight 1..10000, default 100);
                                                under policy fair or range-bw only
@@ -260,7 +264,8 @@ used exactly. A limit set on a tenant holds for all its devices together
 A device outside every tenant behaves as without tenants. status --json shows
 for every tenant, device and group its configured share (weight over all its
 siblings' weights) and effective share (over the active siblings'), of its
-parent and of the whole storage ("path"), and each tenant's limit state.
+parent and of the whole storage ("path"), each tenant's limit state, and
+every reservation against what it was served.
 Removing a device takes it out of its tenant. Tenants are saved in state.json.
 
 Example:

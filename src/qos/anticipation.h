@@ -17,7 +17,8 @@
 // the end of a deep burst), G becomes the anticipated group (unless one of
 // larger weight is). While G is anticipated, a deep group C (more than
 // kLowDepth outstanding since it was last empty) with weight(C) < weight(G)
-// is served in bursts: each of G's completions earns 1 credit, each
+// is served in bursts (weights are effective weights, tree.h's e(g): a
+// group's share of the storage wherever it sits in the tree): each of G's completions earns 1 credit, each
 // dispatch of C costs weight(G) / weight(C) (so C gets its weight's share
 // of the requests while G is active), and once the credit pays for kBurst
 // of C's requests, C dispatches kBurst of them at once (past the learned
@@ -199,19 +200,22 @@ class Anticipation {
 
  private:
   bool applies_to(const Group& candidate) const noexcept {
-    return group_ != nullptr && group_ != &candidate && candidate.weight < group_->weight &&
-           candidate.busy_peak > kLowDepth;
+    return group_ != nullptr && group_ != &candidate && candidate.busy_peak > kLowDepth &&
+           weight_of(candidate) < weight_of(*group_);
   }
   // In completions of the anticipated group: weight(G) / weight(C).
-  double price(const Group& candidate) const noexcept {
-    return static_cast<double>(group_->weight) / static_cast<double>(candidate.weight);
+  double price(const Group& candidate) const noexcept { return weight_of(*group_) / weight_of(candidate); }
+  // Weights compared across the tree (tree.h): a group's effective weight,
+  // its share of the storage in the root's units; its own outside tenants.
+  static double weight_of(const Group& group) noexcept {
+    return effective_weight(group.weight, group.queue_length + group.in_flight != 0, group.device->tree);
   }
 
   // Makes `group` the anticipated one unless a heavier (or as heavy) one
   // still is. Whether it is now.
   bool take(Group& group, Nanos now) noexcept {
     if (group_ == &group) return true;
-    if (group_ != nullptr && active(now) && group_->weight >= group.weight) return false;
+    if (group_ != nullptr && active(now) && weight_of(*group_) >= weight_of(group)) return false;
     group_ = &group;
     think_ = kMinWait / 4;
     credit_ = 0;

@@ -89,6 +89,7 @@ struct DeviceGroup::Impl {
   std::vector<std::uint32_t> ready_positions;  // by group slot: position in its device's ready heap
   std::vector<Group*> retired;  // detached, requests still in flight
   detail::Tenants tenants;      // tree.h
+  std::vector<detail::Tenant*> reserving_tenants;  // tenants with a reservation (reservation.h)
 
   // ---- scheduling ----
   IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
@@ -156,8 +157,11 @@ struct DeviceGroup::Impl {
     } else if (top.contains(&device)) {
       top.erase(&device);
     }
-    if (!device.reserved.empty()) {
-      std::int64_t key = device.reserved.top().key;
+    // A device's own reservation (reservation.h) is due for its best ready group.
+    const bool own = device.reserve.active() && !device.ready.empty();
+    if (!device.reserved.empty() || own) {
+      std::int64_t key = device.reserved.empty() ? INT64_MAX : device.reserved.top().key;
+      if (own) key = std::min<std::int64_t>(key, device.reserve.tag);
       if (top_reserved.contains(&device)) {
         top_reserved.update(&device, key);
       } else {
@@ -214,6 +218,67 @@ struct DeviceGroup::Impl {
   void rescale_reservations() noexcept {
     reservations.set_units(settings.cost);
     reservations.rescale(capacity_ns(false));
+  }
+  // Each reservation's parent: the nearest reserving node above it
+  // (reservation.h). After every change of a reservation or of the tree.
+  void relink_reservations() noexcept {
+    for (auto& device : devices) {
+      if (!device) continue;
+      detail::Tenant* tenant = device->tree.tenant;
+      detail::GroupReservation* above_device = tenant && tenant->reserve.configured() ? &tenant->reserve : nullptr;
+      device->reserve.parent = above_device;
+      detail::GroupReservation* above_group = device->reserve.configured() ? &device->reserve : above_device;
+      for_each_group(*device, [&](Group* group) {
+        if (group->extras) group->extras->reserve.parent = above_group;
+      });
+    }
+  }
+  // Sets the reservation of a node (a group's, a device's, a tenant's) from
+  // `limits`; unless `admitted`, refused (and taken back) when the device
+  // group's need would pass 90 % of the capacity.
+  Status set_reservation(detail::GroupReservation& r, detail::GroupReservation::Level level, const Limits& limits,
+                         bool admitted) {
+    const std::uint64_t old_iops = r.iops, old_bps = r.bps;
+    reservations.set(r, level, limits.reservation_iops, limits.reservation_bps, last_now);
+    relink_reservations();
+    reservations.set_units(settings.cost);
+    if (limits.reserves() && !admitted) {
+      const double capacity = capacity_ns(true);
+      const char* kind = device_model_calibrated ? "calibrated" : capacity > 1e9 ? "learned" : "device model's";
+      if (Status status = reservations.admit(capacity, kind); !status) {
+        reservations.set(r, level, old_iops, old_bps, last_now);
+        relink_reservations();
+        rescale_reservations();
+        return status;
+      }
+    }
+    rescale_reservations();
+    return {};
+  }
+  // A node became active (something queued or in flight below it): it banks nothing.
+  void nodes_from_idle(Device& device, Nanos now) noexcept {
+    if (device.tree.active_leaves != 1) return;
+    if (device.reserve.active()) device.reserve.from_idle(now);
+    detail::Tenant* tenant = device.tree.tenant;
+    if (tenant != nullptr && tenant->active_devices == 1 && tenant->reserve.active()) tenant->reserve.from_idle(now);
+  }
+  // The tenant whose reservation is due first (before `before`), and its
+  // device whose best ready group goes first by the policy's order. A scan
+  // of the devices: tenants hold few, and only reserving tenants are asked.
+  std::pair<detail::Tenant*, Device*> due_tenant(Nanos now, Nanos before) const noexcept {
+    detail::Tenant* best = nullptr;
+    for (detail::Tenant* tenant : reserving_tenants) {
+      const Nanos tag = tenant->reserve.tag;
+      if (tenant->queued == 0 || tag > now || tag >= before || (best != nullptr && tag >= best->reserve.tag)) continue;
+      best = tenant;
+    }
+    if (best == nullptr) return {nullptr, nullptr};
+    Device* pick = nullptr;
+    for (const auto& device : devices) {
+      if (!device || device->tree.tenant != best || device->parked() || device->ready.empty()) continue;
+      if (pick == nullptr || device->ready.top().key < pick->ready.top().key) pick = device.get();
+    }
+    return {best, pick};
   }
 
   bool is_ready(const Group& group) const noexcept { return ready_positions[group.slot] != detail::kNotInHeap; }
@@ -437,12 +502,27 @@ struct DeviceGroup::Impl {
       Group* group;
       Rule rule;
       bool by_reservation = false;  // released by reservation-iops / -bps, not range-bw's min-bw
-      if (!top_reserved.empty() && top_reserved.top().key <= now) {
-        device = top_reserved.top().item;
-        group = device->reserved.top().item->group;
+      bool by_node = false;         // by a device's or a tenant's reservation
+      const Nanos reserved_key = top_reserved.empty() ? INT64_MAX : top_reserved.top().key;
+      Device* tenant_device = reserving_tenants.empty() ? nullptr : due_tenant(now, reserved_key).second;
+      if (tenant_device != nullptr) {
+        // A tenant's reservation: its best group by the policy's order.
+        device = tenant_device;
+        group = pool.at(device->ready.top().item);
         rule = Rule::reservation;
-        by_reservation = group->extras->reserve.due(now) &&
-                         !(policy->has_reservation(*group) && group->extras->reservation <= now);
+        by_reservation = by_node = true;
+      } else if (reserved_key <= now) {
+        device = top_reserved.top().item;
+        rule = Rule::reservation;
+        if (!device->reserved.empty() && device->reserved.top().key <= reserved_key) {
+          group = device->reserved.top().item->group;
+          by_reservation = group->extras->reserve.due(now) &&
+                           !(policy->has_reservation(*group) && group->extras->reservation <= now);
+        } else {
+          // The device's own reservation: its best group by the policy's order.
+          group = pool.at(device->ready.top().item);
+          by_reservation = by_node = true;
+        }
       } else if (!top.empty()) {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
@@ -491,15 +571,31 @@ struct DeviceGroup::Impl {
       // flight but none queued (auto_window.h).
       const bool alone = top.size() == 1 && device->ready.size() == 1 && group_timers.empty();
       // A request that would give its group more than its weight's part of
-      // the storage waits a moment for the others' next (admission.h).
-      if (Nanos until = admission.order_holds(*group, alone, in_flight, now); until != 0) {
+      // the storage waits a moment for the others' next (admission.h); one
+      // a reservation releases does not.
+      if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now); until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
       }
       admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
-      dispatch(*group, request, now, rule, by_reservation);
+      dispatch(*group, request, now, rule, by_reservation, by_node);
       prefetch_next();
       return Decision::dispatch(&request, reported);
     }
+  }
+
+  // A dispatch a device's or a tenant's reservation released: the node's
+  // groups split it by the policy's order, so their tags move as for a
+  // dispatch by weight; but V (and V_T) stay where they are, so that the
+  // groups outside the node do not pay for it when they come back from
+  // idle. Under dm-ioband's token policies the tokens are simply spent.
+  bool charge_inside_node(Group& group, const Request& request, Nanos now) noexcept {
+    if (!orders_by_shares(policy_name)) return policy->charge(group, request, policy->rule(), now);
+    if (policy_name == Policy::range_bw && RangeBwPolicy::has_cap(group)) group.extras->max_bw.charge(request.bytes);
+    const detail::DeviceNode& node = group.device->tree;
+    const Cost cost = settings.cost.of(request);
+    group.vtime += node.tenant == nullptr ? detail::FairPolicy::advance(cost, group.weight)
+                                          : detail::tree_advance(cost, group.weight, node);
+    return group.vtime > detail::kVtimeRebase;
   }
 
   // With many active groups, the group that goes next is rarely in the
@@ -536,7 +632,8 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void dispatch(Group& group, Request& request, Nanos now, Rule rule, bool by_reservation = false) noexcept {
+  void dispatch(Group& group, Request& request, Nanos now, Rule rule, bool by_reservation = false,
+                bool by_node = false) noexcept {
     Device& device = *group.device;
     // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
@@ -547,6 +644,8 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
+    detail::Tenant* tenant = device.tree.tenant;
+    if (tenant != nullptr) --tenant->queued;
     ++group.in_flight;
     ++device.in_flight;
     ++in_flight;
@@ -554,15 +653,19 @@ struct DeviceGroup::Impl {
     if (model_learning) in_flight_ns += settings.cost.model_ns(request);
     if (group.extras && group.extras->limits.active()) group.extras->limits.charge(request.direction, request.bytes, now);
     if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-    if (device.tree.tenant != nullptr && device.tree.tenant->limits.active()) {
-      device.tree.tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
-    }
+    if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
-    const bool rebase_now = by_reservation ? false : policy->charge(group, request, rule, now);
+    const bool rebase_now = !by_reservation ? policy->charge(group, request, rule, now)
+                            : by_node       ? charge_inside_node(group, request, now)
+                                            : false;
     if (group.extras && group.extras->reserve.active()) {
       group.extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
+    }
+    if (device.reserve.active()) device.reserve.charge(settings.cost.device_ns(request), device.queued == 0, now);
+    if (tenant != nullptr && tenant->reserve.active()) {
+      tenant->reserve.charge(settings.cost.device_ns(request), tenant->queued == 0, now);
     }
     detail::count_dispatch(group, request, now, wait_epoch, [this](const Group& g) -> detail::WideCounters& {
       return wide_of(g);
@@ -662,7 +765,11 @@ struct DeviceGroup::Impl {
     ++group->queue_length;
     ++device.queued;
     ++queued;
-    if (group->queue_length == 1 && group->in_flight == 0) detail::leaf_active(device.tree, group->weight);  // tree.h
+    if (device.tree.tenant != nullptr) ++device.tree.tenant->queued;
+    if (group->queue_length == 1 && group->in_flight == 0) {
+      detail::leaf_active(device.tree, group->weight);  // tree.h
+      nodes_from_idle(device, at);                      // hook: reservations of its device and tenant
+    }
     const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
@@ -783,6 +890,7 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
+    if (device.tree.tenant != nullptr) --device.tree.tenant->queued;
     if (group.queue_length == 0 && group.in_flight == 0) detail::leaf_idle(device.tree, group.weight);  // tree.h
     // The keys belong to the group, not to its head: only an emptied group changes.
     if (group.head == nullptr) take_out(group);
@@ -1027,7 +1135,10 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
   detail::Tenants::place(device->tree, nullptr, kDefaultWeight);  // tree.h
+  if (device->reserve.active()) impl.reservations.forget(&device->reserve);  // hook: reservations
   Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
+  impl.relink_reservations();
+  impl.rescale_reservations();
   impl.destroy_groups(*device);
   impl.devices[id].reset();
   --impl.device_count;
@@ -1191,22 +1302,12 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     if (group == nullptr) return Status::error(group_name(device_id, *group_id) + " is not attached");
     if (limits.empty() && !group->extras) return {};
     // ---- hook: reservations and latency targets (reservation.h, latency_target.h) ----
-    const detail::GroupReservation* had = group->extras ? &group->extras->reserve : nullptr;
-    if (limits.reserves() && !admitted) {
-      impl.reservations.set_units(impl.settings.cost);
-      const double capacity = impl.capacity_ns(true);
-      const char* kind = impl.device_model_calibrated ? "calibrated"
-                         : capacity > 1e9            ? "learned"
-                                                     : "device model's";
-      if (Status status = impl.reservations.admit(had, limits.reservation_iops, limits.reservation_bps, capacity, kind);
-          !status) {
-        return status;
-      }
-    }
     GroupExtras& extras = impl.extras_of(*group);
+    if (Status status = impl.set_reservation(extras.reserve, detail::GroupReservation::group, limits, admitted);
+        !status) {
+      return status;
+    }
     apply(extras.limits);
-    impl.reservations.set(extras.reserve, limits.reservation_iops, limits.reservation_bps, impl.last_now);
-    impl.rescale_reservations();
     const bool had_target = impl.latency.any();
     impl.latency.set(group, static_cast<Nanos>(limits.latency_target_us) * 1000,
                      static_cast<std::uint32_t>(limits.latency_percentile_permille == 0
@@ -1216,9 +1317,13 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
-    if (limits.reserves() || limits.latency_target_us != 0) {
-      return Status::error("reservations and latency targets are set on groups (limit ID:reservation-iops=..., "
+    if (limits.latency_target_us != 0) {
+      return Status::error("latency targets are set on groups (limit ID:latency-target=..., "
                            "-1 for the default group), not yet on a whole device");
+    }
+    if (Status status = impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted);
+        !status) {
+      return status;
     }
     apply(device->limits);
     impl.reserve_capacity();
@@ -1236,12 +1341,9 @@ std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<Grou
   return group->extras ? group->extras->limits.limits() : Limits{};
 }
 
-std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, GroupId group_id) const noexcept {
-  Group* group = lookup(*impl_, device_id, group_id, nullptr);
-  if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
-  detail::GroupReservation& r = group->extras->reserve;
-  r.roll(impl_->last_now);
-  const detail::Reservations& all = impl_->reservations;
+namespace {
+ReservationStatus reservation_status(detail::GroupReservation& r, const detail::Reservations& all, Nanos now) {
+  r.roll(now);
   ReservationStatus status;
   status.iops = r.iops;
   status.bps = r.bps;
@@ -1250,6 +1352,26 @@ std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, Gr
   status.served_iops = r.last_served_ns < 0 ? -1 : all.in_iops(r.last_served_ns);
   status.met = r.met();
   status.scaled = all.factor() < 1;
+  return status;
+}
+}  // namespace
+
+std::optional<ReservationStatus> DeviceGroup::device_reservation(DeviceId device_id) const noexcept {
+  Device* device = impl_->find_device(device_id);
+  if (device == nullptr || !device->reserve.active()) return std::nullopt;
+  return reservation_status(device->reserve, impl_->reservations, impl_->last_now);
+}
+
+std::optional<ReservationStatus> DeviceGroup::tenant_reservation(TenantId tenant_id) const noexcept {
+  detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  if (tenant == nullptr || !tenant->reserve.active()) return std::nullopt;
+  return reservation_status(tenant->reserve, impl_->reservations, impl_->last_now);
+}
+
+std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, GroupId group_id) const noexcept {
+  Group* group = lookup(*impl_, device_id, group_id, nullptr);
+  if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
+  ReservationStatus status = reservation_status(group->extras->reserve, impl_->reservations, impl_->last_now);
   status.cap_on_others = impl_->latency.cap_of(group);
   return status;
 }
@@ -1278,22 +1400,41 @@ std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) 
 
 // ---- tenants (tree.h) ----
 Status DeviceGroup::add_tenant(TenantId tenant, std::uint32_t weight) { return impl_->tenants.add(tenant, weight); }
-Status DeviceGroup::remove_tenant(TenantId tenant) { return impl_->tenants.remove(tenant); }
+Status DeviceGroup::remove_tenant(TenantId tenant_id) {
+  Impl& impl = *impl_;
+  detail::Tenant* tenant = impl.tenants.find(tenant_id);
+  if (tenant != nullptr && tenant->devices == 0 && tenant->reserve.active()) {
+    impl.reservations.forget(&tenant->reserve);
+    std::erase(impl.reserving_tenants, tenant);
+    impl.rescale_reservations();
+  }
+  return impl.tenants.remove(tenant_id);
+}
 bool DeviceGroup::has_tenant(TenantId tenant) const noexcept { return impl_->tenants.find(tenant) != nullptr; }
 Status DeviceGroup::set_tenant_weight(TenantId tenant, std::uint32_t weight) {
   return impl_->tenants.set_weight(tenant, weight);  // read at each dispatch: nothing to redo
 }
 
-Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits) {
+Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, bool admitted) {
   Impl& impl = *impl_;
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  if (limits.unlimited()) {
-    tenant->limits = LimitState();
-  } else {
-    tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
+  if (limits.latency_target_us != 0) {
+    return Status::error("latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
+                         "not yet on a tenant");
   }
+  if (Status status = impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted);
+      !status) {
+    return status;
+  }
+  std::erase(impl.reserving_tenants, tenant);
+  if (tenant->reserve.active()) {
+    impl.reserving_tenants.push_back(tenant);
+    if (tenant->active_devices == 0) tenant->reserve.from_idle(impl.last_now);
+  }
+  if (limits.unlimited()) tenant->limits = LimitState();  // no level kept past no limit
+  tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
   impl.reserve_capacity();
   for (auto& device : impl.devices) {
     if (device && device->tree.tenant == tenant) impl.restart_device(*device);
@@ -1321,7 +1462,12 @@ Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId
                            " does not order by tenant shares; use fair or range-bw");
     }
   }
+  // Its queued requests count for the tenant they now wait in.
+  if (device->tree.tenant != nullptr) device->tree.tenant->queued -= device->queued;
+  if (tenant != nullptr) tenant->queued += device->queued;
   detail::Tenants::place(device->tree, tenant, tenant ? weight : kDefaultWeight);
+  impl.relink_reservations();  // hook: a device's reservations count toward its new tenant's
+  impl.rescale_reservations();
   impl.reserve_capacity();
   impl.restart_device(*device);
   return {};
@@ -1387,6 +1533,17 @@ std::optional<NodeShare> DeviceGroup::tenant_share(TenantId tenant_id) const noe
 bool DeviceGroup::tenant_limiting(TenantId tenant_id) const noexcept {
   const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
   return tenant != nullptr && tenant->limit_paced_at != INT64_MIN && tenant->limit_paced_at >= impl_->last_now - 1'000'000'000;
+}
+
+bool DeviceGroup::limiting(DeviceId device_id, std::optional<GroupId> group_id) const noexcept {
+  Nanos paced_at = INT64_MIN;
+  if (group_id) {
+    const Group* group = lookup(*impl_, device_id, *group_id, nullptr);
+    if (group != nullptr && group->extras) paced_at = group->extras->limit_paced_at;
+  } else if (const Device* device = impl_->find_device(device_id)) {
+    paced_at = device->limit_paced_at;
+  }
+  return paced_at != INT64_MIN && paced_at >= impl_->last_now - 1'000'000'000;
 }
 
 // ---- hot path ----

@@ -187,8 +187,13 @@ class DeviceGroup {
   // Limits also carry a group's reservation (reservation-iops, -bps) and
   // latency target; a reservation that would take the sum past 90 % of the
   // capacity is refused (reservation.h): of the calibrated model's, or of
-  // the larger of the model's and the learned one's. Not yet on a whole device.
+  // the larger of the model's and the learned one's. A whole device may
+  // reserve too (group nullopt), and a tenant (set_tenant_limits): a node's
+  // reservation covers its children's (reservation.h). Latency targets are
+  // on groups only.
   std::optional<ReservationStatus> reservation(DeviceId device, GroupId group) const noexcept;  // nullopt: none
+  std::optional<ReservationStatus> device_reservation(DeviceId device) const noexcept;        // of the whole device
+  std::optional<ReservationStatus> tenant_reservation(TenantId tenant) const noexcept;
   ReservationSummary reservations() const noexcept;
   std::optional<LatencyTargetStatus> latency_target(DeviceId device, GroupId group) const noexcept;  // nullopt: none
   // The in-flight cap the latency targets of other groups impose on the group (0: none).
@@ -201,8 +206,9 @@ class DeviceGroup {
   Status remove_tenant(TenantId tenant);
   bool has_tenant(TenantId tenant) const noexcept;
   Status set_tenant_weight(TenantId tenant, std::uint32_t weight);
-  // Limits shared by every device of the tenant (all-zero: none).
-  Status set_tenant_limits(TenantId tenant, const Limits& limits);
+  // Limits shared by every device of the tenant (all-zero: none), and its
+  // reservation (reservation-iops, -bps; `admitted` as for set_limits).
+  Status set_tenant_limits(TenantId tenant, const Limits& limits, bool admitted = false);
   std::optional<Limits> tenant_limits(TenantId tenant) const noexcept;
   // Puts `device` into `tenant` with `weight` among the tenant's devices
   // (moving it out of another), or, with nullopt, back under the root.
@@ -218,6 +224,8 @@ class DeviceGroup {
   std::optional<NodeShare> tenant_share(TenantId tenant) const noexcept;
   // Whether the tenant's shared limits held a request back in the last second.
   bool tenant_limiting(TenantId tenant) const noexcept;
+  // The same for the limits of a group, or (nullopt) of the whole device.
+  bool limiting(DeviceId device, std::optional<GroupId> group) const noexcept;
 
   // ---- Hot path ----
   // Queues `request` (its device must exist). Never dispatches by itself.

@@ -146,6 +146,7 @@ struct Device {
   SlotHeap ready;            // ready groups by policy key
   IndexedHeap<GroupExtras, &GroupExtras::reservation_index> reserved;  // range-bw: by reservation time
   LimitState limits;
+  GroupReservation reserve;  // of the whole device (reservation.h)
   std::uint32_t queued = 0;
   std::uint32_t in_flight = 0;
   std::uint32_t groups_with_extras = 0;  // may be parked or hold a reservation

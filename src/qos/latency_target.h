@@ -27,11 +27,17 @@
 // to io_limit); two targets each cap the other's group.
 //
 // Reservations use the same cap (reservation.h): a backlogged reserved group
-// whose tag lags more than 50 ms behind is missing its reservation, because
-// the others' requests already in the storage's own queue (a deep device
-// queue ioband does not order) delay its own; the cap steps down as for a
-// missed latency target, and up while the tag is 5 ms ahead (served more
-// than its due).
+// served less than it wants is missing its reservation, because the
+// others' requests already in the storage's own queue (a deep device queue
+// ioband does not order) delay its own. Per epoch:
+//   want     r' * epoch + r' * lag / 2   (lag: how far its tag is behind now,
+//            within +-100 ms; at least a quarter of r' * epoch)
+//   x        served / want
+//   x < 1 and its tag more than 10 ms behind now (served in order, the
+//            tag stays within a request of now: nothing to do then)
+//            cap := max(1, c * max(1/2, x))       (c: the cap, or the others' peak)
+//   else     cap := max(cap + 1, cap * min(5/4, x))   (reservation only)
+// in proportion to the miss: a fixed step overshot both ways.
 //
 // Unlike io.latency, which throttles every group of a lower priority to
 // queue depth 1 and back, the cap moves in steps and stops where the target
@@ -41,6 +47,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -58,8 +65,7 @@ class LatencyTargets {
   static constexpr std::size_t kMinSamples = 16;
   static constexpr std::size_t kMaxSamples = 2048;
   static constexpr Nanos kRecheck = 1'000'000;  // a held group asks again at least this often
-  static constexpr Nanos kLate = 50'000'000;    // a reservation this far behind is missed
-  static constexpr Nanos kOnTime = 5'000'000;   // and this far ahead is held with room
+  static constexpr Nanos kBehind = 10'000'000;  // a reservation this far behind may be missed
 
   bool any() const noexcept { return !targets_.empty(); }
 
@@ -82,6 +88,7 @@ class LatencyTargets {
     t->status.target_ns = target_ns;
     t->status.permille = permille;
     t->reservation = reservation;
+    t->served_start = reservation != nullptr ? reservation->total_ns : 0;
   }
 
   // The latency target of `group` (nullptr: none).
@@ -174,6 +181,7 @@ class LatencyTargets {
     Nanos epoch_start = 0;
     std::vector<Nanos> samples;
     std::uint32_t others_peak = 0;
+    double served_start = 0;  // the reservation's total_ns when the epoch began
   };
 
   bool passes(const Group& group) const noexcept {
@@ -214,16 +222,27 @@ class LatencyTargets {
       room = q < 0 || 10 * q <= 7 * target;
       idle = q < 0;
     }
+    // The reservation: what the group was served in the epoch over what it
+    // was due plus half of what it lags (at most the 100 ms it may catch
+    // up). Requests of others in the storage's own queue delay it, ahead
+    // of the order ioband keeps. Only while it is backlogged: requests
+    // queued in ioband, or several in the storage (a deep storage queue
+    // takes them all at once); a 1-deep client below its reservation asks
+    // for less than it is due.
+    double ratio = -1;
+    bool behind = false;
     if (t.reservation != nullptr && t.reservation->active()) {
-      // A backlogged reserved group whose tag lags: requests of others in
-      // the storage's own queue delay it, ahead of the order ioband keeps.
-      // Backlogged: requests queued in ioband, or several in the storage (a
-      // deep storage queue takes them all at once). A 1-deep client below
-      // its reservation is not: it asks for less than it is due.
+      const GroupReservation& r = *t.reservation;
       const bool backlogged = t.group->queue_length != 0 || t.group->in_flight >= 2;
-      const bool late = backlogged && t.reservation->tag < now - kLate;
-      missed = missed || late;
-      room = room && !late && (!backlogged || t.reservation->tag > now + kOnTime);
+      if (backlogged) {
+        const double due = r.rate_ns * static_cast<double>(now - t.epoch_start) / 1e9;
+        const Nanos lag = std::clamp<Nanos>(now - r.tag, -GroupReservation::kCatchUp, GroupReservation::kCatchUp);
+        const double want = std::max(0.25 * due, due + 0.5 * r.rate_ns * static_cast<double>(lag) / 1e9);
+        ratio = want > 0 ? (r.total_ns - t.served_start) / want : 1;
+        behind = ratio < 1 && lag > kBehind;
+      }
+      if (target == 0) missed = room = false;  // the step below decides alone
+      room = room && !behind;
       idle = idle && !backlogged && t.group->in_flight == 0;
     }
     if (missed) {
@@ -237,6 +256,17 @@ class LatencyTargets {
       s.cap += std::max<std::uint32_t>(1, s.cap / 8);
       if (s.cap > ceiling) s.cap = 0;
     }
+    // The reservation's step, in proportion to how far it was from what it
+    // wanted (at most halved, at most a quarter up): a step of fixed size
+    // overshot both ways, and the reservation swung from second to second.
+    if (behind) {
+      const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
+      s.cap = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(base * std::max(0.5, ratio)));
+    } else if (ratio >= 0 && target == 0 && s.cap != 0) {
+      s.cap = std::max(s.cap + 1, static_cast<std::uint32_t>(std::ceil(s.cap * std::min(1.25, ratio))));
+      if (s.cap > ceiling) s.cap = 0;
+    }
+    if (t.reservation != nullptr) t.served_start = t.reservation->total_ns;
     t.samples.clear();
     t.others_peak = 0;
     t.epoch_start = now;

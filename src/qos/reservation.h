@@ -11,14 +11,24 @@
 // sends: 1000 4 KiB random reads a second, or as many 64 KiB writes, 1 MiB
 // reads, ... as take the same device time.
 //
+// Levels. A group, an ioband device or a tenant (tree.h) may reserve. A
+// node's reservation covers what is reserved below it: a group's dispatches
+// count toward its device's and its tenant's reservations too, so the
+// storage time a node needs is
+//   need(n) = max(r_n, sum of need(c) over its reserving children c)
+// (a child without a reservation of its own passes its children's need up),
+// and the device group needs N = sum of need(n) over the nodes with no
+// reserving parent. A node's reservation is served to the best of its
+// groups by the policy's order (the weights below it split it).
+//
 // The capacity. The storage gives C = 1e9 / s ns of that time a second; s is
 // the learner's scale (model_learner.h: s > 1, the storage is slower than
 // its model, for example under load from outside ioband).
-//   admission   a change is refused when sum_g r_g > 0.9 * C_a, where C_a is
+//   admission   a change is refused when N > 0.9 * C_a, where C_a is
 //               1e9 for a calibrated model (the storage as measured) and C
 //               otherwise (what was learned); nothing changes then
-//   scaling     when the storage slows down, f = min(1, 0.9 * C / sum_g r_g)
-//               and every group gets r'_g = f * r_g: proportionally less,
+//   scaling     when the storage slows down, f = min(1, 0.9 * C / N)
+//               and every node gets r'_n = f * r_n: proportionally less,
 //               and the weights keep a tenth of the storage
 //
 // The tags (mClock's reservation phase):
@@ -56,13 +66,18 @@
 
 namespace ioband::qos::detail {
 
-// One group's reservation (in its GroupExtras).
+// One node's reservation (a group's in its GroupExtras, a device's, a tenant's).
 struct GroupReservation {
+  enum Level : std::uint8_t { group = 0, device = 1, tenant = 2 };
   std::uint64_t iops = 0;  // as configured
   std::uint64_t bps = 0;
   double wanted_ns = 0;    // r_g, ns of device time a second
   double rate_ns = 0;      // r'_g (0: none)
   Nanos tag = 0;           // R_g
+  Level level = group;
+  GroupReservation* parent = nullptr;  // the nearest reserving node above (the device group keeps it)
+  double need_ns = 0;      // need(n), and the sum of its children's while Reservations::rescale runs
+  double total_ns = 0;     // device time served since it was set (latency_target.h's epochs read it)
   // The met window.
   Nanos window_start = INT64_MIN;
   double served_ns = 0;
@@ -71,6 +86,7 @@ struct GroupReservation {
   bool last_idle_seen = false;
 
   bool active() const noexcept { return rate_ns > 0; }
+  bool configured() const noexcept { return iops != 0 || bps != 0; }  // active once rescaled
   bool due(Nanos now) const noexcept { return active() && tag <= now; }
 
   void from_idle(Nanos now) noexcept { tag = std::max(tag, now); }
@@ -85,6 +101,7 @@ struct GroupReservation {
     tag = std::max(tag, now - kCatchUp) + static_cast<Nanos>(due);
     roll(now);
     served_ns += cost_ns;
+    total_ns += cost_ns;
     if (emptied) idle_seen = true;
   }
 
@@ -126,15 +143,11 @@ class Reservations {
   // ns of device time a second, in reserved IOPS (4 KiB random reads).
   double in_iops(double ns) const noexcept { return ns / unit_ns_; }
 
-  // Would giving `changing` (nullptr: a new one) iops and bps keep the sum
-  // within 0.9 of `capacity_ns`? The refusal names both.
-  Status admit(const GroupReservation* changing, std::uint64_t iops, std::uint64_t bps, double capacity_ns,
-               const char* capacity_kind) const {
-    double sum = wanted_ns(iops, bps);
-    if (sum == 0) return {};
-    for (const GroupReservation* r : groups_) {
-      if (r != changing) sum += wanted_ns(r->iops, r->bps);
-    }
+  // Is N, with the reservations as they are set now, within 0.9 of
+  // `capacity_ns`? The refusal names both. (The caller sets the change,
+  // asks, and takes it back when refused.)
+  Status admit(double capacity_ns, const char* capacity_kind) {
+    const double sum = need();
     if (sum <= kMaxShare * capacity_ns) return {};
     auto iops_text = [&](double ns) { return std::to_string(static_cast<std::uint64_t>(in_iops(ns) + 0.5)); };
     return Status::error("reservations would total " + iops_text(sum) +
@@ -144,11 +157,12 @@ class Reservations {
   }
 
   // Sets (or with 0, 0 clears) a reservation; call rescale() after.
-  void set(GroupReservation& r, std::uint64_t iops, std::uint64_t bps, Nanos now) {
+  void set(GroupReservation& r, GroupReservation::Level level, std::uint64_t iops, std::uint64_t bps, Nanos now) {
     const bool was = r.iops != 0 || r.bps != 0;
     const bool is = iops != 0 || bps != 0;
     r.iops = iops;
     r.bps = bps;
+    r.level = level;
     if (is && !was) {
       groups_.push_back(&r);
       r.tag = now;
@@ -162,14 +176,38 @@ class Reservations {
   // The storage gives `capacity_ns` a second now: each r'_g again.
   void rescale(double capacity_ns) noexcept {
     capacity_ns_ = capacity_ns;
-    double sum = 0;
-    for (GroupReservation* r : groups_) {
-      r->wanted_ns = wanted_ns(r->iops, r->bps);
-      sum += r->wanted_ns;
-    }
+    const double sum = need();
     sum_ns_ = sum;
     factor_ = sum > kMaxShare * capacity_ns ? kMaxShare * capacity_ns / sum : 1.0;
     for (GroupReservation* r : groups_) r->rate_ns = r->wanted_ns * factor_;
+  }
+
+  // N: the need of every reserving node without a reserving parent. A
+  // parent is a level above its children, so one pass per level sums each
+  // node's children before the node itself is passed up.
+  double need() noexcept {
+    for (GroupReservation* r : groups_) {
+      r->wanted_ns = wanted_ns(r->iops, r->bps);
+      r->need_ns = 0;
+    }
+    double sum = 0;
+    for (int level = GroupReservation::group; level <= GroupReservation::tenant; ++level) {
+      for (GroupReservation* r : groups_) {
+        if (r->level != level) continue;
+        r->need_ns = std::max(r->wanted_ns, r->need_ns);
+        if (r->parent != nullptr) {
+          r->parent->need_ns += r->need_ns;
+        } else {
+          sum += r->need_ns;
+        }
+      }
+    }
+    return sum;
+  }
+
+  template <typename Visit>
+  void for_each(Visit visit) const {
+    for (GroupReservation* r : groups_) visit(*r);
   }
 
   bool any() const noexcept { return !groups_.empty(); }

@@ -50,6 +50,7 @@
 
 #include "qos/cost.h"
 #include "qos/policy.h"
+#include "qos/reservation.h"
 #include "qos/status.h"
 #include "qos/token_bucket.h"
 
@@ -83,7 +84,9 @@ struct Tenant {
   std::uint32_t active_devices = 0;
   std::uint64_t weight_sum = 0;      // of its devices
   std::uint64_t active_weight = 0;   // of its active devices: S_T
+  std::uint32_t queued = 0;          // requests queued on its devices
   LimitState limits;                 // shared by its devices
+  GroupReservation reserve;          // shared by its devices (reservation.h)
   Nanos limit_paced_at = INT64_MIN;  // last time its limits held a request back
   // V_T: the largest start tag its groups dispatched (fair_policy.h), where
   // its groups come back from idle. Restarted from V when the tenant
@@ -130,6 +133,20 @@ inline std::int64_t tree_advance(Cost cost, std::uint32_t weight, const DeviceNo
   if (!(step >= 1)) return 1;
   if (step > 0x1p52) return std::int64_t{1} << 52;
   return static_cast<std::int64_t>(step);
+}
+
+// A leaf's effective weight e(g) in the root's units, for comparing the
+// weights of groups anywhere in the tree (the anticipation does): w_g
+// outside every tenant, else W_T * (w_d / S_T) * (w_g / S_d). The sums are
+// taken as if the leaf were active (`active`: it is, and counted in them),
+// so that a group between two requests weighs what it will when it asks.
+inline double effective_weight(std::uint32_t weight, bool active, const DeviceNode& node) noexcept {
+  if (node.tenant == nullptr) return weight;
+  const Tenant& tenant = *node.tenant;
+  const std::uint64_t s_d = node.active_leaf_weight + (active ? 0 : weight);
+  const std::uint64_t s_t = tenant.active_weight + (node.active_leaves != 0 ? 0 : node.weight);
+  if (s_d == 0 || s_t == 0) return weight;
+  return static_cast<double>(tenant.weight) * node.weight * weight / (static_cast<double>(s_t) * static_cast<double>(s_d));
 }
 
 // Where a group of `tenant` comes back from idle: V_T, not the device

@@ -218,6 +218,54 @@ def test_help(daemon):
     assert "tenant" in d.ok("--help")
 
 
+def test_reservations_on_a_tenant_and_a_device(daemon):
+    """A tenant and a whole device reserve (docs/reservations.md): the tenant's
+    reservation covers its device's, status --json shows both beside the device
+    group's sum, a sum past 90 % of the capacity is refused naming both and
+    changing nothing, and a restart keeps them."""
+    d = daemon
+    ensure_acme(d)
+    d.message("vm1", "model", "rrandiops=10000")
+    d.ok("tenant", "set", "acme", "limit", "reservation-iops=2000")
+    d.message("vm1", "limit", "reservation-iops=1000")
+    state = d.state_bytes()
+    for args in (["tenant", "set", "acme", "limit", "reservation-iops=10000000"],
+                 ["message", "vm2", "0", "limit", "reservation-iops=10000000"]):
+        r = d.ctl(*args)
+        line = ct.one_line_error(r, " ".join(args))
+        assert "reservations would total" in line and "capacity of" in line and "nothing was changed" in line, line
+        assert d.state_bytes() == state
+    line = ct.one_line_error(d.ctl("tenant", "set", "acme", "limit", "latency-target=2ms"), "tenant latency target")
+    assert "not yet on a tenant" in line, line
+    assert d.state_bytes() == state
+    # A real client on vm1 is served under both.
+    argv = ct.fio_argv(d.uri("vm1"), "vm1", "--rw=randread", "--bs=4k", "--iodepth=4", "--time_based",
+                       "--runtime=2", f"--size={IMAGE}", "--randrepeat=0")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=2 + it.TIMEOUT)
+    assert r.returncode == 0, r.stderr
+
+    def check(status):
+        acme = {t["name"]: t for t in status["tenants"]}["acme"]
+        vm1 = {dev["name"]: dev for dev in status["devices"]}["vm1"]
+        assert acme["reservation"]["iops"] == 2000 and acme["reservation"]["wanted_iops"] == 2000, acme
+        assert vm1["reservation"]["iops"] == 1000, vm1
+        # The tenant's 2000 cover its device's 1000: 2000 are reserved in all.
+        assert vm1["reservations"]["reserved_iops"] == 2000, vm1["reservations"]
+        return acme, vm1
+
+    acme, vm1 = check(d.json_of("status"))
+    it.report(f"tenant reservation 2000 IOPS: served {acme['reservation']['served_iops']} in the last second, "
+              f"met {acme['reservation']['met']}; vm1's 1000: served {vm1['reservation']['served_iops']}")
+    assert acme["reservation"]["served_iops"] is not None and acme["reservation"]["served_iops"] > 0
+    d.restart()
+    check(d.json_of("status"))
+    assert "reservation-iops=2000" in d.ok("tenant", "list", "acme")
+    d.ok("tenant", "set", "acme", "limit", "none")
+    d.message("vm1", "limit", "none")
+    assert "reservations" not in {dev["name"]: dev for dev in d.json_of("status")["devices"]}["vm1"]
+    assert_alive(d)
+
+
 def test_removing_a_device_takes_it_out_of_its_tenant(daemon):
     d = daemon
     ensure_acme(d)

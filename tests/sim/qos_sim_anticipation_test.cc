@@ -143,5 +143,49 @@ TEST(Anticipation, AShallowClientThatLeavesReleasesTheStorage) {
   EXPECT_LT(before, after / 4);
 }
 
+// Under tenants (tree.h) the anticipation compares effective weights, the
+// groups' shares of the storage, not their own weights within their
+// devices. Shallow QD1 client at own weight `shallow_weight` in tenant S,
+// deep QD128 client at own weight `deep_weight` in tenant D; each alone in
+// its device and tenant, so its effective weight is its tenant's.
+Kept run_tree(std::uint32_t shallow_weight, std::uint32_t shallow_tenant, std::uint32_t deep_weight,
+              std::uint32_t deep_tenant) {
+  const Shape shape = elastic_disk();
+  auto scenario = [&](bool with_deep) {
+    Scenario s = shallow_vs_deep(shape, qos::Policy::fair, 1, 50, with_deep, true);
+    s.groups = {group(0, qos::kDefaultGroup, shallow_weight), group(1, qos::kDefaultGroup, deep_weight)};
+    for (ClientSpec& c : s.clients) c.start = kMilli;
+    s.actions.push_back({0, [=](qos::DeviceGroup& g) {
+                           ASSERT_TRUE(g.add_tenant(1, shallow_tenant));
+                           ASSERT_TRUE(g.add_tenant(2, deep_tenant));
+                           ASSERT_TRUE(g.set_device_tenant(0, 1));
+                           ASSERT_TRUE(g.set_device_tenant(1, 2));
+                         }});
+    return s;
+  };
+  Result alone = simulate(scenario(false));
+  Result shared = simulate(scenario(true));
+  const double solo = static_cast<double>(alone.client("shallow").completed.size());
+  const double with = static_cast<double>(shared.client("shallow").completed.size());
+  const double deep = static_cast<double>(shared.client("deep").completed.size());
+  printf("tenants: QD1 at weight %u in a tenant of %u vs QD128 at weight %u in a tenant of %u: QD1 keeps %.1f %% "
+         "of its solo rate; the deep client has %.1f %% of the completions\n",
+         shallow_weight, shallow_tenant, deep_weight, deep_tenant, 100 * with / solo, 100 * deep / (deep + with));
+  return {with / solo, deep / (deep + with)};
+}
+
+TEST(Anticipation, UnderTenantsTheEffectiveWeightsDecide) {
+  // The shallow group weighs 10 in its device but its tenant 8000 of 10000:
+  // it is the heavier one, and keeps its rate as a flat weight of 80 does.
+  const Kept protected_one = run_tree(10, 8000, 1000, 2000);
+  EXPECT_GE(protected_one.kept, elastic_disk().kept_qd1);
+  // The shallow group weighs 1000 in its device but its tenant 2000 of
+  // 10000: the deep group's tenant is the heavier, and is not held back
+  // for it (its own weight, 10, would have held it to a tenth of the
+  // shallow group's completions).
+  const Kept not_held = run_tree(1000, 2000, 10, 8000);
+  EXPECT_GT(not_held.deep_share, 0.5);
+}
+
 }  // namespace
 }  // namespace ioband::sim

@@ -365,7 +365,7 @@ TEST_F(ControlEngine, ReservationsAndLatencyTargetsRideOnLimitKeys) {
   // Nothing changed: not the qos layer, not the model, not the file.
   EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), 2000), qos::Limits{});
   EXPECT_EQ(testing::read_file(engine.state_path()), saved);
-  reply = client.message("ioband1", "limit reservation-iops=10");
+  reply = client.message("ioband1", "limit latency-target=2ms");
   EXPECT_FALSE(reply["ok"]);
   EXPECT_NE(reply["error"].get<std::string>().find("not yet on a whole device"), std::string::npos);
 

@@ -79,16 +79,84 @@ TEST(ReservationAdmission, RefusesPast90PercentNamingCapacityAndSumAndChangesNot
   const auto status = g.reservation(0, 2);
   ASSERT_TRUE(status.has_value());
   EXPECT_NEAR(status->wanted_iops, 2000, 20);
-  // Clearing frees the room; a whole device cannot reserve (yet).
+  // Clearing frees the room; a whole device cannot carry a latency target (yet).
   ASSERT_TRUE(g.set_limits(0, 1, Limits{}));
   EXPECT_FALSE(g.reservation(0, 1).has_value());
-  Status device = g.set_limits(0, std::nullopt, reserve(100));
+  Limits target;
+  target.latency_target_us = 2000;
+  Status device = g.set_limits(0, std::nullopt, target);
   EXPECT_NE(device.message().find("not yet on a whole device"), std::string::npos);
   // A detached group's reservation leaves with it.
   ASSERT_TRUE(g.set_limits(0, 2, reserve(8000)));
   ASSERT_TRUE(g.detach(0, 2));
   EXPECT_EQ(g.reservations().reserved_iops, 0);
   ASSERT_TRUE(g.set_limits(0, 1, reserve(9000)));
+}
+
+TEST(ReservationLevels, ANodeCoversItsChildrenAndAdmissionSumsWhatTheTreeNeeds) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.set_device_model(model_10k(), true));
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.add_device(1));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(1, 1));
+  // A device reserving 5000 covers its group's 3000: 5000 are needed.
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, reserve(5000)));
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(3000)));
+  EXPECT_NEAR(g.reservations().reserved_iops, 5000, 0.5);
+  ASSERT_TRUE(g.device_reservation(0).has_value());
+  EXPECT_NEAR(g.device_reservation(0)->wanted_iops, 5000, 0.5);
+  EXPECT_FALSE(g.device_reservation(1).has_value());
+  // Its group asking more than the device: the group's is what counts.
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(6000)));
+  EXPECT_NEAR(g.reservations().reserved_iops, 6000, 0.5);
+  ASSERT_TRUE(g.set_limits(0, 1, reserve(3000)));
+  // Beside it, another device's group: the sum is refused past 90 %, naming both.
+  Status refused = g.set_limits(1, 1, reserve(4500));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.message().find("reservations would total 9500 IOPS"), std::string::npos) << refused.message();
+  EXPECT_NE(refused.message().find("calibrated capacity of 10000 IOPS"), std::string::npos) << refused.message();
+  EXPECT_FALSE(g.reservation(1, 1).has_value());
+  EXPECT_NEAR(g.reservations().reserved_iops, 5000, 0.5);
+  // A device's own reservation is refused the same way, and changes nothing.
+  EXPECT_FALSE(g.set_limits(1, std::nullopt, reserve(4500)));
+  EXPECT_FALSE(g.device_reservation(1).has_value());
+  EXPECT_EQ(g.limits(1, std::nullopt), Limits{});
+
+  // A tenant over both devices reserving 8000 covers device 0's 5000 and
+  // what device 1's group reserves up to 3000 more.
+  ASSERT_TRUE(g.add_tenant(1, 100));
+  ASSERT_TRUE(g.set_device_tenant(0, 1));
+  ASSERT_TRUE(g.set_device_tenant(1, 1));
+  Status tenant_set = g.set_tenant_limits(1, reserve(8000));
+  ASSERT_TRUE(tenant_set) << tenant_set.message();
+  EXPECT_NEAR(g.reservations().reserved_iops, 8000, 0.5);
+  ASSERT_TRUE(g.set_limits(1, 1, reserve(3500)));
+  EXPECT_NEAR(g.reservations().reserved_iops, 8500, 0.5);
+  refused = g.set_tenant_limits(1, reserve(9500));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.message().find("reservations would total 9500 IOPS"), std::string::npos) << refused.message();
+  ASSERT_TRUE(g.tenant_reservation(1).has_value());
+  EXPECT_NEAR(g.tenant_reservation(1)->wanted_iops, 8000, 0.5);
+  EXPECT_EQ(g.tenant_limits(1)->reservation_iops, 8000u);
+  Limits target;
+  target.latency_target_us = 2000;
+  EXPECT_NE(g.set_tenant_limits(1, target).message().find("not yet on a tenant"), std::string::npos);
+  EXPECT_FALSE(g.reservations().factor < 1);
+  // Taking device 0 out of the tenant is never refused: its 5000 now count
+  // beside the tenant's 8000, above what the storage gives, so every
+  // reservation is scaled down alike.
+  ASSERT_TRUE(g.set_device_tenant(0, std::nullopt));
+  EXPECT_NEAR(g.reservations().reserved_iops, 13000, 0.5);
+  EXPECT_NEAR(g.reservations().factor, 9000.0 / 13000, 1e-3);
+  EXPECT_TRUE(g.tenant_reservation(1)->scaled);
+  EXPECT_NEAR(g.tenant_reservation(1)->effective_iops, 8000 * 9000.0 / 13000, 1);
+  // Removing the device takes its reservation (and its group's) away.
+  ASSERT_TRUE(g.remove_device(0));
+  EXPECT_NEAR(g.reservations().reserved_iops, 8000, 0.5);
+  ASSERT_TRUE(g.set_device_tenant(1, std::nullopt));
+  ASSERT_TRUE(g.remove_tenant(1));
+  EXPECT_NEAR(g.reservations().reserved_iops, 3500, 0.5);
 }
 
 TEST(ReservationRule, AReservedGroupBehindItsTagGoesFirstWhateverTheWeights) {

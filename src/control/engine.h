@@ -30,8 +30,10 @@
 #include <string>
 #include <vector>
 
+#include "cluster/agent.h"
 #include "control/model.h"
 #include "control/protocol.h"
+#include "control/tenant.h"
 #include "io/calibrate.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
@@ -165,6 +167,16 @@ class Engine {
   };
   std::optional<Scheduling> scheduling(const std::string& name) const;
 
+  // Cluster tenants (engine_cluster.cc, docs/cluster.md): the agent that
+  // speaks to etcd on its own thread (null: iobandd has no --etcd). Set
+  // before restore().
+  void set_cluster(cluster::Agent* agent) noexcept { cluster_ = agent; }
+  // Control thread, every kClusterSample: samples the load of the cluster
+  // tenants, hands the agent what to publish each period, applies the
+  // shares it computed and the settings etcd holds.
+  void cluster_tick();
+  static constexpr std::chrono::milliseconds kClusterSample{50};
+
   // The state file's contents for the current model (tests, diagnostics).
   std::string state_json() const;
   const std::string& state_path() const noexcept { return state_path_; }
@@ -246,7 +258,30 @@ class Engine {
   std::vector<DeviceState> unrestored_;
   std::map<int, DeviceGroupSettings> unrestored_groups_;
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
-  qos::TenantId next_tenant_id_ = 1;  // a tenant's id in the qos layer (runtime only)
+  qos::TenantId next_tenant_id_ = 1;
+  // Cluster tenants (engine_cluster.cc).
+  struct ClusterLoad {
+    double backlog = 0;       // sum of the samples of requests queued or in flight
+    uint64_t samples = 0;
+    uint64_t completed = 0;   // requests completed, at the start of the period
+    std::chrono::steady_clock::time_point since{};
+    bool counted = false;     // `completed` and `since` hold a reading
+  };
+  // The limits the qos layer enforces for the tenant: its own, scaled by
+  // this node's share when it is cluster-wide.
+  static qos::Limits enforced_limits(const TenantState& tenant);
+  // A tenant's cluster part of status and list --json (null: not cluster-wide).
+  nlohmann::json cluster_json(const std::string& name, const TenantState& tenant) const;
+  // tenant create/set with cluster on: join (take etcd's settings) or write
+  // them; "" or why not (nothing changed).
+  std::string cluster_command(const std::string& name, const TenantCommand& command, const TenantState* before,
+                              TenantState& after);
+  // Settings read from etcd, applied and saved; shares applied.
+  void cluster_follow(const cluster::Agent::Snapshot& snapshot);
+  cluster::Agent* cluster_ = nullptr;
+  std::map<std::string, ClusterLoad> cluster_loads_;
+  std::chrono::steady_clock::time_point cluster_published_{};
+  std::map<std::string, std::string> cluster_bad_settings_;  // tenant -> text already logged as bad  // a tenant's id in the qos layer (runtime only)
 };
 
 }  // namespace ioband::control

@@ -75,13 +75,21 @@ std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, 
   while (i < args.size()) {
     const std::string& word = args[i++];
     if (!settings) return Error::bad_usage(prefix + "unexpected argument " + quoted(word), usage);
-    if (word != "weight" && (word != "limit" || command.verb == TenantCommand::Verb::attach)) {
-      return Error::bad_usage(prefix + "unknown setting " + quoted(word) +
-                                  (command.verb == TenantCommand::Verb::attach ? " (weight)" : " (weight, limit)"),
-                              usage);
+    const bool attach = command.verb == TenantCommand::Verb::attach;
+    if (word != "weight" && (attach || (word != "limit" && word != "cluster"))) {
+      return Error::bad_usage(
+          prefix + "unknown setting " + quoted(word) + (attach ? " (weight)" : " (weight, limit, cluster)"), usage);
     }
     if (i == args.size()) return Error::bad_usage(prefix + word + " needs a value", usage);
     const std::string& value = args[i++];
+    if (word == "cluster") {
+      if (command.cluster) return Error::bad_usage(prefix + "cluster is given twice", usage);
+      if (value != "on" && value != "off") {
+        return Error::bad_usage(prefix + "cluster is on or off, not " + quoted(value), usage);
+      }
+      command.cluster = value == "on";
+      continue;
+    }
     if (word == "weight") {
       if (command.weight) return Error::bad_usage(prefix + "weight is given twice", usage);
       std::string_view text = value;
@@ -109,8 +117,9 @@ std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, 
       return error;
     }
   }
-  if (command.verb == TenantCommand::Verb::set && !command.weight && command.limits.empty() && !command.clear_limits) {
-    return Error::bad_usage(prefix + "nothing to set (weight, limit)", usage);
+  if (command.verb == TenantCommand::Verb::set && !command.weight && command.limits.empty() && !command.clear_limits &&
+      !command.cluster) {
+    return Error::bad_usage(prefix + "nothing to set (weight, limit, cluster)", usage);
   }
   out = std::move(command);
   return std::nullopt;

@@ -2,8 +2,8 @@
 // style of dm-ioband's message verbs (VERB ARG, weights as [ID:]VAL, limits
 // as QEMU's KEY=VAL list):
 //
-//   tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]]
-//   tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none]
+//   tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]] [cluster on|off]
+//   tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none] [cluster on|off]
 //   tenant attach NAME DEVICE [weight W]
 //   tenant detach NAME DEVICE
 //   tenant remove NAME
@@ -33,6 +33,7 @@ struct TenantCommand {
   std::optional<std::string> weight_device;    // set weight DEVICE:W: the device whose weight in the tenant changes
   std::vector<std::pair<std::string, uint64_t>> limits;  // KEY=VAL in order
   bool clear_limits = false;                   // limit none
+  std::optional<bool> cluster;                 // create, set: cluster on|off
 };
 
 // Parses the words after "tenant" (the verb first).

@@ -1,0 +1,200 @@
+// The engine's part of cluster tenants (docs/cluster.md): on the control
+// thread, it measures the load of each cluster tenant on this node, hands
+// it to the agent (cluster/agent.h) to publish, and applies what the agent
+// read back: this node's share of each tenant's limit, and the tenant's
+// settings as etcd holds them. The agent's thread does all the talking to
+// etcd; here nothing waits on the network except a `tenant` command that
+// writes a cluster tenant's settings (bounded by Agent::put_settings).
+#include <cmath>
+
+#include "control/engine.h"
+#include "control/format.h"
+#include "control/state_file.h"
+#include "io/log.h"
+
+namespace ioband::control {
+
+using nlohmann::json;
+
+namespace {
+
+qos::Rate scaled(const qos::Rate& rate, double share) {
+  if (!rate.limited()) return rate;
+  qos::Rate out = rate;
+  // Never 0: a zero rate means "unlimited".
+  out.rate = std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(static_cast<double>(rate.rate) * share)));
+  if (rate.max != 0) {
+    out.max = std::max<uint64_t>(out.rate, static_cast<uint64_t>(std::llround(static_cast<double>(rate.max) * share)));
+  }
+  return out;
+}
+
+}  // namespace
+
+qos::Limits Engine::enforced_limits(const TenantState& tenant) {
+  if (!tenant.cluster || tenant.limits.unlimited()) return tenant.limits;
+  const double share = std::clamp(tenant.cluster_share, 0.0, 1.0);
+  qos::Limits limits = tenant.limits;
+  for (qos::Rate* rate : {&limits.iops_total, &limits.iops_read, &limits.iops_write, &limits.bps_total,
+                          &limits.bps_read, &limits.bps_write}) {
+    *rate = scaled(*rate, share);
+  }
+  return limits;
+}
+
+std::string Engine::cluster_command(const std::string& name, const TenantCommand& command, const TenantState* before,
+                                    TenantState& after) {
+  const bool was = before != nullptr && before->cluster;
+  if (command.cluster) after.cluster = *command.cluster;
+  if (!after.cluster) {
+    after.cluster_share = 1;
+    return {};
+  }
+  if (cluster_ == nullptr) return "cluster on needs iobandd started with --etcd URL[,URL...] --node NAME";
+  const bool given = (command.weight && !command.weight_device) || !command.limits.empty() || command.clear_limits;
+  if (!was) after.cluster_share = cluster_->share(name).share;
+  if (!was && !given) {
+    // Joining: a tenant etcd already has keeps its settings.
+    std::optional<std::string> text;
+    if (std::string error = cluster_->get_settings(name, text); !error.empty()) return "etcd: " + error;
+    if (text) {
+      if (auto why = cluster_settings_from_text(*text, after.weight, after.limits)) {
+        return "etcd holds settings of tenant " + name + " that this iobandd cannot read: " + *why;
+      }
+      return {};
+    }
+  }
+  if (!was || given) {
+    if (std::string error = cluster_->put_settings(name, cluster_settings_to_text(after.weight, after.limits));
+        !error.empty()) {
+      return "etcd: " + error;
+    }
+  }
+  return {};
+}
+
+void Engine::cluster_tick() {
+  if (cluster_ == nullptr) return;
+  const auto now = std::chrono::steady_clock::now();
+  const bool publish = now - cluster_published_ >= cluster_->options().period;
+  std::map<std::string, cluster::TenantLoad> loads;
+  std::map<std::string, ClusterLoad> kept;
+  for (const auto& [name, tenant] : state_.tenants) {
+    if (!tenant.cluster) continue;
+    ClusterLoad load = cluster_loads_[name];
+    uint64_t backlog = 0;
+    uint64_t completed = 0;
+    if (const std::optional<int> group_id = tenant_device_group(tenant)) {
+      (void)call(*group_id, [&](qos::DeviceGroup& group) {
+        for (const auto& [device_name, weight] : tenant.devices) {
+          const DeviceState* device = find_device(device_name);
+          if (device == nullptr) continue;
+          backlog += group.queued(device->device) + group.in_flight(device->device);
+          for (qos::GroupId id : group.groups(device->device)) {
+            if (auto observed = group.observation(device->device, id)) {
+              for (const auto& op : observed->ops) completed += op.requests;
+            }
+          }
+        }
+        return qos::Status{};
+      });
+    }
+    load.backlog += static_cast<double>(backlog);
+    ++load.samples;
+    if (publish) {
+      cluster::TenantLoad out;
+      out.demand = load.backlog / static_cast<double>(load.samples);
+      const double seconds = std::chrono::duration<double>(now - load.since).count();
+      if (load.counted && seconds > 0 && completed >= load.completed) {
+        out.usage = static_cast<double>(completed - load.completed) / seconds;
+      }
+      out.share = tenant.cluster_share;
+      loads[name] = out;
+      load = ClusterLoad{0, 0, completed, now, true};
+    }
+    kept[name] = load;
+  }
+  cluster_loads_ = std::move(kept);
+  if (publish) {
+    cluster_->set_loads(std::move(loads));
+    cluster_published_ = now;
+  }
+  cluster_follow(cluster_->snapshot());
+}
+
+void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
+  for (auto& [name, tenant] : state_.tenants) {
+    if (!tenant.cluster) continue;
+    TenantState after = tenant;
+    if (snapshot.connected) {
+      if (auto text = snapshot.settings.find(name); text != snapshot.settings.end()) {
+        uint32_t weight = 0;
+        qos::Limits limits;
+        if (auto why = cluster_settings_from_text(text->second, weight, limits)) {
+          if (cluster_bad_settings_[name] != text->second) {
+            log_line("cluster: tenant " + name + ": etcd holds settings this iobandd cannot read (" + *why +
+                     "); keeping the last ones");
+            cluster_bad_settings_[name] = text->second;
+          }
+        } else {
+          after.weight = weight;
+          after.limits = limits;
+        }
+      }
+    }
+    if (auto share = snapshot.tenants.find(name); share != snapshot.tenants.end()) {
+      after.cluster_share = share->second.share;
+    }
+    const bool settings_changed = after.weight != tenant.weight || after.limits != tenant.limits;
+    if (!settings_changed && std::abs(after.cluster_share - tenant.cluster_share) < 1e-4) continue;
+    if (qos::Status status = apply_tenant(&tenant, &after); !status) {
+      (void)apply_tenant(&after, &tenant);
+      log_line("cluster: tenant " + name + ": cannot apply " + (settings_changed ? "etcd's settings" : "its share") +
+               ": " + status.message());
+      continue;
+    }
+    tenant = after;
+    if (settings_changed) {
+      log_line("cluster: tenant " + name + ": settings from etcd applied (weight " + std::to_string(after.weight) + ")");
+      if (std::string error = save(); !error.empty()) {
+        log_line("cluster: tenant " + name + ": etcd's settings hold but cannot be saved: " + error);
+      }
+    }
+  }
+}
+
+json Engine::cluster_json(const std::string& name, const TenantState& tenant) const {
+  if (!tenant.cluster) return nullptr;
+  json object = {{"share", tenant.cluster_share}, {"enforced_limits", limits_to_json(enforced_limits(tenant))}};
+  if (cluster_ == nullptr) {
+    object["mode"] = "off";
+    object["etcd"] = {{"connected", false}, {"error", "iobandd was started without --etcd"}};
+    return object;
+  }
+  const cluster::Agent::Snapshot snapshot = cluster_->snapshot();
+  object["node"] = cluster_->options().node;
+  object["mode"] = cluster::to_string(snapshot.mode);
+  const cluster::TenantLoad load = snapshot.loads.contains(name) ? snapshot.loads.at(name) : cluster::TenantLoad{};
+  object["demand"] = load.demand;
+  object["usage"] = load.usage;
+  if (auto share = snapshot.tenants.find(name); share != snapshot.tenants.end()) {
+    object["cluster_rate"] = share->second.cluster_usage;
+    object["cluster_demand"] = share->second.cluster_demand;
+    object["nodes"] = share->second.nodes;
+  } else {
+    object["cluster_rate"] = nullptr;
+    object["cluster_demand"] = nullptr;
+    object["nodes"] = nullptr;
+  }
+  json shares = json::object();
+  if (auto all = snapshot.shares.find(name); all != snapshot.shares.end()) {
+    for (const auto& [node, share] : all->second) shares[node] = share;
+  }
+  object["shares"] = std::move(shares);
+  object["etcd"] = {{"connected", snapshot.connected},
+                    {"endpoint", snapshot.endpoint},
+                    {"error", snapshot.error.empty() ? json(nullptr) : json(snapshot.error)}};
+  return object;
+}
+
+}  // namespace ioband::control

@@ -1,0 +1,162 @@
+#!/usr/bin/python3
+"""Cluster tenants through etcd (docs/cluster.md): a 3-member etcd cluster on
+loopback (ports found free at run time) and 3 iobandd nodes a, b, c on
+private sockets, one tenant `web` limited to 600 IOPS cluster-wide:
+
+- `tenant create web limit ... cluster on` on a, `tenant create web cluster
+  on` on b and c join it (they take etcd's limit); `tenant set` on c reaches
+  a and b; bad cluster input is refused with one line and changes nothing;
+- fio clients of depth 2, 4 and 10 on a, b and c: the shares follow the
+  demand (2:4:10 within 0.06), they sum to 1, and the cluster-wide rate
+  stays near the limit;
+- one etcd member killed: the nodes stay connected, shares unchanged;
+- node c killed with SIGKILL: within 2 x the lease (2 s) a and b share the
+  whole limit (b's share about 4/6).
+
+Skips (77) only when etcd is not installed (scripts/setup installs it).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clustertest as cl  # noqa: E402
+import controltest as ct  # noqa: E402
+import iobandtest as it  # noqa: E402
+
+LIMIT = 600
+LEASE = 2.0
+DEPTHS = {"a": 2, "b": 4, "c": 10}
+
+
+def wait_for(what, check, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def fio(node, depth, seconds):
+    argv = ct.fio_argv(node.uri("vm"), f"fio-{node.node}", "--rw=randread", "--bs=4k", f"--iodepth={depth}",
+                       "--time_based", f"--runtime={seconds}", "--size=16M")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def main():
+    if not cl.have_etcd():
+        it.skip("etcd is not installed (Debian's etcd-server; scripts/setup installs it)")
+    etcd = cl.EtcdCluster(3)
+    nodes = {}
+    fios = []
+    try:
+        etcd.start().wait_healthy()
+        for name in DEPTHS:
+            node = cl.Node(name, etcd.urls(), args=["--etcd-lease", str(LEASE), "--etcd-fallback", "30"]).start()
+            node.create("vm", it.sparse_file(node.path("vm.img"), 16 * it.MiB), 1)
+            node.message("vm", "policy", "fair")
+            nodes[name] = node
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+
+        # Bad input: refused with one line, nothing changed.
+        line = ct.one_line_error(a.ctl("tenant", "create", "web", "cluster", "maybe"), "cluster maybe")
+        assert "cluster is on or off" in line, line
+        plain = ct.Daemon().start()
+        try:
+            line = ct.one_line_error(plain.ctl("tenant", "create", "web", "cluster", "on"), "no --etcd")
+            assert "--etcd" in line, line
+            assert "web" not in plain.ok("tenant", "list")
+        finally:
+            plain.stop()
+
+        created = a.json_of("tenant", "create", "web", "limit", f"iops-total={LIMIT}", "cluster", "on")
+        assert created["tenant"]["cluster"]["node"] == "a", created
+        for node in (b, c):
+            joined = node.json_of("tenant", "create", "web", "cluster", "on")["tenant"]
+            assert joined["limits"] == {"iops-total": LIMIT}, joined  # etcd's limit, not a default
+        for node in nodes.values():
+            node.ok("tenant", "attach", "web", "vm")
+        # A change on any node reaches every node.
+        c.ok("tenant", "set", "web", "limit", f"iops-total={LIMIT // 2}")
+        wait_for("a to take c's limit", lambda: "iops-total=300 " in a.ok("tenant", "list", "web") + " ", 5)
+        c.ok("tenant", "set", "web", "limit", f"iops-total={LIMIT}")
+        wait_for("every node to see 3 nodes", lambda: all(n.cluster("web").get("nodes") == 3 for n in nodes.values()), 5)
+
+        # Demand 2:4:10.
+        fios = [fio(nodes[name], depth, 60) for name, depth in DEPTHS.items()]
+        time.sleep(3)
+        expected = {name: depth / sum(DEPTHS.values()) for name, depth in DEPTHS.items()}
+
+        def shares_follow():
+            view = a.cluster("web")
+            shares = view["shares"]
+            ok = set(shares) == set(DEPTHS) and all(abs(shares[n] - expected[n]) < 0.06 for n in DEPTHS)
+            return view if ok else None
+        view = wait_for("shares to follow demand 2:4:10", shares_follow, 5)
+        print(f"# shares {view['shares']} demand {view['cluster_demand']:.1f} rate {view['cluster_rate']:.0f}",
+              flush=True)
+        assert abs(sum(view["shares"].values()) - 1) < 1e-6, view
+        # Every node applies its own share to its local limit.
+        for name, node in nodes.items():
+            mine = node.cluster("web")
+            assert abs(mine["share"] - expected[name]) < 0.08, (name, mine)
+            assert mine["enforced_limits"]["iops-total"] == round(LIMIT * mine["share"]), mine
+        # The rate cluster-wide: near the limit, not over it by more than the
+        # bound (a node's bucket burst; machine speed only makes it lower).
+        rate = view["cluster_rate"]
+        assert rate <= LIMIT * 1.15, view
+
+        # An etcd member lost: no effect.
+        etcd.kill(etcd.names[0])
+        time.sleep(1.5)
+        for node in nodes.values():
+            state = node.status_cluster()
+            assert state["connected"] and state["mode"] == "live", state
+            assert len(state["nodes"]) == 3, state
+
+        # Node c dies: a and b take its share within 2 x the lease.
+        killed = time.monotonic()
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait()
+
+        def two_left():
+            shares = a.cluster("web")["shares"]
+            return shares if set(shares) == {"a", "b"} else None
+        shares = wait_for("c's share to go to a and b", two_left, 2 * LEASE + 1)
+        took = time.monotonic() - killed
+        print(f"# c killed: shares {shares} after {took:.1f} s", flush=True)
+        assert took <= 2 * LEASE + 0.5, took
+        assert abs(shares["a"] + shares["b"] - 1) < 1e-6, shares
+        wait_for("b's share to follow 2:4", lambda: abs(a.cluster("web")["shares"]["b"] - 4 / 6) < 0.08, 3)
+        for p in fios[:2]:
+            assert p.poll() is None, f"fio ended early: {p.stderr.read() if p.stderr else ''}"
+        for name in ("a", "b"):
+            nodes[name].assert_alive()
+        print("PASS")
+        return 0
+    except BaseException:
+        etcd.print_logs()
+        for node in nodes.values():
+            node.print_logs()
+        raise
+    finally:
+        for p in fios:
+            if p.poll() is None:
+                p.kill()
+        for node in nodes.values():
+            try:
+                node.stop()
+            except Exception:  # c was killed
+                pass
+        etcd.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

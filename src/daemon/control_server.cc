@@ -123,7 +123,7 @@ void ControlServer::run() {
     // Clients first, in the order they were polled; a client accepted now
     // is polled on the next round.
     const Clock::time_point now = Clock::now();
-    if (tick_ && now >= next_tick_) {
+    if (tick_ && now >= next_tick_ && !stopping_) {
       tick_();
       next_tick_ = now + tick_every_;
     }

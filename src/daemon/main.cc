@@ -357,6 +357,7 @@ int main(int argc, char** argv) {
   }
   if (cluster_agent) control.set_tick(control::Engine::kClusterSample, [&engine] { engine.cluster_tick(); });
   daemon::HttpServer http(platform, exports);
+  http.set_cluster(cluster_agent.get());
   if (!http_address.empty()) {
     if (auto error = http.start(http_address); !error.empty()) {
       std::cerr << "iobandd: --http " << error << "\n";
@@ -430,6 +431,9 @@ int main(int argc, char** argv) {
   }
   http.stop();  // its scrapes wait for reactors that no longer answer
   for (auto& w : workers) w.join();
+  // From now on the control thread's calls (a cluster tick under way) run
+  // inline: no reactor is left to take them.
+  platform.set_running(false);
   for (auto& r : reactors) r->run_leftovers();
   control.stop();
   log_line("stopped");

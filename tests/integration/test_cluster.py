@@ -4,7 +4,9 @@ loopback (ports found free at run time) and 3 iobandd nodes a, b, c on
 private sockets, one tenant `web` limited to 600 IOPS cluster-wide:
 
 - `tenant create web limit ... cluster on` on a, `tenant create web cluster
-  on` on b and c join it (they take etcd's limit); `tenant set` on c reaches
+  on` on b and c join it (they take etcd's limit); status --json and
+  /metrics show each node's share, demand, the cluster-wide rate and the
+  etcd state; `tenant set` on c reaches
   a and b; bad cluster input is refused with one line and changes nothing;
 - fio clients of depth 2, 4 and 10 on a, b and c: the shares follow the
   demand (2:4:10 within 0.06), they sum to 1, and the cluster-wide rate
@@ -59,7 +61,11 @@ def main():
     try:
         etcd.start().wait_healthy()
         for name in DEPTHS:
-            node = cl.Node(name, etcd.urls(), args=["--etcd-lease", str(LEASE), "--etcd-fallback", "30"]).start()
+            args = ["--etcd-lease", str(LEASE), "--etcd-fallback", "30"]
+            if name == "a":
+                metrics_socket = os.path.join(it.make_tmpdir("ioband-cluster-http."), "http.sock")
+                args += ["--http", "unix:" + metrics_socket]
+            node = cl.Node(name, etcd.urls(), args=args).start()
             node.create("vm", it.sparse_file(node.path("vm.img"), 16 * it.MiB), 1)
             node.message("vm", "policy", "fair")
             nodes[name] = node
@@ -103,6 +109,12 @@ def main():
         print(f"# shares {view['shares']} demand {view['cluster_demand']:.1f} rate {view['cluster_rate']:.0f}",
               flush=True)
         assert abs(sum(view["shares"].values()) - 1) < 1e-6, view
+        # The same on /metrics.
+        metrics = subprocess.run(["curl", "-sf", "--unix-socket", metrics_socket, "http://localhost/metrics"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        for name in ("ioband_cluster_tenant_share", "ioband_cluster_tenant_demand", "ioband_cluster_tenant_rate_iops"):
+            assert f'{name}{{node="a",tenant="web"}}' in metrics, (name, metrics[-3000:])
+        assert 'ioband_cluster_etcd_connected{node="a"} 1' in metrics, metrics[-3000:]
         # Every node applies its own share to its local limit.
         for name, node in nodes.items():
             mine = node.cluster("web")
@@ -139,6 +151,13 @@ def main():
             assert p.poll() is None, f"fio ended early: {p.stderr.read() if p.stderr else ''}"
         for name in ("a", "b"):
             nodes[name].assert_alive()
+        for p in fios:
+            p.kill()
+        # A node stops on SIGTERM at once (its agent leaves etcd, its control
+        # thread's cluster ticks do not wait on stopped reactors).
+        for name in ("a", "b"):
+            nodes[name].proc.send_signal(signal.SIGTERM)
+            assert nodes[name].proc.wait(timeout=10) == 0, name
         print("PASS")
         return 0
     except BaseException:
@@ -151,10 +170,9 @@ def main():
             if p.poll() is None:
                 p.kill()
         for node in nodes.values():
-            try:
-                node.stop()
-            except Exception:  # c was killed
-                pass
+            if node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait()
         etcd.stop()
 
 

@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -260,13 +261,15 @@ class Engine {
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
   qos::TenantId next_tenant_id_ = 1;
   // Cluster tenants (engine_cluster.cc).
-  struct ClusterLoad {
-    double backlog = 0;       // sum of the samples of requests queued or in flight
-    uint64_t samples = 0;
-    uint64_t completed = 0;   // requests completed, at the start of the period
-    std::chrono::steady_clock::time_point since{};
-    bool counted = false;     // `completed` and `since` hold a reading
+  // The samples of the last publish period, oldest first: the agent is
+  // handed a sliding window's figures at every tick, so what it publishes
+  // is never older than one tick.
+  struct ClusterSample {
+    std::chrono::steady_clock::time_point at;
+    uint64_t backlog = 0;    // requests queued or in flight
+    uint64_t completed = 0;  // requests completed so far
   };
+  using ClusterLoad = std::deque<ClusterSample>;
   // The limits the qos layer enforces for the tenant: its own, scaled by
   // this node's share when it is cluster-wide.
   static qos::Limits enforced_limits(const TenantState& tenant);
@@ -280,7 +283,6 @@ class Engine {
   void cluster_follow(const cluster::Agent::Snapshot& snapshot);
   cluster::Agent* cluster_ = nullptr;
   std::map<std::string, ClusterLoad> cluster_loads_;
-  std::chrono::steady_clock::time_point cluster_published_{};
   std::map<std::string, std::string> cluster_bad_settings_;  // tenant -> text already logged as bad  // a tenant's id in the qos layer (runtime only)
 };
 

@@ -76,49 +76,44 @@ std::string Engine::cluster_command(const std::string& name, const TenantCommand
 void Engine::cluster_tick() {
   if (cluster_ == nullptr) return;
   const auto now = std::chrono::steady_clock::now();
-  const bool publish = now - cluster_published_ >= cluster_->options().period;
+  const auto period = cluster_->options().period;
   std::map<std::string, cluster::TenantLoad> loads;
   std::map<std::string, ClusterLoad> kept;
   for (const auto& [name, tenant] : state_.tenants) {
     if (!tenant.cluster) continue;
-    ClusterLoad load = cluster_loads_[name];
-    uint64_t backlog = 0;
-    uint64_t completed = 0;
+    ClusterSample sample{now, 0, 0};
     if (const std::optional<int> group_id = tenant_device_group(tenant)) {
       (void)call(*group_id, [&](qos::DeviceGroup& group) {
         for (const auto& [device_name, weight] : tenant.devices) {
           const DeviceState* device = find_device(device_name);
           if (device == nullptr) continue;
-          backlog += group.queued(device->device) + group.in_flight(device->device);
+          sample.backlog += group.queued(device->device) + group.in_flight(device->device);
           for (qos::GroupId id : group.groups(device->device)) {
             if (auto observed = group.observation(device->device, id)) {
-              for (const auto& op : observed->ops) completed += op.requests;
+              for (const auto& op : observed->ops) sample.completed += op.requests;
             }
           }
         }
         return qos::Status{};
       });
     }
-    load.backlog += static_cast<double>(backlog);
-    ++load.samples;
-    if (publish) {
-      cluster::TenantLoad out;
-      out.demand = load.backlog / static_cast<double>(load.samples);
-      const double seconds = std::chrono::duration<double>(now - load.since).count();
-      if (load.counted && seconds > 0 && completed >= load.completed) {
-        out.usage = static_cast<double>(completed - load.completed) / seconds;
-      }
-      out.share = tenant.cluster_share;
-      loads[name] = out;
-      load = ClusterLoad{0, 0, completed, now, true};
-    }
-    kept[name] = load;
+    ClusterLoad& window = kept[name];
+    window = std::move(cluster_loads_[name]);
+    // A device left the tenant: its counts went with it.
+    if (!window.empty() && sample.completed < window.back().completed) window.clear();
+    window.push_back(sample);
+    while (window.size() > 1 && now - window[1].at >= period) window.pop_front();
+    cluster::TenantLoad load;
+    double backlog = 0;
+    for (const ClusterSample& s : window) backlog += static_cast<double>(s.backlog);
+    load.demand = backlog / static_cast<double>(window.size());
+    const double seconds = std::chrono::duration<double>(now - window.front().at).count();
+    if (seconds > 0) load.usage = static_cast<double>(sample.completed - window.front().completed) / seconds;
+    load.share = tenant.cluster_share;
+    loads[name] = load;
   }
   cluster_loads_ = std::move(kept);
-  if (publish) {
-    cluster_->set_loads(std::move(loads));
-    cluster_published_ = now;
-  }
+  cluster_->set_loads(std::move(loads));
   cluster_follow(cluster_->snapshot());
 }
 

@@ -48,8 +48,15 @@ def wait_for(what, check, timeout):
 
 def fio(node, depth, seconds):
     argv = ct.fio_argv(node.uri("vm"), f"fio-{node.node}", "--rw=randread", "--bs=4k", f"--iodepth={depth}",
-                       "--time_based", f"--runtime={seconds}", "--size=16M")
+                       "--time_based", f"--runtime={seconds}", "--size=16M", "--thread")
+    # --thread: the job is a thread of this process, so a kill ends it (a job
+    # process would leave fio's process group and outlive it).
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill(p):
+    p.kill()
+    p.wait()
 
 
 def main():
@@ -152,7 +159,7 @@ def main():
         for name in ("a", "b"):
             nodes[name].assert_alive()
         for p in fios:
-            p.kill()
+            kill(p)
         # A node stops on SIGTERM at once (its agent leaves etcd, its control
         # thread's cluster ticks do not wait on stopped reactors).
         for name in ("a", "b"):
@@ -167,8 +174,7 @@ def main():
         raise
     finally:
         for p in fios:
-            if p.poll() is None:
-                p.kill()
+            kill(p)
         for node in nodes.values():
             if node.proc.poll() is None:
                 node.proc.kill()

@@ -73,6 +73,7 @@ Agent::Snapshot Agent::snapshot() const {
   snapshot.mode = view_.mode(now);
   snapshot.nodes = view_.live_nodes();
   snapshot.shares = view_.shares();
+  for (const auto& [tenant, total] : view_.totals()) snapshot.demand[tenant] = total.cluster_demand;
   snapshot.tenants.clear();
   for (const auto& [tenant, load] : loads_) snapshot.tenants[tenant] = view_.share(now, tenant);
   return snapshot;
@@ -109,6 +110,11 @@ std::string Agent::put_settings(const std::string& tenant, const std::optional<s
   return submit([key, text](EtcdClient& client) { return text ? client.put(key, *text) : client.remove(key); }, wait);
 }
 
+std::string Agent::put_capacity(const std::optional<std::string>& text, std::chrono::milliseconds wait) {
+  const std::string key = options_.prefix + "capacity";
+  return submit([key, text](EtcdClient& client) { return text ? client.put(key, *text) : client.remove(key); }, wait);
+}
+
 std::string Agent::get_settings(const std::string& tenant, std::optional<std::string>& text,
                                 std::chrono::milliseconds wait) {
   const std::string key = options_.prefix + "tenants/" + tenant;
@@ -126,7 +132,8 @@ std::string Agent::get_settings(const std::string& tenant, std::optional<std::st
 }
 
 std::string Agent::exchange(EtcdClient& client, std::vector<NodeReport>& reports,
-                            std::map<std::string, std::string>& settings, NodeReport& published) {
+                            std::map<std::string, std::string>& settings, std::optional<std::string>& capacity,
+                            NodeReport& published) {
   const auto ttl = std::max<std::int64_t>(
       1, std::chrono::duration_cast<std::chrono::seconds>(options_.shares.lease + std::chrono::milliseconds(999)).count());
   if (lease_ != 0) {
@@ -165,6 +172,9 @@ std::string Agent::exchange(EtcdClient& client, std::vector<NodeReport>& reports
   const std::string tenants_prefix = options_.prefix + "tenants/";
   if (std::string error = client.range_prefix(tenants_prefix, values); !error.empty()) return error;
   for (const auto& kv : values) settings[kv.key.substr(tenants_prefix.size())] = kv.value;
+  std::optional<EtcdClient::KeyValue> shared;
+  if (std::string error = client.get(options_.prefix + "capacity", shared); !error.empty()) return error;
+  if (shared) capacity = shared->value;
   return {};
 }
 
@@ -189,7 +199,8 @@ void Agent::run() {
     std::vector<NodeReport> reports;
     std::map<std::string, std::string> settings;
     NodeReport published;
-    const std::string error = exchange(client, reports, settings, published);
+    std::optional<std::string> capacity;
+    const std::string error = exchange(client, reports, settings, capacity, published);
     const TimePoint now = Clock::now();
     std::lock_guard lock(mutex_);
     if (error.empty()) {
@@ -198,6 +209,7 @@ void Agent::run() {
       snapshot_.error.clear();
       snapshot_.endpoint = client.endpoint();
       snapshot_.settings = std::move(settings);
+      snapshot_.capacity = std::move(capacity);
       snapshot_.loads = published.tenants;
       ++snapshot_.reads;
       if (!was_connected) log("etcd reachable again at " + client.endpoint() + "; shares follow demand");

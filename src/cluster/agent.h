@@ -14,6 +14,7 @@
 // Keys (under options.prefix, default "/ioband/v1/"):
 //   nodes/NODE      the node's report, JSON, under its lease
 //   tenants/NAME    a cluster tenant's settings, JSON (the control layer's)
+//   capacity        the capacity cluster tenants share by weight, JSON
 #pragma once
 
 #include <condition_variable>
@@ -75,6 +76,8 @@ class Agent {
     std::map<std::string, TenantLoad> loads;             // as last published by this node
     std::map<std::string, std::map<std::string, double>> shares;  // tenant -> node -> share
     std::map<std::string, std::string> settings;         // tenant -> settings text, as read
+    std::optional<std::string> capacity;                 // the capacity's text, as read
+    std::map<std::string, double> demand;                // tenant -> its demand on every node together
   };
   Snapshot snapshot() const;
   // The share of `tenant` on this node now (cluster/shares.h).
@@ -83,6 +86,9 @@ class Agent {
   // Writes (or with nullopt deletes) a tenant's settings in etcd, on the
   // agent's thread; waits at most `wait`. "" or why it failed.
   std::string put_settings(const std::string& tenant, const std::optional<std::string>& text,
+                           std::chrono::milliseconds wait = std::chrono::seconds(3));
+  // Writes (or with nullopt deletes) the shared capacity, on the agent's thread.
+  std::string put_capacity(const std::optional<std::string>& text,
                            std::chrono::milliseconds wait = std::chrono::seconds(3));
   // Reads a tenant's settings from etcd now (nullopt: none). "" or why not.
   std::string get_settings(const std::string& tenant, std::optional<std::string>& text,
@@ -98,7 +104,7 @@ class Agent {
   void run();
   // One period's exchange; "" or what failed.
   std::string exchange(EtcdClient& client, std::vector<NodeReport>& reports, std::map<std::string, std::string>& settings,
-                       NodeReport& published);
+                       std::optional<std::string>& capacity, NodeReport& published);
   std::string submit(std::function<std::string(EtcdClient&)> run, std::chrono::milliseconds wait);
   void log(const std::string& line) const;
 

@@ -43,6 +43,20 @@ std::vector<double> water_fill(const std::vector<double>& demands, double floor)
   return shares;
 }
 
+std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants) {
+  double active = 0;
+  for (const auto& [name, tenant] : tenants) {
+    if (tenant.active && tenant.weight > 0) active += tenant.weight;
+  }
+  std::map<std::string, double> parts;
+  for (const auto& [name, tenant] : tenants) {
+    const double weight = tenant.weight > 0 ? tenant.weight : 0;
+    const double total = tenant.active ? active : active + weight;
+    parts[name] = total > 0 ? weight / total : 0;
+  }
+  return parts;
+}
+
 std::string_view to_string(ShareMode mode) noexcept {
   switch (mode) {
     case ShareMode::alone: return "alone";

@@ -74,6 +74,21 @@ struct NodeReport {
 // is phi in [0, 1]; negative or non-finite demands count as 0.
 std::vector<double> water_fill(const std::vector<double>& demands, double floor = kDefaultFloor);
 
+// Weights across nodes: a capacity shared by cluster tenants (docs/cluster.md,
+// "Weights across nodes"). Each tenant's part is its weight over the
+// weights of the active tenants (those with demand on some node):
+//
+//   c_T = W_T / (sum of W_U over the active U, plus W_T if T is not active)
+//
+// so the active parts sum to 1, and an idle tenant is told the part it
+// would have the moment it came back (it starts at once, and the others
+// make room at the next read).
+struct TenantWeight {
+  double weight = 100;
+  bool active = false;
+};
+std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants);
+
 struct ShareOptions {
   Duration lease = std::chrono::seconds(2);       // a report that does not move for this long is gone
   Duration fallback = std::chrono::seconds(10);   // unreachable this long: equal split
@@ -120,6 +135,8 @@ class ClusterView {
   // The nodes seen alive at the last successful read (this one included).
   std::vector<std::string> live_nodes() const;
   std::optional<TimePoint> last_success() const noexcept { return last_success_; }
+  // The tenants' totals of the last computation (cluster demand and usage).
+  const std::map<std::string, TenantShare>& totals() const noexcept { return totals_; }
   const ShareOptions& options() const noexcept { return options_; }
 
  private:

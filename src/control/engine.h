@@ -199,6 +199,7 @@ class Engine {
   // Tenants (engine_tenant.cc, control/tenant.h, qos/tree.h).
   Reply tenant(const Request& request);
   Reply tenant_list(const std::string& name);
+  Reply tenant_capacity(const TenantCommand& command);  // engine_cluster.cc
   // Moves the qos layer from `before` to `after` (either may be null: no
   // such tenant) for the tenant's devices that are served.
   qos::Status apply_tenant(const TenantState* before, const TenantState* after);

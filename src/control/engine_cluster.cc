@@ -29,17 +29,64 @@ qos::Rate scaled(const qos::Rate& rate, double share) {
   return out;
 }
 
+// The tighter of a tenant's own rate and its part of the capacity.
+qos::Rate tighter(const qos::Rate& own, const qos::Rate& part) {
+  if (!part.limited()) return own;
+  if (!own.limited()) return part;
+  return own.rate <= part.rate ? own : part;
+}
+
+constexpr qos::Rate qos::Limits::*kRates[] = {&qos::Limits::iops_total, &qos::Limits::iops_read,
+                                              &qos::Limits::iops_write, &qos::Limits::bps_total,
+                                              &qos::Limits::bps_read,   &qos::Limits::bps_write};
+
+// A tenant counts as active for the capacity's split with this much demand
+// (mean requests queued or in flight) on the nodes together.
+constexpr double kActiveDemand = 0.05;
+
 }  // namespace
 
 qos::Limits Engine::enforced_limits(const TenantState& tenant) {
-  if (!tenant.cluster || tenant.limits.unlimited()) return tenant.limits;
-  const double share = std::clamp(tenant.cluster_share, 0.0, 1.0);
+  if (!tenant.cluster) return tenant.limits;
   qos::Limits limits = tenant.limits;
-  for (qos::Rate* rate : {&limits.iops_total, &limits.iops_read, &limits.iops_write, &limits.bps_total,
-                          &limits.bps_read, &limits.bps_write}) {
-    *rate = scaled(*rate, share);
-  }
+  for (auto rate : kRates) limits.*rate = tighter(limits.*rate, tenant.cluster_capacity.*rate);
+  if (limits.unlimited()) return limits;
+  const double share = std::clamp(tenant.cluster_share, 0.0, 1.0);
+  for (auto rate : kRates) limits.*rate = scaled(limits.*rate, share);
   return limits;
+}
+
+Reply Engine::tenant_capacity(const TenantCommand& command) {
+  auto refused = [](const std::string& why) { return Reply::failure(Error::refused("tenant capacity: " + why)); };
+  if (cluster_ == nullptr) {
+    return refused("the capacity is shared by cluster tenants: needs iobandd started with --etcd URL[,URL...] --node NAME");
+  }
+  Reply reply;
+  if (!command.clear_limits && command.limits.empty()) {
+    const cluster::Agent::Snapshot snapshot = cluster_->snapshot();
+    qos::Limits limits;
+    if (snapshot.capacity) {
+      if (auto why = cluster_capacity_from_text(*snapshot.capacity, limits)) return refused("etcd holds " + *why);
+    }
+    const json shown = limits_to_json(limits);
+    reply.text = "capacity " + (limits.unlimited() ? std::string("none") : shown.dump()) + "\n";
+    reply.data = {{"capacity", limits.unlimited() ? json(nullptr) : shown}, {"connected", snapshot.connected}};
+    return reply;
+  }
+  qos::Limits limits;
+  for (const auto& [key, value] : command.limits) {
+    if (qos::Status status = qos::set_limit_key(limits, key, value); !status) return refused(status.message());
+  }
+  if (qos::Status status = qos::validate(limits); !status) return refused(status.message());
+  if (limits.reserves() || limits.latency_target_us != 0) {
+    return refused("a capacity holds rates only (iops-*, bps-*), not reservations or latency targets");
+  }
+  const std::optional<std::string> text =
+      command.clear_limits ? std::nullopt : std::optional<std::string>(cluster_capacity_to_text(limits));
+  if (std::string error = cluster_->put_capacity(text); !error.empty()) return refused("etcd: " + error);
+  reply.text = "capacity " + (command.clear_limits ? std::string("none") : limits_to_json(limits).dump()) + "\n";
+  reply.data = {{"capacity", command.clear_limits ? json(nullptr) : limits_to_json(limits)}};
+  return reply;
 }
 
 std::string Engine::cluster_command(const std::string& name, const TenantCommand& command, const TenantState* before,
@@ -118,9 +165,39 @@ void Engine::cluster_tick() {
 }
 
 void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
+  // The capacity's part of every cluster tenant, by weight over the active
+  // ones (cluster::capacity_split), from the settings and demand read.
+  std::optional<qos::Limits> capacity;
+  if (snapshot.capacity) {
+    qos::Limits limits;
+    if (auto why = cluster_capacity_from_text(*snapshot.capacity, limits)) {
+      if (cluster_bad_settings_["*capacity"] != *snapshot.capacity) {
+        log_line("cluster: etcd holds a capacity this iobandd cannot read (" + *why + "); ignoring it");
+        cluster_bad_settings_["*capacity"] = *snapshot.capacity;
+      }
+    } else if (!limits.unlimited()) {
+      capacity = limits;
+    }
+  }
+  std::map<std::string, double> parts;
+  if (capacity) {
+    std::map<std::string, cluster::TenantWeight> weights;
+    for (const auto& [name, text] : snapshot.settings) {
+      uint32_t weight = 0;
+      qos::Limits ignored;
+      if (cluster_settings_from_text(text, weight, ignored)) continue;
+      auto demand = snapshot.demand.find(name);
+      weights[name] = {static_cast<double>(weight), demand != snapshot.demand.end() && demand->second >= kActiveDemand};
+    }
+    parts = cluster::capacity_split(weights);
+  }
   for (auto& [name, tenant] : state_.tenants) {
     if (!tenant.cluster) continue;
     TenantState after = tenant;
+    after.cluster_capacity = qos::Limits{};
+    if (capacity && parts.contains(name)) {
+      for (auto rate : kRates) after.cluster_capacity.*rate = scaled((*capacity).*rate, parts[name]);
+    }
     if (snapshot.connected) {
       if (auto text = snapshot.settings.find(name); text != snapshot.settings.end()) {
         uint32_t weight = 0;
@@ -141,7 +218,10 @@ void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
       after.cluster_share = share->second.share;
     }
     const bool settings_changed = after.weight != tenant.weight || after.limits != tenant.limits;
-    if (!settings_changed && std::abs(after.cluster_share - tenant.cluster_share) < 1e-4) continue;
+    if (!settings_changed && std::abs(after.cluster_share - tenant.cluster_share) < 1e-4 &&
+        after.cluster_capacity == tenant.cluster_capacity) {
+      continue;
+    }
     if (qos::Status status = apply_tenant(&tenant, &after); !status) {
       (void)apply_tenant(&after, &tenant);
       log_line("cluster: tenant " + name + ": cannot apply " + (settings_changed ? "etcd's settings" : "its share") +
@@ -160,7 +240,9 @@ void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
 
 json Engine::cluster_json(const std::string& name, const TenantState& tenant) const {
   if (!tenant.cluster) return nullptr;
-  json object = {{"share", tenant.cluster_share}, {"enforced_limits", limits_to_json(enforced_limits(tenant))}};
+  json object = {{"share", tenant.cluster_share},
+                 {"enforced_limits", limits_to_json(enforced_limits(tenant))},
+                 {"capacity_part", tenant.cluster_capacity.unlimited() ? json(nullptr) : limits_to_json(tenant.cluster_capacity)}};
   if (cluster_ == nullptr) {
     object["mode"] = "off";
     object["etcd"] = {{"connected", false}, {"error", "iobandd was started without --etcd"}};

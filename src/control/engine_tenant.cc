@@ -141,6 +141,7 @@ Reply Engine::tenant(const Request& request) {
   TenantCommand command;
   if (auto error = parse_tenant_command(request.args, command)) return Reply::failure(*error);
   if (command.verb == TenantCommand::Verb::list) return tenant_list(command.name);
+  if (command.verb == TenantCommand::Verb::capacity) return tenant_capacity(command);
   const std::string prefix = "tenant " + std::string(verb_name(command.verb)) + " " + command.name + ": ";
   auto refused = [&](const std::string& why) { return Reply::failure(Error::refused(prefix + why)); };
 
@@ -214,7 +215,8 @@ Reply Engine::tenant(const Request& request) {
       after->devices.erase(command.device);
       break;
     case TenantCommand::Verb::remove: after.reset(); break;
-    case TenantCommand::Verb::list: break;
+    case TenantCommand::Verb::list:
+    case TenantCommand::Verb::capacity: break;
   }
 
   const TenantState* from = before ? &*before : nullptr;

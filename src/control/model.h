@@ -76,6 +76,7 @@ struct TenantState {
   // Runtime only (not saved).
   qos::TenantId id = 0;
   double cluster_share = 1;  // this node's share of the cluster limit
+  qos::Limits cluster_capacity;  // its part of the shared capacity (empty: none)
 };
 
 struct State {

@@ -445,6 +445,23 @@ std::string cluster_settings_to_text(uint32_t weight, const qos::Limits& limits)
   return json{{"weight", weight}, {"limits", limits_to_json(limits)}}.dump();
 }
 
+std::string cluster_capacity_to_text(const qos::Limits& limits) {
+  return json{{"limits", limits_to_json(limits)}}.dump();
+}
+
+std::optional<std::string> cluster_capacity_from_text(const std::string& text, qos::Limits& limits) {
+  try {
+    const json object = json::parse(text);
+    check_keys(object, "capacity", {"limits"});
+    limits = limits_from(field(object, "capacity", "limits"), "capacity.limits");
+    return std::nullopt;
+  } catch (const Invalid& e) {
+    return e.message;
+  } catch (const json::exception& e) {
+    return std::string(e.what());
+  }
+}
+
 std::optional<std::string> cluster_settings_from_text(const std::string& text, uint32_t& weight, qos::Limits& limits) {
   try {
     const json object = json::parse(text);

@@ -8,6 +8,7 @@
 //   tenant detach NAME DEVICE
 //   tenant remove NAME
 //   tenant list [NAME]
+//   tenant capacity [KEY=VAL[,KEY=VAL...]|none]   (cluster tenants' shared capacity)
 //
 // Pure parsing into values; the engine (engine_tenant.cc) checks them
 // against the model. Errors name what was wrong and carry the verb's usage.
@@ -25,7 +26,7 @@
 namespace ioband::control {
 
 struct TenantCommand {
-  enum class Verb { create, set, attach, detach, remove, list };
+  enum class Verb { create, set, attach, detach, remove, list, capacity };
   Verb verb = Verb::list;
   std::string name;    // the tenant (list: may be empty)
   std::string device;  // attach, detach

@@ -20,7 +20,7 @@ constexpr Entry kCommands[] = {
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
     {"targets", "iobandctl targets"},
-    {"tenant", "iobandctl tenant VERB NAME [ARG...]  (VERB: create set attach detach remove list)"},
+    {"tenant", "iobandctl tenant VERB NAME [ARG...]  (VERB: create set attach detach remove list capacity)"},
     {"top", "iobandctl top [--batch N] [--json] [--interval SECONDS] [--sort KEY] [--reverse]"},
 };
 
@@ -48,6 +48,7 @@ constexpr Entry kTenantVerbs[] = {
     {"detach", "iobandctl tenant detach NAME DEVICE"},
     {"remove", "iobandctl tenant remove NAME"},
     {"list", "iobandctl tenant list [NAME]"},
+    {"capacity", "iobandctl tenant capacity [KEY=VAL[,KEY=VAL...]|none]"},
 };
 
 constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
@@ -266,6 +267,11 @@ used exactly. A limit set on a tenant holds for all its devices together
                                                on takes etcd's weight and limit.
   set NAME cluster off                         this node stops following etcd (keeps the
                                                last weight and limit, as its own)
+  capacity [KEY=VAL,...|none]                  a capacity (QEMU's keys) the cluster tenants
+                                               share by weight across every node: each
+                                               active one gets W / (sum of the active W)
+                                               of it, on top of its own limit; shown
+                                               without an argument
 
 A device outside every tenant behaves as without tenants. status --json shows
 for every tenant, device and group its configured share (weight over all its

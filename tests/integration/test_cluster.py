@@ -11,6 +11,8 @@ private sockets, one tenant `web` limited to 600 IOPS cluster-wide:
 - fio clients of depth 2, 4 and 10 on a, b and c: the shares follow the
   demand (2:4:10 within 0.06), they sum to 1, and the cluster-wide rate
   stays near the limit;
+- `tenant capacity iops-total=300` (a capacity cluster tenants share by
+  weight) set on b caps web on a: its part and enforced limit follow;
 - one etcd member killed: the nodes stay connected, shares unchanged;
 - node c killed with SIGKILL: within 2 x the lease (2 s) a and b share the
   whole limit (b's share about 4/6).
@@ -132,6 +134,22 @@ def main():
         rate = view["cluster_rate"]
         assert rate <= LIMIT * 1.15, view
 
+        # A shared capacity below web's limit: web (the only tenant, active)
+        # gets all of it, and each node enforces its share of that.
+        line = ct.one_line_error(b.ctl("tenant", "capacity", "iops=5"), "capacity iops=5")
+        assert "iops" in line, line
+        b.ok("tenant", "capacity", f"iops-total={LIMIT // 2}")
+        wait_for("a to read the capacity",
+                 lambda: f'"iops-total":{LIMIT // 2}' in a.ok("tenant", "capacity").replace(" ", ""), 5)
+
+        def capped():
+            mine = a.cluster("web")
+            return mine if mine["capacity_part"] == {"iops-total": LIMIT // 2} else None
+        mine = wait_for("a to take the capacity", capped, 5)
+        assert abs(mine["enforced_limits"]["iops-total"] - LIMIT // 2 * mine["share"]) <= 1, mine
+        b.ok("tenant", "capacity", "none")
+        wait_for("the capacity to go", lambda: a.cluster("web")["capacity_part"] is None, 5)
+
         # An etcd member lost: no effect.
         etcd.kill(etcd.names[0])
         time.sleep(1.5)
@@ -165,6 +183,10 @@ def main():
         for name in ("a", "b"):
             nodes[name].proc.send_signal(signal.SIGTERM)
             assert nodes[name].proc.wait(timeout=10) == 0, name
+        # Settings are applied when they change, not at every read.
+        with open(a.path("iobandd.log")) as f:
+            applied = f.read().count("settings from etcd applied")
+        assert applied <= 3, f"a applied etcd's settings {applied} times"
         print("PASS")
         return 0
     except BaseException:

@@ -63,6 +63,17 @@ TEST(WaterFill, SumsToOneForManyShapes) {
   }
 }
 
+TEST(CapacitySplit, ActiveTenantsSplitByWeightAnIdleOneIsToldItsPart) {
+  auto parts = capacity_split({{"gold", {200, true}}, {"silver", {100, true}}, {"bronze", {100, false}}});
+  EXPECT_NEAR(parts["gold"], 2.0 / 3, 1e-12);
+  EXPECT_NEAR(parts["silver"], 1.0 / 3, 1e-12);
+  EXPECT_NEAR(parts["bronze"], 0.25, 1e-12);  // as if it came back now: 100 / 400
+  parts = capacity_split({{"gold", {200, false}}, {"silver", {100, false}}});
+  EXPECT_NEAR(parts["gold"], 1, 1e-12);
+  EXPECT_NEAR(parts["silver"], 1, 1e-12);
+  EXPECT_TRUE(capacity_split({}).empty());
+}
+
 // A cluster of nodes publishing reports; the test moves the clock.
 struct Cluster {
   TimePoint now{};

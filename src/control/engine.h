@@ -274,7 +274,7 @@ class Engine {
   // The limits the qos layer enforces for the tenant: its own, scaled by
   // this node's share when it is cluster-wide.
   static qos::Limits enforced_limits(const TenantState& tenant);
-  // A tenant's cluster part of status and list --json (null: not cluster-wide).
+  // A cluster tenant's "cluster" object of status and list --json (only cluster tenants have one).
   nlohmann::json cluster_json(const std::string& name, const TenantState& tenant) const;
   // tenant create/set with cluster on: join (take etcd's settings) or write
   // them; "" or why not (nothing changed).

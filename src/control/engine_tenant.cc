@@ -244,7 +244,7 @@ Reply Engine::tenant(const Request& request) {
   if (after) {
     reply.text = tenant_line(command.name, *after, true) + "\n";
     reply.data = {{"tenant", tenant_json(command.name, *after)}};
-    reply.data["tenant"]["cluster"] = cluster_json(command.name, *after);
+    if (after->cluster) reply.data["tenant"]["cluster"] = cluster_json(command.name, *after);
   } else {
     reply.data = {{"removed", command.name}};
   }
@@ -262,7 +262,7 @@ Reply Engine::tenant_list(const std::string& name) {
     reply.text += tenant_line(tenant_name, tenant, name.empty()) + "\n";
     json object = tenant_json(tenant_name, tenant);
     if (auto group = tenant_device_group(tenant)) object["device_group_id"] = *group;
-    object["cluster"] = cluster_json(tenant_name, tenant);
+    if (tenant.cluster) object["cluster"] = cluster_json(tenant_name, tenant);
     array.push_back(std::move(object));
   }
   if (state_.tenants.empty()) reply.text = "No tenants found\n";
@@ -312,7 +312,7 @@ void Engine::add_tree_status(json& data) {
   json tenants = json::array();
   for (const auto& [name, tenant] : state_.tenants) {
     json object = tenant_json(name, tenant);
-    object["cluster"] = cluster_json(name, tenant);
+    if (tenant.cluster) object["cluster"] = cluster_json(name, tenant);
     const std::optional<int> group_id = tenant_device_group(tenant);
     object["device_group_id"] = group_id ? json(*group_id) : json(nullptr);
     object["share"] = nullptr;

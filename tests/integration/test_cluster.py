@@ -15,7 +15,10 @@ private sockets, one tenant `web` limited to 600 IOPS cluster-wide:
   weight) set on b caps web on a: its part and enforced limit follow;
 - one etcd member killed: the nodes stay connected, shares unchanged;
 - node c killed with SIGKILL: within 2 x the lease (2 s) a and b share the
-  whole limit (b's share about 4/6).
+  whole limit (b's share about 4/6);
+- every etcd member stopped: a keeps its share (fail static), takes half
+  (equal split between a and b) after --etcd-fallback 2, and is live again
+  once etcd is back, without a restart.
 
 Skips (77) only when etcd is not installed (scripts/setup installs it).
 """
@@ -34,6 +37,7 @@ import iobandtest as it  # noqa: E402
 
 LIMIT = 600
 LEASE = 2.0
+FALLBACK = 2.0
 DEPTHS = {"a": 2, "b": 4, "c": 10}
 
 
@@ -70,7 +74,7 @@ def main():
     try:
         etcd.start().wait_healthy()
         for name in DEPTHS:
-            args = ["--etcd-lease", str(LEASE), "--etcd-fallback", "30"]
+            args = ["--etcd-lease", str(LEASE), "--etcd-fallback", str(FALLBACK)]
             if name == "a":
                 metrics_socket = os.path.join(it.make_tmpdir("ioband-cluster-http."), "http.sock")
                 args += ["--http", "unix:" + metrics_socket]
@@ -174,6 +178,24 @@ def main():
         wait_for("b's share to follow 2:4", lambda: abs(a.cluster("web")["shares"]["b"] - 4 / 6) < 0.08, 3)
         for p in fios[:2]:
             assert p.poll() is None, f"fio ended early: {p.stderr.read() if p.stderr else ''}"
+
+        # etcd gone: the last shares hold (fail static), then an equal split
+        # among the nodes last seen after the fallback; back without a restart.
+        held = a.cluster("web")["share"]
+        for name in etcd.names:
+            etcd.kill(name)
+        mine = wait_for("a to notice etcd is gone", lambda: (lambda m: m if m["mode"] == "fail-static" else None)(
+            a.cluster("web")), 3)
+        assert abs(mine["share"] - held) < 0.02 and mine["etcd"]["connected"] is False, (held, mine)
+        # (The share is applied at the next tick after the mode changes.)
+        mine = wait_for("the equal split", lambda: (lambda m: m if m["mode"] == "equal-split" and
+                                                    abs(m["share"] - 0.5) < 1e-6 else None)(a.cluster("web")),
+                        FALLBACK + 2)
+        assert mine["enforced_limits"]["iops-total"] == LIMIT // 2, mine
+        for name in etcd.names:
+            etcd.restart(name)
+        wait_for("a and b live again", lambda: all(n.status_cluster()["mode"] == "live" for n in (a, b)), 15)
+        print(f"# etcd away: share held {held:.3f}, then 0.5, then live again", flush=True)
         for name in ("a", "b"):
             nodes[name].assert_alive()
         for p in fios:

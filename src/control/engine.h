@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -30,8 +31,10 @@
 #include <string>
 #include <vector>
 
+#include "cluster/agent.h"
 #include "control/model.h"
 #include "control/protocol.h"
+#include "control/tenant.h"
 #include "io/calibrate.h"
 #include "nbd/classify.h"
 #include "qos/device_group.h"
@@ -165,6 +168,16 @@ class Engine {
   };
   std::optional<Scheduling> scheduling(const std::string& name) const;
 
+  // Cluster tenants (engine_cluster.cc, docs/cluster.md): the agent that
+  // speaks to etcd on its own thread (null: iobandd has no --etcd). Set
+  // before restore().
+  void set_cluster(cluster::Agent* agent) noexcept { cluster_ = agent; }
+  // Control thread, every kClusterSample: samples the load of the cluster
+  // tenants, hands the agent what to publish each period, applies the
+  // shares it computed and the settings etcd holds.
+  void cluster_tick();
+  static constexpr std::chrono::milliseconds kClusterSample{50};
+
   // The state file's contents for the current model (tests, diagnostics).
   std::string state_json() const;
   const std::string& state_path() const noexcept { return state_path_; }
@@ -186,6 +199,7 @@ class Engine {
   // Tenants (engine_tenant.cc, control/tenant.h, qos/tree.h).
   Reply tenant(const Request& request);
   Reply tenant_list(const std::string& name);
+  Reply tenant_capacity(const TenantCommand& command);  // engine_cluster.cc
   // Moves the qos layer from `before` to `after` (either may be null: no
   // such tenant) for the tenant's devices that are served.
   // `admitted`: false for a change asked for now, whose reservation must pass admission.
@@ -247,7 +261,31 @@ class Engine {
   std::vector<DeviceState> unrestored_;
   std::map<int, DeviceGroupSettings> unrestored_groups_;
   std::map<int, std::unique_ptr<qos::DeviceGroup>> device_groups_;
-  qos::TenantId next_tenant_id_ = 1;  // a tenant's id in the qos layer (runtime only)
+  qos::TenantId next_tenant_id_ = 1;
+  // Cluster tenants (engine_cluster.cc).
+  // The samples of the last publish period, oldest first: the agent is
+  // handed a sliding window's figures at every tick, so what it publishes
+  // is never older than one tick.
+  struct ClusterSample {
+    std::chrono::steady_clock::time_point at;
+    uint64_t backlog = 0;    // requests queued or in flight
+    uint64_t completed = 0;  // requests completed so far
+  };
+  using ClusterLoad = std::deque<ClusterSample>;
+  // The limits the qos layer enforces for the tenant: its own, scaled by
+  // this node's share when it is cluster-wide.
+  static qos::Limits enforced_limits(const TenantState& tenant);
+  // A cluster tenant's "cluster" object of status and list --json (only cluster tenants have one).
+  nlohmann::json cluster_json(const std::string& name, const TenantState& tenant) const;
+  // tenant create/set with cluster on: join (take etcd's settings) or write
+  // them; "" or why not (nothing changed).
+  std::string cluster_command(const std::string& name, const TenantCommand& command, const TenantState* before,
+                              TenantState& after);
+  // Settings read from etcd, applied and saved; shares applied.
+  void cluster_follow(const cluster::Agent::Snapshot& snapshot);
+  cluster::Agent* cluster_ = nullptr;
+  std::map<std::string, ClusterLoad> cluster_loads_;
+  std::map<std::string, std::string> cluster_bad_settings_;  // tenant -> text already logged as bad  // a tenant's id in the qos layer (runtime only)
 };
 
 }  // namespace ioband::control

@@ -42,6 +42,11 @@ std::string tenant_line(const std::string& name, const TenantState& tenant, bool
   line += devices.empty() ? "none" : devices;
   const std::string limits = limits_text(tenant.limits);
   line += " limit " + (limits.empty() ? std::string("none") : limits);
+  if (tenant.cluster) {
+    char share[32];
+    std::snprintf(share, sizeof share, "%.3f", tenant.cluster_share);
+    line += std::string(" cluster on (share here ") + share + ")";
+  }
   return line;
 }
 
@@ -114,8 +119,8 @@ qos::Status Engine::apply_tenant(const TenantState* before, const TenantState* a
       } else if (before->weight != after->weight) {
         if (qos::Status status = group.set_tenant_weight(id, after->weight); !status) return status;
       }
-      if (!same_group || before->limits != after->limits) {
-        if (qos::Status status = group.set_tenant_limits(id, after->limits, admitted); !status) return status;
+      if (!same_group || enforced_limits(*before) != enforced_limits(*after)) {
+        if (qos::Status status = group.set_tenant_limits(id, enforced_limits(*after), admitted); !status) return status;
       }
       for (const auto& [name, weight] : after->devices) {
         const DeviceState* device = served(name);
@@ -136,6 +141,7 @@ Reply Engine::tenant(const Request& request) {
   TenantCommand command;
   if (auto error = parse_tenant_command(request.args, command)) return Reply::failure(*error);
   if (command.verb == TenantCommand::Verb::list) return tenant_list(command.name);
+  if (command.verb == TenantCommand::Verb::capacity) return tenant_capacity(command);
   const std::string prefix = "tenant " + std::string(verb_name(command.verb)) + " " + command.name + ": ";
   auto refused = [&](const std::string& why) { return Reply::failure(Error::refused(prefix + why)); };
 
@@ -173,6 +179,15 @@ Reply Engine::tenant(const Request& request) {
         return refused("limit: latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
                        "not yet on a tenant");
       }
+      if (command.cluster || after->cluster) {
+        if (std::string why = cluster_command(command.name, command, before ? &*before : nullptr, *after); !why.empty()) {
+          return refused(why);
+        }
+      }
+      if (after->cluster && after->limits.reserves()) {
+        return refused("limit: a cluster tenant's reservation is not shared among the nodes yet; reserve on its "
+                       "devices (message NAME 0 limit reservation-iops=...) instead");
+      }
       break;
     }
     case TenantCommand::Verb::attach: {
@@ -204,7 +219,8 @@ Reply Engine::tenant(const Request& request) {
       after->devices.erase(command.device);
       break;
     case TenantCommand::Verb::remove: after.reset(); break;
-    case TenantCommand::Verb::list: break;
+    case TenantCommand::Verb::list:
+    case TenantCommand::Verb::capacity: break;
   }
 
   const TenantState* from = before ? &*before : nullptr;
@@ -232,6 +248,7 @@ Reply Engine::tenant(const Request& request) {
   if (after) {
     reply.text = tenant_line(command.name, *after, true) + "\n";
     reply.data = {{"tenant", tenant_json(command.name, *after)}};
+    if (after->cluster) reply.data["tenant"]["cluster"] = cluster_json(command.name, *after);
   } else {
     reply.data = {{"removed", command.name}};
   }
@@ -249,6 +266,7 @@ Reply Engine::tenant_list(const std::string& name) {
     reply.text += tenant_line(tenant_name, tenant, name.empty()) + "\n";
     json object = tenant_json(tenant_name, tenant);
     if (auto group = tenant_device_group(tenant)) object["device_group_id"] = *group;
+    if (tenant.cluster) object["cluster"] = cluster_json(tenant_name, tenant);
     array.push_back(std::move(object));
   }
   if (state_.tenants.empty()) reply.text = "No tenants found\n";
@@ -260,6 +278,13 @@ std::string Engine::restore_tenants(const State& saved) {
   for (const auto& [name, saved_tenant] : saved.tenants) {
     TenantState tenant = saved_tenant;
     tenant.id = next_tenant_id_++;
+    if (tenant.cluster) {
+      // Until the first read of etcd counts it (docs/cluster.md).
+      tenant.cluster_share = cluster_ != nullptr ? cluster_->share(name).share : 1;
+      if (cluster_ == nullptr) {
+        log_line("tenant " + name + " is cluster-wide but iobandd has no --etcd: its whole limit holds on this node");
+      }
+    }
     if (qos::Status status = apply_tenant(nullptr, &tenant); !status) {
       (void)apply_tenant(&tenant, nullptr);
       return "tenant " + name + ": " + status.message();
@@ -295,6 +320,7 @@ void Engine::add_tree_status(json& data) {
   json tenants = json::array();
   for (const auto& [name, tenant] : state_.tenants) {
     json object = tenant_json(name, tenant);
+    if (tenant.cluster) object["cluster"] = cluster_json(name, tenant);
     const std::optional<int> group_id = tenant_device_group(tenant);
     object["device_group_id"] = group_id ? json(*group_id) : json(nullptr);
     object["share"] = nullptr;
@@ -315,6 +341,19 @@ void Engine::add_tree_status(json& data) {
     tenants.push_back(std::move(object));
   }
   data["tenants"] = std::move(tenants);
+  if (cluster_ != nullptr) {
+    const cluster::Agent::Snapshot snapshot = cluster_->snapshot();
+    data["cluster"] = {{"node", cluster_->options().node},
+                       {"endpoints", cluster_->options().endpoints},
+                       {"mode", cluster::to_string(snapshot.mode)},
+                       {"connected", snapshot.connected},
+                       {"endpoint", snapshot.endpoint},
+                       {"error", snapshot.error.empty() ? json(nullptr) : json(snapshot.error)},
+                       {"lease", snapshot.lease},
+                       {"nodes", snapshot.nodes},
+                       {"reads", snapshot.reads},
+                       {"failures", snapshot.failures}};
+  }
 }
 
 }  // namespace ioband::control

@@ -69,9 +69,14 @@ struct TenantState {
   uint32_t weight = qos::kDefaultWeight;
   qos::Limits limits;                       // unlimited() = none
   std::map<std::string, uint32_t> devices;  // ioband device name -> its weight in the tenant
+  // Cluster-wide (issue 18, docs/cluster.md): weight and limits live in etcd
+  // (kept here as last known); the qos layer gets limits * cluster_share.
+  bool cluster = false;
 
   // Runtime only (not saved).
   qos::TenantId id = 0;
+  double cluster_share = 1;  // this node's share of the cluster limit
+  qos::Limits cluster_capacity;  // its part of the shared capacity (empty: none)
 };
 
 struct State {

@@ -207,8 +207,10 @@ json tenants_to_json(const std::map<std::string, TenantState>& tenants) {
   for (const auto& [name, tenant] : tenants) {
     json devices = json::array();
     for (const auto& [device, weight] : tenant.devices) devices.push_back({{"name", device}, {"weight", weight}});
-    array.push_back({{"name", name}, {"weight", tenant.weight}, {"limits", limits_to_json(tenant.limits)},
-                     {"devices", std::move(devices)}});
+    json object = {{"name", name}, {"weight", tenant.weight}, {"limits", limits_to_json(tenant.limits)},
+                   {"devices", std::move(devices)}};
+    if (tenant.cluster) object["cluster"] = true;
+    array.push_back(std::move(object));
   }
   return array;
 }
@@ -221,12 +223,16 @@ void tenants_from(const json& tenants, State& state) {
   for (size_t i = 0; i < tenants.size(); ++i) {
     const std::string where = "tenants[" + std::to_string(i) + "]";
     const json& object = tenants[i];
-    check_keys(object, where, {"name", "weight", "limits", "devices"});
+    check_keys(object, where, {"name", "weight", "limits", "devices", "cluster"});
     const std::string name = string(object, where, "name");
     if (auto why = check_tenant_name(name); !why.empty()) invalid(child(where, "name"), why);
     TenantState tenant;
     tenant.weight = static_cast<uint32_t>(unsigned_integer(object, where, "weight", 1, qos::kMaxTreeWeight));
     tenant.limits = limits_from(field(object, where, "limits"), child(where, "limits"));
+    if (object.contains("cluster")) {
+      if (!object["cluster"].is_boolean()) invalid(child(where, "cluster"), "expected true or false");
+      tenant.cluster = object["cluster"].get<bool>();
+    }
     const json& devices = field(object, where, "devices");
     if (!devices.is_array()) invalid(child(where, "devices"), "expected an array");
     int device_group = -1;
@@ -429,6 +435,47 @@ std::optional<std::string> write_file_atomically(const std::string& path, const 
   if (dir >= 0) ::close(dir);
   if (synced != 0) log_line(directory + ": " + errno_text(error) + " (after writing " + path + ")");
   return std::nullopt;
+}
+
+}  // namespace ioband::control
+
+namespace ioband::control {
+
+std::string cluster_settings_to_text(uint32_t weight, const qos::Limits& limits) {
+  return json{{"weight", weight}, {"limits", limits_to_json(limits)}}.dump();
+}
+
+std::string cluster_capacity_to_text(const qos::Limits& limits) {
+  return json{{"limits", limits_to_json(limits)}}.dump();
+}
+
+std::optional<std::string> cluster_capacity_from_text(const std::string& text, qos::Limits& limits) {
+  try {
+    const json object = json::parse(text);
+    check_keys(object, "capacity", {"limits"});
+    limits = limits_from(field(object, "capacity", "limits"), "capacity.limits");
+    return std::nullopt;
+  } catch (const Invalid& e) {
+    return e.message;
+  } catch (const json::exception& e) {
+    return std::string(e.what());
+  }
+}
+
+std::optional<std::string> cluster_settings_from_text(const std::string& text, uint32_t& weight, qos::Limits& limits) {
+  try {
+    const json object = json::parse(text);
+    check_keys(object, "settings", {"weight", "limits"});
+    const auto read_weight = static_cast<uint32_t>(unsigned_integer(object, "settings", "weight", 1, qos::kMaxTreeWeight));
+    qos::Limits read_limits = limits_from(field(object, "settings", "limits"), "settings.limits");
+    weight = read_weight;
+    limits = read_limits;
+    return std::nullopt;
+  } catch (const Invalid& e) {
+    return e.message;
+  } catch (const json::exception& e) {
+    return std::string(e.what());
+  }
 }
 
 }  // namespace ioband::control

@@ -42,4 +42,12 @@ std::optional<std::string> read_state_file(const std::string& path, State& out, 
 // directory: PATH is the old or the new contents, never a mix. Mode 0600.
 std::optional<std::string> write_file_atomically(const std::string& path, const std::string& contents);
 
+// A cluster tenant's settings as kept in etcd (docs/cluster.md):
+// {"weight": W, "limits": {...}}, checked as state.json's tenants are.
+std::string cluster_settings_to_text(uint32_t weight, const qos::Limits& limits);
+std::optional<std::string> cluster_settings_from_text(const std::string& text, uint32_t& weight, qos::Limits& limits);
+// The capacity cluster tenants share: {"limits": {...}}.
+std::string cluster_capacity_to_text(const qos::Limits& limits);
+std::optional<std::string> cluster_capacity_from_text(const std::string& text, qos::Limits& limits);
+
 }  // namespace ioband::control

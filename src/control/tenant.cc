@@ -12,6 +12,7 @@ constexpr std::pair<std::string_view, TenantCommand::Verb> kVerbs[] = {
     {"create", TenantCommand::Verb::create}, {"set", TenantCommand::Verb::set},
     {"attach", TenantCommand::Verb::attach}, {"detach", TenantCommand::Verb::detach},
     {"remove", TenantCommand::Verb::remove}, {"list", TenantCommand::Verb::list},
+    {"capacity", TenantCommand::Verb::capacity},
 };
 
 std::string quoted(std::string_view text) { return "\"" + std::string(text) + "\""; }
@@ -42,7 +43,7 @@ std::string check_tenant_name(std::string_view name) {
 }
 
 std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, TenantCommand& out) {
-  if (args.empty()) return Error::bad_usage("tenant needs a VERB (create set attach detach remove list)", usage_of("tenant"));
+  if (args.empty()) return Error::bad_usage("tenant needs a VERB (create set attach detach remove list capacity)", usage_of("tenant"));
   TenantCommand command;
   bool known = false;
   for (const auto& [name, verb] : kVerbs) {
@@ -52,11 +53,25 @@ std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, 
     }
   }
   if (!known) {
-    return Error::bad_usage("tenant: unknown verb " + quoted(args[0]) + " (create set attach detach remove list)",
+    return Error::bad_usage("tenant: unknown verb " + quoted(args[0]) + " (create set attach detach remove list capacity)",
                             usage_of("tenant"));
   }
   const std::string usage = usage_of("tenant", args[0]);
   const std::string prefix = "tenant " + args[0] + ": ";
+  if (command.verb == TenantCommand::Verb::capacity) {
+    // No NAME: the capacity every cluster tenant shares, shown or set.
+    if (args.size() > 2) return Error::bad_usage(prefix + "unexpected argument \"" + args[2] + "\"", usage);
+    if (args.size() == 2) {
+      if (args[1] == "none") {
+        command.clear_limits = true;
+      } else if (auto error = parse_limit_items(args[1], usage, command.limits)) {
+        error->message = prefix + error->message;
+        return error;
+      }
+    }
+    out = std::move(command);
+    return std::nullopt;
+  }
   size_t i = 1;
   if (i < args.size()) {
     command.name = args[i++];
@@ -75,13 +90,21 @@ std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, 
   while (i < args.size()) {
     const std::string& word = args[i++];
     if (!settings) return Error::bad_usage(prefix + "unexpected argument " + quoted(word), usage);
-    if (word != "weight" && (word != "limit" || command.verb == TenantCommand::Verb::attach)) {
-      return Error::bad_usage(prefix + "unknown setting " + quoted(word) +
-                                  (command.verb == TenantCommand::Verb::attach ? " (weight)" : " (weight, limit)"),
-                              usage);
+    const bool attach = command.verb == TenantCommand::Verb::attach;
+    if (word != "weight" && (attach || (word != "limit" && word != "cluster"))) {
+      return Error::bad_usage(
+          prefix + "unknown setting " + quoted(word) + (attach ? " (weight)" : " (weight, limit, cluster)"), usage);
     }
     if (i == args.size()) return Error::bad_usage(prefix + word + " needs a value", usage);
     const std::string& value = args[i++];
+    if (word == "cluster") {
+      if (command.cluster) return Error::bad_usage(prefix + "cluster is given twice", usage);
+      if (value != "on" && value != "off") {
+        return Error::bad_usage(prefix + "cluster is on or off, not " + quoted(value), usage);
+      }
+      command.cluster = value == "on";
+      continue;
+    }
     if (word == "weight") {
       if (command.weight) return Error::bad_usage(prefix + "weight is given twice", usage);
       std::string_view text = value;
@@ -109,8 +132,9 @@ std::optional<Error> parse_tenant_command(const std::vector<std::string>& args, 
       return error;
     }
   }
-  if (command.verb == TenantCommand::Verb::set && !command.weight && command.limits.empty() && !command.clear_limits) {
-    return Error::bad_usage(prefix + "nothing to set (weight, limit)", usage);
+  if (command.verb == TenantCommand::Verb::set && !command.weight && command.limits.empty() && !command.clear_limits &&
+      !command.cluster) {
+    return Error::bad_usage(prefix + "nothing to set (weight, limit, cluster)", usage);
   }
   out = std::move(command);
   return std::nullopt;

@@ -2,12 +2,13 @@
 // style of dm-ioband's message verbs (VERB ARG, weights as [ID:]VAL, limits
 // as QEMU's KEY=VAL list):
 //
-//   tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]]
-//   tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none]
+//   tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]] [cluster on|off]
+//   tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none] [cluster on|off]
 //   tenant attach NAME DEVICE [weight W]
 //   tenant detach NAME DEVICE
 //   tenant remove NAME
 //   tenant list [NAME]
+//   tenant capacity [KEY=VAL[,KEY=VAL...]|none]   (cluster tenants' shared capacity)
 //
 // Pure parsing into values; the engine (engine_tenant.cc) checks them
 // against the model. Errors name what was wrong and carry the verb's usage.
@@ -25,7 +26,7 @@
 namespace ioband::control {
 
 struct TenantCommand {
-  enum class Verb { create, set, attach, detach, remove, list };
+  enum class Verb { create, set, attach, detach, remove, list, capacity };
   Verb verb = Verb::list;
   std::string name;    // the tenant (list: may be empty)
   std::string device;  // attach, detach
@@ -33,6 +34,7 @@ struct TenantCommand {
   std::optional<std::string> weight_device;    // set weight DEVICE:W: the device whose weight in the tenant changes
   std::vector<std::pair<std::string, uint64_t>> limits;  // KEY=VAL in order
   bool clear_limits = false;                   // limit none
+  std::optional<bool> cluster;                 // create, set: cluster on|off
 };
 
 // Parses the words after "tenant" (the verb first).

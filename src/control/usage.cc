@@ -20,7 +20,7 @@ constexpr Entry kCommands[] = {
     {"table", "iobandctl table [--target ioband] [NAME]"},
     {"status", "iobandctl status [--target ioband] [NAME]"},
     {"targets", "iobandctl targets"},
-    {"tenant", "iobandctl tenant VERB NAME [ARG...]  (VERB: create set attach detach remove list)"},
+    {"tenant", "iobandctl tenant VERB NAME [ARG...]  (VERB: create set attach detach remove list capacity)"},
     {"top", "iobandctl top [--batch N] [--json] [--interval SECONDS] [--sort KEY] [--reverse]"},
 };
 
@@ -42,12 +42,13 @@ constexpr Entry kMessageVerbs[] = {
 };
 
 constexpr Entry kTenantVerbs[] = {
-    {"create", "iobandctl tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]]"},
-    {"set", "iobandctl tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none]"},
+    {"create", "iobandctl tenant create NAME [weight W] [limit KEY=VAL[,KEY=VAL...]] [cluster on|off]"},
+    {"set", "iobandctl tenant set NAME [weight [DEVICE:]W] [limit KEY=VAL[,KEY=VAL...]|none] [cluster on|off]"},
     {"attach", "iobandctl tenant attach NAME DEVICE [weight W]"},
     {"detach", "iobandctl tenant detach NAME DEVICE"},
     {"remove", "iobandctl tenant remove NAME"},
     {"list", "iobandctl tenant list [NAME]"},
+    {"capacity", "iobandctl tenant capacity [KEY=VAL[,KEY=VAL...]|none]"},
 };
 
 constexpr std::pair<std::string_view, std::string_view> kHelp[] = {
@@ -260,6 +261,21 @@ used exactly. A limit set on a tenant holds for all its devices together
   detach NAME DEVICE                           DEVICE goes back under the device group
   remove NAME                                  its devices go back under the device group
   list [NAME]                                  every tenant, or NAME: weight, devices, limit
+  create|set NAME ... cluster on               cluster-wide (iobandd --etcd URL --node NAME):
+                                               weight and limit live in etcd, set and shown
+                                               from any node; the limit holds for the
+                                               tenant's devices on every node together, each
+                                               node enforcing a share that follows where the
+                                               I/O is (docs/cluster.md). On a node joining a
+                                               tenant etcd already has, create NAME cluster
+                                               on takes etcd's weight and limit.
+  set NAME cluster off                         this node stops following etcd (keeps the
+                                               last weight and limit, as its own)
+  capacity [KEY=VAL,...|none]                  a capacity (QEMU's keys) the cluster tenants
+                                               share by weight across every node: each
+                                               active one gets W / (sum of the active W)
+                                               of it, on top of its own limit; shown
+                                               without an argument
 
 A device outside every tenant behaves as without tenants. status --json shows
 for every tenant, device and group its configured share (weight over all its
@@ -267,6 +283,10 @@ siblings' weights) and effective share (over the active siblings'), of its
 parent and of the whole storage ("path"), each tenant's limit state, and
 every reservation against what it was served.
 Removing a device takes it out of its tenant. Tenants are saved in state.json.
+A cluster tenant's "cluster" in status --json and list --json: this node's
+share, demand and usage, the tenant's cluster-wide rate, the nodes taking
+part, and the etcd connection (live, fail-static, equal-split). remove
+takes a cluster tenant off this node only; its settings stay in etcd.
 
 Example:
   iobandctl tenant create acme weight 300 limit iops-total=2000,iops-total-max=4000
@@ -275,6 +295,8 @@ Example:
   iobandctl tenant set acme weight vm2:50
   iobandctl tenant list
   acme: weight 300 devices vm1:200,vm2:50 limit iops-total=2000,iops-total-max=4000
+  iobandctl tenant create web limit iops-total=3000 cluster on     # on node a
+  iobandctl tenant create web cluster on                           # on node b: joins
 )"},
     {"top",
      R"(A live view of every ioband device and group, refreshed every second (like

@@ -95,6 +95,7 @@ void ControlServer::run() {
     // Out of descriptors: the backlog waits rather than the thread spinning.
     const bool accepting = !accept_pause_.paused(Clock::now());
     if (!accepting) next = std::min(next, accept_pause_.until());
+    if (tick_) next = std::min(next, next_tick_);
     fds.push_back({listen_fd_, static_cast<short>(accepting ? POLLIN : 0), 0});
     fds.push_back({wake_fd_, POLLIN, 0});
     for (const auto& c : clients_) {
@@ -122,6 +123,10 @@ void ControlServer::run() {
     // Clients first, in the order they were polled; a client accepted now
     // is polled on the next round.
     const Clock::time_point now = Clock::now();
+    if (tick_ && now >= next_tick_ && !stopping_) {
+      tick_();
+      next_tick_ = now + tick_every_;
+    }
     const size_t polled = fds.size() - 2;
     for (size_t i = 0; i < polled && i < clients_.size(); ++i) {
       Client& c = *clients_[i];

@@ -48,6 +48,12 @@ class ControlServer {
   // "" or a sentence.
   std::string listen(const std::string& path);
   void start();
+  // Runs `tick` on the control thread every `every` (cluster tenants: the
+  // engine samples load and applies shares there). Before start().
+  void set_tick(std::chrono::milliseconds every, std::function<void()> tick) {
+    tick_every_ = every;
+    tick_ = std::move(tick);
+  }
   // Signal-safe from a reactor: no new commands are read, a calibration
   // under way is cancelled; returns at once.
   void stop_accepting() noexcept;
@@ -101,6 +107,9 @@ class ControlServer {
   uint64_t refused_ = 0;
   io::AcceptPause accept_pause_;  // descriptors ran out
   RateLimitedLog refusal_log_;                           // clients past kMaxControlClients
+  std::chrono::milliseconds tick_every_{0};
+  std::function<void()> tick_;
+  Clock::time_point next_tick_{};
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

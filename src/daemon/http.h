@@ -41,6 +41,8 @@ inline constexpr const char* kChartJsPaths[] = {"/usr/share/javascript/chart.js/
 class HttpServer {
  public:
   HttpServer(DaemonPlatform& platform, const nbd::ExportRegistry& exports);
+  // /metrics also shows the cluster tenants (iobandd --etcd). Before start().
+  void set_cluster(const cluster::Agent* agent) noexcept { collector_.set_cluster(agent); }
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -17,6 +17,7 @@
 #include "control/export_spec.h"
 #include "daemon/control_server.h"
 #include "daemon/limit_options.h"
+#include "daemon/cluster_options.h"
 #include "daemon/http.h"
 #include "daemon/platform.h"
 #include "daemon/state_lock.h"
@@ -176,6 +177,8 @@ int main(int argc, char** argv) {
                  "serve /metrics (Prometheus), /api/stats (JSON) and a live dashboard at / on HOST:PORT, "
                  "read-only, e.g. 127.0.0.1:9180 or [::1]:9180, or on a Unix socket: unix:PATH or a path starting "
                  "with / (mode 0660); off unless given");
+  daemon::ClusterOptions cluster_options;
+  daemon::add_cluster_options(app, cluster_options);
   app.set_version_flag("--version", std::string("iobandd ") + kVersion);
   try {
     app.parse(argc, argv);
@@ -334,7 +337,15 @@ int main(int argc, char** argv) {
 
   daemon::DaemonPlatform platform(reactor_ptrs, exports, server);
   platform.set_image_locks(image_locks);
+  std::string cluster_error;
+  std::unique_ptr<cluster::Agent> cluster_agent = daemon::make_cluster_agent(cluster_options, cluster_error);
+  if (!cluster_error.empty()) {
+    std::cerr << "iobandd: " << cluster_error << "\n";
+    return 2;
+  }
+  if (cluster_agent) cluster_agent->start();
   control::Engine engine(platform.make(), state_path);
+  engine.set_cluster(cluster_agent.get());
   if (auto error = engine.restore(strict); !error.empty()) {
     std::cerr << "iobandd: " << error << "\n";
     return 1;
@@ -344,7 +355,9 @@ int main(int argc, char** argv) {
     std::cerr << "iobandd: --control " << error << "\n";
     return 1;
   }
+  if (cluster_agent) control.set_tick(control::Engine::kClusterSample, [&engine] { engine.cluster_tick(); });
   daemon::HttpServer http(platform, exports);
+  http.set_cluster(cluster_agent.get());
   if (!http_address.empty()) {
     if (auto error = http.start(http_address); !error.empty()) {
       std::cerr << "iobandd: --http " << error << "\n";
@@ -418,6 +431,9 @@ int main(int argc, char** argv) {
   }
   http.stop();  // its scrapes wait for reactors that no longer answer
   for (auto& w : workers) w.join();
+  // From now on the control thread's calls (a cluster tick under way) run
+  // inline: no reactor is left to take them.
+  platform.set_running(false);
   for (auto& r : reactors) r->run_leftovers();
   control.stop();
   log_line("stopped");

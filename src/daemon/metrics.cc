@@ -328,7 +328,38 @@ std::string to_json(const Snapshot& snapshot) {
 }
 
 std::vector<MetricFamily> MetricsCollector::Collect() const {
-  return to_metric_families(gather(platform_, exports_, std::chrono::seconds(2)));
+  std::vector<MetricFamily> families = to_metric_families(gather(platform_, exports_, std::chrono::seconds(2)));
+  if (cluster_ != nullptr) add_cluster_families(families, cluster_->options().node, cluster_->snapshot());
+  return families;
+}
+
+void add_cluster_families(std::vector<MetricFamily>& families, const std::string& node,
+                          const cluster::Agent::Snapshot& snapshot) {
+  Families f;
+  f.gauge("ioband_cluster_etcd_connected", "1 if this node's last exchange with etcd succeeded, else 0",
+          {{"node", node}}, snapshot.connected ? 1 : 0);
+  f.counter("ioband_cluster_etcd_failures_total", "Exchanges with etcd that failed (every endpoint tried)",
+            {{"node", node}}, static_cast<double>(snapshot.failures));
+  for (cluster::ShareMode mode : {cluster::ShareMode::alone, cluster::ShareMode::live, cluster::ShareMode::fail_static,
+                                  cluster::ShareMode::equal_split}) {
+    f.gauge("ioband_cluster_mode", "1 for how this node decides its shares now (live, fail-static, equal-split, alone)",
+            {{"node", node}, {"mode", std::string(cluster::to_string(mode))}}, snapshot.mode == mode ? 1 : 0);
+  }
+  f.gauge("ioband_cluster_nodes", "Nodes seen alive at the last read of etcd", {{"node", node}},
+          static_cast<double>(snapshot.nodes.size()));
+  for (const auto& [tenant, share] : snapshot.tenants) {
+    const std::vector<ClientMetric::Label> labels = {{"node", node}, {"tenant", tenant}};
+    const cluster::TenantLoad load = snapshot.loads.contains(tenant) ? snapshot.loads.at(tenant) : cluster::TenantLoad{};
+    f.gauge("ioband_cluster_tenant_share", "This node's share of the cluster tenant's limit (0..1)", labels, share.share);
+    f.gauge("ioband_cluster_tenant_demand", "The tenant's requests queued or in flight on this node, mean over a period",
+            labels, load.demand);
+    f.gauge("ioband_cluster_tenant_usage_iops", "The tenant's requests completed per second on this node", labels,
+            load.usage);
+    f.gauge("ioband_cluster_tenant_rate_iops", "The tenant's requests completed per second on every node together",
+            labels, share.cluster_usage);
+    f.gauge("ioband_cluster_tenant_nodes", "Nodes taking part in the tenant", labels, static_cast<double>(share.nodes));
+  }
+  for (MetricFamily& family : f.take()) families.push_back(std::move(family));
 }
 
 }  // namespace ioband::daemon

@@ -17,6 +17,7 @@
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
+#include "cluster/agent.h"
 #include "nbd/export.h"
 #include "qos/device_group.h"
 
@@ -72,6 +73,11 @@ std::string group_label(qos::GroupId id);
 
 std::vector<prometheus::MetricFamily> to_metric_families(const Snapshot& snapshot);
 std::string to_json(const Snapshot& snapshot);
+// Cluster tenants (iobandd --etcd): this node's share, demand and usage of
+// each, the cluster-wide rate, and the etcd connection, from the agent's
+// snapshot (no reactor is asked).
+void add_cluster_families(std::vector<prometheus::MetricFamily>& families, const std::string& node,
+                          const cluster::Agent::Snapshot& snapshot);
 
 // The Prometheus side: each Collect() takes a fresh snapshot.
 class MetricsCollector final : public prometheus::Collectable {
@@ -79,10 +85,12 @@ class MetricsCollector final : public prometheus::Collectable {
   MetricsCollector(DaemonPlatform& platform, const nbd::ExportRegistry& exports)
       : platform_(platform), exports_(exports) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
+  void set_cluster(const cluster::Agent* agent) noexcept { cluster_ = agent; }
 
  private:
   DaemonPlatform& platform_;
   const nbd::ExportRegistry& exports_;
+  const cluster::Agent* cluster_ = nullptr;
 };
 
 }  // namespace ioband::daemon

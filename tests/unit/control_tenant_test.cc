@@ -38,6 +38,11 @@ TEST(TenantLanguage, Parses) {
   ASSERT_EQ(parse_tenant_command(words("list"), c), std::nullopt);
   EXPECT_EQ(c.verb, TenantCommand::Verb::list);
   EXPECT_EQ(c.name, "");
+  ASSERT_EQ(parse_tenant_command(words("create web limit iops-total=3000 cluster on"), c), std::nullopt);
+  EXPECT_EQ(c.cluster, true);
+  ASSERT_EQ(parse_tenant_command(words("set web cluster off"), c), std::nullopt);
+  EXPECT_EQ(c.cluster, false);
+  EXPECT_FALSE(c.weight);
 }
 
 TEST(TenantLanguage, RefusesWithTheReasonAndTheVerbsUsage) {
@@ -59,7 +64,11 @@ TEST(TenantLanguage, RefusesWithTheReasonAndTheVerbsUsage) {
       {"attach acme vm1 limit iops-total=1", "unknown setting \"limit\" (weight)"},
       {"detach acme vm1 weight 5", "unexpected argument \"weight\""},
       {"remove acme now", "unexpected argument \"now\""},
-      {"set acme", "nothing to set"},
+      {"set acme", "nothing to set (weight, limit, cluster)"},
+      {"create acme cluster", "cluster needs a value"},
+      {"create acme cluster yes", "cluster is on or off, not \"yes\""},
+      {"set acme cluster on cluster off", "cluster is given twice"},
+      {"attach acme vm1 cluster on", "unknown setting \"cluster\" (weight)"},
       {"set acme weight :5", "the device name is empty"},
       {"create -acme", "the tenant name \"-acme\" starts with '-'"},
   };
@@ -78,6 +87,42 @@ json tenant(Client& client, const std::string& args) {
 }
 
 void ok(const json& reply) { ASSERT_TRUE(reply.value("ok", false)) << reply.dump(); }
+
+// A cluster tenant needs etcd: without --etcd, or with etcd unreachable, the
+// command is refused with the reason and nothing is saved.
+TEST(TenantEngine, ClusterOnIsRefusedWithoutEtcdAndNothingChanges) {
+  TempDir dir;
+  const std::string path = dir.file("state.json");
+  FakePlatform fake;
+  Engine engine(fake.platform(), path);
+  ASSERT_EQ(engine.restore(), "");
+  Client client{engine};
+  ok(client.create("vm1", "0 8 ioband /vmdisk/vm1.img 1"));
+  const std::string before = read_file(path);
+  json reply = tenant(client, "create web limit iops-total=3000 cluster on");
+  EXPECT_FALSE(reply.value("ok", true));
+  EXPECT_NE(reply.dump().find("needs iobandd started with --etcd"), std::string::npos) << reply.dump();
+  EXPECT_EQ(read_file(path), before);
+
+  cluster::AgentOptions options;
+  options.node = "a";
+  options.endpoints = {"http://127.0.0.1:1"};  // nothing listens there
+  options.etcd.connect_timeout = std::chrono::milliseconds(200);
+  cluster::Agent agent(options);
+  agent.start();
+  engine.set_cluster(&agent);
+  reply = tenant(client, "create web limit iops-total=3000 cluster on");
+  EXPECT_FALSE(reply.value("ok", true));
+  EXPECT_NE(reply.dump().find("etcd: http://127.0.0.1:1"), std::string::npos) << reply.dump();
+  EXPECT_EQ(read_file(path), before);
+  // A local tenant is not touched by etcd's absence; turning it cluster-wide is refused.
+  ok(tenant(client, "create web limit iops-total=3000"));
+  const std::string local = read_file(path);
+  reply = tenant(client, "set web cluster on");
+  EXPECT_FALSE(reply.value("ok", true));
+  EXPECT_EQ(read_file(path), local);
+  engine.set_cluster(nullptr);
+}
 
 TEST(TenantEngine, ReachesTheQosLayerIsSavedAndRestored) {
   TempDir dir;

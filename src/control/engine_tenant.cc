@@ -179,14 +179,14 @@ Reply Engine::tenant(const Request& request) {
         return refused("limit: latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
                        "not yet on a tenant");
       }
+      if ((command.cluster ? *command.cluster : after->cluster) && after->limits.reserves()) {
+        return refused("limit: a cluster tenant's reservation is not shared among the nodes yet; reserve on its "
+                       "devices (message NAME 0 limit reservation-iops=...) instead");
+      }
       if (command.cluster || after->cluster) {
         if (std::string why = cluster_command(command.name, command, before ? &*before : nullptr, *after); !why.empty()) {
           return refused(why);
         }
-      }
-      if (after->cluster && after->limits.reserves()) {
-        return refused("limit: a cluster tenant's reservation is not shared among the nodes yet; reserve on its "
-                       "devices (message NAME 0 limit reservation-iops=...) instead");
       }
       break;
     }

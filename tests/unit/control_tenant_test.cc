@@ -111,6 +111,11 @@ TEST(TenantEngine, ClusterOnIsRefusedWithoutEtcdAndNothingChanges) {
   cluster::Agent agent(options);
   agent.start();
   engine.set_cluster(&agent);
+  // A reservation is not shared among the nodes: refused before etcd is asked.
+  reply = tenant(client, "create web limit reservation-iops=500 cluster on");
+  EXPECT_FALSE(reply.value("ok", true));
+  EXPECT_NE(reply.dump().find("reservation is not shared among the nodes"), std::string::npos) << reply.dump();
+  EXPECT_EQ(read_file(path), before);
   reply = tenant(client, "create web limit iops-total=3000 cluster on");
   EXPECT_FALSE(reply.value("ok", true));
   EXPECT_NE(reply.dump().find("etcd: http://127.0.0.1:1"), std::string::npos) << reply.dump();

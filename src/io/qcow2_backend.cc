@@ -94,7 +94,8 @@ struct SubOp final : IoOp {
     kCompressed,  // read of a compressed cluster's bytes
     kTable,       // L2 table load
     kRefblock,    // refcount block load
-    kCowRead,     // allocation: the cluster's old content, read through this backend
+    kCowRead,     // allocation: the cluster's old content where the write does not reach
+    kCowPiece,    // one part of it (head or tail), read through this backend
     kAllocWrite,  // allocation: the new cluster written
     kMeta,        // flush: a metadata write or a sync
   } kind = Kind::kData;
@@ -111,6 +112,9 @@ struct SubOp final : IoOp {
   Mapping old;                 // what it replaces (freed if it held clusters)
   const uint8_t* src = nullptr;  // the write's bytes, nullptr: zeroes
   uint32_t from = 0, to = 0;     // the written range inside the cluster
+  SubOp* parent = nullptr;       // kCowPiece: its kCowRead
+  uint8_t pieces = 0;            // kCowRead: pieces still being read
+  int32_t piece_error = 0;       // kCowRead: the first piece's error
   void finish(int32_t result) noexcept override;
 };
 
@@ -199,6 +203,8 @@ class Qcow2Backend final : public Backend {
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {
     op.splice_fd = -1;
+    op.storage_io = {};
+    op.storage_io.set = true;
     reactor_ = &reactor;
     if (op.op == Op::kCache || (!writable_ && op.op != Op::kRead)) {
       const int32_t result = op.op == Op::kCache || op.op == Op::kFlush ? 0 : -EROFS;
@@ -206,7 +212,10 @@ class Qcow2Backend final : public Backend {
       return;
     }
     if (op.op == Op::kFlush) {
-      flush([&op](int rc) { op.finish(rc); });
+      flush([this, &op](int rc) {
+        bill(op);
+        op.finish(rc);
+      });
       return;
     }
     Job* job = take_job();
@@ -255,6 +264,7 @@ class Qcow2Backend final : public Backend {
       case SubOp::Kind::kRefblock: return refblock_loaded(sub, result);
       case SubOp::Kind::kMeta: return meta_done(sub, result);
       case SubOp::Kind::kCowRead: return cow_read_done(sub, result);
+      case SubOp::Kind::kCowPiece: return cow_piece_done(sub, result);
       case SubOp::Kind::kAllocWrite:
         if (result >= 0) return link(sub);
         free(sub.buffer);
@@ -263,6 +273,8 @@ class Qcow2Backend final : public Backend {
       case SubOp::Kind::kData: break;
       case SubOp::Kind::kBacking:
         if (result >= 0 && sub.skip < sub.piece) std::memset(sub.buffer + sub.skip, 0, sub.piece - sub.skip);
+        // A qcow2 backing image says what it read; a raw one read the piece.
+        job->op->storage_io += sub.storage_io.set ? sub.storage_io : IoOp::DeviceIo{1, 0, 0, sub.length, 0};
         break;
       case SubOp::Kind::kCompressed:
         if (result >= 0) result = inflated(sub);
@@ -302,6 +314,7 @@ class Qcow2Backend final : public Backend {
     s->kind = kind;
     s->flags = 0;
     s->op = Op::kRead;
+    s->storage_io = {};
     return s;
   }
   void release(SubOp& sub) { free_subs_.push_back(&sub); }
@@ -312,8 +325,12 @@ class Qcow2Backend final : public Backend {
     const int32_t result = job.error ? job.error : op.op == Op::kRead || op.op == Op::kWrite ? static_cast<int32_t>(op.length) : 0;
     const bool deferred = job.in_submit;
     free_jobs_.push_back(&job);
+    if (op.op != Op::kRead) bill(op);
     if (result >= 0 && op.op != Op::kRead && (op.flags & kFua)) {
-      return flush([&op, result](int rc) { op.finish(rc < 0 ? rc : result); });
+      return flush([this, &op, result](int rc) {
+        bill(op);
+        op.finish(rc < 0 ? rc : result);
+      });
     }
     // The caller does not expect its op finished inside its own submit().
     if (deferred) {
@@ -378,6 +395,7 @@ class Qcow2Backend final : public Backend {
   }
 
   void data_io(Job& job, Op kind, uint64_t host, uint8_t* buffer, uint32_t length) noexcept {
+    count_io(*job.op, kind, length);
     SubOp* s = take_sub(&job, SubOp::Kind::kData);
     s->op = kind;
     s->offset = host;
@@ -435,6 +453,18 @@ class Qcow2Backend final : public Backend {
     return zeroes_;
   }
 
+  // What reaches the storage for an op (the scheduler charges it: IoOp::storage_io).
+  static void count_io(IoOp& op, Op kind, uint64_t bytes) noexcept {
+    op.storage_io += kind == Op::kRead ? IoOp::DeviceIo{1, 0, 0, bytes, 0} : IoOp::DeviceIo{0, 1, 0, 0, bytes};
+  }
+  // The metadata written by flushes so far goes to `op`: the FLUSH or FUA
+  // write that waited for it, or else the next change to complete (the
+  // flushes the cache bound starts are the writers' doing, not the readers').
+  void bill(IoOp& op) noexcept {
+    op.storage_io += unbilled_;
+    unbilled_ = {};
+  }
+
   void relink(Job& job, uint64_t cluster, const Mapping& m, uint64_t entry) noexcept {
     const bool same = (entry == 0 && m.kind == Mapping::Kind::kUnallocated) ||
                       (entry == kZeroFlag && m.kind == Mapping::Kind::kZero && m.host == 0);
@@ -472,11 +502,31 @@ class Qcow2Backend final : public Backend {
     const uint64_t start = cluster << h_.cluster_bits;
     const uint64_t valid = std::min(cs, h_.size - start);
     std::memset(buffer + valid, 0, cs - valid);  // past the virtual size
-    if (s->from == 0 && s->to >= valid) return cow_read_done(*s, 0);  // all of it is new
-    s->offset = start;
-    s->length = static_cast<uint32_t>(valid);
-    s->op = Op::kRead;
-    submit(*reactor_, *s);  // through this backend: backing chain, zeroes, inflation
+    // What the write does not reach, before and after it, is read through
+    // this backend (backing chain, zeroes, inflation); the rest is new.
+    s->pieces = 0;
+    s->piece_error = 0;
+    if (s->from > 0) cow_piece(*s, 0, s->from);
+    if (s->to < valid) cow_piece(*s, s->to, static_cast<uint32_t>(valid));
+    if (s->pieces == 0) cow_read_done(*s, 0);
+  }
+
+  void cow_piece(SubOp& s, uint32_t from, uint32_t to) noexcept {
+    SubOp* piece = take_sub(s.job, SubOp::Kind::kCowPiece);
+    piece->parent = &s;
+    piece->offset = (s.cluster << h_.cluster_bits) + from;
+    piece->length = to - from;
+    piece->buffer = s.buffer + from;
+    ++s.pieces;
+    submit(*reactor_, *piece);  // finishes later, never inside (piece_done defers)
+  }
+
+  void cow_piece_done(SubOp& piece, int32_t result) noexcept {
+    SubOp& s = *piece.parent;
+    s.storage_io += piece.storage_io;
+    if (result < 0 && s.piece_error == 0) s.piece_error = result;
+    release(piece);
+    if (--s.pieces == 0) cow_read_done(s, s.piece_error);
   }
 
   void cow_read_done(SubOp& s, int32_t result) noexcept {
@@ -488,6 +538,7 @@ class Qcow2Backend final : public Backend {
       if (job->error == 0) job->error = result;
       return piece_done(*job);
     }
+    s.job->op->storage_io += s.storage_io;  // the read through this backend, if any
     if (s.src) {
       std::memcpy(s.buffer + s.from, s.src, s.to - s.from);
     } else {
@@ -498,6 +549,7 @@ class Qcow2Backend final : public Backend {
     s.offset = s.host;
     s.length = static_cast<uint32_t>(h_.cluster_size());
     s.flags = 0;
+    count_io(*s.job->op, Op::kWrite, s.length);
     file_->submit(*reactor_, s);
   }
 
@@ -527,7 +579,7 @@ class Qcow2Backend final : public Backend {
         auto retry = [this, &s](int rc) { rc < 0 ? link_failed(s, rc) : link(s); };
         if (it != tables_.end()) {
           it->second.waiters.push_back(retry);
-        } else if (start_load(table_offset, retry) < 0) {
+        } else if (start_load(table_offset, retry, *s.job->op) < 0) {
           link_failed(s, -ENOMEM);
         }
         return;
@@ -608,6 +660,7 @@ class Qcow2Backend final : public Backend {
       job.error = -ENOMEM;
       return;
     }
+    count_io(*job.op, Op::kRead, compressed);
     SubOp* s = take_sub(&job, SubOp::Kind::kCompressed);
     s->offset = m.host;
     s->length = static_cast<uint32_t>(compressed);
@@ -664,7 +717,7 @@ class Qcow2Backend final : public Backend {
           plan(*job);
         }
       };
-      if (it == tables_.end()) return start_load(table_offset, std::move(resume));
+      if (it == tables_.end()) return start_load(table_offset, std::move(resume), *job->op);
       it->second.waiters.push_back(std::move(resume));
       return -EAGAIN;
     }
@@ -766,10 +819,12 @@ class Qcow2Backend final : public Backend {
     for (uint64_t i = 0; i < entries.size(); ++i) entries[i] = qcow2::load_be64(raw + i * 8);
   }
 
-  // Reads the table on the ring; waiter runs when it is in. -EAGAIN, or -ENOMEM.
-  int start_load(uint64_t offset, Callback waiter) noexcept {
+  // Reads the table on the ring (charged to `cause`); waiter runs when it
+  // is in. -EAGAIN, or -ENOMEM.
+  int start_load(uint64_t offset, Callback waiter, IoOp& cause) noexcept {
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
     if (!buffer) return -ENOMEM;
+    count_io(cause, Op::kRead, h_.cluster_size());
     auto it = insert_table(offset);
     it->second.waiters.push_back(std::move(waiter));  // before submit: the read may fail inside it
     SubOp* s = take_sub(nullptr, SubOp::Kind::kTable);
@@ -942,6 +997,7 @@ class Qcow2Backend final : public Backend {
       return nullptr;
     }
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
+    unbilled_ += IoOp::DeviceIo{1, 0, 0, h_.cluster_size(), 0};
     SubOp* s = take_sub(nullptr, SubOp::Kind::kRefblock);
     s->offset = offset;
     s->length = static_cast<uint32_t>(h_.cluster_size());
@@ -994,6 +1050,7 @@ class Qcow2Backend final : public Backend {
       for (auto& [offset, bytes] : writes) {
         SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
         auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(bytes.size()));
+        unbilled_ += IoOp::DeviceIo{0, 1, 0, 0, bytes.size()};
         std::memcpy(buffer, bytes.data(), bytes.size());
         s->op = Op::kWrite;
         s->offset = offset;
@@ -1011,6 +1068,7 @@ class Qcow2Backend final : public Backend {
     stage_ = next_stage;
     stage_pending_ = 1;
     synced_ = true;
+    ++unbilled_.syncs;
     SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
     s->op = Op::kFlush;
     s->buffer = nullptr;
@@ -1217,6 +1275,7 @@ class Qcow2Backend final : public Backend {
   std::vector<SubOp*> deferred_links_;
   bool closing_ = false, count_step_sync_ = false;
   int close_error_ = 0;
+  IoOp::DeviceIo unbilled_;  // flush I/O not charged to a request yet (bill)
   RateLimitedLog corrupt_log_;
 };
 

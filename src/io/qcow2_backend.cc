@@ -43,9 +43,13 @@
 // end), so the tables a stage writes reference only clusters an earlier
 // stage counted. A cluster unlinked (trim, a write over a compressed
 // cluster) is freed only by the flush after the one that made its L2
-// entry durable, and freed clusters are never taken again (allocation is
-// at the end of the file), so a crash at any point leaves at worst leaked
-// clusters, which qemu-img check reports as leaks, not corruption.
+// entry durable (no reference to it is then left on disk). Once no data
+// operation that was in flight at its free can still touch it, it is taken
+// again before the end of the file grows (data and L2 tables; refcount
+// blocks and tables stay at the end), and counted 1 in stage 0 of the next
+// flush, before any stage writes a reference to it. So a crash at any point
+// leaves at worst leaked clusters, which qemu-img check reports as leaks,
+// not corruption.
 
 #include "io/qcow2_backend.h"
 
@@ -55,6 +59,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -115,6 +120,7 @@ struct SubOp final : IoOp {
   SubOp* parent = nullptr;       // kCowPiece: its kCowRead
   uint8_t pieces = 0;            // kCowRead: pieces still being read
   int32_t piece_error = 0;       // kCowRead: the first piece's error
+  uint8_t epoch = 0;             // kData, kCompressed: the epoch it started in (parity)
   void finish(int32_t result) noexcept override;
 };
 
@@ -270,13 +276,14 @@ class Qcow2Backend final : public Backend {
         free(sub.buffer);
         unbusy(sub.cluster);
         break;
-      case SubOp::Kind::kData: break;
+      case SubOp::Kind::kData: data_done(sub.epoch); break;
       case SubOp::Kind::kBacking:
         if (result >= 0 && sub.skip < sub.piece) std::memset(sub.buffer + sub.skip, 0, sub.piece - sub.skip);
         // A qcow2 backing image says what it read; a raw one read the piece.
         job->op->storage_io += sub.storage_io.set ? sub.storage_io : IoOp::DeviceIo{1, 0, 0, sub.length, 0};
         break;
       case SubOp::Kind::kCompressed:
+        data_done(sub.epoch);
         if (result >= 0) result = inflated(sub);
         free(sub.buffer);
         break;
@@ -402,6 +409,7 @@ class Qcow2Backend final : public Backend {
     s->length = length;
     s->buffer = buffer;
     s->flags = job.op->flags & kSequential;
+    s->epoch = data_started();
     ++job.pending;
     file_->submit(*reactor_, *s);
   }
@@ -495,7 +503,7 @@ class Qcow2Backend final : public Backend {
     s->from = static_cast<uint32_t>(pos & (cs - 1));
     s->to = static_cast<uint32_t>(s->from + (run_end - pos));
     s->buffer = buffer;
-    s->host = take_clusters(1);
+    s->host = take_cluster();
     s->entry = s->host | kCopied;
     busy_.insert(cluster);
     ++job.pending;
@@ -567,7 +575,7 @@ class Qcow2Backend final : public Backend {
     auto it = tables_.end();
     if (table_offset == 0) {
       // A new L2 table: counted at the next flush, written before L1 names it.
-      table_offset = take_clusters(1);
+      table_offset = take_cluster();
       it = insert_table(table_offset);
       it->second.entries.assign(h_.l2_entries(), 0);
       it->second.loaded = true;
@@ -621,6 +629,68 @@ class Qcow2Backend final : public Backend {
     for (Job* job : waiters) plan(*job);
   }
 
+  // A cluster for data or an L2 table: a freed one (the lowest) if any,
+  // else a new one at the end. A freed cluster has refcount 0 in memory and
+  // no reference on disk (its unlink was durable before it was freed), so
+  // it may be written at once; the next flush counts it (reused_) before
+  // the stage that writes a reference to it.
+  uint64_t take_cluster() noexcept {
+    if (free_runs_.empty()) return take_clusters(1);
+    auto run = free_runs_.begin();
+    const uint64_t offset = run->first, length = run->second;
+    free_runs_.erase(run);
+    if (length > h_.cluster_size()) free_runs_.emplace(offset + h_.cluster_size(), length - h_.cluster_size());
+    reused_.push_back(offset);
+    return offset;
+  }
+  // Guest reads and in-place writes go to host clusters with no lock; one
+  // still in flight when its cluster was unlinked (a write racing a trim of
+  // the same range) must not land in, or read, the cluster's next use. So
+  // a freed cluster waits in quarantine until every data operation that
+  // was in flight when it was freed is done: operations count in the
+  // epoch they start in (two counters, by parity); the epoch moves on when
+  // the one before it has drained, and a cluster freed in epoch e is free
+  // once the epoch is e + 2.
+  uint8_t data_started() noexcept {
+    const auto parity = static_cast<uint8_t>(epoch_ & 1);
+    ++data_inflight_[parity];
+    return parity;
+  }
+  void data_done(uint8_t parity) noexcept {
+    if (--data_inflight_[parity] == 0 && !quarantine_.empty()) advance_epoch();
+  }
+  void quarantine(uint64_t offset) {
+    quarantine_.push_back({epoch_, offset});
+    advance_epoch();
+  }
+  void advance_epoch() {
+    // At most twice: enough to free what was freed now when nothing is in flight.
+    for (int i = 0; i < 2 && data_inflight_[(epoch_ + 1) & 1] == 0 && !quarantine_.empty(); ++i) {
+      ++epoch_;
+      while (!quarantine_.empty() && quarantine_.front().first + 2 <= epoch_) {
+        add_free(quarantine_.front().second);
+        quarantine_.pop_front();
+      }
+    }
+  }
+
+  // Refcount 0 now: reusable (runs of neighbours kept as one).
+  void add_free(uint64_t offset) {
+    const uint64_t cs = h_.cluster_size();
+    uint64_t length = cs;
+    auto next = free_runs_.find(offset + cs);
+    if (next != free_runs_.end()) {
+      length += next->second;
+      free_runs_.erase(next);
+    }
+    auto prev = free_runs_.lower_bound(offset);
+    if (prev != free_runs_.begin() && std::prev(prev)->first + std::prev(prev)->second == offset) {
+      std::prev(prev)->second += length;
+      return;
+    }
+    free_runs_.emplace(offset, length);
+  }
+
   uint64_t take_clusters(uint64_t n) noexcept {
     const uint64_t offset = next_free_;
     next_free_ += n * h_.cluster_size();
@@ -669,6 +739,7 @@ class Qcow2Backend final : public Backend {
     s->skip = in_cluster;
     s->piece = length;
     s->host = m.host;
+    s->epoch = data_started();
     ++job.pending;
     file_->submit(*reactor_, *s);
   }
@@ -915,6 +986,23 @@ class Qcow2Backend final : public Backend {
       }
       b->dirty = true;
     }
+    // Freed clusters taken again since the last count: refcount 1.
+    while (!reused_.empty()) {
+      const uint64_t c = reused_.back() / cs;
+      const uint64_t group = c / per_block;
+      if (group >= rt_.size() || rt_[group] == 0) {
+        corrupt("reused cluster " + std::to_string(c) + " has no refcount block");
+        reused_.pop_back();
+        continue;
+      }
+      RefBlock* b = refblock(rt_[group]);
+      if (!b) return;  // loading: count_step runs again
+      uint16_t& count = b->counts[c % per_block];
+      if (count != 0) corrupt("reused cluster " + std::to_string(c) + " has a refcount");
+      count = 1;
+      b->dirty = true;
+      reused_.pop_back();
+    }
     while (!ready_frees_.empty()) {
       Extent64& e = ready_frees_.back();
       for (uint64_t c = e.offset / cs; c <= (e.offset + e.length - 1) / cs; ++c) {
@@ -936,6 +1024,7 @@ class Qcow2Backend final : public Backend {
         }
         --count;
         b.dirty = true;
+        if (count == 0 && !closing_ && (c + 1) * cs <= next_free_) quarantine(c * cs);
       }
       ready_frees_.pop_back();
     }
@@ -1264,6 +1353,11 @@ class Qcow2Backend final : public Backend {
   std::set<uint64_t> l1_dirty_;  // 64-entry chunks
   std::vector<Extent64> pending_frees_;  // unlinked; freed after the next flush
   std::vector<Extent64> ready_frees_;    // their unlink is durable
+  std::map<uint64_t, uint64_t> free_runs_;  // refcount 0: offset -> bytes, taken again first
+  std::vector<uint64_t> reused_;            // taken from free_runs_, not counted yet
+  std::deque<std::pair<uint64_t, uint64_t>> quarantine_;  // (epoch freed, offset): see data_started
+  uint64_t epoch_ = 0;
+  uint32_t data_inflight_[2] = {0, 0};
   size_t frees_at_start_ = 0;
   // The flush in progress:
   bool flushing_ = false;

@@ -85,6 +85,8 @@ class Qcow2Backend;
 // pieces on the storage, plus one while planning.
 struct Job {
   IoOp* op = nullptr;
+  const uint8_t* data = nullptr;  // a write's bytes: op->buffer, or `copy`
+  uint8_t* copy = nullptr;        // a write parked inside submit() keeps its own bytes (see traits)
   uint64_t next = 0;  // guest offset not planned yet
   uint32_t pending = 0;
   int32_t error = 0;
@@ -115,7 +117,6 @@ struct SubOp final : IoOp {
   uint64_t cluster = 0;        // guest cluster index
   uint64_t entry = 0;          // the new L2 entry
   Mapping old;                 // what it replaces (freed if it held clusters)
-  const uint8_t* src = nullptr;  // the write's bytes, nullptr: zeroes
   uint32_t from = 0, to = 0;     // the written range inside the cluster
   SubOp* parent = nullptr;       // kCowPiece: its kCowRead
   uint8_t pieces = 0;            // kCowRead: pieces still being read
@@ -196,7 +197,10 @@ class Qcow2Backend final : public Backend {
     // then done inline too); writes are not consumed inside submit(): an
     // allocating write copies its bytes after the copy-on-write read.
     t.memory_speed = t.memory_speed && (!backing_ || backing_->traits().memory_speed);
-    t.writes_consumed_below = 0;
+    // A write is consumed inside submit() when the file's are: in place it
+    // goes to the file, an allocation copies it into its new cluster, and
+    // one that waits (a table load, a cluster being allocated) copies it.
+    t.writes_consumed_below = file_->traits().writes_consumed_below;
     return t;
   }
   std::string describe() const override {
@@ -226,6 +230,8 @@ class Qcow2Backend final : public Backend {
     }
     Job* job = take_job();
     job->op = &op;
+    job->data = op.buffer;
+    job->copy = nullptr;
     job->next = op.offset;
     job->pending = 1;
     job->error = 0;
@@ -331,6 +337,8 @@ class Qcow2Backend final : public Backend {
     IoOp& op = *job.op;
     const int32_t result = job.error ? job.error : op.op == Op::kRead || op.op == Op::kWrite ? static_cast<int32_t>(op.length) : 0;
     const bool deferred = job.in_submit;
+    free(job.copy);
+    job.copy = nullptr;
     free_jobs_.push_back(&job);
     if (op.op != Op::kRead) bill(op);
     if (result >= 0 && op.op != Op::kRead && (op.flags & kFua)) {
@@ -355,13 +363,13 @@ class Qcow2Backend final : public Backend {
     const uint64_t cs = h_.cluster_size();
     while (job.next < end && job.error == 0) {
       const uint64_t pos = job.next;
-      if (op.op != Op::kRead && busy_.count(pos >> h_.cluster_bits)) {
+      if (op.op != Op::kRead && !busy_.empty() && busy_.count(pos >> h_.cluster_bits)) {
         busy_waiters_.push_back(&job);
-        return;
+        return parked(job);
       }
       Mapping m;
       const int rc = lookup(pos, m, &job);
-      if (rc == -EAGAIN) return;  // parked on a table load
+      if (rc == -EAGAIN) return parked(job);  // on a table load
       if (rc < 0) {
         job.error = rc;
         break;
@@ -371,7 +379,8 @@ class Qcow2Backend final : public Backend {
       if (op.op == Op::kRead || (op.op == Op::kWrite && m.kind == Mapping::Kind::kNormal)) {
         while (run_end < end && m.kind != Mapping::Kind::kCompressed) {
           Mapping n;
-          if ((op.op != Op::kRead && busy_.count(run_end >> h_.cluster_bits)) || lookup(run_end, n, nullptr) != 0 ||
+          if ((op.op != Op::kRead && !busy_.empty() && busy_.count(run_end >> h_.cluster_bits)) ||
+              lookup(run_end, n, nullptr) != 0 ||
               n.kind != m.kind) {
             break;
           }
@@ -387,6 +396,23 @@ class Qcow2Backend final : public Backend {
       job.next = run_end;
     }
     piece_done(job);
+  }
+
+  // A write that waits from inside submit() copies what it has not written
+  // yet: the caller may reuse its buffer once submit() returns (traits()).
+  void parked(Job& job) noexcept {
+    IoOp& op = *job.op;
+    if (!job.in_submit || op.op != Op::kWrite || job.copy) return;
+    const uint64_t done = job.next - op.offset;
+    job.copy = static_cast<uint8_t*>(malloc(std::max<uint64_t>(op.length - done, 1)));
+    if (!job.copy) {
+      // No memory: the caller's buffer is used (valid here unless the
+      // write came from its staging buffer, which memory-speed files only
+      // lend for writes that fit in the raw backend's inline limit).
+      return;
+    }
+    std::memcpy(job.copy, op.buffer + done, op.length - done);
+    job.data = job.copy - done;
   }
 
   void plan_read(Job& job, uint64_t pos, uint64_t run_end, const Mapping& m) noexcept {
@@ -429,10 +455,10 @@ class Qcow2Backend final : public Backend {
     switch (op.op) {
       case Op::kWrite:
         if (m.kind == Mapping::Kind::kNormal) {
-          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), op.buffer + (pos - op.offset),
+          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), const_cast<uint8_t*>(job.data) + (pos - op.offset),
                          static_cast<uint32_t>(run_end - pos));
         }
-        return allocate(job, cluster, m, pos, run_end, op.buffer + (pos - op.offset));
+        return allocate(job, cluster, m, pos, run_end, job.data + (pos - op.offset));
       case Op::kWriteZeroes:
         if (whole && can_unmap && !(op.flags & kNoHole)) return relink(job, cluster, m, unmapped);
         if (m.kind == Mapping::Kind::kNormal) {
@@ -499,7 +525,6 @@ class Qcow2Backend final : public Backend {
     SubOp* s = take_sub(&job, SubOp::Kind::kCowRead);
     s->cluster = cluster;
     s->old = m;
-    s->src = src;
     s->from = static_cast<uint32_t>(pos & (cs - 1));
     s->to = static_cast<uint32_t>(s->from + (run_end - pos));
     s->buffer = buffer;
@@ -510,6 +535,13 @@ class Qcow2Backend final : public Backend {
     const uint64_t start = cluster << h_.cluster_bits;
     const uint64_t valid = std::min(cs, h_.size - start);
     std::memset(buffer + valid, 0, cs - valid);  // past the virtual size
+    // The write's bytes now (the caller may reuse its buffer once submit()
+    // returns); the head and tail come in around them.
+    if (src) {
+      std::memcpy(buffer + s->from, src, s->to - s->from);
+    } else {
+      std::memset(buffer + s->from, 0, s->to - s->from);
+    }
     // What the write does not reach, before and after it, is read through
     // this backend (backing chain, zeroes, inflation); the rest is new.
     s->pieces = 0;
@@ -547,11 +579,6 @@ class Qcow2Backend final : public Backend {
       return piece_done(*job);
     }
     s.job->op->storage_io += s.storage_io;  // the read through this backend, if any
-    if (s.src) {
-      std::memcpy(s.buffer + s.from, s.src, s.to - s.from);
-    } else {
-      std::memset(s.buffer + s.from, 0, s.to - s.from);
-    }
     s.kind = SubOp::Kind::kAllocWrite;
     s.op = Op::kWrite;
     s.offset = s.host;
@@ -697,6 +724,11 @@ class Qcow2Backend final : public Backend {
     return offset;
   }
   uint64_t file_end() const noexcept { return writable_ ? std::max(next_free_, file_size_) : file_size_; }
+  // Where the last whole cluster of the file starts (0: none past the first).
+  uint64_t last_cluster() const noexcept {
+    const uint64_t end = file_end();
+    return end >= h_.cluster_size() ? end - h_.cluster_size() : 0;
+  }
 
   void read_backing(Job& job, uint64_t pos, uint8_t* buffer, uint32_t length) noexcept {
     const uint32_t from_backing =
@@ -828,6 +860,15 @@ class Qcow2Backend final : public Backend {
   int table_of(uint64_t pos, uint64_t& table_offset) noexcept {
     const uint64_t index = pos / h_.l2_span();
     if (index >= l1_.size()) return 0;
+    // The usual entry, decoded here (a few instructions on every request);
+    // anything else goes through the format's full check.
+    const uint64_t l1 = l1_[index];
+    const uint64_t offset = l1 & qcow2::kOffsetMask;
+    if ((l1 & ~(kCopied | qcow2::kOffsetMask)) == 0 && (offset & (h_.cluster_size() - 1)) == 0 && offset != 0 &&
+        offset <= last_cluster()) {
+      table_offset = offset;
+      return 1;
+    }
     std::string error;
     table_offset = qcow2::decode_l1(l1_[index], h_, error);
     if (!error.empty()) {
@@ -844,6 +885,15 @@ class Qcow2Backend final : public Backend {
 
   int entry_at(const std::vector<uint64_t>& entries, uint64_t pos, Mapping& m) noexcept {
     const uint64_t entry = entries[(pos >> h_.cluster_bits) & (h_.l2_entries() - 1)];
+    // An allocated cluster inside the file: decoded here, as in table_of.
+    const uint64_t host = entry & qcow2::kOffsetMask;
+    if ((entry & ~(kCopied | qcow2::kOffsetMask)) == 0 && (host & (h_.cluster_size() - 1)) == 0 && host != 0 &&
+        host <= last_cluster()) {
+      m.kind = Mapping::Kind::kNormal;
+      m.host = host;
+      m.compressed = 0;
+      return 0;
+    }
     if (std::string why = qcow2::decode_l2(entry, h_, m); !why.empty()) {
       corrupt(why);
       return -EIO;
@@ -879,7 +929,9 @@ class Qcow2Backend final : public Backend {
     }
   }
 
-  void touch(Table& t) noexcept { lru_.splice(lru_.begin(), lru_, t.lru); }
+  void touch(Table& t) noexcept {
+    if (t.lru != lru_.begin()) lru_.splice(lru_.begin(), lru_, t.lru);
+  }
   void mark_dirty(Table& t) noexcept {
     if (!t.dirty) ++dirty_tables_;
     t.dirty = true;

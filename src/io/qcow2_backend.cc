@@ -167,7 +167,8 @@ class Qcow2Backend final : public Backend {
         backing_(std::move(p.backing)),
         backing_size_(backing_ ? backing_->size() : 0),
         max_tables_(std::max<uint64_t>(2, p.cache_bytes / h_.cluster_size())),
-        writable_(p.writable) {
+        writable_(p.writable),
+        chain_in_memory_(file_->traits().memory_speed && (!backing_ || backing_->traits().memory_speed)) {
     const uint64_t cs = h_.cluster_size();
     next_free_ = counted_end_ = (file_size_ + cs - 1) & ~(cs - 1);
     rt_offset_ = h_.refcount_table_offset;
@@ -544,19 +545,28 @@ class Qcow2Backend final : public Backend {
     }
     // What the write does not reach, before and after it, is read through
     // this backend (backing chain, zeroes, inflation); the rest is new.
+    // On a device, one read of both (as QEMU does) costs less than two:
+    // it goes to a scratch cluster, and the head and tail are copied out.
     s->pieces = 0;
     s->piece_error = 0;
-    if (s->from > 0) cow_piece(*s, 0, s->from);
-    if (s->to < valid) cow_piece(*s, s->to, static_cast<uint32_t>(valid));
+    const auto end = static_cast<uint32_t>(valid);
+    if (s->from > 0 && s->to < end && !chain_in_memory_) {
+      auto* scratch = static_cast<uint8_t*>(aligned_alloc_or_null(cs));
+      if (scratch) return cow_piece(*s, 0, end, scratch);
+    }
+    if (s->from > 0) cow_piece(*s, 0, s->from, s->buffer);
+    if (s->to < end) cow_piece(*s, s->to, end, s->buffer + s->to);
     if (s->pieces == 0) cow_read_done(*s, 0);
   }
 
-  void cow_piece(SubOp& s, uint32_t from, uint32_t to) noexcept {
+  // [from, to) of the cluster read into `into`: the cluster buffer itself,
+  // or a scratch cluster (from 0 to the end, around the write).
+  void cow_piece(SubOp& s, uint32_t from, uint32_t to, uint8_t* into) noexcept {
     SubOp* piece = take_sub(s.job, SubOp::Kind::kCowPiece);
     piece->parent = &s;
     piece->offset = (s.cluster << h_.cluster_bits) + from;
     piece->length = to - from;
-    piece->buffer = s.buffer + from;
+    piece->buffer = into;
     ++s.pieces;
     submit(*reactor_, *piece);  // finishes later, never inside (piece_done defers)
   }
@@ -565,6 +575,13 @@ class Qcow2Backend final : public Backend {
     SubOp& s = *piece.parent;
     s.storage_io += piece.storage_io;
     if (result < 0 && s.piece_error == 0) s.piece_error = result;
+    if (piece.buffer != s.buffer + (piece.offset & (h_.cluster_size() - 1))) {  // a scratch cluster
+      if (result >= 0) {
+        std::memcpy(s.buffer, piece.buffer, s.from);
+        std::memcpy(s.buffer + s.to, piece.buffer + s.to, piece.length - s.to);
+      }
+      free(piece.buffer);
+    }
     release(piece);
     if (--s.pieces == 0) cow_read_done(s, s.piece_error);
   }
@@ -1382,6 +1399,7 @@ class Qcow2Backend final : public Backend {
   uint64_t backing_size_;
   uint64_t max_tables_;
   bool writable_;
+  bool chain_in_memory_;  // the file and the backing chain are memory-speed
   Reactor* reactor_ = nullptr;
   std::unordered_map<uint64_t, Table> tables_;
   std::list<uint64_t> lru_;

@@ -82,7 +82,10 @@ class Qcow2StorageIo : public ::testing::Test {
   IoOp::DeviceIo run(Op kind, uint64_t at, uint32_t len) {
     Reactor reactor(64);
     Op1 op(kind, at, len, reactor);
-    backend_->submit(reactor, op);
+    // Submitted from inside the loop: on a memory file system the file's
+    // operations complete through the reactor's deferred queue, which
+    // run() drains after each turn, not before its first wait.
+    reactor.defer_until_idle([&] { backend_->submit(reactor, op); });
     reactor.run();
     EXPECT_EQ(op.result, kind == Op::kRead || kind == Op::kWrite ? static_cast<int32_t>(len) : 0);
     EXPECT_TRUE(op.storage_io.set);
@@ -95,10 +98,21 @@ class Qcow2StorageIo : public ::testing::Test {
 
 TEST_F(Qcow2StorageIo, AllocatingWritesCostTheirCopyOnWriteAndAWholeCluster) {
   // 4 KiB into the middle of an unallocated cluster: what it does not
-  // write is read from the base (60 KiB), the whole cluster is written.
+  // write is read from the base, the whole cluster is written. On memory
+  // its head and tail (60 KiB, two reads); on a device one read of the
+  // cluster (one operation costs it less than two).
   IoOp::DeviceIo io = run(Op::kWrite, kCluster + 8192, 4096);
+  if (backend_->traits().memory_speed) {
+    EXPECT_EQ(io.reads, 2u);
+    EXPECT_EQ(io.read_bytes, kCluster - 4096u);
+  } else {
+    EXPECT_EQ(io.reads, 1u);
+    EXPECT_EQ(io.read_bytes, kCluster);
+  }
+  // Its head only (the write reaches the end): one read, 60 KiB.
+  io = run(Op::kWrite, 2 * kCluster + kCluster - 4096, 4096);
+  EXPECT_EQ(io.reads, 1u);
   EXPECT_EQ(io.read_bytes, kCluster - 4096u);
-  EXPECT_GE(io.reads, 1u);
   EXPECT_EQ(io.writes, 1u);
   EXPECT_EQ(io.write_bytes, kCluster);
   // The same cluster again: in place, only itself.

@@ -43,6 +43,20 @@ class IoOp : public Completion {
   // [offset, offset + length) of this file, for the caller to sendfile()
   // from (page references, no copy) while it is served.
   int splice_fd = -1;
+  // What reached the storage for this op, when a backend reports it (set:
+  // qcow2 counts its L2 table loads, copy-on-write reads, whole-cluster
+  // writes and a flush's metadata); unset, the op itself did. The
+  // scheduler charges the difference (nbd/scheduler.cc). Reset by submit.
+  struct DeviceIo {
+    uint32_t reads = 0, writes = 0, syncs = 0;
+    uint64_t read_bytes = 0, write_bytes = 0;
+    bool set = false;
+    DeviceIo& operator+=(const DeviceIo& o) noexcept {
+      reads += o.reads, writes += o.writes, syncs += o.syncs;
+      read_bytes += o.read_bytes, write_bytes += o.write_bytes;
+      return *this;
+    }
+  } storage_io;
 
   // Called exactly once per submit: result >= 0 on success, -errno on error.
   virtual void finish(int32_t result) noexcept = 0;

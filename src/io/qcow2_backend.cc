@@ -43,9 +43,13 @@
 // end), so the tables a stage writes reference only clusters an earlier
 // stage counted. A cluster unlinked (trim, a write over a compressed
 // cluster) is freed only by the flush after the one that made its L2
-// entry durable, and freed clusters are never taken again (allocation is
-// at the end of the file), so a crash at any point leaves at worst leaked
-// clusters, which qemu-img check reports as leaks, not corruption.
+// entry durable (no reference to it is then left on disk). Once no data
+// operation that was in flight at its free can still touch it, it is taken
+// again before the end of the file grows (data and L2 tables; refcount
+// blocks and tables stay at the end), and counted 1 in stage 0 of the next
+// flush, before any stage writes a reference to it. So a crash at any point
+// leaves at worst leaked clusters, which qemu-img check reports as leaks,
+// not corruption.
 
 #include "io/qcow2_backend.h"
 
@@ -55,6 +59,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -80,6 +85,8 @@ class Qcow2Backend;
 // pieces on the storage, plus one while planning.
 struct Job {
   IoOp* op = nullptr;
+  const uint8_t* data = nullptr;  // a write's bytes: op->buffer, or `copy`
+  uint8_t* copy = nullptr;        // a write parked inside submit() keeps its own bytes (see traits)
   uint64_t next = 0;  // guest offset not planned yet
   uint32_t pending = 0;
   int32_t error = 0;
@@ -94,7 +101,8 @@ struct SubOp final : IoOp {
     kCompressed,  // read of a compressed cluster's bytes
     kTable,       // L2 table load
     kRefblock,    // refcount block load
-    kCowRead,     // allocation: the cluster's old content, read through this backend
+    kCowRead,     // allocation: the cluster's old content where the write does not reach
+    kCowPiece,    // one part of it (head or tail), read through this backend
     kAllocWrite,  // allocation: the new cluster written
     kMeta,        // flush: a metadata write or a sync
   } kind = Kind::kData;
@@ -109,8 +117,11 @@ struct SubOp final : IoOp {
   uint64_t cluster = 0;        // guest cluster index
   uint64_t entry = 0;          // the new L2 entry
   Mapping old;                 // what it replaces (freed if it held clusters)
-  const uint8_t* src = nullptr;  // the write's bytes, nullptr: zeroes
   uint32_t from = 0, to = 0;     // the written range inside the cluster
+  SubOp* parent = nullptr;       // kCowPiece: its kCowRead
+  uint8_t pieces = 0;            // kCowRead: pieces still being read
+  int32_t piece_error = 0;       // kCowRead: the first piece's error
+  uint8_t epoch = 0;             // kData, kCompressed: the epoch it started in (parity)
   void finish(int32_t result) noexcept override;
 };
 
@@ -156,7 +167,8 @@ class Qcow2Backend final : public Backend {
         backing_(std::move(p.backing)),
         backing_size_(backing_ ? backing_->size() : 0),
         max_tables_(std::max<uint64_t>(2, p.cache_bytes / h_.cluster_size())),
-        writable_(p.writable) {
+        writable_(p.writable),
+        chain_in_memory_(file_->traits().memory_speed && (!backing_ || backing_->traits().memory_speed)) {
     const uint64_t cs = h_.cluster_size();
     next_free_ = counted_end_ = (file_size_ + cs - 1) & ~(cs - 1);
     rt_offset_ = h_.refcount_table_offset;
@@ -186,7 +198,10 @@ class Qcow2Backend final : public Backend {
     // then done inline too); writes are not consumed inside submit(): an
     // allocating write copies its bytes after the copy-on-write read.
     t.memory_speed = t.memory_speed && (!backing_ || backing_->traits().memory_speed);
-    t.writes_consumed_below = 0;
+    // A write is consumed inside submit() when the file's are: in place it
+    // goes to the file, an allocation copies it into its new cluster, and
+    // one that waits (a table load, a cluster being allocated) copies it.
+    t.writes_consumed_below = file_->traits().writes_consumed_below;
     return t;
   }
   std::string describe() const override {
@@ -199,6 +214,8 @@ class Qcow2Backend final : public Backend {
 
   void submit(Reactor& reactor, IoOp& op) noexcept override {
     op.splice_fd = -1;
+    op.storage_io = {};
+    op.storage_io.set = true;
     reactor_ = &reactor;
     if (op.op == Op::kCache || (!writable_ && op.op != Op::kRead)) {
       const int32_t result = op.op == Op::kCache || op.op == Op::kFlush ? 0 : -EROFS;
@@ -206,11 +223,16 @@ class Qcow2Backend final : public Backend {
       return;
     }
     if (op.op == Op::kFlush) {
-      flush([&op](int rc) { op.finish(rc); });
+      flush([this, &op](int rc) {
+        bill(op);
+        op.finish(rc);
+      });
       return;
     }
     Job* job = take_job();
     job->op = &op;
+    job->data = op.buffer;
+    job->copy = nullptr;
     job->next = op.offset;
     job->pending = 1;
     job->error = 0;
@@ -255,16 +277,20 @@ class Qcow2Backend final : public Backend {
       case SubOp::Kind::kRefblock: return refblock_loaded(sub, result);
       case SubOp::Kind::kMeta: return meta_done(sub, result);
       case SubOp::Kind::kCowRead: return cow_read_done(sub, result);
+      case SubOp::Kind::kCowPiece: return cow_piece_done(sub, result);
       case SubOp::Kind::kAllocWrite:
         if (result >= 0) return link(sub);
         free(sub.buffer);
         unbusy(sub.cluster);
         break;
-      case SubOp::Kind::kData: break;
+      case SubOp::Kind::kData: data_done(sub.epoch); break;
       case SubOp::Kind::kBacking:
         if (result >= 0 && sub.skip < sub.piece) std::memset(sub.buffer + sub.skip, 0, sub.piece - sub.skip);
+        // A qcow2 backing image says what it read; a raw one read the piece.
+        job->op->storage_io += sub.storage_io.set ? sub.storage_io : IoOp::DeviceIo{1, 0, 0, sub.length, 0};
         break;
       case SubOp::Kind::kCompressed:
+        data_done(sub.epoch);
         if (result >= 0) result = inflated(sub);
         free(sub.buffer);
         break;
@@ -302,6 +328,7 @@ class Qcow2Backend final : public Backend {
     s->kind = kind;
     s->flags = 0;
     s->op = Op::kRead;
+    s->storage_io = {};
     return s;
   }
   void release(SubOp& sub) { free_subs_.push_back(&sub); }
@@ -311,9 +338,15 @@ class Qcow2Backend final : public Backend {
     IoOp& op = *job.op;
     const int32_t result = job.error ? job.error : op.op == Op::kRead || op.op == Op::kWrite ? static_cast<int32_t>(op.length) : 0;
     const bool deferred = job.in_submit;
+    free(job.copy);
+    job.copy = nullptr;
     free_jobs_.push_back(&job);
+    if (op.op != Op::kRead) bill(op);
     if (result >= 0 && op.op != Op::kRead && (op.flags & kFua)) {
-      return flush([&op, result](int rc) { op.finish(rc < 0 ? rc : result); });
+      return flush([this, &op, result](int rc) {
+        bill(op);
+        op.finish(rc < 0 ? rc : result);
+      });
     }
     // The caller does not expect its op finished inside its own submit().
     if (deferred) {
@@ -331,13 +364,13 @@ class Qcow2Backend final : public Backend {
     const uint64_t cs = h_.cluster_size();
     while (job.next < end && job.error == 0) {
       const uint64_t pos = job.next;
-      if (op.op != Op::kRead && busy_.count(pos >> h_.cluster_bits)) {
+      if (op.op != Op::kRead && !busy_.empty() && busy_.count(pos >> h_.cluster_bits)) {
         busy_waiters_.push_back(&job);
-        return;
+        return parked(job);
       }
       Mapping m;
       const int rc = lookup(pos, m, &job);
-      if (rc == -EAGAIN) return;  // parked on a table load
+      if (rc == -EAGAIN) return parked(job);  // on a table load
       if (rc < 0) {
         job.error = rc;
         break;
@@ -347,7 +380,8 @@ class Qcow2Backend final : public Backend {
       if (op.op == Op::kRead || (op.op == Op::kWrite && m.kind == Mapping::Kind::kNormal)) {
         while (run_end < end && m.kind != Mapping::Kind::kCompressed) {
           Mapping n;
-          if ((op.op != Op::kRead && busy_.count(run_end >> h_.cluster_bits)) || lookup(run_end, n, nullptr) != 0 ||
+          if ((op.op != Op::kRead && !busy_.empty() && busy_.count(run_end >> h_.cluster_bits)) ||
+              lookup(run_end, n, nullptr) != 0 ||
               n.kind != m.kind) {
             break;
           }
@@ -365,6 +399,23 @@ class Qcow2Backend final : public Backend {
     piece_done(job);
   }
 
+  // A write that waits from inside submit() copies what it has not written
+  // yet: the caller may reuse its buffer once submit() returns (traits()).
+  void parked(Job& job) noexcept {
+    IoOp& op = *job.op;
+    if (!job.in_submit || op.op != Op::kWrite || job.copy) return;
+    const uint64_t done = job.next - op.offset;
+    job.copy = static_cast<uint8_t*>(malloc(std::max<uint64_t>(op.length - done, 1)));
+    if (!job.copy) {
+      // No memory: the caller's buffer is used (valid here unless the
+      // write came from its staging buffer, which memory-speed files only
+      // lend for writes that fit in the raw backend's inline limit).
+      return;
+    }
+    std::memcpy(job.copy, op.buffer + done, op.length - done);
+    job.data = job.copy - done;
+  }
+
   void plan_read(Job& job, uint64_t pos, uint64_t run_end, const Mapping& m) noexcept {
     IoOp& op = *job.op;
     uint8_t* buffer = op.buffer + (pos - op.offset);
@@ -378,12 +429,14 @@ class Qcow2Backend final : public Backend {
   }
 
   void data_io(Job& job, Op kind, uint64_t host, uint8_t* buffer, uint32_t length) noexcept {
+    count_io(*job.op, kind, length);
     SubOp* s = take_sub(&job, SubOp::Kind::kData);
     s->op = kind;
     s->offset = host;
     s->length = length;
     s->buffer = buffer;
     s->flags = job.op->flags & kSequential;
+    s->epoch = data_started();
     ++job.pending;
     file_->submit(*reactor_, *s);
   }
@@ -403,10 +456,10 @@ class Qcow2Backend final : public Backend {
     switch (op.op) {
       case Op::kWrite:
         if (m.kind == Mapping::Kind::kNormal) {
-          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), op.buffer + (pos - op.offset),
+          return data_io(job, Op::kWrite, m.host + (pos & (cs - 1)), const_cast<uint8_t*>(job.data) + (pos - op.offset),
                          static_cast<uint32_t>(run_end - pos));
         }
-        return allocate(job, cluster, m, pos, run_end, op.buffer + (pos - op.offset));
+        return allocate(job, cluster, m, pos, run_end, job.data + (pos - op.offset));
       case Op::kWriteZeroes:
         if (whole && can_unmap && !(op.flags & kNoHole)) return relink(job, cluster, m, unmapped);
         if (m.kind == Mapping::Kind::kNormal) {
@@ -435,6 +488,18 @@ class Qcow2Backend final : public Backend {
     return zeroes_;
   }
 
+  // What reaches the storage for an op (the scheduler charges it: IoOp::storage_io).
+  static void count_io(IoOp& op, Op kind, uint64_t bytes) noexcept {
+    op.storage_io += kind == Op::kRead ? IoOp::DeviceIo{1, 0, 0, bytes, 0} : IoOp::DeviceIo{0, 1, 0, 0, bytes};
+  }
+  // The metadata written by flushes so far goes to `op`: the FLUSH or FUA
+  // write that waited for it, or else the next change to complete (the
+  // flushes the cache bound starts are the writers' doing, not the readers').
+  void bill(IoOp& op) noexcept {
+    op.storage_io += unbilled_;
+    unbilled_ = {};
+  }
+
   void relink(Job& job, uint64_t cluster, const Mapping& m, uint64_t entry) noexcept {
     const bool same = (entry == 0 && m.kind == Mapping::Kind::kUnallocated) ||
                       (entry == kZeroFlag && m.kind == Mapping::Kind::kZero && m.host == 0);
@@ -461,22 +526,64 @@ class Qcow2Backend final : public Backend {
     SubOp* s = take_sub(&job, SubOp::Kind::kCowRead);
     s->cluster = cluster;
     s->old = m;
-    s->src = src;
     s->from = static_cast<uint32_t>(pos & (cs - 1));
     s->to = static_cast<uint32_t>(s->from + (run_end - pos));
     s->buffer = buffer;
-    s->host = take_clusters(1);
+    s->host = take_cluster();
     s->entry = s->host | kCopied;
     busy_.insert(cluster);
     ++job.pending;
     const uint64_t start = cluster << h_.cluster_bits;
     const uint64_t valid = std::min(cs, h_.size - start);
     std::memset(buffer + valid, 0, cs - valid);  // past the virtual size
-    if (s->from == 0 && s->to >= valid) return cow_read_done(*s, 0);  // all of it is new
-    s->offset = start;
-    s->length = static_cast<uint32_t>(valid);
-    s->op = Op::kRead;
-    submit(*reactor_, *s);  // through this backend: backing chain, zeroes, inflation
+    // The write's bytes now (the caller may reuse its buffer once submit()
+    // returns); the head and tail come in around them.
+    if (src) {
+      std::memcpy(buffer + s->from, src, s->to - s->from);
+    } else {
+      std::memset(buffer + s->from, 0, s->to - s->from);
+    }
+    // What the write does not reach, before and after it, is read through
+    // this backend (backing chain, zeroes, inflation); the rest is new.
+    // On a device, one read of both (as QEMU does) costs less than two:
+    // it goes to a scratch cluster, and the head and tail are copied out.
+    s->pieces = 0;
+    s->piece_error = 0;
+    const auto end = static_cast<uint32_t>(valid);
+    if (s->from > 0 && s->to < end && !chain_in_memory_) {
+      auto* scratch = static_cast<uint8_t*>(aligned_alloc_or_null(cs));
+      if (scratch) return cow_piece(*s, 0, end, scratch);
+    }
+    if (s->from > 0) cow_piece(*s, 0, s->from, s->buffer);
+    if (s->to < end) cow_piece(*s, s->to, end, s->buffer + s->to);
+    if (s->pieces == 0) cow_read_done(*s, 0);
+  }
+
+  // [from, to) of the cluster read into `into`: the cluster buffer itself,
+  // or a scratch cluster (from 0 to the end, around the write).
+  void cow_piece(SubOp& s, uint32_t from, uint32_t to, uint8_t* into) noexcept {
+    SubOp* piece = take_sub(s.job, SubOp::Kind::kCowPiece);
+    piece->parent = &s;
+    piece->offset = (s.cluster << h_.cluster_bits) + from;
+    piece->length = to - from;
+    piece->buffer = into;
+    ++s.pieces;
+    submit(*reactor_, *piece);  // finishes later, never inside (piece_done defers)
+  }
+
+  void cow_piece_done(SubOp& piece, int32_t result) noexcept {
+    SubOp& s = *piece.parent;
+    s.storage_io += piece.storage_io;
+    if (result < 0 && s.piece_error == 0) s.piece_error = result;
+    if (piece.buffer != s.buffer + (piece.offset & (h_.cluster_size() - 1))) {  // a scratch cluster
+      if (result >= 0) {
+        std::memcpy(s.buffer, piece.buffer, s.from);
+        std::memcpy(s.buffer + s.to, piece.buffer + s.to, piece.length - s.to);
+      }
+      free(piece.buffer);
+    }
+    release(piece);
+    if (--s.pieces == 0) cow_read_done(s, s.piece_error);
   }
 
   void cow_read_done(SubOp& s, int32_t result) noexcept {
@@ -488,16 +595,13 @@ class Qcow2Backend final : public Backend {
       if (job->error == 0) job->error = result;
       return piece_done(*job);
     }
-    if (s.src) {
-      std::memcpy(s.buffer + s.from, s.src, s.to - s.from);
-    } else {
-      std::memset(s.buffer + s.from, 0, s.to - s.from);
-    }
+    s.job->op->storage_io += s.storage_io;  // the read through this backend, if any
     s.kind = SubOp::Kind::kAllocWrite;
     s.op = Op::kWrite;
     s.offset = s.host;
     s.length = static_cast<uint32_t>(h_.cluster_size());
     s.flags = 0;
+    count_io(*s.job->op, Op::kWrite, s.length);
     file_->submit(*reactor_, s);
   }
 
@@ -515,7 +619,7 @@ class Qcow2Backend final : public Backend {
     auto it = tables_.end();
     if (table_offset == 0) {
       // A new L2 table: counted at the next flush, written before L1 names it.
-      table_offset = take_clusters(1);
+      table_offset = take_cluster();
       it = insert_table(table_offset);
       it->second.entries.assign(h_.l2_entries(), 0);
       it->second.loaded = true;
@@ -527,7 +631,7 @@ class Qcow2Backend final : public Backend {
         auto retry = [this, &s](int rc) { rc < 0 ? link_failed(s, rc) : link(s); };
         if (it != tables_.end()) {
           it->second.waiters.push_back(retry);
-        } else if (start_load(table_offset, retry) < 0) {
+        } else if (start_load(table_offset, retry, *s.job->op) < 0) {
           link_failed(s, -ENOMEM);
         }
         return;
@@ -569,12 +673,79 @@ class Qcow2Backend final : public Backend {
     for (Job* job : waiters) plan(*job);
   }
 
+  // A cluster for data or an L2 table: a freed one (the lowest) if any,
+  // else a new one at the end. A freed cluster has refcount 0 in memory and
+  // no reference on disk (its unlink was durable before it was freed), so
+  // it may be written at once; the next flush counts it (reused_) before
+  // the stage that writes a reference to it.
+  uint64_t take_cluster() noexcept {
+    if (free_runs_.empty()) return take_clusters(1);
+    auto run = free_runs_.begin();
+    const uint64_t offset = run->first, length = run->second;
+    free_runs_.erase(run);
+    if (length > h_.cluster_size()) free_runs_.emplace(offset + h_.cluster_size(), length - h_.cluster_size());
+    reused_.push_back(offset);
+    return offset;
+  }
+  // Guest reads and in-place writes go to host clusters with no lock; one
+  // still in flight when its cluster was unlinked (a write racing a trim of
+  // the same range) must not land in, or read, the cluster's next use. So
+  // a freed cluster waits in quarantine until every data operation that
+  // was in flight when it was freed is done: operations count in the
+  // epoch they start in (two counters, by parity); the epoch moves on when
+  // the one before it has drained, and a cluster freed in epoch e is free
+  // once the epoch is e + 2.
+  uint8_t data_started() noexcept {
+    const auto parity = static_cast<uint8_t>(epoch_ & 1);
+    ++data_inflight_[parity];
+    return parity;
+  }
+  void data_done(uint8_t parity) noexcept {
+    if (--data_inflight_[parity] == 0 && !quarantine_.empty()) advance_epoch();
+  }
+  void quarantine(uint64_t offset) {
+    quarantine_.push_back({epoch_, offset});
+    advance_epoch();
+  }
+  void advance_epoch() {
+    // At most twice: enough to free what was freed now when nothing is in flight.
+    for (int i = 0; i < 2 && data_inflight_[(epoch_ + 1) & 1] == 0 && !quarantine_.empty(); ++i) {
+      ++epoch_;
+      while (!quarantine_.empty() && quarantine_.front().first + 2 <= epoch_) {
+        add_free(quarantine_.front().second);
+        quarantine_.pop_front();
+      }
+    }
+  }
+
+  // Refcount 0 now: reusable (runs of neighbours kept as one).
+  void add_free(uint64_t offset) {
+    const uint64_t cs = h_.cluster_size();
+    uint64_t length = cs;
+    auto next = free_runs_.find(offset + cs);
+    if (next != free_runs_.end()) {
+      length += next->second;
+      free_runs_.erase(next);
+    }
+    auto prev = free_runs_.lower_bound(offset);
+    if (prev != free_runs_.begin() && std::prev(prev)->first + std::prev(prev)->second == offset) {
+      std::prev(prev)->second += length;
+      return;
+    }
+    free_runs_.emplace(offset, length);
+  }
+
   uint64_t take_clusters(uint64_t n) noexcept {
     const uint64_t offset = next_free_;
     next_free_ += n * h_.cluster_size();
     return offset;
   }
   uint64_t file_end() const noexcept { return writable_ ? std::max(next_free_, file_size_) : file_size_; }
+  // Where the last whole cluster of the file starts (0: none past the first).
+  uint64_t last_cluster() const noexcept {
+    const uint64_t end = file_end();
+    return end >= h_.cluster_size() ? end - h_.cluster_size() : 0;
+  }
 
   void read_backing(Job& job, uint64_t pos, uint8_t* buffer, uint32_t length) noexcept {
     const uint32_t from_backing =
@@ -608,6 +779,7 @@ class Qcow2Backend final : public Backend {
       job.error = -ENOMEM;
       return;
     }
+    count_io(*job.op, Op::kRead, compressed);
     SubOp* s = take_sub(&job, SubOp::Kind::kCompressed);
     s->offset = m.host;
     s->length = static_cast<uint32_t>(compressed);
@@ -616,6 +788,7 @@ class Qcow2Backend final : public Backend {
     s->skip = in_cluster;
     s->piece = length;
     s->host = m.host;
+    s->epoch = data_started();
     ++job.pending;
     file_->submit(*reactor_, *s);
   }
@@ -664,7 +837,7 @@ class Qcow2Backend final : public Backend {
           plan(*job);
         }
       };
-      if (it == tables_.end()) return start_load(table_offset, std::move(resume));
+      if (it == tables_.end()) return start_load(table_offset, std::move(resume), *job->op);
       it->second.waiters.push_back(std::move(resume));
       return -EAGAIN;
     }
@@ -704,6 +877,15 @@ class Qcow2Backend final : public Backend {
   int table_of(uint64_t pos, uint64_t& table_offset) noexcept {
     const uint64_t index = pos / h_.l2_span();
     if (index >= l1_.size()) return 0;
+    // The usual entry, decoded here (a few instructions on every request);
+    // anything else goes through the format's full check.
+    const uint64_t l1 = l1_[index];
+    const uint64_t offset = l1 & qcow2::kOffsetMask;
+    if ((l1 & ~(kCopied | qcow2::kOffsetMask)) == 0 && (offset & (h_.cluster_size() - 1)) == 0 && offset != 0 &&
+        offset <= last_cluster()) {
+      table_offset = offset;
+      return 1;
+    }
     std::string error;
     table_offset = qcow2::decode_l1(l1_[index], h_, error);
     if (!error.empty()) {
@@ -720,6 +902,15 @@ class Qcow2Backend final : public Backend {
 
   int entry_at(const std::vector<uint64_t>& entries, uint64_t pos, Mapping& m) noexcept {
     const uint64_t entry = entries[(pos >> h_.cluster_bits) & (h_.l2_entries() - 1)];
+    // An allocated cluster inside the file: decoded here, as in table_of.
+    const uint64_t host = entry & qcow2::kOffsetMask;
+    if ((entry & ~(kCopied | qcow2::kOffsetMask)) == 0 && (host & (h_.cluster_size() - 1)) == 0 && host != 0 &&
+        host <= last_cluster()) {
+      m.kind = Mapping::Kind::kNormal;
+      m.host = host;
+      m.compressed = 0;
+      return 0;
+    }
     if (std::string why = qcow2::decode_l2(entry, h_, m); !why.empty()) {
       corrupt(why);
       return -EIO;
@@ -755,7 +946,9 @@ class Qcow2Backend final : public Backend {
     }
   }
 
-  void touch(Table& t) noexcept { lru_.splice(lru_.begin(), lru_, t.lru); }
+  void touch(Table& t) noexcept {
+    if (t.lru != lru_.begin()) lru_.splice(lru_.begin(), lru_, t.lru);
+  }
   void mark_dirty(Table& t) noexcept {
     if (!t.dirty) ++dirty_tables_;
     t.dirty = true;
@@ -766,10 +959,12 @@ class Qcow2Backend final : public Backend {
     for (uint64_t i = 0; i < entries.size(); ++i) entries[i] = qcow2::load_be64(raw + i * 8);
   }
 
-  // Reads the table on the ring; waiter runs when it is in. -EAGAIN, or -ENOMEM.
-  int start_load(uint64_t offset, Callback waiter) noexcept {
+  // Reads the table on the ring (charged to `cause`); waiter runs when it
+  // is in. -EAGAIN, or -ENOMEM.
+  int start_load(uint64_t offset, Callback waiter, IoOp& cause) noexcept {
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
     if (!buffer) return -ENOMEM;
+    count_io(cause, Op::kRead, h_.cluster_size());
     auto it = insert_table(offset);
     it->second.waiters.push_back(std::move(waiter));  // before submit: the read may fail inside it
     SubOp* s = take_sub(nullptr, SubOp::Kind::kTable);
@@ -860,6 +1055,23 @@ class Qcow2Backend final : public Backend {
       }
       b->dirty = true;
     }
+    // Freed clusters taken again since the last count: refcount 1.
+    while (!reused_.empty()) {
+      const uint64_t c = reused_.back() / cs;
+      const uint64_t group = c / per_block;
+      if (group >= rt_.size() || rt_[group] == 0) {
+        corrupt("reused cluster " + std::to_string(c) + " has no refcount block");
+        reused_.pop_back();
+        continue;
+      }
+      RefBlock* b = refblock(rt_[group]);
+      if (!b) return;  // loading: count_step runs again
+      uint16_t& count = b->counts[c % per_block];
+      if (count != 0) corrupt("reused cluster " + std::to_string(c) + " has a refcount");
+      count = 1;
+      b->dirty = true;
+      reused_.pop_back();
+    }
     while (!ready_frees_.empty()) {
       Extent64& e = ready_frees_.back();
       for (uint64_t c = e.offset / cs; c <= (e.offset + e.length - 1) / cs; ++c) {
@@ -881,6 +1093,7 @@ class Qcow2Backend final : public Backend {
         }
         --count;
         b.dirty = true;
+        if (count == 0 && !closing_ && (c + 1) * cs <= next_free_) quarantine(c * cs);
       }
       ready_frees_.pop_back();
     }
@@ -942,6 +1155,7 @@ class Qcow2Backend final : public Backend {
       return nullptr;
     }
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
+    unbilled_ += IoOp::DeviceIo{1, 0, 0, h_.cluster_size(), 0};
     SubOp* s = take_sub(nullptr, SubOp::Kind::kRefblock);
     s->offset = offset;
     s->length = static_cast<uint32_t>(h_.cluster_size());
@@ -994,6 +1208,7 @@ class Qcow2Backend final : public Backend {
       for (auto& [offset, bytes] : writes) {
         SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
         auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(bytes.size()));
+        unbilled_ += IoOp::DeviceIo{0, 1, 0, 0, bytes.size()};
         std::memcpy(buffer, bytes.data(), bytes.size());
         s->op = Op::kWrite;
         s->offset = offset;
@@ -1011,6 +1226,7 @@ class Qcow2Backend final : public Backend {
     stage_ = next_stage;
     stage_pending_ = 1;
     synced_ = true;
+    ++unbilled_.syncs;
     SubOp* s = take_sub(nullptr, SubOp::Kind::kMeta);
     s->op = Op::kFlush;
     s->buffer = nullptr;
@@ -1183,6 +1399,7 @@ class Qcow2Backend final : public Backend {
   uint64_t backing_size_;
   uint64_t max_tables_;
   bool writable_;
+  bool chain_in_memory_;  // the file and the backing chain are memory-speed
   Reactor* reactor_ = nullptr;
   std::unordered_map<uint64_t, Table> tables_;
   std::list<uint64_t> lru_;
@@ -1206,6 +1423,11 @@ class Qcow2Backend final : public Backend {
   std::set<uint64_t> l1_dirty_;  // 64-entry chunks
   std::vector<Extent64> pending_frees_;  // unlinked; freed after the next flush
   std::vector<Extent64> ready_frees_;    // their unlink is durable
+  std::map<uint64_t, uint64_t> free_runs_;  // refcount 0: offset -> bytes, taken again first
+  std::vector<uint64_t> reused_;            // taken from free_runs_, not counted yet
+  std::deque<std::pair<uint64_t, uint64_t>> quarantine_;  // (epoch freed, offset): see data_started
+  uint64_t epoch_ = 0;
+  uint32_t data_inflight_[2] = {0, 0};
   size_t frees_at_start_ = 0;
   // The flush in progress:
   bool flushing_ = false;
@@ -1217,6 +1439,7 @@ class Qcow2Backend final : public Backend {
   std::vector<SubOp*> deferred_links_;
   bool closing_ = false, count_step_sync_ = false;
   int close_error_ = 0;
+  IoOp::DeviceIo unbilled_;  // flush I/O not charged to a request yet (bill)
   RateLimitedLog corrupt_log_;
 };
 

@@ -19,6 +19,11 @@ void DeviceGroupDriver::enqueue(NbdRequest& request) noexcept {
 
 void DeviceGroupDriver::complete(NbdRequest& request, bool failed) noexcept {
   const qos::TimePoint now = reactor_.now();
+  // A backend that did more than the request (qcow2: metadata, copy-on-write)
+  // says what; the group's share is charged for it.
+  if (const io::IoOp::DeviceIo& io = request.storage_io; io.set) {
+    group_.charge_device_io(&request, {io.reads, io.writes, io.syncs, io.read_bytes, io.write_bytes}, now);
+  }
   group_.complete(&request, now, failed);
   pump(now);
 }

@@ -820,6 +820,43 @@ struct DeviceGroup::Impl {
     }
   }
 
+  void charge_device_io(const Request& request, const DeviceIo& done, Nanos now) noexcept {
+    assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::in_flight) &&
+           "charge_device_io: the request is not in flight");
+    Group& group = *request.scheduler.group;
+    // `done` priced as requests of the device model: n operations moving
+    // b bytes cost as n of b / n each (the model is affine in bytes).
+    Cost order_cost = 0;
+    double device_ns = 0;
+    auto price = [&](Direction direction, OpKind op, std::uint32_t count, std::uint64_t bytes) {
+      Request part;
+      part.device = request.device;
+      part.direction = direction;
+      part.op_kind = op;
+      part.sequential = request.sequential;  // as the request was priced: only what it did more counts
+      for (std::uint32_t i = 0; i < count; ++i) {
+        part.bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(bytes / count + (i < bytes % count), UINT32_MAX));
+        order_cost += policy->cost_of(part);
+        device_ns += settings.cost.device_ns(part);
+      }
+    };
+    price(Direction::read, OpKind::read, done.reads, done.read_bytes);
+    price(Direction::write, OpKind::write, done.writes, done.write_bytes);
+    price(Direction::write, OpKind::flush, done.syncs, 0);
+    const Cost charged = policy->cost_of(request);
+    const double charged_ns = settings.cost.device_ns(request);
+    if (order_cost <= charged) return;
+    const bool rebase_now = policy->charge_more(group, order_cost - charged);
+    if (group.extras && group.extras->reserve.active() && device_ns > charged_ns) {
+      group.extras->reserve.charge(device_ns - charged_ns, false, now);
+    }
+    Device& device = *group.device;
+    if (group.head != nullptr && is_ready(group)) device.ready.update(group.slot, policy->key(group));
+    if (group.head != nullptr && reserved(group)) device.reserved.update(group.extras.get(), reservation_key(group));
+    update_device(device);
+    if (rebase_now) rebase();
+  }
+
   void complete(Request& request, Nanos now, bool failed) noexcept {
     assert(request.scheduler.state == static_cast<std::uint8_t>(RequestState::in_flight) &&
            "complete: the request is not in flight");
@@ -1551,6 +1588,9 @@ void DeviceGroup::enqueue(Request* request, TimePoint now) noexcept { impl_->enq
 Decision DeviceGroup::next(TimePoint now) noexcept { return impl_->next(to_nanos(now)); }
 void DeviceGroup::complete(Request* request, TimePoint now, bool failed) noexcept {
   impl_->complete(*request, to_nanos(now), failed);
+}
+void DeviceGroup::charge_device_io(Request* request, const DeviceIo& done, TimePoint now) noexcept {
+  impl_->charge_device_io(*request, done, to_nanos(now));
 }
 bool DeviceGroup::cancel(Request* request) noexcept { return impl_->cancel(*request); }
 

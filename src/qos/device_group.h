@@ -109,6 +109,14 @@ struct LatencyTargetStatus {
   std::uint64_t missed_epochs = 0;
 };
 
+// What the storage really did for one request, when that is more than the
+// request itself: a qcow2 image's L2 table loads, copy-on-write reads,
+// whole-cluster writes, and the metadata writes and syncs of a flush.
+struct DeviceIo {
+  std::uint32_t reads = 0, writes = 0, syncs = 0;
+  std::uint64_t read_bytes = 0, write_bytes = 0;
+};
+
 class DeviceGroup {
  public:
   DeviceGroup();
@@ -235,6 +243,12 @@ class DeviceGroup {
   // A dispatched request finished on the storage (`failed`: with an error;
   // counted in observation()).
   void complete(Request* request, TimePoint now, bool failed = false) noexcept;
+  // Before complete(): the storage did `done` for the in-flight request.
+  // Its group's share (the order, a reservation) is charged what `done`
+  // costs beyond what the request was charged at dispatch, never less (a
+  // read of a hole keeps its charge). Limits are not: they count what the
+  // clients ask.
+  void charge_device_io(Request* request, const DeviceIo& done, TimePoint now) noexcept;
   // Takes a still-queued request out (its client went away). False if it
   // is not queued (already dispatched, or never enqueued).
   bool cancel(Request* request) noexcept;

@@ -78,9 +78,13 @@ class FairOrder : public OrderPolicy {
     if (Tenant* tenant = group.device->tree.tenant) {
       tenant->vtime = std::max(tenant_vtime(*tenant, vtime_, rebases_), group.vtime);
     }
+    return charge_more(group, settings_.cost.of(request));
+  }
+  Cost cost_of(const Request& request) const noexcept override { return settings_.cost.of(request); }
+  bool charge_more(Group& group, Cost cost) noexcept override {
     // Under a tenant: the group's effective weight in the tree (tree.h).
     const DeviceNode& node = group.device->tree;
-    const Cost cost = settings_.cost.of(request);
+    cost = std::min(cost, kMaxCost);
     group.vtime += node.tenant == nullptr ? FairPolicy::advance(cost, group.weight)
                                           : tree_advance(cost, group.weight, node);
     return group.vtime > kVtimeRebase;

@@ -74,6 +74,13 @@ class OrderPolicy {
   // clock nears its range; the device group then calls rebase() for every
   // group, rebased(), and rebuilds every key.
   virtual bool charge(Group& group, const Request& request, Rule rule, Nanos now) noexcept = 0;
+  // What charge() charges `request` under the order (its unit).
+  virtual Cost cost_of(const Request& request) const noexcept = 0;
+  // The storage did more for a dispatched request of `group` than it was
+  // charged (a qcow2 image's metadata and copy-on-write reads): `cost` more,
+  // in cost_of()'s unit, without moving the order's clock. True: rebase, as
+  // for charge().
+  virtual bool charge_more(Group& group, Cost cost) noexcept = 0;
   virtual void rebase(Group& group) noexcept { (void)group; }
   virtual void rebased() noexcept {}
   // A weight, the pool, carryover or the set of groups changed. True: every

@@ -197,6 +197,14 @@ class WeightOrder final : public OrderPolicy {
     WeightPolicy::add_consumed(group, static_cast<Cost>(cost));
     return false;
   }
+  Cost cost_of(const Request& request) const noexcept override { return weight_cost(policy_, request.bytes); }
+  bool charge_more(Group& group, Cost cost) noexcept override {
+    const auto more = static_cast<std::int64_t>(std::min(cost, kMaxCost));
+    if (group.tokens > 0 && group.tokens - more <= 0 && dominant_ == &group) dominant_ = nullptr;
+    group.tokens -= more;
+    WeightPolicy::add_consumed(group, cost);
+    return false;
+  }
 
   // dm-ioband refills every group when a weight or the pool changes: queued
   // groups now (the device group calls start()), idle ones lazily when they

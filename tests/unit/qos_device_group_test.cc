@@ -524,6 +524,61 @@ TEST(FairPolicy, ReturningGroupGetsNoCreditAndNoDebt) {
   EXPECT_NEAR(twos, 5, 1);
 }
 
+// Two groups of equal weight both write 4 KiB at a time, one window slot:
+// each completion reports what the storage did (a qcow2 image: group 1's
+// writes all allocate, a copy-on-write read and a whole 64 KiB cluster;
+// group 2's overwrite in place, or read a hole). Returns group 1's share
+// of `rounds` dispatches.
+double share_with_storage_io(Policy policy, const DeviceIo& io1, const DeviceIo& io2, int rounds = 2000) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);
+  g.set_model_learning(false);
+  Pool pool;
+  EXPECT_TRUE(g.set_policy(policy));
+  EXPECT_TRUE(g.set_io_throttle(0));
+  EXPECT_TRUE(g.set_io_limit(1));
+  EXPECT_TRUE(g.add_device(0));
+  EXPECT_TRUE(g.attach(0, 1));
+  EXPECT_TRUE(g.attach(0, 2));
+  for (int i = 0; i < rounds; ++i) {
+    g.enqueue(pool.make(0, 1, 4096, Direction::write), kStart);
+    g.enqueue(pool.make(0, 2, 4096, Direction::write), kStart);
+  }
+  int ones = 0;
+  TimePoint now = kStart;
+  for (int i = 0; i < rounds; ++i) {
+    Decision d = g.next(now);
+    EXPECT_EQ(d.kind, Decision::Kind::dispatch);
+    if (d.kind != Decision::Kind::dispatch) break;
+    const bool one = d.request->group == 1;
+    ones += one;
+    now += microseconds(100);
+    g.charge_device_io(d.request, one ? io1 : io2, now);
+    g.complete(d.request, now);
+  }
+  return static_cast<double>(ones) / rounds;
+}
+
+TEST(FairPolicy, StorageIoBeyondTheRequestIsChargedToItsGroup) {
+  const DeviceIo allocating{1, 1, 0, 60 * 1024, 64 * 1024};
+  const DeviceIo in_place{0, 1, 0, 0, 4096};
+  const DeviceIo nothing{};  // a hole, or zeroes: no refund
+  // As asked: equal shares.
+  EXPECT_NEAR(share_with_storage_io(Policy::fair, in_place, in_place), 0.5, 0.01);
+  EXPECT_NEAR(share_with_storage_io(Policy::fair, in_place, nothing), 0.5, 0.01);
+  // Allocating writes cost the allocating group, in device time: a
+  // 60 KiB read and a 64 KiB write for each 4 KiB write of the other.
+  const double share = share_with_storage_io(Policy::fair, allocating, in_place);
+  const DeviceCosts costs = DeviceCosts::of(kDefaultDeviceModel);
+  const double one = costs.cost_ns(OpKind::read, 60 * 1024, false) + costs.cost_ns(OpKind::write, 64 * 1024, false);
+  const double two = costs.cost_ns(OpKind::write, 4096, false);
+  EXPECT_NEAR(share, two / (one + two), 0.01);
+  EXPECT_LT(share, 0.4);
+  // weight counts requests: two device operations for one.
+  EXPECT_NEAR(share_with_storage_io(Policy::weight, allocating, in_place), 1.0 / 3, 0.02);
+  EXPECT_NEAR(share_with_storage_io(Policy::weight, in_place, in_place), 0.5, 0.02);
+}
+
 TEST(FairPolicy, WeightChangeAppliesToTheNextDispatch) {
   DeviceGroup g;
   g.set_io_limit_auto(false);  // dm-ioband's fixed window

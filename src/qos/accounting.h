@@ -69,22 +69,19 @@ inline void count_dispatch(Group& group, const Request& request, Nanos now, std:
   const auto direction = static_cast<std::size_t>(request.direction);
   const std::size_t bucket = delay_bucket(std::chrono::nanoseconds(delay));
   const std::uint64_t sectors = sectors_of(request.bytes);
-  NarrowCounters::Dispatch& d = group.counters.dispatch;
-  if (overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay))) {
-    WideCounters& w = wide(group);
-    fold(group, w);
-    if (overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay))) {  // over 4 s alone
-      GroupCounters& to = w.dispatch;
-      to.read_requests += request.direction == Direction::read;
-      to.sectors[direction] += sectors;
-      to.delayed_requests[direction] += delayed;
-      to.delayed_nanos += static_cast<std::uint64_t>(delay);
-      ++to.delay_histogram[bucket];
-      return;
-    }
+  if (overflows(std::uint32_t{0}, static_cast<std::uint64_t>(delay))) {  // over 4.3 s: wide at once
+    GroupCounters& to = wide(group).dispatch;
+    to.read_requests += request.direction == Direction::read;
+    to.sectors[direction] += sectors;
+    to.delayed_requests[direction] += delayed;
+    to.delayed_nanos += static_cast<std::uint64_t>(delay);
+    ++to.delay_histogram[bucket];
+    return;
   }
-  if (overflows(d.sectors[direction], sectors) || overflows(d.read_requests, 1) ||
-      overflows(d.delayed_requests[direction], 1) || overflows(d.delay_histogram[bucket], 1)) {
+  NarrowCounters::Dispatch& d = group.counters.dispatch;
+  if (overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay)) || overflows(d.sectors[direction], sectors) ||
+      overflows(d.read_requests, 1) || overflows(d.delayed_requests[direction], 1) ||
+      overflows(d.delay_histogram[bucket], 1)) {
     fold(group, wide(group));
   }
   d.read_requests += request.direction == Direction::read;

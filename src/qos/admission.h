@@ -14,7 +14,12 @@
 //                  kOrderDepth are in flight (the storage stays busy). The
 //                  weights then hold at any window, the learned one free to
 //                  stay deep for the rate; a wait that runs out lets the
-//                  request go, counted as orderless (auto_window.h). Only
+//                  request go, counted as orderless (auto_window.h). A deep
+//                  group whose requests have all come back still holds its
+//                  places for kLinger (its client is off the CPU more often
+//                  than done: fio twice and iobandd on 2 cores), so the
+//                  others do not take them the moment it is away; those
+//                  waits are not counted against the window. Only
 //                  with io_limit auto: dm-ioband's fixed window keeps
 //                  dm-ioband's behaviour
 //   anticipation   a heavier shallow group holds lighter deep ones
@@ -40,6 +45,12 @@
 namespace ioband::qos::detail {
 
 class Admission {
+  struct Lingering {  // start_lingering
+    const Group* group;
+    Nanos until;
+    std::uint32_t claim;
+  };
+
  public:
   // ---- settings ----
   std::uint32_t io_throttle = kDefaultIoThrottle;
@@ -83,7 +94,10 @@ class Admission {
     if (auto_) window_.dispatched(orderless);
     anticipation_.dispatching(group, request, in_flight);
     if (deep(group.busy_peak)) {
-      if (group.in_flight == 0) become_busy_deep(group);
+      if (group.in_flight == 0) {
+        stop_lingering(group);
+        become_busy_deep(group);
+      }
       ++busy_deep_in_flight_;  // the caller counts it in group.in_flight next
     }
   }
@@ -91,6 +105,7 @@ class Admission {
   // A request of `group` was queued; `peak` was its busy_peak before.
   void queued(Group& group, std::uint8_t peak, bool anticipates, Nanos now) noexcept {
     if (group.in_flight > 0 && !deep(peak) && deep(group.busy_peak)) {
+      stop_lingering(group);
       become_busy_deep(group);
       busy_deep_in_flight_ += group.in_flight;
     }
@@ -108,12 +123,10 @@ class Admission {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
+    if (!lingering_.empty()) expire_lingering(now);
     if (deep(group.busy_peak)) {
       --busy_deep_in_flight_;
-      if (group.in_flight == 0) {
-        --busy_deep_groups_;
-        busy_deep_weight_ -= group.weight;
-      }
+      if (group.in_flight == 0) start_lingering(group, now);
     }
     if (!deep(group.busy_peak) && !group.retired && anticipates) {
       anticipation_.completed(group, request, in_flight - 1 - group.in_flight, now);
@@ -130,7 +143,8 @@ class Admission {
   // with `in_flight` in flight; `alone` as for orderless(). Within 1/32
   // of the others' places per unit of weight it goes.
   Nanos order_holds(const Group& group, bool alone, std::uint32_t in_flight, Nanos now) noexcept {
-    if (!auto_ || in_flight < kOrderDepth || !orderless(group, alone, 33, 32)) {
+    if (!lingering_.empty()) expire_lingering(now);
+    if (!auto_ || in_flight < kOrderDepth || !orderless(group, alone, 33, 32, true)) {
       order_wait_since_ = kNotWaiting;
       return 0;
     }
@@ -151,12 +165,22 @@ class Admission {
   // what its weight allows beside a deep group that cannot ask for more
   // (a 16-deep client at weight 80 whose 16 all sit in the storage) is not
   // disorder: shrinking the window there would only starve the storage.
-  bool orderless(const Group& group, bool alone, std::uint64_t num = 9, std::uint64_t den = 8) const noexcept {
+  // `claims`: lingering groups count, with their claims (the order wait);
+  // the window's count leaves them out (a client off the CPU is no sign of
+  // a window too deep).
+  bool orderless(const Group& group, bool alone, std::uint64_t num = 9, std::uint64_t den = 8,
+                 bool claims = false) const noexcept {
+    if (!alone) return false;
+    std::uint32_t self_claim = 0;
     const bool self_busy = group.in_flight > 0 && deep(group.busy_peak);
-    const bool others_busy = busy_deep_groups_ > (self_busy ? 1u : 0u);
-    if (!others_busy || !alone) return false;
-    const std::uint64_t others_weight = busy_deep_weight_ - (self_busy ? group.weight : 0);
-    const std::uint64_t others_in_flight = busy_deep_in_flight_ - (self_busy ? group.in_flight : 0);
+    const bool self_lingers = claims && !self_busy && lingers(group, &self_claim);
+    const bool self = self_busy || self_lingers;
+    const std::uint32_t groups = busy_deep_groups_ + (claims ? linger_groups_ : 0);
+    if (groups <= (self ? 1u : 0u)) return false;
+    const std::uint64_t others_weight =
+        busy_deep_weight_ + (claims ? linger_weight_ : 0) - (self ? group.weight : 0);
+    const std::uint64_t others_in_flight = busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
+                                           (self_busy ? group.in_flight : 0) - self_claim;
     // (n + 1) / w > (num / den) N / W, multiplied out.
     return (std::uint64_t{group.in_flight} + 1) * others_weight * den > others_in_flight * group.weight * num;
   }
@@ -164,11 +188,13 @@ class Admission {
   // The weight of `group` changes from `before` (it may be busy and deep).
   void weight_changed(const Group& group, std::uint32_t before) noexcept {
     if (group.in_flight > 0 && deep(group.busy_peak)) busy_deep_weight_ += std::uint64_t{group.weight} - before;
+    if (lingers(group)) linger_weight_ += std::uint64_t{group.weight} - before;
   }
 
   // A new policy: the anticipation starts afresh.
   void policy_changed() noexcept { anticipation_ = {}; }
   void forget(Group* group) noexcept {
+    stop_lingering(*group);
     anticipation_.forget(group);
     std::erase(held_, group);
   }
@@ -177,6 +203,9 @@ class Admission {
   // (in the simulator 0.2 to 5 ms gave the same cells, 50 us lost two).
   static constexpr Nanos kOrderWait = 500'000;
   static constexpr std::uint32_t kOrderDepth = 8;
+  // How long a deep group whose requests all came back still counts as
+  // busy, with its places claimed (a client off the CPU a moment).
+  static constexpr Nanos kLinger = 5'000'000;
 
   // A deep group: more than kLowDepth outstanding since it was last empty.
   static bool deep(std::uint8_t busy_peak) noexcept { return busy_peak > Anticipation::kLowDepth; }
@@ -189,9 +218,54 @@ class Admission {
   Anticipation anticipation_;
   std::vector<Group*> held_;  // parked by the anticipation
   std::vector<Group*> none_;  // always empty
+  std::vector<Lingering> lingering_;
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
+  }
+  // A deep group's last request came back: for kLinger it still counts as
+  // busy and deep, holding as many places as it had outstanding at most
+  // (its busy_peak), unless it sends again (stop_lingering) first. Its
+  // client is then most likely off the CPU, not done: without this the
+  // others take its places the moment its requests are back, and its
+  // share is gone for good (it cannot hold more than its depth after).
+  void start_lingering(const Group& group, Nanos now) noexcept {
+    --busy_deep_groups_;
+    busy_deep_weight_ -= group.weight;
+    if (group.retired) return;
+    lingering_.push_back({&group, now + kLinger, group.busy_peak});
+    ++linger_groups_;
+    linger_weight_ += group.weight;
+    linger_claim_ += group.busy_peak;
+  }
+  void stop_lingering(const Group& group) noexcept {
+    for (std::size_t i = 0; i < lingering_.size(); ++i) {
+      if (lingering_[i].group == &group) return end_lingering(i);
+    }
+  }
+  void end_lingering(std::size_t i) noexcept {
+    --linger_groups_;
+    linger_weight_ -= lingering_[i].group->weight;
+    linger_claim_ -= lingering_[i].claim;
+    lingering_[i] = lingering_.back();
+    lingering_.pop_back();
+  }
+  bool lingers(const Group& group, std::uint32_t* claim = nullptr) const noexcept {
+    for (const Lingering& l : lingering_) {
+      if (l.group != &group) continue;
+      if (claim) *claim = l.claim;
+      return true;
+    }
+    return false;
+  }
+  void expire_lingering(Nanos now) noexcept {
+    for (std::size_t i = 0; i < lingering_.size();) {
+      if (lingering_[i].until > now) {
+        ++i;
+        continue;
+      }
+      end_lingering(i);
+    }
   }
 
   static constexpr Nanos kNotWaiting = INT64_MIN;
@@ -200,6 +274,9 @@ class Admission {
   std::uint32_t busy_deep_groups_ = 0;     // groups with requests in flight that are deep
   std::uint64_t busy_deep_weight_ = 0;     // their weights
   std::uint64_t busy_deep_in_flight_ = 0;  // their requests in flight
+  std::uint32_t linger_groups_ = 0;        // lingering deep groups (start_lingering)
+  std::uint64_t linger_weight_ = 0;        // their weights
+  std::uint64_t linger_claim_ = 0;         // the places they claim
 };
 
 }  // namespace ioband::qos::detail

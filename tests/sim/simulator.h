@@ -188,6 +188,12 @@ struct ClientSpec {
   double read_fraction = 1.0;
   double sequential = 0;           // fraction of requests marked sequential (Request::sequential)
   Nanos think = 0;                 // closed: pause between a completion and the next request
+  // closed: the client process is descheduled now and then (a busy CPU):
+  // stalls of mean `stall_length` begin at mean gaps of `stall_every`
+  // (both exponential, a random stream of the client's own); what completes
+  // during a stall is answered when it ends, all at once.
+  Nanos stall_every = 0;
+  Nanos stall_length = 0;
   Nanos start = 0;
   Nanos stop = kNever;
 };
@@ -388,7 +394,27 @@ class Simulator {
 
   struct ClientState {
     std::uint32_t outstanding = 0;
+    Nanos stall_from = kNever, stall_to = kNever;  // the next stall (or the current one)
+    std::optional<Random> stalls;
   };
+
+  // When the client can issue a request it would issue at `t`: after the
+  // stall `t` falls in, if any.
+  Nanos client_time(std::size_t client, Nanos t) {
+    const ClientSpec& spec = scenario_.clients[client];
+    ClientState& state = clients_[client];
+    if (spec.stall_every <= 0 || spec.stall_length <= 0) return t;
+    if (!state.stalls) {
+      state.stalls.emplace(scenario_.seed * 1000003 + client + 1);
+      state.stall_from = t + state.stalls->exponential(spec.stall_every);
+      state.stall_to = state.stall_from + state.stalls->exponential(spec.stall_length);
+    }
+    while (state.stall_to <= t) {
+      state.stall_from = state.stall_to + state.stalls->exponential(spec.stall_every);
+      state.stall_to = state.stall_from + state.stalls->exponential(spec.stall_length);
+    }
+    return t >= state.stall_from ? state.stall_to : t;
+  }
 
   // Shared storage: a request in service, by the per-unit work at which it is done.
   struct InService {
@@ -669,8 +695,9 @@ class Simulator {
     free_.push_back(index);
     const ClientSpec& spec = scenario_.clients[client];
     if (spec.kind == ClientSpec::Kind::closed) {
-      if (spec.think > 0) {
-        schedule(now_ + spec.think, EventKind::reissue, client);
+      const Nanos when = client_time(client, now_ + spec.think);
+      if (when > now_) {
+        schedule(when, EventKind::reissue, client);
       } else {
         issue(client);
       }

@@ -45,6 +45,10 @@ constexpr double kRunTolerance = 2;       // points, over the run
 constexpr double kWindowTolerance = 5;    // points, in every 1 s window
 constexpr double kKeptBelowShare = 0.95;  // of the solo rate, below its share
 constexpr Nanos kSoloDuration = 3 * kSecond;
+// A client on a busy 2-core machine (fio, iobandd and another fio): off the
+// CPU for about 1 ms every 10 ms or so.
+constexpr Nanos kStallEvery = 10 * kMilli;
+constexpr Nanos kStallLength = kMilli;
 
 enum class Disk { knee, elastic };
 enum class Topology { devices, groups };
@@ -69,6 +73,7 @@ struct Load {
   std::optional<qos::Limits> limits;  // its group's
   double rate = 0;                    // > 0: open loop, Poisson, this many requests a second
   Nanos stop = kNever;
+  bool stalls = false;  // the client is descheduled now and then (kStallEvery, kStallLength)
 
   std::string describe() const {
     std::string op = read_fraction >= 1 ? "r" : read_fraction <= 0 ? "w" : "rw";
@@ -78,6 +83,7 @@ struct Load {
     std::string text = "w" + std::to_string(weight) + " " +
                        (rate > 0 ? std::to_string(static_cast<int>(rate)) + "/s" : "QD" + std::to_string(depth)) + " " +
                        size + (sequential > 0 ? "seq " : "") + op;
+    if (stalls) text += " stalls";
     if (limits) text += " lim" + std::to_string(limits->iops_total.rate);
     return text;
   }
@@ -136,6 +142,10 @@ inline Scenario build(const Cell& cell, Mode mode, std::optional<std::size_t> on
     client.sequential = load.sequential;
     client.think = kThink;
     client.stop = load.stop;
+    if (load.stalls) {
+      client.stall_every = kStallEvery;
+      client.stall_length = kStallLength;
+    }
     s.clients.push_back(client);
   }
   if (cell.device_limit) s.device_limits.push_back({0, *cell.device_limit});

@@ -200,6 +200,35 @@ TEST(DeviceGroupHotPath, CancelTakesOutOnlyQueuedRequests) {
   ASSERT_TRUE(g.remove_device(0));
 }
 
+// The order (admission.h): a light group alone may take only its weight's
+// part of the places the heavy one holds. When every request of the heavy
+// group has come back (its client is off the CPU a moment), the heavy group
+// keeps its places for a few ms (Admission::kLinger), then they are free.
+TEST(DeviceGroupOrder, ADeepGroupWhoseRequestsAllCameBackKeepsItsPlacesForAMoment) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.add_device(1));
+  ASSERT_TRUE(g.set_weight(0, kDefaultGroup, 80));
+  ASSERT_TRUE(g.set_weight(1, kDefaultGroup, 40));
+  Pool pool;
+  for (int i = 0; i < 16; ++i) g.enqueue(pool.make(0, kDefaultGroup), kStart);
+  std::vector<Request*> heavy = drain(g, kStart);
+  ASSERT_EQ(heavy.size(), 16u);
+  for (int i = 0; i < 30; ++i) g.enqueue(pool.make(1, kDefaultGroup), kStart);
+  Decision last;
+  std::vector<Request*> light = drain(g, kStart, &last);
+  EXPECT_EQ(light.size(), 8u);  // 16 x 40 / 80
+  EXPECT_EQ(last.kind, Decision::Kind::wait);
+
+  for (Request* r : heavy) g.complete(r, kStart + microseconds(100));
+  EXPECT_TRUE(drain(g, kStart + microseconds(200)).empty()) << "the heavy group's places went at once";
+  // Past the order's wait one request goes, and the next waits again.
+  EXPECT_EQ(drain(g, kStart + microseconds(600)).size(), 1u);
+  EXPECT_TRUE(drain(g, kStart + microseconds(700)).empty());
+  // After the lingering, the light group has the storage to itself.
+  EXPECT_EQ(drain(g, kStart + milliseconds(6)).size(), 21u);
+}
+
 TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {
   DeviceGroup g;
   g.set_io_limit_auto(false);  // dm-ioband's fixed window

@@ -81,9 +81,11 @@ std::vector<double> water_fill(const std::vector<double>& demands, double floor 
 //
 // What a tenant wants is read from its usage, never asked: one that used
 // less than kSatisfied of the part it had last period is satisfied and
-// wants kHeadroom times its usage (room to grow by a quarter each period
-// before it counts as wanting more again); any other active tenant wants
-// without bound, up to its own limit. Then, with lambda the level where
+// wants kHeadroom times its usage (room to grow by half before it counts as
+// wanting more again, and for the noise of a rate counted over one period:
+// a satisfied tenant sits at 1 / kHeadroom = 67 % of its part, well under
+// kSatisfied); any other active tenant wants without bound, up to its own
+// limit. Then, with lambda the level where
 // the parts sum to 1:
 //
 //   c_T = min(want_T, lambda * W_T)
@@ -101,7 +103,7 @@ std::vector<double> water_fill(const std::vector<double>& demands, double floor 
 // tenant's last part unknown (0), the tenant counts as wanting without
 // bound: the split is then by weight alone.
 inline constexpr double kSatisfied = 0.85;
-inline constexpr double kHeadroom = 1.25;
+inline constexpr double kHeadroom = 1.5;
 struct TenantWeight {
   double weight = 100;
   bool active = false;

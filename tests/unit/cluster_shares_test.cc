@@ -76,10 +76,10 @@ TEST(CapacitySplit, ActiveTenantsSplitByWeightAnIdleOneIsToldItsPart) {
 
 TEST(CapacitySplit, ATenantUsingLessThanItsPartLeavesTheRestToTheOthers) {
   // silver had its weighted third (1000 of 3000 IOPS) and used 100: it is
-  // held to 125 (a quarter of room), gold takes the rest.
+  // held to 150 (half again as room), gold takes the rest.
   auto parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 100, 1.0 / 3, 0}}}, 3000);
-  EXPECT_NEAR(parts["silver"], 125.0 / 3000, 1e-12);
-  EXPECT_NEAR(parts["gold"], 1 - 125.0 / 3000, 1e-12);
+  EXPECT_NEAR(parts["silver"], 150.0 / 3000, 1e-12);
+  EXPECT_NEAR(parts["gold"], 1 - 150.0 / 3000, 1e-12);
   // Using most of its part (over kSatisfied) counts as wanting more: by weight.
   parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 900, 1.0 / 3, 0}}}, 3000);
   EXPECT_NEAR(parts["gold"], 2.0 / 3, 1e-12);
@@ -90,8 +90,8 @@ TEST(CapacitySplit, ATenantUsingLessThanItsPartLeavesTheRestToTheOthers) {
   EXPECT_NEAR(parts["silver"], 1 - 500.0 / 3000, 1e-12);
   // Both satisfied: their wants, and the rest spread by weight (sum 1).
   parts = capacity_split({{"gold", {200, true, 300, 2.0 / 3, 0}}, {"silver", {100, true, 300, 1.0 / 3, 0}}}, 3000);
-  EXPECT_NEAR(parts["gold"], 0.125 + 0.75 * 2 / 3, 1e-12);
-  EXPECT_NEAR(parts["silver"], 0.125 + 0.75 / 3, 1e-12);
+  EXPECT_NEAR(parts["gold"], 0.15 + 0.7 * 2 / 3, 1e-12);
+  EXPECT_NEAR(parts["silver"], 0.15 + 0.7 / 3, 1e-12);
   // No capacity in IOPS, or the last part unknown: by weight alone.
   parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 100, 1.0 / 3, 0}}}, 0);
   EXPECT_NEAR(parts["silver"], 1.0 / 3, 1e-12);
@@ -105,9 +105,9 @@ TEST(CapacitySplit, WaterFillsManyTenantsAndAlwaysSumsToOne) {
   std::map<std::string, TenantWeight> tenants;
   for (int i = 1; i <= 5; ++i) tenants["t" + std::to_string(i)] = {i * 100.0, true, i <= 2 ? 100.0 : 1e6, 0.2, 0};
   auto parts = capacity_split(tenants, 10000);
-  EXPECT_NEAR(parts["t1"], 125.0 / 10000, 1e-12);
-  EXPECT_NEAR(parts["t2"], 125.0 / 10000, 1e-12);
-  const double rest = 1 - 250.0 / 10000;
+  EXPECT_NEAR(parts["t1"], 150.0 / 10000, 1e-12);
+  EXPECT_NEAR(parts["t2"], 150.0 / 10000, 1e-12);
+  const double rest = 1 - 300.0 / 10000;
   for (int i = 3; i <= 5; ++i) EXPECT_NEAR(parts["t" + std::to_string(i)], rest * i / 12, 1e-12) << i;
   double total = 0;
   for (const auto& [name, part] : parts) total += part;
@@ -150,24 +150,24 @@ TEST(CapacitySplit, InVirtualTimeUnusedCapacityGoesToTheBusyAndComesBackAtOnce) 
   EXPECT_NEAR(sim.usage["gold"], 2000, 1e-6);
   EXPECT_NEAR(sim.usage["silver"], 1000, 1e-6);
   // silver's clients slow to 200 IOPS: within two periods gold has all but
-  // silver's 200 and its quarter of room.
+  // silver's 200 and its room (half again).
   sim.asks["silver"] = 200;
   sim.period();
   sim.period();
   EXPECT_NEAR(sim.usage["silver"], 200, 1e-6);
-  EXPECT_NEAR(sim.usage["gold"], 3000 - 250, 1e-6);
+  EXPECT_NEAR(sim.usage["gold"], 3000 - 300, 1e-6);
   // silver idle: gold has the whole capacity; silver is told its third.
   sim.asks["silver"] = 0;
   sim.period();
   EXPECT_NEAR(sim.usage["gold"], 3000, 1e-6);
   EXPECT_NEAR(sim.parts["silver"], 1.0 / 3, 1e-12);
   // silver back at 200 IOPS: its part is not known, so it has its third at
-  // once, and is held to 250 from the next period.
+  // once, and is held to 300 from the next period.
   sim.asks["silver"] = 200;
   sim.period();
   EXPECT_NEAR(sim.parts["silver"], 1.0 / 3, 1e-12);
   sim.period();
-  EXPECT_NEAR(sim.usage["gold"], 3000 - 250, 1e-6);
+  EXPECT_NEAR(sim.usage["gold"], 3000 - 300, 1e-6);
   // silver wants more: back to 2:1 within two periods (one to use its part
   // up to kSatisfied, one to be seen wanting more).
   sim.asks["silver"] = 1e6;

@@ -222,6 +222,7 @@ def partition(network, nodes):
     view = wait_for("a to count c again", all_three, 2 * LEASE + 1)
     back = time.monotonic() - mended
     assert abs(sum(view["shares"].values()) - 1) < 1e-6, view
+    c.assert_alive()  # the same process: no restart
     measured = ", ".join(f"{mode} {rate:.0f}" for mode, rate in rates.items())
     print(f"# partition of c (share {held:.3f}): a and b took it in {took:.1f} s; enforced {worst} with c "
           f"{static_mode} (bound {LIMIT * bound[static_mode]:.0f}), then {split} after c's equal split (bound "

@@ -44,8 +44,9 @@ constexpr qos::Rate qos::Limits::*kRates[] = {&qos::Limits::iops_total, &qos::Li
 // A tenant counts as active for the capacity's split with this much demand
 // (mean requests queued or in flight) on the nodes together.
 constexpr double kActiveDemand = 0.05;
-// ... or this many requests per second: a tenant at a low rate holds few
-// requests at a time, but it uses the capacity (its want is its usage).
+// ... or this many requests per second against a capacity in IOPS: a tenant
+// at a low rate holds few requests at a time, but it uses the capacity (its
+// want is its usage).
 constexpr double kActiveUsage = 1;
 
 }  // namespace
@@ -188,6 +189,8 @@ void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
   std::map<std::string, double> parts;
   std::set<std::string> active;
   if (capacity) {
+    // Work-conserving against a capacity in IOPS: usage is counted in requests.
+    const double iops = capacity->iops_total.limited() ? static_cast<double>(capacity->iops_total.rate) : 0;
     std::map<std::string, cluster::TenantWeight> weights;
     for (const auto& [name, text] : snapshot.settings) {
       uint32_t weight = 0;
@@ -197,13 +200,14 @@ void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
       cluster::TenantWeight& tenant = weights[name];
       tenant.weight = static_cast<double>(weight);
       if (auto usage = snapshot.usage.find(name); usage != snapshot.usage.end()) tenant.usage = usage->second;
-      tenant.active = (demand != snapshot.demand.end() && demand->second >= kActiveDemand) || tenant.usage >= kActiveUsage;
+      // By usage too only where the split follows usage: by weight alone, a
+      // tenant at a trickle would take its whole weighted part from the others.
+      tenant.active = (demand != snapshot.demand.end() && demand->second >= kActiveDemand) ||
+                      (iops > 0 && tenant.usage >= kActiveUsage);
       if (auto part = snapshot.part.find(name); part != snapshot.part.end()) tenant.part = part->second;
       if (tenant.active) active.insert(name);
       if (own.iops_total.limited()) tenant.limit = static_cast<double>(own.iops_total.rate);
     }
-    // Work-conserving against a capacity in IOPS: usage is counted in requests.
-    const double iops = capacity->iops_total.limited() ? static_cast<double>(capacity->iops_total.rate) : 0;
     parts = cluster::capacity_split(weights, iops);
   }
   cluster_parts_.clear();

@@ -22,6 +22,7 @@ std::string report_to_text(const NodeReport& report) {
   json tenants = json::object();
   for (const auto& [name, load] : report.tenants) {
     tenants[name] = {{"demand", load.demand}, {"usage", load.usage}, {"share", load.share}};
+    if (load.part > 0) tenants[name]["part"] = load.part;
   }
   return json{{"sequence", report.sequence}, {"tenants", std::move(tenants)}}.dump();
 }
@@ -38,7 +39,7 @@ std::optional<NodeReport> report_from_text(const std::string& node, const std::s
   for (const auto& [name, load] : parsed["tenants"].items()) {
     if (!load.is_object()) return std::nullopt;
     auto number = [&](const char* key) { return load.contains(key) && load[key].is_number() ? load[key].get<double>() : 0.0; };
-    report.tenants[name] = TenantLoad{number("demand"), number("usage"), number("share")};
+    report.tenants[name] = TenantLoad{number("demand"), number("usage"), number("share"), number("part")};
   }
   return report;
 }
@@ -73,7 +74,11 @@ Agent::Snapshot Agent::snapshot() const {
   snapshot.mode = view_.mode(now);
   snapshot.nodes = view_.live_nodes();
   snapshot.shares = view_.shares();
-  for (const auto& [tenant, total] : view_.totals()) snapshot.demand[tenant] = total.cluster_demand;
+  for (const auto& [tenant, total] : view_.totals()) {
+    snapshot.demand[tenant] = total.cluster_demand;
+    snapshot.usage[tenant] = total.cluster_usage;
+    snapshot.part[tenant] = total.capacity_part;
+  }
   snapshot.tenants.clear();
   for (const auto& [tenant, load] : loads_) snapshot.tenants[tenant] = view_.share(now, tenant);
   return snapshot;

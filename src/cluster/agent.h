@@ -78,6 +78,8 @@ class Agent {
     std::map<std::string, std::string> settings;         // tenant -> settings text, as read
     std::optional<std::string> capacity;                 // the capacity's text, as read
     std::map<std::string, double> demand;                // tenant -> its demand on every node together
+    std::map<std::string, double> usage;                 // tenant -> requests/s on every node together
+    std::map<std::string, double> part;                  // tenant -> the part of the capacity it had (0: none)
   };
   Snapshot snapshot() const;
   // The share of `tenant` on this node now (cluster/shares.h).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace ioband::cluster {
 
@@ -43,13 +44,55 @@ std::vector<double> water_fill(const std::vector<double>& demands, double floor)
   return shares;
 }
 
-std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants) {
+std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants,
+                                             double capacity_iops) {
+  constexpr double kUnbounded = std::numeric_limits<double>::infinity();
+  // A satisfied tenant keeps at least this much (a part of 0 would be a
+  // limit of 1 IOPS until the next read).
+  constexpr double kLeastWant = 0.01;
   double active = 0;
+  // The active tenants by how far their want reaches in units of weight.
+  std::vector<std::pair<double, const std::string*>> wanting;
+  std::map<std::string, double> wants;
   for (const auto& [name, tenant] : tenants) {
-    if (tenant.active && tenant.weight > 0) active += tenant.weight;
+    if (!tenant.active || !(tenant.weight > 0)) continue;
+    active += tenant.weight;
+    double want = kUnbounded;
+    if (capacity_iops > 0) {
+      if (tenant.part > 0 && tenant.usage >= 0 && tenant.usage < kSatisfied * tenant.part * capacity_iops) {
+        want = std::max(kHeadroom * tenant.usage / capacity_iops, kLeastWant);
+      }
+      if (tenant.limit > 0) want = std::min(want, tenant.limit / capacity_iops);
+    }
+    wants[name] = want;
+    wanting.emplace_back(want / tenant.weight, &name);
   }
+  std::sort(wanting.begin(), wanting.end());
+  // Water-filling: the tenant wanting least per weight is served first; it
+  // is held to its want if that is under the level the rest would give it.
   std::map<std::string, double> parts;
+  double rest = 1;
+  double weights = active;
+  std::size_t served = 0;
+  for (; served < wanting.size(); ++served) {
+    const std::string& name = *wanting[served].second;
+    const double weight = tenants.at(name).weight;
+    const double want = wants[name];
+    if (want > rest * weight / weights) break;
+    parts[name] = want;
+    rest -= want;
+    weights -= weight;
+  }
+  for (std::size_t i = served; i < wanting.size(); ++i) {
+    const std::string& name = *wanting[i].second;
+    parts[name] = rest * tenants.at(name).weight / weights;
+  }
+  if (served == wanting.size() && rest > 0 && active > 0) {
+    // Every active tenant is satisfied: the rest is spread by weight.
+    for (const auto& [want, name] : wanting) parts[*name] += rest * tenants.at(*name).weight / active;
+  }
   for (const auto& [name, tenant] : tenants) {
+    if (parts.contains(name)) continue;
     const double weight = tenant.weight > 0 ? tenant.weight : 0;
     const double total = tenant.active ? active : active + weight;
     parts[name] = total > 0 ? weight / total : 0;
@@ -112,6 +155,7 @@ void ClusterView::recompute() {
       demands.push_back(load->demand);
       total.cluster_demand += load->demand;
       total.cluster_usage += load->usage;
+      total.capacity_part = std::max(total.capacity_part, load->part);
     }
     const std::vector<double> shares = water_fill(demands, options_.floor);
     auto& out = shares_[tenant];

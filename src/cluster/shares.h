@@ -60,6 +60,7 @@ struct TenantLoad {
   double demand = 0;  // mean requests queued or in flight over the period
   double usage = 0;   // requests completed per second
   double share = 0;   // the share the node applied (for status)
+  double part = 0;    // the part of the shared capacity the node applied (0: none)
   friend bool operator==(const TenantLoad&, const TenantLoad&) = default;
 };
 
@@ -75,19 +76,43 @@ struct NodeReport {
 std::vector<double> water_fill(const std::vector<double>& demands, double floor = kDefaultFloor);
 
 // Weights across nodes: a capacity shared by cluster tenants (docs/cluster.md,
-// "Weights across nodes"). Each tenant's part is its weight over the
-// weights of the active tenants (those with demand on some node):
+// "Weights across nodes"), work-conserving: the capacity is water-filled by
+// weight over what the active tenants (demand on some node) want.
 //
-//   c_T = W_T / (sum of W_U over the active U, plus W_T if T is not active)
+// What a tenant wants is read from its usage, never asked: one that used
+// less than kSatisfied of the part it had last period is satisfied and
+// wants kHeadroom times its usage (room to grow by half before it counts as
+// wanting more again, and for the noise of a rate counted over one period:
+// a satisfied tenant sits at 1 / kHeadroom = 67 % of its part, well under
+// kSatisfied); any other active tenant wants without bound, up to its own
+// limit. Then, with lambda the level where
+// the parts sum to 1:
 //
-// so the active parts sum to 1, and an idle tenant is told the part it
-// would have the moment it came back (it starts at once, and the others
-// make room at the next read).
+//   c_T = min(want_T, lambda * W_T)
+//
+// and if every active tenant is satisfied below 1, the rest is spread by
+// weight (so the parts of the active tenants always sum to 1). A tenant
+// that wants more than it gets therefore never gets less than its weighted
+// part W_T / (sum of W over the active tenants). An idle tenant is told
+// the part it would have if it came back, against the active tenants'
+// weights: W_T / (sum of W_U over the active U, plus W_T), so it starts at
+// once and the others make room at the next read.
+//
+// Usage is in requests per second, so a want is known only against a
+// capacity in IOPS (`capacity_iops`, iops-total); with 0 (no such key) or a
+// tenant's last part unknown (0), the tenant counts as wanting without
+// bound: the split is then by weight alone.
+inline constexpr double kSatisfied = 0.85;
+inline constexpr double kHeadroom = 1.5;
 struct TenantWeight {
   double weight = 100;
   bool active = false;
+  double usage = 0;  // requests per second on every node together, the last period
+  double part = 0;   // the part of the capacity it had for that period (0: unknown)
+  double limit = 0;  // its own IOPS limit (0: none)
 };
-std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants);
+std::map<std::string, double> capacity_split(const std::map<std::string, TenantWeight>& tenants,
+                                             double capacity_iops = 0);
 
 struct ShareOptions {
   Duration lease = std::chrono::seconds(2);       // a report that does not move for this long is gone
@@ -109,6 +134,7 @@ struct TenantShare {
   double share = 1;         // of the cluster limit, on this node
   double cluster_usage = 0; // sum of the usage of the nodes taking part
   double cluster_demand = 0;
+  double capacity_part = 0; // the largest part of the capacity a node applied (0: none)
   std::size_t nodes = 1;    // taking part (this one included)
   ShareMode mode = ShareMode::alone;
 };

@@ -285,6 +285,7 @@ class Engine {
   void cluster_follow(const cluster::Agent::Snapshot& snapshot);
   cluster::Agent* cluster_ = nullptr;
   std::map<std::string, ClusterLoad> cluster_loads_;
+  std::map<std::string, double> cluster_parts_;  // tenant -> its part of the shared capacity, as applied
   std::map<std::string, std::string> cluster_bad_settings_;  // tenant -> text already logged as bad  // a tenant's id in the qos layer (runtime only)
 };
 

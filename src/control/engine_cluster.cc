@@ -6,6 +6,7 @@
 // etcd; here nothing waits on the network except a `tenant` command that
 // writes a cluster tenant's settings (bounded by Agent::put_settings).
 #include <cmath>
+#include <set>
 
 #include "control/engine.h"
 #include "control/format.h"
@@ -43,6 +44,10 @@ constexpr qos::Rate qos::Limits::*kRates[] = {&qos::Limits::iops_total, &qos::Li
 // A tenant counts as active for the capacity's split with this much demand
 // (mean requests queued or in flight) on the nodes together.
 constexpr double kActiveDemand = 0.05;
+// ... or this many requests per second against a capacity in IOPS: a tenant
+// at a low rate holds few requests at a time, but it uses the capacity (its
+// want is its usage).
+constexpr double kActiveUsage = 1;
 
 }  // namespace
 
@@ -157,6 +162,7 @@ void Engine::cluster_tick() {
     const double seconds = std::chrono::duration<double>(now - window.front().at).count();
     if (seconds > 0) load.usage = static_cast<double>(sample.completed - window.front().completed) / seconds;
     load.share = tenant.cluster_share;
+    if (auto part = cluster_parts_.find(name); part != cluster_parts_.end()) load.part = part->second;
     loads[name] = load;
   }
   cluster_loads_ = std::move(kept);
@@ -165,8 +171,9 @@ void Engine::cluster_tick() {
 }
 
 void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
-  // The capacity's part of every cluster tenant, by weight over the active
-  // ones (cluster::capacity_split), from the settings and demand read.
+  // The capacity's part of every cluster tenant, water-filled by weight over
+  // what the active ones use (cluster::capacity_split), from the settings
+  // and the reports read.
   std::optional<qos::Limits> capacity;
   if (snapshot.capacity) {
     qos::Limits limits;
@@ -180,23 +187,39 @@ void Engine::cluster_follow(const cluster::Agent::Snapshot& snapshot) {
     }
   }
   std::map<std::string, double> parts;
+  std::set<std::string> active;
   if (capacity) {
+    // Work-conserving against a capacity in IOPS: usage is counted in requests.
+    const double iops = capacity->iops_total.limited() ? static_cast<double>(capacity->iops_total.rate) : 0;
     std::map<std::string, cluster::TenantWeight> weights;
     for (const auto& [name, text] : snapshot.settings) {
       uint32_t weight = 0;
-      qos::Limits ignored;
-      if (cluster_settings_from_text(text, weight, ignored)) continue;
+      qos::Limits own;
+      if (cluster_settings_from_text(text, weight, own)) continue;
       auto demand = snapshot.demand.find(name);
-      weights[name] = {static_cast<double>(weight), demand != snapshot.demand.end() && demand->second >= kActiveDemand};
+      cluster::TenantWeight& tenant = weights[name];
+      tenant.weight = static_cast<double>(weight);
+      if (auto usage = snapshot.usage.find(name); usage != snapshot.usage.end()) tenant.usage = usage->second;
+      // By usage too only where the split follows usage: by weight alone, a
+      // tenant at a trickle would take its whole weighted part from the others.
+      tenant.active = (demand != snapshot.demand.end() && demand->second >= kActiveDemand) ||
+                      (iops > 0 && tenant.usage >= kActiveUsage);
+      if (auto part = snapshot.part.find(name); part != snapshot.part.end()) tenant.part = part->second;
+      if (tenant.active) active.insert(name);
+      if (own.iops_total.limited()) tenant.limit = static_cast<double>(own.iops_total.rate);
     }
-    parts = cluster::capacity_split(weights);
+    parts = cluster::capacity_split(weights, iops);
   }
+  cluster_parts_.clear();
   for (auto& [name, tenant] : state_.tenants) {
     if (!tenant.cluster) continue;
     TenantState after = tenant;
     after.cluster_capacity = qos::Limits{};
     if (capacity && parts.contains(name)) {
       for (auto rate : kRates) after.cluster_capacity.*rate = scaled((*capacity).*rate, parts[name]);
+      // Published for an active tenant only: an idle one's part is only what
+      // it was told, and coming back it must count as wanting more.
+      if (active.contains(name)) cluster_parts_[name] = parts[name];
     }
     if (snapshot.connected) {
       if (auto text = snapshot.settings.find(name); text != snapshot.settings.end()) {

@@ -48,6 +48,12 @@ TEST(Agent, NodeNamesAndReports) {
   ASSERT_TRUE(back);
   EXPECT_EQ(back->sequence, 42u);
   EXPECT_EQ(back->tenants.at("web"), report.tenants.at("web"));
+  // The part of a shared capacity the node applied travels too (absent: 0).
+  report.tenants["batch"] = TenantLoad{1, 60, 1, 0.15};
+  const auto with_part = report_from_text("a", report_to_text(report));
+  ASSERT_TRUE(with_part);
+  EXPECT_EQ(with_part->tenants.at("batch"), report.tenants.at("batch"));
+  EXPECT_EQ(with_part->tenants.at("web").part, 0);
   EXPECT_FALSE(report_from_text("a", "{}"));
   EXPECT_FALSE(report_from_text("a", "not json"));
   EXPECT_FALSE(report_from_text("a", R"({"sequence": -1, "tenants": {}})"));

@@ -74,6 +74,113 @@ TEST(CapacitySplit, ActiveTenantsSplitByWeightAnIdleOneIsToldItsPart) {
   EXPECT_TRUE(capacity_split({}).empty());
 }
 
+TEST(CapacitySplit, ATenantUsingLessThanItsPartLeavesTheRestToTheOthers) {
+  // silver had its weighted third (1000 of 3000 IOPS) and used 100: it is
+  // held to 150 (half again as room), gold takes the rest.
+  auto parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 100, 1.0 / 3, 0}}}, 3000);
+  EXPECT_NEAR(parts["silver"], 150.0 / 3000, 1e-12);
+  EXPECT_NEAR(parts["gold"], 1 - 150.0 / 3000, 1e-12);
+  // Using most of its part (over kSatisfied) counts as wanting more: by weight.
+  parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 900, 1.0 / 3, 0}}}, 3000);
+  EXPECT_NEAR(parts["gold"], 2.0 / 3, 1e-12);
+  EXPECT_NEAR(parts["silver"], 1.0 / 3, 1e-12);
+  // Its own limit caps what gold wants: silver, wanting more, takes the rest.
+  parts = capacity_split({{"gold", {200, true, 500, 2.0 / 3, 500}}, {"silver", {100, true, 1000, 1.0 / 3, 0}}}, 3000);
+  EXPECT_NEAR(parts["gold"], 500.0 / 3000, 1e-12);
+  EXPECT_NEAR(parts["silver"], 1 - 500.0 / 3000, 1e-12);
+  // Both satisfied: their wants, and the rest spread by weight (sum 1).
+  parts = capacity_split({{"gold", {200, true, 300, 2.0 / 3, 0}}, {"silver", {100, true, 300, 1.0 / 3, 0}}}, 3000);
+  EXPECT_NEAR(parts["gold"], 0.15 + 0.7 * 2 / 3, 1e-12);
+  EXPECT_NEAR(parts["silver"], 0.15 + 0.7 / 3, 1e-12);
+  // No capacity in IOPS, or the last part unknown: by weight alone.
+  parts = capacity_split({{"gold", {200, true, 2000, 2.0 / 3, 0}}, {"silver", {100, true, 100, 1.0 / 3, 0}}}, 0);
+  EXPECT_NEAR(parts["silver"], 1.0 / 3, 1e-12);
+  parts = capacity_split({{"gold", {200, true, 2000, 0, 0}}, {"silver", {100, true, 100, 0, 0}}}, 3000);
+  EXPECT_NEAR(parts["silver"], 1.0 / 3, 1e-12);
+}
+
+TEST(CapacitySplit, WaterFillsManyTenantsAndAlwaysSumsToOne) {
+  // Five tenants of weights 1..5; the two lightest use little, the rest
+  // want more: the light ones get their wants, the rest split by weight.
+  std::map<std::string, TenantWeight> tenants;
+  for (int i = 1; i <= 5; ++i) tenants["t" + std::to_string(i)] = {i * 100.0, true, i <= 2 ? 100.0 : 1e6, 0.2, 0};
+  auto parts = capacity_split(tenants, 10000);
+  EXPECT_NEAR(parts["t1"], 150.0 / 10000, 1e-12);
+  EXPECT_NEAR(parts["t2"], 150.0 / 10000, 1e-12);
+  const double rest = 1 - 300.0 / 10000;
+  for (int i = 3; i <= 5; ++i) EXPECT_NEAR(parts["t" + std::to_string(i)], rest * i / 12, 1e-12) << i;
+  double total = 0;
+  for (const auto& [name, part] : parts) total += part;
+  EXPECT_NEAR(total, 1, 1e-12);
+}
+
+// Tenants sharing a capacity in virtual time: each period a tenant uses
+// what its clients ask for up to its part, and the parts are computed from
+// that usage, as every node does from the reports it reads.
+struct CapacitySim {
+  double capacity = 3000;
+  std::map<std::string, double> weight, asks;  // asks: IOPS its clients would use (0: idle)
+  std::map<std::string, double> parts, usage;
+  std::map<std::string, bool> active;
+
+  void period() {
+    std::map<std::string, TenantWeight> tenants;
+    for (const auto& [name, w] : weight) {
+      // A node publishes the part of an active tenant only (an idle one's is
+      // only what it was told): a tenant coming back counts as wanting more.
+      tenants[name] = {w, asks[name] > 0, usage[name], active[name] ? parts[name] : 0, 0};
+      active[name] = asks[name] > 0;
+    }
+    parts = capacity_split(tenants, capacity);
+    double total = 0;
+    for (const auto& [name, part] : parts) {
+      usage[name] = asks[name] > 0 ? std::min(asks[name], part * capacity) : 0;
+      if (asks[name] > 0) total += part;
+    }
+    EXPECT_LE(total, 1 + 1e-9);  // the active tenants never hold more than the capacity
+  }
+};
+
+TEST(CapacitySplit, InVirtualTimeUnusedCapacityGoesToTheBusyAndComesBackAtOnce) {
+  CapacitySim sim;
+  sim.weight = {{"gold", 200}, {"silver", 100}};
+  // Both busy: 2:1.
+  sim.asks = {{"gold", 1e6}, {"silver", 1e6}};
+  for (int i = 0; i < 3; ++i) sim.period();
+  EXPECT_NEAR(sim.usage["gold"], 2000, 1e-6);
+  EXPECT_NEAR(sim.usage["silver"], 1000, 1e-6);
+  // silver's clients slow to 200 IOPS: within two periods gold has all but
+  // silver's 200 and its room (half again).
+  sim.asks["silver"] = 200;
+  sim.period();
+  sim.period();
+  EXPECT_NEAR(sim.usage["silver"], 200, 1e-6);
+  EXPECT_NEAR(sim.usage["gold"], 3000 - 300, 1e-6);
+  // silver idle: gold has the whole capacity; silver is told its third.
+  sim.asks["silver"] = 0;
+  sim.period();
+  EXPECT_NEAR(sim.usage["gold"], 3000, 1e-6);
+  EXPECT_NEAR(sim.parts["silver"], 1.0 / 3, 1e-12);
+  // silver back at 200 IOPS: its part is not known, so it has its third at
+  // once, and is held to 300 from the next period.
+  sim.asks["silver"] = 200;
+  sim.period();
+  EXPECT_NEAR(sim.parts["silver"], 1.0 / 3, 1e-12);
+  sim.period();
+  EXPECT_NEAR(sim.usage["gold"], 3000 - 300, 1e-6);
+  // silver wants more: back to 2:1 within two periods (one to use its part
+  // up to kSatisfied, one to be seen wanting more).
+  sim.asks["silver"] = 1e6;
+  int periods = 0;
+  while (sim.usage["silver"] < 1000 - 1e-6 && periods < 10) {
+    sim.period();
+    ++periods;
+  }
+  EXPECT_LE(periods, 2);
+  EXPECT_NEAR(sim.usage["gold"], 2000, 1e-6);
+  EXPECT_NEAR(sim.usage["silver"], 1000, 1e-6);
+}
+
 // A cluster of nodes publishing reports; the test moves the clock.
 struct Cluster {
   TimePoint now{};

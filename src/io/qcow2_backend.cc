@@ -49,7 +49,8 @@
 // blocks and tables stay at the end), and counted 1 in stage 0 of the next
 // flush, before any stage writes a reference to it. So a crash at any point
 // leaves at worst leaked clusters, which qemu-img check reports as leaks,
-// not corruption.
+// not corruption. Clusters freed before the open (refcount 0 on disk) are
+// found lazily from the refcount blocks and taken the same way (scan_ready).
 
 #include "io/qcow2_backend.h"
 

@@ -1182,8 +1182,10 @@ class Qcow2Backend final : public Backend {
       scan_block(it->second);
       // Read for the scan alone: not kept (a scan of a large image would
       // otherwise hold every block until the next flush). One a flush
-      // reads or writes stays.
-      if (!it->second.dirty && !flushing_ && !count_waiting_) refblocks_.erase(it);
+      // reads or writes stays, and the last group's, as finish_flush keeps it.
+      const uint64_t last = next_free_ / h_.cluster_size() / (h_.cluster_size() / 2);
+      const bool last_group = last < rt_.size() && rt_[last] == offset;
+      if (!it->second.dirty && !flushing_ && !count_waiting_ && !last_group) refblocks_.erase(it);
     }
     std::vector<Job*> waiters;
     waiters.swap(scan_waiters_);

@@ -49,7 +49,8 @@
 // blocks and tables stay at the end), and counted 1 in stage 0 of the next
 // flush, before any stage writes a reference to it. So a crash at any point
 // leaves at worst leaked clusters, which qemu-img check reports as leaks,
-// not corruption.
+// not corruption. Clusters freed before the open (refcount 0 on disk) are
+// found lazily from the refcount blocks and taken the same way (scan_ready).
 
 #include "io/qcow2_backend.h"
 
@@ -171,6 +172,7 @@ class Qcow2Backend final : public Backend {
         chain_in_memory_(file_->traits().memory_speed && (!backing_ || backing_->traits().memory_speed)) {
     const uint64_t cs = h_.cluster_size();
     next_free_ = counted_end_ = (file_size_ + cs - 1) & ~(cs - 1);
+    scan_end_ = writable_ ? counted_end_ : 0;
     rt_offset_ = h_.refcount_table_offset;
     rt_clusters_ = h_.refcount_table_clusters;
     head_.resize(512);  // the header sector is all a flush rewrites
@@ -374,6 +376,13 @@ class Qcow2Backend final : public Backend {
       if (rc < 0) {
         job.error = rc;
         break;
+      }
+      // A change that may take a cluster: the free ones the image held at
+      // open are found first, unless free ones are known already (scan_step).
+      if ((op.op == Op::kWrite || op.op == Op::kWriteZeroes) && m.kind != Mapping::Kind::kNormal &&
+          free_runs_.empty() && scan_pos_ < scan_end_ && !scan_ready()) {
+        scan_waiters_.push_back(&job);
+        return parked(job);
       }
       uint64_t run_end = std::min<uint64_t>((pos | (cs - 1)) + 1, end);
       // Reads and in-place writes: the following clusters that continue the run.
@@ -1130,12 +1139,88 @@ class Qcow2Backend final : public Backend {
     if (fd >= 0) close(fd);
   }
 
-  // The block at offset if loaded; else starts its load (count_step runs
-  // again when it is in) and returns nullptr.
-  RefBlock* refblock(uint64_t offset) noexcept {
+  // Clusters freed before this open (trims before a restart, QEMU's
+  // discards, writes whose refcount never became durable before a crash)
+  // have refcount 0 on disk and no reference: the refcounts are durable
+  // before any reference (or the image is refused: dirty, corrupt). They
+  // are found lazily, as QEMU does: a change that needs a cluster when no
+  // free one is known scans the refcount blocks from the lowest group on,
+  // one group at a time, and waits for the scan to find one or reach the
+  // end of the file as it was at open. An image never written pays
+  // nothing, a full one one block read per group (32768 clusters with
+  // 64 KiB clusters), once. Nothing in flight can touch such a cluster
+  // (no reference to it was ever read), so it is free at once; what this
+  // session freed, took or quarantines has refcount 0 in memory too and is
+  // left to its own path (scan_block).
+  bool scan_ready() noexcept {
+    while (free_runs_.empty() && scan_pos_ < scan_end_) {
+      if (!scan_step()) return false;
+    }
+    return true;
+  }
+  // One group: true when scan_pos_ moved on, false while its block loads.
+  bool scan_step() noexcept {
+    const uint64_t cs = h_.cluster_size(), per_block = cs / 2;
+    const uint64_t group = scan_pos_ / cs / per_block;
+    const uint64_t block = group < rt_.size() ? rt_[group] : 0;
+    if (block == 0) {  // no block: nothing in the group is counted, so nothing is taken from it
+      scan_pos_ = std::min(scan_end_, (group + 1) * per_block * cs);
+      return true;
+    }
+    RefBlock* b = refblock(block, true);
+    if (!b) return false;
+    scan_block(*b);
+    return true;
+  }
+  void scan_loaded(uint64_t offset, int rc) noexcept {
+    auto it = refblocks_.find(offset);
+    if (rc < 0 || it == refblocks_.end() || !it->second.loaded) {
+      log_line("qcow2 " + path_ + ": refcount block at " + std::to_string(offset) +
+               " not read: clusters freed before the open are not reused");
+      scan_pos_ = scan_end_;
+    } else {
+      scan_block(it->second);
+      // Read for the scan alone: not kept (a scan of a large image would
+      // otherwise hold every block until the next flush). One a flush
+      // reads or writes stays, and the last group's, as finish_flush keeps it.
+      const uint64_t last = next_free_ / h_.cluster_size() / (h_.cluster_size() / 2);
+      const bool last_group = last < rt_.size() && rt_[last] == offset;
+      if (!it->second.dirty && !flushing_ && !count_waiting_ && !last_group) refblocks_.erase(it);
+    }
+    std::vector<Job*> waiters;
+    waiters.swap(scan_waiters_);
+    for (Job* job : waiters) plan(*job);
+  }
+  void scan_block(const RefBlock& b) {
+    const uint64_t cs = h_.cluster_size(), per_block = cs / 2;
+    const uint64_t end = std::min(scan_end_, (scan_pos_ / cs / per_block + 1) * per_block * cs);
+    std::unordered_set<uint64_t> ours;  // refcount 0 in memory, known to this session
+    bool ours_made = false;
+    for (; scan_pos_ < end; scan_pos_ += cs) {
+      if (b.counts[scan_pos_ / cs % per_block] != 0) continue;
+      if (!ours_made) {
+        for (const auto& [epoch, offset] : quarantine_) ours.insert(offset);
+        for (uint64_t offset : reused_) ours.insert(offset);
+        ours_made = true;
+      }
+      if (ours.count(scan_pos_) || in_free_run(scan_pos_)) continue;
+      add_free(scan_pos_);
+    }
+  }
+  bool in_free_run(uint64_t offset) const noexcept {
+    auto it = free_runs_.upper_bound(offset);
+    if (it == free_runs_.begin()) return false;
+    --it;
+    return offset < it->first + it->second;
+  }
+
+  // The block at offset if loaded; else starts its load, or joins the one
+  // under way (the scan and a flush may want the same block), and returns
+  // nullptr: count_step, or for the scan scan_loaded, runs when it is in.
+  RefBlock* refblock(uint64_t offset, bool for_scan = false) noexcept {
     RefBlock& b = refblocks_[offset];
     if (b.loaded) return &b;
-    if (count_step_sync_) {  // at close
+    if (count_step_sync_ && !for_scan) {  // at close
       std::vector<uint8_t> raw(h_.cluster_size());
       if (pread(meta_fd_, raw.data(), raw.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(raw.size())) {
         close_error_ = EIO;
@@ -1146,14 +1231,25 @@ class Qcow2Backend final : public Backend {
       b.loaded = true;
       return &b;
     }
-    if (!b.waiters.empty()) return nullptr;
-    b.waiters.push_back([this](int rc) { rc < 0 ? flush_failed(rc) : count_step(); });
+    bool& waiting = for_scan ? scan_loading_ : count_waiting_;
+    if (waiting) return nullptr;
+    waiting = true;
+    auto loaded = [this, for_scan, offset](int rc) {
+      if (for_scan) {
+        scan_loading_ = false;
+        return scan_loaded(offset, rc);
+      }
+      count_waiting_ = false;
+      rc < 0 ? flush_failed(rc) : count_step();
+    };
     if (offset % h_.cluster_size() || offset + h_.cluster_size() > file_end()) {
       corrupt("refcount block at " + std::to_string(offset) + " is not a cluster of the file");
-      b.waiters.clear();
-      reactor_->defer([this] { flush_failed(-EIO); });
+      reactor_->defer([loaded] { loaded(-EIO); });
       return nullptr;
     }
+    const bool under_way = !b.waiters.empty();
+    b.waiters.push_back(std::move(loaded));
+    if (under_way) return nullptr;
     auto* buffer = static_cast<uint8_t*>(aligned_alloc_or_null(h_.cluster_size()));
     unbilled_ += IoOp::DeviceIo{1, 0, 0, h_.cluster_size(), 0};
     SubOp* s = take_sub(nullptr, SubOp::Kind::kRefblock);
@@ -1425,6 +1521,9 @@ class Qcow2Backend final : public Backend {
   std::vector<Extent64> ready_frees_;    // their unlink is durable
   std::map<uint64_t, uint64_t> free_runs_;  // refcount 0: offset -> bytes, taken again first
   std::vector<uint64_t> reused_;            // taken from free_runs_, not counted yet
+  uint64_t scan_pos_ = 0, scan_end_ = 0;    // the refcount scan (scan_ready): next cluster, end at open
+  std::vector<Job*> scan_waiters_;
+  bool scan_loading_ = false, count_waiting_ = false;  // a refcount block load is awaited by the scan, count_step
   std::deque<std::pair<uint64_t, uint64_t>> quarantine_;  // (epoch freed, offset): see data_started
   uint64_t epoch_ = 0;
   uint32_t data_inflight_[2] = {0, 0};

@@ -78,6 +78,12 @@ struct DeviceGroup::Impl {
   detail::ModelLearner learner;
   double in_flight_ns = 0;   // the model's time of the reads and writes in flight
   double saturation_ns = 0;  // in flight from which the storage counts as saturated
+  // The request whose storage I/O charge_device_io found beyond it, and what its
+  // storage I/O was in the learner's terms (its class, -1 for a mix, and
+  // its model time): learn() counts that, not the request's own class.
+  const Request* learn_as_request = nullptr;
+  int learn_as_class = -1;
+  double learn_as_ns = 0;
   detail::Reservations reservations;  // reservation-iops / -bps (reservation.h)
   detail::LatencyTargets latency;     // latency targets (latency_target.h)
 
@@ -814,7 +820,17 @@ struct DeviceGroup::Impl {
     const double base = settings.cost.model_ns(request);
     const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
     in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
-    if (learner.completed(detail::RequestCost::class_of(request), base, saturated, last_now)) {
+    // A 4 KiB write that wrote a whole qcow2 cluster took a cluster write's
+    // device time: learnt as a 4 KiB write, it would make every 4 KiB write
+    // dearer, the groups that wrote in place too.
+    int c = detail::RequestCost::class_of(request);
+    double learnt_ns = base;
+    if (learn_as_request == &request) {
+      c = learn_as_class;
+      learnt_ns = learn_as_ns;
+      learn_as_request = nullptr;
+    }
+    if (learner.completed(c, learnt_ns, saturated, last_now)) {
       settings.cost.set_shape(learner);
       rescale_reservations();  // hook: the storage's speed moved
     }
@@ -827,7 +843,8 @@ struct DeviceGroup::Impl {
     // `done` priced as requests of the device model: n operations moving
     // b bytes cost as n of b / n each (the model is affine in bytes).
     Cost order_cost = 0;
-    double device_ns = 0;
+    double device_ns = 0, model_ns = 0;
+    int learn_class = -1;
     auto price = [&](Direction direction, OpKind op, std::uint32_t count, std::uint64_t bytes) {
       Request part;
       part.device = request.device;
@@ -838,13 +855,21 @@ struct DeviceGroup::Impl {
         part.bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(bytes / count + (i < bytes % count), UINT32_MAX));
         order_cost += policy->cost_of(part);
         device_ns += settings.cost.device_ns(part);
+        model_ns += settings.cost.model_ns(part);
       }
+      if (count > 0) learn_class = detail::RequestCost::class_of(part);
     };
     price(Direction::read, OpKind::read, done.reads, done.read_bytes);
     price(Direction::write, OpKind::write, done.writes, done.write_bytes);
     price(Direction::write, OpKind::flush, done.syncs, 0);
     const Cost charged = policy->cost_of(request);
     const double charged_ns = settings.cost.device_ns(request);
+    if (model_learning && model_ns > settings.cost.model_ns(request)) {
+      learn_as_request = &request;
+      const bool one_kind = (done.reads > 0) + (done.writes > 0) + (done.syncs > 0) == 1;
+      learn_as_class = one_kind ? learn_class : -1;  // a mix: no class's shape, the scale
+      learn_as_ns = model_ns;
+    }
     if (order_cost <= charged) return;
     const bool rebase_now = policy->charge_more(group, order_cost - charged);
     if (group.extras && group.extras->reserve.active() && device_ns > charged_ns) {

@@ -100,14 +100,16 @@ TEST_F(Qcow2StorageIo, AllocatingWritesCostTheirCopyOnWriteAndAWholeCluster) {
   // 4 KiB into the middle of an unallocated cluster: what it does not
   // write is read from the base, the whole cluster is written. On memory
   // its head and tail (60 KiB, two reads); on a device one read of the
-  // cluster (one operation costs it less than two).
+  // cluster (one operation costs it less than two). Being the first
+  // allocation since the open, it also reads the refcount block, looking
+  // for clusters freed before the open (there are none).
   IoOp::DeviceIo io = run(Op::kWrite, kCluster + 8192, 4096);
   if (backend_->traits().memory_speed) {
-    EXPECT_EQ(io.reads, 2u);
-    EXPECT_EQ(io.read_bytes, kCluster - 4096u);
+    EXPECT_EQ(io.reads, 2u + 1u);
+    EXPECT_EQ(io.read_bytes, kCluster - 4096u + kCluster);
   } else {
-    EXPECT_EQ(io.reads, 1u);
-    EXPECT_EQ(io.read_bytes, kCluster);
+    EXPECT_EQ(io.reads, 1u + 1u);
+    EXPECT_EQ(io.read_bytes, kCluster + kCluster);
   }
   // Its head only (the write reaches the end): one read, 60 KiB.
   io = run(Op::kWrite, 2 * kCluster + kCluster - 4096, 4096);

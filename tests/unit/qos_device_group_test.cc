@@ -608,6 +608,60 @@ TEST(FairPolicy, StorageIoBeyondTheRequestIsChargedToItsGroup) {
   EXPECT_NEAR(share_with_storage_io(Policy::weight, in_place, in_place), 0.5, 0.02);
 }
 
+// The model learned while serving (model_learner.h) times the storage: a
+// request whose storage I/O was beyond it (a 4 KiB write that wrote a whole
+// 256 KiB qcow2 cluster) is learnt as that I/O, not as a 4 KiB write. Learnt
+// as its own class, it made 4 KiB writes as dear as cluster writes, and the
+// group writing in place paid for the other's allocations. The storage here
+// serves one request at a time, taking exactly the default model's time for
+// what each did; the window is kept full, so it counts as saturated.
+TEST(FairPolicy, StorageIoBeyondTheRequestIsLearntAsThatIo) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);
+  Pool pool;
+  ASSERT_TRUE(g.set_policy(Policy::fair));
+  ASSERT_TRUE(g.set_io_throttle(0));
+  ASSERT_TRUE(g.set_io_limit(32));
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(0, 2));
+  const DeviceIo allocating{0, 1, 0, 0, 256 * 1024};
+  const DeviceIo in_place{0, 1, 0, 0, 4096};
+  const DeviceCosts costs = DeviceCosts::of(kDefaultDeviceModel);
+  const auto cluster_ns = static_cast<std::int64_t>(costs.cost_ns(OpKind::write, 256 * 1024, false));
+  const auto small_ns = static_cast<std::int64_t>(costs.cost_ns(OpKind::write, 4096, false));
+  std::deque<Request*> in_flight;
+  TimePoint now = kStart;
+  int ones = 0, total = 0;
+  std::map<GroupId, int> queued = {{1, 0}, {2, 0}};
+  for (int i = 0; i < 40000; ++i) {
+    for (auto& [group, n] : queued) {
+      for (; n < 64; ++n) g.enqueue(pool.make(0, group, 4096, Direction::write), now);
+    }
+    for (Request* r : drain(g, now)) {
+      --queued[r->group];
+      in_flight.push_back(r);
+    }
+    ASSERT_FALSE(in_flight.empty());
+    Request* done = in_flight.front();
+    in_flight.pop_front();
+    const bool one = done->group == 1;
+    now += std::chrono::nanoseconds(one ? cluster_ns : small_ns);
+    g.charge_device_io(done, one ? allocating : in_place, now);
+    g.complete(done, now);
+    if (i >= 20000) {  // once the learner has had its phases
+      ones += one;
+      ++total;
+    }
+  }
+  // The default model was right: nothing to learn for 4 KiB writes.
+  EXPECT_NEAR(g.learned_device_model().write_rand_iops / kDefaultDeviceModel.write_rand_iops, 1.0, 0.2);
+  // Device time split evenly: group 1 completes one cluster write for
+  // every cluster_ns / small_ns 4 KiB writes of group 2.
+  const double want = static_cast<double>(small_ns) / static_cast<double>(small_ns + cluster_ns);
+  EXPECT_NEAR(static_cast<double>(ones) / total, want, 0.02);
+}
+
 TEST(FairPolicy, WeightChangeAppliesToTheNextDispatch) {
   DeviceGroup g;
   g.set_io_limit_auto(false);  // dm-ioband's fixed window

@@ -79,11 +79,9 @@ inline void count_dispatch(Group& group, const Request& request, Nanos now, std:
     return;
   }
   NarrowCounters::Dispatch& d = group.counters.dispatch;
-  if (overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay)) || overflows(d.sectors[direction], sectors) ||
-      overflows(d.read_requests, 1) || overflows(d.delayed_requests[direction], 1) ||
-      overflows(d.delay_histogram[bucket], 1)) {
-    fold(group, wide(group));
-  }
+  static_assert(255 * sectors_of(UINT32_MAX) <= UINT32_MAX, "255 requests' sectors fit the narrow sum");
+  if (overflows(d.requests, 1) || overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay))) fold(group, wide(group));
+  ++d.requests;
   d.read_requests += request.direction == Direction::read;
   d.sectors[direction] += static_cast<std::uint32_t>(sectors);
   d.delayed_requests[direction] += delayed;
@@ -117,12 +115,12 @@ inline void count_completion(Group& group, const Request& request, Nanos duratio
   // From here on the duration fits 32 bits, and so does the time queued,
   // part of it: one fold makes room for both.
   NarrowCounters::Completion::Op& op = c.ops[kind];
-  if (overflows(op.duration_histogram[bucket], 1) || overflows(op.bytes, request.bytes) ||
+  if (overflows(c.completions, 1) || overflows(op.bytes, request.bytes) ||
       overflows(op.duration_ns, static_cast<std::uint64_t>(duration)) ||
-      (held != 0 && (overflows(c.held_requests[held - 1], 1) ||
-                     overflows(c.held_ns[held - 1], static_cast<std::uint64_t>(queued))))) {
+      (held != 0 && overflows(c.held_ns[held - 1], static_cast<std::uint64_t>(queued)))) {
     fold(group, wide(group));
   }
+  ++c.completions;
   op.bytes += request.bytes;
   op.duration_ns += static_cast<std::uint32_t>(duration);
   ++op.duration_histogram[bucket];

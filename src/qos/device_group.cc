@@ -690,8 +690,8 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void dispatch(Group& group, Request& request, Nanos now, Rule rule, bool by_reservation = false,
-                bool by_node = false) noexcept {
+  [[gnu::always_inline]] void dispatch(Group& group, Request& request, Nanos now, Rule rule,
+                                       bool by_reservation = false, bool by_node = false) noexcept {
     Device& device = *group.device;
     // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
@@ -752,7 +752,7 @@ struct DeviceGroup::Impl {
   // The wide counters of `group` (group.h), made on its first fold.
   // wide_by_slot is 4 bytes a group: with 10,000 groups it stays in the
   // cache, where a hash map keyed by the group would not.
-  detail::WideCounters& wide_of(const Group& group) {
+  [[gnu::noinline]] detail::WideCounters& wide_of(const Group& group) {
     if (group.slot >= wide_by_slot.size()) wide_by_slot.resize(pool.slots(), 0);
     std::uint32_t& index = wide_by_slot[group.slot];
     if (index == 0) {
@@ -793,7 +793,7 @@ struct DeviceGroup::Impl {
     state.held = static_cast<std::uint8_t>(static_cast<std::uint8_t>(reason) + 1);
   }
 
-  void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
+  [[gnu::always_inline]] void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
     const Request::SchedulerState& state = request.scheduler;
     const Nanos queued_ns = Nanos{state.queued_16ns} * 16;
     const Nanos duration = std::max<Nanos>(now - state.time, 0) + queued_ns;
@@ -875,7 +875,7 @@ struct DeviceGroup::Impl {
     saturation_ns = device_model.depth * DeviceCosts::of(device_model).cost_ns(OpKind::read, 4096, false);
   }
 
-  void learn(const Request& request) noexcept {
+  [[gnu::always_inline]] void learn(const Request& request) noexcept {
     const double base = settings.cost.model_ns(request);
     const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
     in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;

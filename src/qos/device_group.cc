@@ -70,7 +70,9 @@ struct DeviceGroup::Impl {
   Policy policy_name = kDefaultPolicy;
   detail::PolicySettings settings;
   std::unique_ptr<OrderPolicy> policy = detail::make_order_policy(kDefaultPolicy, settings);
-  bool anticipates = policy->anticipates();  // the policy's, asked once per policy rather than per request
+  // The policy's constants, asked once per policy rather than per request.
+  bool anticipates = policy->anticipates();
+  Rule policy_rule = policy->rule();
   Admission admission;
   CostModel cost_model{};  // the token model set_cost_model() gave fair, if any
   DeviceModel device_model = kDefaultDeviceModel;
@@ -367,6 +369,7 @@ struct DeviceGroup::Impl {
     policy_name = name;
     policy = detail::make_order_policy(name, settings);
     anticipates = policy->anticipates();
+    policy_rule = policy->rule();
     admission.policy_changed();
     for (auto& device : devices) {
       if (!device) continue;
@@ -582,7 +585,7 @@ struct DeviceGroup::Impl {
       } else if (!top.empty()) {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
-        rule = policy->rule();
+        rule = policy_rule;
         if (!policy->may_go(top.top().key, in_flight, admission.io_throttle)) return waiting(earliest_timer());
       } else {
         assert(!group_timers.empty() || !device_timers.empty());

@@ -50,7 +50,7 @@ inline void add(const NarrowCounters::Completion& from, GroupObservation& to) no
 }
 
 // Adds the narrow counters of `group` to `wide` and clears them.
-inline void fold(Group& group, WideCounters& wide) noexcept {
+[[gnu::noinline]] inline void fold(Group& group, WideCounters& wide) noexcept {
   add(group.counters.dispatch, wide.dispatch);
   group.counters.dispatch = {};
   add(group.counters.completion, wide.completion);
@@ -79,16 +79,30 @@ inline void count_dispatch(Group& group, const Request& request, Nanos now, std:
     return;
   }
   NarrowCounters::Dispatch& d = group.counters.dispatch;
-  if (overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay)) || overflows(d.sectors[direction], sectors) ||
-      overflows(d.read_requests, 1) || overflows(d.delayed_requests[direction], 1) ||
-      overflows(d.delay_histogram[bucket], 1)) {
-    fold(group, wide(group));
-  }
+  static_assert(255 * sectors_of(UINT32_MAX) <= UINT32_MAX, "255 requests' sectors fit the narrow sum");
+  if (overflows(d.requests, 1) || overflows(d.delayed_nanos, static_cast<std::uint64_t>(delay))) fold(group, wide(group));
+  ++d.requests;
   d.read_requests += request.direction == Direction::read;
   d.sectors[direction] += static_cast<std::uint32_t>(sectors);
   d.delayed_requests[direction] += delayed;
   d.delayed_nanos += static_cast<std::uint32_t>(delay);
   ++d.delay_histogram[bucket];
+}
+
+// A completion the narrow counters do not take (count_completion), into
+// the wide ones. Out of line: the rare path keeps its registers to itself.
+[[gnu::noinline]] inline void count_completion_wide(GroupObservation& seen, const Request& request, Nanos duration,
+                                                    Nanos queued, unsigned held, bool failed) noexcept {
+  OpObservation& op = seen.ops[static_cast<std::size_t>(request.op_kind)];
+  ++op.requests;
+  op.bytes += request.bytes;
+  op.errors += failed;
+  op.duration_ns += static_cast<std::uint64_t>(duration);
+  ++op.duration_histogram[duration_bucket(duration)];
+  if (held != 0) {
+    ++seen.held_requests[held - 1];
+    seen.held_ns[held - 1] += static_cast<std::uint64_t>(queued);
+  }
 }
 
 // `request` of `group` completed after `duration` (arrival to completion),
@@ -98,37 +112,31 @@ template <typename WideOf>
 inline void count_completion(Group& group, const Request& request, Nanos duration, Nanos queued, unsigned held,
                              bool failed, WideOf&& wide) noexcept {
   const auto kind = static_cast<std::size_t>(request.op_kind);
-  const std::size_t bucket = duration_bucket(duration);
   NarrowCounters::Completion& c = group.counters.completion;
-  if (failed || kind >= kNarrowOps || overflows(std::uint32_t{0}, static_cast<std::uint64_t>(duration))) {
-    GroupObservation& seen = wide(group).completion;
-    OpObservation& op = seen.ops[kind];
-    ++op.requests;
-    op.bytes += request.bytes;
-    op.errors += failed;
-    op.duration_ns += static_cast<std::uint64_t>(duration);
-    ++op.duration_histogram[bucket];
-    if (held != 0) {
-      ++seen.held_requests[held - 1];
-      seen.held_ns[held - 1] += static_cast<std::uint64_t>(queued);
-    }
+  if (failed || kind >= kNarrowOps || overflows(std::uint32_t{0}, static_cast<std::uint64_t>(duration))) [[unlikely]] {
+    count_completion_wide(wide(group).completion, request, duration, queued, held, failed);
     return;
   }
   // From here on the duration fits 32 bits, and so does the time queued,
-  // part of it: one fold makes room for both.
+  // part of it. The sums are formed 64 bits wide: one test of their high
+  // halves (and of the count) says whether a fold must make room first.
   NarrowCounters::Completion::Op& op = c.ops[kind];
-  if (overflows(op.duration_histogram[bucket], 1) || overflows(op.bytes, request.bytes) ||
-      overflows(op.duration_ns, static_cast<std::uint64_t>(duration)) ||
-      (held != 0 && (overflows(c.held_requests[held - 1], 1) ||
-                     overflows(c.held_ns[held - 1], static_cast<std::uint64_t>(queued))))) {
-    fold(group, wide(group));
+  const std::size_t reason = held != 0 ? held - 1 : 0;
+  const std::uint64_t bytes = std::uint64_t{op.bytes} + request.bytes;
+  const std::uint64_t time = std::uint64_t{op.duration_ns} + static_cast<std::uint64_t>(duration);
+  const std::uint64_t held_time = std::uint64_t{c.held_ns[reason]} + (held != 0 ? static_cast<std::uint64_t>(queued) : 0);
+  if (((bytes | time | held_time) >> 32) != 0 || c.completions == UINT8_MAX) [[unlikely]] {
+    fold(group, wide(group));  // all zero now: the second time fits
+    count_completion(group, request, duration, queued, held, failed, wide);
+    return;
   }
-  op.bytes += request.bytes;
-  op.duration_ns += static_cast<std::uint32_t>(duration);
-  ++op.duration_histogram[bucket];
+  ++c.completions;
+  op.bytes = static_cast<std::uint32_t>(bytes);
+  op.duration_ns = static_cast<std::uint32_t>(time);
+  ++op.duration_histogram[duration_bucket(duration)];
   if (held != 0) {
-    ++c.held_requests[held - 1];
-    c.held_ns[held - 1] += static_cast<std::uint32_t>(queued);
+    ++c.held_requests[reason];
+    c.held_ns[reason] = static_cast<std::uint32_t>(held_time);
   }
 }
 

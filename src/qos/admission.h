@@ -80,7 +80,7 @@ class Admission {
 
   // Until when the anticipation holds `group` (0: it does not). A held
   // group is parked by the caller and remembered here.
-  Nanos holds(Group& group, std::uint32_t in_flight, Nanos now) noexcept {
+  [[gnu::always_inline]] Nanos holds(Group& group, std::uint32_t in_flight, Nanos now) noexcept {
     const Nanos until = anticipation_.holds(group, in_flight, now);
     if (until != 0 && std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
     return until;
@@ -117,8 +117,8 @@ class Admission {
   // `request` of `group` completed with `in_flight` in flight until then
   // (its own counts already lowered). Returns the groups the anticipation
   // held that must ask again now; the caller empties the list.
-  std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight, bool anticipates,
-                                 Nanos now) noexcept {
+  [[gnu::always_inline]] std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight,
+                                                        bool anticipates, Nanos now) noexcept {
     if (auto_) {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);

@@ -213,9 +213,14 @@ class Anticipation {
 
   // Makes `group` the anticipated one unless a heavier (or as heavy) one
   // still is. Whether it is now.
-  bool take(Group& group, Nanos now) noexcept {
+  [[gnu::always_inline]] bool take(Group& group, Nanos now) noexcept {
     if (group_ == &group) return true;
     if (group_ != nullptr && active(now) && weight_of(*group_) >= weight_of(group)) return false;
+    become(group);
+    return true;
+  }
+  // `group` is the anticipated one from now on: everything learned starts again.
+  [[gnu::noinline]] void become(Group& group) noexcept {
     group_ = &group;
     think_ = kMinWait / 4;
     credit_ = 0;
@@ -236,7 +241,6 @@ class Anticipation {
     trial_gap_ = kMinTrialGap;
     trial_ = quiet_ = false;
     slow_start_ = true;
-    return true;
   }
 
   // The allowance: how many requests of the lighter deep groups may be in

@@ -70,6 +70,9 @@ struct DeviceGroup::Impl {
   Policy policy_name = kDefaultPolicy;
   detail::PolicySettings settings;
   std::unique_ptr<OrderPolicy> policy = detail::make_order_policy(kDefaultPolicy, settings);
+  // The policy's constants, asked once per policy rather than per request.
+  bool anticipates = policy->anticipates();
+  Rule policy_rule = policy->rule();
   Admission admission;
   CostModel cost_model{};  // the token model set_cost_model() gave fair, if any
   DeviceModel device_model = kDefaultDeviceModel;
@@ -86,6 +89,17 @@ struct DeviceGroup::Impl {
   double learn_as_ns = 0;
   detail::Reservations reservations;  // reservation-iops / -bps (reservation.h)
   detail::LatencyTargets latency;     // latency targets (latency_target.h)
+
+  // ---- hooks: which optional features are configured ----
+  // Tenants, limits of a device or tenant, reservations (and range-bw's
+  // min-bw) and latency targets each add work to every request when they
+  // are used. This word says which are, so that the hot path tests one bit
+  // per feature (usually all clear) instead of following each feature's
+  // pointers. A group's own limits, range-bw and reservation live in its
+  // extras: the null pointer is that group's flag. Kept by refresh_hooks()
+  // after every configuration change.
+  enum Hook : std::uint8_t { kHookTree = 1, kHookLimits = 2, kHookReserve = 4, kHookLatency = 8 };
+  std::uint8_t hooks = 0;
 
   // ---- model ----
   std::vector<std::unique_ptr<Device>> devices;  // by DeviceId; null = none
@@ -163,6 +177,7 @@ struct DeviceGroup::Impl {
     } else if (top.contains(&device)) {
       top.erase(&device);
     }
+    if (!(hooks & kHookReserve)) return;  // top_reserved is empty (refresh_hooks)
     // A device's own reservation (reservation.h) is due for its best ready group.
     const bool own = device.reserve.active() && !device.ready.empty();
     if (!device.reserved.empty() || own) {
@@ -359,6 +374,8 @@ struct DeviceGroup::Impl {
   void set_policy(Policy name) {
     policy_name = name;
     policy = detail::make_order_policy(name, settings);
+    anticipates = policy->anticipates();
+    policy_rule = policy->rule();
     admission.policy_changed();
     for (auto& device : devices) {
       if (!device) continue;
@@ -402,6 +419,42 @@ struct DeviceGroup::Impl {
     // hook: latency targets can hold any group.
     group_timers.reserve(latency.any() ? pool.live() : parkable);
   }
+
+  // What the hooks word should say now: O(devices + tenants).
+  std::uint8_t configured_hooks() const noexcept {
+    std::uint8_t flags = 0;
+    if (policy_name == Policy::range_bw || reservations.any() || !reserving_tenants.empty()) flags |= kHookReserve;
+    if (latency.any()) flags |= kHookLatency;
+    for (const auto& device : devices) {
+      if (!device) continue;
+      if (device->limits.active()) flags |= kHookLimits;
+      if (device->reserve.configured()) flags |= kHookReserve;
+      if (device->tree.tenant != nullptr) flags |= kHookTree;
+    }
+    tenants.for_each([&](const detail::Tenant& tenant) {
+      if (tenant.limits.active()) flags |= kHookLimits | kHookTree;
+      if (tenant.reserve.configured()) flags |= kHookReserve | kHookTree;
+    });
+    return flags;
+  }
+  // After a configuration change. While the word changes, the heaps are
+  // brought up to date under both the old and the new features, so that a
+  // device leaves top_reserved before its bit goes and enters it after.
+  void refresh_hooks() noexcept {
+    const std::uint8_t flags = configured_hooks();
+    if (flags == hooks) return;
+    hooks |= flags;
+    for (auto& device : devices) {
+      if (device) update_device(*device);
+    }
+    hooks = flags;
+  }
+  // In a setting that may add or remove a feature: the word is set again
+  // when the setting returns, on every path.
+  struct HooksRefresh {
+    Impl& impl;
+    ~HooksRefresh() { impl.refresh_hooks(); }
+  };
 
   GroupExtras& extras_of(Group& group) {
     if (!group.extras) {
@@ -500,7 +553,9 @@ struct DeviceGroup::Impl {
     bool window_full = false;  // hook: latency targets (latency_target.h)
     if (admission.closed(in_flight, now)) {
       window_closed_at = now;
-      if (!latency.any() || !latency.passes_window(in_flight, admission.io_limit)) return waiting(TimePoint::max());
+      if (!(hooks & kHookLatency) || !latency.passes_window(in_flight, admission.io_limit)) {
+        return waiting(TimePoint::max());
+      }
       window_full = true;
     }
     for (;;) {
@@ -509,8 +564,12 @@ struct DeviceGroup::Impl {
       Rule rule;
       bool by_reservation = false;  // released by reservation-iops / -bps, not range-bw's min-bw
       bool by_node = false;         // by a device's or a tenant's reservation
-      const Nanos reserved_key = top_reserved.empty() ? INT64_MAX : top_reserved.top().key;
-      Device* tenant_device = reserving_tenants.empty() ? nullptr : due_tenant(now, reserved_key).second;
+      Nanos reserved_key = INT64_MAX;
+      Device* tenant_device = nullptr;
+      if (hooks & kHookReserve) {
+        if (!top_reserved.empty()) reserved_key = top_reserved.top().key;
+        if (!reserving_tenants.empty()) tenant_device = due_tenant(now, reserved_key).second;
+      }
       if (tenant_device != nullptr) {
         // A tenant's reservation: its best group by the policy's order.
         device = tenant_device;
@@ -532,7 +591,7 @@ struct DeviceGroup::Impl {
       } else if (!top.empty()) {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
-        rule = policy->rule();
+        rule = policy_rule;
         if (!policy->may_go(top.top().key, in_flight, admission.io_throttle)) return waiting(earliest_timer());
       } else {
         assert(!group_timers.empty() || !device_timers.empty());
@@ -548,7 +607,7 @@ struct DeviceGroup::Impl {
       // ---- hook: latency targets (latency_target.h) ----
       // Another group misses its target: this one waits while the others
       // have the cap in flight (asked again at completions).
-      if (latency.any() && latency.holds(*group, in_flight, window_full)) {
+      if ((hooks & kHookLatency) && latency.holds(*group, in_flight, window_full)) {
         park_group(*group, now + detail::LatencyTargets::kRecheck);
         continue;
       }
@@ -564,12 +623,14 @@ struct DeviceGroup::Impl {
         park_group(*group, at);
         continue;
       }
-      if (device->limits.active() && held_by_limit(device->limits, *group, *device, request, now)) continue;
-      // tree.h: the limits a tenant shares over its devices.
-      if (detail::Tenant* tenant = device->tree.tenant;
-          tenant != nullptr && tenant->limits.active() && held_by_limit(tenant->limits, *group, *device, request, now)) {
-        tenant->limit_paced_at = now;
-        continue;
+      if (hooks & kHookLimits) {
+        if (device->limits.active() && held_by_limit(device->limits, *group, *device, request, now)) continue;
+        // tree.h: the limits a tenant shares over its devices.
+        if (detail::Tenant* tenant = device->tree.tenant; tenant != nullptr && tenant->limits.active() &&
+                                                           held_by_limit(tenant->limits, *group, *device, request, now)) {
+          tenant->limit_paced_at = now;
+          continue;
+        }
       }
       Rule reported = in_flight < admission.io_throttle ? Rule::below_throttle : rule;
       // Was this an order, or first come first served? The latter when
@@ -638,8 +699,8 @@ struct DeviceGroup::Impl {
     }
   }
 
-  void dispatch(Group& group, Request& request, Nanos now, Rule rule, bool by_reservation = false,
-                bool by_node = false) noexcept {
+  [[gnu::always_inline]] void dispatch(Group& group, Request& request, Nanos now, Rule rule,
+                                       bool by_reservation = false, bool by_node = false) noexcept {
     Device& device = *group.device;
     // Unlink the head (the next request's `prev` goes stale: a head's is not kept).
     group.head = request.scheduler.next;
@@ -650,28 +711,33 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
-    detail::Tenant* tenant = device.tree.tenant;
+    detail::Tenant* tenant = (hooks & kHookTree) ? device.tree.tenant : nullptr;
     if (tenant != nullptr) --tenant->queued;
     ++group.in_flight;
     ++device.in_flight;
     ++in_flight;
 
     if (model_learning) in_flight_ns += settings.cost.model_ns(request);
-    if (group.extras && group.extras->limits.active()) group.extras->limits.charge(request.direction, request.bytes, now);
-    if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-    if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+    GroupExtras* extras = group.extras.get();
+    if (extras != nullptr && extras->limits.active()) extras->limits.charge(request.direction, request.bytes, now);
+    if (hooks & kHookLimits) {
+      if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
+      if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+    }
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
     const bool rebase_now = !by_reservation ? policy->charge(group, request, rule, now)
                             : by_node       ? charge_inside_node(group, request, now)
                                             : false;
-    if (group.extras && group.extras->reserve.active()) {
-      group.extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
-    }
-    if (device.reserve.active()) device.reserve.charge(settings.cost.device_ns(request), device.queued == 0, now);
-    if (tenant != nullptr && tenant->reserve.active()) {
-      tenant->reserve.charge(settings.cost.device_ns(request), tenant->queued == 0, now);
+    if (hooks & kHookReserve) {
+      if (extras != nullptr && extras->reserve.active()) {
+        extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
+      }
+      if (device.reserve.active()) device.reserve.charge(settings.cost.device_ns(request), device.queued == 0, now);
+      if (tenant != nullptr && tenant->reserve.active()) {
+        tenant->reserve.charge(settings.cost.device_ns(request), tenant->queued == 0, now);
+      }
     }
     detail::count_dispatch(group, request, now, wait_epoch, [this](const Group& g) -> detail::WideCounters& {
       return wide_of(g);
@@ -682,10 +748,10 @@ struct DeviceGroup::Impl {
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
       if (is_ready(group)) device.ready.update(group.slot, policy->key(group));
-      if (reserved(group)) device.reserved.update(group.extras.get(), reservation_key(group));
+      if (reserved(group)) device.reserved.update(extras, reservation_key(group));
     } else {
       if (is_ready(group)) device.ready.erase(group.slot);
-      if (reserved(group)) device.reserved.erase(group.extras.get());
+      if (reserved(group)) device.reserved.erase(extras);
     }
     update_device(device);
     if (rebase_now) rebase();
@@ -695,7 +761,7 @@ struct DeviceGroup::Impl {
   // The wide counters of `group` (group.h), made on its first fold.
   // wide_by_slot is 4 bytes a group: with 10,000 groups it stays in the
   // cache, where a hash map keyed by the group would not.
-  detail::WideCounters& wide_of(const Group& group) {
+  [[gnu::noinline]] detail::WideCounters& wide_of(const Group& group) {
     if (group.slot >= wide_by_slot.size()) wide_by_slot.resize(pool.slots(), 0);
     std::uint32_t& index = wide_by_slot[group.slot];
     if (index == 0) {
@@ -724,9 +790,11 @@ struct DeviceGroup::Impl {
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
     state.held = 0;
     if (delay <= 0) return;
-    const Nanos group_paced_at = group.extras ? group.extras->limit_paced_at : INT64_MIN;
+    // Only limits pace: the group's own (in its extras), its device's or its tenant's.
+    const bool paced = (group.extras && group.extras->limit_paced_at >= state.time) ||
+                       group.device->limit_paced_at >= state.time;
     HoldReason reason = HoldReason::weight;
-    if (std::max(group_paced_at, group.device->limit_paced_at) >= state.time) {
+    if (paced) {
       reason = HoldReason::limit;
     } else if (window_closed_at >= state.time) {
       reason = HoldReason::window;
@@ -734,7 +802,7 @@ struct DeviceGroup::Impl {
     state.held = static_cast<std::uint8_t>(static_cast<std::uint8_t>(reason) + 1);
   }
 
-  void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
+  [[gnu::always_inline]] void observe_completion(const Request& request, Nanos now, bool failed) noexcept {
     const Request::SchedulerState& state = request.scheduler;
     const Nanos queued_ns = Nanos{state.queued_16ns} * 16;
     const Nanos duration = std::max<Nanos>(now - state.time, 0) + queued_ns;
@@ -779,7 +847,7 @@ struct DeviceGroup::Impl {
     const std::uint8_t peak = group->busy_peak;
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
-    admission.queued(*group, peak, policy->anticipates(), last_now);
+    admission.queued(*group, peak, anticipates, last_now);
     if (group->queue_length == 1) make_ready(*group);
   }
 
@@ -816,7 +884,7 @@ struct DeviceGroup::Impl {
     saturation_ns = device_model.depth * DeviceCosts::of(device_model).cost_ns(OpKind::read, 4096, false);
   }
 
-  void learn(const Request& request) noexcept {
+  [[gnu::always_inline]] void learn(const Request& request) noexcept {
     const double base = settings.cost.model_ns(request);
     const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
     in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
@@ -895,7 +963,7 @@ struct DeviceGroup::Impl {
     --device.in_flight;
     --in_flight;
     if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) detail::leaf_idle(device.tree, group.weight);
-    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, policy->anticipates(), last_now);
+    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
     for (Group* held : release) {
@@ -906,7 +974,7 @@ struct DeviceGroup::Impl {
     }
     release.clear();
     // ---- hook: latency targets (latency_target.h) ----
-    if (latency.any()) {
+    if (hooks & kHookLatency) {
       const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;
       std::vector<Group*>& again = latency.completed(group, latency_ns, in_flight, admission.io_limit, last_now);
       for (Group* held : again) {
@@ -1052,6 +1120,7 @@ DeviceGroup::~DeviceGroup() = default;
 
 // ---- settings ----
 Status DeviceGroup::set_policy(Policy policy) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   switch (policy) {
     case Policy::weight:
     case Policy::weight_iosize:
@@ -1186,6 +1255,7 @@ Status DeviceGroup::add_device(DeviceId id) {
 }
 
 Status DeviceGroup::remove_device(DeviceId id) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   Device* device = impl.find_device(id);
   if (device == nullptr) return Status::error(device_name(id) + " does not exist");
@@ -1235,6 +1305,7 @@ Status DeviceGroup::attach(DeviceId device_id, GroupId group_id) {
 }
 
 Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
@@ -1323,6 +1394,7 @@ std::optional<std::uint32_t> DeviceGroup::weight(DeviceId device_id, GroupId gro
 }
 
 Status DeviceGroup::set_range_bw(DeviceId device_id, GroupId group_id, std::uint64_t min_kib, std::uint64_t max_kib) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Status status;
   Group* group = lookup(*impl_, device_id, group_id, &status);
   if (group == nullptr) return status;
@@ -1351,6 +1423,7 @@ std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_i
 
 Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits,
                                bool admitted) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");
@@ -1463,6 +1536,7 @@ std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) 
 // ---- tenants (tree.h) ----
 Status DeviceGroup::add_tenant(TenantId tenant, std::uint32_t weight) { return impl_->tenants.add(tenant, weight); }
 Status DeviceGroup::remove_tenant(TenantId tenant_id) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant != nullptr && tenant->devices == 0 && tenant->reserve.active()) {
@@ -1478,6 +1552,7 @@ Status DeviceGroup::set_tenant_weight(TenantId tenant, std::uint32_t weight) {
 }
 
 Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, bool admitted) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
@@ -1511,6 +1586,7 @@ std::optional<Limits> DeviceGroup::tenant_limits(TenantId tenant_id) const noexc
 }
 
 Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId> tenant_id, std::uint32_t weight) {
+  Impl::HooksRefresh refresh_hooks{*impl_};
   Impl& impl = *impl_;
   Device* device = impl.find_device(device_id);
   if (device == nullptr) return Status::error(device_name(device_id) + " does not exist");

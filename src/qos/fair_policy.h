@@ -75,10 +75,15 @@ class FairOrder : public OrderPolicy {
 
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
     vtime_ = std::max(vtime_, group.vtime);
-    if (Tenant* tenant = group.device->tree.tenant) {
-      tenant->vtime = std::max(tenant_vtime(*tenant, vtime_, rebases_), group.vtime);
+    const Cost cost = settings_.cost.of(request);  // within [1, kMaxCost]
+    const DeviceNode& node = group.device->tree;
+    if (node.tenant == nullptr) {  // the tree's path below, asked once
+      group.vtime += FairPolicy::advance(cost, group.weight);
+    } else {
+      node.tenant->vtime = std::max(tenant_vtime(*node.tenant, vtime_, rebases_), group.vtime);
+      group.vtime += tree_advance(cost, group.weight, node);
     }
-    return charge_more(group, settings_.cost.of(request));
+    return group.vtime > kVtimeRebase;
   }
   Cost cost_of(const Request& request) const noexcept override { return settings_.cost.of(request); }
   bool charge_more(Group& group, Cost cost) noexcept override {

@@ -52,7 +52,7 @@ struct alignas(64) GroupExtras {
 // The wide part, WideCounters (64-bit), is kept beside the groups by the
 // device group and made on a group's first fold: before any narrow
 // counter would overflow, the narrow part is added to the wide one and
-// cleared (every 255 requests of one histogram bucket, or 4.3 s of summed
+// cleared (every 255 requests, or 4.3 s of summed
 // time). What does not fit the narrow part goes to the wide part at once:
 // completions of other operations than read and write, failed ones, and
 // times over 4.3 s. A reader adds the two parts.
@@ -79,6 +79,10 @@ struct NarrowCounters {
     std::uint16_t read_requests = 0;
     std::array<std::uint16_t, 2> delayed_requests{};  // by Direction
     std::array<std::uint8_t, kDelayBuckets> delay_histogram{};
+    // Requests counted since the last fold: a fold at 255 keeps every
+    // count above within its width, and the sectors too (255 requests of
+    // at most 2^23 sectors), so only the summed time needs a check of its own.
+    std::uint8_t requests = 0;
   };
   // Counted at completion (accounting.h); only ever grow.
   struct Completion {
@@ -90,6 +94,9 @@ struct NarrowCounters {
     std::array<Op, kNarrowOps> ops{};  // by OpKind
     std::array<std::uint16_t, kHoldReasons> held_requests{};
     std::array<std::uint32_t, kHoldReasons> held_ns{};
+    // Completions counted since the last fold: the histograms' buckets and
+    // held_requests stay within their widths; bytes and times are checked.
+    std::uint8_t completions = 0;
   };
   Dispatch dispatch;
   Completion completion;

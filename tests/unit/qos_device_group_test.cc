@@ -2,6 +2,7 @@
 // policies' rules, request by request with a fake clock.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -722,6 +723,57 @@ TEST(Limits, DeviceLimitHoldsTheWholeDeviceButNotOthers) {
   for (Request* r : out) device0 += r->device == 0;
   EXPECT_EQ(device0, 2);
   EXPECT_EQ(out.size(), 7u);
+}
+
+// A device group checks a feature on the hot path only while one is
+// configured (the hooks word, device_group.cc): a limit or a reservation set
+// or lifted while requests wait, on a device or on a tenant, acts at once.
+TEST(Limits, DeviceAndTenantLimitsSetAndLiftedWhileRequestsWait) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);  // dm-ioband's fixed window
+  Pool pool;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.add_device(1));
+  auto queue = [&](DeviceId device, int n, TimePoint at) {
+    for (int i = 0; i < n; ++i) g.enqueue(pool.make(device, kDefaultGroup), at);
+  };
+  auto count = [](const std::vector<Request*>& out, DeviceId device) {
+    return std::count_if(out.begin(), out.end(), [&](Request* r) { return r->device == device; });
+  };
+  Limits limits;
+  limits.iops_total = {10, 0, 1};  // capacity 1: 2 pass at once, then one every 100 ms
+  queue(0, 5, kStart);
+  queue(1, 5, kStart);
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, limits));
+  std::vector<Request*> out = drain(g, kStart);
+  EXPECT_EQ(count(out, 0), 2);
+  EXPECT_EQ(count(out, 1), 5);
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, Limits{}));
+  EXPECT_EQ(count(drain(g, kStart), 0), 3);
+
+  // The same limit shared by a tenant of both devices.
+  ASSERT_TRUE(g.add_tenant(7, 100));
+  ASSERT_TRUE(g.set_device_tenant(0, 7));
+  ASSERT_TRUE(g.set_device_tenant(1, 7));
+  const TimePoint later = kStart + std::chrono::seconds(1);
+  queue(0, 4, later);
+  queue(1, 4, later);
+  ASSERT_TRUE(g.set_tenant_limits(7, limits));
+  EXPECT_EQ(drain(g, later).size(), 2u);
+  ASSERT_TRUE(g.set_tenant_limits(7, Limits{}));
+  EXPECT_EQ(drain(g, later).size(), 6u);
+
+  // A reservation of a device, set and removed with requests waiting: the
+  // order goes on without it.
+  Limits reserve;
+  reserve.reservation_iops = 100;
+  ASSERT_TRUE(g.set_limits(1, std::nullopt, reserve));
+  queue(0, 3, later);
+  queue(1, 3, later);
+  ASSERT_TRUE(g.set_limits(1, std::nullopt, Limits{}));
+  EXPECT_FALSE(g.device_reservation(1).has_value());
+  EXPECT_EQ(drain(g, later).size(), 6u);
+  EXPECT_EQ(g.queued(), 0u);
 }
 
 TEST(RangeBw, ReservationBeforeWeight) {

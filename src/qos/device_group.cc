@@ -397,6 +397,16 @@ struct DeviceGroup::Impl {
     group_timers.reserve(latency.any() ? pool.live() : parkable);
   }
 
+  // The latency target the limit keys give `node` (none: removes it), and
+  // the group reservation it guards.
+  void set_latency_target(detail::LatencyNode node, const Limits& limits,
+                          const detail::GroupReservation* reservation = nullptr) {
+    const std::uint64_t permille =
+        limits.latency_percentile_permille == 0 ? kDefaultLatencyPermille : limits.latency_percentile_permille;
+    latency.set(node, static_cast<Nanos>(limits.latency_target_us) * 1000, static_cast<std::uint32_t>(permille),
+                reservation, last_now);
+  }
+
   GroupExtras& extras_of(Group& group) {
     if (!group.extras) {
       group.extras = std::make_unique<GroupExtras>();
@@ -416,7 +426,7 @@ struct DeviceGroup::Impl {
     }
     admission.forget(group);
     policy->forget(group);
-    latency.forget(group);  // hook: latency targets
+    latency.forget(detail::LatencyNode::of(group));  // hook: latency targets
     if (group->extras) {
       if (group->extras->reserve.active()) {  // hook: reservations
         reservations.forget(&group->extras->reserve);
@@ -645,7 +655,10 @@ struct DeviceGroup::Impl {
     --device.queued;
     --queued;
     detail::Tenant* tenant = device.tree.tenant;
-    if (tenant != nullptr) --tenant->queued;
+    if (tenant != nullptr) {
+      --tenant->queued;
+      ++tenant->in_flight;
+    }
     ++group.in_flight;
     ++device.in_flight;
     ++in_flight;
@@ -868,6 +881,7 @@ struct DeviceGroup::Impl {
     if (model_learning) learn(request);
     --group.in_flight;
     --device.in_flight;
+    if (device.tree.tenant != nullptr) --device.tree.tenant->in_flight;
     --in_flight;
     if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) detail::leaf_idle(device.tree, group.weight);
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, policy->anticipates(), last_now);
@@ -989,7 +1003,7 @@ struct DeviceGroup::Impl {
     --group_count;
     policy->forget(group);
     // hook: its reservation and latency target end with it, not with its last request in flight.
-    latency.forget(group);
+    latency.forget(detail::LatencyNode::of(group));
     if (group->extras && group->extras->reserve.active()) {
       reservations.forget(&group->extras->reserve);
       group->extras->reserve = {};
@@ -1173,6 +1187,7 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
   detail::Tenants::place(device->tree, nullptr, kDefaultWeight);  // tree.h
   if (device->reserve.active()) impl.reservations.forget(&device->reserve);  // hook: reservations
+  impl.latency.forget(detail::LatencyNode::of(device));                        // hook: latency targets
   Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
   impl.relink_reservations();
   impl.rescale_reservations();
@@ -1346,23 +1361,16 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     }
     apply(extras.limits);
     const bool had_target = impl.latency.any();
-    impl.latency.set(group, static_cast<Nanos>(limits.latency_target_us) * 1000,
-                     static_cast<std::uint32_t>(limits.latency_percentile_permille == 0
-                                                    ? kDefaultLatencyPermille
-                                                    : limits.latency_percentile_permille),
-                     extras.reserve.active() ? &extras.reserve : nullptr, impl.last_now);
+    impl.set_latency_target(detail::LatencyNode::of(group), limits, extras.reserve.active() ? &extras.reserve : nullptr);
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
-    if (limits.latency_target_us != 0) {
-      return Status::error("latency targets are set on groups (limit ID:latency-target=..., "
-                           "-1 for the default group), not yet on a whole device");
-    }
     if (Status status = impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted);
         !status) {
       return status;
     }
     apply(device->limits);
+    impl.set_latency_target(detail::LatencyNode::of(device), limits);  // hook: latency targets
     impl.reserve_capacity();
     impl.restart_device(*device);
   }
@@ -1409,7 +1417,7 @@ std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, Gr
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
   ReservationStatus status = reservation_status(group->extras->reserve, impl_->reservations, impl_->last_now);
-  status.cap_on_others = impl_->latency.cap_of(group);
+  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(group));
   return status;
 }
 
@@ -1425,14 +1433,30 @@ ReservationSummary DeviceGroup::reservations() const noexcept {
 std::optional<LatencyTargetStatus> DeviceGroup::latency_target(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  const LatencyTargetStatus* status = impl_->latency.status(group);
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(group));
+  if (status == nullptr) return std::nullopt;
+  return *status;
+}
+
+std::optional<LatencyTargetStatus> DeviceGroup::device_latency_target(DeviceId device_id) const noexcept {
+  const Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return std::nullopt;
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(device));
+  if (status == nullptr) return std::nullopt;
+  return *status;
+}
+
+std::optional<LatencyTargetStatus> DeviceGroup::tenant_latency_target(TenantId tenant_id) const noexcept {
+  const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  if (tenant == nullptr) return std::nullopt;
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(tenant));
   if (status == nullptr) return std::nullopt;
   return *status;
 }
 
 std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
-  return group == nullptr ? 0 : impl_->latency.cap_on(group);
+  return group == nullptr ? 0 : impl_->latency.cap_on(*group);
 }
 
 // ---- tenants (tree.h) ----
@@ -1445,6 +1469,7 @@ Status DeviceGroup::remove_tenant(TenantId tenant_id) {
     std::erase(impl.reserving_tenants, tenant);
     impl.rescale_reservations();
   }
+  if (tenant != nullptr && tenant->devices == 0) impl.latency.forget(detail::LatencyNode::of(tenant));
   return impl.tenants.remove(tenant_id);
 }
 bool DeviceGroup::has_tenant(TenantId tenant) const noexcept { return impl_->tenants.find(tenant) != nullptr; }
@@ -1457,10 +1482,6 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  if (limits.latency_target_us != 0) {
-    return Status::error("latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
-                         "not yet on a tenant");
-  }
   if (Status status = impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted);
       !status) {
     return status;
@@ -1472,6 +1493,7 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   }
   if (limits.unlimited()) tenant->limits = LimitState();  // no level kept past no limit
   tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
+  impl.set_latency_target(detail::LatencyNode::of(tenant), limits);  // hook: latency targets
   impl.reserve_capacity();
   for (auto& device : impl.devices) {
     if (device && device->tree.tenant == tenant) impl.restart_device(*device);
@@ -1500,8 +1522,14 @@ Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId
     }
   }
   // Its queued requests count for the tenant they now wait in.
-  if (device->tree.tenant != nullptr) device->tree.tenant->queued -= device->queued;
-  if (tenant != nullptr) tenant->queued += device->queued;
+  if (device->tree.tenant != nullptr) {
+    device->tree.tenant->queued -= device->queued;
+    device->tree.tenant->in_flight -= device->in_flight;
+  }
+  if (tenant != nullptr) {
+    tenant->queued += device->queued;
+    tenant->in_flight += device->in_flight;
+  }
   detail::Tenants::place(device->tree, tenant, tenant ? weight : kDefaultWeight);
   impl.relink_reservations();  // hook: a device's reservations count toward its new tenant's
   impl.rescale_reservations();

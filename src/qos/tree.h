@@ -85,6 +85,7 @@ struct Tenant {
   std::uint64_t weight_sum = 0;      // of its devices
   std::uint64_t active_weight = 0;   // of its active devices: S_T
   std::uint32_t queued = 0;          // requests queued on its devices
+  std::uint32_t in_flight = 0;       // and in flight
   LimitState limits;                 // shared by its devices
   GroupReservation reserve;          // shared by its devices (reservation.h)
   Nanos limit_paced_at = INT64_MIN;  // last time its limits held a request back

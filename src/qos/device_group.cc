@@ -90,6 +90,8 @@ struct DeviceGroup::Impl {
   std::vector<Group*> retired;  // detached, requests still in flight
   detail::Tenants tenants;      // tree.h
   std::vector<detail::Tenant*> reserving_tenants;  // tenants with a reservation (reservation.h)
+  std::vector<Device*> lingering;  // devices of tenants whose linger may be over (tree.h)
+  Nanos linger_until = INT64_MAX;  // the earliest end of a linger among them
 
   // ---- scheduling ----
   IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
@@ -255,6 +257,27 @@ struct DeviceGroup::Impl {
     rescale_reservations();
     return {};
   }
+  // A leaf went idle (tree.h); its device may start to linger in its tenant.
+  void leaf_idle(Device& device, std::uint32_t weight, Nanos now) noexcept {
+    if (!detail::leaf_idle(device.tree, weight, now)) return;
+    if (std::find(lingering.begin(), lingering.end(), &device) == lingering.end()) lingering.push_back(&device);
+    linger_until = std::min(linger_until, now + detail::kLinger);
+  }
+  // Devices whose linger is over leave their tenants' active sums.
+  void end_lingers(Nanos now) noexcept {
+    linger_until = INT64_MAX;
+    std::erase_if(lingering, [&](Device* device) {
+      detail::DeviceNode& node = device->tree;
+      if (!node.lingering) return true;  // came back, or moved out of its tenant
+      if (now - node.idle_at >= detail::kLinger) {
+        detail::device_idle(node);
+        return true;
+      }
+      linger_until = std::min(linger_until, node.idle_at + detail::kLinger);
+      return false;
+    });
+  }
+
   // A node became active (something queued or in flight below it): it banks nothing.
   void nodes_from_idle(Device& device, Nanos now) noexcept {
     if (device.tree.active_leaves != 1) return;
@@ -499,6 +522,7 @@ struct DeviceGroup::Impl {
 
   Decision next(Nanos now) noexcept {
     last_now = std::max(last_now, now);
+    if (now >= linger_until) end_lingers(now);  // hook: the tree's idle devices (tree.h)
     if (queued == 0) return Decision::empty();
     release_timers(now);
     bool window_full = false;  // hook: latency targets (latency_target.h)
@@ -883,7 +907,7 @@ struct DeviceGroup::Impl {
     --device.in_flight;
     if (device.tree.tenant != nullptr) --device.tree.tenant->in_flight;
     --in_flight;
-    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) detail::leaf_idle(device.tree, group.weight);
+    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) leaf_idle(device, group.weight, last_now);
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, policy->anticipates(), last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
@@ -942,7 +966,7 @@ struct DeviceGroup::Impl {
     --device.queued;
     --queued;
     if (device.tree.tenant != nullptr) --device.tree.tenant->queued;
-    if (group.queue_length == 0 && group.in_flight == 0) detail::leaf_idle(device.tree, group.weight);  // tree.h
+    if (group.queue_length == 0 && group.in_flight == 0) leaf_idle(device, group.weight, last_now);  // tree.h
     // The keys belong to the group, not to its head: only an emptied group changes.
     if (group.head == nullptr) take_out(group);
     return true;
@@ -1186,6 +1210,7 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
   detail::Tenants::place(device->tree, nullptr, kDefaultWeight);  // tree.h
+  std::erase(impl.lingering, device);
   if (device->reserve.active()) impl.reservations.forget(&device->reserve);  // hook: reservations
   impl.latency.forget(detail::LatencyNode::of(device));                        // hook: latency targets
   Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
@@ -1237,7 +1262,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
   bool fallback_was_idle = fallback.head == nullptr;
   // tree.h: its weight leaves the device's active sum; the default group
   // may become active with the requests it takes over.
-  if (group->queue_length + group->in_flight != 0) detail::leaf_idle(device->tree, group->weight);
+  if (group->queue_length + group->in_flight != 0) impl.leaf_idle(*device, group->weight, impl.last_now);
   const bool fallback_was_active = fallback.queue_length + fallback.in_flight != 0;
   if (group->head != nullptr) Impl::merge_queue(*group, fallback);
   if (!fallback_was_active && fallback.head != nullptr) detail::leaf_active(device->tree, fallback.weight);

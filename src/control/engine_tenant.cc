@@ -175,13 +175,13 @@ Reply Engine::tenant(const Request& request) {
         if (qos::Status status = qos::set_limit_key(after->limits, key, value); !status) return refused(status.message());
       }
       if (qos::Status status = qos::validate(after->limits); !status) return refused("limit: " + status.message());
-      if (after->limits.latency_target_us != 0) {
-        return refused("limit: latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
-                       "not yet on a tenant");
-      }
       if ((command.cluster ? *command.cluster : after->cluster) && after->limits.reserves()) {
         return refused("limit: a cluster tenant's reservation is not shared among the nodes yet; reserve on its "
                        "devices (message NAME 0 limit reservation-iops=...) instead");
+      }
+      if ((command.cluster ? *command.cluster : after->cluster) && after->limits.latency_target_us != 0) {
+        return refused("limit: a cluster tenant's latency target is not kept across the nodes yet; set it on its "
+                       "devices (message NAME 0 limit latency-target=...) instead");
       }
       if (command.cluster || after->cluster) {
         if (std::string why = cluster_command(command.name, command, before ? &*before : nullptr, *after); !why.empty()) {
@@ -309,6 +309,7 @@ void Engine::add_tree_status(json& data) {
       object["share"] = share_json(group.device_share(device->device));
       object["limiting"] = group.limiting(device->device, std::nullopt);
       if (auto reservation = group.device_reservation(device->device)) object["reservation"] = reservation_json(*reservation);
+      if (auto target = group.device_latency_target(device->device)) object["latency_target"] = latency_target_json(*target);
       for (json& group_object : object["groups"]) {
         const int64_t id = group_object["id"].get<int64_t>();
         group_object["share"] = share_json(group.group_share(device->device, id));
@@ -331,6 +332,7 @@ void Engine::add_tree_status(json& data) {
         object["share"] = share_json(group.tenant_share(id));
         object["limiting"] = group.tenant_limiting(id);
         if (auto reservation = group.tenant_reservation(id)) object["reservation"] = reservation_json(*reservation);
+        if (auto target = group.tenant_latency_target(id)) object["latency_target"] = latency_target_json(*target);
         for (json& device_object : object["devices"]) {
           const DeviceState* device = find_device(device_object["name"].get<std::string>());
           device_object["share"] = device ? share_json(group.device_share(device->device)) : json(nullptr);

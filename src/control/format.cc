@@ -149,6 +149,18 @@ json observation_json(const qos::GroupObservation& observation) {
   return {{"ops", std::move(ops)}, {"held", std::move(held)}};
 }
 
+json latency_target_json(const qos::LatencyTargetStatus& t) {
+  return {
+      {"target_us", t.target_ns / 1000},
+      {"percentile", t.permille / 10.0},
+      {"measured_us", t.percentile_ns < 0 ? json(nullptr) : json(t.percentile_ns / 1000)},
+      {"met", t.met},
+      {"cap_on_others", t.cap == 0 ? json(nullptr) : json(t.cap)},
+      {"epochs", t.epochs},
+      {"missed_epochs", t.missed_epochs},
+  };
+}
+
 json status_json(const DeviceState& device, const std::vector<GroupStatus>& groups, int connections) {
   json group_array = json::array();
   for (const GroupStatus& group : groups) {
@@ -173,17 +185,7 @@ json status_json(const DeviceState& device, const std::vector<GroupStatus>& grou
     });
     json& entry = group_array.back();
     if (const auto& r = group.reservation) entry["reservation"] = reservation_json(*r);
-    if (const auto& t = group.latency_target) {
-      entry["latency_target"] = {
-          {"target_us", t->target_ns / 1000},
-          {"percentile", t->permille / 10.0},
-          {"measured_us", t->percentile_ns < 0 ? json(nullptr) : json(t->percentile_ns / 1000)},
-          {"met", t->met},
-          {"cap_on_others", t->cap == 0 ? json(nullptr) : json(t->cap)},
-          {"epochs", t->epochs},
-          {"missed_epochs", t->missed_epochs},
-      };
-    }
+    if (const auto& t = group.latency_target) entry["latency_target"] = latency_target_json(*t);
     if (group.in_flight_cap != 0) entry["in_flight_cap"] = group.in_flight_cap;
   }
   return {

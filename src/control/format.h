@@ -45,6 +45,8 @@ nlohmann::json observation_json(const qos::GroupObservation& observation);
 nlohmann::json reservations_json(const qos::ReservationSummary& summary);
 // One node's reservation (a group's, a device's, a tenant's) in status --json.
 nlohmann::json reservation_json(const qos::ReservationStatus& reservation);
+// A node's latency target against what it measured (a group's, a device's, a tenant's).
+nlohmann::json latency_target_json(const qos::LatencyTargetStatus& target);
 
 // The keys that differ from "no limit" ({"iops-total":100, ...}).
 nlohmann::json limits_to_json(const qos::Limits& limits);

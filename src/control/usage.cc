@@ -116,11 +116,13 @@ Example:
                        whichever is more), refused past 90 % of the
                        storage's capacity, scaled down while the storage is
                        slower than their sum (status --json says so); a
-                       node's reservation covers its groups'. Of a group only:
+                       node's reservation covers its groups'. Of the same:
                        latency-target=DURATION (500us, 2ms) with
-                       latency-percentile=P (default 99): while the group
-                       misses it, the other groups' requests in flight are
-                       capped, in steps. See docs/reservations.md
+                       latency-percentile=P (default 99), over all the
+                       node's requests: while the node misses it, what the
+                       groups outside it (other groups, devices, tenants on
+                       the storage) may have in flight is capped, in steps,
+                       and raised again as it holds. See docs/reservations.md
   model [KEY=VAL[,KEY=VAL...]]
                        device group: the storage's device model, what a request
                        costs under the fair policy (see iobandctl calibrate,
@@ -254,7 +256,11 @@ used exactly. A limit set on a tenant holds for all its devices together
                                                iops-total-max-length, ... bps-write, iops-size),
                                                and a reservation for them together
                                                (reservation-iops, reservation-bps: covers
-                                               their own); keys not given keep their value
+                                               their own), and a latency target over all
+                                               their requests (latency-target=2ms,
+                                               latency-percentile=99: while missed, the
+                                               devices outside the tenant are capped);
+                                               keys not given keep their value
   set NAME limit none                          no limit
   attach NAME DEVICE [weight W]                DEVICE joins (weight 1..10000, default 100);
                                                under policy fair or range-bw only
@@ -280,8 +286,9 @@ used exactly. A limit set on a tenant holds for all its devices together
 A device outside every tenant behaves as without tenants. status --json shows
 for every tenant, device and group its configured share (weight over all its
 siblings' weights) and effective share (over the active siblings'), of its
-parent and of the whole storage ("path"), each tenant's limit state, and
-every reservation against what it was served.
+parent and of the whole storage ("path"), each tenant's limit state,
+every reservation against what it was served, and every latency target
+against the percentile measured ("latency_target").
 Removing a device takes it out of its tenant. Tenants are saved in state.json.
 A cluster tenant's "cluster" in status --json and list --json: this node's
 share, demand and usage, the tenant's cluster-wide rate, the nodes taking

@@ -110,6 +110,8 @@ struct DeviceGroup::Impl {
   std::vector<Group*> retired;  // detached, requests still in flight
   detail::Tenants tenants;      // tree.h
   std::vector<detail::Tenant*> reserving_tenants;  // tenants with a reservation (reservation.h)
+  std::vector<Device*> lingering;  // devices of tenants whose linger may be over (tree.h)
+  Nanos linger_until = INT64_MAX;  // the earliest end of a linger among them
 
   // ---- scheduling ----
   IndexedHeap<Device, &Device::top_index> top;                         // by best ready key
@@ -276,6 +278,27 @@ struct DeviceGroup::Impl {
     rescale_reservations();
     return {};
   }
+  // A leaf went idle (tree.h); its device may start to linger in its tenant.
+  void leaf_idle(Device& device, std::uint32_t weight, Nanos now) noexcept {
+    if (!detail::leaf_idle(device.tree, weight, now)) return;
+    if (std::find(lingering.begin(), lingering.end(), &device) == lingering.end()) lingering.push_back(&device);
+    linger_until = std::min(linger_until, now + detail::kLinger);
+  }
+  // Devices whose linger is over leave their tenants' active sums.
+  void end_lingers(Nanos now) noexcept {
+    linger_until = INT64_MAX;
+    std::erase_if(lingering, [&](Device* device) {
+      detail::DeviceNode& node = device->tree;
+      if (!node.lingering) return true;  // came back, or moved out of its tenant
+      if (now - node.idle_at >= detail::kLinger) {
+        detail::device_idle(node);
+        return true;
+      }
+      linger_until = std::min(linger_until, node.idle_at + detail::kLinger);
+      return false;
+    });
+  }
+
   // A node became active (something queued or in flight below it): it banks nothing.
   void nodes_from_idle(Device& device, Nanos now) noexcept {
     if (device.tree.active_leaves != 1) return;
@@ -456,6 +479,16 @@ struct DeviceGroup::Impl {
     ~HooksRefresh() { impl.refresh_hooks(); }
   };
 
+  // The latency target the limit keys give `node` (none: removes it), and
+  // the group reservation it guards.
+  void set_latency_target(detail::LatencyNode node, const Limits& limits,
+                          const detail::GroupReservation* reservation = nullptr) {
+    const std::uint64_t permille =
+        limits.latency_percentile_permille == 0 ? kDefaultLatencyPermille : limits.latency_percentile_permille;
+    latency.set(node, static_cast<Nanos>(limits.latency_target_us) * 1000, static_cast<std::uint32_t>(permille),
+                reservation, last_now);
+  }
+
   GroupExtras& extras_of(Group& group) {
     if (!group.extras) {
       group.extras = std::make_unique<GroupExtras>();
@@ -475,7 +508,7 @@ struct DeviceGroup::Impl {
     }
     admission.forget(group);
     policy->forget(group);
-    latency.forget(group);  // hook: latency targets
+    latency.forget(detail::LatencyNode::of(group));  // hook: latency targets
     if (group->extras) {
       if (group->extras->reserve.active()) {  // hook: reservations
         reservations.forget(&group->extras->reserve);
@@ -548,6 +581,7 @@ struct DeviceGroup::Impl {
 
   Decision next(Nanos now) noexcept {
     last_now = std::max(last_now, now);
+    if (now >= linger_until) end_lingers(now);  // hook: the tree's idle devices (tree.h)
     if (queued == 0) return Decision::empty();
     release_timers(now);
     bool window_full = false;  // hook: latency targets (latency_target.h)
@@ -711,8 +745,11 @@ struct DeviceGroup::Impl {
     --group.queue_length;
     --device.queued;
     --queued;
-    detail::Tenant* tenant = (hooks & kHookTree) ? device.tree.tenant : nullptr;
-    if (tenant != nullptr) --tenant->queued;
+    detail::Tenant* tenant = device.tree.tenant;
+    if (tenant != nullptr) {
+      --tenant->queued;
+      ++tenant->in_flight;
+    }
     ++group.in_flight;
     ++device.in_flight;
     ++in_flight;
@@ -961,8 +998,9 @@ struct DeviceGroup::Impl {
     if (model_learning) learn(request);
     --group.in_flight;
     --device.in_flight;
+    if (device.tree.tenant != nullptr) --device.tree.tenant->in_flight;
     --in_flight;
-    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) detail::leaf_idle(device.tree, group.weight);
+    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) leaf_idle(device, group.weight, last_now);
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
@@ -1021,7 +1059,7 @@ struct DeviceGroup::Impl {
     --device.queued;
     --queued;
     if (device.tree.tenant != nullptr) --device.tree.tenant->queued;
-    if (group.queue_length == 0 && group.in_flight == 0) detail::leaf_idle(device.tree, group.weight);  // tree.h
+    if (group.queue_length == 0 && group.in_flight == 0) leaf_idle(device, group.weight, last_now);  // tree.h
     // The keys belong to the group, not to its head: only an emptied group changes.
     if (group.head == nullptr) take_out(group);
     return true;
@@ -1082,7 +1120,7 @@ struct DeviceGroup::Impl {
     --group_count;
     policy->forget(group);
     // hook: its reservation and latency target end with it, not with its last request in flight.
-    latency.forget(group);
+    latency.forget(detail::LatencyNode::of(group));
     if (group->extras && group->extras->reserve.active()) {
       reservations.forget(&group->extras->reserve);
       group->extras->reserve = {};
@@ -1267,7 +1305,9 @@ Status DeviceGroup::remove_device(DeviceId id) {
   if (impl.top_reserved.contains(device)) impl.top_reserved.erase(device);
   if (impl.device_timers.contains(device)) impl.device_timers.erase(device);
   detail::Tenants::place(device->tree, nullptr, kDefaultWeight);  // tree.h
+  std::erase(impl.lingering, device);
   if (device->reserve.active()) impl.reservations.forget(&device->reserve);  // hook: reservations
+  impl.latency.forget(detail::LatencyNode::of(device));                        // hook: latency targets
   Impl::for_each_group(*device, [&](Group* group) { impl.leave(group); });
   impl.relink_reservations();
   impl.rescale_reservations();
@@ -1318,7 +1358,7 @@ Status DeviceGroup::detach(DeviceId device_id, GroupId group_id) {
   bool fallback_was_idle = fallback.head == nullptr;
   // tree.h: its weight leaves the device's active sum; the default group
   // may become active with the requests it takes over.
-  if (group->queue_length + group->in_flight != 0) detail::leaf_idle(device->tree, group->weight);
+  if (group->queue_length + group->in_flight != 0) impl.leaf_idle(*device, group->weight, impl.last_now);
   const bool fallback_was_active = fallback.queue_length + fallback.in_flight != 0;
   if (group->head != nullptr) Impl::merge_queue(*group, fallback);
   if (!fallback_was_active && fallback.head != nullptr) detail::leaf_active(device->tree, fallback.weight);
@@ -1444,23 +1484,16 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     }
     apply(extras.limits);
     const bool had_target = impl.latency.any();
-    impl.latency.set(group, static_cast<Nanos>(limits.latency_target_us) * 1000,
-                     static_cast<std::uint32_t>(limits.latency_percentile_permille == 0
-                                                    ? kDefaultLatencyPermille
-                                                    : limits.latency_percentile_permille),
-                     extras.reserve.active() ? &extras.reserve : nullptr, impl.last_now);
+    impl.set_latency_target(detail::LatencyNode::of(group), limits, extras.reserve.active() ? &extras.reserve : nullptr);
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
-    if (limits.latency_target_us != 0) {
-      return Status::error("latency targets are set on groups (limit ID:latency-target=..., "
-                           "-1 for the default group), not yet on a whole device");
-    }
     if (Status status = impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted);
         !status) {
       return status;
     }
     apply(device->limits);
+    impl.set_latency_target(detail::LatencyNode::of(device), limits);  // hook: latency targets
     impl.reserve_capacity();
     impl.restart_device(*device);
   }
@@ -1507,7 +1540,7 @@ std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, Gr
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
   ReservationStatus status = reservation_status(group->extras->reserve, impl_->reservations, impl_->last_now);
-  status.cap_on_others = impl_->latency.cap_of(group);
+  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(group));
   return status;
 }
 
@@ -1523,14 +1556,30 @@ ReservationSummary DeviceGroup::reservations() const noexcept {
 std::optional<LatencyTargetStatus> DeviceGroup::latency_target(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr) return std::nullopt;
-  const LatencyTargetStatus* status = impl_->latency.status(group);
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(group));
+  if (status == nullptr) return std::nullopt;
+  return *status;
+}
+
+std::optional<LatencyTargetStatus> DeviceGroup::device_latency_target(DeviceId device_id) const noexcept {
+  const Device* device = impl_->find_device(device_id);
+  if (device == nullptr) return std::nullopt;
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(device));
+  if (status == nullptr) return std::nullopt;
+  return *status;
+}
+
+std::optional<LatencyTargetStatus> DeviceGroup::tenant_latency_target(TenantId tenant_id) const noexcept {
+  const detail::Tenant* tenant = impl_->tenants.find(tenant_id);
+  if (tenant == nullptr) return std::nullopt;
+  const LatencyTargetStatus* status = impl_->latency.status(detail::LatencyNode::of(tenant));
   if (status == nullptr) return std::nullopt;
   return *status;
 }
 
 std::uint32_t DeviceGroup::latency_cap_on(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
-  return group == nullptr ? 0 : impl_->latency.cap_on(group);
+  return group == nullptr ? 0 : impl_->latency.cap_on(*group);
 }
 
 // ---- tenants (tree.h) ----
@@ -1544,6 +1593,7 @@ Status DeviceGroup::remove_tenant(TenantId tenant_id) {
     std::erase(impl.reserving_tenants, tenant);
     impl.rescale_reservations();
   }
+  if (tenant != nullptr && tenant->devices == 0) impl.latency.forget(detail::LatencyNode::of(tenant));
   return impl.tenants.remove(tenant_id);
 }
 bool DeviceGroup::has_tenant(TenantId tenant) const noexcept { return impl_->tenants.find(tenant) != nullptr; }
@@ -1557,10 +1607,6 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  if (limits.latency_target_us != 0) {
-    return Status::error("latency targets are set on groups (message NAME 0 limit ID:latency-target=...), "
-                         "not yet on a tenant");
-  }
   if (Status status = impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted);
       !status) {
     return status;
@@ -1572,6 +1618,7 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   }
   if (limits.unlimited()) tenant->limits = LimitState();  // no level kept past no limit
   tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
+  impl.set_latency_target(detail::LatencyNode::of(tenant), limits);  // hook: latency targets
   impl.reserve_capacity();
   for (auto& device : impl.devices) {
     if (device && device->tree.tenant == tenant) impl.restart_device(*device);
@@ -1601,8 +1648,14 @@ Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId
     }
   }
   // Its queued requests count for the tenant they now wait in.
-  if (device->tree.tenant != nullptr) device->tree.tenant->queued -= device->queued;
-  if (tenant != nullptr) tenant->queued += device->queued;
+  if (device->tree.tenant != nullptr) {
+    device->tree.tenant->queued -= device->queued;
+    device->tree.tenant->in_flight -= device->in_flight;
+  }
+  if (tenant != nullptr) {
+    tenant->queued += device->queued;
+    tenant->in_flight += device->in_flight;
+  }
   detail::Tenants::place(device->tree, tenant, tenant ? weight : kDefaultWeight);
   impl.relink_reservations();  // hook: a device's reservations count toward its new tenant's
   impl.rescale_reservations();

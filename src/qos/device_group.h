@@ -98,7 +98,7 @@ struct ReservationSummary {
   double factor = 1;            // < 1: every reservation scaled down by it
 };
 
-// A group's latency target (latency_target.h).
+// A node's latency target (latency_target.h): a group's, a device's or a tenant's.
 struct LatencyTargetStatus {
   std::int64_t target_ns = 0;
   std::uint32_t permille = 990;   // the percentile, p99 = 990
@@ -197,14 +197,18 @@ class DeviceGroup {
   // capacity is refused (reservation.h): of the calibrated model's, or of
   // the larger of the model's and the learned one's. A whole device may
   // reserve too (group nullopt), and a tenant (set_tenant_limits): a node's
-  // reservation covers its children's (reservation.h). Latency targets are
-  // on groups only.
+  // reservation covers its children's (reservation.h). Latency targets sit
+  // on any node too: a group's, a whole device's (all its groups'
+  // requests) or a tenant's (all its devices'); while one misses, the
+  // groups outside its node are capped (latency_target.h).
   std::optional<ReservationStatus> reservation(DeviceId device, GroupId group) const noexcept;  // nullopt: none
   std::optional<ReservationStatus> device_reservation(DeviceId device) const noexcept;        // of the whole device
   std::optional<ReservationStatus> tenant_reservation(TenantId tenant) const noexcept;
   ReservationSummary reservations() const noexcept;
   std::optional<LatencyTargetStatus> latency_target(DeviceId device, GroupId group) const noexcept;  // nullopt: none
-  // The in-flight cap the latency targets of other groups impose on the group (0: none).
+  std::optional<LatencyTargetStatus> device_latency_target(DeviceId device) const noexcept;
+  std::optional<LatencyTargetStatus> tenant_latency_target(TenantId tenant) const noexcept;
+  // The in-flight cap the latency targets of nodes it is outside of impose on the group (0: none).
   std::uint32_t latency_cap_on(DeviceId device, GroupId group) const noexcept;
 
   // ---- Tenants (tree.h): a level above the devices, with shared limits ----

@@ -1,14 +1,19 @@
-// Latency targets: a group's promise that a percentile of its requests'
+// Latency targets: a node's promise that a percentile of its requests'
 // latency stays under a target (Linux io.latency's idea), kept by lowering
-// what the other groups may have in flight on the storage, in steps.
+// what the other nodes may have in flight on the storage, in steps.
+//
+// A node is a group, an ioband device (all its groups' requests) or a
+// tenant (all its devices' requests); "g" below is the node, and "the
+// others" every group of the device group outside it: siblings, and the
+// nodes elsewhere on the same storage.
 //
 // The latency of a request is what its client sees of ioband and the
 // storage: from its arrival in the queue to its completion.
 //
-// The control loop, per target (group g, target T, percentile p):
+// The control loop, per target (node g, target T, percentile p):
 //   epoch      at least 50 ms and 16 of g's completions (at most 2048
 //              samples; 250 ms with fewer counts as an idle epoch)
-//   q          g's p-th percentile of the epoch's latencies
+//   q          the p-th percentile of the epoch's latencies of g's requests
 // The loop aims below T, so that the percentile over longer spans (a
 // second of several epochs) holds too:
 //   q > 0.9T   missed: the cap on the others' requests in flight (every
@@ -21,10 +26,12 @@
 //   idle       an epoch without g's completions doubles the cap
 //              the cap goes away once it passes io_limit
 //   otherwise  the cap stays
-// Dispatch: a group that is not g waits while the others of g already have
-// cap requests in flight (it asks again at the next completion). g itself is
-// never held by its own target, and then passes a full in-flight window (up
-// to io_limit); two targets each cap the other's group.
+// Dispatch: a group outside g waits while the groups outside g already have
+// cap requests in flight (it asks again at the next completion). g's groups
+// are never held by its own target, and then pass a full in-flight window
+// (up to io_limit); two targets each cap the other's node, and a target on
+// a device or tenant does not hold the groups inside it (a group's own
+// target inside it does).
 //
 // Reservations use the same cap (reservation.h): a backlogged reserved group
 // served less than it wants is missing its reservation, because the
@@ -58,6 +65,44 @@
 
 namespace ioband::qos::detail {
 
+// What a latency target sits on: a group, an ioband device or a tenant.
+struct LatencyNode {
+  enum class Kind : std::uint8_t { group, device, tenant };
+  Kind kind = Kind::group;
+  const void* node = nullptr;
+
+  static LatencyNode of(const Group* group) noexcept { return {Kind::group, group}; }
+  static LatencyNode of(const Device* device) noexcept { return {Kind::device, device}; }
+  static LatencyNode of(const Tenant* tenant) noexcept { return {Kind::tenant, tenant}; }
+  friend bool operator==(const LatencyNode&, const LatencyNode&) = default;
+
+  // Are `group`'s requests the node's?
+  bool contains(const Group& group) const noexcept {
+    switch (kind) {
+      case Kind::group: return node == &group;
+      case Kind::device: return node == group.device;
+      case Kind::tenant: return node == group.device->tree.tenant;
+    }
+    return false;
+  }
+  std::uint32_t in_flight() const noexcept {
+    switch (kind) {
+      case Kind::group: return static_cast<const Group*>(node)->in_flight;
+      case Kind::device: return static_cast<const Device*>(node)->in_flight;
+      case Kind::tenant: return static_cast<const Tenant*>(node)->in_flight;
+    }
+    return 0;
+  }
+  std::uint32_t queued() const noexcept {
+    switch (kind) {
+      case Kind::group: return static_cast<const Group*>(node)->queue_length;
+      case Kind::device: return static_cast<const Device*>(node)->queued;
+      case Kind::tenant: return static_cast<const Tenant*>(node)->queued;
+    }
+    return 0;
+  }
+};
+
 class LatencyTargets {
  public:
   static constexpr Nanos kEpoch = 50'000'000;
@@ -69,11 +114,11 @@ class LatencyTargets {
 
   bool any() const noexcept { return !targets_.empty(); }
 
-  // Sets (target_ns 0: removes) the latency target of `group`, and the
-  // reservation it guards (nullptr: none).
-  void set(const Group* group, Nanos target_ns, std::uint32_t permille, const GroupReservation* reservation,
+  // Sets (target_ns 0: removes) the latency target of `node`, and the
+  // reservation it guards (nullptr: none; groups only).
+  void set(LatencyNode node, Nanos target_ns, std::uint32_t permille, const GroupReservation* reservation,
            Nanos now) {
-    Target* t = find(group);
+    Target* t = find(node);
     if (target_ns == 0 && reservation == nullptr) {
       if (t != nullptr) std::erase_if(targets_, [&](const auto& p) { return p.get() == t; });
       return;
@@ -81,7 +126,7 @@ class LatencyTargets {
     if (t == nullptr) {
       targets_.push_back(std::make_unique<Target>());
       t = targets_.back().get();
-      t->group = group;
+      t->node = node;
       t->samples.reserve(kMaxSamples);
       t->epoch_start = now;
     }
@@ -91,25 +136,28 @@ class LatencyTargets {
     t->served_start = reservation != nullptr ? reservation->total_ns : 0;
   }
 
-  // The latency target of `group` (nullptr: none).
-  const LatencyTargetStatus* status(const Group* group) const noexcept {
+  // The latency target of `node` (nullptr: none).
+  const LatencyTargetStatus* status(LatencyNode node) const noexcept {
     for (const auto& t : targets_) {
-      if (t->group == group && t->status.target_ns != 0) return &t->status;
+      if (t->node == node && t->status.target_ns != 0) return &t->status;
     }
     return nullptr;
   }
-  // The cap `group`'s target or reservation puts on the others (0: none).
-  std::uint32_t cap_of(const Group* group) const noexcept {
+  // The cap `node`'s target or reservation puts on the others (0: none).
+  std::uint32_t cap_of(LatencyNode node) const noexcept {
     for (const auto& t : targets_) {
-      if (t->group == group) return t->status.cap;
+      if (t->node == node) return t->status.cap;
     }
     return 0;
   }
-  // The smallest cap imposed on `group` by the targets of others (0: none).
-  std::uint32_t cap_on(const Group* group) const noexcept {
+  // The smallest cap imposed on `group` by the targets of nodes it is
+  // outside of (0: none).
+  std::uint32_t cap_on(const Group& group) const noexcept {
     std::uint32_t cap = 0;
     for (const auto& t : targets_) {
-      if (t->group != group && t->status.cap != 0) cap = cap == 0 ? t->status.cap : std::min(cap, t->status.cap);
+      if (!t->node.contains(group) && t->status.cap != 0) {
+        cap = cap == 0 ? t->status.cap : std::min(cap, t->status.cap);
+      }
     }
     return cap;
   }
@@ -123,8 +171,8 @@ class LatencyTargets {
       return true;
     }
     for (const auto& t : targets_) {
-      if (t->status.cap == 0 || t->group == &group) continue;
-      if (in_flight - t->group->in_flight >= t->status.cap) {
+      if (t->status.cap == 0 || t->node.contains(group)) continue;
+      if (in_flight - t->node.in_flight() >= t->status.cap) {
         if (std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
         return true;
       }
@@ -132,29 +180,30 @@ class LatencyTargets {
     return false;
   }
 
-  // The in-flight window is full, and a group whose target caps the others
-  // has requests queued: it may pass the window (up to io_limit), the
-  // others may not. The cap made the room it needs; behind a full window it
+  // The in-flight window is full, and a node whose target caps the others
+  // has requests queued: its groups may pass the window (up to io_limit),
+  // the others may not. The cap made the room it needs; behind a full window it
   // would wait for the others' completions, the latency its target is against.
   bool passes_window(std::uint32_t in_flight, std::uint32_t io_limit) const noexcept {
     if (in_flight >= io_limit) return false;
     for (const auto& t : targets_) {
-      if (t->status.cap != 0 && t->group->queue_length != 0) return true;
+      if (t->status.cap != 0 && t->node.queued() != 0) return true;
     }
     return false;
   }
 
   // A request of `group` completed after `latency_ns`, `in_flight` still in
-  // flight in the device group (its own count already lowered); `ceiling`:
-  // io_limit. Returns the held groups to ask again (the caller empties it).
+  // flight in the device group (its own count already lowered, and its
+  // device's and tenant's); `ceiling`: io_limit. Returns the held groups to ask again (the caller empties it).
   std::vector<Group*>& completed(const Group& group, Nanos latency_ns, std::uint32_t in_flight, std::uint32_t ceiling,
                                  Nanos now) noexcept {
     for (const auto& p : targets_) {
       Target& t = *p;
       // The others' requests in flight just before this completion.
-      const std::uint32_t others = in_flight - t.group->in_flight + (t.group == &group ? 0 : 1);
+      const bool own = t.node.contains(group);
+      const std::uint32_t others = in_flight - t.node.in_flight() + (own ? 0 : 1);
       t.others_peak = std::max(t.others_peak, others);
-      if (t.group == &group && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
+      if (own && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
       const Nanos age = now - t.epoch_start;
       const bool enough = t.samples.size() >= kMinSamples || t.status.target_ns == 0;
       if ((age >= kEpoch && enough) || t.samples.size() >= kMaxSamples || age >= kIdleEpoch) {
@@ -163,19 +212,20 @@ class LatencyTargets {
     }
     if (held_.empty()) return held_;
     for (const auto& t : targets_) {
-      if (t->status.cap != 0 && in_flight - t->group->in_flight >= t->status.cap) return none_;
+      if (t->status.cap != 0 && in_flight - t->node.in_flight() >= t->status.cap) return none_;
     }
     return held_;
   }
 
-  void forget(const Group* group) noexcept {
-    std::erase_if(targets_, [&](const auto& t) { return t->group == group; });
-    std::erase(held_, group);
+  // The node is going away (a group detached, a device or tenant removed).
+  void forget(LatencyNode node) noexcept {
+    std::erase_if(targets_, [&](const auto& t) { return t->node == node; });
+    if (node.kind == LatencyNode::Kind::group) std::erase(held_, static_cast<const Group*>(node.node));
   }
 
  private:
   struct Target {
-    const Group* group = nullptr;
+    LatencyNode node;
     LatencyTargetStatus status;
     const GroupReservation* reservation = nullptr;  // guarded too (see reservation.h)
     Nanos epoch_start = 0;
@@ -186,14 +236,14 @@ class LatencyTargets {
 
   bool passes(const Group& group) const noexcept {
     for (const auto& t : targets_) {
-      if (t->group == &group) return t->status.cap != 0;
+      if (t->status.cap != 0 && t->node.contains(group)) return true;
     }
     return false;
   }
 
-  Target* find(const Group* group) noexcept {
+  Target* find(LatencyNode node) noexcept {
     for (auto& t : targets_) {
-      if (t->group == group) return t.get();
+      if (t->node == node) return t.get();
     }
     return nullptr;
   }
@@ -233,7 +283,7 @@ class LatencyTargets {
     bool behind = false;
     if (t.reservation != nullptr && t.reservation->active()) {
       const GroupReservation& r = *t.reservation;
-      const bool backlogged = t.group->queue_length != 0 || t.group->in_flight >= 2;
+      const bool backlogged = t.node.queued() != 0 || t.node.in_flight() >= 2;
       if (backlogged) {
         const double due = r.rate_ns * static_cast<double>(now - t.epoch_start) / 1e9;
         const Nanos lag = std::clamp<Nanos>(now - r.tag, -GroupReservation::kCatchUp, GroupReservation::kCatchUp);
@@ -243,7 +293,7 @@ class LatencyTargets {
       }
       if (target == 0) missed = room = false;  // the step below decides alone
       room = room && !behind;
-      idle = idle && !backlogged && t.group->in_flight == 0;
+      idle = idle && !backlogged && t.node.in_flight() == 0;
     }
     if (missed) {
       const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);

@@ -45,11 +45,15 @@ Status Tenants::set_weight(TenantId id, std::uint32_t weight) {
 }
 
 void Tenants::place(DeviceNode& node, Tenant* tenant, std::uint32_t weight) noexcept {
+  // A lingering device leaves its old tenant's sums now, and comes to the
+  // new one as what it is: idle.
+  const bool was_counted = counts_active(node);
+  node.lingering = false;
   const bool active = node.active_leaves != 0;
   if (Tenant* old = node.tenant; old != nullptr) {
     --old->devices;
     old->weight_sum -= node.weight;
-    if (active) {
+    if (was_counted) {
       --old->active_devices;
       old->active_weight -= node.weight;
     }

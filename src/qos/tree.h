@@ -16,6 +16,16 @@
 // so a leaf that goes idle leaves its share to its siblings first, then to
 // its parent's siblings. Weights are used exactly (200:300 is 40/60).
 //
+// A device whose last leaf goes idle stays in its tenant's active sum S_T
+// for kLinger more (it "lingers"), and leaves it only if nothing came back
+// meanwhile. A shallow client (1 deep) is idle between each completion and
+// its next request; without the linger, every such gap lowered S_T, and the
+// tags its siblings took meanwhile were steps cost * S_T / ... computed with
+// the smaller S_T: cheaper, so they took more than their weight's part, and
+// the shallow device less (bench/tree's QD32/QD4/QD1 split). The linger is
+// far below the 100 ms in which an idle leaf's share must reach its
+// siblings.
+//
 // How the order uses it. `fair` (start-time fair queueing, fair_policy.h)
 // advances a group's tag by cost / weight. Under a tenant the weight is the
 // group's effective weight in the root's units: its share times S_root, i.e.
@@ -85,6 +95,7 @@ struct Tenant {
   std::uint64_t weight_sum = 0;      // of its devices
   std::uint64_t active_weight = 0;   // of its active devices: S_T
   std::uint32_t queued = 0;          // requests queued on its devices
+  std::uint32_t in_flight = 0;       // and in flight
   LimitState limits;                 // shared by its devices
   GroupReservation reserve;          // shared by its devices (reservation.h)
   Nanos limit_paced_at = INT64_MIN;  // last time its limits held a request back
@@ -103,22 +114,50 @@ struct DeviceNode {
   std::uint32_t active_leaves = 0;      // groups with requests queued or in flight
   std::uint64_t leaf_weight = 0;        // of all its groups
   std::uint64_t active_leaf_weight = 0; // of its active groups: S_d
+  // No active leaf, but still counted in its tenant's S_T until
+  // idle_at + kLinger (see above).
+  bool lingering = false;
+  Nanos idle_at = 0;
 };
+
+// How long a device without active leaves stays in its tenant's active sum:
+// longer than a client's own time between a completion and its next request
+// on a loaded machine (a few ms), far below the 100 ms in which an idle
+// leaf's share must reach its siblings.
+inline constexpr Nanos kLinger = 10'000'000;
+
+// The device counts in its tenant's active sums (has active leaves, or lingers).
+inline bool counts_active(const DeviceNode& node) noexcept { return node.active_leaves != 0 || node.lingering; }
 
 // A leaf (group) of weight w becomes active or idle.
 inline void leaf_active(DeviceNode& node, std::uint32_t weight) noexcept {
   node.active_leaf_weight += weight;
   if (node.active_leaves++ == 0 && node.tenant != nullptr) {
+    if (node.lingering) {
+      node.lingering = false;  // back within the linger: it never left the tenant's sums
+      return;
+    }
     if (node.tenant->active_devices++ == 0) node.tenant->vtime_restart = true;
     node.tenant->active_weight += node.weight;
   }
 }
-inline void leaf_idle(DeviceNode& node, std::uint32_t weight) noexcept {
+// Returns true when the device's last leaf went idle in a tenant: it now
+// lingers, and the caller ends the linger (device_idle) once
+// idle_at + kLinger has passed with the device still lingering.
+inline bool leaf_idle(DeviceNode& node, std::uint32_t weight, Nanos now) noexcept {
   node.active_leaf_weight -= weight;
   if (--node.active_leaves == 0 && node.tenant != nullptr) {
-    --node.tenant->active_devices;
-    node.tenant->active_weight -= node.weight;
+    node.lingering = true;
+    node.idle_at = now;
+    return true;
   }
+  return false;
+}
+// The linger is over: the device leaves its tenant's active sums.
+inline void device_idle(DeviceNode& node) noexcept {
+  node.lingering = false;
+  --node.tenant->active_devices;
+  node.tenant->active_weight -= node.weight;
 }
 
 // The fair tag step of a leaf of weight w on `node`: cost / e(g) in the
@@ -144,7 +183,7 @@ inline double effective_weight(std::uint32_t weight, bool active, const DeviceNo
   if (node.tenant == nullptr) return weight;
   const Tenant& tenant = *node.tenant;
   const std::uint64_t s_d = node.active_leaf_weight + (active ? 0 : weight);
-  const std::uint64_t s_t = tenant.active_weight + (node.active_leaves != 0 ? 0 : node.weight);
+  const std::uint64_t s_t = tenant.active_weight + (counts_active(node) ? 0 : node.weight);
   if (s_d == 0 || s_t == 0) return weight;
   return static_cast<double>(tenant.weight) * node.weight * weight / (static_cast<double>(s_t) * static_cast<double>(s_d));
 }

@@ -235,8 +235,8 @@ def test_reservations_on_a_tenant_and_a_device(daemon):
         line = ct.one_line_error(r, " ".join(args))
         assert "reservations would total" in line and "capacity of" in line and "nothing was changed" in line, line
         assert d.state_bytes() == state
-    line = ct.one_line_error(d.ctl("tenant", "set", "acme", "limit", "latency-target=2ms"), "tenant latency target")
-    assert "not yet on a tenant" in line, line
+    line = ct.one_line_error(d.ctl("tenant", "set", "acme", "limit", "latency-target=2"), "tenant latency target")
+    assert "duration with its unit" in line, line
     assert d.state_bytes() == state
     # A real client on vm1 is served under both.
     argv = ct.fio_argv(d.uri("vm1"), "vm1", "--rw=randread", "--bs=4k", "--iodepth=4", "--time_based",

@@ -365,9 +365,20 @@ TEST_F(ControlEngine, ReservationsAndLatencyTargetsRideOnLimitKeys) {
   // Nothing changed: not the qos layer, not the model, not the file.
   EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), 2000), qos::Limits{});
   EXPECT_EQ(testing::read_file(engine.state_path()), saved);
-  reply = client.message("ioband1", "limit latency-target=2ms");
+  // A whole device's latency target: saved with its limits, shown beside its groups.
+  ok(client.message("ioband1", "limit latency-target=3ms,latency-percentile=95"));
+  EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), std::nullopt)->latency_target_us, 3000u);
+  EXPECT_EQ(client.table("ioband1")["data"]["devices"][0]["limits"],
+            (json{{"latency-target-us", 3000}, {"latency-percentile-permille", 950}}));
+  EXPECT_EQ(client.status("ioband1")["data"]["devices"][0]["latency_target"]["target_us"], 3000);
+  EXPECT_EQ(client.status("ioband1")["data"]["devices"][0]["latency_target"]["percentile"], 95.0);
+  reply = client.message("ioband1", "limit latency-target=5us");
   EXPECT_FALSE(reply["ok"]);
-  EXPECT_NE(reply["error"].get<std::string>().find("not yet on a whole device"), std::string::npos);
+  EXPECT_NE(reply["error"].get<std::string>().find("latency-target must be from 10us to 10s"), std::string::npos)
+      << reply["error"];
+  EXPECT_EQ(group_of("ioband1").limits(device_of("ioband1"), std::nullopt)->latency_target_us, 3000u);
+  ok(client.message("ioband1", "limit none"));
+  EXPECT_FALSE(client.status("ioband1")["data"]["devices"][0].contains("latency_target"));
 
   reply = client.message("ioband1", "limit 2000:reservation-bps=10M,latency-percentile=99.9");
   EXPECT_FALSE(reply["ok"]);

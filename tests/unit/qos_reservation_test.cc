@@ -79,13 +79,17 @@ TEST(ReservationAdmission, RefusesPast90PercentNamingCapacityAndSumAndChangesNot
   const auto status = g.reservation(0, 2);
   ASSERT_TRUE(status.has_value());
   EXPECT_NEAR(status->wanted_iops, 2000, 20);
-  // Clearing frees the room; a whole device cannot carry a latency target (yet).
+  // Clearing frees the room; a whole device carries a latency target too.
   ASSERT_TRUE(g.set_limits(0, 1, Limits{}));
   EXPECT_FALSE(g.reservation(0, 1).has_value());
   Limits target;
   target.latency_target_us = 2000;
-  Status device = g.set_limits(0, std::nullopt, target);
-  EXPECT_NE(device.message().find("not yet on a whole device"), std::string::npos);
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, target));
+  ASSERT_TRUE(g.device_latency_target(0).has_value());
+  EXPECT_EQ(g.device_latency_target(0)->target_ns, 2'000'000);
+  EXPECT_FALSE(g.latency_target(0, 1).has_value());
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, Limits{}));
+  EXPECT_FALSE(g.device_latency_target(0).has_value());
   // A detached group's reservation leaves with it.
   ASSERT_TRUE(g.set_limits(0, 2, reserve(8000)));
   ASSERT_TRUE(g.detach(0, 2));
@@ -141,7 +145,11 @@ TEST(ReservationLevels, ANodeCoversItsChildrenAndAdmissionSumsWhatTheTreeNeeds) 
   EXPECT_EQ(g.tenant_limits(1)->reservation_iops, 8000u);
   Limits target;
   target.latency_target_us = 2000;
-  EXPECT_NE(g.set_tenant_limits(1, target).message().find("not yet on a tenant"), std::string::npos);
+  target.reservation_iops = 8000;
+  ASSERT_TRUE(g.set_tenant_limits(1, target));
+  ASSERT_TRUE(g.tenant_latency_target(1).has_value());
+  EXPECT_EQ(g.tenant_latency_target(1)->permille, 990u);
+  EXPECT_NEAR(g.tenant_reservation(1)->wanted_iops, 8000, 0.5);
   EXPECT_FALSE(g.reservations().factor < 1);
   // Taking device 0 out of the tenant is never refused: its 5000 now count
   // beside the tenant's 8000, above what the storage gives, so every

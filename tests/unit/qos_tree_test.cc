@@ -44,9 +44,23 @@ TEST(TreeMath, TheEffectiveWeightIsTheProductOfTheHweightsTimesTheRootSum) {
   EXPECT_EQ(detail::tree_advance(cost, 200, a), static_cast<std::int64_t>((cost << 16) / 80));
   // The leaf of b: e = 300 * 100/300 * 100/100 = 100, the same step as a flat weight of 100.
   EXPECT_EQ(detail::tree_advance(cost, 100, b), detail::FairPolicy::advance(cost, 100));
-  detail::leaf_idle(b, 100);
-  detail::leaf_idle(a, 300);
-  detail::leaf_idle(a, 200);
+  // A device whose last leaf goes idle lingers in the tenant's sums until
+  // its linger ends (the device group ends it kLinger later); one that
+  // comes back meanwhile never left them.
+  EXPECT_TRUE(detail::leaf_idle(b, 100, 0));
+  EXPECT_TRUE(b.lingering);
+  EXPECT_EQ(tenant.active_weight, 300u);
+  EXPECT_EQ(detail::tree_advance(cost, 200, a), static_cast<std::int64_t>((cost << 16) / 80));
+  detail::leaf_active(b, 100);
+  EXPECT_FALSE(b.lingering);
+  EXPECT_EQ(tenant.active_devices, 2u);
+  EXPECT_EQ(tenant.active_weight, 300u);
+  EXPECT_TRUE(detail::leaf_idle(b, 100, 0));
+  detail::device_idle(b);
+  EXPECT_EQ(tenant.active_weight, 200u);
+  EXPECT_FALSE(detail::leaf_idle(a, 300, 0));
+  EXPECT_TRUE(detail::leaf_idle(a, 200, 0));
+  detail::device_idle(a);
   EXPECT_EQ(tenant.active_devices, 0u);
   EXPECT_EQ(tenant.active_weight, 0u);
   detail::Tenants::place(a, nullptr, kDefaultWeight);
@@ -146,15 +160,23 @@ TEST(Tree, SharesFollowActivity) {
   EXPECT_TRUE(g.device_share(1)->active);
   g.complete(&r3, at_ms(2));
   EXPECT_FALSE(g.device_share(1)->active);
+  // d1 lingers in A's sum for kLinger (tree.h): a shallow client's gap
+  // between two requests does not hand its share to d0.
+  EXPECT_DOUBLE_EQ(g.group_share(0, 1)->effective_path, 0.6 * 2 / 3);
+  (void)g.next(at_ms(2) + std::chrono::nanoseconds(detail::kLinger - 1));
+  EXPECT_DOUBLE_EQ(g.group_share(0, 1)->effective_path, 0.6 * 2 / 3);
+  (void)g.next(at_ms(2) + std::chrono::nanoseconds(detail::kLinger));
   EXPECT_DOUBLE_EQ(g.group_share(0, 1)->effective_path, 0.6);
   // A cancelled request leaves its group idle too.
   Request r4 = make_request(1, kDefaultGroup);
-  g.enqueue(&r4, at_ms(3));
+  g.enqueue(&r4, at_ms(13));
   EXPECT_TRUE(g.device_share(1)->active);
   EXPECT_TRUE(g.cancel(&r4));
   EXPECT_FALSE(g.device_share(1)->active);
-  g.complete(&r1, at_ms(4));
-  g.complete(&r2, at_ms(4));
+  g.complete(&r1, at_ms(14));
+  g.complete(&r2, at_ms(14));
+  EXPECT_TRUE(g.tenant_share(1)->active);  // lingering
+  (void)g.next(at_ms(14) + std::chrono::nanoseconds(detail::kLinger));
   EXPECT_FALSE(g.tenant_share(1)->active);
 }
 
@@ -172,6 +194,7 @@ TEST(Tree, DetachHandsTheQueueAndTheActivityToTheDefaultGroup) {
   Decision d = g.next(at_ms(1));
   ASSERT_EQ(d.kind, Decision::Kind::dispatch);
   g.complete(d.request, at_ms(2));
+  (void)g.next(at_ms(2) + std::chrono::nanoseconds(detail::kLinger));
   EXPECT_FALSE(g.tenant_share(1)->active);
 }
 

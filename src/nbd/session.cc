@@ -1012,9 +1012,9 @@ constexpr uint32_t kCorkBytesMax = 128u << 10;
 // microseconds of reading a reply).
 constexpr uint32_t kTlsHoldMax = 16;
 constexpr uint32_t kTlsHoldBytes = 64u << 10;
-constexpr std::chrono::nanoseconds kTlsHoldGap = std::chrono::microseconds(50);
-constexpr uint32_t kTlsDepthProbe = 16;
+constexpr std::chrono::nanoseconds kTlsHoldGap = std::chrono::microseconds(200);
 constexpr uint32_t kTlsHoldMin = 4;
+constexpr std::chrono::seconds kTlsDepthMemory(1);
 
 }  // namespace
 
@@ -1053,14 +1053,12 @@ bool Session::hold_tls_replies(uint32_t count, uint32_t bytes) noexcept {
     if (tls_holding_ || count > 1) {
       // Below kTlsHoldMin replies a hold costs the client more than it
       // saves: it reads the other half and then sleeps until the flush.
-      const uint32_t half = depth_guess_ ? depth_guess_ / 2 : kTlsHoldMax;
-      const uint32_t cap = half >= kTlsHoldMin ? half : 1;
-      if (hold_target_ < std::min(cap, kTlsHoldMax)) {
-        ++hold_target_;
-      } else if (depth_guess_ && ++capped_holds_ >= kTlsDepthProbe) {
-        capped_holds_ = 0;  // perhaps the client went deeper
-        ++depth_guess_;
+      if (depth_guess_ < 2 * kTlsHoldMax && host_.reactor->now() - depth_learned_ > kTlsDepthMemory) {
+        depth_guess_ = 2 * kTlsHoldMax;  // learn it again: the client may have changed
       }
+      const uint32_t half = depth_guess_ / 2;
+      const uint32_t cap = half >= kTlsHoldMin ? std::min(half, kTlsHoldMax) : 1;
+      if (hold_target_ < cap) ++hold_target_;
     }
     return false;
   }
@@ -1088,8 +1086,8 @@ void Session::tls_hold_expired() noexcept {
     } else {
       // The client sent nothing more: it is waiting for these, and every
       // request it keeps in flight is here.
-      depth_guess_ = std::max<uint32_t>(inflight_, 2);
-      capped_holds_ = 0;
+      depth_guess_ = std::max(inflight_, 2u);
+      depth_learned_ = host_.reactor->now();
       const uint32_t half = depth_guess_ / 2;
       hold_target_ = std::max<uint32_t>(1, std::min(hold_target_ / 2, half >= kTlsHoldMin ? half : 1));
       flush();

@@ -310,12 +310,16 @@ class Session {
   bool hold_timer_pending_ = false;
   bool tls_holding_ = false;  // replies have been held since the last flush
   uint32_t hold_target_ = 1;
-  // How many requests the client keeps in flight, as a timeout saw it (all
-  // of them were here then); holds gather at most half of it, so the client
-  // reads one half while the other is gathered. Reaching the target at that
-  // cap kTlsDepthProbe times in a row raises the guess by one.
-  uint32_t depth_guess_ = 0;
-  uint32_t capped_holds_ = 0;
+  // How many requests the client keeps in flight, as the last timeout saw
+  // it (all of them were here then); holds gather at most half of it, so
+  // the client reads one half while the other is gathered, and none when
+  // that half is below kTlsHoldMin. It is not raised by holds that reach
+  // their target (one that takes every request the client has would never
+  // time out, and the client would wait for each flush); a second after a
+  // timeout it is forgotten and learnt again (a client descheduled for the
+  // gap looks shallower than it is).
+  uint32_t depth_guess_ = 32;
+  std::chrono::steady_clock::time_point depth_learned_{};
   // The export's storage works at memory speed: while replies are held,
   // requests are left in the socket and read all at once when the poll
   // fires (their replies would be held anyway); on a device they are read

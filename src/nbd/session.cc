@@ -1015,6 +1015,7 @@ constexpr uint32_t kTlsHoldBytes = 64u << 10;
 constexpr std::chrono::nanoseconds kTlsHoldGap = std::chrono::microseconds(200);
 constexpr uint32_t kTlsHoldMin = 4;
 constexpr std::chrono::seconds kTlsDepthMemory(1);
+constexpr std::chrono::milliseconds kTlsTimeoutsTogether(100);
 
 }  // namespace
 
@@ -1085,9 +1086,17 @@ void Session::tls_hold_expired() noexcept {
       arm_hold_timer(kTlsHoldGap - quiet);  // requests still come: they decide
     } else {
       // The client sent nothing more: it is waiting for these, and every
-      // request it keeps in flight is here.
-      depth_guess_ = std::max(inflight_, 2u);
-      depth_learned_ = host_.reactor->now();
+      // request it keeps in flight is here — or it was only descheduled
+      // for a while. A client held at its depth times out again at once,
+      // so two timeouts close together decide; one alone only lowers the
+      // target.
+      const auto now = host_.reactor->now();
+      if (now - last_hold_timeout_ < kTlsTimeoutsTogether) {
+        depth_guess_ = std::max({inflight_, timeout_inflight_, 2u});
+        depth_learned_ = now;
+      }
+      last_hold_timeout_ = now;
+      timeout_inflight_ = inflight_;
       const uint32_t half = depth_guess_ / 2;
       hold_target_ = std::max<uint32_t>(1, std::min(hold_target_ / 2, half >= kTlsHoldMin ? half : 1));
       flush();

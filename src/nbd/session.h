@@ -30,9 +30,10 @@
 // seals and sends them, so the client opens full 16 KiB records, one poll
 // and two reads each, instead of a record per reply. A ring timeout sends
 // them when no request has come for kTlsHoldGap (the client is waiting for
-// them), halves the target and caps it at half the requests then in flight
-// (the client's depth); a target reached grows it by one; a client with one
-// request in flight never reaches two and is never held.
+// them) and halves the target; two timeouts close together also cap it at
+// half the requests then in flight (the client's depth); a target reached
+// grows it by one; a client with one request in flight never reaches two
+// and is never held.
 //
 // Every read and write goes through a net::Transport: the socket itself,
 // or TLS after NBD_OPT_STARTTLS (net/tls.h). The session knows STARTTLS as
@@ -310,16 +311,17 @@ class Session {
   bool hold_timer_pending_ = false;
   bool tls_holding_ = false;  // replies have been held since the last flush
   uint32_t hold_target_ = 1;
-  // How many requests the client keeps in flight, as the last timeout saw
-  // it (all of them were here then); holds gather at most half of it, so
-  // the client reads one half while the other is gathered, and none when
-  // that half is below kTlsHoldMin. It is not raised by holds that reach
-  // their target (one that takes every request the client has would never
-  // time out, and the client would wait for each flush); a second after a
-  // timeout it is forgotten and learnt again (a client descheduled for the
-  // gap looks shallower than it is).
+  // How many requests the client keeps in flight, as two timeouts within
+  // kTlsTimeoutsTogether saw it (all of them were here then); holds gather
+  // at most half of it, so the client reads one half while the other is
+  // gathered, and none when that half is below kTlsHoldMin. It is not raised
+  // by holds that reach their target (one that takes every request the
+  // client has would never time out, and the client would wait for each
+  // flush); a second after it was learnt it is forgotten and learnt again.
   uint32_t depth_guess_ = 32;
   std::chrono::steady_clock::time_point depth_learned_{};
+  std::chrono::steady_clock::time_point last_hold_timeout_{};
+  uint32_t timeout_inflight_ = 0;  // requests in flight at that timeout
   // The export's storage works at memory speed: while replies are held,
   // requests are left in the socket and read all at once when the poll
   // fires (their replies would be held anyway); on a device they are read

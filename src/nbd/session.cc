@@ -63,6 +63,7 @@ Session::Session(SessionHost host, int fd, PeerIdentity peer, uint64_t id)
   recv_op_.session = this;
   send_op_.session = this;
   cork_op_.session = this;
+  hold_timer_op_.session = this;
   tls_op_.session = this;
   // A Unix stream socket is writable again once its unread data is at most
   // a quarter of the send buffer (unix_writable() in the kernel).
@@ -130,6 +131,7 @@ void Session::begin_close(const char* why) noexcept {
   }
   if (recv_pending_ || tls_ == Tls::handshake) transport_->cancel(*host_.reactor);
   if (cork_pending_) host_.reactor->cancel(&cork_op_);
+  if (hold_timer_pending_) host_.reactor->cancel(&hold_timer_op_);
   if (waiting_) cancel_waiting();
   // A write whose data never fully arrived is not acknowledged; its buffer
   // is released once no recv can still be writing into it.
@@ -143,7 +145,8 @@ void Session::begin_close(const char* why) noexcept {
 }
 
 void Session::maybe_destroy() noexcept {
-  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || cork_pending_ || inflight_ != 0 ||
+  if (phase_ != Phase::kClosing || recv_pending_ || send_pending_ || flush_scheduled_ || cork_pending_ || hold_timer_pending_ ||
+      inflight_ != 0 ||
       busy_ != 0 || tls_ == Tls::handshake) {
     return;
   }
@@ -1003,20 +1006,33 @@ uint32_t reply_size(const NbdRequest& r) noexcept {
 // is worth sending at once, and the data of held ones stays in memory.
 constexpr uint32_t kCorkReplyMax = 16u << 10;
 constexpr uint32_t kCorkBytesMax = 128u << 10;
+// Over TLS: at most this many replies or bytes are gathered (64 KiB is four
+// full records), and none waits once no request has come for kTlsHoldGap
+// (a client that keeps many requests in flight sends the next one within
+// microseconds of reading a reply).
+constexpr uint32_t kTlsHoldMax = 16;
+constexpr uint32_t kTlsHoldBytes = 64u << 10;
+constexpr std::chrono::nanoseconds kTlsHoldGap = std::chrono::microseconds(200);
+constexpr uint32_t kTlsHoldMin = 4;
+constexpr std::chrono::seconds kTlsDepthMemory(1);
+constexpr std::chrono::milliseconds kTlsTimeoutsTogether(100);
 
 }  // namespace
 
 bool Session::hold_replies() noexcept {
-  if (cork_threshold_ == 0 || phase_ != Phase::kTransmission || send_pending_ || shutting_down_ || !out_head_ ||
-      handshake_sent_ < handshake_out_.size()) {
+  if (phase_ != Phase::kTransmission || send_pending_ || shutting_down_ || !out_head_ ||
+      handshake_sent_ < handshake_out_.size() || (cork_threshold_ == 0 && tls_ != Tls::on)) {
     return false;
   }
   uint32_t bytes = 0;
+  uint32_t count = 0;
   for (const NbdRequest* r = out_head_; r; r = r->next) {
     const uint32_t size = reply_size(*r);
     bytes += size;
+    ++count;
     if (size > kCorkReplyMax || r->reply_splice_fd >= 0 || bytes > kCorkBytesMax) return false;
   }
+  if (tls_ == Tls::on) return hold_tls_replies(count, bytes);
   if (cork_pending_) return true;  // the poll sends them
   if (unread_bound_ <= cork_threshold_) return false;
   int unread = 0;
@@ -1028,6 +1044,66 @@ bool Session::hold_replies() noexcept {
   cork_pending_ = true;
   host_.reactor->hold_begin();
   return true;
+}
+
+bool Session::hold_tls_replies(uint32_t count, uint32_t bytes) noexcept {
+  if (count >= hold_target_ || bytes >= kTlsHoldBytes) {
+    // Requests kept coming until the target: gather one more next time. A
+    // batch of several replies unheld says the same of a client not yet
+    // held.
+    if (tls_holding_ || count > 1) {
+      // Below kTlsHoldMin replies a hold costs the client more than it
+      // saves: it reads the other half and then sleeps until the flush.
+      if (depth_guess_ < 2 * kTlsHoldMax && host_.reactor->now() - depth_learned_ > kTlsDepthMemory) {
+        depth_guess_ = 2 * kTlsHoldMax;  // learn it again: the client may have changed
+      }
+      const uint32_t half = depth_guess_ / 2;
+      const uint32_t cap = half >= kTlsHoldMin ? std::min(half, kTlsHoldMax) : 1;
+      if (hold_target_ < cap) ++hold_target_;
+    }
+    return false;
+  }
+  tls_holding_ = true;
+  if (!hold_timer_pending_) arm_hold_timer(kTlsHoldGap);
+  return true;
+}
+
+void Session::arm_hold_timer(std::chrono::nanoseconds after) noexcept {
+  hold_timeout_.tv_sec = 0;
+  hold_timeout_.tv_nsec = after.count();
+  host_.reactor->arm_timer(&hold_timer_op_, &hold_timeout_);
+  hold_timer_pending_ = true;
+}
+
+void Session::tls_hold_expired() noexcept {
+  hold_timer_pending_ = false;
+  ++busy_;
+  if (phase_ == Phase::kClosing) {
+    if (out_head_) send_queued();  // held replies are answered before the close
+  } else if (tls_holding_ && out_head_) {
+    const auto quiet = host_.reactor->now() - last_input_;
+    if (quiet < kTlsHoldGap) {
+      arm_hold_timer(kTlsHoldGap - quiet);  // requests still come: they decide
+    } else {
+      // The client sent nothing more: it is waiting for these, and every
+      // request it keeps in flight is here — or it was only descheduled
+      // for a while. A client held at its depth times out again at once,
+      // so two timeouts close together decide; one alone only lowers the
+      // target.
+      const auto now = host_.reactor->now();
+      if (now - last_hold_timeout_ < kTlsTimeoutsTogether) {
+        depth_guess_ = std::max({inflight_, timeout_inflight_, 2u});
+        depth_learned_ = now;
+      }
+      last_hold_timeout_ = now;
+      timeout_inflight_ = inflight_;
+      const uint32_t half = depth_guess_ / 2;
+      hold_target_ = std::max<uint32_t>(1, std::min(hold_target_ / 2, half >= kTlsHoldMin ? half : 1));
+      flush();
+    }
+  }
+  --busy_;
+  maybe_destroy();
 }
 
 void Session::cork_done() noexcept {
@@ -1048,6 +1124,7 @@ void Session::cork_done() noexcept {
 void Session::flush() noexcept {
   // Sending releases requests and may read more input, which may close the
   // session: it is destroyed only by the caller's maybe_destroy() after this.
+  tls_holding_ = false;
   ++busy_;
   send_queued();
   --busy_;

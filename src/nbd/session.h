@@ -24,6 +24,17 @@
 // connection: past that, the session stops reading until
 // replies drain, so memory is bounded whatever the client does.
 //
+// Over TLS (TCP: nothing tells how much the client has read) replies are
+// held by count instead: while requests keep coming, the session gathers
+// up to hold_target_ replies (adapting between 1 and kTlsHoldMax) before it
+// seals and sends them, so the client opens full 16 KiB records, one poll
+// and two reads each, instead of a record per reply. A ring timeout sends
+// them when no request has come for kTlsHoldGap (the client is waiting for
+// them) and halves the target; two timeouts close together also cap it at
+// half the requests then in flight (the client's depth); a target reached
+// grows it by one; a client with one request in flight never reaches two
+// and is never held.
+//
 // Every read and write goes through a net::Transport: the socket itself,
 // or TLS after NBD_OPT_STARTTLS (net/tls.h). The session knows STARTTLS as
 // an option of the protocol, never how bytes are carried.
@@ -156,6 +167,10 @@ class Session {
     Session* session;
     void on_complete(int32_t result, uint32_t) noexcept override { session->tls_done(result); }
   };
+  struct HoldTimerOp final : io::Completion {
+    Session* session;
+    void on_complete(int32_t, uint32_t) noexcept override { session->tls_hold_expired(); }
+  };
   // plain: no TLS yet; acked: STARTTLS answered, the handshake starts once
   // the answer is sent; handshake: under way; on: the stream is TLS.
   enum class Tls : uint8_t { plain, acked, handshake, on };
@@ -208,8 +223,11 @@ class Session {
   void wait_writable() noexcept;
   void account_sent(uint32_t bytes) noexcept;
   void send_failed() noexcept;
-  bool hold_replies() noexcept;  // true: a poll will send them later
+  bool hold_replies() noexcept;  // true: a poll or a timeout will send them later
   void cork_done() noexcept;
+  bool hold_tls_replies(uint32_t count, uint32_t bytes) noexcept;
+  void arm_hold_timer(std::chrono::nanoseconds after) noexcept;
+  void tls_hold_expired() noexcept;
 
   void begin_close(const char* why) noexcept;
   void refuse_option(uint32_t option) noexcept;
@@ -287,6 +305,23 @@ class Session {
   // 2n + 2 KiB (measured on Linux 6.18 for every n from 1 to 300000).
   static constexpr uint64_t kUnreadPerSend = 2048;
   uint64_t unread_bound_ = 0;
+  // Holding replies over TLS (see the top of this file).
+  HoldTimerOp hold_timer_op_;
+  __kernel_timespec hold_timeout_{};  // read by the kernel when the timeout is submitted
+  bool hold_timer_pending_ = false;
+  bool tls_holding_ = false;  // replies have been held since the last flush
+  uint32_t hold_target_ = 1;
+  // How many requests the client keeps in flight, as two timeouts within
+  // kTlsTimeoutsTogether saw it (all of them were here then); holds gather
+  // at most half of it, so the client reads one half while the other is
+  // gathered, and none when that half is below kTlsHoldMin. It is not raised
+  // by holds that reach their target (one that takes every request the
+  // client has would never time out, and the client would wait for each
+  // flush); a second after it was learnt it is forgotten and learnt again.
+  uint32_t depth_guess_ = 32;
+  std::chrono::steady_clock::time_point depth_learned_{};
+  std::chrono::steady_clock::time_point last_hold_timeout_{};
+  uint32_t timeout_inflight_ = 0;  // requests in flight at that timeout
   // The export's storage works at memory speed: while replies are held,
   // requests are left in the socket and read all at once when the poll
   // fires (their replies would be held anyway); on a device they are read

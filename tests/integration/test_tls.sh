@@ -10,7 +10,7 @@
 # a certificate or with one another CA signed. --tls on serves both.
 . "$(dirname "$0")/lib.sh"
 . "$LIBDIR/tls_creds.sh"
-requires nbdinfo nbdsh qemu-io qemu-img psktool certtool cmp
+requires nbdinfo nbdsh qemu-io qemu-img psktool certtool cmp fio
 [ "$PEER" = iobandd ] || skip "the TLS options are iobandd's"
 
 C=$T/creds
@@ -72,7 +72,8 @@ $2"
 
 # --- --tls require, PSK and certificates
 IOBANDD_ARGS=(--tls require --tls-psk "$C/keys.psk" --tls-certificates "$C/server")
-start_server --listen "$addr" "disk=$T/disk.img"
+# mem: replies at memory speed, which a fast client can outrun.
+start_server --listen "$addr" "disk=$T/disk.img" "mem=,backend=memory,size=16M"
 
 log "nbdinfo over TLS with a PSK"
 [ "$(run 60 nbdinfo --size "$(psk_uri "$C/keys.psk")")" -eq $size ] || fail "nbdinfo over TLS (PSK) failed"
@@ -112,6 +113,35 @@ log "qemu-io over TLS with a PSK"
 out=$(run 60 qemu-io --object "$(psk_object "$C")" --image-opts "$(qemu_opts)" \
   -c 'write -P 0x5c 4096 200000' -c 'read -P 0x5c 4096 200000' 2>&1) || fail "qemu-io over TLS (PSK) failed: $out"
 echo "$out" | grep -qi fail && fail "qemu-io over TLS (PSK): $out"
+
+# Small replies over TLS are held and gathered into full records while the
+# client keeps sending (nbd/session.h); a timeout sends them when it stops,
+# which a client with 4 requests in flight needs at every turn.
+for depth in 32 4; do
+  log "fio writes and verifies 4 KiB blocks over TLS with certificates, $depth in flight"
+  mkdir -p "$T/fiohome/.pki/libnbd"
+  cp "$C/client/ca-cert.pem" "$C/client/client-cert.pem" "$C/client/client-key.pem" "$T/fiohome/.pki/libnbd/"
+  HOME=$T/fiohome run 60 fio --name=tls-verify --ioengine=nbd --uri="nbds://127.0.0.1:$port/mem" --rw=randwrite \
+    --bs=4k --size=8M --iodepth=$depth --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$T/fio.out" ||
+    fail "fio over TLS at depth $depth failed or stalled: $(tail -5 "$T/fio.out")"
+done
+log "a client that leaves with 32 reads unanswered is closed"
+before=$(grep -c " closed" "$T/iobandd.log" || true)
+nbdsh -c "
+import os, socket
+h.set_uri_allow_local_file(True)
+h.connect_uri('$(psk_uri "$C/keys.psk")')
+for i in range(32):
+    h.aio_pread(nbd.Buffer(4096), i * 8192)
+socket.socket(fileno=os.dup(h.aio_get_fd())).shutdown(socket.SHUT_RDWR)
+" || fail "nbdsh could not leave with reads in flight"
+for ((i = 0; i < 50; i++)); do
+  [ "$(grep -c " closed" "$T/iobandd.log" || true)" -gt "$before" ] && break
+  sleep 0.1
+done
+[ "$(grep -c " closed" "$T/iobandd.log" || true)" -gt "$before" ] ||
+  fail "the connection that left with replies in flight was not closed"
+assert_alive
 
 log "nbdsh over TLS with certificates"
 nbdsh_x509 "$C/client" "assert h.pread(200000, 4096) == b'\\x5c' * 200000" ||

@@ -224,19 +224,23 @@ class Admission {
     busy_deep_weight_ += group.weight;
   }
   // A deep group's last request came back: for kLinger it still counts as
-  // busy and deep, holding as many places as it had outstanding at most
-  // (its busy_peak), unless it sends again (stop_lingering) first. Its
+  // busy and deep, holding its weight's part of the window (no more than it
+  // had outstanding, its busy_peak), unless it sends again (stop_lingering) first. Its
   // client is then most likely off the CPU, not done: without this the
   // others take its places the moment its requests are back, and its
   // share is gone for good (it cannot hold more than its depth after).
   void start_lingering(const Group& group, Nanos now) noexcept {
+    // Its claim: the places its weight gives it in the window among the
+    // busy deep groups (itself included), or its depth if that is less.
+    const std::uint64_t part = (std::uint64_t{window()} * group.weight + busy_deep_weight_ - 1) / busy_deep_weight_;
+    const auto claim = static_cast<std::uint32_t>(std::min<std::uint64_t>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
     if (group.retired) return;
-    lingering_.push_back({&group, now + kLinger, group.busy_peak});
+    lingering_.push_back({&group, now + kLinger, claim});
     ++linger_groups_;
     linger_weight_ += group.weight;
-    linger_claim_ += group.busy_peak;
+    linger_claim_ += claim;
   }
   void stop_lingering(const Group& group) noexcept {
     for (std::size_t i = 0; i < lingering_.size(); ++i) {

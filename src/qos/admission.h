@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "qos/anticipation.h"
@@ -45,10 +46,15 @@
 namespace ioband::qos::detail {
 
 class Admission {
-  struct Lingering {  // start_lingering
-    const Group* group;
+  struct Lingering {  // start_lingering, by the group's slot
+    const Group* group = nullptr;  // null: not lingering
+    std::uint32_t claim = 0;
+    std::uint32_t episode = 0;
+  };
+  struct LingerEnd {  // when an episode ends, in the order they began
     Nanos until;
-    std::uint32_t claim;
+    std::uint32_t slot;
+    std::uint32_t episode;
   };
 
  public:
@@ -123,7 +129,7 @@ class Admission {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
-    if (!lingering_.empty()) expire_lingering(now);
+    if (!linger_ends_.empty()) expire_lingering(now);
     if (deep(group.busy_peak)) {
       --busy_deep_in_flight_;
       if (group.in_flight == 0) start_lingering(group, now);
@@ -143,7 +149,7 @@ class Admission {
   // with `in_flight` in flight; `alone` as for orderless(). Within 1/32
   // of the others' places per unit of weight it goes.
   Nanos order_holds(const Group& group, bool alone, std::uint32_t in_flight, Nanos now) noexcept {
-    if (!lingering_.empty()) expire_lingering(now);
+    if (!linger_ends_.empty()) expire_lingering(now);
     if (!auto_ || in_flight < kOrderDepth || !orderless(group, alone, 33, 32, true)) {
       order_wait_since_ = kNotWaiting;
       return 0;
@@ -218,7 +224,11 @@ class Admission {
   Anticipation anticipation_;
   std::vector<Group*> held_;  // parked by the anticipation
   std::vector<Group*> none_;  // always empty
+  // O(1) per request at any number of groups: found by slot, ended in the
+  // order they began (the episodes a later start or a stop made stale are
+  // skipped there).
   std::vector<Lingering> lingering_;
+  std::deque<LingerEnd> linger_ends_;
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
@@ -237,38 +247,37 @@ class Admission {
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
     if (group.retired) return;
-    lingering_.push_back({&group, now + kLinger, claim});
+    if (group.slot >= lingering_.size()) lingering_.resize(std::max<std::size_t>(group.slot + 1, 2 * lingering_.size()));
+    Lingering& l = lingering_[group.slot];
+    if (l.group != nullptr) end_lingering(l);
+    l.group = &group;
+    l.claim = claim;
+    ++l.episode;
+    linger_ends_.push_back({now + kLinger, group.slot, l.episode});
     ++linger_groups_;
     linger_weight_ += group.weight;
     linger_claim_ += claim;
   }
   void stop_lingering(const Group& group) noexcept {
-    for (std::size_t i = 0; i < lingering_.size(); ++i) {
-      if (lingering_[i].group == &group) return end_lingering(i);
-    }
+    if (group.slot < lingering_.size() && lingering_[group.slot].group == &group) end_lingering(lingering_[group.slot]);
   }
-  void end_lingering(std::size_t i) noexcept {
+  void end_lingering(Lingering& l) noexcept {
     --linger_groups_;
-    linger_weight_ -= lingering_[i].group->weight;
-    linger_claim_ -= lingering_[i].claim;
-    lingering_[i] = lingering_.back();
-    lingering_.pop_back();
+    linger_weight_ -= l.group->weight;
+    linger_claim_ -= l.claim;
+    l.group = nullptr;
   }
   bool lingers(const Group& group, std::uint32_t* claim = nullptr) const noexcept {
-    for (const Lingering& l : lingering_) {
-      if (l.group != &group) continue;
-      if (claim) *claim = l.claim;
-      return true;
-    }
-    return false;
+    if (group.slot >= lingering_.size() || lingering_[group.slot].group != &group) return false;
+    if (claim) *claim = lingering_[group.slot].claim;
+    return true;
   }
   void expire_lingering(Nanos now) noexcept {
-    for (std::size_t i = 0; i < lingering_.size();) {
-      if (lingering_[i].until > now) {
-        ++i;
-        continue;
-      }
-      end_lingering(i);
+    while (!linger_ends_.empty() && linger_ends_.front().until <= now) {
+      const LingerEnd end = linger_ends_.front();
+      linger_ends_.pop_front();
+      Lingering& l = lingering_[end.slot];
+      if (l.group != nullptr && l.episode == end.episode) end_lingering(l);
     }
   }
 

@@ -36,10 +36,11 @@ std::optional<NodeReport> report_from_text(const std::string& node, const std::s
   NodeReport report;
   report.node = node;
   report.sequence = parsed["sequence"].get<std::uint64_t>();
-  for (const auto& [name, load] : parsed["tenants"].items()) {
+  for (const auto& item : parsed["tenants"].items()) {
+    const auto& load = item.value();  // not a structured binding: clang 14 cannot capture one (make fuzz)
     if (!load.is_object()) return std::nullopt;
     auto number = [&](const char* key) { return load.contains(key) && load[key].is_number() ? load[key].get<double>() : 0.0; };
-    report.tenants[name] = TenantLoad{number("demand"), number("usage"), number("share"), number("part")};
+    report.tenants[item.key()] = TenantLoad{number("demand"), number("usage"), number("share"), number("part")};
   }
   return report;
 }

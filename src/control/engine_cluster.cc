@@ -131,7 +131,9 @@ void Engine::cluster_tick() {
   const auto period = cluster_->options().period;
   std::map<std::string, cluster::TenantLoad> loads;
   std::map<std::string, ClusterLoad> kept;
-  for (const auto& [name, tenant] : state_.tenants) {
+  for (const auto& entry : state_.tenants) {
+    const std::string& name = entry.first;
+    const auto& tenant = entry.second;  // not a structured binding: clang 14 cannot capture one (make fuzz)
     if (!tenant.cluster) continue;
     ClusterSample sample{now, 0, 0};
     if (const std::optional<int> group_id = tenant_device_group(tenant)) {

@@ -813,6 +813,26 @@ def pytest_watchdog():
     return watchdog
 
 
+class _ShortBufferDiffs:
+    """A failed `==` between two large buffers (what a read returned against
+    what was written) is explained by the first differing offset and the
+    lengths. pytest's own explanation diffs them byte by byte with difflib,
+    which for a few hundred KiB takes longer than the test's watchdog."""
+
+    @staticmethod
+    def pytest_assertrepr_compare(op, left, right):
+        buffers = (bytes, bytearray, memoryview)
+        if op != "==" or not isinstance(left, buffers) or not isinstance(right, buffers):
+            return None
+        left, right = bytes(left), bytes(right)
+        if len(left) <= 256 and len(right) <= 256:
+            return None
+        first = next((i for i, (a, b) in enumerate(zip(left, right)) if a != b), min(len(left), len(right)))
+        return [f"buffers of {len(left)} and {len(right)} bytes differ",
+                f"first difference at byte {first}: "
+                f"{left[first:first + 16].hex()} against {right[first:first + 16].hex()}"]
+
+
 def run(test_file):
     """Run the test functions of `test_file` with pytest; exit code for ctest."""
     global _real_stderr
@@ -827,7 +847,7 @@ def run(test_file):
     args = [test_file, "-v", "-p", "no:cacheprovider", "--rootdir", HERE,
             "-o", "console_output_style=classic"]
     args += sys.argv[1:]
-    code = pytest.main(args)
+    code = pytest.main(args, plugins=[_ShortBufferDiffs()])
     return 1 if code not in (0, 77) else code
 
 

@@ -35,7 +35,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <deque>
 #include <vector>
 
 #include "qos/anticipation.h"
@@ -46,18 +45,10 @@
 namespace ioband::qos::detail {
 
 class Admission {
-  struct Lingering {  // start_lingering, by the group's slot
-    const Group* group = nullptr;  // null: not lingering
-    std::uint32_t claim = 0;
-    std::uint32_t episode = 0;
-  };
-  struct LingerEnd {  // when an episode ends, in the order they began
-    Nanos until;
-    std::uint32_t slot;
-    std::uint32_t episode;
-  };
-
  public:
+  // The groups' pool: the lingering groups are linked by slot (see start_lingering).
+  void bind(const GroupPool* pool) noexcept { pool_ = pool; }
+
   // ---- settings ----
   std::uint32_t io_throttle = kDefaultIoThrottle;
   std::uint32_t io_limit = kDefaultIoLimit;
@@ -129,7 +120,7 @@ class Admission {
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
-    if (!linger_ends_.empty()) expire_lingering(now);
+    if (linger_head_ != kNoSlot) expire_lingering(now);
     if (deep(group.busy_peak)) {
       --busy_deep_in_flight_;
       if (group.in_flight == 0) start_lingering(group, now);
@@ -149,7 +140,7 @@ class Admission {
   // with `in_flight` in flight; `alone` as for orderless(). Within 1/32
   // of the others' places per unit of weight it goes.
   Nanos order_holds(const Group& group, bool alone, std::uint32_t in_flight, Nanos now) noexcept {
-    if (!linger_ends_.empty()) expire_lingering(now);
+    if (linger_head_ != kNoSlot) expire_lingering(now);
     if (!auto_ || in_flight < kOrderDepth || !orderless(group, alone, 33, 32, true)) {
       order_wait_since_ = kNotWaiting;
       return 0;
@@ -224,62 +215,95 @@ class Admission {
   Anticipation anticipation_;
   std::vector<Group*> held_;  // parked by the anticipation
   std::vector<Group*> none_;  // always empty
-  // O(1) per request at any number of groups: found by slot, ended in the
-  // order they began (the episodes a later start or a stop made stale are
-  // skipped there).
-  std::vector<Lingering> lingering_;
-  std::deque<LingerEnd> linger_ends_;
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
   }
+
+  // Lingering groups, O(1) per request at any number of groups and with no
+  // memory of their own: a list through the groups' linger fields (group.h)
+  // by slot, in the order they began, which is the order they end (every
+  // one lasts kLinger, and `now` only grows). A group's entry keeps its
+  // claim and the low 24 bits of its end; the full end of the first is
+  // kept here, and each next one's is within kLinger after it (when one
+  // begins, those that ended are gone: all began within kLinger).
+  static constexpr std::uint32_t kNoSlot = UINT32_MAX;
+  static constexpr unsigned kEndBits = 24;
+  static constexpr std::uint32_t kEndMask = (1u << kEndBits) - 1;
+  static_assert(kLinger < (Nanos{1} << kEndBits), "the ends in the list are within 2^24 ns of the first");
+  static std::uint32_t claim_of(const Group& group) noexcept { return group.linger & 0xff; }
+  Group& at(std::uint32_t slot) const noexcept { return *pool_->at(slot); }
+
   // A deep group's last request came back: for kLinger it still counts as
   // busy and deep, holding its weight's part of the window (no more than it
   // had outstanding, its busy_peak), unless it sends again (stop_lingering) first. Its
   // client is then most likely off the CPU, not done: without this the
   // others take its places the moment its requests are back, and its
   // share is gone for good (it cannot hold more than its depth after).
-  void start_lingering(const Group& group, Nanos now) noexcept {
+  void start_lingering(Group& group, Nanos now) noexcept {
     // Its claim: the places its weight gives it in the window among the
-    // busy deep groups (itself included), or its depth if that is less.
+    // busy deep groups (itself included), or its depth if that is less
+    // (at least 1: a window has a place, and busy_peak is deep).
     const std::uint64_t part = (std::uint64_t{window()} * group.weight + busy_deep_weight_ - 1) / busy_deep_weight_;
     const auto claim = static_cast<std::uint32_t>(std::min<std::uint64_t>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
     if (group.retired) return;
-    if (group.slot >= lingering_.size()) lingering_.resize(std::max<std::size_t>(group.slot + 1, 2 * lingering_.size()));
-    Lingering& l = lingering_[group.slot];
-    if (l.group != nullptr) end_lingering(l);
-    l.group = &group;
-    l.claim = claim;
-    ++l.episode;
-    linger_ends_.push_back({now + kLinger, group.slot, l.episode});
+    if (group.linger != 0) end_lingering(group);
+    const Nanos until = now + kLinger;
+    group.linger = static_cast<std::uint32_t>(until & kEndMask) << 8 | claim;
+    group.linger_next = kNoSlot;
+    group.linger_prev = linger_tail_;
+    if (linger_tail_ == kNoSlot) {
+      linger_head_ = group.slot;
+      linger_head_until_ = until;
+    } else {
+      at(linger_tail_).linger_next = group.slot;
+    }
+    linger_tail_ = group.slot;
     ++linger_groups_;
     linger_weight_ += group.weight;
     linger_claim_ += claim;
   }
-  void stop_lingering(const Group& group) noexcept {
-    if (group.slot < lingering_.size() && lingering_[group.slot].group == &group) end_lingering(lingering_[group.slot]);
+  void stop_lingering(Group& group) noexcept {
+    if (group.linger != 0) end_lingering(group);
   }
-  void end_lingering(Lingering& l) noexcept {
+  // Out of the counts and the list.
+  void end_lingering(Group& group) noexcept {
     --linger_groups_;
-    linger_weight_ -= l.group->weight;
-    linger_claim_ -= l.claim;
-    l.group = nullptr;
+    linger_weight_ -= group.weight;
+    linger_claim_ -= claim_of(group);
+    if (group.linger_prev == kNoSlot) {
+      linger_head_ = group.linger_next;
+      if (linger_head_ != kNoSlot) linger_head_until_ = end_after(linger_head_until_, at(linger_head_));
+    } else {
+      at(group.linger_prev).linger_next = group.linger_next;
+    }
+    if (group.linger_next == kNoSlot) {
+      linger_tail_ = group.linger_prev;
+    } else {
+      at(group.linger_next).linger_prev = group.linger_prev;
+    }
+    group.linger = 0;
+  }
+  // The end of `next`, which comes after the one that ended at `first` (within kLinger).
+  static Nanos end_after(Nanos first, const Group& next) noexcept {
+    const auto low = static_cast<std::uint32_t>(first & kEndMask);
+    return first + (((next.linger >> 8) - low) & kEndMask);
   }
   bool lingers(const Group& group, std::uint32_t* claim = nullptr) const noexcept {
-    if (group.slot >= lingering_.size() || lingering_[group.slot].group != &group) return false;
-    if (claim) *claim = lingering_[group.slot].claim;
+    if (group.linger == 0) return false;
+    if (claim) *claim = claim_of(group);
     return true;
   }
   void expire_lingering(Nanos now) noexcept {
-    while (!linger_ends_.empty() && linger_ends_.front().until <= now) {
-      const LingerEnd end = linger_ends_.front();
-      linger_ends_.pop_front();
-      Lingering& l = lingering_[end.slot];
-      if (l.group != nullptr && l.episode == end.episode) end_lingering(l);
-    }
+    while (linger_head_ != kNoSlot && linger_head_until_ <= now) end_lingering(at(linger_head_));
   }
+
+  const GroupPool* pool_ = nullptr;
+  std::uint32_t linger_head_ = kNoSlot;  // the first to end
+  std::uint32_t linger_tail_ = kNoSlot;
+  Nanos linger_head_until_ = 0;          // when the first ends
 
   static constexpr Nanos kNotWaiting = INT64_MIN;
   Nanos order_wait_since_ = kNotWaiting;   // since when order_holds() holds a request back

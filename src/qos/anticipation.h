@@ -207,7 +207,12 @@ class Anticipation {
   double price(const Group& candidate) const noexcept { return weight_of(*group_) / weight_of(candidate); }
   // Weights compared across the tree (tree.h): a group's effective weight,
   // its share of the storage in the root's units; its own outside tenants.
-  static double weight_of(const Group& group) noexcept {
+  // Inline for a group outside every tenant (every completion asks), the tree's arithmetic out of line.
+  [[gnu::always_inline]] static double weight_of(const Group& group) noexcept {
+    if (group.device->tree.tenant == nullptr) return group.weight;
+    return tree_weight_of(group);
+  }
+  [[gnu::noinline]] static double tree_weight_of(const Group& group) noexcept {
     return effective_weight(group.weight, group.queue_length + group.in_flight != 0, group.device->tree);
   }
 

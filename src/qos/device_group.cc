@@ -30,6 +30,7 @@
 #include "qos/latency_target.h"
 #include "qos/order_policy.h"
 #include "qos/range_bw_policy.h"
+#include "qos/weight_policy.h"
 
 namespace ioband::qos {
 
@@ -41,6 +42,7 @@ using detail::IndexedHeap;
 using detail::OrderPolicy;
 using detail::RangeBwPolicy;
 using detail::RequestState;
+using detail::WeightOrder;
 
 namespace {
 
@@ -73,6 +75,15 @@ struct DeviceGroup::Impl {
   // The policy's constants, asked once per policy rather than per request.
   bool anticipates = policy->anticipates();
   Rule policy_rule = policy->rule();
+  // The policy's class, when the hot path calls it directly (with_order):
+  // fair, weight and weight-iosize are known there, and a virtual call per
+  // key and charge costs more than the test.
+  enum class Order : std::uint8_t { fair, weight, other };
+  static Order order_of(Policy name) noexcept {
+    if (name == Policy::fair) return Order::fair;
+    return name == Policy::weight || name == Policy::weight_iosize ? Order::weight : Order::other;
+  }
+  Order order = order_of(kDefaultPolicy);
   Admission admission;
   CostModel cost_model{};  // the token model set_cost_model() gave fair, if any
   DeviceModel device_model = kDefaultDeviceModel;
@@ -195,6 +206,30 @@ struct DeviceGroup::Impl {
     }
   }
 
+  // ---- the policy's calls on the hot path: direct for fair and weight ----
+  // `call(order)` with the policy as its own (final) class where it is one
+  // the hot path knows, so that the compiler calls (and inlines) it directly.
+  template <typename Call>
+  [[gnu::always_inline]] decltype(auto) with_order(Call&& call) const noexcept {
+    switch (order) {
+      case Order::fair: return call(static_cast<detail::FairOnlyOrder&>(*policy));
+      case Order::weight: return call(static_cast<WeightOrder&>(*policy));
+      case Order::other: break;
+    }
+    return call(*policy);
+  }
+  std::int64_t order_key(const Group& group) const noexcept {
+    return with_order([&](auto& p) { return p.key(group); });
+  }
+  // `model_ns`: settings.cost.model_ns(request), which fair's cost starts from.
+  [[gnu::always_inline]] bool order_charge(Group& group, const Request& request, Rule rule, Nanos now,
+                                           double model_ns) noexcept {
+    if (order == Order::fair) {
+      return static_cast<detail::FairOnlyOrder&>(*policy).charge_cost(group, settings.cost.of(request, model_ns));
+    }
+    return with_order([&](auto& p) __attribute__((always_inline)) { return p.charge(group, request, rule, now); });
+  }
+
   // A group with queued requests, in no heap, becomes a candidate, coming
   // back from idle (or after a settings change) or from a hold (a limit or
   // the anticipation): the policy says what each starts from. (Groups held
@@ -203,7 +238,7 @@ struct DeviceGroup::Impl {
   void make_ready(Group& group, bool from_idle = true) noexcept {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
-      policy->from_idle(group, last_now);
+      with_order([&](auto& p) { p.from_idle(group, last_now); });
       // hook: reservations. Idle means nothing queued and nothing in flight:
       // a group whose requests all went to a deep storage queue at once is
       // still busy, and keeps what it is owed.
@@ -212,7 +247,7 @@ struct DeviceGroup::Impl {
       policy->from_hold(group, last_now);
     }
     Device& device = *group.device;
-    device.ready.push(group.slot, policy->key(group));
+    device.ready.push(group.slot, order_key(group));
     if (has_reservation(group)) device.reserved.push(group.extras.get(), reservation_key(group));
     update_device(device);
   }
@@ -397,6 +432,7 @@ struct DeviceGroup::Impl {
   void set_policy(Policy name) {
     policy_name = name;
     policy = detail::make_order_policy(name, settings);
+    order = order_of(name);
     anticipates = policy->anticipates();
     policy_rule = policy->rule();
     admission.policy_changed();
@@ -626,7 +662,9 @@ struct DeviceGroup::Impl {
         device = top.top().item;
         group = pool.at(device->ready.top().item);
         rule = policy_rule;
-        if (!policy->may_go(top.top().key, in_flight, admission.io_throttle)) return waiting(earliest_timer());
+        if (!with_order([&](auto& p) { return p.may_go(top.top().key, in_flight, admission.io_throttle); })) {
+          return waiting(earliest_timer());
+        }
       } else {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
@@ -754,7 +792,8 @@ struct DeviceGroup::Impl {
     ++device.in_flight;
     ++in_flight;
 
-    if (model_learning) in_flight_ns += settings.cost.model_ns(request);
+    const double model_ns = settings.cost.model_ns(request);
+    if (model_learning) in_flight_ns += model_ns;
     GroupExtras* extras = group.extras.get();
     if (extras != nullptr && extras->limits.active()) extras->limits.charge(request.direction, request.bytes, now);
     if (hooks & kHookLimits) {
@@ -764,7 +803,7 @@ struct DeviceGroup::Impl {
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
-    const bool rebase_now = !by_reservation ? policy->charge(group, request, rule, now)
+    const bool rebase_now = !by_reservation ? order_charge(group, request, rule, now, model_ns)
                             : by_node       ? charge_inside_node(group, request, now)
                                             : false;
     if (hooks & kHookReserve) {
@@ -784,7 +823,7 @@ struct DeviceGroup::Impl {
 
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
-      if (is_ready(group)) device.ready.update(group.slot, policy->key(group));
+      if (is_ready(group)) device.ready.update(group.slot, order_key(group));
       if (reserved(group)) device.reserved.update(extras, reservation_key(group));
     } else {
       if (is_ready(group)) device.ready.erase(group.slot);
@@ -1151,6 +1190,7 @@ struct DeviceGroup::Impl {
 
 // ======================================================================
 DeviceGroup::DeviceGroup() : impl_(std::make_unique<Impl>()) {
+  impl_->admission.bind(&impl_->pool);
   impl_->restart_window();
   impl_->restart_learning();
 }

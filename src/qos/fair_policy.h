@@ -74,8 +74,11 @@ class FairOrder : public OrderPolicy {
   }
 
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
+    return charge_cost(group, settings_.cost.of(request));
+  }
+  // charge() of a request that costs `cost` (settings_.cost.of(), within [1, kMaxCost]).
+  bool charge_cost(Group& group, Cost cost) noexcept {
     vtime_ = std::max(vtime_, group.vtime);
-    const Cost cost = settings_.cost.of(request);  // within [1, kMaxCost]
     const DeviceNode& node = group.device->tree;
     if (node.tenant == nullptr) {  // the tree's path below, asked once
       group.vtime += FairPolicy::advance(cost, group.weight);
@@ -103,6 +106,13 @@ class FairOrder : public OrderPolicy {
  protected:
   std::int64_t vtime_ = 0;  // V
   std::uint32_t rebases_ = 0;
+};
+
+// fair itself. range-bw extends FairOrder; this one is final, so that the
+// device group's calls through it are direct (device_group.cc with_order).
+class FairOnlyOrder final : public FairOrder {
+ public:
+  using FairOrder::FairOrder;
 };
 
 }  // namespace ioband::qos::detail

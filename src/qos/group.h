@@ -101,7 +101,8 @@ struct NarrowCounters {
   Dispatch dispatch;
   Completion completion;
 };
-static_assert(sizeof(NarrowCounters) <= 120, "the narrow counters share two lines with the weight policy's state");
+static_assert(sizeof(NarrowCounters) <= 108,
+              "the narrow counters share two lines with the weight policy's state and the lingering");
 
 // One group is three cache lines. The first holds all that enqueue and
 // complete touch, and what next() needs to pick and unlink a request; the
@@ -136,6 +137,11 @@ struct alignas(64) Group {
   std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
   std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
   NarrowCounters counters;
+  // Lingering (admission.h): 0, or the low 24 bits of when it ends and its
+  // claim (8 bits, at least 1); its neighbours in the list, by slot.
+  std::uint32_t linger = 0;
+  std::uint32_t linger_prev = UINT32_MAX;
+  std::uint32_t linger_next = UINT32_MAX;
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };

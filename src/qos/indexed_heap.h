@@ -46,7 +46,7 @@ class DaryHeap {
   // The second smallest entry (the smallest child of the top), if any.
   const Entry* runner_up() const noexcept {
     std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
-    return n < 2 ? nullptr : &entries_[smallest_child(entries_.data(), 1, n)];
+    return n < 2 ? nullptr : &entries_[smallest_child(entries_.data(), 1, n).index];
   }
   bool contains(Handle item) const noexcept { return position_(item) != kNotInHeap; }
   std::int64_t key_of(Handle item) const noexcept { return entries_[position_(item)].key; }
@@ -137,40 +137,66 @@ class DaryHeap {
     position_(moving.item) = i;
   }
 
-  // The smallest of the children of i (the first of equals), without
-  // branches when all four exist (keys are unpredictable: a mispredicted
-  // branch costs more than a cmov).
-  // The choice is written as arithmetic on the comparisons' results: GCC
-  // turns the `?:` form into conditional jumps, which mispredict about once
-  // per level in a heap of thousands of groups.
-  static std::uint32_t smallest_child(const Entry* entries, std::uint32_t first, std::uint32_t n) noexcept {
-    if (first + kArity <= n) {
-      std::int64_t k0 = entries[first].key, k1 = entries[first + 1].key;
-      std::int64_t k2 = entries[first + 2].key, k3 = entries[first + 3].key;
-      std::uint32_t a = first + static_cast<std::uint32_t>(k1 < k0);
-      std::uint32_t b = first + 2 + static_cast<std::uint32_t>(k3 < k2);
-      std::uint32_t b_smaller = static_cast<std::uint32_t>(std::min(k3, k2) < std::min(k1, k0));
-      return a ^ ((a ^ b) & (0u - b_smaller));
+  // The smallest of the children from `first` on (the first of equals),
+  // and its key. Without branches when all four exist (keys are
+  // unpredictable: a mispredicted branch costs more than a cmov); the
+  // choice is written as arithmetic on the comparisons' results, and each
+  // minimum is taken with the other comparison than the index's: GCC turns
+  // the `?:` form, or a min on the same comparison, into conditional jumps,
+  // which mispredict about once per level in a heap of thousands of groups.
+  struct Child {
+    std::uint32_t index;
+    std::int64_t key;
+  };
+  [[gnu::always_inline]] static Child four_children(const Entry* entries, std::uint32_t first) noexcept {
+    const Entry* c = entries + first;
+    const std::int64_t k0 = c[0].key, k1 = c[1].key, k2 = c[2].key, k3 = c[3].key;
+    const std::uint32_t a = static_cast<std::uint32_t>(k1 < k0);
+    const std::uint32_t b = static_cast<std::uint32_t>(k3 < k2);
+    const std::int64_t key_a = std::min(k1, k0), key_b = std::min(k3, k2);
+    const std::uint32_t b_smaller = static_cast<std::uint32_t>(key_b < key_a);
+    const std::uint32_t mask = 0u - b_smaller;
+    return {first + ((a & ~mask) | ((2 | b) & mask)), std::min(key_b, key_a)};
+  }
+  static Child some_children(const Entry* entries, std::uint32_t first, std::uint32_t n) noexcept {
+    Child child{first, entries[first].key};
+    for (std::uint32_t c = first + 1; c < n; ++c) {
+      if (entries[c].key < child.key) child = {c, entries[c].key};
     }
-    std::uint32_t child = first;
-    for (std::uint32_t c = first + 1; c < n; ++c) child = entries[c].key < entries[child].key ? c : child;
     return child;
   }
+  static Child smallest_child(const Entry* entries, std::uint32_t first, std::uint32_t n) noexcept {
+    return first + kArity <= n ? four_children(entries, first) : some_children(entries, first, n);
+  }
 
+  // The moving entry goes down while a child's key is smaller; the path
+  // follows the smallest child (the first of equals) at every level. The
+  // child's key comes with it (no second load), and a level asks once
+  // whether all its children exist: the nodes below `full` have kArity.
   void sift_down(std::uint32_t i) noexcept {
     Entry* entries = entries_.data();
-    std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
-    Entry moving = entries[i];
+    const std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
+    const std::uint32_t full = (n - 1) / kArity;  // i < full <=> kArity * i + kArity <= n - 1
+    const Entry moving = entries[i];
+    Entry* hole = entries + i;
     for (;;) {
-      std::uint32_t first = kArity * i + 1;
-      if (first >= n) break;
-      std::uint32_t child = smallest_child(entries, first, n);
-      if (!(entries[child].key < moving.key)) break;
-      entries[i] = entries[child];
-      position_(entries[i].item) = i;
-      i = child;
+      Child child;
+      if (i < full) {
+        child = four_children(entries, kArity * i + 1);
+      } else if (kArity * i + 1 < n) {
+        child = some_children(entries, kArity * i + 1, n);
+      } else {
+        break;
+      }
+      if (!(child.key < moving.key)) break;
+      Entry* up = entries + child.index;
+      hole->key = child.key;
+      hole->item = up->item;
+      position_(up->item) = i;
+      hole = up;
+      i = child.index;
     }
-    entries[i] = moving;
+    *hole = moving;
     position_(moving.item) = i;
   }
 

@@ -13,7 +13,7 @@ std::unique_ptr<OrderPolicy> make_order_policy(Policy policy, const PolicySettin
     case Policy::range_bw: return std::make_unique<RangeBwOrder>(settings);
     case Policy::fair: break;
   }
-  return std::make_unique<FairOrder>(settings);
+  return std::make_unique<FairOnlyOrder>(settings);
 }
 
 }  // namespace ioband::qos::detail

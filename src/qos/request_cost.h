@@ -45,14 +45,17 @@ class RequestCost {
 
   // The device time fair charges for the request, ns: the model's time
   // shaped by what was learned (a token model set instead does not change it).
-  double device_ns(const Request& request) const noexcept {
+  double device_ns(const Request& request) const noexcept { return device_ns(request, model_ns(request)); }
+  // The same, with its model_ns() already known (the dispatch has it).
+  double device_ns(const Request& request, double model) const noexcept {
     const int c = class_of(request);
-    return model_ns(request) * (c < 0 ? 1.0 : shape_[static_cast<std::size_t>(c)]);
+    return model * (c < 0 ? 1.0 : shape_[static_cast<std::size_t>(c)]);
   }
 
-  Cost of(const Request& request) const noexcept {
+  Cost of(const Request& request) const noexcept { return of(request, model_ns(request)); }
+  Cost of(const Request& request, double model) const noexcept {
     if (use_tokens_) return request_cost(tokens_, request.bytes);
-    return std::clamp<Cost>(static_cast<Cost>(device_ns(request)), 1, kMaxCost);
+    return std::clamp<Cost>(static_cast<Cost>(device_ns(request, model)), 1, kMaxCost);
   }
 
  private:

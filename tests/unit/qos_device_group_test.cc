@@ -230,6 +230,52 @@ TEST(DeviceGroupOrder, ADeepGroupWhoseRequestsAllCameBackKeepsItsPlacesForAMomen
   EXPECT_EQ(drain(g, kStart + milliseconds(6)).size(), 21u);
 }
 
+// Several deep groups linger at once (Admission::kLinger), end in turn, and
+// some come back before their end (out of the middle, or the first, of the
+// list of lingering groups) and linger again: a claim still holds the light
+// group back until its own group's end, and none is left after all ended.
+TEST(DeviceGroupOrder, LingeringGroupsEndEachAtItsOwnTimeAndLeaveNothingBehind) {
+  DeviceGroup g;
+  constexpr DeviceId kHeavy = 3;  // devices 0..2: one deep group each; device 3: the light one
+  for (DeviceId d = 0; d <= kHeavy; ++d) ASSERT_TRUE(g.add_device(d));
+  for (DeviceId d = 0; d < kHeavy; ++d) ASSERT_TRUE(g.set_weight(d, kDefaultGroup, 80));
+  ASSERT_TRUE(g.set_weight(kHeavy, kDefaultGroup, 10));
+  Pool pool;
+  auto send = [&](DeviceId d, TimePoint at) {
+    std::vector<Request*> sent;
+    for (int i = 0; i < 8; ++i) g.enqueue(pool.make(d, kDefaultGroup), at);
+    for (TimePoint t = at; sent.size() < 8 && t < at + milliseconds(1); t += microseconds(100)) {
+      for (Request* r : drain(g, t)) sent.push_back(r);
+    }
+    return sent;
+  };
+  TimePoint t0 = kStart;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Request*> sent[kHeavy];
+    for (DeviceId d = 0; d < kHeavy; ++d) sent[d] = send(d, t0);
+    for (DeviceId d = 0; d < kHeavy; ++d) {
+      ASSERT_EQ(sent[d].size(), 8u) << "round " << round;
+      for (Request* r : sent[d]) g.complete(r, t0 + milliseconds(1 + d));  // 0, 1, 2 linger in turn
+    }
+    // Group 1 (the middle of the list) comes back and lingers again; in the
+    // second round group 0 (the first) too.
+    std::vector<DeviceId> back = {1};
+    if (round == 1) back.push_back(0);
+    for (DeviceId d : back) {
+      std::vector<Request*> again = send(d, t0 + milliseconds(4));
+      ASSERT_EQ(again.size(), 8u);
+      for (Request* r : again) g.complete(r, t0 + milliseconds(5));
+    }
+    if (round < 2) t0 += milliseconds(11);  // past every lingering of the round (the last ends at 5 + kLinger)
+  }
+  // The light group alone, past kOrderDepth in flight: group 1 lingers
+  // until 5 ms + kLinger and holds it back (8 go, the next waits); then
+  // nothing is left to hold it.
+  for (int i = 0; i < 24; ++i) g.enqueue(pool.make(kHeavy, kDefaultGroup), t0 + milliseconds(9));
+  EXPECT_EQ(drain(g, t0 + milliseconds(9)).size(), 8u) << "a lingering ended before its time";
+  EXPECT_EQ(drain(g, t0 + milliseconds(10)).size(), 16u) << "a lingering claim outlived its group's lingering";
+}
+
 TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {
   DeviceGroup g;
   g.set_io_limit_auto(false);  // dm-ioband's fixed window

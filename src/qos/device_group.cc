@@ -624,7 +624,7 @@ struct DeviceGroup::Impl {
   // token that came while the heavy one was between requests), and a late
   // wake-up that finds several tokens gave a 1-deep client at most one of
   // them (docs/hierarchy.md).
-  static constexpr std::uint32_t kMaxKept = 4;
+  static constexpr std::uint32_t kMaxKept = 16;
   Nanos kept_for_returns(LimitState& limits, Group& group, Device& device, const Request& request, Nanos now,
                          const detail::Tenant* tenant) noexcept {
     if (!orders_by_shares(policy_name)) return now;

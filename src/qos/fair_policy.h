@@ -80,7 +80,7 @@ class FairOrder : public OrderPolicy {
   // 1-deep client lost the tokens of every late wake-up that found several
   // (docs/hierarchy.md). The lag is bounded, so a client that asks less
   // than its share banks no more than kBetweenLag requests.
-  static constexpr std::int64_t kBetweenLag = 4;
+  static constexpr std::int64_t kBetweenLag = 16;
   std::uint32_t requests_before(const Group& group, std::int64_t key, Cost cost,
                                 std::uint32_t most) const noexcept override {
     const std::int64_t step = between_step(group, cost);

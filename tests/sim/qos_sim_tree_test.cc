@@ -324,7 +324,7 @@ namespace {
 // requests are in flight (device_group.cc, kept_for_returns), and every
 // client gets its share however late the timer.
 TEST(Tree, ALateTimerDoesNotCostAOneDeepClientItsShareOfATenantLimit) {
-  for (Nanos late : {Nanos{0}, 500 * kMicro, 1500 * kMicro, 3 * kMilli}) {
+  for (Nanos late : {Nanos{0}, 500 * kMicro, 1500 * kMicro, 3 * kMilli, 6 * kMilli}) {
     constexpr Nanos kFrom = 5 * kSecond, kTo = 20 * kSecond;
     const Result r = simulate(limit_row(50 * kMicro, true, {}, late));
     const std::vector<double> split = shares(r, {"d0", "d1", "d2"}, kFrom, kTo);

@@ -14,6 +14,10 @@
 //                                     cannot take over the storage), no debt (it
 //                                     goes at once, ahead of every backlogged group
 //                                     whose S is above V: it is never starved).
+//   between two requests under a      S_g := max(S_g, V - 16 c / w_g): it stayed
+//   device's or tenant's limit (its   busy (its client is a round trip away), with
+//   requests out, or back < 10 ms)    at most 16 requests of lag; the limit keeps
+//                                     it the tokens it is owed (device_group.cc)
 //   held back by a limit (its own     S_g is kept: it stayed backlogged and the
 //   or its device's)                  limit, not the policy, held it back; the lag
 //                                     it builds buys nothing the limit does not

@@ -21,7 +21,6 @@
 //                  (anticipation.h); range-bw says no
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 

@@ -122,6 +122,17 @@ struct DeviceGroup::Impl {
   detail::Tenants tenants;      // tree.h
   std::vector<detail::Tenant*> reserving_tenants;  // tenants with a reservation (reservation.h)
   std::vector<Device*> lingering;  // devices of tenants whose linger may be over (tree.h)
+  // Groups under a limit of their device or tenant with nothing queued
+  // since their last dispatch, their requests in flight or back for less
+  // than detail::kLinger (see kept_for_returns), and each one's place in it
+  // by slot (sized only once a limit is used).
+  struct Returning {
+    Group* group;
+    Nanos idle_at;  // its last request came back then; kStillOut while one is in flight
+  };
+  static constexpr Nanos kStillOut = INT64_MAX;
+  std::vector<Returning> returning;
+  std::vector<std::uint32_t> returning_positions;
   Nanos linger_until = INT64_MAX;  // the earliest end of a linger among them
 
   // ---- scheduling ----
@@ -235,10 +246,14 @@ struct DeviceGroup::Impl {
   // the anticipation): the policy says what each starts from. (Groups held
   // back with their whole device lag the same way; resetting only the ones
   // with limits of their own would starve them behind their device-mates.)
-  void make_ready(Group& group, bool from_idle = true) noexcept {
+  // `between_cost`: the group comes back between two requests under a
+  // limit (kept_for_returns), with a request of that cost.
+  void make_ready(Group& group, bool from_idle = true, Cost between_cost = 0) noexcept {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
+      const std::int64_t before = group.vtime;
       with_order([&](auto& p) { p.from_idle(group, last_now); });
+      if (between_cost != 0) policy->from_between(group, before, between_cost);
       // hook: reservations. Idle means nothing queued and nothing in flight:
       // a group whose requests all went to a deep storage queue at once is
       // still busy, and keeps what it is owed.
@@ -463,7 +478,7 @@ struct DeviceGroup::Impl {
   // control plane. Only groups with limits or range-bw (or on a device with
   // limits) can be parked or hold a reservation, so only those get room there.
   void reserve_capacity() {
-    std::size_t parkable = 0;
+    std::size_t parkable = 0, limited_groups = 0;
     for (auto& device : devices) {
       if (!device) continue;
       std::size_t groups = device->groups.size() + 1;
@@ -471,6 +486,11 @@ struct DeviceGroup::Impl {
       device->reserved.reserve(device->groups_with_extras);
       const bool limited = device->limits.active() || (device->tree.tenant && device->tree.tenant->limits.active());
       parkable += limited ? groups : device->groups_with_extras;
+      if (limited) limited_groups += groups;
+    }
+    if (limited_groups != 0) {  // kept_for_returns
+      returning.reserve(limited_groups);
+      if (returning_positions.size() < pool.slots()) returning_positions.resize(pool.slots(), detail::kNotInHeap);
     }
     top.reserve(device_count);
     top_reserved.reserve(device_count);
@@ -544,6 +564,7 @@ struct DeviceGroup::Impl {
     }
     admission.forget(group);
     policy->forget(group);
+    stop_returning(*group);
     latency.forget(detail::LatencyNode::of(group));  // hook: latency targets
     if (group->extras) {
       if (group->extras->reserve.active()) {  // hook: reservations
@@ -598,12 +619,18 @@ struct DeviceGroup::Impl {
     return std::max(at, policy->cap_available_at(group, now));
   }
 
-  // Whether `limits` of the device (or of its tenant) hold back the group's
-  // head `request`. A read (or write) limit holds back only this group's
-  // head; a total limit holds back the whole device.
-  bool held_by_limit(LimitState& limits, Group& group, Device& device, const Request& request, Nanos now) noexcept {
+  // Whether `limits` of the device (or, `tenant`, of its tenant) hold back
+  // the group's head `request`. A read (or write) limit holds back only
+  // this group's head; a total limit holds back the whole device.
+  bool held_by_limit(LimitState& limits, Group& group, Device& device, const Request& request, Nanos now,
+                     const detail::Tenant* tenant = nullptr) noexcept {
     bool direction_specific = false;
-    const Nanos at = limits.available_at(request.direction, now, &direction_specific);
+    Nanos at = limits.available_at(request.direction, now, &direction_specific);
+    bool for_returns = false;
+    if (at <= now && !returning.empty()) {
+      at = kept_for_returns(limits, group, device, request, now, tenant);
+      for_returns = at > now;
+    }
     if (at <= now) return false;
     admission.paced_by_limit(group, now);
     device.limit_paced_at = now;
@@ -611,8 +638,80 @@ struct DeviceGroup::Impl {
       park_group(group, at);
     } else {
       park_device(device, at);
+      device.held_for_returns = for_returns;
     }
     return true;
+  }
+
+  // ---- the tokens a limit keeps for groups ahead of the one asking ----
+  // A limit's tokens go in the order of the tags, counting the groups under
+  // it that are between two requests (a 1-deep client: its request in
+  // flight, or back and the next one on its way from the client, for up to
+  // detail::kLinger, the tree's rule for a client off the CPU): such a
+  // group ahead of `group` in the order (its tag, were it to ask now, is
+  // smaller) is owed the next tokens, as many as it would dispatch before
+  // `group`'s turn, not whoever happens to be queued when they come. So
+  // `group` may go only if the limit leaves that many requests' room (up to
+  // kMaxKept in all); else it waits until it does, or until one comes back
+  // (enqueue releases the device). The room is not
+  // lost: the buckets keep draining into it, and a group that does not
+  // come back leaves it to the next request. Without it, two 1-deep
+  // clients at 80:20 under a limit split 56/44 (the light one took every
+  // token that came while the heavy one was between requests), and a late
+  // wake-up that finds several tokens gave a 1-deep client at most one of
+  // them (docs/hierarchy.md).
+  static constexpr std::uint32_t kMaxKept = 16;
+  Nanos kept_for_returns(LimitState& limits, Group& group, Device& device, const Request& request, Nanos now,
+                         const detail::Tenant* tenant) noexcept {
+    if (!orders_by_shares(policy_name)) return now;
+    // Room for every group that could be owed a token: nothing to count.
+    if (limits.available_at_leaving(request.direction, now, kMaxKept, request.bytes) <= now) return now;
+    const std::int64_t key = policy->key(group);
+    const Cost cost = policy->cost_of(request);  // theirs taken as like this one
+    std::uint32_t kept = 0;
+    for (std::size_t i = 0; i < returning.size() && kept < kMaxKept;) {
+      const Returning r = returning[i];
+      if (r.idle_at != kStillOut && now - r.idle_at >= detail::kLinger) {
+        stop_returning(*r.group);  // gone: the last one moves here
+        continue;
+      }
+      ++i;
+      const Group& other = *r.group;
+      const bool same_scope = tenant != nullptr ? other.device->tree.tenant == tenant : other.device == &device;
+      if (same_scope && &other != &group) kept += policy->requests_before(other, key, cost, kMaxKept - kept);
+    }
+    if (kept == 0) return now;
+    return limits.available_at_leaving(request.direction, now, kept, request.bytes);
+  }
+  bool returning_member(const Group& group) const noexcept {
+    return group.slot < returning_positions.size() && returning_positions[group.slot] != detail::kNotInHeap;
+  }
+  // `group`'s queue just emptied: its requests are all in flight.
+  void start_returning(Group& group) {
+    const Device& device = *group.device;
+    if (!device.limits.active() && !(device.tree.tenant != nullptr && device.tree.tenant->limits.active())) return;
+    // Room made by reserve_capacity(); the control plane sizes both.
+    if (returning_positions.size() <= group.slot) returning_positions.resize(pool.slots(), detail::kNotInHeap);
+    if (returning_positions[group.slot] != detail::kNotInHeap) {
+      returning[returning_positions[group.slot]].idle_at = kStillOut;
+      return;
+    }
+    returning_positions[group.slot] = static_cast<std::uint32_t>(returning.size());
+    returning.push_back({&group, kStillOut});
+  }
+  // Its last request came back with nothing queued: it lingers.
+  void returned(const Group& group, Nanos now) noexcept {
+    if (returning_member(group)) returning[returning_positions[group.slot]].idle_at = now;
+  }
+  // It queued a request again, its linger is over, or it is going away.
+  void stop_returning(const Group& group) noexcept {
+    if (!returning_member(group)) return;
+    const std::uint32_t at = returning_positions[group.slot];
+    const Returning last = returning.back();
+    returning[at] = last;
+    returning_positions[last.group->slot] = at;
+    returning.pop_back();
+    returning_positions[group.slot] = detail::kNotInHeap;
   }
 
   Decision next(Nanos now) noexcept {
@@ -699,7 +798,7 @@ struct DeviceGroup::Impl {
         if (device->limits.active() && held_by_limit(device->limits, *group, *device, request, now)) continue;
         // tree.h: the limits a tenant shares over its devices.
         if (detail::Tenant* tenant = device->tree.tenant; tenant != nullptr && tenant->limits.active() &&
-                                                           held_by_limit(tenant->limits, *group, *device, request, now)) {
+                                                           held_by_limit(tenant->limits, *group, *device, request, now, tenant)) {
           tenant->limit_paced_at = now;
           continue;
         }
@@ -799,6 +898,7 @@ struct DeviceGroup::Impl {
     if (hooks & kHookLimits) {
       if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
       if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+      if (group.head == nullptr) start_returning(group);  // kept_for_returns
     }
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
@@ -924,7 +1024,15 @@ struct DeviceGroup::Impl {
     group->busy_peak = static_cast<std::uint8_t>(std::min<std::uint32_t>(
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
     admission.queued(*group, peak, anticipates, last_now);
-    if (group->queue_length == 1) make_ready(*group);
+    Cost between_cost = 0;
+    if (group->queue_length == 1 && !returning.empty() && returning_member(*group)) {
+      // Back while the others wait to leave it tokens (kept_for_returns):
+      // its device, held for it, may go now.
+      stop_returning(*group);
+      if (device.parked() && device.held_for_returns) device_timers.erase(&device);
+      between_cost = policy->cost_of(request);
+    }
+    if (group->queue_length == 1) make_ready(*group, true, between_cost);
   }
 
   // The group that queues a request of (device, group id): the attached
@@ -1039,7 +1147,14 @@ struct DeviceGroup::Impl {
     --device.in_flight;
     if (device.tree.tenant != nullptr) --device.tree.tenant->in_flight;
     --in_flight;
-    if (group.in_flight == 0 && group.queue_length == 0 && !group.retired) leaf_idle(device, group.weight, last_now);
+    if (group.in_flight == 0 && group.queue_length == 0) {
+      if (group.retired) {
+        stop_returning(group);
+      } else {
+        leaf_idle(device, group.weight, last_now);
+        if (!returning.empty()) returned(group, last_now);  // kept_for_returns
+      }
+    }
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
@@ -1172,6 +1287,7 @@ struct DeviceGroup::Impl {
     bytes += devices.capacity() * sizeof(devices[0]) + retired.capacity() * sizeof(Group*);
     bytes += (top.capacity() + top_reserved.capacity() + device_timers.capacity()) * sizeof(IndexedHeap<Device, &Device::top_index>::Entry);
     bytes += group_timers.capacity() * sizeof(IndexedHeap<Group, &Group::timer_index>::Entry);
+    bytes += returning.capacity() * sizeof(Returning) + returning_positions.capacity() * sizeof(std::uint32_t);
     for (const auto& device : devices) {
       if (!device) continue;
       bytes += sizeof(Device) + device->groups.memory_bytes();

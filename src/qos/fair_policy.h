@@ -14,6 +14,10 @@
 //                                     cannot take over the storage), no debt (it
 //                                     goes at once, ahead of every backlogged group
 //                                     whose S is above V: it is never starved).
+//   between two requests under a      S_g := max(S_g, V - 16 c / w_g): it stayed
+//   device's or tenant's limit (its   busy (its client is a round trip away), with
+//   requests out, or back < 10 ms)    at most 16 requests of lag; the limit keeps
+//                                     it the tokens it is owed (device_group.cc)
 //   held back by a limit (its own     S_g is kept: it stayed backlogged and the
 //   or its device's)                  limit, not the policy, held it back; the lag
 //                                     it builds buys nothing the limit does not
@@ -73,6 +77,25 @@ class FairOrder : public OrderPolicy {
     FairPolicy::normalize(group, tenant == nullptr ? vtime_ : tenant_vtime(*tenant, vtime_, rebases_));
   }
 
+  // Between two requests under a limit (order_policy.h): a group comes
+  // back as if it had stayed backlogged, its key kept up to kBetweenLag of
+  // its requests behind where an idle group comes back (V, or V_T). Its
+  // client is a round trip away, not gone: lifted to V at each return, a
+  // 1-deep client lost the tokens of every late wake-up that found several
+  // (docs/hierarchy.md). The lag is bounded, so a client that asks less
+  // than its share banks no more than kBetweenLag requests.
+  static constexpr std::int64_t kBetweenLag = 16;
+  std::uint32_t requests_before(const Group& group, std::int64_t key, Cost cost,
+                                std::uint32_t most) const noexcept override {
+    const std::int64_t step = between_step(group, cost);
+    const std::int64_t from = std::max(group.vtime, return_point(group) - kBetweenLag * step);
+    if (from >= key) return 0;
+    return static_cast<std::uint32_t>(std::min<std::int64_t>(most, (key - from + step - 1) / step));
+  }
+  void from_between(Group& group, std::int64_t before, Cost cost) noexcept override {
+    group.vtime = std::max(before, group.vtime - kBetweenLag * between_step(group, cost));
+  }
+
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
     return charge_cost(group, settings_.cost.of(request));
   }
@@ -104,6 +127,19 @@ class FairOrder : public OrderPolicy {
   }
 
  protected:
+  // Where an idle group of `group`'s tenant (or of the root) comes back
+  // now: from_idle()'s point, read only.
+  std::int64_t return_point(const Group& group) const noexcept {
+    const Tenant* tenant = group.device->tree.tenant;
+    if (tenant == nullptr || tenant->vtime_rebases != rebases_) return vtime_;
+    return tenant_vtime_follows(*tenant) ? std::max(tenant->vtime, vtime_) : tenant->vtime;
+  }
+  // Its tag's step for a request costing `cost`, counted as active (tree.h).
+  static std::int64_t between_step(const Group& group, Cost cost) noexcept {
+    const double e = effective_weight(group.weight, group.queue_length != 0 || group.in_flight != 0, group.device->tree);
+    return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(cost << kVtimeShift) / e));
+  }
+
   std::int64_t vtime_ = 0;  // V
   std::uint32_t rebases_ = 0;
 };

@@ -167,6 +167,9 @@ struct Device {
   std::uint32_t top_reservation_index = kNotInHeap;
   std::uint32_t timer_index = kNotInHeap;
   Nanos limit_paced_at = INT64_MIN;  // last time a limit of the device held it back (observation.h)
+  // Parked by a limit keeping tokens for groups whose requests are in
+  // flight (device_group.cc, kept_for_returns): one coming back releases it.
+  bool held_for_returns = false;
   DeviceNode tree;                   // its tenant, if any, and its active groups (tree.h)
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }

@@ -50,6 +50,26 @@ class OrderPolicy {
   virtual Rule rule() const noexcept = 0;
   // The group's place in the order: the smallest key goes first.
   virtual std::int64_t key(const Group& group) const noexcept = 0;
+  // A group between two requests under a limit (its requests in flight,
+  // or back a moment ago: device_group.cc, kept_for_returns) is still
+  // busy: how many requests costing `cost` it would send, coming back now,
+  // before the group whose key is `key` goes (at most `most`).
+  virtual std::uint32_t requests_before(const Group& group, std::int64_t key, Cost cost,
+                                        std::uint32_t most) const noexcept {
+    (void)group;
+    (void)key;
+    (void)cost;
+    (void)most;
+    return 0;
+  }
+  // Such a group comes back with a request costing `cost`, after
+  // from_idle() put its key where an idle group's goes; `before` was its
+  // key then. By default nothing changes.
+  virtual void from_between(Group& group, std::int64_t before, Cost cost) noexcept {
+    (void)group;
+    (void)before;
+    (void)cost;
+  }
   // A group's state when it joins: a new group, every group under a new
   // policy, and queued groups after settings_changed() asked for it.
   virtual void start(Group& group) noexcept = 0;

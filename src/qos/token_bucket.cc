@@ -45,10 +45,11 @@ void TokenBucket::advance(Nanos now) noexcept {
   }
 }
 
-Nanos TokenBucket::available_at(Nanos now) const noexcept {
-  if (level_ <= capacity_) return now;
-  // Need (level - capacity) units drained: ceil((excess * 1e9 - remainder) / rate).
-  Wide needed = Wide{level_ - capacity_} * kNanosPerSecond - remainder_;
+Nanos TokenBucket::available_at(Nanos now, std::uint64_t spare) const noexcept {
+  const std::uint64_t threshold = capacity_ > spare ? capacity_ - spare : 0;
+  if (level_ <= threshold) return now;
+  // Need (level - threshold) units drained: ceil((excess * 1e9 - remainder) / rate).
+  Wide needed = Wide{level_ - threshold} * kNanosPerSecond - remainder_;
   Wide wait = (needed + rate_ - 1) / rate_;
   return now + static_cast<Nanos>(wait);
 }
@@ -116,6 +117,20 @@ Nanos LimitState::available_at(Direction direction, Nanos now, bool* direction_s
     }
   }
   if (direction_specific) *direction_specific = specific;
+  return at;
+}
+
+Nanos LimitState::available_at_leaving(Direction direction, Nanos now, std::uint32_t requests,
+                                       std::uint32_t bytes) noexcept {
+  Nanos at = now;
+  const std::uint64_t ops = iops_units(bytes) * requests;
+  const std::uint64_t byte_units = std::uint64_t{bytes} * requests;
+  for (std::uint8_t i = 0; i < count_; ++i) {
+    Slot& slot = slots_[i];
+    if (!applies(slot.scope, direction)) continue;
+    slot.bucket.advance(now);
+    at = std::max(at, slot.bucket.available_at(now, slot.bytes ? byte_units : ops));
+  }
   return at;
 }
 

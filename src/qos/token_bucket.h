@@ -46,7 +46,11 @@ class TokenBucket {
   // After advance(now): may a request pass now?
   bool allows() const noexcept { return level_ <= capacity_; }
   // After advance(now): the earliest time a request may pass (now if it may).
-  Nanos available_at(Nanos now) const noexcept;
+  Nanos available_at(Nanos now) const noexcept { return available_at(now, 0); }
+  // After advance(now): the earliest time a request may pass and leave
+  // `spare` units of room below the capacity for others (at the latest when
+  // the bucket is empty: waiting longer would waste its drain).
+  Nanos available_at(Nanos now, std::uint64_t spare) const noexcept;
   // Adds the cost of a passed request.
   void charge(std::uint64_t units) noexcept;
   // Keeps the level when the rate or capacity changes.
@@ -87,6 +91,10 @@ class LimitState {
   // is what holds it back.
   Nanos available_at(Direction direction, Nanos now, bool* direction_specific = nullptr) noexcept;
   void charge(Direction direction, std::uint32_t bytes, Nanos now) noexcept;
+  // Earliest time a request of this direction may pass with room left for
+  // `requests` more requests of `bytes` each (their tokens kept for them):
+  // see available_at(now, spare) of TokenBucket.
+  Nanos available_at_leaving(Direction direction, Nanos now, std::uint32_t requests, std::uint32_t bytes) noexcept;
 
   // Units charged to the iops buckets for one request.
   std::uint64_t iops_units(std::uint32_t bytes) const noexcept;

@@ -194,11 +194,20 @@ inline double effective_weight(std::uint32_t weight, bool active, const DeviceNo
 // them until the lag is worked off (a 1-deep client of a limited tenant was
 // starved by its 32-deep sibling). Within the tenant nothing is gained:
 // V_T is where its other groups stand.
+//
+// A tenant without limits is held back by nothing but the order: V_T never
+// falls below V. Otherwise a tenant that asks less than its share (a few
+// shallow clients) lags V more and more, since its device lingers and V_T
+// never restarts, and its groups come back ever further ahead of everyone:
+// credit for the time they were away, which the idle rule refuses
+// (fair_policy.h). A 4-deep reader in such a tenant went first at every
+// request, as if it had a latency target (docs/hierarchy.md).
+inline bool tenant_vtime_follows(const Tenant& tenant) noexcept { return tenant.vtime_restart || !tenant.limits.active(); }
 inline std::int64_t tenant_vtime(Tenant& tenant, std::int64_t vtime, std::uint32_t rebases) noexcept {
   if (tenant.vtime_rebases != rebases) {
     tenant.vtime = vtime;
     tenant.vtime_rebases = rebases;
-  } else if (tenant.vtime_restart) {
+  } else if (tenant_vtime_follows(tenant)) {
     tenant.vtime = std::max(tenant.vtime, vtime);
   }
   tenant.vtime_restart = false;

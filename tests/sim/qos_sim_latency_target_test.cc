@@ -172,22 +172,18 @@ TEST_P(LatencyTargetSim, ReaderMeetsTwiceItsSoloP99AgainstTwoDeepWriters) {
   for (std::size_t i = 0; i < with.status.size() && i < 8; ++i) printf(" %u", with.status[i].cap);
   printf(" ...\n");
 
-  // Under a tenant a 4-deep reader already meets twice its solo p99 without
-  // a target (the tree's order; not traced further): there the test shows
-  // only that the target holds and costs the writers no more than allowed
-  // (its cap may be gone at the end: not needed).
-  const bool needed = !(level == Level::tenant && depth == 4);
-  if (needed) {
-    EXPECT_LT(without.windows_met, 0.95) << "the reader meets its target without one: no test";
-  }
+  // The control: without the target the reader misses it, at every level.
+  // (Under a tenant a 4-deep reader used to meet it without one: its
+  // tenant's V_T lagged V, so it went first at every request, banking the
+  // share it did not use; tree.h's tenant_vtime now follows V for a tenant
+  // without limits, docs/hierarchy.md.)
+  EXPECT_LT(without.windows_met, 0.95) << "the reader meets its target without one: no test";
   EXPECT_GE(with.windows_met, 0.95);
   EXPECT_TRUE(with.first_second_met);
   EXPECT_GE(with.writers_kept, 0.8);
   ASSERT_FALSE(with.status.empty());
   EXPECT_EQ(with.status.back().target_ns, target / kMicro * kMicro);
-  if (needed) {
-    EXPECT_GT(with.status.back().cap, 0u);
-  }
+  EXPECT_GT(with.status.back().cap, 0u);
   EXPECT_GT(with.status.back().percentile_ns, 0);
 }
 

@@ -771,6 +771,49 @@ TEST(Limits, DeviceLimitHoldsTheWholeDeviceButNotOthers) {
   EXPECT_EQ(out.size(), 7u);
 }
 
+// A limit's tokens follow the order, counting a group whose one request is
+// in flight: when it is ahead of the queued ones, a token is kept for it
+// (device_group.cc, kept_for_returns). Before, a light deep group took
+// every token that came while the heavy 1-deep group's request was out,
+// and two 1-deep clients at 80:20 split a limit 56/44.
+TEST(Limits, AGroupAheadInTheOrderIsKeptAToken) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);
+  ASSERT_TRUE(g.set_policy(Policy::range_bw));  // fair's order, without the anticipation
+  Pool pool;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.attach(0, 2));
+  ASSERT_TRUE(g.set_weight(0, 1, 80));
+  ASSERT_TRUE(g.set_weight(0, 2, 20));
+  Limits limits;
+  limits.iops_total = {10, 0, 1};  // capacity 1: 2 pass at once, then one every 100 ms
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, limits));
+  Request* a = pool.make(0, 1);
+  g.enqueue(a, kStart);
+  for (int i = 0; i < 10; ++i) g.enqueue(pool.make(0, 2), kStart);
+  EXPECT_EQ(drain(g, kStart).size(), 2u);  // a, and one of group 2's
+  // A token comes at 100 ms while a is in flight: group 1 is ahead (weight
+  // 80), so the token is kept for it; group 2 waits for the next one.
+  Decision last;
+  EXPECT_EQ(drain(g, kStart + milliseconds(100), &last).size(), 0u);
+  ASSERT_EQ(last.kind, Decision::Kind::wait);
+  EXPECT_EQ(last.until, kStart + milliseconds(200));
+  // Group 1 comes back: its request goes at once, the device held for it released.
+  g.complete(a, kStart + milliseconds(150));
+  Request* b = pool.make(0, 1);
+  g.enqueue(b, kStart + milliseconds(150));
+  std::vector<Request*> out = drain(g, kStart + milliseconds(150));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0], b);
+  // If it does not come back, group 2 loses no more than the kept token:
+  // it goes when the bucket has room for both (level 0, at 300 ms).
+  EXPECT_EQ(drain(g, kStart + milliseconds(299)).size(), 0u);
+  out = drain(g, kStart + milliseconds(300));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0]->group, 2);
+}
+
 // A device group checks a feature on the hot path only while one is
 // configured (the hooks word, device_group.cc): a limit or a reservation set
 // or lifted while requests wait, on a device or on a tenant, acts at once.

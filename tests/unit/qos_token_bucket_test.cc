@@ -34,6 +34,21 @@ TEST(TokenBucket, AvailableAtIsTheFirstInstantItAllows) {
   EXPECT_TRUE(bucket.allows());
 }
 
+// Leaving room for others (a limit keeping tokens, device_group.cc): the
+// request waits until the level is `spare` below the capacity, or at most
+// until the bucket is empty (waiting longer would waste its drain).
+TEST(TokenBucket, LeavingRoomWaitsForItOrForAnEmptyBucket) {
+  TokenBucket bucket(1000, 10);  // 1000 a second, 10 of slack
+  bucket.advance(0);
+  bucket.charge(12);
+  EXPECT_EQ(bucket.available_at(0, 0), bucket.available_at(0));
+  EXPECT_EQ(bucket.available_at(0), 2 * kSecond / 1000);        // level 12 -> 10
+  EXPECT_EQ(bucket.available_at(0, 4), 6 * kSecond / 1000);     // -> 6
+  EXPECT_EQ(bucket.available_at(0, 50), 12 * kSecond / 1000);   // more than the slack: -> 0
+  bucket.advance(6 * kSecond / 1000);
+  EXPECT_EQ(bucket.available_at(6 * kSecond / 1000, 4), 6 * kSecond / 1000);
+}
+
 TEST(TokenBucket, TimeGoingBackwardsIsIgnored) {
   TokenBucket bucket(1000, 0);
   bucket.advance(kSecond);

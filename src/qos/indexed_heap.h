@@ -106,6 +106,21 @@ class DaryHeap {
     for (const Entry& entry : entries_) visit(entry.item);
   }
 
+  // Calls visit(item) for the items whose key is below `below`, parents
+  // before their children, until visit returns false (then false). The
+  // heap's order prunes: a subtree whose root is not below is skipped
+  // whole, so the cost is that of the items visited. visit must not change
+  // the heap.
+  template <typename Visit>
+  bool visit_below(std::int64_t below, Visit&& visit, std::uint32_t i = 0) const {
+    if (i >= entries_.size() || !(entries_[i].key < below)) return true;
+    if (!visit(entries_[i].item)) return false;
+    for (std::uint32_t child = kArity * i + 1; child <= kArity * i + kArity; ++child) {
+      if (!visit_below(below, visit, child)) return false;
+    }
+    return true;
+  }
+
   // Removes everything (items are marked as not in the heap).
   void clear() noexcept {
     for (Entry& entry : entries_) position_(entry.item) = kNotInHeap;

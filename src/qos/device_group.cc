@@ -687,21 +687,42 @@ struct DeviceGroup::Impl {
     // scope's devices whose key is below `key` (the heap gives them
     // without looking at the others), on a device whose lightest group
     // could still be owed from where it would come back (between_floor).
+    auto below = [&](const Device& scope_device) {
+      return !scope_device.returning.empty() && scope_device.returning.top().key < key;
+    };
     auto count = [&](const Device& scope_device) {
-      if (scope_device.returning.empty()) return;
-      if (key <= policy->between_floor(scope_device, scope_device.returning_lightest, cost)) return;
+      bool floor_asked = false;
       scope_device.returning.visit_below(key, [&](std::uint32_t slot) {
         const Group& other = *pool.at(slot);
-        if (&other != &group) kept += policy->requests_before(other, key, cost, kMaxKept - kept);
+        if (&other == &group) return true;
+        const std::uint32_t owed = policy->requests_before(other, key, cost, kMaxKept - kept);
+        kept += owed;
+        // One owed nothing though its key is below: perhaps none of the
+        // device's is (all too far behind where they would come back).
+        if (owed == 0 && !floor_asked) {
+          floor_asked = true;
+          if (key <= policy->between_floor(scope_device, scope_device.returning_lightest, cost)) return false;
+        }
         return kept < kMaxKept;
       });
     };
     if (tenant == nullptr) {
-      count(device);
+      if (below(device)) count(device);
     } else {
+      // The tenant's device furthest behind first: its groups are owed the
+      // most each (a device held by the order lags the others by many
+      // requests), so the count usually ends there.
+      const Device* first = nullptr;
+      for (const auto& member : devices) {
+        if (member && member->tree.tenant == tenant && below(*member) &&
+            (first == nullptr || member->returning.top().key < first->returning.top().key)) {
+          first = member.get();
+        }
+      }
+      if (first != nullptr) count(*first);
       for (const auto& member : devices) {
         if (kept >= kMaxKept) break;
-        if (member && member->tree.tenant == tenant) count(*member);
+        if (member && member.get() != first && member->tree.tenant == tenant && below(*member)) count(*member);
       }
     }
     if (kept == 0) return now;

@@ -107,18 +107,34 @@ class DaryHeap {
   }
 
   // Calls visit(item) for the items whose key is below `below`, parents
-  // before their children, until visit returns false (then false). The
-  // heap's order prunes: a subtree whose root is not below is skipped
-  // whole, so the cost is that of the items visited. visit must not change
-  // the heap.
+  // before their children, until visit returns false. The heap's order
+  // prunes: a subtree whose root is not below is skipped whole, so the cost
+  // is that of the items visited (and of their children's keys). A walk by
+  // index, without a stack. visit must not change the heap.
   template <typename Visit>
-  bool visit_below(std::int64_t below, Visit&& visit, std::uint32_t i = 0) const {
-    if (i >= entries_.size() || !(entries_[i].key < below)) return true;
-    if (!visit(entries_[i].item)) return false;
-    for (std::uint32_t child = kArity * i + 1; child <= kArity * i + kArity; ++child) {
-      if (!visit_below(below, visit, child)) return false;
+  void visit_below(std::int64_t below, Visit&& visit) const {
+    const Entry* entries = entries_.data();
+    const std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
+    std::uint32_t i = 0;
+    for (;;) {
+      if (i < n && entries[i].key < below) {
+        if (!visit(entries[i].item)) return;
+        const std::uint32_t child = kArity * i + 1;
+        if (child < n) {
+          i = child;
+          continue;
+        }
+      }
+      // On to the next sibling, or up to the parent's.
+      for (;;) {
+        if (i == 0) return;
+        if ((i - 1) % kArity != kArity - 1) {
+          ++i;
+          break;
+        }
+        i = (i - 1) / kArity;
+      }
     }
-    return true;
   }
 
   // Removes everything (items are marked as not in the heap).

@@ -234,7 +234,7 @@ struct DeviceGroup::Impl {
     }
     return call(*policy);
   }
-  std::int64_t order_key(const Group& group) const noexcept {
+  [[gnu::always_inline]] std::int64_t order_key(const Group& group) const noexcept {
     return with_order([&](auto& p) { return p.key(group); });
   }
   // `model_ns`: settings.cost.model_ns(request), which fair's cost starts from.
@@ -975,16 +975,17 @@ struct DeviceGroup::Impl {
     if (model_learning) in_flight_ns += model_ns;
     GroupExtras* extras = group.extras.get();
     if (extras != nullptr && extras->limits.active()) extras->limits.charge(request.direction, request.bytes, now);
-    if (hooks & kHookLimits) {
-      if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-      if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
-    }
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
     const bool rebase_now = !by_reservation ? order_charge(group, request, rule, now, model_ns)
                             : by_node       ? charge_inside_node(group, request, now)
                                             : false;
+    if (hooks & kHookLimits) {
+      if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
+      if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+      if (group.head == nullptr) start_returning(group);  // kept_for_returns, under the key just charged
+    }
     if (hooks & kHookReserve) {
       if (extras != nullptr && extras->reserve.active()) {
         extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
@@ -1000,7 +1001,6 @@ struct DeviceGroup::Impl {
     observe_dispatch(group, request, now);
     request.scheduler.time = now;  // from here on: the dispatch time
 
-    if ((hooks & kHookLimits) && group.head == nullptr) start_returning(group);  // kept_for_returns, under its new key
     // Requeue the group under its new key, or let it go idle.
     if (group.head != nullptr) {
       if (is_ready(group)) device.ready.update(group.slot, order_key(group));

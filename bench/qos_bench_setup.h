@@ -107,4 +107,110 @@ inline bool step(Setup& s, Decision& d) {
   return true;
 }
 
+// Issue 16's cost of the tokens a limit keeps (device_group.cc,
+// kept_for_returns): `groups` 1-deep clients under one binding limit, the
+// device's (all on device 0) or, with `tenant`, a tenant's shared over the
+// four devices. Each request is in flight for kReturnsLatency; its client
+// sends the next one kReturnsThink after it came back, within the tree's
+// 10 ms linger, so the group stays "between two requests" meanwhile. The
+// limit lets each client one request per 10 ms: about 80 % of the groups
+// linger, 1 % are in flight, the rest queue for tokens. Weights are equal
+// (the devices' in the tenant too), so the groups between two requests
+// went after the asking one and are behind it in the order: none is owed a
+// token, and a count of them finds that only by looking at every one.
+// Time is the events' (completions, clients' returns, the limit's
+// wake-ups), not a clock.
+inline constexpr std::chrono::nanoseconds kReturnsLatency = std::chrono::microseconds(100);
+inline constexpr std::chrono::nanoseconds kReturnsThink = std::chrono::microseconds(8000);
+
+struct ReturnsSetup {
+  DeviceGroup group;
+  std::vector<Slot> requests;  // one per group: its client is 1 deep
+  std::deque<std::pair<TimePoint, Request*>> in_flight;  // until it completes
+  std::deque<std::pair<TimePoint, Request*>> thinking;   // until its client sends it again
+  TimePoint now = TimePoint() + std::chrono::hours(1);
+};
+
+inline void prepare_returns(ReturnsSetup& s, int groups, bool tenant) {
+  must(s.group.set_policy(Policy::fair));
+  must(s.group.set_io_limit(1024));  // the window never binds: the limit does
+  s.group.set_io_limit_auto(false);
+  must(s.group.set_io_throttle(0));
+  const DeviceId devices = tenant ? kDevices : 1;
+  for (DeviceId d = 0; d < devices; ++d) must(s.group.add_device(d));
+  Limits limit;
+  limit.iops_total = {static_cast<std::uint64_t>(groups) * 100, 0, 1};  // a request per group every 10 ms
+  if (tenant) {
+    must(s.group.add_tenant(1, 100));
+    for (DeviceId d = 0; d < devices; ++d) must(s.group.set_device_tenant(d, 1, 100));
+    must(s.group.set_tenant_limits(1, limit));
+  } else {
+    must(s.group.set_limits(0, std::nullopt, limit));
+  }
+  s.requests.resize(static_cast<std::size_t>(groups));
+  for (int i = 0; i < groups; ++i) {
+    const DeviceId device = static_cast<DeviceId>(i % devices);
+    must(s.group.attach(device, 1000 + i));  // equal weights
+    Request& r = s.requests[static_cast<std::size_t>(i)].request;
+    r.device = device;
+    r.group = 1000 + i;
+    r.bytes = 4096;
+    r.direction = (i % 3 == 0) ? Direction::write : Direction::read;
+    // The clients start spread over one think time.
+    s.thinking.push_back({s.now + kReturnsThink * i / groups, &r});
+  }
+}
+
+// Runs the events, as a reactor would (completions, then clients'
+// requests, then next()), until next() dispatches one request; false if
+// nothing is left to happen.
+inline bool step_returns(ReturnsSetup& s, Decision& d) {
+  for (;;) {
+    while (!s.in_flight.empty() && s.in_flight.front().first <= s.now) {
+      Request* done = s.in_flight.front().second;
+      s.in_flight.pop_front();
+      s.group.complete(done, s.now);
+      s.thinking.push_back({s.now + kReturnsThink, done});
+    }
+    while (!s.thinking.empty() && s.thinking.front().first <= s.now) {
+      s.group.enqueue(s.thinking.front().second, s.now);
+      s.thinking.pop_front();
+    }
+    d = s.group.next(s.now);
+    if (d.kind == Decision::Kind::dispatch) {
+      s.in_flight.push_back({s.now + kReturnsLatency, d.request});
+      return true;
+    }
+    TimePoint at = d.kind == Decision::Kind::wait ? d.until : TimePoint::max();
+    if (!s.in_flight.empty()) at = std::min(at, s.in_flight.front().first);
+    if (!s.thinking.empty()) at = std::min(at, s.thinking.front().first);
+    if (at == TimePoint::max()) return false;
+    s.now = std::max(s.now + std::chrono::nanoseconds(1), at);
+  }
+}
+
+// prepare_returns with the limit bound from the start: the bucket's
+// slack (100 ms of tokens) is spent at once by the default group of
+// device 0, and the clients then run two rounds.
+inline void prepare_returns_bound(ReturnsSetup& s, int groups, bool tenant) {
+  prepare_returns(s, groups, tenant);
+  Request burst;
+  burst.device = 0;
+  burst.group = 1;  // not attached: the default group
+  burst.bytes = 4096;
+  for (;;) {
+    s.group.enqueue(&burst, s.now);
+    Decision d = s.group.next(s.now);
+    if (d.kind != Decision::Kind::dispatch) {
+      s.group.cancel(&burst);
+      break;
+    }
+    s.group.complete(&burst, s.now);
+  }
+  Decision d;
+  for (int i = 0; i < 2 * groups; ++i) {
+    if (!step_returns(s, d)) break;
+  }
+}
+
 }  // namespace ioband::qos::bench

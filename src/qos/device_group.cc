@@ -124,15 +124,20 @@ struct DeviceGroup::Impl {
   std::vector<Device*> lingering;  // devices of tenants whose linger may be over (tree.h)
   // Groups under a limit of their device or tenant with nothing queued
   // since their last dispatch, their requests in flight or back for less
-  // than detail::kLinger (see kept_for_returns), and each one's place in it
-  // by slot (sized only once a limit is used).
-  struct Returning {
-    Group* group;
-    Nanos idle_at;  // its last request came back then; kStillOut while one is in flight
-  };
+  // than detail::kLinger (see kept_for_returns): each in its device's
+  // `returning` heap by the policy's key, its place there by slot; those
+  // back (lingering) also in a list by when they came back, oldest first,
+  // through returning_by_slot. Both by slot, sized once a limit is used.
   static constexpr Nanos kStillOut = INT64_MAX;
-  std::vector<Returning> returning;
+  static constexpr std::uint32_t kNoSlot = UINT32_MAX;
+  struct Returning {
+    Nanos idle_at = kStillOut;  // its last request came back then; kStillOut while one is in flight
+    std::uint32_t prev = kNoSlot, next = kNoSlot;  // in the lingering list
+  };
   std::vector<std::uint32_t> returning_positions;
+  std::vector<Returning> returning_by_slot;
+  std::uint32_t returning_count = 0;
+  std::uint32_t returned_oldest = kNoSlot, returned_newest = kNoSlot;  // the lingering list's ends
   Nanos linger_until = INT64_MAX;  // the earliest end of a linger among them
 
   // ---- scheduling ----
@@ -229,7 +234,7 @@ struct DeviceGroup::Impl {
     }
     return call(*policy);
   }
-  std::int64_t order_key(const Group& group) const noexcept {
+  [[gnu::always_inline]] std::int64_t order_key(const Group& group) const noexcept {
     return with_order([&](auto& p) { return p.key(group); });
   }
   // `model_ns`: settings.cost.model_ns(request), which fair's cost starts from.
@@ -434,6 +439,13 @@ struct DeviceGroup::Impl {
       device->ready.rekey([&](std::uint32_t slot) { return policy->key(*pool.at(slot)); });
       update_device(*device);
     }
+    rekey_returning();
+  }
+  void rekey_returning() noexcept {
+    if (returning_count == 0) return;
+    for (auto& device : devices) {
+      if (device) device->returning.rekey([&](std::uint32_t slot) { return policy->key(*pool.at(slot)); });
+    }
   }
 
   // A weight, the pool, carryover or the set of groups changed: the policy
@@ -466,6 +478,7 @@ struct DeviceGroup::Impl {
     top_reserved.clear();
     group_timers.clear();
     for_each_group([&](Group* group) { policy->start(*group); });
+    rekey_returning();
     for_each_group([&](Group* group) {
       if (group->head != nullptr) make_ready(*group);
     });
@@ -492,12 +505,12 @@ struct DeviceGroup::Impl {
       device->reserved.reserve(device->groups_with_extras);
       const bool limited = device->limits.active() || (device->tree.tenant && device->tree.tenant->limits.active());
       parkable += limited ? groups : device->groups_with_extras;
-      if (limited) limited_groups += groups;
+      if (limited) {
+        limited_groups += groups;
+        device->returning.reserve(groups);
+      }
     }
-    if (limited_groups != 0) {  // kept_for_returns
-      returning.reserve(limited_groups);
-      if (returning_positions.size() < pool.slots()) returning_positions.resize(pool.slots(), detail::kNotInHeap);
-    }
+    if (limited_groups != 0) size_returning();  // kept_for_returns
     top.reserve(device_count);
     top_reserved.reserve(device_count);
     device_timers.reserve(device_count);
@@ -633,7 +646,7 @@ struct DeviceGroup::Impl {
     bool direction_specific = false;
     Nanos at = limits.available_at(request.direction, now, &direction_specific);
     bool for_returns = false;
-    if (at <= now && !returning.empty()) {
+    if (at <= now && returning_count != 0) {
       at = kept_for_returns(limits, group, device, request, now, tenant);
       for_returns = at > now;
     }
@@ -672,19 +685,51 @@ struct DeviceGroup::Impl {
     if (!orders_by_shares(policy_name)) return now;
     // Room for every group that could be owed a token: nothing to count.
     if (limits.available_at_leaving(request.direction, now, kMaxKept, request.bytes) <= now) return now;
+    end_returns(now);
     const std::int64_t key = policy->key(group);
     const Cost cost = policy->cost_of(request);  // theirs taken as like this one
     std::uint32_t kept = 0;
-    for (std::size_t i = 0; i < returning.size() && kept < kMaxKept;) {
-      const Returning r = returning[i];
-      if (r.idle_at != kStillOut && now - r.idle_at >= detail::kLinger) {
-        stop_returning(*r.group);  // gone: the last one moves here
-        continue;
+    // Only groups before `group` in the order can be owed: those of the
+    // scope's devices whose key is below `key` (the heap gives them
+    // without looking at the others), on a device whose lightest group
+    // could still be owed from where it would come back (between_floor).
+    auto below = [&](const Device& scope_device) {
+      return !scope_device.returning.empty() && scope_device.returning.top().key < key;
+    };
+    auto count = [&](const Device& scope_device) {
+      bool floor_asked = false;
+      scope_device.returning.visit_below(key, [&](std::uint32_t slot) {
+        const Group& other = *pool.at(slot);
+        if (&other == &group) return true;
+        const std::uint32_t owed = policy->requests_before(other, key, cost, kMaxKept - kept);
+        kept += owed;
+        // One owed nothing though its key is below: perhaps none of the
+        // device's is (all too far behind where they would come back).
+        if (owed == 0 && !floor_asked) {
+          floor_asked = true;
+          if (key <= policy->between_floor(scope_device, scope_device.returning_lightest, cost)) return false;
+        }
+        return kept < kMaxKept;
+      });
+    };
+    if (tenant == nullptr) {
+      if (below(device)) count(device);
+    } else {
+      // The tenant's device furthest behind first: its groups are owed the
+      // most each (a device held by the order lags the others by many
+      // requests), so the count usually ends there.
+      const Device* first = nullptr;
+      for (const auto& member : devices) {
+        if (member && member->tree.tenant == tenant && below(*member) &&
+            (first == nullptr || member->returning.top().key < first->returning.top().key)) {
+          first = member.get();
+        }
       }
-      ++i;
-      const Group& other = *r.group;
-      const bool same_scope = tenant != nullptr ? other.device->tree.tenant == tenant : other.device == &device;
-      if (same_scope && &other != &group) kept += policy->requests_before(other, key, cost, kMaxKept - kept);
+      if (first != nullptr) count(*first);
+      for (const auto& member : devices) {
+        if (kept >= kMaxKept) break;
+        if (member && member.get() != first && member->tree.tenant == tenant && below(*member)) count(*member);
+      }
     }
     if (kept == 0) return now;
     return limits.available_at_leaving(request.direction, now, kept, request.bytes);
@@ -692,32 +737,67 @@ struct DeviceGroup::Impl {
   bool returning_member(const Group& group) const noexcept {
     return group.slot < returning_positions.size() && returning_positions[group.slot] != detail::kNotInHeap;
   }
-  // `group`'s queue just emptied: its requests are all in flight.
+  void size_returning() {
+    if (returning_positions.size() < pool.slots()) returning_positions.resize(pool.slots(), detail::kNotInHeap);
+    if (returning_by_slot.size() < pool.slots()) returning_by_slot.resize(pool.slots());
+  }
+  // `group`'s queue just emptied (and the dispatch charged it): its requests are all in flight.
   void start_returning(Group& group) {
-    const Device& device = *group.device;
+    Device& device = *group.device;
     if (!device.limits.active() && !(device.tree.tenant != nullptr && device.tree.tenant->limits.active())) return;
     // Room made by reserve_capacity(); the control plane sizes both.
-    if (returning_positions.size() <= group.slot) returning_positions.resize(pool.slots(), detail::kNotInHeap);
-    if (returning_positions[group.slot] != detail::kNotInHeap) {
-      returning[returning_positions[group.slot]].idle_at = kStillOut;
+    if (returning_positions.size() <= group.slot) size_returning();
+    if (returning_member(group)) {
+      unlink_returned(group.slot);
+      device.returning.update(group.slot, policy->key(group));
       return;
     }
-    returning_positions[group.slot] = static_cast<std::uint32_t>(returning.size());
-    returning.push_back({&group, kStillOut});
+    device.returning.push(group.slot, policy->key(group));
+    device.returning_lightest = std::min(device.returning_lightest, group.weight);
+    ++returning_count;
   }
   // Its last request came back with nothing queued: it lingers.
   void returned(const Group& group, Nanos now) noexcept {
-    if (returning_member(group)) returning[returning_positions[group.slot]].idle_at = now;
+    if (!returning_member(group)) return;
+    unlink_returned(group.slot);
+    Returning& r = returning_by_slot[group.slot];
+    r.idle_at = now;
+    r.prev = returned_newest;
+    if (returned_newest == kNoSlot) {
+      returned_oldest = group.slot;
+    } else {
+      returning_by_slot[returned_newest].next = group.slot;
+    }
+    returned_newest = group.slot;
   }
   // It queued a request again, its linger is over, or it is going away.
   void stop_returning(const Group& group) noexcept {
     if (!returning_member(group)) return;
-    const std::uint32_t at = returning_positions[group.slot];
-    const Returning last = returning.back();
-    returning[at] = last;
-    returning_positions[last.group->slot] = at;
-    returning.pop_back();
-    returning_positions[group.slot] = detail::kNotInHeap;
+    unlink_returned(group.slot);
+    Device& device = *group.device;
+    device.returning.erase(group.slot);
+    if (device.returning.empty()) device.returning_lightest = UINT32_MAX;
+    --returning_count;
+  }
+  // Out of the lingering list, if it is there: its request is in flight.
+  void unlink_returned(std::uint32_t slot) noexcept {
+    Returning& r = returning_by_slot[slot];
+    if (r.idle_at == kStillOut) return;
+    (r.prev == kNoSlot ? returned_oldest : returning_by_slot[r.prev].next) = r.next;
+    (r.next == kNoSlot ? returned_newest : returning_by_slot[r.next].prev) = r.prev;
+    r = Returning{};
+  }
+  // The groups whose linger is over leave, oldest first (the list is in
+  // the order of their returns, which is the order of last_now).
+  void end_returns(Nanos now) noexcept {
+    while (returned_oldest != kNoSlot && now - returning_by_slot[returned_oldest].idle_at >= detail::kLinger) {
+      stop_returning(*pool.at(returned_oldest));
+    }
+  }
+  // Came back within its linger (or with a request still out): between two requests.
+  bool between_requests(const Group& group, Nanos now) const noexcept {
+    const Nanos idle_at = returning_by_slot[group.slot].idle_at;
+    return idle_at == kStillOut || now - idle_at < detail::kLinger;
   }
 
   Decision next(Nanos now) noexcept {
@@ -903,17 +983,17 @@ struct DeviceGroup::Impl {
     if (model_learning) in_flight_ns += model_ns;
     GroupExtras* extras = group.extras.get();
     if (extras != nullptr && extras->limits.active()) extras->limits.charge(request.direction, request.bytes, now);
-    if (hooks & kHookLimits) {
-      if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
-      if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
-      if (group.head == nullptr) start_returning(group);  // kept_for_returns
-    }
     // hook: reservations. A dispatch the reservation released is not the
     // policy's (the weights share what reservations leave); every dispatch
     // counts toward the reservation (reservation.h).
     const bool rebase_now = !by_reservation ? order_charge(group, request, rule, now, model_ns)
                             : by_node       ? charge_inside_node(group, request, now)
                                             : false;
+    if (hooks & kHookLimits) {
+      if (device.limits.active()) device.limits.charge(request.direction, request.bytes, now);
+      if (tenant != nullptr && tenant->limits.active()) tenant->limits.charge(request.direction, request.bytes, now);  // tree.h
+      if (group.head == nullptr) start_returning(group);  // kept_for_returns, under the key just charged
+    }
     if (hooks & kHookReserve) {
       if (extras != nullptr && extras->reserve.active()) {
         extras->reserve.charge(settings.cost.device_ns(request), false, now);  // idle: went_idle()
@@ -1033,12 +1113,12 @@ struct DeviceGroup::Impl {
         std::max<std::uint32_t>(peak, group->queue_length + group->in_flight), 255));
     admission.queued(*group, peak, anticipates, last_now);
     Cost between_cost = 0;
-    if (group->queue_length == 1 && !returning.empty() && returning_member(*group)) {
+    if (group->queue_length == 1 && returning_count != 0 && returning_member(*group)) {
       // Back while the others wait to leave it tokens (kept_for_returns):
       // its device, held for it, may go now.
+      if (between_requests(*group, at)) between_cost = policy->cost_of(request);
       stop_returning(*group);
       if (device.parked() && device.held_for_returns) device_timers.erase(&device);
-      between_cost = policy->cost_of(request);
     }
     if (group->queue_length == 1) make_ready(*group, true, between_cost);
   }
@@ -1132,6 +1212,7 @@ struct DeviceGroup::Impl {
     }
     if (order_cost <= charged) return;
     const bool rebase_now = policy->charge_more(group, order_cost - charged);
+    if (returning_member(group)) group.device->returning.update(group.slot, policy->key(group));  // kept_for_returns
     if (group.extras && group.extras->reserve.active() && device_ns > charged_ns) {
       group.extras->reserve.charge(device_ns - charged_ns, false, now);
     }
@@ -1161,7 +1242,7 @@ struct DeviceGroup::Impl {
       } else {
         leaf_idle(device, group.weight, last_now);
         if (group.extras) group.extras->reserve.went_idle(last_now);  // hook: reservations (its met window)
-        if (!returning.empty()) returned(group, last_now);  // kept_for_returns
+        if (returning_count != 0) returned(group, last_now);  // kept_for_returns
       }
     }
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
@@ -1296,11 +1377,11 @@ struct DeviceGroup::Impl {
     bytes += devices.capacity() * sizeof(devices[0]) + retired.capacity() * sizeof(Group*);
     bytes += (top.capacity() + top_reserved.capacity() + device_timers.capacity()) * sizeof(IndexedHeap<Device, &Device::top_index>::Entry);
     bytes += group_timers.capacity() * sizeof(IndexedHeap<Group, &Group::timer_index>::Entry);
-    bytes += returning.capacity() * sizeof(Returning) + returning_positions.capacity() * sizeof(std::uint32_t);
+    bytes += returning_by_slot.capacity() * sizeof(Returning) + returning_positions.capacity() * sizeof(std::uint32_t);
     for (const auto& device : devices) {
       if (!device) continue;
       bytes += sizeof(Device) + device->groups.memory_bytes();
-      bytes += device->ready.capacity() * sizeof(detail::SlotHeap::Entry);
+      bytes += (device->ready.capacity() + device->returning.capacity()) * sizeof(detail::SlotHeap::Entry);
       bytes += device->reserved.capacity() * sizeof(IndexedHeap<GroupExtras, &GroupExtras::reservation_index>::Entry);
     }
     for_each_group([&](const Group* group) {
@@ -1446,7 +1527,7 @@ Status DeviceGroup::add_device(DeviceId id) {
   }
   if (impl.find_device(id) != nullptr) return Status::error(device_name(id) + " already exists");
   if (impl.devices.size() <= id) impl.devices.resize(id + 1);
-  auto device = std::make_unique<Device>(&impl.ready_positions);
+  auto device = std::make_unique<Device>(&impl.ready_positions, &impl.returning_positions);
   device->id = id;
   device->default_group = impl.new_group(*device, kDefaultWeight);
   impl.devices[id] = std::move(device);
@@ -1582,6 +1663,9 @@ Status DeviceGroup::set_weight(DeviceId device_id, GroupId group_id, std::uint32
   impl_->settings.weight_total += weight;
   impl_->settings.weight_total -= group->weight;
   const std::uint32_t before = group->weight;
+  if (impl_->returning_member(*group)) {  // kept_for_returns
+    group->device->returning_lightest = std::min(group->device->returning_lightest, weight);
+  }
   detail::DeviceNode& node = group->device->tree;  // tree.h
   node.leaf_weight += weight;
   node.leaf_weight -= group->weight;

@@ -92,6 +92,17 @@ class FairOrder : public OrderPolicy {
     if (from >= key) return 0;
     return static_cast<std::uint32_t>(std::min<std::int64_t>(most, (key - from + step - 1) / step));
   }
+  // Every such group's `from` above is at least R - kBetweenLag * its
+  // step, and its step is at most that of the lightest weight the device
+  // holds, taken as not active (the smaller effective weight), with room
+  // for the doubles' rounding.
+  std::int64_t between_floor(const Device& device, std::uint32_t lightest, Cost cost) const noexcept override {
+    const DeviceNode& node = device.tree;
+    const double e = std::min<double>(lightest, effective_weight(lightest, false, node));
+    const double step = static_cast<double>(cost << kVtimeShift) / e * (1 + 1e-9) + 2;
+    if (!(step < 0x1p57)) return INT64_MIN;
+    return return_point(node.tenant) - kBetweenLag * static_cast<std::int64_t>(step);
+  }
   void from_between(Group& group, std::int64_t before, Cost cost) noexcept override {
     group.vtime = std::max(before, group.vtime - kBetweenLag * between_step(group, cost));
   }
@@ -129,8 +140,8 @@ class FairOrder : public OrderPolicy {
  protected:
   // Where an idle group of `group`'s tenant (or of the root) comes back
   // now: from_idle()'s point, read only.
-  std::int64_t return_point(const Group& group) const noexcept {
-    const Tenant* tenant = group.device->tree.tenant;
+  std::int64_t return_point(const Group& group) const noexcept { return return_point(group.device->tree.tenant); }
+  std::int64_t return_point(const Tenant* tenant) const noexcept {
     if (tenant == nullptr || tenant->vtime_rebases != rebases_) return vtime_;
     return tenant_vtime_follows(*tenant) ? std::max(tenant->vtime, vtime_) : tenant->vtime;
   }

@@ -151,7 +151,8 @@ struct alignas(64) Group {
 static_assert(sizeof(Group) == 192);
 
 struct Device {
-  explicit Device(std::vector<std::uint32_t>* ready_positions) noexcept : ready(ready_positions) {}
+  Device(std::vector<std::uint32_t>* ready_positions, std::vector<std::uint32_t>* returning_positions) noexcept
+      : ready(ready_positions), returning(returning_positions) {}
 
   DeviceId id = 0;
   Group* default_group = nullptr;
@@ -170,6 +171,11 @@ struct Device {
   // Parked by a limit keeping tokens for groups whose requests are in
   // flight (device_group.cc, kept_for_returns): one coming back releases it.
   bool held_for_returns = false;
+  // Its groups between two requests under its or its tenant's limit, by
+  // policy key (device_group.cc, kept_for_returns), and a weight no
+  // heavier than any of theirs (the lightest since the heap was empty).
+  SlotHeap returning;
+  std::uint32_t returning_lightest = UINT32_MAX;
   DeviceNode tree;                   // its tenant, if any, and its active groups (tree.h)
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }

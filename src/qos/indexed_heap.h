@@ -106,6 +106,37 @@ class DaryHeap {
     for (const Entry& entry : entries_) visit(entry.item);
   }
 
+  // Calls visit(item) for the items whose key is below `below`, parents
+  // before their children, until visit returns false. The heap's order
+  // prunes: a subtree whose root is not below is skipped whole, so the cost
+  // is that of the items visited (and of their children's keys). A walk by
+  // index, without a stack. visit must not change the heap.
+  template <typename Visit>
+  void visit_below(std::int64_t below, Visit&& visit) const {
+    const Entry* entries = entries_.data();
+    const std::uint32_t n = static_cast<std::uint32_t>(entries_.size());
+    std::uint32_t i = 0;
+    for (;;) {
+      if (i < n && entries[i].key < below) {
+        if (!visit(entries[i].item)) return;
+        const std::uint32_t child = kArity * i + 1;
+        if (child < n) {
+          i = child;
+          continue;
+        }
+      }
+      // On to the next sibling, or up to the parent's.
+      for (;;) {
+        if (i == 0) return;
+        if ((i - 1) % kArity != kArity - 1) {
+          ++i;
+          break;
+        }
+        i = (i - 1) / kArity;
+      }
+    }
+  }
+
   // Removes everything (items are marked as not in the heap).
   void clear() noexcept {
     for (Entry& entry : entries_) position_(entry.item) = kNotInHeap;

@@ -62,6 +62,16 @@ class OrderPolicy {
     (void)most;
     return 0;
   }
+  // requests_before(g, key, cost, ...) is 0 for each such group g whose
+  // key(g) >= `key`, and for each g of `device` of weight `lightest` or
+  // more when `key` is at or below this place: the device group then skips
+  // them without asking each (by default none is ever before).
+  virtual std::int64_t between_floor(const Device& device, std::uint32_t lightest, Cost cost) const noexcept {
+    (void)device;
+    (void)lightest;
+    (void)cost;
+    return INT64_MAX;
+  }
   // Such a group comes back with a request costing `cost`, after
   // from_idle() put its key where an idle group's goes; `before` was its
   // key then. By default nothing changes.

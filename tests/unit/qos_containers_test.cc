@@ -66,6 +66,42 @@ TEST(IndexedHeap, MatchesAMultisetUnderRandomOperations) {
   }
 }
 
+// visit_below gives exactly the items whose key is below the bound, each
+// once, and stops when told: the index of the tokens a limit keeps
+// (device_group.cc, kept_for_returns) counts on both.
+TEST(IndexedHeap, VisitBelowGivesEveryItemBelowTheBoundOnceAndStopsWhenTold) {
+  std::mt19937_64 random(7);
+  for (int round = 0; round < 200; ++round) {
+    const std::size_t n = random() % 300;
+    std::vector<Item> items(n);
+    IndexedHeap<Item, &Item::index> heap;
+    std::map<int, std::int64_t> keys;
+    for (std::size_t i = 0; i < n; ++i) {
+      items[i].id = static_cast<int>(i);
+      keys[items[i].id] = static_cast<std::int64_t>(random() % 100);
+      heap.push(&items[i], keys[items[i].id]);
+    }
+    const std::int64_t below = static_cast<std::int64_t>(random() % 110);
+    std::set<int> expected, seen;
+    for (auto& [id, key] : keys) {
+      if (key < below) expected.insert(id);
+    }
+    heap.visit_below(below, [&](Item* item) {
+      EXPECT_TRUE(seen.insert(item->id).second) << "visited twice";
+      return true;
+    });
+    ASSERT_EQ(seen, expected) << "round " << round;
+    // Told to stop after k items: k are visited, all below.
+    const std::size_t k = expected.empty() ? 0 : random() % expected.size();
+    std::size_t visited = 0;
+    heap.visit_below(below, [&](Item* item) {
+      EXPECT_LT(keys.at(item->id), below);
+      return ++visited < k;
+    });
+    EXPECT_EQ(visited, std::min(expected.size(), std::max<std::size_t>(k, 1)));
+  }
+}
+
 TEST(GroupTable, MatchesAMapUnderRandomOperations) {
   std::mt19937_64 random(7);
   GroupTable<int> table;

@@ -814,6 +814,114 @@ TEST(Limits, AGroupAheadInTheOrderIsKeptAToken) {
   EXPECT_EQ(out[0]->group, 2);
 }
 
+// The tokens a limit keeps are counted from an index of the groups between
+// two requests, not a scan of them (device_group.cc, kept_for_returns). Among
+// a thousand groups with a request out, behind in the order (weight 1), the
+// one ahead (weight 4096, four times the deep group's) is still found and
+// owed its tokens; its tokens are kept while it lingers and given up when
+// its linger is over (10 ms after its request came back), not later.
+TEST(Limits, AmongManyGroupsBetweenRequestsTheOneAheadIsKeptItsTokensUntilItsLingerEnds) {
+  DeviceGroup g;
+  g.set_io_limit_auto(false);
+  ASSERT_TRUE(g.set_io_limit(4096));
+  ASSERT_TRUE(g.set_policy(Policy::range_bw));  // fair's order, without the anticipation
+  Pool pool;
+  ASSERT_TRUE(g.add_device(0));
+  constexpr GroupId kDeep = 1, kAhead = 2;
+  constexpr int kBehind = 1000;
+  ASSERT_TRUE(g.attach(0, kDeep));
+  ASSERT_TRUE(g.attach(0, kAhead));
+  ASSERT_TRUE(g.set_weight(0, kDeep, 1024));
+  ASSERT_TRUE(g.set_weight(0, kAhead, 4096));
+  for (int i = 0; i < kBehind; ++i) {
+    ASSERT_TRUE(g.attach(0, 100 + i));
+    ASSERT_TRUE(g.set_weight(0, 100 + i, 1));
+  }
+  Limits limits;
+  limits.iops_total = {10'000, 0, 1};  // capacity 1000: 1001 pass at once, then one every 100 us
+  ASSERT_TRUE(g.set_limits(0, std::nullopt, limits));
+  const auto at = [](int us) { return kStart + microseconds(us); };
+  Request* ahead = pool.make(0, kAhead);
+  g.enqueue(ahead, kStart);
+  for (int i = 0; i < kBehind; ++i) g.enqueue(pool.make(0, 100 + i), kStart);
+  EXPECT_EQ(drain(g, kStart).size(), 1001u);  // every request is out: the bucket is full
+  for (int i = 0; i < 400; ++i) g.enqueue(pool.make(0, kDeep), kStart);
+  EXPECT_EQ(drain(g, at(0)).size(), 0u);
+  EXPECT_EQ(drain(g, at(100)).size(), 1u);  // the deep group's first, before everyone
+  // Next token: the 1-deep group is ahead by 3 of its requests (its tag
+  // a quarter of the deep group's step): 3 tokens are kept for it, the
+  // deep group waits for the bucket to leave room for them (level 997).
+  Decision last;
+  EXPECT_EQ(drain(g, at(200), &last).size(), 0u);
+  ASSERT_EQ(last.kind, Decision::Kind::wait);
+  EXPECT_EQ(last.until, at(500));
+  // It comes back: its request goes at once.
+  g.complete(ahead, at(300));
+  ahead = pool.make(0, kAhead);
+  g.enqueue(ahead, at(300));
+  std::vector<Request*> out = drain(g, at(300));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0], ahead);
+  // Its request comes back at 350 us and its client sends no more: it
+  // lingers until 10.35 ms, and up to 16 tokens stay kept for it; the
+  // deep group goes at most one request a token meanwhile.
+  g.complete(ahead, at(350));
+  int t = 400;
+  for (; t <= 10'300; t += 100) {
+    const std::size_t n = drain(g, at(t)).size();
+    EXPECT_LE(n, 1u) << "at " << t << " us";
+  }
+  // Its linger is over: the deep group has the kept tokens (and the
+  // bucket's slack) at once.
+  EXPECT_GE(drain(g, at(t)).size(), 16u);
+}
+
+// A tenant's limit keeps tokens for the groups of the tenant's devices
+// only: a group ahead in the order on a device outside the tenant (under
+// a limit of its own) is not owed the tenant's tokens.
+TEST(Limits, ATenantLimitKeepsTokensOnlyForGroupsOfItsDevices) {
+  // Dispatches of the deep group on device 0 in the first 2 ms, with the
+  // heavy 1-deep group on `heavy_device` (1: in the tenant, 2: outside).
+  auto deep_dispatches = [](DeviceId heavy_device) {
+    DeviceGroup g;
+    g.set_io_limit_auto(false);
+    EXPECT_TRUE(g.set_io_limit(4096));
+    EXPECT_TRUE(g.set_policy(Policy::range_bw));
+    Pool pool;
+    for (DeviceId d = 0; d < 3; ++d) EXPECT_TRUE(g.add_device(d));
+    EXPECT_TRUE(g.add_tenant(7, 100));
+    EXPECT_TRUE(g.set_device_tenant(0, 7));
+    EXPECT_TRUE(g.set_device_tenant(1, 7, 400));  // the heavy group's share, inside: 4/5
+    Limits own;
+    own.iops_total = {10'000'000, 0, 1};  // device 2's own limit, never reached
+    EXPECT_TRUE(g.set_limits(2, std::nullopt, own));
+    Limits shared;
+    shared.iops_total = {10'000, 0, 1};  // capacity 1000, then one every 100 us
+    EXPECT_TRUE(g.set_tenant_limits(7, shared));
+    EXPECT_TRUE(g.attach(0, 1));
+    EXPECT_TRUE(g.attach(heavy_device, 2));
+    EXPECT_TRUE(g.set_weight(heavy_device, 2, 100'000));
+    // The tenant's bucket filled by a group of weight 1 beside the deep
+    // one: its tag ends far behind everyone's.
+    EXPECT_TRUE(g.attach(0, 3));
+    EXPECT_TRUE(g.set_weight(0, 3, 1));
+    for (int i = 0; i < 1001; ++i) g.enqueue(pool.make(0, 3), kStart);
+    drain(g, kStart);
+    g.enqueue(pool.make(heavy_device, 2), kStart);  // stays out
+    for (int i = 0; i < 100; ++i) g.enqueue(pool.make(0, 1), kStart);
+    std::size_t deep = 0;
+    for (int t = 0; t <= 2000; t += 100) {
+      for (Request* r : drain(g, kStart + microseconds(t))) deep += r->group == 1;
+    }
+    return deep;
+  };
+  const std::size_t inside = deep_dispatches(1), outside = deep_dispatches(2);
+  // Outside the tenant the deep group has every token (one every 100 us);
+  // inside, it leaves up to 16 for the heavy group.
+  EXPECT_GE(outside, 19u);
+  EXPECT_LE(inside + 3, outside) << "inside " << inside << ", outside " << outside;
+}
+
 // A device group checks a feature on the hot path only while one is
 // configured (the hooks word, device_group.cc): a limit or a reservation set
 // or lifted while requests wait, on a device or on a tenant, acts at once.

@@ -276,7 +276,9 @@ struct DeviceGroup::Impl {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
       const std::int64_t before = group.vtime;
-      if (detail::Admission::deep(group.busy_peak) && (group.in_flight > 0 || admission.lingering(group))) {
+      // (Only fair keeps a busy group's lag: for the others from_busy is from_idle.)
+      if (order == Order::fair && detail::Admission::deep(group.busy_peak) &&
+          (group.in_flight > 0 || admission.lingering(group))) {
         returned_busy(group);  // still busy (fair_policy.h, "Busy groups"): its start stays
       } else {
         with_order([&](auto& p) { p.from_idle(group, last_now); });
@@ -859,7 +861,7 @@ struct DeviceGroup::Impl {
       // A request that would give its group more than its weight's part of
       // the storage waits a moment for the others' next (admission.h); one
       // a reservation releases does not.
-      const bool waits_for_busy = alone && behind(*group, request);
+      const bool waits_for_busy = alone && !by_reservation && !busy_behind.empty() && behind(*group, request);
       if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now, waits_for_busy);
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
@@ -872,14 +874,15 @@ struct DeviceGroup::Impl {
   }
 
   // A deep group back with a request while still busy keeps its lag
-  // (from_busy); under the order wait, where it came back from is kept
-  // for behind().
-  void returned_busy(Group& group) noexcept {
-    if (tracks_busy()) {
+  // (from_busy; fair only); under the order wait, where it came back from
+  // is kept for behind().
+  [[gnu::noinline]] void returned_busy(Group& group) noexcept {
+    auto& fair = static_cast<detail::FairOnlyOrder&>(*policy);
+    if (admission.auto_window()) {
       busy_room(group.slot);
-      busy_returns[group.slot] = {static_cast<detail::FairOnlyOrder&>(*policy).virtual_time(), group.vtime};
+      busy_returns[group.slot] = {fair.virtual_time(), group.vtime};
     }
-    policy->from_busy(group, last_now);
+    fair.from_busy(group, last_now);
   }
 
   // fair_policy.h, "Busy groups": the order wait holds `group` (the only
@@ -888,7 +891,7 @@ struct DeviceGroup::Impl {
   // Is a busy deep group with nothing queued behind `group`, whose head is
   // `request`, by more than the slack? (Not across tenants: their tags are
   // in the tree's units.)
-  bool behind(const Group& group, const Request& request) noexcept {
+  [[gnu::noinline]] bool behind(const Group& group, const Request& request) noexcept {
     if (busy_behind.empty() || group.device->tree.tenant != nullptr) return false;
     while (!busy_behind.empty()) {
       const Group& other = *pool.at(busy_behind.top().item);

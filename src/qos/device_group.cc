@@ -408,6 +408,12 @@ struct DeviceGroup::Impl {
 
   bool is_ready(const Group& group) const noexcept { return ready_positions[group.slot] != detail::kNotInHeap; }
 
+  // When `group`'s own reservation is next due (INT64_MAX: it has none). A
+  // group parked by the anticipation or by another's latency target comes
+  // back then: parked, it is out of the reservation heap.
+  static Nanos reservation_due(const Group& group) noexcept {
+    return group.extras && group.extras->reserve.active() ? group.extras->reserve.tag : INT64_MAX;
+  }
   static bool reserved(const Group& group) noexcept {
     return group.extras && group.extras->reservation_index != detail::kNotInHeap;
   }
@@ -818,18 +824,20 @@ struct DeviceGroup::Impl {
         assert(!group_timers.empty() || !device_timers.empty());
         return waiting(earliest_timer());
       }
-      if (Nanos until = admission.holds(*group, in_flight, now); until != 0) {
+      // A reservation is a floor: neither the anticipation nor another
+      // group's latency target holds what it releases.
+      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, now); until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
-        park_group(*group, std::min(until, now + detail::Anticipation::kRecheck));
+        park_group(*group, std::min({until, now + detail::Anticipation::kRecheck, reservation_due(*group)}));
         continue;
       }
       // ---- hook: latency targets (latency_target.h) ----
       // Another group misses its target: this one waits while the others
       // have the cap in flight (asked again at completions).
-      if ((hooks & kHookLatency) && latency.holds(*group, in_flight, window_full)) {
-        park_group(*group, now + detail::LatencyTargets::kRecheck);
+      if ((hooks & kHookLatency) && !by_reservation && latency.holds(*group, in_flight, window_full)) {
+        park_group(*group, std::min(now + detail::LatencyTargets::kRecheck, reservation_due(*group)));
         continue;
       }
       // The dispatch will write the group's counters: fetch them while the
@@ -1003,7 +1011,7 @@ struct DeviceGroup::Impl {
                                             : false;
     if (hooks & kHookReserve) {
       if (extras != nullptr && extras->reserve.active()) {
-        extras->reserve.charge(settings.cost.device_ns(request), group.head == nullptr, now);
+        extras->reserve.charge(settings.cost.device_ns(request), false, now);  // idle: went_idle()
       }
       if (device.reserve.active()) device.reserve.charge(settings.cost.device_ns(request), device.queued == 0, now);
       if (tenant != nullptr && tenant->reserve.active()) {
@@ -1259,6 +1267,7 @@ struct DeviceGroup::Impl {
         stop_returning(group);
       } else {
         leaf_idle(device, group.weight, last_now);
+        if (group.extras) group.extras->reserve.went_idle(last_now);  // hook: reservations (its met window)
         if (!returning.empty()) returned(group, last_now);  // kept_for_returns
       }
     }

@@ -127,6 +127,44 @@ TEST(ReservationSim, TwentyPercentAgainstTwoHeavyGroupsAtOneToThree) {
   EXPECT_NEAR(r.status.back().effective_iops, wanted, 1);
 }
 
+// Clients off the CPU now and then, as fio is on 2 CPUs beside two other
+// clients and iobandd (here about 2 ms in every 7): the reserved client's
+// requests all come back while it is away. Before, the reserved group was
+// parked by a heavier group's anticipation (a writer coming back from such a
+// pause looks shallow for its first requests) and stayed out of the
+// reservation's heap while parked; it banked nothing of the time it was
+// away; and what the weights gave it while the writers were away put its
+// tag seconds ahead, so it missed the next second: 0 % of the windows met
+// (p5 86 % of the reservation, mean 91 %) on the knee storage, 0 % (p5 84 %)
+// on the elastic one.
+class ReservationStalling : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ReservationStalling, MetWhileTheClientsAreOffTheCpuNowAndThen) {
+  Scenario s;
+  s.name = "reservation, stalling clients";
+  s.storage = GetParam() ? vm_disk_elastic() : disk();
+  three_clients(s, 32);
+  for (ClientSpec& c : s.clients) {
+    c.stall_every = 5 * kMilli;
+    c.stall_length = 2 * kMilli;
+  }
+  const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
+  qos::DeviceModel model = s.storage.costs;
+  model.read_rand_iops = capacity_iops();  // the same reservation on both
+  s.actions.push_back(calibrate_and_reserve(model, iops));
+  s.duration = 20 * kSecond;
+  const Result result = simulate(s);
+  const double wanted = static_cast<double>(iops);
+  const std::vector<double> rates = windows(result, 2 * kSecond, 20 * kSecond);
+  report(GetParam() ? "20 % vs 1:3, stalling, elastic" : "20 % vs 1:3, stalling, knee", rates, wanted,
+         light_share(result, 2 * kSecond, 20 * kSecond));
+  EXPECT_GE(met_fraction(rates, wanted), 0.98);
+  EXPECT_GE(percentile(rates, 0.05), 0.98 * wanted);
+}
+
+INSTANTIATE_TEST_SUITE_P(Storage, ReservationStalling, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "elastic" : "knee"; });
+
 TEST(ReservationSim, HoldsWhileOutsideLoadHalvesTheStorageAndRecovers) {
   // 20 % of the full capacity is 40 % of the halved one: nothing to scale,
   // the group keeps its IOPS while the writers lose half of theirs.

@@ -8,6 +8,7 @@
 
 #include "qos/device_group.h"
 #include "qos/limits.h"
+#include "qos/reservation.h"
 
 namespace ioband::qos {
 namespace {
@@ -211,6 +212,33 @@ TEST(ReservationRule, AReservedGroupBehindItsTagGoesFirstWhateverTheWeights) {
   ASSERT_TRUE(status.has_value());
   EXPECT_FALSE(status->scaled);
   EXPECT_NEAR(status->effective_iops, 1000, 1);
+}
+
+// `met` says whether the group got its reservation or asked for less. A
+// client whose requests are all in the storage (its queue in ioband empty)
+// is not asking for less; one idle a twentieth of the second or more is.
+TEST(ReservationStatus, MetOnlyWhenServedOrIdleNotWhenItsQueueDrains) {
+  auto run = [](Nanos idle_each) {
+    detail::GroupReservation r;
+    r.iops = 1000;
+    r.wanted_ns = r.rate_ns = 100'000'000;  // 100 ms of device time a second
+    Nanos now = 3'600'000'000'000;
+    // 2.5 s, a request of 100 us of device time every 2 ms: half of it.
+    for (const Nanos end = now + 2'500'000'000; now < end; now += 2'000'000) {
+      if (idle_each != 0) r.from_idle(now);
+      r.charge(100'000, false, now);
+      if (idle_each != 0) r.went_idle(now + 2'000'000 - idle_each);
+    }
+    r.roll(now);
+    return r;
+  };
+  const detail::GroupReservation deep = run(0);
+  EXPECT_NEAR(deep.last_served_ns, 50'000'000, 200'000);
+  EXPECT_FALSE(deep.met());
+  // Idle 90 us of every 2 ms: 4.5 % of the window, not asking for less.
+  EXPECT_FALSE(run(90'000).met());
+  // Idle 200 us of every 2 ms: 10 %, it asked for less.
+  EXPECT_TRUE(run(200'000).met());
 }
 
 TEST(LatencyTarget, ShowsNothingUntilMeasuredAndCapsTheOthersWhenMissed) {

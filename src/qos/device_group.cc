@@ -276,9 +276,11 @@ struct DeviceGroup::Impl {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
       const std::int64_t before = group.vtime;
-      // (Only fair keeps a busy group's lag: for the others from_busy is from_idle.)
+      // (Only fair keeps a busy group's lag: for the others from_busy is
+      // from_idle. Under a device's or tenant's limit the tokens kept for
+      // returns and from_between do that part.)
       if (order == Order::fair && detail::Admission::deep(group.busy_peak) &&
-          (group.in_flight > 0 || admission.lingering(group))) {
+          (group.in_flight > 0 || admission.lingering(group)) && !under_shared_limit(*group.device)) {
         returned_busy(group);  // still busy (fair_policy.h, "Busy groups"): its start stays
       } else {
         with_order([&](auto& p) { p.from_idle(group, last_now); });
@@ -881,6 +883,10 @@ struct DeviceGroup::Impl {
     }
   }
 
+  bool under_shared_limit(const Device& device) const noexcept {
+    return (hooks & kHookLimits) &&
+           (device.limits.active() || (device.tree.tenant != nullptr && device.tree.tenant->limits.active()));
+  }
   // A deep group back with a request while still busy keeps its lag
   // (from_busy; fair only); under the order wait, where it came back from
   // is kept for behind().

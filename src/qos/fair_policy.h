@@ -41,7 +41,8 @@
 // empty because all its requests are in the storage or on their way back
 // from its client is not idle: when it sends again it keeps the lag it had,
 // down to V minus the cost of kBusyLag x its depth (busy_peak) requests like
-// the one it sends (from_busy). And while such a group B lags the only group
+// the one it sends (from_busy; not under a device's or tenant's limit,
+// where the tokens kept for returns do it). And while such a group B lags the only group
 // ready, A, the ready one waits for it (up to the order wait) as if B had a
 // request queued -- if B's client was away lately: half of its depth or
 // more outside (neither queued nor in flight) at a completion within the

@@ -138,10 +138,12 @@ class Admission {
 
   // Until when the order holds the head request of `group` (0: it goes),
   // with `in_flight` in flight; `alone` as for orderless(). Within 1/32
-  // of the others' places per unit of weight it goes.
-  Nanos order_holds(const Group& group, bool alone, std::uint32_t in_flight, Nanos now) noexcept {
+  // of the others' places per unit of weight it goes. `behind`: a busy
+  // deep group with nothing queued is behind `group` in the policy's order
+  // (fair_policy.h): it waits for that group's next as well.
+  Nanos order_holds(const Group& group, bool alone, std::uint32_t in_flight, Nanos now, bool behind) noexcept {
     if (linger_head_ != kNoSlot) expire_lingering(now);
-    if (!auto_ || in_flight < kOrderDepth || !orderless(group, alone, 33, 32, true)) {
+    if (!auto_ || in_flight < kOrderDepth || !(behind || orderless(group, alone, 33, 32, true))) {
       order_wait_since_ = kNotWaiting;
       return 0;
     }
@@ -203,6 +205,9 @@ class Admission {
   // How long a deep group whose requests all came back still counts as
   // busy, with its places claimed (a client off the CPU a moment).
   static constexpr Nanos kLinger = 5'000'000;
+
+  // Its requests all came back a moment ago and it still counts as busy.
+  bool lingering(const Group& group) const noexcept { return lingers(group); }
 
   // A deep group: more than kLowDepth outstanding since it was last empty.
   static bool deep(std::uint8_t busy_peak) noexcept { return busy_peak > Anticipation::kLowDepth; }

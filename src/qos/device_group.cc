@@ -118,6 +118,30 @@ struct DeviceGroup::Impl {
   std::size_t group_count = 0;  // attached + default, not retired
   detail::GroupPool pool;
   std::vector<std::uint32_t> ready_positions;  // by group slot: position in its device's ready heap
+  // Busy deep groups with nothing queued, by the S they had when their queue
+  // ran empty (fair_policy.h, "Busy groups"): the least is the one the only
+  // ready group may wait for. Entries whose group has since queued again or
+  // gone idle are dropped when they reach the top.
+  // Both by group slot, grown when a group first needs them (only deep
+  // groups do: an idle group costs nothing here).
+  std::vector<std::uint32_t> busy_positions;
+  detail::SlotHeap busy_behind{&busy_positions};
+  std::vector<Nanos> away_at;  // when it last had half its depth or more outside
+  // When it last came back while still busy (fair only): V then, and its
+  // tag before it came back (behind()).
+  struct BusyReturn {
+    std::int64_t vtime = INT64_MIN;
+    std::int64_t tag = 0;
+  };
+  std::vector<BusyReturn> busy_returns;
+  void busy_room(std::uint32_t slot) {
+    if (slot < busy_positions.size()) return;
+    const std::size_t size = std::max<std::size_t>(slot + 1, 2 * busy_positions.size());
+    busy_positions.resize(size, detail::kNotInHeap);
+    away_at.resize(size, kLongAgo);
+    busy_returns.resize(size);
+  }
+  static constexpr Nanos kLongAgo = INT64_MIN / 2;
   std::vector<Group*> retired;  // detached, requests still in flight
   detail::Tenants tenants;      // tree.h
   std::vector<detail::Tenant*> reserving_tenants;  // tenants with a reservation (reservation.h)
@@ -257,7 +281,16 @@ struct DeviceGroup::Impl {
     assert(group.head != nullptr && !is_ready(group) && !group.parked());
     if (from_idle) {
       const std::int64_t before = group.vtime;
-      with_order([&](auto& p) { p.from_idle(group, last_now); });
+      // (Only fair keeps a busy group's lag: for the others from_busy is
+      // from_idle. Under a device's or tenant's limit the tokens kept for
+      // returns and from_between do that part.)
+      if (order == Order::fair && detail::Admission::deep(group.busy_peak) &&
+          (group.in_flight > 0 || admission.lingering(group)) && !under_shared_limit(*group.device)) {
+        returned_busy(group);  // still busy (fair_policy.h, "Busy groups"): its start stays
+      } else {
+        with_order([&](auto& p) { p.from_idle(group, last_now); });
+        if (between_cost == 0 && order == Order::fair) group.set_busy_start(group.vtime);  // busy from here (behind())
+      }
       if (between_cost != 0) policy->from_between(group, before, between_cost);
       // hook: reservations. Idle means nothing queued and nothing in flight:
       // a group whose requests all went to a deep storage queue at once is
@@ -434,6 +467,7 @@ struct DeviceGroup::Impl {
 
   // Rebuilds keys after a change that moves every key (weights, pool, rebase).
   void rekey_all() noexcept {
+    busy_behind.clear();  // the tags moved (rebase, a new start): filled again as queues run empty
     for (auto& device : devices) {
       if (!device) continue;
       device->ready.rekey([&](std::uint32_t slot) { return policy->key(*pool.at(slot)); });
@@ -469,6 +503,8 @@ struct DeviceGroup::Impl {
     anticipates = policy->anticipates();
     policy_rule = policy->rule();
     admission.policy_changed();
+    busy_behind.clear();
+    std::fill(busy_returns.begin(), busy_returns.end(), BusyReturn{});
     for (auto& device : devices) {
       if (!device) continue;
       device->ready.clear();
@@ -477,7 +513,10 @@ struct DeviceGroup::Impl {
     top.clear();
     top_reserved.clear();
     group_timers.clear();
-    for_each_group([&](Group* group) { policy->start(*group); });
+    for_each_group([&](Group* group) {
+      policy->start(*group);
+      if (order == Order::fair) group->set_busy_start(group->vtime);  // (the weight policies' words before)
+    });
     rekey_returning();
     for_each_group([&](Group* group) {
       if (group->head != nullptr) make_ready(*group);
@@ -488,7 +527,15 @@ struct DeviceGroup::Impl {
   }
 
   void rebase() noexcept {
-    for_each_group([&](Group* group) { policy->rebase(*group); });
+    std::fill(busy_returns.begin(), busy_returns.end(), BusyReturn{});  // (behind(): from before, in the old units)
+    for_each_group([&](Group* group) {
+      const std::int64_t before = group->vtime;
+      policy->rebase(*group);
+      // Its start (behind()) moves with its tag; both were at most its tag.
+      if (order == Order::fair) {
+        group->set_busy_start(std::max<std::int64_t>(group->busy_start() - (before - group->vtime), 0));
+      }
+    });
     policy->rebased();
     rekey_all();
   }
@@ -582,6 +629,11 @@ struct DeviceGroup::Impl {
       wide_by_slot[group->slot] = 0;
     }
     admission.forget(group);
+    if (group->slot < busy_positions.size()) {
+      if (busy_behind.contains(group->slot)) busy_behind.erase(group->slot);
+      away_at[group->slot] = kLongAgo;  // the slot's next group starts afresh
+      busy_returns[group->slot] = {};
+    }
     policy->forget(group);
     stop_returning(*group);
     latency.forget(detail::LatencyNode::of(group));  // hook: latency targets
@@ -899,7 +951,9 @@ struct DeviceGroup::Impl {
       // A request that would give its group more than its weight's part of
       // the storage waits a moment for the others' next (admission.h); one
       // a reservation releases does not.
-      if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now); until != 0) {
+      const bool waits_for_busy = alone && !by_reservation && !busy_behind.empty() && behind(*group, request);
+      if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now, waits_for_busy);
+          until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
       }
       admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
@@ -907,6 +961,53 @@ struct DeviceGroup::Impl {
       prefetch_next();
       return Decision::dispatch(&request, reported);
     }
+  }
+
+  bool under_shared_limit(const Device& device) const noexcept {
+    return (hooks & kHookLimits) &&
+           (device.limits.active() || (device.tree.tenant != nullptr && device.tree.tenant->limits.active()));
+  }
+  // A deep group back with a request while still busy keeps its lag
+  // (from_busy; fair only); under the order wait, where it came back from
+  // is kept for behind().
+  [[gnu::noinline]] void returned_busy(Group& group) noexcept {
+    auto& fair = static_cast<detail::FairOnlyOrder&>(*policy);
+    if (admission.auto_window()) {
+      busy_room(group.slot);
+      busy_returns[group.slot] = {fair.virtual_time(), group.vtime};
+    }
+    fair.from_busy(group, last_now);
+  }
+
+  // fair_policy.h, "Busy groups": the order wait holds `group` (the only
+  // one ready) for requests of the order under `fair` and the learned window.
+  bool tracks_busy() const noexcept { return policy_name == Policy::fair && admission.auto_window(); }
+  // Is a busy deep group with nothing queued behind `group`, whose head is
+  // `request`, by more than the slack? (Not across tenants: their tags are
+  // in the tree's units.)
+  [[gnu::noinline]] bool behind(const Group& group, const Request& request) noexcept {
+    if (busy_behind.empty() || group.device->tree.tenant != nullptr) return false;
+    while (!busy_behind.empty()) {
+      const Group& other = *pool.at(busy_behind.top().item);
+      // (It was deep when it went in; its busy_peak restarts when its last
+      // request comes back, while it lingers.)
+      if (other.head == nullptr && !other.retired && (other.in_flight > 0 || admission.lingering(other))) break;
+      (void)busy_behind.pop();
+    }
+    // The least one: if its client has not been away lately it lags only
+    // because its depth is below its share, and waiting would idle the
+    // storage. (Another one further in, away, is not looked for.)
+    if (busy_behind.empty() || last_now - away_at[busy_behind.top().item] > detail::kRecentlyAway) return false;
+    // Only what both were served since both became busy counts
+    // (fair_policy.h, "Busy groups"): A (`group`) is measured from the
+    // later of B's place and A's own start, and if B came back after A
+    // started, from A's start plus what B was served since it came back.
+    const std::uint32_t b = busy_behind.top().item;
+    const std::int64_t start = group.busy_start();
+    std::int64_t from = std::max(busy_behind.top().key, start);
+    if (busy_returns[b].vtime >= start) from = std::max(from, start + (busy_behind.top().key - busy_returns[b].tag));
+    const Cost slack = std::min<Cost>(settings.cost.of(request) * detail::kOrderSlack, kMaxCost);
+    return group.vtime > from + detail::FairPolicy::advance(slack, group.weight);
   }
 
   // A dispatch a device's or a tenant's reservation released: the node's
@@ -1015,6 +1116,18 @@ struct DeviceGroup::Impl {
       if (reserved(group)) device.reserved.update(extras, reservation_key(group));
     } else {
       if (is_ready(group)) device.ready.erase(group.slot);
+      if (tracks_busy() && detail::Admission::deep(group.busy_peak) && tenant == nullptr) {
+        // Its place: the start tag of the request it just sent (its S before
+        // that request), so that a group of large requests is not waited for
+        // while that one request is all it is behind by.
+        const std::int64_t start = group.vtime - detail::FairPolicy::advance(settings.cost.of(request), group.weight);
+        busy_room(group.slot);
+        if (busy_behind.contains(group.slot)) {
+          busy_behind.update(group.slot, start);
+        } else {
+          busy_behind.push(group.slot, start);
+        }
+      }
       if (reserved(group)) device.reserved.erase(extras);
     }
     update_device(device);
@@ -1245,6 +1358,11 @@ struct DeviceGroup::Impl {
         if (returning_count != 0) returned(group, last_now);  // kept_for_returns
       }
     }
+    if (tracks_busy() && detail::Admission::deep(group.busy_peak) &&
+        group.in_flight + group.queue_length + (group.busy_peak >> detail::kAwayShift) <= group.busy_peak) {
+      busy_room(group.slot);
+      away_at[group.slot] = last_now;  // fair_policy.h, "Busy groups": its client is slow to send
+    }
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
@@ -1374,6 +1492,9 @@ struct DeviceGroup::Impl {
 
   std::size_t memory_bytes() const noexcept {
     std::size_t bytes = sizeof(Impl) + pool.memory_bytes() + ready_positions.capacity() * sizeof(std::uint32_t);
+    bytes += busy_positions.capacity() * sizeof(std::uint32_t) + away_at.capacity() * sizeof(Nanos) +
+             busy_returns.capacity() * sizeof(BusyReturn) +
+             busy_behind.capacity() * sizeof(detail::SlotHeap::Entry);
     bytes += devices.capacity() * sizeof(devices[0]) + retired.capacity() * sizeof(Group*);
     bytes += (top.capacity() + top_reserved.capacity() + device_timers.capacity()) * sizeof(IndexedHeap<Device, &Device::top_index>::Entry);
     bytes += group_timers.capacity() * sizeof(IndexedHeap<Group, &Group::timer_index>::Entry);

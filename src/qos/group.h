@@ -134,7 +134,7 @@ struct alignas(64) Group {
   std::uint8_t busy_peak = 0;                    // most requests outstanding since it was last empty (saturating)
 
   // ---- lines 1 and 2: dispatch (and the completion's counting) ----
-  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32)
+  std::uint32_t epoch = 0;                       // weight: epoch its tokens belong to (mod 2^32); fair: busy_start()
   std::uint32_t consumed = 0;                    // weight: tokens used this epoch (saturating)
   NarrowCounters counters;
   // Lingering (admission.h): 0, or the low 24 bits of when it ends and its
@@ -144,6 +144,16 @@ struct alignas(64) Group {
   std::uint32_t linger_next = UINT32_MAX;
 
   bool parked() const noexcept { return timer_index != kNotInHeap; }
+
+  // fair: its tag when it last came back from idle (device_group.cc, the
+  // order wait), kept in the two words only the weight policies use.
+  std::int64_t busy_start() const noexcept {
+    return static_cast<std::int64_t>(std::uint64_t{epoch} << 32 | consumed);
+  }
+  void set_busy_start(std::int64_t tag) noexcept {
+    epoch = static_cast<std::uint32_t>(static_cast<std::uint64_t>(tag) >> 32);
+    consumed = static_cast<std::uint32_t>(tag);
+  }
 };
 
 // The per-group cost the memory target counts (an idle group: this, one

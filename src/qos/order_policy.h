@@ -85,6 +85,10 @@ class OrderPolicy {
   virtual void start(Group& group) noexcept = 0;
   // Back with a request after being idle: no credit for the time away.
   virtual void from_idle(Group& group, Nanos now) noexcept = 0;
+  // Back with a request while still busy: requests of it in flight, or a
+  // deep group whose requests all came back a moment ago (admission.h's
+  // lingering). Its client was slow to send, not done. By default as from idle.
+  virtual void from_busy(Group& group, Nanos now) noexcept { from_idle(group, now); }
   // Back after a limit or the anticipation held it with requests queued:
   // by default it keeps its tags (the limit, not the policy, held it back).
   virtual void from_hold(Group& group, Nanos now) noexcept {

@@ -45,14 +45,10 @@ inline constexpr std::string_view kOpenCells[] = {
     "item 2 | elastic/devices 6s: w80 QD1 r | w20 QD128 r",
     "item 2 | elastic/groups 6s: w80 QD1 r | w20 QD128 r",
     "item 2 | elastic/devices 6s: w80 QD4 r | w20 QD128 r",
-    "item 2 | elastic/devices 8s: w50 QD64 r | w30 QD64 r | w20 QD64 r",
-    "item 2 | elastic/groups 8s: w50 QD64 r | w30 QD64 r | w20 QD64 r",
-    // Clients off the CPU 1 ms in 10 (qos_sim_weights_busy_cpu_test): on the
-    // elastic storage a deep client's share is lost while it is away and
-    // cannot be made up after (it holds no more than its depth); the README
-    // demo measured 61.7 without the lingering of busy deep groups, 63.0 with.
-    "item 1 | elastic/devices 6s: w80 QD64 rw stalls | w40 QD64 rw stalls",
-    "item 1 | elastic/groups 6s: w80 QD64 rw stalls | w40 QD64 rw stalls",
+    // Clients off the CPU 1 ms in 10 (qos_sim_weights_busy_cpu_test): the
+    // README demo holds on both storages since a client away is paid back
+    // (fair_policy.h, "Busy groups": 65.1/34.9 on elastic); an 80/20 pair
+    // 16 deep and three writers 64 deep on elastic storage do not yet.
     "item 3 | elastic/devices 6s: w80 QD16 r stalls | w20 QD16 r stalls",
     "item 1 | elastic/devices 6s: w40 QD64 w stalls | w20 QD64 w stalls | w10 QD64 w stalls",
 };

@@ -8,7 +8,9 @@
 #include <memory>
 #include <optional>
 
+#include "qos/admission.h"
 #include "qos/device_group.h"
+#include "qos/fair_policy.h"
 #include "qos/group.h"
 #include "qos/weight_policy.h"
 
@@ -201,27 +203,37 @@ TEST(DeviceGroupHotPath, CancelTakesOutOnlyQueuedRequests) {
   ASSERT_TRUE(g.remove_device(0));
 }
 
+// Device 0's group at weight 80 sends 16 requests, then device 1's at 40
+// sends `light`: what each had dispatched (the light one alone may take
+// 16 x 40 / 80 = 8 places).
+struct HeavyAndLight {
+  std::vector<Request*> heavy, light;
+};
+HeavyAndLight heavy_and_light(DeviceGroup& g, Pool& pool, int light, Decision* last = nullptr) {
+  EXPECT_TRUE(g.add_device(0) && g.add_device(1));
+  EXPECT_TRUE(g.set_weight(0, kDefaultGroup, 80) && g.set_weight(1, kDefaultGroup, 40));
+  for (int i = 0; i < 16; ++i) g.enqueue(pool.make(0, kDefaultGroup), kStart);
+  HeavyAndLight sent{drain(g, kStart), {}};
+  EXPECT_EQ(sent.heavy.size(), 16u);
+  for (int i = 0; i < light; ++i) g.enqueue(pool.make(1, kDefaultGroup), kStart);
+  sent.light = drain(g, kStart, last);
+  EXPECT_EQ(sent.light.size(), 8u);
+  return sent;
+}
+
 // The order (admission.h): a light group alone may take only its weight's
 // part of the places the heavy one holds. When every request of the heavy
 // group has come back (its client is off the CPU a moment), the heavy group
 // keeps its places for a few ms (Admission::kLinger), then they are free.
 TEST(DeviceGroupOrder, ADeepGroupWhoseRequestsAllCameBackKeepsItsPlacesForAMoment) {
   DeviceGroup g;
-  ASSERT_TRUE(g.add_device(0));
-  ASSERT_TRUE(g.add_device(1));
-  ASSERT_TRUE(g.set_weight(0, kDefaultGroup, 80));
-  ASSERT_TRUE(g.set_weight(1, kDefaultGroup, 40));
   Pool pool;
-  for (int i = 0; i < 16; ++i) g.enqueue(pool.make(0, kDefaultGroup), kStart);
-  std::vector<Request*> heavy = drain(g, kStart);
-  ASSERT_EQ(heavy.size(), 16u);
-  for (int i = 0; i < 30; ++i) g.enqueue(pool.make(1, kDefaultGroup), kStart);
   Decision last;
-  std::vector<Request*> light = drain(g, kStart, &last);
-  EXPECT_EQ(light.size(), 8u);  // 16 x 40 / 80
+  HeavyAndLight sent;
+  ASSERT_NO_FATAL_FAILURE(sent = heavy_and_light(g, pool, 30, &last));
   EXPECT_EQ(last.kind, Decision::Kind::wait);
 
-  for (Request* r : heavy) g.complete(r, kStart + microseconds(100));
+  for (Request* r : sent.heavy) g.complete(r, kStart + microseconds(100));
   EXPECT_TRUE(drain(g, kStart + microseconds(200)).empty()) << "the heavy group's places went at once";
   // Past the order's wait one request goes, and the next waits again.
   EXPECT_EQ(drain(g, kStart + microseconds(600)).size(), 1u);
@@ -274,6 +286,112 @@ TEST(DeviceGroupOrder, LingeringGroupsEndEachAtItsOwnTimeAndLeaveNothingBehind) 
   for (int i = 0; i < 24; ++i) g.enqueue(pool.make(kHeavy, kDefaultGroup), t0 + milliseconds(9));
   EXPECT_EQ(drain(g, t0 + milliseconds(9)).size(), 8u) << "a lingering ended before its time";
   EXPECT_EQ(drain(g, t0 + milliseconds(10)).size(), 16u) << "a lingering claim outlived its group's lingering";
+}
+
+// fair_policy.h, "Busy groups": half of a deep heavy group's requests are
+// out at its client (off the CPU). The light group may keep its weight's part
+// of what the heavy one has in flight, and as its own come back it sends
+// again -- but only until it is kOrderSlack of its requests ahead of the
+// heavy group in the order; then it waits for the heavy one's next, as if
+// that were queued. A heavy group that merely has all its depth in flight
+// (nothing outside for kRecentlyAway) is not waited for.
+TEST(DeviceGroupOrder, ALightGroupWaitsForADeepGroupWhoseClientIsAway) {
+  DeviceGroup g;
+  Pool pool;
+  HeavyAndLight first;
+  ASSERT_NO_FATAL_FAILURE(first = heavy_and_light(g, pool, 200));
+  std::vector<Request*>& heavy = first.heavy;
+  std::vector<Request*>& light = first.light;
+
+  // Eight of the heavy group's requests come back and stay at its client.
+  TimePoint t = kStart + microseconds(100);
+  for (int i = 0; i < 8; ++i) g.complete(heavy[static_cast<std::size_t>(i)], t);
+  // The light group's requests come back in turn, every 10 us. By its part
+  // of the places in flight (8 x 40 / 80 = 4) it would send 4 a round, 48
+  // in all; its 8 already put it kOrderSlack of its requests past the heavy
+  // group's place, so it waits for the heavy group (the order wait, 0.5 ms,
+  // is not over).
+  int sent = 0;
+  std::vector<Request*> out = light;
+  for (int round = 0; round < 12; ++round) {
+    t += microseconds(10);
+    for (Request* r : out) g.complete(r, t);
+    out = drain(g, t);
+    sent += static_cast<int>(out.size());
+  }
+  EXPECT_LE(sent, 1) << "the light group ran ahead of a group whose client is away";
+
+  // The heavy client sends again; its 8 go at once (its place is first).
+  for (int i = 0; i < 8; ++i) g.enqueue(pool.make(0, kDefaultGroup), t);
+  int heavy_back = 0;
+  for (Request* r : drain(g, t)) {
+    if (r->device == 0) {
+      ++heavy_back;
+    } else {
+      out.push_back(r);
+    }
+  }
+  EXPECT_EQ(heavy_back, 8);
+  // Now it has all 16 in flight and none outside. After kRecentlyAway it is
+  // not waited for, however far behind: it lags because its depth is below
+  // its share, and the light group takes its whole part of the places.
+  t += std::chrono::nanoseconds(detail::kRecentlyAway) + milliseconds(1);
+  for (Request* r : out) g.complete(r, t);
+  EXPECT_EQ(drain(g, t).size(), 8u);
+}
+
+// fair_policy.h, "Busy groups": the order wait compares what two groups
+// were served since both became busy. A deep group B lags far behind V
+// because its 16 requests sat in the storage while C was served; then
+// half of them come back and stay at B's client (away). A group A that
+// arrives only now, at V, owes B nothing of that lag: it goes until it is
+// kOrderSlack of its requests ahead of B since it came, then waits for B.
+// When B sends again, what B is served from then on counts for A.
+TEST(DeviceGroupOrder, AGroupArrivingLaterDoesNotWaitForALagThatPredatesIt) {
+  DeviceGroup g;
+  for (DeviceId d = 0; d < 3; ++d) ASSERT_TRUE(g.add_device(d));
+  constexpr DeviceId kB = 0, kC = 1, kA = 2;
+  ASSERT_TRUE(g.set_weight(kB, kDefaultGroup, 100));
+  ASSERT_TRUE(g.set_weight(kC, kDefaultGroup, 100));
+  ASSERT_TRUE(g.set_weight(kA, kDefaultGroup, 400));
+  Pool pool;
+  auto send = [&](DeviceId d, int n, TimePoint at) {
+    for (int i = 0; i < n; ++i) g.enqueue(pool.make(d, kDefaultGroup), at);
+  };
+  auto count = [](const std::vector<Request*>& rs, DeviceId d) {
+    return std::count_if(rs.begin(), rs.end(), [&](const Request* r) { return r->device == d; });
+  };
+  TimePoint t = kStart;
+  send(kB, 16, t);
+  std::vector<Request*> b = drain(g, t);
+  ASSERT_EQ(b.size(), 16u);
+  // B's requests stay in the storage while C is served 80 requests.
+  std::vector<Request*> c;
+  for (int round = 0; round < 5; ++round) {
+    t += microseconds(100);
+    for (Request* r : c) g.complete(r, t);
+    send(kC, 16, t);
+    c = drain(g, t);
+    ASSERT_EQ(c.size(), 16u) << "round " << round;
+  }
+  t += microseconds(100);
+  for (Request* r : c) g.complete(r, t);
+  // Half of B's requests come back and stay at its client.
+  for (int i = 0; i < 8; ++i) g.complete(b[static_cast<std::size_t>(i)], t);
+  // A arrives once C's lingering is over.
+  t += std::chrono::nanoseconds(detail::Admission::kLinger) + microseconds(100);
+  send(kA, 40, t);
+  std::vector<Request*> a = drain(g, t);
+  EXPECT_EQ(count(a, kA), detail::kOrderSlack + 1) << "A waited for a lag of B that predates it";
+  EXPECT_TRUE(drain(g, t + microseconds(100)).empty()) << "A ran ahead of B while B's client was away";
+  // B's client sends again: B goes first (it keeps its lag), and A may
+  // then go as far again past what B was served since.
+  t += microseconds(200);
+  send(kB, 8, t);
+  std::vector<Request*> both = drain(g, t);
+  EXPECT_EQ(count(both, kB), 8);
+  EXPECT_EQ(count(both, kA), 7) << "A waited for B's lag from before A came, after B was served again";
+  EXPECT_EQ(g.in_flight(), 32u);  // the learned window's start, the device model's knee
 }
 
 TEST(DeviceGroupHotPath, CancelAnywhereKeepsTheQueueInOrder) {

@@ -415,11 +415,15 @@ struct DeviceGroup::Impl {
 
   bool is_ready(const Group& group) const noexcept { return ready_positions[group.slot] != detail::kNotInHeap; }
 
-  // When `group`'s own reservation is next due (INT64_MAX: it has none). A
-  // group parked by the anticipation or by another's latency target comes
-  // back then: parked, it is out of the reservation heap.
-  static Nanos reservation_due(const Group& group) noexcept {
-    return group.extras && group.extras->reserve.active() ? group.extras->reserve.tag : INT64_MAX;
+  // When `group`'s own reservation is next due, if later than `now`
+  // (INT64_MAX: it has none, or it is due already). A group parked by the
+  // anticipation or by another's latency target comes back then: parked, it
+  // is out of the reservation heap. One held although due (range-bw's min-bw
+  // due too: not released by reservation-iops) keeps its recheck; a timer
+  // at a time already past would come back at once, again and again.
+  static Nanos reservation_due(const Group& group, Nanos now) noexcept {
+    if (!group.extras || !group.extras->reserve.active() || group.extras->reserve.tag <= now) return INT64_MAX;
+    return group.extras->reserve.tag;
   }
   static bool reserved(const Group& group) noexcept {
     return group.extras && group.extras->reservation_index != detail::kNotInHeap;
@@ -912,14 +916,14 @@ struct DeviceGroup::Impl {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
-        park_group(*group, std::min({until, now + detail::Anticipation::kRecheck, reservation_due(*group)}));
+        park_group(*group, std::min({until, now + detail::Anticipation::kRecheck, reservation_due(*group, now)}));
         continue;
       }
       // ---- hook: latency targets (latency_target.h) ----
       // Another group misses its target: this one waits while the others
       // have the cap in flight (asked again at completions).
       if ((hooks & kHookLatency) && !by_reservation && latency.holds(*group, in_flight, window_full)) {
-        park_group(*group, std::min(now + detail::LatencyTargets::kRecheck, reservation_due(*group)));
+        park_group(*group, std::min(now + detail::LatencyTargets::kRecheck, reservation_due(*group, now)));
         continue;
       }
       // The dispatch will write the group's counters: fetch them while the

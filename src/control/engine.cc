@@ -870,6 +870,16 @@ std::optional<Error> select(const State& state, const Request& request, std::vec
 
 // The in-flight window a device group applies now (io_limit, or the learned
 // one under io_limit auto).
+json Engine::io_window_steps(int id) {
+  qos::WindowSteps steps;
+  (void)call(id, [&](qos::DeviceGroup& group) {
+    steps = group.io_window_steps();
+    return qos::Status{};
+  });
+  return {{"up", steps.up}, {"down_rate", steps.down_rate}, {"down_order", steps.down_order},
+          {"down_unused", steps.down_unused}};
+}
+
 uint32_t Engine::io_window(int id) {
   uint32_t window = 0;
   (void)call(id, [&](qos::DeviceGroup& group) {
@@ -933,6 +943,9 @@ Reply Engine::status(const Request& request) {
     json object = status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0);
     object["io_limit_auto"] = state_.device_groups.at(device->device_group_id).io_limit_auto;
     object["io_window"] = io_window(device->device_group_id);
+    if (state_.device_groups.at(device->device_group_id).io_limit_auto) {
+      object["io_window_steps"] = io_window_steps(device->device_group_id);
+    }
     object["device_model"] = model_to_json(state_.device_groups.at(device->device_group_id));
     object["learned_model"] = learned_model_json(device->device_group_id);
     // The device group's reservations against its capacity, when it has any.

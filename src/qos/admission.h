@@ -65,6 +65,7 @@ class Admission {
     window_.reset(floor(), io_limit, now, model.depth, calibrated ? model.depth : 0);
   }
   std::uint32_t window() const noexcept { return auto_ ? window_.window(floor(), io_limit) : io_limit; }
+  const WindowSteps& window_steps() const noexcept { return window_.steps(); }
 
   // ---- hot path ----
   // No request may go now with `in_flight` in flight: the window is full

@@ -1604,6 +1604,7 @@ void DeviceGroup::set_io_limit_auto(bool on) noexcept {
 }
 bool DeviceGroup::io_limit_auto() const noexcept { return impl_->admission.auto_window(); }
 std::uint32_t DeviceGroup::io_window() const noexcept { return impl_->admission.window(); }
+WindowSteps DeviceGroup::io_window_steps() const noexcept { return impl_->admission.window_steps(); }
 
 Status DeviceGroup::set_cost_model(CostModel model) {
   if (model.request_tokens > kMaxRequestTokens) {

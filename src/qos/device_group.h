@@ -147,6 +147,8 @@ class DeviceGroup {
   bool io_limit_auto() const noexcept;
   // The window next() applies now: io_limit, or the learned one when auto.
   std::uint32_t io_window() const noexcept;
+  // Why the learned window moved since it started (auto_window.h).
+  WindowSteps io_window_steps() const noexcept;
   // Cost model of the fair policy (and range-bw's spare share).
   Status set_cost_model(CostModel model);
   CostModel cost_model() const noexcept;

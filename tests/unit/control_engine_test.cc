@@ -281,6 +281,10 @@ TEST_F(ControlEngine, IoLimitAuto) {
   json status = client.status();
   EXPECT_EQ(status["data"]["devices"][0]["io_limit_auto"], true);
   EXPECT_EQ(status["data"]["devices"][0]["io_window"], group.io_window());
+  // Why the window moved: counted by rule since it started.
+  const json& steps = status["data"]["devices"][0]["io_window_steps"];
+  EXPECT_EQ(steps["up"], group.io_window_steps().up);
+  for (const char* key : {"down_rate", "down_order", "down_unused"}) EXPECT_TRUE(steps.contains(key)) << key;
   // The model learned while serving is shown beside the configured one.
   EXPECT_EQ(status["data"]["devices"][0]["learned_model"]["rrandiops"],
             std::llround(group.learned_device_model().read_rand_iops));
@@ -292,6 +296,7 @@ TEST_F(ControlEngine, IoLimitAuto) {
   device = client.table()["data"]["devices"][0];
   EXPECT_EQ(device["io_limit_auto"], false);
   EXPECT_EQ(device["io_window"], 64);
+  EXPECT_FALSE(client.status()["data"]["devices"][0].contains("io_window_steps"));  // nothing learned
   EXPECT_FALSE(client.message("ioband1", "io_limit automatic")["ok"]);
 }
 

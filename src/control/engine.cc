@@ -870,6 +870,16 @@ std::optional<Error> select(const State& state, const Request& request, std::vec
 
 // The in-flight window a device group applies now (io_limit, or the learned
 // one under io_limit auto).
+uint32_t Engine::io_window(int id) {
+  uint32_t window = 0;
+  (void)call(id, [&](qos::DeviceGroup& group) {
+    window = group.io_window();
+    return qos::Status{};
+  });
+  return window;
+}
+
+// Why the learned window moved since it started (qos/auto_window.h).
 json Engine::io_window_steps(int id) {
   qos::WindowSteps steps;
   (void)call(id, [&](qos::DeviceGroup& group) {
@@ -878,15 +888,6 @@ json Engine::io_window_steps(int id) {
   });
   return {{"up", steps.up}, {"down_rate", steps.down_rate}, {"down_order", steps.down_order},
           {"down_unused", steps.down_unused}};
-}
-
-uint32_t Engine::io_window(int id) {
-  uint32_t window = 0;
-  (void)call(id, [&](qos::DeviceGroup& group) {
-    window = group.io_window();
-    return qos::Status{};
-  });
-  return window;
 }
 
 // The device model as the device group learned it while serving

@@ -106,8 +106,6 @@ class Admission {
       stop_lingering(group);
       become_busy_deep(group);
       busy_deep_in_flight_ += group.in_flight;
-    } else if (group.in_flight > 0 && deep(peak)) {
-      busy_deep_peak_ += group.busy_peak - peak;  // busy and deep: its depth grew
     }
     if (group.queue_length == 1 && group.in_flight == 0 && !deep(group.busy_peak) && anticipates) {
       anticipation_.arrived(group, now);
@@ -172,19 +170,6 @@ class Admission {
   // a window too deep).
   bool orderless(const Group& group, bool alone, std::uint64_t num = 9, std::uint64_t den = 8,
                  bool claims = false) const noexcept {
-    return orderless_count(group, alone, num, den, claims, false);
-  }
-  // For the window's count: only while the others' requests are in the
-  // storage -- at least 3/4 of their depth in flight. Where a larger part
-  // sits in their clients (a client that does not keep up: its CPU), a
-  // smaller window would not bring them here; it would only cost rate.
-  bool orderless_for_window(const Group& group, bool alone) const noexcept {
-    return orderless_count(group, alone, 9, 8, false, true);
-  }
-
- private:
-  bool orderless_count(const Group& group, bool alone, std::uint64_t num, std::uint64_t den, bool claims,
-                       bool storage_bound) const noexcept {
     if (!alone) return false;
     std::uint32_t self_claim = 0;
     const bool self_busy = group.in_flight > 0 && deep(group.busy_peak);
@@ -196,16 +181,10 @@ class Admission {
         busy_deep_weight_ + (claims ? linger_weight_ : 0) - (self ? group.weight : 0);
     const std::uint64_t others_in_flight = busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
                                            (self_busy ? group.in_flight : 0) - self_claim;
-    if (storage_bound && !claims) {
-      const std::uint64_t others_depth = busy_deep_peak_ - (self_busy ? group.busy_peak : 0);
-      if (others_in_flight * 4 < others_depth * 3) return false;
-    }
     // (n + 1) / w > (num / den) N / W, multiplied out.
     return (std::uint64_t{group.in_flight} + 1) * others_weight * den > others_in_flight * group.weight * num;
   }
 
-
- public:
   // The weight of `group` changes from `before` (it may be busy and deep).
   void weight_changed(const Group& group, std::uint32_t before) noexcept {
     if (group.in_flight > 0 && deep(group.busy_peak)) busy_deep_weight_ += std::uint64_t{group.weight} - before;
@@ -245,7 +224,6 @@ class Admission {
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
-    busy_deep_peak_ += group.busy_peak;
   }
 
   // Lingering groups, O(1) per request at any number of groups and with no
@@ -276,7 +254,6 @@ class Admission {
     const auto claim = static_cast<std::uint32_t>(std::min<std::uint64_t>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
-    busy_deep_peak_ -= group.busy_peak;
     if (group.retired) return;
     if (group.linger != 0) end_lingering(group);
     const Nanos until = now + kLinger;
@@ -340,7 +317,6 @@ class Admission {
   std::uint32_t busy_deep_groups_ = 0;     // groups with requests in flight that are deep
   std::uint64_t busy_deep_weight_ = 0;     // their weights
   std::uint64_t busy_deep_in_flight_ = 0;  // their requests in flight
-  std::uint64_t busy_deep_peak_ = 0;       // their depths (busy_peak)
   std::uint32_t linger_groups_ = 0;        // lingering deep groups (start_lingering)
   std::uint64_t linger_weight_ = 0;        // their weights
   std::uint64_t linger_claim_ = 0;         // the places they claim

@@ -189,48 +189,6 @@ TEST(AutoWindow, AWindowTooDeepToOrderStepsDown) {
   eighty_twenty("linear storage to 128, round trip 1 ms,", 75, kMilli, storage(128, 2 * kMilli, 200 * kMicro));
 }
 
-// Two equal 64-deep clients whose own CPU lags (each request 2 ms in the
-// client; stalls of 2 ms at mean gaps of 3 ms: fio beside iobandd on this
-// VM's 2 CPUs, exaggerated): often one has nothing queued here while the
-// other dispatches. That is its client, not a window too deep -- most of
-// its depth is in the client then -- and the window must not step down by
-// order for it. Counting such dispatches, it did: 16 steps down by order,
-// a mean window of 5 here; on the disk 9-20, 0.70x the rate of plain
-// exports, at the same 50/50.
-TEST(AutoWindow, ClientsThatLagAreNoReasonToStepDown) {
-  Scenario s;
-  s.name = "equal weights, clients off the CPU now and then";
-  s.policy = qos::Policy::fair;
-  s.storage = elastic_storage(110 * kMicro, 18 * kMicro, 30 * kMicro);
-  s.devices = {0, 1};
-  for (DeviceId d : {0, 1}) {
-    s.groups.push_back(group(d, qos::kDefaultGroup, 100));
-    s.clients.push_back(closed_loop(d == 0 ? "a" : "b", d, qos::kDefaultGroup, 64));
-    s.clients.back().think = 2 * kMilli;
-    s.clients.back().stall_every = 3 * kMilli;
-    s.clients.back().stall_length = 2 * kMilli;
-  }
-  s.duration = 10 * kSecond;
-  auto steps = std::make_shared<qos::WindowSteps>();
-  auto windows = std::make_shared<std::vector<std::uint32_t>>();
-  for (Nanos t = 2 * kSecond; t < s.duration; t += 10 * kMilli) {
-    s.actions.push_back({t, [windows](qos::DeviceGroup& g) { windows->push_back(g.io_window()); }});
-  }
-  s.actions.push_back({s.duration - kMilli, [steps](qos::DeviceGroup& g) { *steps = g.io_window_steps(); }});
-  Result result = simulate(s);
-  double mean = 0;
-  for (std::uint32_t w : *windows) mean += w;
-  mean /= static_cast<double>(windows->size());
-  const std::vector<double> share = shares(result, {"a", "b"}, 2 * kSecond, result.duration);
-  printf("lagging clients at equal weights: steps down by order %llu, by rate %llu, up %llu; mean window %.1f; "
-         "shares %.1f/%.1f\n",
-         static_cast<unsigned long long>(steps->down_order), static_cast<unsigned long long>(steps->down_rate),
-         static_cast<unsigned long long>(steps->up), mean, share[0], share[1]);
-  EXPECT_LE(steps->down_order, 2u);
-  EXPECT_GE(mean, 32);
-  EXPECT_NEAR(share[0], 50, 2);
-}
-
 // The SyncClient check (qos_sim_sync_client_test.cc) with auto: a group with
 // one outstanding request against one with 128 at equal weight keeps >= 90 %
 // of what it gets alone.

@@ -60,8 +60,9 @@
 // would rest without noise (tests, +-8 % per phase: a mean of 18 for 120
 // without noise, 78 % of the rate; on this VM's disk 64 to 29 in 10 s, 0.84x
 // the rate of plain exports). So the steps down are also judged together:
-// the walk's anchor is the window the last up step, slow start or a step of
-// another rule left, with its rate (the mean of its last 4 holds). At each
+// the walk's anchor is the window the last up step, slow start (its last
+// double, when it stepped back from it) or a step of another rule left,
+// with its rate (the mean of its last 4 holds). At each
 // judgement below 4/5 of the anchor, if the loss since the anchor is above
 // kUpElasticity times the span (ln of the windows' ratio) -- a span wide
 // enough for the loss to stand out of the noise -- W goes back to the

@@ -131,7 +131,7 @@ struct GroupObservation {
 // Why the learned window moved, counted since it (re)started: `status
 // --json` shows them, so a window that sits low says which rule put it there.
 struct WindowSteps {
-  std::uint64_t up = 0;           // slow start's doublings, up steps, and walks down taken back
+  std::uint64_t up = 0;           // slow start's doublings and up steps
   std::uint64_t down_rate = 0;    // a down probe cost (almost) no rate, or slow start stepped back
   std::uint64_t down_order = 0;   // too many orderless dispatches
   std::uint64_t down_unused = 0;  // a hold used less than the window

@@ -879,30 +879,6 @@ uint32_t Engine::io_window(int id) {
   return window;
 }
 
-// Why the learned window moved since it started (qos/auto_window.h).
-json Engine::io_window_steps(int id) {
-  qos::WindowSteps steps;
-  (void)call(id, [&](qos::DeviceGroup& group) {
-    steps = group.io_window_steps();
-    return qos::Status{};
-  });
-  return {{"up", steps.up}, {"down_rate", steps.down_rate}, {"down_order", steps.down_order},
-          {"down_unused", steps.down_unused}};
-}
-
-// The device model as the device group learned it while serving
-// (qos/model_learner.h): the same figures, without "calibrated".
-json Engine::learned_model_json(int id) {
-  qos::DeviceModel learned = qos::kDefaultDeviceModel;
-  (void)call(id, [&](qos::DeviceGroup& group) {
-    learned = group.learned_device_model();
-    return qos::Status{};
-  });
-  json object = model_to_json(learned, false);
-  object.erase("calibrated");
-  return object;
-}
-
 Reply Engine::table(const Request& request) {
   std::vector<const DeviceState*> devices;
   if (auto error = select(state_, request, devices)) return Reply::failure(*error);
@@ -930,6 +906,10 @@ Reply Engine::status(const Request& request) {
   for (const DeviceState* device : devices) {
     std::vector<GroupStatus> groups;
     qos::ReservationSummary reservations;
+    // The device group's own figures, read in the same visit to its thread.
+    uint32_t window = 0;
+    qos::WindowSteps steps;
+    qos::DeviceModel learned = qos::kDefaultDeviceModel;
     (void)call(device->device_group_id, [&](qos::DeviceGroup& group) {
       for (const auto& [id, settings] : device->groups) {
         groups.push_back({id, group.stats(device->device, id).value_or(qos::GroupStats{}),
@@ -938,17 +918,20 @@ Reply Engine::status(const Request& request) {
                           group.latency_cap_on(device->device, id)});
       }
       reservations = group.reservations();
+      window = group.io_window();
+      steps = group.io_window_steps();
+      learned = group.learned_device_model();
       return qos::Status{};
     });
     reply.text += status_line(*device, groups, with_name) + "\n";
     json object = status_json(*device, groups, platform_.connections ? platform_.connections(device->name) : 0);
     object["io_limit_auto"] = state_.device_groups.at(device->device_group_id).io_limit_auto;
-    object["io_window"] = io_window(device->device_group_id);
+    object["io_window"] = window;
     if (state_.device_groups.at(device->device_group_id).io_limit_auto) {
-      object["io_window_steps"] = io_window_steps(device->device_group_id);
+      object["io_window_steps"] = window_steps_json(steps);
     }
     object["device_model"] = model_to_json(state_.device_groups.at(device->device_group_id));
-    object["learned_model"] = learned_model_json(device->device_group_id);
+    object["learned_model"] = learned_model_json(learned);
     // The device group's reservations against its capacity, when it has any.
     if (reservations.reserved_iops > 0) object["reservations"] = reservations_json(reservations);
     array.push_back(std::move(object));

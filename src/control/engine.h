@@ -230,8 +230,6 @@ class Engine {
   // Runs fn on the owner of device group `id`; returns its status.
   qos::Status call(int id, const std::function<qos::Status(qos::DeviceGroup&)>& fn);
   uint32_t io_window(int id);
-  nlohmann::json io_window_steps(int id);
-  nlohmann::json learned_model_json(int id);
   // The devices on the same disk as block device `device` (itself included).
   std::vector<std::string> devices_on_disk(const DeviceState& device) const;
   // Why `name` cannot be removed now ("" if it can).

@@ -79,6 +79,17 @@ json model_to_json(const DeviceGroupSettings& device_group) {
                        device_group.device_model && device_group.device_model_calibrated);
 }
 
+json learned_model_json(const qos::DeviceModel& learned) {
+  json object = model_to_json(learned, false);
+  object.erase("calibrated");
+  return object;
+}
+
+json window_steps_json(const qos::WindowSteps& steps) {
+  return {{"up", steps.up}, {"down_rate", steps.down_rate}, {"down_order", steps.down_order},
+          {"down_unused", steps.down_unused}};
+}
+
 json table_json(const DeviceState& device, const DeviceGroupSettings& device_group) {
   json groups = json::array();
   for (const auto& [id, group] : device.groups) {

@@ -59,5 +59,10 @@ std::string model_line(const qos::DeviceModel& model);
 nlohmann::json model_to_json(const qos::DeviceModel& model, bool calibrated);
 // The device group's model as table, status and calibrate show it.
 nlohmann::json model_to_json(const DeviceGroupSettings& device_group);
+// The model a device group learned while serving (qos/model_learner.h):
+// the same figures, without "calibrated".
+nlohmann::json learned_model_json(const qos::DeviceModel& learned);
+// Why the learned window moved since it started (qos/auto_window.h).
+nlohmann::json window_steps_json(const qos::WindowSteps& steps);
 
 }  // namespace ioband::control

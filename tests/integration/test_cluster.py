@@ -315,13 +315,20 @@ def main():
         else:
             print("# partition: not run (loopback mode has no link to cut)", flush=True)
 
-        # An etcd member lost: no effect.
+        # An etcd member lost: the nodes stay live and see each other. A node
+        # whose keep-alive went to the lost member moves to another one; on a
+        # loaded machine (etcd's heartbeats late by tens of ms) its lease may
+        # lapse meanwhile and the others miss it until it has registered
+        # again, so each gets one lease to show all three.
         etcd.kill(etcd.names[0])
-        time.sleep(1.5)
+        lost = time.monotonic()
         for node in nodes.values():
-            state = node.status_cluster()
-            assert state["connected"] and state["mode"] == "live", state
-            assert len(state["nodes"]) == 3, state
+            def all_live(node=node):
+                state = node.status_cluster()
+                ok = state["connected"] and state["mode"] == "live" and len(state["nodes"]) == 3
+                return state if ok else None
+            wait_for(f"{node.node} to stay live with 3 nodes after an etcd member was lost", all_live, LEASE)
+        print(f"# an etcd member lost: all nodes live with 3 nodes after {time.monotonic() - lost:.1f} s", flush=True)
 
         # Node c dies: a and b take its share within 2 x the lease.
         killed = time.monotonic()

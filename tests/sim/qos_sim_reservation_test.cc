@@ -165,6 +165,34 @@ TEST_P(ReservationStalling, MetWhileTheClientsAreOffTheCpuNowAndThen) {
 INSTANTIATE_TEST_SUITE_P(Storage, ReservationStalling, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "elastic" : "knee"; });
 
+// The same clients off the CPU 2 ms in every 5, on the elastic storage
+// with a fifth of its own capacity reserved (19,000 IOPS): a writer whose
+// requests all came back while it was away is waited for a moment by the
+// other (fair_policy.h, "Busy groups"), also while the reserved reader,
+// weight 1, has requests ready. Before, a ready reserved group turned that
+// wait off: the light writer got 38.1 % of the writers' IOPS, as if the
+// heavy one's time away were lost for good (the two writers alone: 25.1 %).
+// Now 32.1 %; the target (25 +- 3) is not met yet (docs/reservations.md).
+TEST(ReservationSim, AWriterBackFromOffTheCpuIsWaitedForBesideAReservedReader) {
+  Scenario s;
+  s.name = "reservation, stalling clients, elastic, 20 % of its capacity";
+  s.storage = vm_disk_elastic();
+  three_clients(s, 32);
+  for (ClientSpec& c : s.clients) {
+    c.stall_every = 5 * kMilli;
+    c.stall_length = 2 * kMilli;
+  }
+  const auto iops = static_cast<std::uint64_t>(0.2 * s.storage.costs.read_rand_iops);
+  s.actions.push_back(calibrate_and_reserve(s.storage.costs, iops));
+  s.duration = 20 * kSecond;
+  const Result result = simulate(s);
+  const std::vector<double> rates = windows(result, 2 * kSecond, 20 * kSecond);
+  const double light = light_share(result, 2 * kSecond, 20 * kSecond);
+  report("20 % of elastic, stalling", rates, static_cast<double>(iops), light);
+  EXPECT_GE(met_fraction(rates, static_cast<double>(iops)), 0.98);
+  EXPECT_LT(light, 35);
+}
+
 TEST(ReservationSim, HoldsWhileOutsideLoadHalvesTheStorageAndRecovers) {
   // 20 % of the full capacity is 40 % of the halved one: nothing to scale,
   // the group keeps its IOPS while the writers lose half of theirs.

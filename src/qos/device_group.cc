@@ -962,10 +962,13 @@ struct DeviceGroup::Impl {
       // weight of 1 kept the order wait off for two writers at 1:3 beside
       // it, and a writer off the CPU a moment lost its part for good
       // (docs/reservations.md, "The writers' split, looked into").
-      const bool alone_by_weight =
-          alone || (top.size() == 1 && group_timers.empty() &&
-                    device->ready.size() - 1 == device->reserved.size() - (reserved(*group) ? 1 : 0));
-      const bool waits_for_busy = alone_by_weight && !by_reservation && !busy_behind.empty() && behind(*group, request);
+      // (Asked only with a busy group behind and a reserved group ready: a
+      // dispatch reads no more than before otherwise.)
+      const bool waits_for_busy =
+          !by_reservation && !busy_behind.empty() &&
+          (alone || (!device->reserved.empty() && top.size() == 1 && group_timers.empty() &&
+                     device->ready.size() - 1 == device->reserved.size() - (reserved(*group) ? 1 : 0))) &&
+          behind(*group, request);
       if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now, waits_for_busy);
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));

@@ -956,14 +956,14 @@ struct DeviceGroup::Impl {
       // the storage waits a moment for the others' next (admission.h); one
       // a reservation releases does not.
       //
-      // The order wait's `alone` leaves out ready groups with a reservation:
-      // what they are due comes from it, and by weight they come after
-      // `group` (the best one). Counted, a reader with a reservation and a
-      // weight of 1 kept the order wait off for two writers at 1:3 beside
-      // it, and a writer off the CPU a moment lost its part for good
-      // (docs/reservations.md, "The writers' split, looked into").
-      // (Asked only with a busy group behind and a reserved group ready: a
-      // dispatch reads no more than before otherwise.)
+      // For this wait, ready groups with a reservation beside `group` do not
+      // count against `alone`: what they are due comes from the reservation.
+      // Counted, a reader with a reservation and a weight of 1 kept the wait
+      // off for two writers at 1:3 beside it, and a writer off the CPU a
+      // moment lost its part for good (docs/reservations.md, "The writers'
+      // split, looked into"). The second test is reached only with a busy
+      // group behind and a reserved group ready, so other dispatches read
+      // nothing more.
       const bool waits_for_busy =
           !by_reservation && !busy_behind.empty() &&
           (alone || (!device->reserved.empty() && top.size() == 1 && group_timers.empty() &&

@@ -43,7 +43,8 @@
 // down to V minus the cost of kBusyLag x its depth (busy_peak) requests like
 // the one it sends (from_busy; not under a device's or tenant's limit,
 // where the tokens kept for returns do it). And while such a group B lags the only group
-// ready, A (groups with a reservation, ready beside it, do not count), the
+// ready, A (or one that would go twice before any other ready group: a
+// much lighter one beside it does not count), the
 // ready one waits for it (up to the order wait) as if B had a
 // request queued -- if B's client was away lately: half of its depth or
 // more outside (neither queued nor in flight) at a completion within the

@@ -41,18 +41,10 @@
 //            within +-100 ms; at least a quarter of r' * epoch)
 //   x        served / want
 //   x < 1 and its tag more than 10 ms behind now (served in order, the
-//            tag stays within a request of now: nothing to do then), and
-//            it stayed backlogged: at none of its completions in the
-//            epoch did it have nothing queued and under two in flight
+//            tag stays within a request of now: nothing to do then)
 //            cap := max(1, c * max(1/2, x))       (c: the cap, or the others' peak)
 //   else     cap := max(cap + 1, cap * min(5/4, x))   (reservation only)
-// in proportion to the miss: a fixed step overshot both ways. A group whose
-// client was away part of the epoch (off the CPU on a busy machine: it sent
-// nothing, then a burst) lags for its own reasons; capped for it, the others
-// stayed held for the next whole epoch while it took the window, dispatched
-// by weight past its reservation (clients away 10 ms in every 50: the light
-// of two writers at 1:3 beside a reader reserving a fifth of the storage got
-// 34.8 % of the writers' time, now 26.9 %; docs/reservations.md).
+// in proportion to the miss: a fixed step overshot both ways.
 //
 // Unlike io.latency, which throttles every group of a lower priority to
 // queue depth 1 and back, the cap moves in steps and stops where the target
@@ -212,9 +204,6 @@ class LatencyTargets {
       const std::uint32_t others = in_flight - t.node.in_flight() + (own ? 0 : 1);
       t.others_peak = std::max(t.others_peak, others);
       if (own && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
-      // Its client asked for less for a moment: nothing queued and under
-      // two in flight once this one is back.
-      if (own && t.node.queued() == 0 && t.node.in_flight() < 2) t.asked_less = true;
       const Nanos age = now - t.epoch_start;
       const bool enough = t.samples.size() >= kMinSamples || t.status.target_ns == 0;
       if ((age >= kEpoch && enough) || t.samples.size() >= kMaxSamples || age >= kIdleEpoch) {
@@ -243,7 +232,6 @@ class LatencyTargets {
     std::vector<Nanos> samples;
     std::uint32_t others_peak = 0;
     double served_start = 0;  // the reservation's total_ns when the epoch began
-    bool asked_less = false;  // in this epoch: see completed()
   };
 
   bool passes(const Group& group) const noexcept {
@@ -301,7 +289,7 @@ class LatencyTargets {
         const Nanos lag = std::clamp<Nanos>(now - r.tag, -GroupReservation::kCatchUp, GroupReservation::kCatchUp);
         const double want = std::max(0.25 * due, due + 0.5 * r.rate_ns * static_cast<double>(lag) / 1e9);
         ratio = want > 0 ? (r.total_ns - t.served_start) / want : 1;
-        behind = ratio < 1 && lag > kBehind && !t.asked_less;
+        behind = ratio < 1 && lag > kBehind;
       }
       if (target == 0) missed = room = false;  // the step below decides alone
       room = room && !behind;
@@ -329,7 +317,6 @@ class LatencyTargets {
       if (s.cap > ceiling) s.cap = 0;
     }
     if (t.reservation != nullptr) t.served_start = t.reservation->total_ns;
-    t.asked_less = false;
     t.samples.clear();
     t.others_peak = 0;
     t.epoch_start = now;

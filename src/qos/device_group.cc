@@ -964,8 +964,9 @@ struct DeviceGroup::Impl {
       // no longer loses its part for good (light writer 32.1 % -> 27.1 % of
       // the writers, docs/reservations.md "The writers' split, looked
       // into"). Groups close in the order still do: all of them held for one
-      // that was away cost 40/20/10 at 16 deep a tenth of its rate
-      // (docs/weights.md). Read only with a busy group behind.
+      // that was away cost 40/20/10 at 16 deep a tenth of its rate (the
+      // same page, "A much lighter group ready beside the writers"). Read
+      // only with a busy group behind.
       const bool waits_for_busy = !by_reservation && !busy_behind.empty() &&
                                   (alone || ahead_of_others(*group, request)) &&
           behind(*group, request);

@@ -22,6 +22,16 @@
 //                  waits are not counted against the window. Only
 //                  with io_limit auto: dm-ioband's fixed window keeps
 //                  dm-ioband's behaviour
+//   places         no group may hold more of the storage's places per unit
+//                  of weight than a busy deep group holds with all it has
+//                  outstanding (over_places): a deep client whose depth is
+//                  below its share of the window keeps its share anyway,
+//                  the others wait for a completion instead of taking its
+//                  part (40/20/10 at 16 deep on elastic storage gave
+//                  40/40/20). A group a few deep now (its demand limits
+//                  it), requests of unlike size, and tenants (their weights
+//                  are in the tree's units) are left to the order. Only
+//                  with io_limit auto
 //   anticipation   a heavier shallow group holds lighter deep ones
 //                  (anticipation.h); a held group is parked like one held by
 //                  a limit and asks again at the anticipated group's next
@@ -34,6 +44,8 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
+#include <cstdlib>
 #include <cstdint>
 #include <vector>
 
@@ -65,6 +77,34 @@ class Admission {
     window_.reset(floor(), io_limit, now, model.depth, calibrated ? model.depth : 0);
   }
   std::uint32_t window() const noexcept { return auto_ ? window_.window(floor(), io_limit) : io_limit; }
+  // Would one more request in flight give `group`, whose head is `head`,
+  // more of the storage's places per unit of weight than a busy deep group
+  // holds with all it has outstanding (in flight and queued)? Then it waits
+  // for a completion or an arrival (places_held). See "places" above.
+  bool over_places(const Group& group, const Request& head) const noexcept {
+    if (!auto_ || busy_deep_groups_ < 2 || busy_deep_groups_ > kPlacesGroups || group.in_flight == 0) return false;
+    const int size = std::bit_width(head.bytes);
+    for (const Group* other : busy_deep_) {
+      if (other == &group || other->device->tree.tenant != nullptr) continue;
+      // Requests of unlike sizes hold unlike parts of a place (the order
+      // weighs them by their cost instead).
+      if (std::abs(size_bits_[other->slot] - size) > 1) continue;
+      const std::uint64_t outstanding = std::uint64_t{other->in_flight} + other->queue_length;
+      if (outstanding <= Anticipation::kLowDepth) continue;  // a few now: its demand, not its depth, limits it
+      // (n + 1) / w > outstanding / w_other, multiplied out.
+      if ((std::uint64_t{group.in_flight} + 1) * other->weight > outstanding * group.weight) return true;
+    }
+    return false;
+  }
+  // The groups over_places parked: they ask again at the next completion,
+  // or when a group's outstanding grows (the caller empties the list).
+  std::vector<Group*>& places_held() noexcept { return places_held_; }
+  const std::vector<Group*>& places_held() const noexcept { return places_held_; }
+  // Longest a group waits for places without a completion or an arrival.
+  static constexpr Nanos kPlacesRecheck = 5'000'000;
+  // Beyond this many busy deep groups the places are not compared (each
+  // has about one place of the window at most, and the scan would cost).
+  static constexpr std::uint32_t kPlacesGroups = 16;
   const WindowSteps& window_steps() const noexcept { return window_.steps(); }
 
   // ---- hot path ----
@@ -89,6 +129,8 @@ class Admission {
   // `request` of `group` goes now, with `in_flight` in flight before it;
   // `orderless`: see AutoWindow::dispatched.
   void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless) noexcept {
+    if (group.slot >= size_bits_.size()) size_bits_.resize(std::size_t{group.slot} + 1, 0);
+    size_bits_[group.slot] = static_cast<std::int8_t>(std::bit_width(request.bytes));
     if (auto_) window_.dispatched(orderless);
     anticipation_.dispatching(group, request, in_flight);
     if (deep(group.busy_peak)) {
@@ -196,6 +238,8 @@ class Admission {
   void forget(Group* group) noexcept {
     stop_lingering(*group);
     anticipation_.forget(group);
+    unlist(*group);
+    std::erase(places_held_, group);
     std::erase(held_, group);
   }
 
@@ -224,6 +268,9 @@ class Admission {
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
+    if (busy_deep_index_.size() <= group.slot) busy_deep_index_.resize(std::size_t{group.slot} + 1, kNoSlot);
+    busy_deep_index_[group.slot] = static_cast<std::uint32_t>(busy_deep_.size());
+    busy_deep_.push_back(&group);
   }
 
   // Lingering groups, O(1) per request at any number of groups and with no
@@ -254,6 +301,7 @@ class Admission {
     const auto claim = static_cast<std::uint32_t>(std::min<std::uint64_t>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
+    unlist(group);
     if (group.retired) return;
     if (group.linger != 0) end_lingering(group);
     const Nanos until = now + kLinger;
@@ -314,6 +362,22 @@ class Admission {
   static constexpr Nanos kNotWaiting = INT64_MIN;
   Nanos order_wait_since_ = kNotWaiting;   // since when order_holds() holds a request back
 
+  // The busy deep groups (over_places), and each one's place in that list by slot.
+  std::vector<const Group*> busy_deep_;
+  std::vector<std::uint32_t> busy_deep_index_;
+  std::vector<std::int8_t> size_bits_;  // by slot: bit width of the size of its last request dispatched
+  std::vector<Group*> places_held_;
+  bool listed(const Group& group) const noexcept {
+    return group.slot < busy_deep_index_.size() && busy_deep_index_[group.slot] != kNoSlot;
+  }
+  void unlist(const Group& group) noexcept {
+    if (!listed(group)) return;
+    const std::uint32_t at = busy_deep_index_[group.slot];
+    busy_deep_[at] = busy_deep_.back();
+    busy_deep_index_[busy_deep_[at]->slot] = at;
+    busy_deep_.pop_back();
+    busy_deep_index_[group.slot] = kNoSlot;
+  }
   std::uint32_t busy_deep_groups_ = 0;     // groups with requests in flight that are deep
   std::uint64_t busy_deep_weight_ = 0;     // their weights
   std::uint64_t busy_deep_in_flight_ = 0;  // their requests in flight

@@ -970,6 +970,15 @@ struct DeviceGroup::Impl {
       const bool waits_for_busy = !by_reservation && !busy_behind.empty() &&
                                   (alone || ahead_of_others(*group, request)) &&
           behind(*group, request);
+      // A group past its weight's part of a depth-limited group's places
+      // waits for a completion or an arrival (admission.h, "places"). Not
+      // beside reservations: they give places outside the weights.
+      if (!(hooks & kHookReserve) && tracks_busy() && group->device->tree.tenant == nullptr &&
+          admission.over_places(*group, request)) {
+        park_group(*group, std::min(now + detail::Admission::kPlacesRecheck, reservation_due(*group, now)));
+        admission.places_held().push_back(group);
+        continue;
+      }
       if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now, waits_for_busy);
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
@@ -1265,6 +1274,20 @@ struct DeviceGroup::Impl {
       if (device.parked() && device.held_for_returns) device_timers.erase(&device);
     }
     if (group->queue_length == 1) make_ready(*group, true, between_cost);
+    if (group->busy_peak > peak || group->queue_length == 1) release_places_held();
+  }
+  // The groups over_places parked ask again: a completion freed a place, or
+  // a group's outstanding grew (admission.h, "places").
+  void release_places_held() noexcept {
+    std::vector<Group*>& held = admission.places_held();
+    if (held.empty()) return;
+    for (Group* g : held) {
+      if (g->parked()) {
+        group_timers.erase(g);
+        make_ready(*g, false);
+      }
+    }
+    held.clear();
   }
 
   // The group that queues a request of (device, group id): the attached
@@ -1404,6 +1427,7 @@ struct DeviceGroup::Impl {
       }
     }
     release.clear();
+    release_places_held();
     // ---- hook: latency targets (latency_target.h) ----
     if (hooks & kHookLatency) {
       const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;

@@ -31,7 +31,8 @@
 //                  40/40/20). A group a few deep now (its demand limits
 //                  it), requests of unlike size, and tenants (their weights
 //                  are in the tree's units) are left to the order. Only
-//                  with io_limit auto
+//                  under fair with io_limit auto, and not in a device group
+//                  with reservations (they give places outside the weights)
 //   anticipation   a heavier shallow group holds lighter deep ones
 //                  (anticipation.h); a held group is parked like one held by
 //                  a limit and asks again at the anticipated group's next

@@ -24,11 +24,12 @@
 //                  dm-ioband's behaviour
 //   places         no group may hold more of the storage's places per unit
 //                  of weight than a busy deep group holds with all it has
-//                  outstanding (over_places): a deep client whose depth is
-//                  below its share of the window keeps its share anyway,
-//                  the others wait for a completion instead of taking its
-//                  part (40/20/10 at 16 deep on elastic storage gave
-//                  40/40/20). A group a few deep now (its demand limits
+//                  outstanding, or a lingering one claims (over_places): a
+//                  deep client whose depth is below its share of the window,
+//                  or whose requests are all back at it a moment, keeps its
+//                  share anyway; the others wait for a completion instead
+//                  of taking its part (40/20/10 at 16 deep on elastic
+//                  storage gave 40/40/20). A group a few deep now (its demand limits
 //                  it), requests of unlike size, and tenants (their weights
 //                  are in the tree's units) are left to the order. Only
 //                  under fair with io_limit auto, and not in a device group
@@ -82,8 +83,9 @@ class Admission {
   // more of the storage's places per unit of weight than a busy deep group
   // holds with all it has outstanding (in flight and queued)? Then it waits
   // for a completion or an arrival (places_held). See "places" above.
-  bool over_places(const Group& group, const Request& head) const noexcept {
-    if (!auto_ || busy_deep_groups_ < 2 || busy_deep_groups_ > kPlacesGroups || group.in_flight == 0) return false;
+  bool over_places(const Group& group, const Request& head, Nanos now) noexcept {
+    if (linger_head_ != kNoSlot) expire_lingering(now);
+    if (!auto_ || busy_deep_groups_ + linger_groups_ < 2 || busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.in_flight == 0) return false;
     const int size = std::bit_width(head.bytes);
     for (const Group* other : busy_deep_) {
       if (other == &group || other->device->tree.tenant != nullptr) continue;
@@ -95,13 +97,27 @@ class Admission {
       // (n + 1) / w > outstanding / w_other, multiplied out.
       if ((std::uint64_t{group.in_flight} + 1) * other->weight > outstanding * group.weight) return true;
     }
+    // A lingering group (its requests all came back a moment ago: its
+    // client is off the CPU) holds its claim (start_lingering).
+    for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) {
+      const Group& other = at(slot);
+      if (&other == &group || other.device->tree.tenant != nullptr) continue;
+      if (other.slot >= size_bits_.size() || std::abs(size_bits_[other.slot] - size) > 1) continue;
+      const std::uint64_t claim = claim_of(other);
+      if (claim <= Anticipation::kLowDepth) continue;
+      if ((std::uint64_t{group.in_flight} + 1) * other.weight > claim * group.weight) return true;
+    }
     return false;
   }
   // The groups over_places parked: they ask again at the next completion,
   // or when a group's outstanding grows (the caller empties the list).
   std::vector<Group*>& places_held() noexcept { return places_held_; }
   const std::vector<Group*>& places_held() const noexcept { return places_held_; }
-  // Longest a group waits for places without a completion or an arrival.
+  // Longest a group waits for places without a completion or an arrival:
+  // kPlacesRecheck, or until the first lingering group's claim ends.
+  Nanos places_recheck(Nanos now) const noexcept {
+    return linger_head_ == kNoSlot ? now + kPlacesRecheck : std::min(now + kPlacesRecheck, linger_head_until_);
+  }
   static constexpr Nanos kPlacesRecheck = 5'000'000;
   // Beyond this many busy deep groups the places are not compared (each
   // has about one place of the window at most, and the scan would cost).

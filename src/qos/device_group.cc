@@ -974,8 +974,8 @@ struct DeviceGroup::Impl {
       // waits for a completion or an arrival (admission.h, "places"). Not
       // beside reservations: they give places outside the weights.
       if (!(hooks & kHookReserve) && tracks_busy() && group->device->tree.tenant == nullptr &&
-          admission.over_places(*group, request)) {
-        park_group(*group, std::min(now + detail::Admission::kPlacesRecheck, reservation_due(*group, now)));
+          admission.over_places(*group, request, now)) {
+        park_group(*group, std::min(admission.places_recheck(now), reservation_due(*group, now)));
         admission.places_held().push_back(group);
         continue;
       }

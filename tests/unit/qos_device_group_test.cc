@@ -235,14 +235,13 @@ TEST(DeviceGroupOrder, ADeepGroupWhoseRequestsAllCameBackKeepsItsPlacesForAMomen
 
   for (Request* r : sent.heavy) g.complete(r, kStart + microseconds(100));
   EXPECT_TRUE(drain(g, kStart + microseconds(200)).empty()) << "the heavy group's places went at once";
-  // Until then the light group waited for places (admission.h), so the
-  // order's wait starts when it asks again (200 us): past it one request
-  // goes, and the next waits again.
-  EXPECT_TRUE(drain(g, kStart + microseconds(600)).empty());
-  EXPECT_EQ(drain(g, kStart + microseconds(700)).size(), 1u);
-  EXPECT_TRUE(drain(g, kStart + microseconds(800)).empty());
+  // While it lingers its claim (its 16) counts as places it holds
+  // (admission.h, "places"): the light group keeps to its 8, past the
+  // order's wait too.
+  EXPECT_TRUE(drain(g, kStart + microseconds(700)).empty());
+  EXPECT_TRUE(drain(g, kStart + milliseconds(3)).empty());
   // After the lingering, the light group has the storage to itself.
-  EXPECT_EQ(drain(g, kStart + milliseconds(6)).size(), 21u);
+  EXPECT_EQ(drain(g, kStart + milliseconds(6)).size(), 22u);
 }
 
 // The places (admission.h): device 0's group at weight 40 is 16 deep, all
@@ -341,12 +340,13 @@ TEST(DeviceGroupOrder, LingeringGroupsEndEachAtItsOwnTimeAndLeaveNothingBehind) 
     }
     if (round < 2) t0 += milliseconds(11);  // past every lingering of the round (the last ends at 5 + kLinger)
   }
-  // The light group alone, past kOrderDepth in flight: group 1 lingers
-  // until 5 ms + kLinger and holds it back (8 go, the next waits); then
-  // nothing is left to hold it.
+  // The light group alone: group 1 lingers until 5 ms + kLinger with its
+  // claim of 8 and holds it back to its weight's part of those places
+  // (admission.h, "places": 8 x 10 / 80, one); then nothing is left to
+  // hold it.
   for (int i = 0; i < 24; ++i) g.enqueue(pool.make(kHeavy, kDefaultGroup), t0 + milliseconds(9));
-  EXPECT_EQ(drain(g, t0 + milliseconds(9)).size(), 8u) << "a lingering ended before its time";
-  EXPECT_EQ(drain(g, t0 + milliseconds(10)).size(), 16u) << "a lingering claim outlived its group's lingering";
+  EXPECT_EQ(drain(g, t0 + milliseconds(9)).size(), 1u) << "a lingering ended before its time";
+  EXPECT_EQ(drain(g, t0 + milliseconds(10)).size(), 23u) << "a lingering claim outlived its group's lingering";
 }
 
 // fair_policy.h, "Busy groups": half of a deep heavy group's requests are

@@ -87,39 +87,36 @@ class Admission {
     if (linger_head_ != kNoSlot) expire_lingering(now);
     if (!auto_ || busy_deep_groups_ + linger_groups_ < 2 || busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.in_flight == 0) return false;
     const int size = std::bit_width(head.bytes);
-    for (const Group* other : busy_deep_) {
-      if (other == &group || other->device->tree.tenant != nullptr) continue;
+    // Would `other`, holding `held` places, bound `group`?
+    auto bounds = [&](const Group& other, std::uint64_t held) {
+      if (&other == &group || other.device->tree.tenant != nullptr) return false;
       // Requests of unlike sizes hold unlike parts of a place (the order
       // weighs them by their cost instead).
-      if (std::abs(size_bits_[other->slot] - size) > 1) continue;
-      const std::uint64_t outstanding = std::uint64_t{other->in_flight} + other->queue_length;
-      if (outstanding <= Anticipation::kLowDepth) continue;  // a few now: its demand, not its depth, limits it
-      // (n + 1) / w > outstanding / w_other, multiplied out.
-      if ((std::uint64_t{group.in_flight} + 1) * other->weight > outstanding * group.weight) return true;
+      if (std::abs(size_bits_[other.slot] - size) > 1) return false;
+      if (held <= Anticipation::kLowDepth) return false;  // a few now: its demand, not its depth, limits it
+      // (n + 1) / w > held / w_other, multiplied out.
+      return (std::uint64_t{group.in_flight} + 1) * other.weight > held * group.weight;
+    };
+    for (const Group* other : busy_deep_) {
+      if (bounds(*other, std::uint64_t{other->in_flight} + other->queue_length)) return true;
     }
     // A lingering group (its requests all came back a moment ago: its
     // client is off the CPU) holds its claim (start_lingering).
     for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) {
-      const Group& other = at(slot);
-      if (&other == &group || other.device->tree.tenant != nullptr) continue;
-      if (other.slot >= size_bits_.size() || std::abs(size_bits_[other.slot] - size) > 1) continue;
-      const std::uint64_t claim = claim_of(other);
-      if (claim <= Anticipation::kLowDepth) continue;
-      if ((std::uint64_t{group.in_flight} + 1) * other.weight > claim * group.weight) return true;
+      if (bounds(at(slot), claim_of(at(slot)))) return true;
     }
     return false;
   }
   // The groups over_places parked: they ask again at the next completion,
   // or when a group's outstanding grows (the caller empties the list).
   std::vector<Group*>& places_held() noexcept { return places_held_; }
-  const std::vector<Group*>& places_held() const noexcept { return places_held_; }
   // Longest a group waits for places without a completion or an arrival:
   // kPlacesRecheck, or until the first lingering group's claim ends.
   Nanos places_recheck(Nanos now) const noexcept {
     return linger_head_ == kNoSlot ? now + kPlacesRecheck : std::min(now + kPlacesRecheck, linger_head_until_);
   }
   static constexpr Nanos kPlacesRecheck = 5'000'000;
-  // Beyond this many busy deep groups the places are not compared (each
+  // Beyond this many busy deep and lingering groups the places are not compared (each
   // has about one place of the window at most, and the scan would cost).
   static constexpr std::uint32_t kPlacesGroups = 16;
   const WindowSteps& window_steps() const noexcept { return window_.steps(); }

@@ -1278,9 +1278,10 @@ struct DeviceGroup::Impl {
   }
   // The groups over_places parked ask again: a completion freed a place, or
   // a group's outstanding grew (admission.h, "places").
-  void release_places_held() noexcept {
-    std::vector<Group*>& held = admission.places_held();
-    if (held.empty()) return;
+  void release_places_held() noexcept { ask_again(admission.places_held()); }
+  // Held groups ask again now (a limit that also holds one parks it again
+  // in next()); the list is emptied.
+  void ask_again(std::vector<Group*>& held) noexcept {
     for (Group* g : held) {
       if (g->parked()) {
         group_timers.erase(g);
@@ -1420,25 +1421,13 @@ struct DeviceGroup::Impl {
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
-    for (Group* held : release) {
-      if (held->parked()) {
-        group_timers.erase(held);
-        make_ready(*held, false);
-      }
-    }
-    release.clear();
+    ask_again(release);
     release_places_held();
     // ---- hook: latency targets (latency_target.h) ----
     if (hooks & kHookLatency) {
       const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;
       std::vector<Group*>& again = latency.completed(group, latency_ns, in_flight, admission.io_limit, last_now);
-      for (Group* held : again) {
-        if (held->parked()) {
-          group_timers.erase(held);
-          make_ready(*held, false);
-        }
-      }
-      again.clear();
+      ask_again(again);
     }
     if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {

@@ -283,9 +283,13 @@ struct DeviceGroup::Impl {
       const std::int64_t before = group.vtime;
       // (Only fair keeps a busy group's lag: for the others from_busy is
       // from_idle. Under a device's or tenant's limit the tokens kept for
-      // returns and from_between do that part.)
-      if (order == Order::fair && detail::Admission::deep(group.busy_peak) &&
-          (group.in_flight > 0 || admission.lingering(group)) && !under_shared_limit(*group.device)) {
+      // returns and from_between do that part.) A lingering group, all its
+      // requests back at its client, comes back from idle: its busy_peak
+      // restarted at its last completion. Its claim counts for the places
+      // only (admission.h); keeping its lag as well was tried and not kept
+      // (docs/weights.md, "A lingering group back from busy").
+      if (order == Order::fair && detail::Admission::deep(group.busy_peak) && group.in_flight > 0 &&
+          !under_shared_limit(*group.device)) {
         returned_busy(group);  // still busy (fair_policy.h, "Busy groups"): its start stays
       } else {
         with_order([&](auto& p) { p.from_idle(group, last_now); });

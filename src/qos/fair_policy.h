@@ -39,7 +39,9 @@
 //
 // Busy groups (the order wait, admission.h). A deep group whose queue ran
 // empty because all its requests are in the storage or on their way back
-// from its client is not idle: when it sends again it keeps the lag it had,
+// from its client is not idle while one is still in the storage (with none
+// there it comes back from idle: make_ready, device_group.cc): when it
+// sends again it keeps the lag it had,
 // down to V minus the cost of kBusyLag x its depth (busy_peak) requests like
 // the one it sends (from_busy; not under a device's or tenant's limit,
 // where the tokens kept for returns do it). And while such a group B lags the only group

@@ -285,9 +285,10 @@ struct DeviceGroup::Impl {
       // from_idle. Under a device's or tenant's limit the tokens kept for
       // returns and from_between do that part.) A lingering group, all its
       // requests back at its client, comes back from idle: its busy_peak
-      // restarted at its last completion. Its claim counts for the places
-      // only (admission.h); keeping its lag as well was tried and not kept
-      // (docs/weights.md, "A lingering group back from busy").
+      // restarted at its last completion. Its claim still counts for the
+      // places and the order's wait (admission.h), not for its lag: keeping
+      // its lag as well was tried and not kept (docs/weights.md, "A
+      // lingering group back from busy").
       if (order == Order::fair && detail::Admission::deep(group.busy_peak) && group.in_flight > 0 &&
           !under_shared_limit(*group.device)) {
         returned_busy(group);  // still busy (fair_policy.h, "Busy groups"): its start stays

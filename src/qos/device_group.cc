@@ -988,7 +988,7 @@ struct DeviceGroup::Impl {
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
       }
-      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone), now);
+      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
       dispatch(*group, request, now, rule, by_reservation, by_node);
       prefetch_next();
       return Decision::dispatch(&request, reported);

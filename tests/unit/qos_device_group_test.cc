@@ -452,10 +452,10 @@ BurstyRun heavy_and_deep_light(microseconds service, microseconds away, microsec
 
 // A client that sends its 16 at once and sends again only when all 16 are
 // back (fio on a CPU it shares) holds 16 places half of the time and none
-// the other half: 8 on average. Its weight's part of that is what the
-// light group may hold (admission.h, "places", a group held at its depth),
-// not its part of the 16 it holds at its peaks (4 beside the heavy one's 8
-// on average: 33 % of the storage instead of 20 %).
+// the other half. The light group may have its weight's part of what that
+// group is served (admission.h, "places", a group held at its depth), not
+// its part of the 16 it holds at its peaks (4 places always beside the
+// heavy one's 8 on average: 33 % of the storage instead of 20 %).
 TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupHoldsOnAverage) {
   const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(200));
   const double light = 100.0 * run.light / (run.heavy + run.light);
@@ -465,9 +465,9 @@ TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupHoldsOnAverag
 
 // A client that sends at its own pace (open loop: 4 outstanding on average,
 // now and then 8 or more) is not held at a depth: the light group is not
-// held to its part of that average (1 place, a quarter of the heavy
-// group's rate), only to its part of what the heavy one holds at the
-// moment while that is more than a few (about 0.9 of its rate here).
+// held to its part of its service (a quarter of the heavy group's rate),
+// only to its part of what the heavy one holds at the moment while that is
+// more than a few (about 0.9 of its rate here).
 TEST(DeviceGroupOrder, AGroupSendingAtItsOwnPaceIsNotHeldToItsAverage) {
   const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(0), microseconds(50));
   EXPECT_GT(run.light, run.heavy / 2) << run.heavy << " heavy, " << run.light << " light";

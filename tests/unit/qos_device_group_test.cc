@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <memory>
@@ -399,6 +400,77 @@ TEST(DeviceGroupOrder, ALightGroupWaitsForADeepGroupWhoseClientIsAway) {
   t += std::chrono::nanoseconds(detail::kRecentlyAway) + milliseconds(1);
   for (Request* r : out) g.complete(r, t);
   EXPECT_EQ(drain(g, t).size(), 8u);
+}
+
+struct BurstyRun {
+  int heavy = 0, light = 0;  // completions after the first 100 ms
+};
+// Every request takes `service` in the storage. The heavy client at weight
+// 80 either sends its 16 at once and again `away` after the last came back
+// (`open_gap` 0), or sends one request at a time, `open_gap` apart on
+// average with exponential gaps, whatever comes back (open loop); the
+// light client at weight 20 keeps 16 outstanding.
+BurstyRun heavy_and_deep_light(microseconds service, microseconds away, microseconds open_gap = microseconds(0)) {
+  DeviceGroup g;
+  EXPECT_TRUE(g.add_device(0) && g.add_device(1));
+  EXPECT_TRUE(g.set_weight(0, kDefaultGroup, 80) && g.set_weight(1, kDefaultGroup, 20));
+  Pool pool;
+  std::multimap<TimePoint, Request*> done;  // completions to come
+  BurstyRun run;
+  int heavy_out = 0, light_out = 0;
+  std::uint64_t seed = 12345;
+  auto gap = [&] {  // exponential, mean open_gap
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    const double u = (static_cast<double>(seed >> 11) + 0.5) / 9007199254740992.0;
+    return std::chrono::duration_cast<TimePoint::duration>(-std::log(u) * open_gap);
+  };
+  TimePoint heavy_next = kStart;  // when the heavy client sends next
+  const TimePoint counted = kStart + milliseconds(100), end = kStart + milliseconds(300);
+  for (TimePoint t = kStart; t < end; t += microseconds(5)) {
+    while (!done.empty() && done.begin()->first <= t) {
+      Request* r = done.begin()->second;
+      done.erase(done.begin());
+      g.complete(r, t);
+      --(r->device == 0 ? heavy_out : light_out);
+      if (t >= counted) ++(r->device == 0 ? run.heavy : run.light);
+      if (r->device == 0 && heavy_out == 0 && open_gap.count() == 0) heavy_next = t + away;
+    }
+    if (open_gap.count() != 0) {
+      for (; heavy_next <= t; heavy_next += gap()) {
+        g.enqueue(pool.make(0, kDefaultGroup), t);
+        ++heavy_out;
+      }
+    } else if (heavy_out == 0 && heavy_next <= t) {
+      for (; heavy_out < 16; ++heavy_out) g.enqueue(pool.make(0, kDefaultGroup), t);
+      heavy_next = TimePoint::max();
+    }
+    for (; light_out < 16; ++light_out) g.enqueue(pool.make(1, kDefaultGroup), t);
+    for (Request* r : drain(g, t)) done.emplace(t + service, r);
+  }
+  return run;
+}
+
+// A client that sends its 16 at once and sends again only when all 16 are
+// back (fio on a CPU it shares) holds 16 places half of the time and none
+// the other half. The light group may have its weight's part of what that
+// group is served (admission.h, "places", a group held at its depth), not
+// its part of the 16 it holds at its peaks (4 places always beside the
+// heavy one's 8 on average: 33 % of the storage instead of 20 %).
+TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupHoldsOnAverage) {
+  const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(200));
+  const double light = 100.0 * run.light / (run.heavy + run.light);
+  EXPECT_GT(run.heavy, 7000) << "the heavy group was held up";
+  EXPECT_NEAR(light, 20.0, 3.0) << run.heavy << " heavy, " << run.light << " light";
+}
+
+// A client that sends at its own pace (open loop: 4 outstanding on average,
+// now and then 8 or more) is not held at a depth: the light group is not
+// held to its part of its service (a quarter of the heavy group's rate),
+// only to its part of what the heavy one holds at the moment while that is
+// more than a few (about 0.9 of its rate here).
+TEST(DeviceGroupOrder, AGroupSendingAtItsOwnPaceIsNotHeldToItsAverage) {
+  const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(0), microseconds(50));
+  EXPECT_GT(run.light, run.heavy / 2) << run.heavy << " heavy, " << run.light << " light";
 }
 
 // fair_policy.h, "Busy groups": the order wait compares what two groups

@@ -456,7 +456,7 @@ BurstyRun heavy_and_deep_light(microseconds service, microseconds away, microsec
 // group is served (admission.h, "places", a group held at its depth), not
 // its part of the 16 it holds at its peaks (4 places always beside the
 // heavy one's 8 on average: 33 % of the storage instead of 20 %).
-TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupHoldsOnAverage) {
+TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupIsServed) {
   const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(200));
   const double light = 100.0 * run.light / (run.heavy + run.light);
   EXPECT_GT(run.heavy, 7000) << "the heavy group was held up";
@@ -468,7 +468,7 @@ TEST(DeviceGroupOrder, ALightGroupGetsItsPartOfWhatABurstyDeepGroupHoldsOnAverag
 // held to its part of its service (a quarter of the heavy group's rate),
 // only to its part of what the heavy one holds at the moment while that is
 // more than a few (about 0.9 of its rate here).
-TEST(DeviceGroupOrder, AGroupSendingAtItsOwnPaceIsNotHeldToItsAverage) {
+TEST(DeviceGroupOrder, AGroupSendingAtItsOwnPaceIsNotHeldToItsService) {
   const BurstyRun run = heavy_and_deep_light(microseconds(200), microseconds(0), microseconds(50));
   EXPECT_GT(run.light, run.heavy / 2) << run.heavy << " heavy, " << run.light << " light";
 }

@@ -105,39 +105,28 @@ class Admission {
       // Requests of unlike sizes hold unlike parts of a place (the order
       // weighs them by their cost instead).
       if (std::abs(size_bits_[other.slot] - size) > 1) return false;
+      // A group held at its depth (at_depth) bounds by its service instead:
+      // `group` may hold its part of that depth at the most, and no more
+      // than its part of what that group was served (requests completed,
+      // over kAverageTau). Such a group holds its depth at times and nothing
+      // at others, and places held alike need not serve alike: its
+      // requests, sent together, took 175 us in the storage over unix
+      // sockets, the light group's, sent one by one behind them, 208-290 us.
+      if (const DepthTrack* t = tracked(other); t != nullptr && at_depth(*t)) {
+        return (std::uint64_t{group.in_flight} + 1) * other.weight > std::uint64_t{t->last_most} * group.weight ||
+               track_of(group).served.now(now) * other.weight > t->served.now(now) * group.weight;
+      }
       if (held <= Anticipation::kLowDepth) return false;  // a few now: its demand, not its depth, limits it
       // (n + 1) / w > held / w_other, multiplied out.
       return (std::uint64_t{group.in_flight} + 1) * other.weight > held * group.weight;
     };
-    // The same for a group held at its depth (at_depth, its track `t`):
-    // `group` may hold its part of that depth at the most, and no more than
-    // its part of what that group was served (requests completed, over
-    // kAverageTau). Such a group holds its depth at times and nothing at
-    // others, and places held alike need not serve alike: its requests,
-    // sent together, took 175 us in the storage over unix sockets, the
-    // light group's, sent one by one behind them, 208-290 us.
-    auto bounds_by_service = [&](const Group& other, const DepthTrack& t) {
-      if (&other == &group || other.device->tree.tenant != nullptr) return false;
-      if (std::abs(size_bits_[other.slot] - size) > 1) return false;
-      return (std::uint64_t{group.in_flight} + 1) * other.weight > std::uint64_t{t.last_most} * group.weight ||
-             track_of(group).served.now(now) * other.weight > t.served.now(now) * group.weight;
-    };
     for (const Group* other : busy_deep_) {
-      if (const DepthTrack* t = tracked(*other); t != nullptr && at_depth(*t)) {
-        if (bounds_by_service(*other, *t)) return true;
-      } else if (bounds(*other, std::uint64_t{other->in_flight} + other->queue_length)) {
-        return true;
-      }
+      if (bounds(*other, std::uint64_t{other->in_flight} + other->queue_length)) return true;
     }
     // A lingering group (its requests all came back a moment ago: its
     // client is off the CPU) holds its claim (start_lingering).
     for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) {
-      const Group& lingering = at(slot);
-      if (const DepthTrack* t = tracked(lingering); t != nullptr && at_depth(*t)) {
-        if (bounds_by_service(lingering, *t)) return true;
-      } else if (bounds(lingering, claim_of(lingering))) {
-        return true;
-      }
+      if (bounds(at(slot), claim_of(at(slot)))) return true;
     }
     return false;
   }

@@ -30,8 +30,11 @@
 //                  share anyway; the others wait for a completion instead
 //                  of taking its part (40/20/10 at 16 deep on elastic
 //                  storage gave 40/40/20). A group a few deep now (its demand limits
-//                  it), requests of unlike size, and tenants (their weights
-//                  are in the tree's units) are left to the order. A group
+//                  it) and requests of unlike size are left to the order.
+//                  Under tenants the weights compared are the effective
+//                  ones (tree.h, e(g)): 200/100 in tenant A beside 100 in B
+//                  and 200 outside gave 28/22/21/28 for 33/17/17/33 with
+//                  the tenants left to the order. A group
 //                  held at its depth and away from it much of the time -- a
 //                  client that comes back to the same most outstanding
 //                  again and again (kAtDepth times in a kBucket, the same
@@ -59,6 +62,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <cstdint>
 #include <vector>
@@ -74,6 +78,10 @@ class Admission {
  public:
   // The groups' pool: the lingering groups are linked by slot (see start_lingering).
   void bind(const GroupPool* pool) noexcept { pool_ = pool; }
+
+  // Whether the device group has tenants: the weights compared are then
+  // the effective ones (busy_deep_weight()).
+  void set_tenants(bool any) noexcept { tenants_ = any; }
 
   // ---- settings ----
   std::uint32_t io_throttle = kDefaultIoThrottle;
@@ -99,9 +107,12 @@ class Admission {
     if (linger_head_ != kNoSlot) expire_lingering(now);
     if (!auto_ || busy_deep_groups_ + linger_groups_ < 2 || busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.in_flight == 0) return false;
     const int size = std::bit_width(head.bytes);
+    // Weights in the root's units (group.h, weight_of): under tenants a
+    // group's part of the storage is its effective weight, not its own.
+    const double weight = weight_of(group);
     // Would `other`, holding `held` places, bound `group`?
     auto bounds = [&](const Group& other, std::uint64_t held) {
-      if (&other == &group || other.device->tree.tenant != nullptr) return false;
+      if (&other == &group) return false;
       // Requests of unlike sizes hold unlike parts of a place (the order
       // weighs them by their cost instead).
       if (std::abs(size_bits_[other.slot] - size) > 1) return false;
@@ -113,12 +124,13 @@ class Admission {
       // requests, sent together, took 175 us in the storage over unix
       // sockets, the light group's, sent one by one behind them, 208-290 us.
       if (const DepthTrack* t = tracked(other); t != nullptr && at_depth(*t)) {
-        return (std::uint64_t{group.in_flight} + 1) * other.weight > std::uint64_t{t->last_most} * group.weight ||
-               track_of(group).served.now(now) * other.weight > t->served.now(now) * group.weight;
+        const double other_weight = weight_of(other);
+        return static_cast<double>(group.in_flight + 1) * other_weight > static_cast<double>(t->last_most) * weight ||
+               track_of(group).served.now(now) * other_weight > t->served.now(now) * weight;
       }
       if (held <= Anticipation::kLowDepth) return false;  // a few now: its demand, not its depth, limits it
       // (n + 1) / w > held / w_other, multiplied out.
-      return (std::uint64_t{group.in_flight} + 1) * other.weight > held * group.weight;
+      return static_cast<double>(group.in_flight + 1) * weight_of(other) > static_cast<double>(held) * weight;
     };
     for (const Group* other : busy_deep_) {
       if (bounds(*other, std::uint64_t{other->in_flight} + other->queue_length)) return true;
@@ -262,12 +274,13 @@ class Admission {
     const bool self = self_busy || self_lingers;
     const std::uint32_t groups = busy_deep_groups_ + (claims ? linger_groups_ : 0);
     if (groups <= (self ? 1u : 0u)) return false;
-    const std::uint64_t others_weight =
-        busy_deep_weight_ + (claims ? linger_weight_ : 0) - (self ? group.weight : 0);
+    const double weight = weight_of(group);
+    const double others_weight = busy_deep_weight() + (claims ? linger_weight() : 0) - (self ? weight : 0);
     const std::uint64_t others_in_flight = busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
                                            (self_busy ? group.in_flight : 0) - self_claim;
     // (n + 1) / w > (num / den) N / W, multiplied out.
-    return (std::uint64_t{group.in_flight} + 1) * others_weight * den > others_in_flight * group.weight * num;
+    return static_cast<double>((std::uint64_t{group.in_flight} + 1) * den) * others_weight >
+           static_cast<double>(others_in_flight * num) * weight;
   }
 
   // The weight of `group` changes from `before` (it may be busy and deep).
@@ -309,6 +322,23 @@ class Admission {
   Anticipation anticipation_;
   std::vector<Group*> held_;  // parked by the anticipation
   std::vector<Group*> none_;  // always empty
+  // The weights of the busy deep and of the lingering groups, in the root's
+  // units (group.h, weight_of): the running sums of their own weights, or,
+  // with tenants in the device group, the sum of their effective weights
+  // now (those move with the tree's active sums, so they are summed when
+  // asked: a walk over those groups, only under tenants).
+  double busy_deep_weight() const noexcept {
+    if (!tenants_) return static_cast<double>(busy_deep_weight_);
+    double sum = 0;
+    for (const Group* g : busy_deep_) sum += weight_of(*g);
+    return sum;
+  }
+  double linger_weight() const noexcept {
+    if (!tenants_) return static_cast<double>(linger_weight_);
+    double sum = 0;
+    for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) sum += weight_of(at(slot));
+    return sum;
+  }
   void become_busy_deep(const Group& group) noexcept {
     ++busy_deep_groups_;
     busy_deep_weight_ += group.weight;
@@ -341,8 +371,8 @@ class Admission {
     // Its claim: the places its weight gives it in the window among the
     // busy deep groups (itself included), or its depth if that is less
     // (at least 1: a window has a place, and busy_peak is deep).
-    const std::uint64_t part = (std::uint64_t{window()} * group.weight + busy_deep_weight_ - 1) / busy_deep_weight_;
-    const auto claim = static_cast<std::uint32_t>(std::min<std::uint64_t>(group.busy_peak, part));
+    const double part = std::ceil(window() * weight_of(group) / busy_deep_weight());
+    const auto claim = static_cast<std::uint32_t>(std::min<double>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;
     unlist(group);
@@ -500,7 +530,8 @@ class Admission {
     busy_deep_index_[group.slot] = kNoSlot;
   }
   std::uint32_t busy_deep_groups_ = 0;     // groups with requests in flight that are deep
-  std::uint64_t busy_deep_weight_ = 0;     // their weights
+  std::uint64_t busy_deep_weight_ = 0;     // their own weights
+  bool tenants_ = false;                   // the device group has tenants (busy_deep_weight())
   std::uint64_t busy_deep_in_flight_ = 0;  // their requests in flight
   std::uint32_t linger_groups_ = 0;        // lingering deep groups (start_lingering)
   std::uint64_t linger_weight_ = 0;        // their weights

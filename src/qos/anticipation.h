@@ -205,17 +205,6 @@ class Anticipation {
   }
   // In completions of the anticipated group: weight(G) / weight(C).
   double price(const Group& candidate) const noexcept { return weight_of(*group_) / weight_of(candidate); }
-  // Weights compared across the tree (tree.h): a group's effective weight,
-  // its share of the storage in the root's units; its own outside tenants.
-  // Inline for a group outside every tenant (every completion asks), the tree's arithmetic out of line.
-  [[gnu::always_inline]] static double weight_of(const Group& group) noexcept {
-    if (group.device->tree.tenant == nullptr) return group.weight;
-    return tree_weight_of(group);
-  }
-  [[gnu::noinline]] static double tree_weight_of(const Group& group) noexcept {
-    return effective_weight(group.weight, group.queue_length + group.in_flight != 0, group.device->tree);
-  }
-
   // Makes `group` the anticipated one unless a heavier (or as heavy) one
   // still is. Whether it is now.
   [[gnu::always_inline]] bool take(Group& group, Nanos now) noexcept {

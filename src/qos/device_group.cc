@@ -596,6 +596,7 @@ struct DeviceGroup::Impl {
   // device leaves top_reserved before its bit goes and enters it after.
   void refresh_hooks() noexcept {
     const std::uint8_t flags = configured_hooks();
+    admission.set_tenants((flags & kHookTree) != 0);  // the weights it compares: effective ones
     if (flags == hooks) return;
     hooks |= flags;
     for (auto& device : devices) {
@@ -978,8 +979,7 @@ struct DeviceGroup::Impl {
       // A group past its weight's part of a depth-limited group's places
       // waits for a completion or an arrival (admission.h, "places"). Not
       // beside reservations: they give places outside the weights.
-      if (!(hooks & kHookReserve) && tracks_busy() && group->device->tree.tenant == nullptr &&
-          admission.over_places(*group, request, now)) {
+      if (!(hooks & kHookReserve) && tracks_busy() && admission.over_places(*group, request, now)) {
         park_group(*group, std::min(admission.places_recheck(now), reservation_due(*group, now)));
         admission.places_held().push_back(group);
         continue;

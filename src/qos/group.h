@@ -191,6 +191,21 @@ struct Device {
   bool parked() const noexcept { return timer_index != kNotInHeap; }
 };
 
+// A group's weight compared across the tree (tree.h): its effective weight
+// e(g), its share of the storage in the root's units, as if it were active
+// (a group between two requests weighs what it will when it asks); its own
+// weight outside every tenant. The anticipation and the places compare
+// groups of different tenants by it.
+// Inline for a group outside every tenant (every completion asks), the
+// tree's arithmetic out of line.
+[[gnu::noinline]] inline double tree_weight_of(const Group& group) noexcept {
+  return effective_weight(group.weight, group.queue_length + group.in_flight != 0, group.device->tree);
+}
+[[gnu::always_inline]] inline double weight_of(const Group& group) noexcept {
+  if (group.device->tree.tenant == nullptr) return group.weight;
+  return tree_weight_of(group);
+}
+
 // A group's wide counters (see GroupCounters), kept beside the groups for
 // groups that folded, found by the group's slot
 // (DeviceGroup::Impl::wide_by_slot).

@@ -274,7 +274,7 @@ class Admission {
     const bool self = self_busy || self_lingers;
     const std::uint32_t groups = busy_deep_groups_ + (claims ? linger_groups_ : 0);
     if (groups <= (self ? 1u : 0u)) return false;
-    const double weight = weight_of(group);
+    const double weight = summed_weight(group);
     const double others_weight = busy_deep_weight() + (claims ? linger_weight() : 0) - (self ? weight : 0);
     const std::uint64_t others_in_flight = busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
                                            (self_busy ? group.in_flight : 0) - self_claim;
@@ -326,15 +326,22 @@ class Admission {
   // units (group.h, weight_of): the running sums of their own weights, or,
   // with tenants in the device group, the sum of their effective weights
   // now (those move with the tree's active sums, so they are summed when
-  // asked: a walk over those groups, only under tenants).
+  // asked: a walk over those groups, only under tenants and, as for the
+  // places, only up to kPlacesGroups of them; beyond, each holds about a
+  // place at most and the own weights' sums stand in). summed_weight() is
+  // a group's weight in the same units.
+  bool effective_sums() const noexcept { return tenants_ && busy_deep_groups_ + linger_groups_ <= kPlacesGroups; }
+  double summed_weight(const Group& group) const noexcept {
+    return effective_sums() ? weight_of(group) : static_cast<double>(group.weight);
+  }
   double busy_deep_weight() const noexcept {
-    if (!tenants_) return static_cast<double>(busy_deep_weight_);
+    if (!effective_sums()) return static_cast<double>(busy_deep_weight_);
     double sum = 0;
     for (const Group* g : busy_deep_) sum += weight_of(*g);
     return sum;
   }
   double linger_weight() const noexcept {
-    if (!tenants_) return static_cast<double>(linger_weight_);
+    if (!effective_sums()) return static_cast<double>(linger_weight_);
     double sum = 0;
     for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) sum += weight_of(at(slot));
     return sum;
@@ -371,7 +378,7 @@ class Admission {
     // Its claim: the places its weight gives it in the window among the
     // busy deep groups (itself included), or its depth if that is less
     // (at least 1: a window has a place, and busy_peak is deep).
-    const double part = std::ceil(window() * weight_of(group) / busy_deep_weight());
+    const double part = std::ceil(window() * summed_weight(group) / busy_deep_weight());
     const auto claim = static_cast<std::uint32_t>(std::min<double>(group.busy_peak, part));
     --busy_deep_groups_;
     busy_deep_weight_ -= group.weight;

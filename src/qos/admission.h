@@ -32,9 +32,10 @@
 //                  storage gave 40/40/20). A group a few deep now (its demand limits
 //                  it) and requests of unlike size are left to the order.
 //                  Under tenants the weights compared are the effective
-//                  ones (tree.h, e(g)): 200/100 in tenant A beside 100 in B
-//                  and 200 outside gave 28/22/21/28 for 33/17/17/33 with
-//                  the tenants left to the order. A group
+//                  ones (tree.h, e(g)): tenants A (300: devices at 200 and
+//                  100) and B (100) beside a device outside at 200 split
+//                  28/22/21/28 for 33/17/17/33 with the tenants left to
+//                  the order (bench/tree, docs/hierarchy.md). A group
 //                  held at its depth and away from it much of the time -- a
 //                  client that comes back to the same most outstanding
 //                  again and again (kAtDepth times in a kBucket, the same

@@ -203,7 +203,7 @@ class FairOrder : public OrderPolicy {
   }
   // Its tag's step for a request costing `cost`, counted as active (tree.h).
   static std::int64_t between_step(const Group& group, Cost cost) noexcept {
-    const double e = effective_weight(group.weight, group.queue_length != 0 || group.in_flight != 0, group.device->tree);
+    const double e = weight_of(group);  // group.h: e(g), counted as active
     return std::max<std::int64_t>(1, static_cast<std::int64_t>(static_cast<double>(cost << kVtimeShift) / e));
   }
 

@@ -30,7 +30,13 @@
 //                  share anyway; the others wait for a completion instead
 //                  of taking its part (40/20/10 at 16 deep on elastic
 //                  storage gave 40/40/20). A group a few deep now (its demand limits
-//                  it) and requests of unlike size are left to the order.
+//                  it) is left to the order. Places holding requests of
+//                  unlike size count for what they serve (service_of: the
+//                  model's cost over the latency measured, Little's law), so
+//                  a 1 MiB writer beside a 16-deep 4 KiB reader holds one
+//                  write in flight, not 16 (storage that serves its queue
+//                  in order gave the reader 2 % of its solo rate, and this
+//                  disk 26-43 %).
 //                  Under tenants the weights compared are the effective
 //                  ones (tree.h, e(g)): tenants A (300: devices at 200 and
 //                  100) and B (100) beside a device outside at 200 split
@@ -114,9 +120,19 @@ class Admission {
     // Would `other`, holding `held` places, bound `group`?
     auto bounds = [&](const Group& other, std::uint64_t held) {
       if (&other == &group) return false;
-      // Requests of unlike sizes hold unlike parts of a place (the order
-      // weighs them by their cost instead).
-      if (std::abs(size_bits_[other.slot] - size) > 1) return false;
+      // Requests of unlike sizes hold unlike parts of a place: each place
+      // counts for what it serves (service_of: cost over latency), and the
+      // other holds its most outstanding since it was last empty (a
+      // reader whose client tops its 16 up in bursts holds 3 at times,
+      // and a writer let in then keeps its 1 MiB writes in the storage for
+      // milliseconds: 2-8 in flight beside the reader's 16).
+      if (std::abs(size_bits_[other.slot] - size) > 1) {
+        const double mine = service_of(group), theirs = service_of(other);
+        held = std::max<std::uint64_t>(held, other.busy_peak);
+        if (mine == 0 || theirs == 0 || held <= Anticipation::kLowDepth) return false;
+        // (n + 1) s / w > held s_other / w_other, multiplied out.
+        return static_cast<double>(group.in_flight + 1) * mine * weight_of(other) > static_cast<double>(held) * theirs * weight;
+      }
       // A group held at its depth (at_depth) bounds by its service instead:
       // `group` may hold its part of that depth at the most, and no more
       // than its part of what that group was served (requests completed,
@@ -209,8 +225,9 @@ class Admission {
   // (its own counts already lowered). Returns the groups the anticipation
   // held that must ask again now; the caller empties the list.
   [[gnu::always_inline]] std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight,
-                                                        bool anticipates, Nanos now) noexcept {
+                                                        bool anticipates, double cost_ns, Nanos now) noexcept {
     if (auto_) {
+      served_by_place(group, cost_ns, now - request.scheduler.time);
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }
@@ -266,6 +283,14 @@ class Admission {
   // `claims`: lingering groups count, with their claims (the order wait);
   // the window's count leaves them out (a client off the CPU is no sign of
   // a window too deep).
+  //
+  // Groups whose requests are of a size unlike `group`'s (unlike()): the
+  // order wait counts their places for what they serve (service_of); the
+  // window's count leaves them out. Between a 1 MiB writer and a 4 KiB
+  // reader the places decide (over_places holds the writer to what the
+  // reader's places serve), and counting a write against reads took the
+  // window to 4-6 where the reader needs 16 (docs/weights.md, "The mixed
+  // cell").
   bool orderless(const Group& group, bool alone, std::uint64_t num = 9, std::uint64_t den = 8,
                  bool claims = false) const noexcept {
     if (!alone) return false;
@@ -276,12 +301,21 @@ class Admission {
     const std::uint32_t groups = busy_deep_groups_ + (claims ? linger_groups_ : 0);
     if (groups <= (self ? 1u : 0u)) return false;
     const double weight = summed_weight(group);
-    const double others_weight = busy_deep_weight() + (claims ? linger_weight() : 0) - (self ? weight : 0);
-    const std::uint64_t others_in_flight = busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
-                                           (self_busy ? group.in_flight : 0) - self_claim;
+    double others_weight = busy_deep_weight() + (claims ? linger_weight() : 0) - (self ? weight : 0);
+    double others_in_flight = static_cast<double>(busy_deep_in_flight_ + (claims ? linger_claim_ : 0) -
+                                                  (self_busy ? group.in_flight : 0) - self_claim);
+    if (const Unlike u = unlike(group, claims); u.weight > 0) {
+      if (claims) {
+        others_in_flight += u.served - u.places;
+      } else {
+        others_in_flight -= u.places;
+        others_weight -= u.weight;
+        if (others_weight <= 0) return false;
+      }
+    }
     // (n + 1) / w > (num / den) N / W, multiplied out.
     return static_cast<double>((std::uint64_t{group.in_flight} + 1) * den) * others_weight >
-           static_cast<double>(others_in_flight * num) * weight;
+           others_in_flight * static_cast<double>(num) * weight;
   }
 
   // The weight of `group` changes from `before` (it may be busy and deep).
@@ -295,6 +329,7 @@ class Admission {
   void forget(Group* group) noexcept {
     stop_lingering(*group);
     if (group->slot < depth_.size()) depth_[group->slot] = {};
+    if (group->slot < service_.size()) service_[group->slot] = {};
     anticipation_.forget(group);
     unlist(*group);
     std::erase(places_held_, group);
@@ -448,6 +483,72 @@ class Admission {
   std::vector<const Group*> busy_deep_;
   std::vector<std::uint32_t> busy_deep_index_;
   std::vector<std::int8_t> size_bits_;  // by slot: bit width of the size of its last request dispatched
+
+  // ---- what a place serves ----
+  // By slot: the device time (the model's, ns) and the latency (dispatch to
+  // completion) of the group's requests, each an exponential mean over about
+  // kServiceSamples completions. Their ratio is what one of its places in
+  // flight serves per ns (Little's law: a group with n in flight is served
+  // n cost / latency). It tells places of unlike size apart whatever the
+  // storage does with them: where it serves its queue in order (this disk)
+  // a 1 MiB write and a 4 KiB read wait alike, and a place holding a write
+  // serves the write's cost -- 42 reads' worth on this disk
+  // (docs/weights.md); where it serves them all at once, the write takes
+  // as much longer as it costs more, and a place is a place.
+  struct Service {
+    double cost = 0;
+    double latency = 0;
+  };
+  static constexpr double kServiceSamples = 16;
+  std::vector<Service> service_;
+  void served_by_place(const Group& group, double cost_ns, Nanos latency_ns) {
+    if (group.slot >= service_.size()) service_.resize(std::size_t{group.slot} + 1);
+    Service& s = service_[group.slot];
+    const double latency = static_cast<double>(std::max<Nanos>(latency_ns, 1));
+    if (s.latency == 0) {
+      s = {cost_ns, latency};
+    } else {
+      s.cost += (cost_ns - s.cost) / kServiceSamples;
+      s.latency += (latency - s.latency) / kServiceSamples;
+    }
+  }
+  // What one place of `group` serves per ns; 0 before its first completion.
+  double service_of(const Group& group) const noexcept {
+    if (group.slot >= service_.size() || service_[group.slot].latency == 0) return 0;
+    return service_[group.slot].cost / service_[group.slot].latency;
+  }
+  // What the other busy deep groups' places of a size unlike `group`'s
+  // (more than a bit width apart) serve beyond as many of `group`'s: in
+  // `group`'s places. Walked only up to kPlacesGroups groups, as the places.
+  // The other busy deep groups (and with `claims` the lingering ones, by
+  // their claims) whose last requests were of a size unlike `group`'s last
+  // (more than a bit width apart): their places, their weight (as
+  // summed_weight), and what those places serve in `group`'s places (0 and
+  // the places themselves where either has no completion yet). Walked
+  // only up to kPlacesGroups groups, as the places are.
+  struct Unlike {
+    double places = 0;
+    double weight = 0;
+    double served = 0;
+  };
+  Unlike unlike(const Group& group, bool claims) const noexcept {
+    Unlike u;
+    if (busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.slot >= size_bits_.size()) return u;
+    const int size = size_bits_[group.slot];
+    const double mine = service_of(group);
+    auto add = [&](const Group& other, double places) {
+      if (&other == &group || other.slot >= size_bits_.size() || std::abs(size_bits_[other.slot] - size) <= 1) return;
+      const double theirs = service_of(other);
+      u.places += places;
+      u.weight += summed_weight(other);
+      u.served += mine == 0 || theirs == 0 ? places : places * theirs / mine;
+    };
+    for (const Group* other : busy_deep_) add(*other, other->in_flight);
+    if (claims) {
+      for (std::uint32_t slot = linger_head_; slot != kNoSlot; slot = at(slot).linger_next) add(at(slot), claim_of(at(slot)));
+    }
+    return u;
+  }
 
   // ---- a group held at its depth ----
   // A count averaged over time (an exponential mean over about kAverageTau).

@@ -1423,7 +1423,8 @@ struct DeviceGroup::Impl {
       busy_room(group.slot);
       away_at[group.slot] = last_now;  // fair_policy.h, "Busy groups": its client is slow to send
     }
-    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, last_now);
+    const double cost_ns = admission.auto_window() ? settings.cost.device_ns(request) : 0;
+    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, cost_ns, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
     ask_again(release);

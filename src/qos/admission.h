@@ -31,12 +31,15 @@
 //                  of taking its part (40/20/10 at 16 deep on elastic
 //                  storage gave 40/40/20). A group a few deep now (its demand limits
 //                  it) is left to the order. Places holding requests of
-//                  unlike size count for what they serve (service_of: the
-//                  model's cost over the latency measured, Little's law), so
-//                  a 1 MiB writer beside a 16-deep 4 KiB reader holds one
-//                  write in flight, not 16 (storage that serves its queue
-//                  in order gave the reader 2 % of its solo rate, and this
-//                  disk 26-43 %).
+//                  unlike size (mean costs more than kUnlikeCost apart:
+//                  unlike_sizes) count for what they serve (service_of:
+//                  the model's cost over the latency measured, Little's
+//                  law), so a 1 MiB writer beside a 16-deep 4 KiB reader
+//                  holds one write in flight, not 16 (storage that serves
+//                  its queue in order gave the reader 2 % of its solo rate,
+//                  and this disk 26-43 %); and a group of unlike size that
+//                  comes after a group the places parked in the order
+//                  waits with it (device_group.cc, behind_places_held).
 //                  Under tenants the weights compared are the effective
 //                  ones (tree.h, e(g)): tenants A (300: devices at 200 and
 //                  100) and B (100) beside a device outside at 200 split
@@ -126,7 +129,7 @@ class Admission {
       // reader whose client tops its 16 up in bursts holds 3 at times,
       // and a writer let in then keeps its 1 MiB writes in the storage for
       // milliseconds: 2-8 in flight beside the reader's 16).
-      if (std::abs(size_bits_[other.slot] - size) > 1) {
+      if (unlike_sizes(group, size, other)) {
         const double mine = service_of(group), theirs = service_of(other);
         held = std::max<std::uint64_t>(held, other.busy_peak);
         if (mine == 0 || theirs == 0 || held <= Anticipation::kLowDepth) return false;
@@ -159,9 +162,14 @@ class Admission {
     }
     return false;
   }
+  // Are `group`'s requests (its head `head`) of a size unlike `other`'s?
+  bool unlike_requests(const Group& group, const Request& head, const Group& other) const noexcept {
+    return unlike_sizes(group, std::bit_width(head.bytes), other);
+  }
   // The groups over_places parked: they ask again at the next completion,
   // or when a group's outstanding grows (the caller empties the list).
   std::vector<Group*>& places_held() noexcept { return places_held_; }
+  const std::vector<Group*>& places_held() const noexcept { return places_held_; }
   // Longest a group waits for places without a completion or an arrival:
   // kPlacesRecheck, or until the first lingering group's claim ends.
   Nanos places_recheck(Nanos now) const noexcept {
@@ -526,6 +534,18 @@ class Admission {
   // summed_weight), and what those places serve in `group`'s places (0 and
   // the places themselves where either has no completion yet). Walked
   // only up to kPlacesGroups groups, as the places are.
+  // Do `a` (its requests' size `a_bits` wide) and `b` send requests of unlike
+  // size? By the mean cost of their requests once both completed some (a
+  // group that sends seven 4 KiB reads to each 1 MiB write is unlike a
+  // 1 MiB writer, whatever its last request), else by the last sizes.
+  static constexpr double kUnlikeCost = 2;
+  bool unlike_sizes(const Group& a, int a_bits, const Group& b) const noexcept {
+    if (b.slot >= size_bits_.size()) return false;
+    const double ca = a.slot < service_.size() ? service_[a.slot].cost : 0;
+    const double cb = b.slot < service_.size() ? service_[b.slot].cost : 0;
+    if (ca > 0 && cb > 0) return std::max(ca, cb) > kUnlikeCost * std::min(ca, cb);
+    return std::abs(size_bits_[b.slot] - a_bits) > 1;
+  }
   struct Unlike {
     double places = 0;
     double weight = 0;
@@ -537,7 +557,7 @@ class Admission {
     const int size = size_bits_[group.slot];
     const double mine = service_of(group);
     auto add = [&](const Group& other, double places) {
-      if (&other == &group || other.slot >= size_bits_.size() || std::abs(size_bits_[other.slot] - size) <= 1) return;
+      if (&other == &group || !unlike_sizes(group, size, other)) return;
       const double theirs = service_of(other);
       u.places += places;
       u.weight += summed_weight(other);

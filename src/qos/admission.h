@@ -170,6 +170,9 @@ class Admission {
   // or when a group's outstanding grows (the caller empties the list).
   std::vector<Group*>& places_held() noexcept { return places_held_; }
   const std::vector<Group*>& places_held() const noexcept { return places_held_; }
+  // The groups parked behind one of those (device_group.cc,
+  // behind_places_held): kept apart, so that nobody waits behind them in turn.
+  std::vector<Group*>& behind_held() noexcept { return behind_held_; }
   // Longest a group waits for places without a completion or an arrival:
   // kPlacesRecheck, or until the first lingering group's claim ends.
   Nanos places_recheck(Nanos now) const noexcept {
@@ -341,6 +344,7 @@ class Admission {
     anticipation_.forget(group);
     unlist(*group);
     std::erase(places_held_, group);
+    std::erase(behind_held_, group);
     std::erase(held_, group);
   }
 
@@ -525,15 +529,6 @@ class Admission {
     if (group.slot >= service_.size() || service_[group.slot].latency == 0) return 0;
     return service_[group.slot].cost / service_[group.slot].latency;
   }
-  // What the other busy deep groups' places of a size unlike `group`'s
-  // (more than a bit width apart) serve beyond as many of `group`'s: in
-  // `group`'s places. Walked only up to kPlacesGroups groups, as the places.
-  // The other busy deep groups (and with `claims` the lingering ones, by
-  // their claims) whose last requests were of a size unlike `group`'s last
-  // (more than a bit width apart): their places, their weight (as
-  // summed_weight), and what those places serve in `group`'s places (0 and
-  // the places themselves where either has no completion yet). Walked
-  // only up to kPlacesGroups groups, as the places are.
   // Do `a` (its requests' size `a_bits` wide) and `b` send requests of unlike
   // size? By the mean cost of their requests once both completed some (a
   // group that sends seven 4 KiB reads to each 1 MiB write is unlike a
@@ -546,6 +541,12 @@ class Admission {
     if (ca > 0 && cb > 0) return std::max(ca, cb) > kUnlikeCost * std::min(ca, cb);
     return std::abs(size_bits_[b.slot] - a_bits) > 1;
   }
+  // The other busy deep groups (and with `claims` the lingering ones, by
+  // their claims) whose requests are of a size unlike `group`'s
+  // (unlike_sizes): their places, their weight (as summed_weight), and what
+  // those places serve in `group`'s places (the places themselves where
+  // either has no completion yet). Walked only up to kPlacesGroups groups,
+  // as the places are.
   struct Unlike {
     double places = 0;
     double weight = 0;
@@ -647,6 +648,7 @@ class Admission {
     if (count == t.most && count >= t.last_most) ++t.reached;
   }
   std::vector<Group*> places_held_;
+  std::vector<Group*> behind_held_;
   bool listed(const Group& group) const noexcept {
     return group.slot < busy_deep_index_.size() && busy_deep_index_[group.slot] != kNoSlot;
   }

@@ -979,11 +979,13 @@ struct DeviceGroup::Impl {
       // A group past its weight's part of a depth-limited group's places
       // waits for a completion or an arrival (admission.h, "places"). Not
       // beside reservations: they give places outside the weights.
-      if (!(hooks & kHookReserve) && tracks_busy() &&
-          (admission.over_places(*group, request, now) || behind_places_held(*group, request, in_flight))) {
-        park_group(*group, std::min(admission.places_recheck(now), reservation_due(*group, now)));
-        admission.places_held().push_back(group);
-        continue;
+      if (!(hooks & kHookReserve) && tracks_busy()) {
+        const bool over = admission.over_places(*group, request, now);
+        if (over || behind_places_held(*group, request, in_flight)) {
+          park_group(*group, std::min(admission.places_recheck(now), reservation_due(*group, now)));
+          (over ? admission.places_held() : admission.behind_held()).push_back(group);
+          continue;
+        }
       }
       if (Nanos until = by_reservation ? 0 : admission.order_holds(*group, alone, in_flight, now, waits_for_busy);
           until != 0) {
@@ -1284,7 +1286,10 @@ struct DeviceGroup::Impl {
   }
   // The groups over_places parked ask again: a completion freed a place, or
   // a group's outstanding grew (admission.h, "places").
-  void release_places_held() noexcept { ask_again(admission.places_held()); }
+  void release_places_held() noexcept {
+    ask_again(admission.places_held());
+    ask_again(admission.behind_held());
+  }
   // Is a group the places parked (its part of the places is full) before
   // `group` in the order, with requests of unlike size? Then `group` waits
   // for a completion too, while the storage has kOrderDepth in flight:

@@ -182,6 +182,8 @@ class Admission {
   // Beyond this many busy deep and lingering groups the places are not compared (each
   // has about one place of the window at most, and the scan would cost).
   static constexpr std::uint32_t kPlacesGroups = 16;
+  // The places compare groups now (or would, with a second busy group).
+  bool compares_places() const noexcept { return auto_ && busy_deep_groups_ + linger_groups_ <= kPlacesGroups; }
   const WindowSteps& window_steps() const noexcept { return window_.steps(); }
 
   // ---- hot path ----
@@ -233,12 +235,14 @@ class Admission {
   }
 
   // `request` of `group` completed with `in_flight` in flight until then
-  // (its own counts already lowered). Returns the groups the anticipation
-  // held that must ask again now; the caller empties the list.
+  // (its own counts already lowered); `cost_ns`: its device time, or
+  // negative where the places do not compare groups (compares_places()).
+  // Returns the groups the anticipation held that must ask again now; the
+  // caller empties the list.
   [[gnu::always_inline]] std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight,
                                                         bool anticipates, double cost_ns, Nanos now) noexcept {
+    if (cost_ns >= 0) served_by_place(group, cost_ns, now - request.scheduler.time);
     if (auto_) {
-      served_by_place(group, cost_ns, now - request.scheduler.time);
       if (anticipation_.engaged(now)) window_.pause();
       window_.completed(now, in_flight, floor(), io_limit);
     }

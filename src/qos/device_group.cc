@@ -981,7 +981,7 @@ struct DeviceGroup::Impl {
       // beside reservations: they give places outside the weights.
       if (!(hooks & kHookReserve) && tracks_busy()) {
         const bool over = admission.over_places(*group, request, now);
-        if (over || behind_places_held(*group, request, in_flight)) {
+        if (over || (!admission.places_held().empty() && behind_places_held(*group, request, in_flight))) {
           park_group(*group, std::min(admission.places_recheck(now), reservation_due(*group, now)));
           (over ? admission.places_held() : admission.behind_held()).push_back(group);
           continue;
@@ -1298,8 +1298,8 @@ struct DeviceGroup::Impl {
   // a 1 MiB writer, a 4 KiB and a 64 KiB reader, on storage that serves in
   // order: 58/22/20 % of its time, 29/35/36 with this; qos_device_group_test).
   // Groups of like size are left as they were: their places count alike.
-  bool behind_places_held(const Group& group, const Request& head, std::uint32_t in_flight) const noexcept {
-    if (in_flight < detail::Admission::kOrderDepth || admission.places_held().empty()) return false;
+  [[gnu::noinline]] bool behind_places_held(const Group& group, const Request& head, std::uint32_t in_flight) const noexcept {
+    if (in_flight < detail::Admission::kOrderDepth) return false;
     const std::int64_t key = order_key(group);
     for (const Group* held : admission.places_held()) {
       if (held != &group && order_key(*held) < key && admission.unlike_requests(group, head, *held)) return true;
@@ -1445,7 +1445,10 @@ struct DeviceGroup::Impl {
       busy_room(group.slot);
       away_at[group.slot] = last_now;  // fair_policy.h, "Busy groups": its client is slow to send
     }
-    const double cost_ns = admission.auto_window() ? settings.cost.device_ns(request) : 0;
+    // What a place of a deep group serves (admission.h), where the places compare groups.
+    const double cost_ns = tracks_busy() && detail::Admission::deep(group.busy_peak) && admission.compares_places()
+                               ? settings.cost.device_ns(request)
+                               : -1;
     std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, cost_ns, last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).

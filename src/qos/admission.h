@@ -115,7 +115,7 @@ class Admission {
   // for a completion or an arrival (places_held). See "places" above.
   bool over_places(const Group& group, const Request& head, Nanos now) noexcept {
     if (linger_head_ != kNoSlot) expire_lingering(now);
-    if (!auto_ || busy_deep_groups_ + linger_groups_ < 2 || busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.in_flight == 0) return false;
+    if (!auto_ || busy_deep_groups_ + linger_groups_ < 2 || !few_groups() || group.in_flight == 0) return false;
     const int size = std::bit_width(head.bytes);
     // Weights in the root's units (group.h, weight_of): under tenants a
     // group's part of the storage is its effective weight, not its own.
@@ -183,7 +183,7 @@ class Admission {
   // has about one place of the window at most, and the scan would cost).
   static constexpr std::uint32_t kPlacesGroups = 16;
   // The places compare groups now (or would, with a second busy group).
-  bool compares_places() const noexcept { return auto_ && busy_deep_groups_ + linger_groups_ <= kPlacesGroups; }
+  bool compares_places() const noexcept { return auto_ && few_groups(); }
   const WindowSteps& window_steps() const noexcept { return window_.steps(); }
 
   // ---- hot path ----
@@ -382,7 +382,9 @@ class Admission {
   // places, only up to kPlacesGroups of them; beyond, each holds about a
   // place at most and the own weights' sums stand in). summed_weight() is
   // a group's weight in the same units.
-  bool effective_sums() const noexcept { return tenants_ && busy_deep_groups_ + linger_groups_ <= kPlacesGroups; }
+  bool effective_sums() const noexcept { return tenants_ && few_groups(); }
+  // At most kPlacesGroups busy deep and lingering groups: few enough to walk.
+  bool few_groups() const noexcept { return busy_deep_groups_ + linger_groups_ <= kPlacesGroups; }
   double summed_weight(const Group& group) const noexcept {
     return effective_sums() ? weight_of(group) : static_cast<double>(group.weight);
   }
@@ -558,7 +560,7 @@ class Admission {
   };
   Unlike unlike(const Group& group, bool claims) const noexcept {
     Unlike u;
-    if (busy_deep_groups_ + linger_groups_ > kPlacesGroups || group.slot >= size_bits_.size()) return u;
+    if (!few_groups() || group.slot >= size_bits_.size()) return u;
     const int size = size_bits_[group.slot];
     const double mine = service_of(group);
     auto add = [&](const Group& other, double places) {

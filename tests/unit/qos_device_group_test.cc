@@ -402,6 +402,18 @@ TEST(DeviceGroupOrder, ALightGroupWaitsForADeepGroupWhoseClientIsAway) {
   EXPECT_EQ(drain(g, t).size(), 8u);
 }
 
+// The storage's completions due by `t` (time of completion -> request),
+// completed in their order; `on_done` sees each one after the scheduler.
+template <typename OnDone>
+void complete_due(DeviceGroup& g, std::multimap<TimePoint, Request*>& done, TimePoint t, OnDone on_done) {
+  while (!done.empty() && done.begin()->first <= t) {
+    Request* r = done.begin()->second;
+    done.erase(done.begin());
+    g.complete(r, t);
+    on_done(r);
+  }
+}
+
 struct BurstyRun {
   int heavy = 0, light = 0;  // completions after the first 100 ms
 };
@@ -436,14 +448,11 @@ BurstyRun heavy_and_deep_light(microseconds service, microseconds away, microsec
   TimePoint heavy_next = kStart;  // when the heavy client sends next
   const TimePoint counted = kStart + milliseconds(100), end = kStart + milliseconds(300);
   for (TimePoint t = kStart; t < end; t += microseconds(5)) {
-    while (!done.empty() && done.begin()->first <= t) {
-      Request* r = done.begin()->second;
-      done.erase(done.begin());
-      g.complete(r, t);
+    complete_due(g, done, t, [&](const Request* r) {
       --(r->device == 0 ? heavy_out : light_out);
       if (t >= counted) ++(r->device == 0 ? run.heavy : run.light);
       if (r->device == 0 && heavy_out == 0 && open_gap.count() == 0) heavy_next = t + away;
-    }
+    });
     if (open_gap.count() != 0) {
       for (; heavy_next <= t; heavy_next += gap()) {
         g.enqueue(pool.make(0, kDefaultGroup), t);
@@ -520,17 +529,14 @@ InOrderRun in_order_storage(const std::vector<InOrderClient>& clients) {
   auto service = [](const Request& r) { return r.bytes >= (1u << 20) ? 549 : r.bytes >= (64u << 10) ? 42 : 10; };
   const TimePoint counted = kStart + milliseconds(100), end = kStart + milliseconds(500);
   for (TimePoint t = kStart; t < end; t += microseconds(5)) {
-    while (!done.empty() && done.begin()->first <= t) {
-      Request* r = done.begin()->second;
-      done.erase(done.begin());
-      g.complete(r, t);
+    complete_due(g, done, t, [&](const Request* r) {
       --out[r->device];
       --in_flight[r->device];
       if (t >= counted) {
         ++run.done[r->device];
         run.time[r->device] += service(*r);
       }
-    }
+    });
     for (DeviceId d = 0; d < n; ++d) {
       for (; out[d] < clients[d].depth; ++out[d]) {
         const InOrderClient& c = clients[d];

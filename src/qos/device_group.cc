@@ -100,6 +100,8 @@ struct DeviceGroup::Impl {
   double learn_as_ns = 0;
   detail::Reservations reservations;  // reservation-iops / -bps (reservation.h)
   detail::LatencyTargets latency;     // latency targets (latency_target.h)
+  // fair: the least tag of the groups latency.holds() holds now (V does not pass it: fair_policy.h).
+  std::int64_t held_floor = INT64_MAX;
 
   // ---- hooks: which optional features are configured ----
   // Tenants, limits of a device or tenant, reservations (and range-bw's
@@ -265,7 +267,8 @@ struct DeviceGroup::Impl {
   [[gnu::always_inline]] bool order_charge(Group& group, const Request& request, Rule rule, Nanos now,
                                            double model_ns) noexcept {
     if (order == Order::fair) {
-      return static_cast<detail::FairOnlyOrder&>(*policy).charge_cost(group, settings.cost.of(request, model_ns));
+      const std::int64_t bound = (hooks & kHookLatency) && latency.holding() ? held_floor : INT64_MAX;
+      return static_cast<detail::FairOnlyOrder&>(*policy).charge_cost(group, settings.cost.of(request, model_ns), bound);
     }
     return with_order([&](auto& p) __attribute__((always_inline)) { return p.charge(group, request, rule, now); });
   }
@@ -536,6 +539,9 @@ struct DeviceGroup::Impl {
   }
 
   void rebase() noexcept {
+    if (order == Order::fair && held_floor != INT64_MAX) {  // in the tags' new units
+      held_floor = std::max<std::int64_t>(held_floor - static_cast<detail::FairOnlyOrder&>(*policy).virtual_time(), 0);
+    }
     std::fill(busy_returns.begin(), busy_returns.end(), BusyReturn{});  // (behind(): from before, in the old units)
     for_each_group([&](Group* group) {
       const std::int64_t before = group->vtime;
@@ -928,9 +934,14 @@ struct DeviceGroup::Impl {
       // ---- hook: latency targets (latency_target.h) ----
       // Another group misses its target: this one waits while the others
       // have the cap in flight (asked again at completions).
-      if ((hooks & kHookLatency) && !by_reservation && latency.holds(*group, in_flight, window_full)) {
-        park_group(*group, std::min(now + detail::LatencyTargets::kRecheck, reservation_due(*group, now)));
-        continue;
+      if ((hooks & kHookLatency) && !by_reservation) {
+        const bool was_holding = latency.holding();
+        if (latency.holds(*group, in_flight, window_full)) {
+          // V stays at or below its tag while it is held (fair_policy.h).
+          held_floor = was_holding ? std::min(held_floor, group->vtime) : group->vtime;
+          park_group(*group, std::min(now + detail::LatencyTargets::kRecheck, reservation_due(*group, now)));
+          continue;
+        }
       }
       // The dispatch will write the group's counters: fetch them while the
       // head request is on its way.

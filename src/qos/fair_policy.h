@@ -23,6 +23,16 @@
 //                                     it builds buys nothing the limit does not
 //                                     allow, and it competes fairly with the other
 //                                     groups held back with it.
+//   held back by another group's      S_g is kept, and V does not pass the least
+//   latency target or reservation     S of the groups so held (`bound` of
+//   (the guard, latency_target.h)     charge_cost): they stayed backlogged, and
+//                                     what the protected group is dispatched by
+//                                     weight meanwhile moves its own S, not the
+//                                     clock the held ones come back by.
+//                                     Otherwise a weight-1 reader going alone moved
+//                                     V by a whole read at each dispatch, and two
+//                                     writers at 1:3, back at their floors (below),
+//                                     came back 3:1 in lag (docs/reservations.md).
 //
 // Guarantee (SFQ): for two groups i, j backlogged over any interval,
 //   | W_i / w_i  -  W_j / w_j |  <=  cmax_i / w_i + cmax_j / w_j
@@ -165,9 +175,10 @@ class FairOrder : public OrderPolicy {
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {
     return charge_cost(group, settings_.cost.of(request));
   }
-  // charge() of a request that costs `cost` (settings_.cost.of(), within [1, kMaxCost]).
-  bool charge_cost(Group& group, Cost cost) noexcept {
-    vtime_ = std::max(vtime_, group.vtime);
+  // charge() of a request that costs `cost` (settings_.cost.of(), within [1, kMaxCost]);
+  // V moves to the group's S, but not past `bound` (the guard's held groups, above).
+  bool charge_cost(Group& group, Cost cost, std::int64_t bound = INT64_MAX) noexcept {
+    vtime_ = std::max(vtime_, std::min(group.vtime, bound));
     const DeviceNode& node = group.device->tree;
     if (node.tenant == nullptr) {  // the tree's path below, asked once
       group.vtime += FairPolicy::advance(cost, group.weight);

@@ -113,6 +113,8 @@ class LatencyTargets {
   static constexpr Nanos kBehind = 10'000'000;  // a reservation this far behind may be missed
 
   bool any() const noexcept { return !targets_.empty(); }
+  // Does a cap hold some group back now (until completed() hands it back)?
+  bool holding() const noexcept { return !held_.empty(); }
 
   // Sets (target_ns 0: removes) the latency target of `node`, and the
   // reservation it guards (nullptr: none; groups only).

@@ -1319,6 +1319,15 @@ struct DeviceGroup::Impl {
   }
   // Held groups ask again now (a limit that also holds one parks it again
   // in next()); the list is emptied.
+  // The groups still held may have changed since they were held (one let
+  // through, one detached): the floor is their least tag again, so that V
+  // is not kept below groups that already went on. O(held), as holds() is.
+  [[gnu::noinline]] void refresh_held_floor() noexcept {
+    held_floor = INT64_MAX;
+    for (const Group* g : latency.held()) {
+      if (g->parked()) held_floor = std::min(held_floor, g->vtime);
+    }
+  }
   void ask_again(std::vector<Group*>& held) noexcept {
     for (Group* g : held) {
       if (g->parked()) {
@@ -1470,6 +1479,7 @@ struct DeviceGroup::Impl {
       const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;
       std::vector<Group*>& again = latency.completed(group, latency_ns, in_flight, admission.io_limit, last_now);
       ask_again(again);
+      if (order == Order::fair && latency.holding()) refresh_held_floor();
     }
     if (group.in_flight == 0 && group.queue_length == 0) group.busy_peak = 0;
     if (group.retired && group.in_flight == 0) {

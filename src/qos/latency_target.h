@@ -115,6 +115,7 @@ class LatencyTargets {
   bool any() const noexcept { return !targets_.empty(); }
   // Does a cap hold some group back now (until completed() hands it back)?
   bool holding() const noexcept { return !held_.empty(); }
+  const std::vector<Group*>& held() const noexcept { return held_; }
 
   // Sets (target_ns 0: removes) the latency target of `node`, and the
   // reservation it guards (nullptr: none; groups only).

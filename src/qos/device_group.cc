@@ -1317,17 +1317,18 @@ struct DeviceGroup::Impl {
     }
     return false;
   }
-  // Held groups ask again now (a limit that also holds one parks it again
-  // in next()); the list is emptied.
-  // The groups still held may have changed since they were held (one let
-  // through, one detached): the floor is their least tag again, so that V
-  // is not kept below groups that already went on. O(held), as holds() is.
+  // The groups the latency guard still holds may have changed since they
+  // were held (one let through, one detached): the floor is their least tag
+  // again, so that V is not kept below groups that already went on.
+  // O(held), as holds() is.
   [[gnu::noinline]] void refresh_held_floor() noexcept {
     held_floor = INT64_MAX;
     for (const Group* g : latency.held()) {
       if (g->parked()) held_floor = std::min(held_floor, g->vtime);
     }
   }
+  // Held groups ask again now (a limit that also holds one parks it again
+  // in next()); the list is emptied.
   void ask_again(std::vector<Group*>& held) noexcept {
     for (Group* g : held) {
       if (g->parked()) {

@@ -212,8 +212,8 @@ TEST(ReservationSim, AWriterBackFromOffTheCpuIsWaitedForBesideAReservedReader) {
 // dispatch at weight 1 moved V by a whole read; the writers, back later
 // from an empty queue, were lifted to their floors below that V, the
 // light one three times as far below it as the heavy one, and it went
-// alone until it had caught up: 34.8 % of the writers. V now stays at the
-// held groups' tags (fair_policy.h).
+// alone until it had caught up: 37.0 % of the writers. V now stays at the
+// held groups' tags (fair_policy.h): 26.5 %.
 TEST(ReservationSim, WritersHeldForTheReservationKeepTheirPlaceInTheOrder) {
   Scenario s = stalling_on_elastic();
   for (ClientSpec& c : s.clients) {

@@ -1374,8 +1374,11 @@ struct DeviceGroup::Impl {
 
   [[gnu::always_inline]] void learn(const Request& request) noexcept {
     const double base = settings.cost.model_ns(request);
-    const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
     in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
+    // Saturated from now to the next completion (model_learner.h): what
+    // stays in flight without this request, or requests waiting for a full
+    // window (they go at once).
+    const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
     // A 4 KiB write that wrote a whole qcow2 cluster took a cluster write's
     // device time: learnt as a 4 KiB write, it would make every 4 KiB write
     // dearer, the groups that wrote in place too.

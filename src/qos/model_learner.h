@@ -67,12 +67,20 @@ class ModelLearner {
   void reset() noexcept { *this = ModelLearner{}; }
 
   // A request of class `c` whose model time is `base_ns` completed at `now`;
-  // `saturated`: the storage was saturated as it completed (see the device
-  // group). The time since the previous completion counts as device time
-  // of this one when both found the storage saturated. True when a phase
-  // ended and the learned figures moved.
+  // `saturated`: the storage stays saturated after it (see the device
+  // group: what is still in flight, or requests waiting for a full window).
+  // The time until the next completion is then device time of that one:
+  // in flight only grows until then. True when a phase ended and the
+  // learned figures moved.
+  //
+  // Saturated after, not as it completed: the last request of a burst
+  // found the storage saturated (one 1 MiB write is worth more than the
+  // knee's reads) and left it empty, and the pause before the next
+  // client's first completion (fio starting again, 300-400 ms on this
+  // disk) was counted as device time of that one, moving its class twice
+  // over in one phase (docs/weights.md, "The learner across phases").
   bool completed(int c, double base_ns, bool saturated, Nanos now) noexcept {
-    const bool counts = saturated && last_saturated_ && now >= last_completion_;
+    const bool counts = last_saturated_ && now >= last_completion_;
     if (counts) {
       elapsed_ += static_cast<double>(now - last_completion_);
       ++completions_;

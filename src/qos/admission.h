@@ -210,7 +210,7 @@ class Admission {
   void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless) noexcept {
     if (group.slot >= size_bits_.size()) size_bits_.resize(std::size_t{group.slot} + 1, 0);
     size_bits_[group.slot] = static_cast<std::int8_t>(std::bit_width(request.bytes));
-    if (auto_) window_.dispatched(orderless);
+    if (auto_) window_.dispatched(orderless, request.bytes);
     anticipation_.dispatching(group, request, in_flight);
     if (deep(group.busy_peak)) {
       if (group.in_flight == 0) {

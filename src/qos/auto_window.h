@@ -55,6 +55,11 @@
 // where the weights fade. Noise then costs rate, not order (tests: about
 // 3/4 of the rate at the cap with +-8 % noise per phase).
 //
+// Size. W counts requests, and a storage needs more small requests in
+// flight than large ones for its rate: a phase whose requests are a quarter
+// of the size W was learned with, or less, starts slow start again from W
+// (smaller_requests). Larger ones are left to the probes down.
+//
 // Order. The rate alone can carry W past where the weights act: storage
 // that gains with depth up to 128 (this disk on a fast day: +20-30 % per
 // doubling) leads slow start to 128, and a heavy client then cannot keep
@@ -149,12 +154,13 @@ class AutoWindow {
   // what is in flight): this phase is discarded, nothing is learned from it.
   void pause() noexcept { paused_ = true; }
 
-  // A request was dispatched; `orderless`: nothing else was ready while
-  // another group had requests in flight and none queued, so the policy
-  // chose nothing (first come, first served).
-  void dispatched(bool orderless) noexcept {
+  // A request of `bytes` was dispatched; `orderless`: nothing else was
+  // ready while another group had requests in flight and none queued, so
+  // the policy chose nothing (first come, first served).
+  void dispatched(bool orderless, std::uint32_t bytes) noexcept {
     ++dispatches_;
     orderless_ += orderless ? 1 : 0;
+    bytes_ += bytes;
   }
 
   // next() held a request back because the window was full.
@@ -205,6 +211,7 @@ class AutoWindow {
       end_of_phase(now);
       return;
     }
+    if (smaller_requests(rate, cap)) return end_of_phase(now);
     switch (phase_) {
       case Phase::slow_start:
         if (rate == 0) break;
@@ -260,7 +267,31 @@ class AutoWindow {
     end_of_phase(now);
   }
 
+  // Requests kSmaller times smaller than those the window was learned with
+  // (the mean size of a phase's dispatches against a mean over the phases
+  // before): the window is a count of requests, and the storage needs more
+  // small ones in flight than large ones for its rate. Slow start again
+  // from here, this phase's rate the reference, when the window is full.
+  // The probes alone climb a request at a time, each step paid twice: a
+  // 4 KiB reader 16 deep after a 1 MiB writer had taken W to 4-6 kept that
+  // window for 10 s and a third of its rate (docs/weights.md, "The
+  // learner across phases"). Larger requests are left to the probes down.
+  bool smaller_requests(double rate, std::uint32_t cap) noexcept {
+    if (dispatches_ == 0) return false;
+    const double mean = static_cast<double>(bytes_) / dispatches_;
+    const bool smaller = size_ > 0 && mean * kSmaller < size_ && full_ && rate > 0;
+    size_ = size_ == 0 || smaller ? mean : size_ + (mean - size_) / 4;
+    if (!smaller || phase_ == Phase::slow_start) return false;
+    phase_ = Phase::slow_start;
+    prev_rate_ = rate;
+    window_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(std::uint64_t{window_} * 2, cap));
+    ++steps_.up;
+    up_votes_ = backoff_ = rests_ = streak_ = 0;
+    return true;
+  }
+
   void end_of_phase(Nanos now) noexcept {
+    bytes_ = 0;
     samples_ = dispatches_ = orderless_ = 0;
     peak_ = 0;
     full_ = paused_ = broken_ = false;
@@ -327,6 +358,9 @@ class AutoWindow {
   bool full_ = false;
   bool broken_ = false;
   bool paused_ = false;
+  static constexpr double kSmaller = 4;
+  std::uint64_t bytes_ = 0;       // dispatched this phase
+  double size_ = 0;               // mean request size over the phases before (0: none yet)
   std::uint32_t dispatches_ = 0;  // this phase
   std::uint32_t orderless_ = 0;
   bool probe_full_ = false;  // the probe's window was full and still ordered the dispatches

@@ -53,22 +53,18 @@ TEST(WeightsLearned, ClientsSeenAloneKeepHalfOfTheirSoloRateAtEqualWeights) {
       {reader, {64, 0, 4 * KiB, 0, "QD64 4k random writes"}},
       {deep_reader, {64, 0, MiB, 1, "QD64 1M sequential writes"}},
   };
+  // The 256-deep reader beside the writer on elastic storage kept 44.3 and
+  // 44.0 % while the writer's solo phase left it the window learned for
+  // 1 MiB writes; smaller requests now start slow start again
+  // (auto_window.h): 47.7 and 47.4 %.
   for (const auto& [name, storage] : {std::pair{"knee", vm_disk_knee()}, std::pair{"elastic", vm_disk_elastic()}}) {
     for (const auto& pair : pairs) {
       const Kept learned = run(storage, pair[0], pair[1], true);
       const Kept fixed = run(storage, pair[0], pair[1], false);
-      // Elastic storage gives a 256-deep reader alone a third more per
-      // request than beside the writer (its rate keeps rising with depth),
-      // so what it costs alone is not what it costs in the mix: a linear
-      // model learned from solo phases cannot hold it (issue 13, open).
-      const bool open = std::string(name) == "elastic" && &pair[0] == &pairs[3][0];
       const bool pass = std::abs(learned.a - 50) <= 5 && std::abs(learned.b - 50) <= 5;
       printf("%s %-7s %-22s | %-26s: kept of solo %.1f%% / %.1f%% learned, %.1f%% / %.1f%% default model\n",
-             pass ? "PASS" : open ? "OPEN" : "MISS", name, pair[0].label, pair[1].label, learned.a, learned.b,
-             fixed.a, fixed.b);
-      if (!open) {
-        EXPECT_TRUE(pass) << name << " " << pair[0].label << " | " << pair[1].label;
-      }
+             pass ? "PASS" : "MISS", name, pair[0].label, pair[1].label, learned.a, learned.b, fixed.a, fixed.b);
+      EXPECT_TRUE(pass) << name << " " << pair[0].label << " | " << pair[1].label;
       // Learning never takes a pair further from 50/50 than the default model.
       EXPECT_LE(std::abs(learned.a - 50), std::abs(fixed.a - 50) + 1) << name << " " << pair[0].label;
     }

@@ -30,6 +30,7 @@ struct Driver {
   std::uint32_t floor = 4;
   std::uint32_t cap = 128;
   std::uint32_t demand = 100'000;  // requests the clients would keep outstanding
+  std::uint32_t bytes = 4096;      // each request's size
 
   Driver() { window.reset(floor, cap, now); }
   std::uint32_t w() const { return window.window(floor, cap); }
@@ -39,7 +40,10 @@ struct Driver {
     const std::uint32_t in_flight = std::min(w(), demand);
     if (demand > w()) window.held_back();
     const auto n = static_cast<std::uint32_t>(rate(in_flight) * AutoWindow::kPhase / kSecond);
-    for (std::uint32_t i = 1; i <= n; ++i) window.completed(now + AutoWindow::kPhase * i / n, in_flight, floor, cap);
+    for (std::uint32_t i = 1; i <= n; ++i) {
+      window.dispatched(false, bytes);
+      window.completed(now + AutoWindow::kPhase * i / n, in_flight, floor, cap);
+    }
     now += AutoWindow::kPhase;
   }
   void run(const RateModel& rate, Nanos duration) {
@@ -160,6 +164,26 @@ TEST(QosAutoWindow, FollowsStorageThatChanges) {
   d.run(flat(48, 2'000), 20 * kSecond);  // deeper again
   EXPECT_GE(d.settled(), 48u);
   EXPECT_LE(d.settled(), 48u + 8);
+}
+
+// A client of 1 MiB writes needs 4 in flight for the storage's rate, and the
+// window comes down to about that; then a client of 4 KiB reads, which
+// needs 32. Requests 256 times smaller than those the window was learned
+// with start slow start again: the window is at 32 within a second. The
+// probes alone climbed a request at a time (to 5 in that second).
+TEST(QosAutoWindow, SmallerRequestsStartSlowStartAgain) {
+  Driver d;
+  d.bytes = 1 << 20;
+  d.run(flat(4, 2'000), 10 * kSecond);
+  EXPECT_LE(d.settled(), 6u);
+  d.bytes = 4096;
+  d.run(flat(32, 10'000), kSecond);
+  EXPECT_GE(d.settled(), 30u);
+  // Larger requests again: left to the probes down, which take the window
+  // back within a few seconds.
+  d.bytes = 1 << 20;
+  d.run(flat(4, 2'000), 10 * kSecond);
+  EXPECT_LE(d.settled(), 8u);
 }
 
 TEST(QosAutoWindow, AnIdleGapDecidesNothing) {

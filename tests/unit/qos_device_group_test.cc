@@ -1101,6 +1101,46 @@ TEST(FairPolicy, StorageIoBeyondTheRequestIsLearntAsThatIo) {
   EXPECT_NEAR(static_cast<double>(ones) / total, want, 0.02);
 }
 
+// The learner takes the time between two completions as device time only
+// while the storage stays saturated in between (model_learner.h). Storage
+// that serves in order at exactly the default model's times: a 1 MiB writer
+// 16 deep for 300 ms, nothing for 400 ms (fio starting its next job), then
+// a 4 KiB random reader 64 deep for 150 ms. The model learned stays the
+// default. When the last write, which found the storage saturated, counted
+// for what came after it, the pause went into the phase of the last writes
+// and the first reads, and a 1 MiB write cost twice what it does (wbps half
+// the model's).
+TEST(ModelLearning, APauseBetweenTwoClientsIsNotDeviceTime) {
+  DeviceGroup g;
+  Pool pool;
+  ASSERT_TRUE(g.add_device(0));
+  const DeviceCosts costs = DeviceCosts::of(kDefaultDeviceModel);
+  std::multimap<TimePoint, Request*> done;
+  TimePoint storage_free = kStart;
+  auto client = [&](TimePoint from, TimePoint to, std::uint32_t depth, bool writer) {
+    std::uint32_t out = 0;
+    for (TimePoint t = from; t < to || !done.empty(); t += microseconds(5)) {
+      complete_due(g, done, t, [&](const Request*) { --out; });
+      for (; t < to && out < depth; ++out) {
+        Request* r = pool.make(0, kDefaultGroup, writer ? 1u << 20 : 4096, writer ? Direction::write : Direction::read);
+        r->op_kind = writer ? OpKind::write : OpKind::read;
+        r->sequential = writer;
+        g.enqueue(r, t);
+      }
+      for (Request* r : drain(g, t)) {
+        const double ns = costs.cost_ns(r->op_kind, r->bytes, r->sequential);
+        storage_free = std::max(storage_free, t) + std::chrono::nanoseconds(static_cast<std::int64_t>(ns));
+        done.emplace(storage_free, r);
+      }
+    }
+  };
+  client(kStart, kStart + milliseconds(300), 16, true);
+  client(kStart + milliseconds(700), kStart + milliseconds(850), 64, false);
+  const DeviceModel learned = g.learned_device_model();
+  EXPECT_NEAR(learned.read_rand_iops / kDefaultDeviceModel.read_rand_iops, 1.0, 0.1) << learned.read_rand_iops;
+  EXPECT_NEAR(learned.write_bps / kDefaultDeviceModel.write_bps, 1.0, 0.1) << learned.write_bps;
+}
+
 TEST(FairPolicy, WeightChangeAppliesToTheNextDispatch) {
   DeviceGroup g;
   g.set_io_limit_auto(false);  // dm-ioband's fixed window

@@ -1374,11 +1374,8 @@ struct DeviceGroup::Impl {
 
   [[gnu::always_inline]] void learn(const Request& request) noexcept {
     const double base = settings.cost.model_ns(request);
-    in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
-    // Saturated from now to the next completion (model_learner.h): what
-    // stays in flight without this request, or requests waiting for a full
-    // window (they go at once).
     const bool saturated = in_flight_ns >= saturation_ns || (queued > 0 && in_flight >= admission.window());
+    in_flight_ns = in_flight > 1 ? std::max(0.0, in_flight_ns - base) : 0;
     // A 4 KiB write that wrote a whole qcow2 cluster took a cluster write's
     // device time: learnt as a 4 KiB write, it would make every 4 KiB write
     // dearer, the groups that wrote in place too.
@@ -1389,7 +1386,7 @@ struct DeviceGroup::Impl {
       learnt_ns = learn_as_ns;
       learn_as_request = nullptr;
     }
-    if (learner.completed(c, learnt_ns, saturated, last_now)) {
+    if (learner.completed(c, learnt_ns, saturated, in_flight == 1, last_now)) {
       settings.cost.set_shape(learner);
       rescale_reservations();  // hook: the storage's speed moved
     }

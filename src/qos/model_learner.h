@@ -67,20 +67,20 @@ class ModelLearner {
   void reset() noexcept { *this = ModelLearner{}; }
 
   // A request of class `c` whose model time is `base_ns` completed at `now`;
-  // `saturated`: the storage stays saturated after it (see the device
-  // group: what is still in flight, or requests waiting for a full window).
-  // The time until the next completion is then device time of that one:
-  // in flight only grows until then. True when a phase ended and the
-  // learned figures moved.
+  // `saturated`: the storage was saturated as it completed (see the device
+  // group); `emptied`: nothing was left in flight after it. The time since
+  // the previous completion counts as device time of this one when both
+  // found the storage saturated and the previous one left something in
+  // flight. True when a phase ended and the learned figures moved.
   //
-  // Saturated after, not as it completed: the last request of a burst
-  // found the storage saturated (one 1 MiB write is worth more than the
-  // knee's reads) and left it empty, and the pause before the next
-  // client's first completion (fio starting again, 300-400 ms on this
-  // disk) was counted as device time of that one, moving its class twice
-  // over in one phase (docs/weights.md, "The learner across phases").
-  bool completed(int c, double base_ns, bool saturated, Nanos now) noexcept {
-    const bool counts = last_saturated_ && now >= last_completion_;
+  // The last request of a burst finds the storage saturated (one 1 MiB
+  // write is worth more than the knee's reads) and leaves it empty: the
+  // pause before the next client's first completion (fio starting its next
+  // job, 300-400 ms on this disk) was counted as device time, and moved a
+  // class twice over in one phase (docs/weights.md, "The learner across
+  // phases").
+  bool completed(int c, double base_ns, bool saturated, bool emptied, Nanos now) noexcept {
+    const bool counts = saturated && last_saturated_ && !last_emptied_ && now >= last_completion_;
     if (counts) {
       elapsed_ += static_cast<double>(now - last_completion_);
       ++completions_;
@@ -92,6 +92,7 @@ class ModelLearner {
     }
     last_completion_ = now;
     last_saturated_ = saturated;
+    last_emptied_ = emptied;
     if (elapsed_ < static_cast<double>(kPhase) || completions_ < kMinCompletions) return false;
     const bool moved = learn(elapsed_);
     elapsed_ = 0;
@@ -142,6 +143,7 @@ class ModelLearner {
   double scale_ = 1;
   Nanos last_completion_ = 0;
   bool last_saturated_ = false;
+  bool last_emptied_ = true;
   double elapsed_ = 0;  // saturated time in this phase, ns
   std::uint32_t completions_ = 0;
   std::array<double, kClasses> base_{};

@@ -185,6 +185,7 @@ class AutoWindow {
   static constexpr double kUpElasticity = 0.1;     // an up step when e is above this
   static constexpr std::uint32_t kMaxOrderless = 40;    // a step down with over 1/40 of dispatches orderless
   static constexpr std::uint32_t kGrowOrderless = 200;  // no step up with over 1/200 of them
+  static constexpr double kSmaller = 4;                 // requests this many times smaller: slow start again
 
   // W / 16, or W / 8 right after a step was taken (the next probe goes the
   // same way): fine near the balance, faster after a change of the storage.
@@ -273,8 +274,8 @@ class AutoWindow {
   // small ones in flight than large ones for its rate. Slow start again
   // from here, this phase's rate the reference, when the window is full.
   // The probes alone climb a request at a time, each step paid twice: a
-  // 4 KiB reader 16 deep after a 1 MiB writer had taken W to 4-6 kept that
-  // window for 10 s and a third of its rate (docs/weights.md, "The
+  // 4 KiB reader 16 deep after a 1 MiB writer had taken W to 4-7 kept that
+  // window for 10 s and up to a third less rate (docs/weights.md, "The
   // learner across phases"). Larger requests are left to the probes down.
   bool smaller_requests(double rate, std::uint32_t cap) noexcept {
     if (dispatches_ == 0) return false;
@@ -358,7 +359,6 @@ class AutoWindow {
   bool full_ = false;
   bool broken_ = false;
   bool paused_ = false;
-  static constexpr double kSmaller = 4;
   std::uint64_t bytes_ = 0;       // dispatched this phase
   double size_ = 0;               // mean request size over the phases before (0: none yet)
   std::uint32_t dispatches_ = 0;  // this phase

@@ -39,6 +39,14 @@ def die(message):
     sys.exit(2)
 
 
+def set_bin(path):
+    """Use iobandd and iobandctl from the directory `path` (a script's --bin)."""
+    global BIN_DIR, IOBANDD, IOBANDCTL
+    BIN_DIR = os.path.abspath(path)
+    IOBANDD = os.path.join(BIN_DIR, "iobandd")
+    IOBANDCTL = os.path.join(BIN_DIR, "iobandctl")
+
+
 def need(*programs):
     missing = [p for p in programs if not (os.path.exists(p) if os.sep in p else shutil.which(p))]
     if missing:

@@ -618,7 +618,8 @@ struct DeviceGroup::Impl {
   };
 
   // The latency target the limit keys give `node` (none: removes it), and
-  // the group reservation it guards.
+  // the node's reservation it guards (a group's, a device's or a tenant's:
+  // on storage that queues everything itself the order alone cannot give it).
   void set_latency_target(detail::LatencyNode node, const Limits& limits,
                           const detail::GroupReservation* reservation = nullptr) {
     const std::uint64_t permille =
@@ -1961,7 +1962,8 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
       return status;
     }
     apply(device->limits);
-    impl.set_latency_target(detail::LatencyNode::of(device), limits);  // hook: latency targets
+    impl.set_latency_target(detail::LatencyNode::of(device), limits,  // hook: latency targets
+                            device->reserve.active() ? &device->reserve : nullptr);
     impl.reserve_capacity();
     impl.restart_device(*device);
   }
@@ -1995,13 +1997,17 @@ ReservationStatus reservation_status(detail::GroupReservation& r, const detail::
 std::optional<ReservationStatus> DeviceGroup::device_reservation(DeviceId device_id) const noexcept {
   Device* device = impl_->find_device(device_id);
   if (device == nullptr || !device->reserve.active()) return std::nullopt;
-  return reservation_status(device->reserve, impl_->reservations, impl_->last_now);
+  ReservationStatus status = reservation_status(device->reserve, impl_->reservations, impl_->last_now);
+  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(device));
+  return status;
 }
 
 std::optional<ReservationStatus> DeviceGroup::tenant_reservation(TenantId tenant_id) const noexcept {
   detail::Tenant* tenant = impl_->tenants.find(tenant_id);
   if (tenant == nullptr || !tenant->reserve.active()) return std::nullopt;
-  return reservation_status(tenant->reserve, impl_->reservations, impl_->last_now);
+  ReservationStatus status = reservation_status(tenant->reserve, impl_->reservations, impl_->last_now);
+  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(tenant));
+  return status;
 }
 
 std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, GroupId group_id) const noexcept {
@@ -2086,7 +2092,8 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   }
   if (limits.unlimited()) tenant->limits = LimitState();  // no level kept past no limit
   tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
-  impl.set_latency_target(detail::LatencyNode::of(tenant), limits);  // hook: latency targets
+  impl.set_latency_target(detail::LatencyNode::of(tenant), limits,  // hook: latency targets
+                          tenant->reserve.active() ? &tenant->reserve : nullptr);
   impl.reserve_capacity();
   for (auto& device : impl.devices) {
     if (device && device->tree.tenant == tenant) impl.restart_device(*device);

@@ -33,10 +33,11 @@
 // a device or tenant does not hold the groups inside it (a group's own
 // target inside it does).
 //
-// Reservations use the same cap (reservation.h): a backlogged reserved group
-// served less than it wants is missing its reservation, because the
-// others' requests already in the storage's own queue (a deep device queue
-// ioband does not order) delay its own. Per epoch:
+// Reservations use the same cap (reservation.h): a backlogged reserving
+// node (a group, a device, a tenant) served less than it wants is missing
+// its reservation, because the others' requests already in the storage's
+// own queue (a deep device queue ioband does not order) delay its own. Per
+// epoch:
 //   want     r' * epoch + r' * lag / 2   (lag: how far its tag is behind now,
 //            within +-100 ms; at least a quarter of r' * epoch)
 //   x        served / want
@@ -118,7 +119,8 @@ class LatencyTargets {
   const std::vector<Group*>& held() const noexcept { return held_; }
 
   // Sets (target_ns 0: removes) the latency target of `node`, and the
-  // reservation it guards (nullptr: none; groups only).
+  // reservation it guards (nullptr: none): the node's own, a group's, a
+  // device's or a tenant's.
   void set(LatencyNode node, Nanos target_ns, std::uint32_t permille, const GroupReservation* reservation,
            Nanos now) {
     Target* t = find(node);

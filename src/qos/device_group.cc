@@ -664,6 +664,19 @@ struct DeviceGroup::Impl {
     pool.destroy(group);
   }
 
+  // A device's reservation (`device`), or a tenant's (`tenant`), went or
+  // changed: the node's groups lose the lead its dispatches gave them
+  // (OrderPolicy::drop_lead). Call restart_device() on its devices after.
+  void drop_reservation_lead(const Device* device, const detail::Tenant* tenant) {
+    std::vector<Group*> groups;
+    for (auto& d : devices) {
+      if (d && (d.get() == device || (tenant != nullptr && d->tree.tenant == tenant))) {
+        for_each_group(*d, [&](Group* group) { groups.push_back(group); });
+      }
+    }
+    if (!groups.empty()) policy->drop_lead(groups);
+  }
+
   // ------------------------------------------------------------- tree.h
   // The device's limits, tenant, or its tenant's limits changed: a device
   // held by the old limits asks again, and its groups start from the
@@ -1930,6 +1943,14 @@ std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_i
   return group->extras ? group->extras->range : RangeBw{};
 }
 
+namespace {
+// A node's reservation went or was lowered: the lead it gave the node's
+// groups goes (OrderPolicy::drop_lead). A change of another key keeps it.
+bool lowered(const detail::GroupReservation& before, const detail::GroupReservation& after) noexcept {
+  return before.configured() && (after.iops < before.iops || after.bps < before.bps || !after.configured());
+}
+}  // namespace
+
 Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits,
                                bool admitted) {
   Impl::HooksRefresh refresh_hooks{*impl_};
@@ -1957,10 +1978,12 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
+    const detail::GroupReservation before = device->reserve;
     if (Status status = impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted);
         !status) {
       return status;
     }
+    if (lowered(before, device->reserve)) impl.drop_reservation_lead(device, nullptr);  // restart_device() below
     apply(device->limits);
     impl.set_latency_target(detail::LatencyNode::of(device), limits,  // hook: latency targets
                             device->reserve.active() ? &device->reserve : nullptr);
@@ -2081,10 +2104,12 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
+  const detail::GroupReservation before = tenant->reserve;
   if (Status status = impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted);
       !status) {
     return status;
   }
+  if (lowered(before, tenant->reserve)) impl.drop_reservation_lead(nullptr, tenant);  // restart_device() below
   std::erase(impl.reserving_tenants, tenant);
   if (tenant->reserve.active()) {
     impl.reserving_tenants.push_back(tenant);
@@ -2121,6 +2146,11 @@ Status DeviceGroup::set_device_tenant(DeviceId device_id, std::optional<TenantId
       return Status::error("policy " + std::string(to_string(impl.policy_name)) +
                            " does not order by tenant shares; use fair or range-bw");
     }
+  }
+  // Out of a reserving tenant: its groups lose the lead the tenant's
+  // reservation gave them (restart_device() below).
+  if (device->tree.tenant != nullptr && device->tree.tenant != tenant && device->tree.tenant->reserve.configured()) {
+    impl.drop_reservation_lead(device, nullptr);
   }
   // Its queued requests count for the tenant they now wait in.
   if (device->tree.tenant != nullptr) {

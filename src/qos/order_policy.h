@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "qos/group.h"
 #include "qos/policy.h"
@@ -122,6 +123,10 @@ class OrderPolicy {
   virtual bool settings_changed() noexcept { return false; }
   // The group is going away: drop any pointer to it.
   virtual void forget(const Group* group) noexcept { (void)group; }
+  // A device's or a tenant's reservation went or changed (reservation.h):
+  // `groups`, all of the node's, lose the lead its dispatches gave them
+  // over the others' keys; their order among themselves is kept.
+  virtual void drop_lead(std::span<Group* const> groups) noexcept { (void)groups; }
 
   // Reservations: the group has a reservation tag in GroupExtras::reservation.
   virtual bool has_reservation(const Group& group) const noexcept {

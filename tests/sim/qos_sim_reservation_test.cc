@@ -488,5 +488,81 @@ TEST(ReservationSim, ATenantReservesTwentyPercentWhenTheWindowDoesNotQueueAnythi
   check_node("tenant 30 %, elastic, window 256", run_node(true, true), true);
 }
 
+// A node's reservation removed while its groups stay backlogged (or the
+// device leaves its reserving tenant): they go on at their weights' share
+// at once. Served by the reservation they ran ahead of the others in
+// virtual time (their weights split what the reservation gave them); kept
+// there, they would wait until the others caught up.
+enum class Removal { device, tenant, device_leaves_tenant };
+
+class ReservationRemoved : public ::testing::TestWithParam<Removal> {};
+
+TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
+  const Removal removal = GetParam();
+  const bool tenant = removal != Removal::device;
+  Scenario s;
+  s.name = "reservation removed";
+  s.storage = disk();
+  s.devices = {0, 1, 2, 3};
+  s.groups = {group(0, 1, 1), group(0, 2, 3), group(2, qos::kDefaultGroup, 100), group(3, qos::kDefaultGroup, 300)};
+  s.clients = {closed_loop("a", 0, 1, 32, {4 * KiB}), closed_loop("b", 0, 2, 32, {4 * KiB}),
+               closed_loop("light", 2, qos::kDefaultGroup, 64, {64 * KiB}),
+               closed_loop("heavy", 3, qos::kDefaultGroup, 64, {64 * KiB})};
+  s.clients[2].read_fraction = 0;
+  s.clients[3].read_fraction = 0;
+  const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
+  s.actions.push_back({0, [tenant, iops](qos::DeviceGroup& g) {
+                         ASSERT_TRUE(g.set_device_model(disk().costs, true));
+                         ASSERT_TRUE(g.set_weight(0, qos::kDefaultGroup, 1));
+                         qos::Limits limits;
+                         limits.reservation_iops = iops;
+                         if (tenant) {
+                           ASSERT_TRUE(g.add_tenant(kTenant, 1));
+                           ASSERT_TRUE(g.set_device_tenant(0, kTenant, 100));
+                           ASSERT_TRUE(g.set_tenant_limits(kTenant, limits));
+                         } else {
+                           ASSERT_TRUE(g.set_limits(0, std::nullopt, limits));
+                         }
+                       }});
+  s.actions.push_back({10 * kSecond, [removal](qos::DeviceGroup& g) {
+                         const qos::Limits none;
+                         switch (removal) {
+                           case Removal::device: ASSERT_TRUE(g.set_limits(0, std::nullopt, none)); break;
+                           case Removal::tenant: ASSERT_TRUE(g.set_tenant_limits(kTenant, none)); break;
+                           case Removal::device_leaves_tenant:
+                             ASSERT_TRUE(g.set_device_tenant(0, std::nullopt, qos::kDefaultWeight));
+                             break;
+                         }
+                       }});
+  s.duration = 14 * kSecond;
+  const Result r = simulate(s);
+  // Weight 4 of 404; in the tenant of weight 1 against 400: 1 of 401.
+  const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
+  printf("reservation removed at 10 s: the node's part of the device time each second:");
+  std::vector<double> parts;
+  for (Nanos t = 9 * kSecond; t < 14 * kSecond; t += kSecond) {
+    const std::vector<double> shares = device_time_shares(r, {"a", "b", "light", "heavy"}, t, t + kSecond);
+    parts.push_back(shares[0] + shares[1]);
+    printf(" %.2f %%", parts.back());
+  }
+  printf(" (due by weight %.2f %%)\n", 100 * due);
+  EXPECT_NEAR(parts[0], 20, 2);  // still reserved
+  // Before the lead went with the reservation: 0.00-0.01 % in every second after.
+  for (std::size_t i = 1; i < parts.size(); ++i) {
+    EXPECT_NEAR(parts[i], 100 * due, 0.25 * 100 * due) << "second " << 9 + i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Node, ReservationRemoved,
+                         ::testing::Values(Removal::device, Removal::tenant, Removal::device_leaves_tenant),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case Removal::device: return "device";
+                             case Removal::tenant: return "tenant";
+                             case Removal::device_leaves_tenant: return "device_leaves_tenant";
+                           }
+                           return "";
+                         });
+
 }  // namespace
 }  // namespace ioband::sim

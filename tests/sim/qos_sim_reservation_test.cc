@@ -377,8 +377,22 @@ StorageModel node_storage(bool deep) { return deep ? vm_disk_elastic() : disk();
 double node_share(bool deep) { return deep ? 0.3 : 0.2; }
 std::uint32_t node_depth(bool deep) { return deep ? 16 : 32; }
 
-NodeOutcome run_node(bool tenant, bool deep = false) {
+// Devices 0-3; the node's readers "a" (device 0, group 1) and "b" (device
+// `b_device`: group 2 of device 0, or device 1's default group), `depth`
+// deep; the writers "light" and "heavy" on devices 2 and 3, their default
+// groups at 100 and 300, outside every tenant.
+void node_clients(Scenario& s, DeviceId b_device, std::uint32_t depth) {
+  s.devices = {0, 1, 2, 3};
+  s.groups = {group(0, 1, 100), group(0, 2, 300), group(2, qos::kDefaultGroup, 100), group(3, qos::kDefaultGroup, 300)};
+  s.clients = {closed_loop("a", 0, 1, depth, {4 * KiB}),
+               closed_loop("b", b_device, b_device == 0 ? 2 : qos::kDefaultGroup, depth, {4 * KiB}),
+               closed_loop("light", 2, qos::kDefaultGroup, 64, {64 * KiB}),
+               closed_loop("heavy", 3, qos::kDefaultGroup, 64, {64 * KiB})};
+  s.clients[2].read_fraction = 0;
+  s.clients[3].read_fraction = 0;
+}
 
+NodeOutcome run_node(bool tenant, bool deep = false) {
   Scenario s;
   s.name = tenant ? "tenant reservation" : "device reservation";
   s.storage = node_storage(deep);
@@ -387,16 +401,8 @@ NodeOutcome run_node(bool tenant, bool deep = false) {
     s.io_limit_auto = false;
   }
   // Reserving node: device 0 (groups 1 and 2 at 100:300), or tenant 7 over
-  // devices 0 and 1 (weights 100:300 in it). Heavy devices 2 and 3, their
-  // default groups at 100 and 300, outside every tenant.
-  s.devices = {0, 1, 2, 3};
-  s.groups = {group(0, 1, 100), group(0, 2, 300), group(2, qos::kDefaultGroup, 100), group(3, qos::kDefaultGroup, 300)};
-  s.clients = {closed_loop("a", 0, 1, node_depth(deep), {4 * KiB}),
-               closed_loop("b", tenant ? 1 : 0, tenant ? qos::kDefaultGroup : 2, node_depth(deep), {4 * KiB}),
-               closed_loop("light", 2, qos::kDefaultGroup, 64, {64 * KiB}),
-               closed_loop("heavy", 3, qos::kDefaultGroup, 64, {64 * KiB})};
-  s.clients[2].read_fraction = 0;
-  s.clients[3].read_fraction = 0;
+  // devices 0 and 1 (weights 100:300 in it).
+  node_clients(s, tenant ? 1 : 0, node_depth(deep));
   for (ClientSpec& c : s.clients) c.start = kMilli;
   const auto iops = static_cast<std::uint64_t>(node_share(deep) * s.storage.costs.read_rand_iops);
   s.actions.push_back({0, [tenant, iops, deep](qos::DeviceGroup& g) {
@@ -503,13 +509,9 @@ TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
   Scenario s;
   s.name = "reservation removed";
   s.storage = disk();
-  s.devices = {0, 1, 2, 3};
-  s.groups = {group(0, 1, 1), group(0, 2, 3), group(2, qos::kDefaultGroup, 100), group(3, qos::kDefaultGroup, 300)};
-  s.clients = {closed_loop("a", 0, 1, 32, {4 * KiB}), closed_loop("b", 0, 2, 32, {4 * KiB}),
-               closed_loop("light", 2, qos::kDefaultGroup, 64, {64 * KiB}),
-               closed_loop("heavy", 3, qos::kDefaultGroup, 64, {64 * KiB})};
-  s.clients[2].read_fraction = 0;
-  s.clients[3].read_fraction = 0;
+  node_clients(s, 0, 32);  // the node's groups 1 and 2 of device 0 at weights 1 and 3
+  s.groups[0].weight = 1;
+  s.groups[1].weight = 3;
   const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
   s.actions.push_back({0, [tenant, iops](qos::DeviceGroup& g) {
                          ASSERT_TRUE(g.set_device_model(disk().costs, true));

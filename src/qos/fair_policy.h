@@ -182,17 +182,23 @@ class FairOrder : public OrderPolicy {
   // two. Kept once the reservation went, it would stop them until V caught
   // up (seconds: for a reservation of 20 % at a weight of 1 %, 20 times
   // what they were served). The lead is measured at the least tag of the
-  // node's active groups (queued or in flight), or of all of them.
+  // node's active groups (queued or in flight); an idle one comes back
+  // where any idle group does (from_idle), not ahead by what the
+  // reservation gave it.
   void drop_lead(std::span<Group* const> groups) noexcept override {
-    std::int64_t least = INT64_MAX, least_active = INT64_MAX;
-    for (const Group* g : groups) {
-      least = std::min(least, g->vtime);
-      if (g->head != nullptr || g->in_flight != 0) least_active = std::min(least_active, g->vtime);
+    std::int64_t least = INT64_MAX;
+    for (Group* g : groups) {
+      if (g->head != nullptr || g->in_flight != 0) {
+        least = std::min(least, g->vtime);
+      } else {
+        g->vtime = std::min(g->vtime, vtime_);
+      }
     }
-    if (least_active != INT64_MAX) least = least_active;
     if (least == INT64_MAX || least <= vtime_) return;
     const std::int64_t lead = least - vtime_;
-    for (Group* g : groups) g->vtime -= lead;
+    for (Group* g : groups) {
+      if (g->head != nullptr || g->in_flight != 0) g->vtime -= lead;
+    }
     // V_T, pushed ahead by the same groups (a node's groups share one tenant).
     if (Tenant* tenant = groups.front()->device->tree.tenant; tenant != nullptr && tenant->vtime > vtime_) {
       tenant->vtime = std::max(vtime_, tenant->vtime - lead);

@@ -503,13 +503,15 @@ enum class Removal { device, tenant, device_leaves_tenant };
 
 class ReservationRemoved : public ::testing::TestWithParam<Removal> {};
 
-TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
-  const Removal removal = GetParam();
+// 20 % reserved for device 0 (groups 1 and 2 at weights 1 and 3: clients
+// "a" and "b", 32 deep), or for its tenant of weight 1, against the writers
+// at 100:300; at 10 s the reservation goes.
+Scenario removal_scenario(Removal removal) {
   const bool tenant = removal != Removal::device;
   Scenario s;
   s.name = "reservation removed";
   s.storage = disk();
-  node_clients(s, 0, 32);  // the node's groups 1 and 2 of device 0 at weights 1 and 3
+  node_clients(s, 0, 32);
   s.groups[0].weight = 1;
   s.groups[1].weight = 3;
   const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
@@ -537,20 +539,64 @@ TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
                          }
                        }});
   s.duration = 14 * kSecond;
-  const Result r = simulate(s);
+  return s;
+}
+
+// The node's part (the clients `node`) of the device time in each second
+// from 9 s to 14 s.
+std::vector<double> node_parts(const Result& r, const std::vector<std::string>& node) {
+  std::vector<std::string> all = node;
+  all.push_back("light");
+  all.push_back("heavy");
+  std::vector<double> parts;
+  for (Nanos t = 9 * kSecond; t < 14 * kSecond; t += kSecond) {
+    const std::vector<double> shares = device_time_shares(r, all, t, t + kSecond);
+    double part = 0;
+    for (std::size_t i = 0; i < node.size(); ++i) part += shares[i];
+    parts.push_back(part);
+    printf(" %.2f %%", part);
+  }
+  return parts;
+}
+
+TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
+  const Removal removal = GetParam();
+  const Result r = simulate(removal_scenario(removal));
   // Weight 4 of 404; in the tenant of weight 1 against 400: 1 of 401.
   const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
   printf("reservation removed at 10 s: the node's part of the device time each second:");
-  std::vector<double> parts;
-  for (Nanos t = 9 * kSecond; t < 14 * kSecond; t += kSecond) {
-    const std::vector<double> shares = device_time_shares(r, {"a", "b", "light", "heavy"}, t, t + kSecond);
-    parts.push_back(shares[0] + shares[1]);
-    printf(" %.2f %%", parts.back());
-  }
+  const std::vector<double> parts = node_parts(r, {"a", "b"});
   printf(" (due by weight %.2f %%)\n", 100 * due);
   EXPECT_NEAR(parts[0], 20, 2);  // still reserved
   // Before the lead went with the reservation: 0.00-0.01 % in every second after.
   for (std::size_t i = 1; i < parts.size(); ++i) {
+    EXPECT_NEAR(parts[i], 100 * due, 0.25 * 100 * due) << "second " << 9 + i;
+  }
+}
+
+TEST_P(ReservationRemoved, AGroupIdleWhenItWentComesBackAtItsWeightsShare) {
+  // "b" stops at 8 s, while the reservation serves it; its group's next
+  // client starts at 11 s, after the reservation went.
+  const Removal removal = GetParam();
+  Scenario s = removal_scenario(removal);
+  s.clients[1].stop = 8 * kSecond;
+  ClientSpec again = s.clients[1];
+  again.name = "b2";
+  again.start = 11 * kSecond;
+  again.stop = kNever;
+  s.clients.push_back(again);
+  const Result r = simulate(s);
+  printf("\"b\" idle from 8 s, back at 11 s: the node's part of the device time each second:");
+  const std::vector<double> parts = node_parts(r, {"a", "b", "b2"});
+  // "a" alone at weight 1 of 401 from 10 s; "a" and "b2" from 11 s: 4 of 404
+  // (in the tenant: 1 of 401 in all).
+  const double due_a = 1.0 / 401;
+  const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
+  printf(" (due by weight %.2f %% from 10 s, %.2f %% from 11 s)\n", 100 * due_a, 100 * due);
+  EXPECT_NEAR(parts[0], 20, 2);
+  EXPECT_NEAR(parts[1], 100 * due_a, 0.25 * 100 * due_a);
+  // Without the idle group's lead dropped: 0.25 % (a alone) in every second.
+  for (std::size_t i = 3; i < parts.size(); ++i) {
     EXPECT_NEAR(parts[i], 100 * due, 0.25 * 100 * due) << "second " << 9 + i;
   }
 }

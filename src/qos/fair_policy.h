@@ -94,6 +94,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 
 #include "qos/cost.h"
 #include "qos/group.h"

@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 
 #include "qos/cost.h"
 #include "qos/group.h"
@@ -182,6 +183,18 @@ class WeightOrder final : public OrderPolicy {
     epoch_ = std::max(epoch_ + 1, WeightPolicy::epoch_for(best_key));
     dominant_ = nullptr;
     return true;
+  }
+
+  // A node's reservation spends its groups' tokens (their weights split
+  // it), beyond what their epochs give: gone, it would leave them that
+  // debt to wait out, epoch by epoch. They start the epoch with no tokens
+  // left, as a group that spent its own.
+  void drop_lead(std::span<Group* const> groups) noexcept override {
+    const WeightPolicy weights = math();
+    for (Group* g : groups) {
+      weights.normalize(*g, epoch_);
+      g->tokens = std::max<std::int64_t>(g->tokens, 0);
+    }
   }
 
   bool charge(Group& group, const Request& request, Rule, Nanos) noexcept override {

@@ -499,7 +499,7 @@ TEST(ReservationSim, ATenantReservesTwentyPercentWhenTheWindowDoesNotQueueAnythi
 // at once. Served by the reservation they ran ahead of the others in
 // virtual time (their weights split what the reservation gave them); kept
 // there, they would wait until the others caught up.
-enum class Removal { device, tenant, device_leaves_tenant };
+enum class Removal { device, tenant, device_leaves_tenant, device_policy_weight };
 
 class ReservationRemoved : public ::testing::TestWithParam<Removal> {};
 
@@ -507,10 +507,11 @@ class ReservationRemoved : public ::testing::TestWithParam<Removal> {};
 // "a" and "b", 32 deep), or for its tenant of weight 1, against the writers
 // at 100:300; at 10 s the reservation goes.
 Scenario removal_scenario(Removal removal) {
-  const bool tenant = removal != Removal::device;
+  const bool tenant = removal == Removal::tenant || removal == Removal::device_leaves_tenant;
   Scenario s;
   s.name = "reservation removed";
   s.storage = disk();
+  if (removal == Removal::device_policy_weight) s.policy = qos::Policy::weight;
   node_clients(s, 0, 32);
   s.groups[0].weight = 1;
   s.groups[1].weight = 3;
@@ -531,7 +532,8 @@ Scenario removal_scenario(Removal removal) {
   s.actions.push_back({10 * kSecond, [removal](qos::DeviceGroup& g) {
                          const qos::Limits none;
                          switch (removal) {
-                           case Removal::device: ASSERT_TRUE(g.set_limits(0, std::nullopt, none)); break;
+                           case Removal::device:
+                           case Removal::device_policy_weight: ASSERT_TRUE(g.set_limits(0, std::nullopt, none)); break;
                            case Removal::tenant: ASSERT_TRUE(g.set_tenant_limits(kTenant, none)); break;
                            case Removal::device_leaves_tenant:
                              ASSERT_TRUE(g.set_device_tenant(0, std::nullopt, qos::kDefaultWeight));
@@ -543,14 +545,23 @@ Scenario removal_scenario(Removal removal) {
 }
 
 // The node's part (the clients `node`) of the device time in each second
-// from 9 s to 14 s.
-std::vector<double> node_parts(const Result& r, const std::vector<std::string>& node) {
+// from 9 s to 14 s; of the requests under dm-ioband's token policy
+// `weight` (a token a request), what its weights split there.
+std::vector<double> node_parts(const Result& r, const std::vector<std::string>& node, Removal removal) {
   std::vector<std::string> all = node;
   all.push_back("light");
   all.push_back("heavy");
   std::vector<double> parts;
   for (Nanos t = 9 * kSecond; t < 14 * kSecond; t += kSecond) {
-    const std::vector<double> shares = device_time_shares(r, all, t, t + kSecond);
+    std::vector<double> shares = device_time_shares(r, all, t, t + kSecond);
+    if (removal == Removal::device_policy_weight) {
+      double total = 0;
+      for (std::size_t i = 0; i < all.size(); ++i) {
+        shares[i] = static_cast<double>(r.client(all[i]).completions(t, t + kSecond));
+        total += shares[i];
+      }
+      for (double& v : shares) v = 100 * v / total;
+    }
     double part = 0;
     for (std::size_t i = 0; i < node.size(); ++i) part += shares[i];
     parts.push_back(part);
@@ -559,18 +570,31 @@ std::vector<double> node_parts(const Result& r, const std::vector<std::string>& 
   return parts;
 }
 
+// What a second may be off its due part, relative: dm-ioband's token
+// policy splits by epochs, not exactly (1.09-1.18 % of the requests for
+// 0.99 %).
+double tolerance(Removal removal) { return removal == Removal::device_policy_weight ? 0.6 : 0.25; }
+
+// While reserved, the node's part: 20 % of the device time (under `weight`
+// that is two thirds of the requests: its 4 KiB reads against 64 KiB writes).
+void expect_reserved(Removal removal, double part) {
+  if (removal != Removal::device_policy_weight) {
+    EXPECT_NEAR(part, 20, 2);
+  }
+}
+
 TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
   const Removal removal = GetParam();
   const Result r = simulate(removal_scenario(removal));
   // Weight 4 of 404; in the tenant of weight 1 against 400: 1 of 401.
   const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
-  printf("reservation removed at 10 s: the node's part of the device time each second:");
-  const std::vector<double> parts = node_parts(r, {"a", "b"});
+  printf("reservation removed at 10 s: the node's part of the device time (weight: requests) each second:");
+  const std::vector<double> parts = node_parts(r, {"a", "b"}, removal);
   printf(" (due by weight %.2f %%)\n", 100 * due);
-  EXPECT_NEAR(parts[0], 20, 2);  // still reserved
+  expect_reserved(removal, parts[0]);
   // Before the lead went with the reservation: 0.00-0.01 % in every second after.
   for (std::size_t i = 1; i < parts.size(); ++i) {
-    EXPECT_NEAR(parts[i], 100 * due, 0.25 * 100 * due) << "second " << 9 + i;
+    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 9 + i;
   }
 }
 
@@ -586,28 +610,30 @@ TEST_P(ReservationRemoved, AGroupIdleWhenItWentComesBackAtItsWeightsShare) {
   again.stop = kNever;
   s.clients.push_back(again);
   const Result r = simulate(s);
-  printf("\"b\" idle from 8 s, back at 11 s: the node's part of the device time each second:");
-  const std::vector<double> parts = node_parts(r, {"a", "b", "b2"});
+  printf("\"b\" idle from 8 s, back at 11 s: the node's part of the device time (weight: requests) each second:");
+  const std::vector<double> parts = node_parts(r, {"a", "b", "b2"}, removal);
   // "a" alone at weight 1 of 401 from 10 s; "a" and "b2" from 11 s: 4 of 404
   // (in the tenant: 1 of 401 in all).
   const double due_a = 1.0 / 401;
   const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
   printf(" (due by weight %.2f %% from 10 s, %.2f %% from 11 s)\n", 100 * due_a, 100 * due);
-  EXPECT_NEAR(parts[0], 20, 2);
-  EXPECT_NEAR(parts[1], 100 * due_a, 0.25 * 100 * due_a);
+  expect_reserved(removal, parts[0]);
+  EXPECT_NEAR(parts[1], 100 * due_a, tolerance(removal) * 100 * due_a);
   // Without the idle group's lead dropped: 0.25 % (a alone) in every second.
   for (std::size_t i = 3; i < parts.size(); ++i) {
-    EXPECT_NEAR(parts[i], 100 * due, 0.25 * 100 * due) << "second " << 9 + i;
+    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 9 + i;
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Node, ReservationRemoved,
-                         ::testing::Values(Removal::device, Removal::tenant, Removal::device_leaves_tenant),
+                         ::testing::Values(Removal::device, Removal::tenant, Removal::device_leaves_tenant,
+                                           Removal::device_policy_weight),
                          [](const auto& info) {
                            switch (info.param) {
                              case Removal::device: return "device";
                              case Removal::tenant: return "tenant";
                              case Removal::device_leaves_tenant: return "device_leaves_tenant";
+                             case Removal::device_policy_weight: return "device_policy_weight";
                            }
                            return "";
                          });

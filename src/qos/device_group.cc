@@ -1241,8 +1241,10 @@ struct DeviceGroup::Impl {
     state.held = 0;
     if (delay <= 0) return;
     // Only limits pace: the group's own (in its extras), its device's or its tenant's.
+    const detail::Tenant* tenant = group.device->tree.tenant;
     const bool paced = (group.extras && group.extras->limit_paced_at >= state.time) ||
-                       group.device->limit_paced_at >= state.time;
+                       group.device->limit_paced_at >= state.time ||
+                       (tenant != nullptr && tenant->limit_paced_at >= state.time);
     HoldReason reason = HoldReason::weight;
     if (paced) {
       reason = HoldReason::limit;
@@ -1492,7 +1494,10 @@ struct DeviceGroup::Impl {
     // ---- hook: latency targets (latency_target.h) ----
     if (hooks & kHookLatency) {
       const Nanos latency_ns = std::max<Nanos>(now - request.scheduler.time, 0) + Nanos{request.scheduler.queued_16ns} * 16;
-      std::vector<Group*>& again = latency.completed(group, latency_ns, in_flight, admission.io_limit, last_now);
+      // A limit of its own held it (its group's, device's or tenant's): not
+      // the others' doing (latency_target.h).
+      const bool by_limit = request.scheduler.held == static_cast<std::uint8_t>(HoldReason::limit) + 1;
+      std::vector<Group*>& again = latency.completed(group, latency_ns, by_limit, in_flight, admission.io_limit, last_now);
       ask_again(again);
       if (order == Order::fair && latency.holding()) refresh_held_floor();
     }

@@ -47,6 +47,15 @@
 //   else     cap := max(cap + 1, cap * min(5/4, x))   (reservation only)
 // in proportion to the miss: a fixed step overshot both ways.
 //
+// A node's own limit is not the others' doing. In an epoch in which a
+// request of the node waited for a limit of its group, device or tenant,
+// the node asks for more than its limit gives: its queue, and the latency
+// of every request in it, grow with its depth whatever the others do, and
+// a reservation above the limit cannot be met. Such an epoch is neither a
+// missed target nor a missed reservation; the cap steps up as with room.
+// (Capping the others for it, down to one request in flight, gave the node
+// nothing and took the others' rate to a twentieth.)
+//
 // Unlike io.latency, which throttles every group of a lower priority to
 // queue depth 1 and back, the cap moves in steps and stops where the target
 // holds, so the others keep what the protected group does not need.
@@ -197,17 +206,20 @@ class LatencyTargets {
     return false;
   }
 
-  // A request of `group` completed after `latency_ns`, `in_flight` still in
-  // flight in the device group (its own count already lowered, and its
-  // device's and tenant's); `ceiling`: io_limit. Returns the held groups to ask again (the caller empties it).
-  std::vector<Group*>& completed(const Group& group, Nanos latency_ns, std::uint32_t in_flight, std::uint32_t ceiling,
-                                 Nanos now) noexcept {
+  // A request of `group` completed after `latency_ns`; `limited`: it
+  // waited for a limit of its own (its group's, device's or tenant's);
+  // `in_flight` still in flight in the device group (its own count already
+  // lowered, and its device's and tenant's); `ceiling`: io_limit. Returns
+  // the held groups to ask again (the caller empties it).
+  std::vector<Group*>& completed(const Group& group, Nanos latency_ns, bool limited, std::uint32_t in_flight,
+                                 std::uint32_t ceiling, Nanos now) noexcept {
     for (const auto& p : targets_) {
       Target& t = *p;
       // The others' requests in flight just before this completion.
       const bool own = t.node.contains(group);
       const std::uint32_t others = in_flight - t.node.in_flight() + (own ? 0 : 1);
       t.others_peak = std::max(t.others_peak, others);
+      if (own && limited) t.limited = true;
       if (own && t.samples.size() < kMaxSamples) t.samples.push_back(latency_ns);
       const Nanos age = now - t.epoch_start;
       const bool enough = t.samples.size() >= kMinSamples || t.status.target_ns == 0;
@@ -237,6 +249,7 @@ class LatencyTargets {
     std::vector<Nanos> samples;
     std::uint32_t others_peak = 0;
     double served_start = 0;  // the reservation's total_ns when the epoch began
+    bool limited = false;     // a request of the node waited for a limit of its own this epoch
   };
 
   bool passes(const Group& group) const noexcept {
@@ -276,6 +289,10 @@ class LatencyTargets {
       halve = 2 * q > 3 * target;
       room = q < 0 || 10 * q <= 7 * target;
       idle = q < 0;
+      if (t.limited) {  // its own limit's doing (above)
+        missed = halve = false;
+        room = true;
+      }
     }
     // The reservation: what the group was served in the epoch over what it
     // was due plus half of what it lags (at most the 100 ms it may catch
@@ -294,7 +311,7 @@ class LatencyTargets {
         const Nanos lag = std::clamp<Nanos>(now - r.tag, -GroupReservation::kCatchUp, GroupReservation::kCatchUp);
         const double want = std::max(0.25 * due, due + 0.5 * r.rate_ns * static_cast<double>(lag) / 1e9);
         ratio = want > 0 ? (r.total_ns - t.served_start) / want : 1;
-        behind = ratio < 1 && lag > kBehind;
+        behind = ratio < 1 && lag > kBehind && !t.limited;
       }
       if (target == 0) missed = room = false;  // the step below decides alone
       room = room && !behind;
@@ -322,6 +339,7 @@ class LatencyTargets {
       if (s.cap > ceiling) s.cap = 0;
     }
     if (t.reservation != nullptr) t.served_start = t.reservation->total_ns;
+    t.limited = false;
     t.samples.clear();
     t.others_peak = 0;
     t.epoch_start = now;

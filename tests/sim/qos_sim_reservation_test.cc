@@ -625,6 +625,86 @@ TEST_P(ReservationRemoved, AGroupIdleWhenItWentComesBackAtItsWeightsShare) {
   }
 }
 
+// A node whose own limit holds it (a reservation above its limit, or a
+// latency target on a client that asks for more than its limit gives) is
+// not missing anything by the others' doing: the cap on the others
+// (latency_target.h) stays off. Before, it went to 1 request in flight and
+// the writers kept a twentieth of their rate, for nothing.
+struct Limited {
+  double reader = 0, writers = 0;  // IOPS from 2 s on
+  std::uint32_t most_cap = 0;      // the largest cap on the writers sampled each second (0: none)
+};
+
+// The reserved reader (32 deep, weight `weight`) limited to 3000 IOPS, and
+// a reservation of 20 % of the storage, a latency target of 2 ms, or neither;
+// `deep`: elastic storage with a fixed window of 256 (nothing queues).
+Limited run_limited(bool deep, bool reservation, bool target, std::uint32_t weight) {
+  Scenario s;
+  s.name = "limited";
+  s.storage = deep ? vm_disk_elastic() : disk();
+  if (deep) {
+    s.io_limit = 256;
+    s.io_limit_auto = false;
+  }
+  three_clients(s, 32);
+  const auto iops = static_cast<std::uint64_t>(0.2 * s.storage.costs.read_rand_iops);
+  const qos::DeviceModel model = s.storage.costs;
+  s.actions.push_back({0, [=](qos::DeviceGroup& g) {
+                         ASSERT_TRUE(g.set_device_model(model, true));
+                         ASSERT_TRUE(g.set_weight(0, kReserved, weight));
+                         qos::Limits limits;
+                         limits.iops_total.rate = 3000;
+                         if (reservation) limits.reservation_iops = iops;
+                         if (target) limits.latency_target_us = 2000;
+                         qos::Status status = g.set_limits(0, kReserved, limits);
+                         ASSERT_TRUE(status) << status.message();
+                       }});
+  Limited out;
+  for (Nanos t = kSecond; t < 10 * kSecond; t += kSecond) {
+    s.actions.push_back({t, [&out](qos::DeviceGroup& g) {
+                           out.most_cap = std::max(out.most_cap, g.latency_cap_on(0, kLight));
+                         }});
+  }
+  s.duration = 10 * kSecond;
+  const Result r = simulate(s);
+  out.reader = static_cast<double>(r.client("reserved").completions(2 * kSecond, 10 * kSecond)) / 8;
+  out.writers = static_cast<double>(r.client("light").completions(2 * kSecond, 10 * kSecond) +
+                                    r.client("heavy").completions(2 * kSecond, 10 * kSecond)) / 8;
+  return out;
+}
+
+TEST(ReservationSim, AReservationAboveTheGroupsOwnLimitDoesNotCapTheOthers) {
+  for (const bool deep : {false, true}) {
+    const Limited plain = run_limited(deep, false, false, 1);
+    const Limited reserved = run_limited(deep, true, false, 1);
+    printf("%s: 12k+ IOPS reserved above a limit of 3000: reader %.0f IOPS, writers %.0f (limit alone: %.0f, %.0f); "
+           "cap on the writers %u\n",
+           deep ? "elastic, window 256" : "knee", reserved.reader, reserved.writers, plain.reader, plain.writers,
+           reserved.most_cap);
+    EXPECT_NEAR(reserved.reader, 3000, 100);
+    // Before: 384 and 583 writer IOPS, the cap at 1.
+    EXPECT_GE(reserved.writers, 0.9 * plain.writers);
+    EXPECT_EQ(reserved.most_cap, 0U);
+  }
+}
+
+TEST(ReservationSim, ALatencyTargetMissedByTheGroupsOwnLimitDoesNotCapTheOthers) {
+  // A 32-deep reader at weight 1000 limited to 3000 IOPS waits about 10 ms
+  // in its own queue, whatever the others do; its target is 2 ms.
+  for (const bool deep : {false, true}) {
+    const Limited plain = run_limited(deep, false, false, 1000);
+    const Limited targeted = run_limited(deep, false, true, 1000);
+    printf("%s: a 2 ms target on a reader held by its limit of 3000: reader %.0f IOPS, writers %.0f (limit alone: "
+           "%.0f, %.0f); cap on the writers %u\n",
+           deep ? "elastic, window 256" : "knee", targeted.reader, targeted.writers, plain.reader, plain.writers,
+           targeted.most_cap);
+    EXPECT_NEAR(targeted.reader, 3000, 100);
+    // Before: 387 and 583 writer IOPS, the cap at 1.
+    EXPECT_GE(targeted.writers, 0.9 * plain.writers);
+    EXPECT_EQ(targeted.most_cap, 0U);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Node, ReservationRemoved,
                          ::testing::Values(Removal::device, Removal::tenant, Removal::device_leaves_tenant,
                                            Removal::device_policy_weight),

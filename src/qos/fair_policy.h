@@ -181,8 +181,8 @@ class FairOrder : public OrderPolicy {
   // weights' share. While it holds, that lead is right: the weights give
   // them nothing more until V catches up, and they get the larger of the
   // two. Kept once the reservation went, it would stop them until V caught
-  // up (seconds: for a reservation of 20 % at a weight of 1 %, 20 times
-  // what they were served). The lead is measured at the least tag of the
+  // up (after 10 s of 20 % reserved for a node whose weights give it 1 %,
+  // more than three minutes). The lead is measured at the least tag of the
   // node's active groups (queued or in flight); an idle one comes back
   // where any idle group does (from_idle), not ahead by what the
   // reservation gave it.

@@ -52,7 +52,8 @@
 // the node asks for more than its limit gives: its queue, and the latency
 // of every request in it, grow with its depth whatever the others do, and
 // a reservation above the limit cannot be met. Such an epoch is neither a
-// missed target nor a missed reservation; the cap steps up as with room.
+// missed target nor a missed reservation; the cap doubles, as when the node
+// is idle.
 // (Capping the others for it, down to one request in flight, gave the node
 // nothing and took the others' rate to a twentieth.)
 //
@@ -289,10 +290,6 @@ class LatencyTargets {
       halve = 2 * q > 3 * target;
       room = q < 0 || 10 * q <= 7 * target;
       idle = q < 0;
-      if (t.limited) {  // its own limit's doing (above)
-        missed = halve = false;
-        room = true;
-      }
     }
     // The reservation: what the group was served in the epoch over what it
     // was due plus half of what it lags (at most the 100 ms it may catch
@@ -317,6 +314,10 @@ class LatencyTargets {
       room = room && !behind;
       idle = idle && !backlogged && t.node.in_flight() == 0;
     }
+    if (t.limited) {  // its own limit's doing (above): nothing the cap can do for it
+      missed = halve = false;
+      idle = true;
+    }
     if (missed) {
       const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
       const std::uint32_t lower = halve ? base / 2 : base * 3 / 4;
@@ -334,7 +335,7 @@ class LatencyTargets {
     if (behind) {
       const std::uint32_t base = s.cap != 0 ? s.cap : std::max<std::uint32_t>(1, t.others_peak);
       s.cap = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(base * std::max(0.5, ratio)));
-    } else if (ratio >= 0 && target == 0 && s.cap != 0) {
+    } else if (ratio >= 0 && target == 0 && s.cap != 0 && !t.limited) {
       s.cap = std::max(s.cap + 1, static_cast<std::uint32_t>(std::ceil(s.cap * std::min(1.25, ratio))));
       if (s.cap > ceiling) s.cap = 0;
     }

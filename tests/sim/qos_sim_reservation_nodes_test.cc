@@ -59,6 +59,7 @@ struct NodeOutcome {
 StorageModel node_storage(bool deep) { return deep ? vm_disk_elastic() : disk(); }
 double node_share(bool deep) { return deep ? 0.3 : 0.2; }
 std::uint32_t node_depth(bool deep) { return deep ? 16 : 32; }
+Nanos node_end(bool deep) { return deep ? 10 * kSecond : 20 * kSecond; }
 
 // Devices 0-3; the node's readers "a" (device 0, group 1) and "b" (device
 // `b_device`: group 2 of device 0, or device 1's default group), `depth`
@@ -95,7 +96,7 @@ NodeOutcome run_node(bool tenant, bool deep = false) {
     s.groups[0].weight = 1;
     s.groups[1].weight = 3;
   }
-  s.duration = 20 * kSecond;
+  s.duration = node_end(deep);
   NodeOutcome out;
   for (Nanos t = kSecond; t < s.duration; t += kSecond) {
     s.actions.push_back({t, [&out, tenant](qos::DeviceGroup& g) {
@@ -111,13 +112,13 @@ void check_node(const char* what, const NodeOutcome& r, bool deep = false) {
   const double wanted =
       static_cast<double>(static_cast<std::uint64_t>(node_share(deep) * node_storage(deep).costs.read_rand_iops));
   std::vector<double> rates;
-  for (Nanos t = 2 * kSecond; t + kSecond <= 20 * kSecond; t += kSecond) {
+  for (Nanos t = 2 * kSecond; t + kSecond <= node_end(deep); t += kSecond) {
     rates.push_back(static_cast<double>(r.result.client("a").completions(t, t + kSecond) +
                                         r.result.client("b").completions(t, t + kSecond)));
   }
-  const double light = light_share(r.result, 2 * kSecond, 20 * kSecond);
+  const double light = light_share(r.result, 2 * kSecond, node_end(deep));
   report(what, rates, wanted, light);
-  const double inside = device_time_shares(r.result, {"a", "b"}, 2 * kSecond, 20 * kSecond)[0];
+  const double inside = device_time_shares(r.result, {"a", "b"}, 2 * kSecond, node_end(deep))[0];
   printf("  inside the node: a %.1f %% (weight 1 of 4)\n", inside);
   EXPECT_GE(met_fraction(rates, wanted), 0.98);
   EXPECT_GE(percentile(rates, 0.05), 0.98 * wanted);
@@ -167,13 +168,15 @@ TEST(ReservationSim, ATenantReservesTwentyPercentWhenTheWindowDoesNotQueueAnythi
 // at once. Served by the reservation they ran ahead of the others in
 // virtual time (their weights split what the reservation gave them); kept
 // there, they would wait until the others caught up.
+constexpr Nanos kRemoved = 4 * kSecond;
+
 enum class Removal { device, tenant, device_leaves_tenant, device_policy_weight };
 
 class ReservationRemoved : public ::testing::TestWithParam<Removal> {};
 
 // 20 % reserved for device 0 (groups 1 and 2 at weights 1 and 3: clients
 // "a" and "b", 32 deep), or for its tenant of weight 1, against the writers
-// at 100:300; at 10 s the reservation goes.
+// at 100:300; at kRemoved (4 s) the reservation goes.
 Scenario removal_scenario(Removal removal) {
   const bool tenant = removal == Removal::tenant || removal == Removal::device_leaves_tenant;
   Scenario s;
@@ -185,7 +188,7 @@ Scenario removal_scenario(Removal removal) {
   s.groups[1].weight = 3;
   const auto iops = static_cast<std::uint64_t>(0.2 * capacity_iops());
   s.actions.push_back(reserve_node(disk().costs, tenant, iops, false));
-  s.actions.push_back({10 * kSecond, [removal](qos::DeviceGroup& g) {
+  s.actions.push_back({kRemoved, [removal](qos::DeviceGroup& g) {
                          const qos::Limits none;
                          switch (removal) {
                            case Removal::device:
@@ -196,19 +199,19 @@ Scenario removal_scenario(Removal removal) {
                              break;
                          }
                        }});
-  s.duration = 14 * kSecond;
+  s.duration = kRemoved + 4 * kSecond;
   return s;
 }
 
 // The node's part (the clients `node`) of the device time in each second
-// from 9 s to 14 s; of the requests under dm-ioband's token policy
+// from 3 s to 8 s (the reservation went at 4 s); of the requests under dm-ioband's token policy
 // `weight` (a token a request), what its weights split there.
 std::vector<double> node_parts(const Result& r, const std::vector<std::string>& node, Removal removal) {
   std::vector<std::string> all = node;
   all.push_back("light");
   all.push_back("heavy");
   std::vector<double> parts;
-  for (Nanos t = 9 * kSecond; t < 14 * kSecond; t += kSecond) {
+  for (Nanos t = kRemoved - kSecond; t < kRemoved + 4 * kSecond; t += kSecond) {
     std::vector<double> shares = device_time_shares(r, all, t, t + kSecond);
     if (removal == Removal::device_policy_weight) {
       double total = 0;
@@ -244,40 +247,40 @@ TEST_P(ReservationRemoved, TheNodesGroupsGoOnAtTheirWeightsShare) {
   const Result r = simulate(removal_scenario(removal));
   // Weight 4 of 404; in the tenant of weight 1 against 400: 1 of 401.
   const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
-  printf("reservation removed at 10 s: the node's part of the device time (weight: requests) each second:");
+  printf("reservation removed at 4 s: the node's part of the device time (weight: requests) each second:");
   const std::vector<double> parts = node_parts(r, {"a", "b"}, removal);
   printf(" (due by weight %.2f %%)\n", 100 * due);
   expect_reserved(removal, parts[0]);
   // Before the lead went with the reservation: 0.00-0.01 % in every second after.
   for (std::size_t i = 1; i < parts.size(); ++i) {
-    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 9 + i;
+    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 3 + i;
   }
 }
 
 TEST_P(ReservationRemoved, AGroupIdleWhenItWentComesBackAtItsWeightsShare) {
-  // "b" stops at 8 s, while the reservation serves it; its group's next
-  // client starts at 11 s, after the reservation went.
+  // "b" stops at 2 s, while the reservation serves it; its group's next
+  // client starts at 5 s, after the reservation went.
   const Removal removal = GetParam();
   Scenario s = removal_scenario(removal);
-  s.clients[1].stop = 8 * kSecond;
+  s.clients[1].stop = kRemoved - 2 * kSecond;
   ClientSpec again = s.clients[1];
   again.name = "b2";
-  again.start = 11 * kSecond;
+  again.start = kRemoved + kSecond;
   again.stop = kNever;
   s.clients.push_back(again);
   const Result r = simulate(s);
-  printf("\"b\" idle from 8 s, back at 11 s: the node's part of the device time (weight: requests) each second:");
+  printf("\"b\" idle from 2 s, back at 5 s: the node's part of the device time (weight: requests) each second:");
   const std::vector<double> parts = node_parts(r, {"a", "b", "b2"}, removal);
-  // "a" alone at weight 1 of 401 from 10 s; "a" and "b2" from 11 s: 4 of 404
+  // "a" alone at weight 1 of 401 from 4 s; "a" and "b2" from 5 s: 4 of 404
   // (in the tenant: 1 of 401 in all).
   const double due_a = 1.0 / 401;
   const double due = removal == Removal::tenant ? 1.0 / 401 : 4.0 / 404;
-  printf(" (due by weight %.2f %% from 10 s, %.2f %% from 11 s)\n", 100 * due_a, 100 * due);
+  printf(" (due by weight %.2f %% from 4 s, %.2f %% from 5 s)\n", 100 * due_a, 100 * due);
   expect_reserved(removal, parts[0]);
   EXPECT_NEAR(parts[1], 100 * due_a, tolerance(removal) * 100 * due_a);
   // Without the idle group's lead dropped: 0.25 % (a alone) in every second.
   for (std::size_t i = 3; i < parts.size(); ++i) {
-    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 9 + i;
+    EXPECT_NEAR(parts[i], 100 * due, tolerance(removal) * 100 * due) << "second " << 3 + i;
   }
 }
 
@@ -316,16 +319,16 @@ Limited run_limited(bool deep, bool reservation, bool target, std::uint32_t weig
                          ASSERT_TRUE(status) << status.message();
                        }});
   Limited out;
-  for (Nanos t = kSecond; t < 10 * kSecond; t += kSecond) {
+  for (Nanos t = kSecond; t < 6 * kSecond; t += kSecond) {
     s.actions.push_back({t, [&out](qos::DeviceGroup& g) {
                            out.most_cap = std::max(out.most_cap, g.latency_cap_on(0, kLight));
                          }});
   }
-  s.duration = 10 * kSecond;
+  s.duration = 6 * kSecond;
   const Result r = simulate(s);
-  out.reader = static_cast<double>(r.client("reserved").completions(2 * kSecond, 10 * kSecond)) / 8;
-  out.writers = static_cast<double>(r.client("light").completions(2 * kSecond, 10 * kSecond) +
-                                    r.client("heavy").completions(2 * kSecond, 10 * kSecond)) / 8;
+  out.reader = static_cast<double>(r.client("reserved").completions(2 * kSecond, 6 * kSecond)) / 4;
+  out.writers = static_cast<double>(r.client("light").completions(2 * kSecond, 6 * kSecond) +
+                                    r.client("heavy").completions(2 * kSecond, 6 * kSecond)) / 4;
   return out;
 }
 

@@ -1240,11 +1240,10 @@ struct DeviceGroup::Impl {
     state.queued_16ns = static_cast<std::uint32_t>(std::clamp<Nanos>(delay / 16, 0, UINT32_MAX));
     state.held = 0;
     if (delay <= 0) return;
-    // Only limits pace: the group's own (in its extras), its device's or its tenant's.
-    const detail::Tenant* tenant = group.device->tree.tenant;
+    // Only limits pace: the group's own (in its extras), its device's or its
+    // tenant's (held_by_limit marks the device for both).
     const bool paced = (group.extras && group.extras->limit_paced_at >= state.time) ||
-                       group.device->limit_paced_at >= state.time ||
-                       (tenant != nullptr && tenant->limit_paced_at >= state.time);
+                       group.device->limit_paced_at >= state.time;
     HoldReason reason = HoldReason::weight;
     if (paced) {
       reason = HoldReason::limit;

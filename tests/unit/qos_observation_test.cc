@@ -136,6 +136,33 @@ TEST(Observation, ALimitIsTheReasonWhenItPacedTheGroup) {
   EXPECT_GT(o.held_ns[static_cast<std::size_t>(HoldReason::limit)], 0u);
 }
 
+// A tenant's limit (tree.h) paces its devices' groups as a device's does:
+// the time they wait for it is the limit's, not the weights'.
+TEST(Observation, ATenantsLimitIsTheReasonWhenItPacedTheGroup) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  ASSERT_TRUE(g.add_tenant(5, 100));
+  ASSERT_TRUE(g.set_device_tenant(0, 5));
+  Limits limits;
+  limits.iops_total.rate = 100;  // one request every 10 ms
+  ASSERT_TRUE(g.set_tenant_limits(5, limits));
+  Pool pool;
+  for (int i = 0; i < 300; ++i) g.enqueue(pool.make(1), kStart);
+  int dispatched = 0;
+  for (int ms = 0; ms <= 4000 && dispatched < 300; ++ms) {
+    const TimePoint now = kStart + milliseconds(ms);
+    while (Request* r = next_dispatch(g, now)) {
+      ++dispatched;
+      g.complete(r, now);
+    }
+  }
+  ASSERT_EQ(dispatched, 300);
+  const GroupObservation o = g.observation(0, 1).value();
+  EXPECT_GE(o.held_requests[static_cast<std::size_t>(HoldReason::limit)], 200u);
+  EXPECT_EQ(o.held_requests[static_cast<std::size_t>(HoldReason::weight)], 0u);  // it was alone
+}
+
 TEST(Observation, ResetStatsLeavesTheCountersAndADetachedGroupStartsAfresh) {
   DeviceGroup g;
   ASSERT_TRUE(g.add_device(0));

@@ -104,20 +104,12 @@ TEST(Observation, DurationIncludesTheTimeQueuedAndTheReasonIsTheWindow) {
   EXPECT_EQ(o.held_requests[static_cast<std::size_t>(HoldReason::limit)], 0u);
 }
 
-TEST(Observation, ALimitIsTheReasonWhenItPacedTheGroup) {
-  DeviceGroup g;
-  ASSERT_TRUE(g.add_device(0));
-  ASSERT_TRUE(g.attach(0, 1));
-  Limits limits;
-  limits.iops_total.rate = 100;  // one request every 10 ms
-  ASSERT_TRUE(g.set_limits(0, 1, limits));
+// 300 requests of group 1 of device 0 queued at once (more than a limit's
+// burst allows), each served and completed as soon as it is dispatched,
+// over at most 4 s in steps of 1 ms. Returns how many were dispatched.
+int serve_300(DeviceGroup& g) {
   Pool pool;
-  std::vector<Request*> requests;
-  // More than the bucket's burst allows at once.
-  for (int i = 0; i < 300; ++i) {
-    requests.push_back(pool.make(1));
-    g.enqueue(requests.back(), kStart);
-  }
+  for (int i = 0; i < 300; ++i) g.enqueue(pool.make(1), kStart);
   int dispatched = 0;
   for (int ms = 0; ms <= 4000 && dispatched < 300; ++ms) {
     const TimePoint now = kStart + milliseconds(ms);
@@ -126,7 +118,17 @@ TEST(Observation, ALimitIsTheReasonWhenItPacedTheGroup) {
       g.complete(r, now);
     }
   }
-  ASSERT_EQ(dispatched, 300);
+  return dispatched;
+}
+
+TEST(Observation, ALimitIsTheReasonWhenItPacedTheGroup) {
+  DeviceGroup g;
+  ASSERT_TRUE(g.add_device(0));
+  ASSERT_TRUE(g.attach(0, 1));
+  Limits limits;
+  limits.iops_total.rate = 100;  // one request every 10 ms
+  ASSERT_TRUE(g.set_limits(0, 1, limits));
+  ASSERT_EQ(serve_300(g), 300);
   const GroupObservation o = g.observation(0, 1).value();
   const std::uint64_t limited = o.held_requests[static_cast<std::size_t>(HoldReason::limit)];
   EXPECT_GE(limited, 1u);
@@ -147,17 +149,7 @@ TEST(Observation, ATenantsLimitIsTheReasonWhenItPacedTheGroup) {
   Limits limits;
   limits.iops_total.rate = 100;  // one request every 10 ms
   ASSERT_TRUE(g.set_tenant_limits(5, limits));
-  Pool pool;
-  for (int i = 0; i < 300; ++i) g.enqueue(pool.make(1), kStart);
-  int dispatched = 0;
-  for (int ms = 0; ms <= 4000 && dispatched < 300; ++ms) {
-    const TimePoint now = kStart + milliseconds(ms);
-    while (Request* r = next_dispatch(g, now)) {
-      ++dispatched;
-      g.complete(r, now);
-    }
-  }
-  ASSERT_EQ(dispatched, 300);
+  ASSERT_EQ(serve_300(g), 300);
   const GroupObservation o = g.observation(0, 1).value();
   EXPECT_GE(o.held_requests[static_cast<std::size_t>(HoldReason::limit)], 200u);
   EXPECT_EQ(o.held_requests[static_cast<std::size_t>(HoldReason::weight)], 0u);  // it was alone

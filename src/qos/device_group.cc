@@ -355,8 +355,9 @@ struct DeviceGroup::Impl {
   // Sets the reservation of a node (a group's, a device's, a tenant's) from
   // `limits`; unless `admitted`, refused (and taken back) when the device
   // group's need would pass 90 % of the capacity.
+  // `lowered` (if given): it went or was lowered (OrderPolicy::drop_lead).
   Status set_reservation(detail::GroupReservation& r, detail::GroupReservation::Level level, const Limits& limits,
-                         bool admitted) {
+                         bool admitted, bool* lowered = nullptr) {
     const std::uint64_t old_iops = r.iops, old_bps = r.bps;
     reservations.set(r, level, limits.reservation_iops, limits.reservation_bps, last_now);
     relink_reservations();
@@ -372,6 +373,7 @@ struct DeviceGroup::Impl {
       }
     }
     rescale_reservations();
+    if (lowered != nullptr) *lowered = r.iops < old_iops || r.bps < old_bps;
     return {};
   }
   // A leaf went idle (tree.h); its device may start to linger in its tenant.
@@ -620,8 +622,8 @@ struct DeviceGroup::Impl {
   // The latency target the limit keys give `node` (none: removes it), and
   // the node's reservation it guards (a group's, a device's or a tenant's:
   // on storage that queues everything itself the order alone cannot give it).
-  void set_latency_target(detail::LatencyNode node, const Limits& limits,
-                          const detail::GroupReservation* reservation = nullptr) {
+  void set_latency_target(detail::LatencyNode node, const Limits& limits, const detail::GroupReservation& reserve) {
+    const detail::GroupReservation* reservation = reserve.active() ? &reserve : nullptr;
     const std::uint64_t permille =
         limits.latency_percentile_permille == 0 ? kDefaultLatencyPermille : limits.latency_percentile_permille;
     latency.set(node, static_cast<Nanos>(limits.latency_target_us) * 1000, static_cast<std::uint32_t>(permille),
@@ -1947,14 +1949,6 @@ std::optional<RangeBw> DeviceGroup::range_bw(DeviceId device_id, GroupId group_i
   return group->extras ? group->extras->range : RangeBw{};
 }
 
-namespace {
-// A node's reservation went or was lowered: the lead it gave the node's
-// groups goes (OrderPolicy::drop_lead). A change of another key keeps it.
-bool lowered(const detail::GroupReservation& before, const detail::GroupReservation& after) noexcept {
-  return before.configured() && (after.iops < before.iops || after.bps < before.bps || !after.configured());
-}
-}  // namespace
-
 Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_id, const Limits& limits,
                                bool admitted) {
   Impl::HooksRefresh refresh_hooks{*impl_};
@@ -1978,19 +1972,20 @@ Status DeviceGroup::set_limits(DeviceId device_id, std::optional<GroupId> group_
     }
     apply(extras.limits);
     const bool had_target = impl.latency.any();
-    impl.set_latency_target(detail::LatencyNode::of(group), limits, extras.reserve.active() ? &extras.reserve : nullptr);
+    impl.set_latency_target(detail::LatencyNode::of(group), limits, extras.reserve);
     if (impl.latency.any() != had_target) impl.reserve_capacity();
     impl.refresh(*group);
   } else {
-    const detail::GroupReservation before = device->reserve;
-    if (Status status = impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted);
+    bool lowered = false;
+    if (Status status =
+            impl.set_reservation(device->reserve, detail::GroupReservation::device, limits, admitted, &lowered);
         !status) {
       return status;
     }
-    if (lowered(before, device->reserve)) impl.drop_reservation_lead(device, nullptr);  // restart_device() below
+    // The lead a lower reservation no longer gives (another key's change keeps it).
+    if (lowered) impl.drop_reservation_lead(device, nullptr);  // restart_device() below
     apply(device->limits);
-    impl.set_latency_target(detail::LatencyNode::of(device), limits,  // hook: latency targets
-                            device->reserve.active() ? &device->reserve : nullptr);
+    impl.set_latency_target(detail::LatencyNode::of(device), limits, device->reserve);  // hook: latency targets
     impl.reserve_capacity();
     impl.restart_device(*device);
   }
@@ -2007,8 +2002,11 @@ std::optional<Limits> DeviceGroup::limits(DeviceId device_id, std::optional<Grou
 }
 
 namespace {
-ReservationStatus reservation_status(detail::GroupReservation& r, const detail::Reservations& all, Nanos now) {
-  r.roll(now);
+// `node`'s reservation `r`, and the cap it puts on the others (latency_target.h).
+template <typename Impl>
+ReservationStatus reservation_status(detail::GroupReservation& r, detail::LatencyNode node, const Impl& impl) {
+  const detail::Reservations& all = impl.reservations;
+  r.roll(impl.last_now);
   ReservationStatus status;
   status.iops = r.iops;
   status.bps = r.bps;
@@ -2017,6 +2015,7 @@ ReservationStatus reservation_status(detail::GroupReservation& r, const detail::
   status.served_iops = r.last_served_ns < 0 ? -1 : all.in_iops(r.last_served_ns);
   status.met = r.met();
   status.scaled = all.factor() < 1;
+  status.cap_on_others = impl.latency.cap_of(node);
   return status;
 }
 }  // namespace
@@ -2024,25 +2023,19 @@ ReservationStatus reservation_status(detail::GroupReservation& r, const detail::
 std::optional<ReservationStatus> DeviceGroup::device_reservation(DeviceId device_id) const noexcept {
   Device* device = impl_->find_device(device_id);
   if (device == nullptr || !device->reserve.active()) return std::nullopt;
-  ReservationStatus status = reservation_status(device->reserve, impl_->reservations, impl_->last_now);
-  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(device));
-  return status;
+  return reservation_status(device->reserve, detail::LatencyNode::of(device), *impl_);
 }
 
 std::optional<ReservationStatus> DeviceGroup::tenant_reservation(TenantId tenant_id) const noexcept {
   detail::Tenant* tenant = impl_->tenants.find(tenant_id);
   if (tenant == nullptr || !tenant->reserve.active()) return std::nullopt;
-  ReservationStatus status = reservation_status(tenant->reserve, impl_->reservations, impl_->last_now);
-  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(tenant));
-  return status;
+  return reservation_status(tenant->reserve, detail::LatencyNode::of(tenant), *impl_);
 }
 
 std::optional<ReservationStatus> DeviceGroup::reservation(DeviceId device_id, GroupId group_id) const noexcept {
   Group* group = lookup(*impl_, device_id, group_id, nullptr);
   if (group == nullptr || !group->extras || !group->extras->reserve.active()) return std::nullopt;
-  ReservationStatus status = reservation_status(group->extras->reserve, impl_->reservations, impl_->last_now);
-  status.cap_on_others = impl_->latency.cap_of(detail::LatencyNode::of(group));
-  return status;
+  return reservation_status(group->extras->reserve, detail::LatencyNode::of(group), *impl_);
 }
 
 ReservationSummary DeviceGroup::reservations() const noexcept {
@@ -2108,12 +2101,13 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   detail::Tenant* tenant = impl.tenants.find(tenant_id);
   if (tenant == nullptr) return Status::error("tenant " + std::to_string(tenant_id) + " does not exist");
   if (Status status = validate(limits); !status) return status;
-  const detail::GroupReservation before = tenant->reserve;
-  if (Status status = impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted);
+  bool lowered = false;
+  if (Status status =
+          impl.set_reservation(tenant->reserve, detail::GroupReservation::tenant, limits, admitted, &lowered);
       !status) {
     return status;
   }
-  if (lowered(before, tenant->reserve)) impl.drop_reservation_lead(nullptr, tenant);  // restart_device() below
+  if (lowered) impl.drop_reservation_lead(nullptr, tenant);  // restart_device() below
   std::erase(impl.reserving_tenants, tenant);
   if (tenant->reserve.active()) {
     impl.reserving_tenants.push_back(tenant);
@@ -2121,8 +2115,7 @@ Status DeviceGroup::set_tenant_limits(TenantId tenant_id, const Limits& limits, 
   }
   if (limits.unlimited()) tenant->limits = LimitState();  // no level kept past no limit
   tenant->limits.configure(limits);  // keeps the levels: no free burst from a change
-  impl.set_latency_target(detail::LatencyNode::of(tenant), limits,  // hook: latency targets
-                          tenant->reserve.active() ? &tenant->reserve : nullptr);
+  impl.set_latency_target(detail::LatencyNode::of(tenant), limits, tenant->reserve);  // hook: latency targets
   impl.reserve_capacity();
   for (auto& device : impl.devices) {
     if (device && device->tree.tenant == tenant) impl.restart_device(*device);

@@ -26,10 +26,11 @@ run: setup build
 	scripts/run-demo
 
 # Every test of the release build (unit, simulation, integration with real
-# clients), then the unit and simulation tests again under ASan+UBSan.
+# clients), then under ASan+UBSan the unit and simulation tests and the
+# integration tests of hostile input (label "sanitized", tests/CMakeLists.txt).
 test: setup build build-asan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
-	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L unit --timeout 600
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'unit|sanitized' --timeout 600
 
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit

@@ -8,7 +8,14 @@ switches, type changes, attach/detach of the groups the clients are in
 flight), io_limit/io_throttle, token, carryover, range-bw, reset. Every fio
 run must end with no error: no request lost, failed or answered twice. At
 the end nothing is left queued or in flight, and the daemon lives. With
-one reactor thread and with two."""
+one reactor thread and with two.
+
+The same for issue 16's nodes: tenants made, joined, left and removed,
+reservations and latency targets on a group, a device and a tenant set,
+lowered and removed (the lead a reservation gave its groups goes with it),
+a reserving group detached and its device leaving a reserving tenant, a
+tenant's shared limit, the learned and the fixed window, while both clients
+write and verify."""
 
 import os
 import random
@@ -85,6 +92,47 @@ class FioLoop:
                                                                         job["write"]["io_bytes"])
 
 
+def wait_for_writes(d, loops):
+    """Until every loop's device has served writes."""
+    deadline = time.monotonic() + it.TIMEOUT
+    while True:
+        st = d.status()
+        if all(st[f.name]["groups"][-1]["write"] > 0 for f in loops):
+            return
+        assert time.monotonic() < deadline, "fio did not start"
+        for f in loops:
+            assert f.thread.is_alive(), f"fio on {f.name} ended at once: {f.runs[-1][2] if f.runs else ''}"
+        time.sleep(0.05)
+
+
+def stop_all(loops):
+    """Stops every loop and waits for its fio."""
+    for f in loops:
+        f.stop.set()
+    for f in loops:
+        f.finish()
+
+
+def check_all(loops):
+    """Every fio run of every loop wrote, read back and verified all."""
+    for f in loops:
+        f.check()
+    print("# fio runs: " + ", ".join(f"{f.name} {len(f.runs)}" for f in loops))
+
+
+def assert_idle_and_serving(d, status):
+    """Nothing queued or in flight, a client still served, no internal error."""
+    d.assert_alive()
+    for dev in status["devices"]:
+        for g in dev["groups"]:
+            assert g["queue_length"] == 0 and g["in_flight"] == 0, (dev["name"], g)
+    with ct.Client(d.uri("rt1")) as c:
+        c.do("write 1 4096 0")
+        c.do("read 1 4096 0")
+    log = d.logs()
+    assert "internal error" not in log, log[-3000:]
+
+
 PID = "PID"  # in a change: the pid of rt1's fio when the group is attached
 
 
@@ -141,16 +189,7 @@ def test_changes_under_verified_io(threads):
         root_fio = FioLoop(d, "rt1").start()
         user_fio = FioLoop(d, "rt2", uid=ct.UID_A).start()
         try:
-            deadline = time.monotonic() + it.TIMEOUT
-            while True:
-                st = d.status()
-                if all(st[n]["groups"][-1]["write"] > 0 for n in ("rt1", "rt2")):
-                    break
-                assert time.monotonic() < deadline, "fio did not start"
-                for f in (root_fio, user_fio):
-                    assert f.thread.is_alive(), f"fio on {f.name} ended at once: {f.runs[-1][2] if f.runs else ''}"
-                time.sleep(0.05)
-
+            wait_for_writes(d, (root_fio, user_fio))
             applied = 0
             t0 = time.monotonic()
             i = 0
@@ -174,26 +213,84 @@ def test_changes_under_verified_io(threads):
                   f"rt2 {len(user_fio.runs)}")
             assert applied == CHANGES
         finally:
-            for f in (root_fio, user_fio):
-                f.stop.set()
-            for f in (root_fio, user_fio):
-                f.finish()
-        root_fio.check()
-        user_fio.check()
-        print(f"# fio runs: rt1 {len(root_fio.runs)}, rt2 {len(user_fio.runs)}")
-
-        # Nothing left queued or in flight; both devices still serve.
-        d.assert_alive()
-        for dev in d.json_of("status")["devices"]:
-            for g in dev["groups"]:
-                assert g["queue_length"] == 0 and g["in_flight"] == 0, (dev["name"], g)
+            stop_all((root_fio, user_fio))
+        check_all((root_fio, user_fio))
+        assert_idle_and_serving(d, d.json_of("status"))
         table = d.json_of("table")["devices"]
         assert [t["type"] for t in table] == ["none", "none"], table
-        with ct.Client(d.uri("rt1")) as c:
-            c.do("write 1 4096 0")
-            c.do("read 1 4096 0")
-        log = d.logs()
-        assert "internal error" not in log, log[-3000:]
+
+
+def node_changes():
+    """Issue 16's changes, as ("message" | "tenant", words...) tuples, each
+    valid when it comes; rt1 and rt3 join tenant acme, rt2's client (uid A)
+    gets a group of its own."""
+    out = []
+    for _ in range(NODE_ROUNDS):
+        out += [
+            ("message", "rt1", "0", "model", f"rrandiops={random.choice([20000, 40000])}"),
+            ("tenant", "create", "acme", "weight", random.choice([100, 300]), "limit", "iops-total=4000"),
+            ("tenant", "attach", "acme", "rt1", "weight", 200),
+            ("tenant", "attach", "acme", "rt3"),
+            ("tenant", "set", "acme", "limit", "iops-total=4000,reservation-iops=3000"),
+            ("message", "rt1", "0", "limit", "reservation-iops=1500"),
+            ("message", "rt2", "0", "type", "user"),
+            ("message", "rt2", "0", "attach", ct.UID_A),   # rt2's client moves to its own group
+            ("message", "rt2", "0", "limit", f"{ct.UID_A}:reservation-iops=2000,latency-target=5ms"),
+            ("message", "rt1", "0", "limit", "latency-target=3ms,latency-percentile=95"),
+            ("tenant", "set", "acme", "weight", f"rt1:{random.choice([50, 1000])}"),
+            ("message", "rt2", "0", "limit", "-1:reservation-bps=8M"),
+            ("tenant", "set", "acme", "limit", "latency-target=4ms"),
+            ("message", "rt1", "0", "limit", "reservation-iops=500"),  # lowered
+            ("message", "rt1", "0", "io_limit", random.choice([4, 16])),
+            ("tenant", "set", "acme", "limit", "reservation-iops=2500,bps-total=64M"),
+            ("tenant", "detach", "acme", "rt1"),                       # leaves a reserving tenant
+            ("message", "rt2", "0", "limit", f"{ct.UID_A}:reservation-iops=0"),  # removed, target kept
+            ("message", "rt1", "0", "io_limit", "auto"),
+            ("tenant", "attach", "acme", "rt1", "weight", 100),
+            ("message", "rt2", "0", "detach", ct.UID_A),             # a group with a target goes
+            ("message", "rt2", "0", "type", "none"),
+            ("message", "rt2", "0", "limit", "-1:none"),
+            ("tenant", "set", "acme", "limit", "none"),
+            ("tenant", "remove", "acme"),                              # its devices back at the root
+            ("message", "rt1", "0", "limit", "none"),
+            ("message", "rt1", "0", "policy", "weight"),
+            ("message", "rt1", "0", "policy", "fair"),
+        ]
+    return out
+
+
+NODE_ROUNDS = 3  # each round ends with no tenant and no key left
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_node_changes_under_verified_io(threads):
+    random.seed(os.environ.get("IOBAND_TEST_SEED", "control-runtime-nodes"))
+    with ct.Daemon(args=["--threads", str(threads)]) as d:
+        for name in ("rt1", "rt2", "rt3"):
+            d.create(name, it.sparse_file(d.path(f"{name}.img"), IMAGE), 1)
+        root_fio = FioLoop(d, "rt1").start()
+        user_fio = FioLoop(d, "rt2", uid=ct.UID_A).start()
+        try:
+            wait_for_writes(d, (root_fio, user_fio))
+            t0 = time.monotonic()
+            for i, (verb, *words) in enumerate(node_changes()):
+                words = [str(w) for w in words]
+                r = d.ctl(verb, *words)
+                assert r.returncode == 0, f"change {i} ({verb} {' '.join(words)}): {r.stderr.strip()}"
+                time.sleep(random.uniform(0.005, 0.04))
+                if i % 7 == 0:
+                    d.json_of("status")  # the nodes' status while they change
+                for f in (root_fio, user_fio):
+                    assert not (f.runs and f.runs[-1][0] != 0), f"fio on {f.name} failed: {f.runs[-1][2]}"
+            print(f"# {i + 1} changes in {time.monotonic() - t0:.1f}s")
+        finally:
+            stop_all((root_fio, user_fio))
+        check_all((root_fio, user_fio))
+        status = d.json_of("status")
+        assert status.get("tenants", []) == [], status.get("tenants")
+        for dev in status["devices"]:
+            assert "reservation" not in dev and "latency_target" not in dev, dev["name"]
+        assert_idle_and_serving(d, status)
 
 
 if __name__ == "__main__":

@@ -195,10 +195,13 @@ class Admission {
     return true;
   }
 
-  // Until when the anticipation holds `group` (0: it does not). A held
-  // group is parked by the caller and remembered here.
-  [[gnu::always_inline]] Nanos holds(Group& group, std::uint32_t in_flight, Nanos now) noexcept {
-    const Nanos until = anticipation_.holds(group, in_flight, now);
+  // Until when the anticipation holds `group` (0: it does not), whose next
+  // request costs `cost()` (the policy's, asked only if needed:
+  // anticipation.h). A held group is parked by the caller and remembered
+  // here.
+  template <typename CostOf>
+  [[gnu::always_inline]] Nanos holds(Group& group, std::uint32_t in_flight, CostOf&& cost, Nanos now) noexcept {
+    const Nanos until = anticipation_.holds(group, in_flight, cost, now);
     if (until != 0 && std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
     return until;
   }
@@ -206,12 +209,13 @@ class Admission {
   void paced_by_limit(const Group& group, Nanos now) noexcept { anticipation_.paced_by_limit(group, now); }
 
   // `request` of `group` goes now, with `in_flight` in flight before it;
-  // `orderless`: see AutoWindow::dispatched.
-  void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless) noexcept {
+  // `orderless`: see AutoWindow::dispatched; `cost()`: as for holds().
+  template <typename CostOf>
+  void dispatching(Group& group, Request& request, std::uint32_t in_flight, bool orderless, CostOf&& cost) noexcept {
     if (group.slot >= size_bits_.size()) size_bits_.resize(std::size_t{group.slot} + 1, 0);
     size_bits_[group.slot] = static_cast<std::int8_t>(std::bit_width(request.bytes));
     if (auto_) window_.dispatched(orderless, request.bytes);
-    anticipation_.dispatching(group, request, in_flight);
+    anticipation_.dispatching(group, request, in_flight, cost);
     if (deep(group.busy_peak)) {
       if (group.in_flight == 0) {
         stop_lingering(group);
@@ -236,11 +240,12 @@ class Admission {
 
   // `request` of `group` completed with `in_flight` in flight until then
   // (its own counts already lowered); `cost_ns`: its device time, or
-  // negative where the places do not compare groups (compares_places()).
+  // negative where the places do not compare groups (compares_places());
+  // `cost()`: the request's cost, the policy's, as for holds().
   // Returns the groups the anticipation held that must ask again now; the
   // caller empties the list.
   [[gnu::always_inline]] std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight,
-                                                        bool anticipates, double cost_ns, Nanos now) noexcept {
+                                                        bool anticipates, double cost_ns, auto&& cost, Nanos now) noexcept {
     if (cost_ns >= 0) served_by_place(group, cost_ns, now - request.scheduler.time);
     if (auto_) {
       if (anticipation_.engaged(now)) window_.pause();
@@ -257,7 +262,7 @@ class Admission {
       if (group.in_flight == 0) start_lingering(group, now);
     }
     if (!deep(group.busy_peak) && !group.retired && anticipates) {
-      anticipation_.completed(group, request, in_flight - 1 - group.in_flight, now);
+      anticipation_.completed(group, request, in_flight - 1 - group.in_flight, cost, now);
     } else {
       anticipation_.deep_completed(group, now);
     }

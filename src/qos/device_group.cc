@@ -263,6 +263,10 @@ struct DeviceGroup::Impl {
   [[gnu::always_inline]] std::int64_t order_key(const Group& group) const noexcept {
     return with_order([&](auto& p) { return p.key(group); });
   }
+  // The policy's cost of `request`, as the anticipation asks for it (anticipation.h: its credit).
+  auto cost_of(const Request& request) const noexcept {
+    return [this, &request] { return static_cast<double>(with_order([&](auto& p) { return p.cost_of(request); })); };
+  }
   // `model_ns`: settings.cost.model_ns(request), which fair's cost starts from.
   [[gnu::always_inline]] bool order_charge(Group& group, const Request& request, Rule rule, Nanos now,
                                            double model_ns) noexcept {
@@ -940,7 +944,8 @@ struct DeviceGroup::Impl {
       }
       // A reservation is a floor: neither the anticipation nor another
       // group's latency target holds what it releases.
-      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, now); until != 0) {
+      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, cost_of(*group->head), now);
+          until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
@@ -1018,7 +1023,7 @@ struct DeviceGroup::Impl {
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
       }
-      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone));
+      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone), cost_of(request));
       dispatch(*group, request, now, rule, by_reservation, by_node);
       prefetch_next();
       return Decision::dispatch(&request, reported);
@@ -1487,7 +1492,8 @@ struct DeviceGroup::Impl {
     const double cost_ns = tracks_busy() && detail::Admission::deep(group.busy_peak) && admission.compares_places()
                                ? settings.cost.device_ns(request)
                                : -1;
-    std::vector<Group*>& release = admission.completed(group, request, in_flight + 1, anticipates, cost_ns, last_now);
+    std::vector<Group*>& release =
+        admission.completed(group, request, in_flight + 1, anticipates, cost_ns, cost_of(request), last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
     ask_again(release);

@@ -26,10 +26,10 @@
 // active (counted in requests, a 4 KiB reader at weight 10 beside a 1 MiB one
 // at 90 got 2.4 % of the device time in the simulator, 6.3 % now). Once the
 // credit pays for kBurst of C's requests (at their mean cost), C dispatches
-// kBurst of them at once (past the learned window, up to io_limit). Bursts take at most 1/kBurstSpacing of the time:
-// the next one starts no earlier than 19 times the last one's length
-// (first dispatch to last completion) after it ended. Between bursts C
-// waits:
+// kBurst of them at once (past the learned window, up to io_limit). Bursts
+// take at most 1/kBurstSpacing of the time: the next one starts no earlier
+// than 19 times the last one's length (first dispatch to last completion)
+// after it ended. Between bursts C waits:
 //   - for G's next request, up to a deadline of  clamp(8 x think, 10 ms,
 //     50 ms)  after G went empty, think being G's own measured time from a
 //     completion to its next request (moving average, 1/8). Generous on
@@ -121,10 +121,10 @@ class Anticipation {
     if (take(group, now)) idle_ = false;
   }
 
-  // May the next request of `candidate` (`cost()`: its cost) be dispatched now? 0: yes; otherwise the
-  // time to ask again (Nanos max: after the anticipated group's next
-  // completion, when the device group releases what it held; it asks again
-  // after kRecheck at the latest).
+  // May the next request of `candidate` (`cost()`: its cost) be dispatched
+  // now? 0: yes; otherwise the time to ask again (Nanos max: after the
+  // anticipated group's next completion, when the device group releases
+  // what it held; it asks again after kRecheck at the latest).
   template <typename CostOf>
   [[gnu::always_inline]] Nanos holds(const Group& candidate, std::uint32_t in_flight, CostOf&& cost, Nanos now) noexcept {
     if (!applies_to(candidate)) return 0;

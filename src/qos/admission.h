@@ -244,8 +244,10 @@ class Admission {
   // `cost()`: the request's cost, the policy's, as for holds().
   // Returns the groups the anticipation held that must ask again now; the
   // caller empties the list.
+  template <typename CostOf>
   [[gnu::always_inline]] std::vector<Group*>& completed(Group& group, const Request& request, std::uint32_t in_flight,
-                                                        bool anticipates, double cost_ns, auto&& cost, Nanos now) noexcept {
+                                                        bool anticipates, double cost_ns, CostOf&& cost,
+                                                        Nanos now) noexcept {
     if (cost_ns >= 0) served_by_place(group, cost_ns, now - request.scheduler.time);
     if (auto_) {
       if (anticipation_.engaged(now)) window_.pause();

@@ -263,8 +263,9 @@ struct DeviceGroup::Impl {
   [[gnu::always_inline]] std::int64_t order_key(const Group& group) const noexcept {
     return with_order([&](auto& p) { return p.key(group); });
   }
-  // The policy's cost of `request`, as the anticipation asks for it (anticipation.h: its credit).
-  auto cost_of(const Request& request) const noexcept {
+  // A callable giving the policy's cost of `request` when called: the
+  // anticipation asks for it only where it counts (anticipation.h: its credit).
+  auto lazy_cost(const Request& request) const noexcept {
     return [this, &request] { return static_cast<double>(with_order([&](auto& p) { return p.cost_of(request); })); };
   }
   // `model_ns`: settings.cost.model_ns(request), which fair's cost starts from.
@@ -944,7 +945,7 @@ struct DeviceGroup::Impl {
       }
       // A reservation is a floor: neither the anticipation nor another
       // group's latency target holds what it releases.
-      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, cost_of(*group->head), now);
+      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, lazy_cost(*group->head), now);
           until != 0) {
         // A lighter deep group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
@@ -1023,7 +1024,7 @@ struct DeviceGroup::Impl {
           until != 0) {
         return waiting(std::min(earliest_timer(), from_nanos(until)));
       }
-      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone), cost_of(request));
+      admission.dispatching(*group, request, in_flight, admission.orderless(*group, alone), lazy_cost(request));
       dispatch(*group, request, now, rule, by_reservation, by_node);
       prefetch_next();
       return Decision::dispatch(&request, reported);
@@ -1493,7 +1494,7 @@ struct DeviceGroup::Impl {
                                ? settings.cost.device_ns(request)
                                : -1;
     std::vector<Group*>& release =
-        admission.completed(group, request, in_flight + 1, anticipates, cost_ns, cost_of(request), last_now);
+        admission.completed(group, request, in_flight + 1, anticipates, cost_ns, lazy_cost(request), last_now);
     // The anticipated group completed: the groups it held ask again now
     // (a limit that also holds one parks it again in next()).
     ask_again(release);

@@ -59,7 +59,7 @@
 //                  80/20 (16 deep over TCP, docs/weights.md). Only
 //                  under fair with io_limit auto, and not in a device group
 //                  with reservations (they give places outside the weights)
-//   anticipation   a heavier shallow group holds lighter deep ones
+//   anticipation   a heavier shallow group holds lighter ones
 //                  (anticipation.h); a held group is parked like one held by
 //                  a limit and asks again at the anticipated group's next
 //                  completion
@@ -197,11 +197,16 @@ class Admission {
 
   // Until when the anticipation holds `group` (0: it does not), whose next
   // request costs `cost()` (the policy's, asked only if needed:
-  // anticipation.h). A held group is parked by the caller and remembered
-  // here.
+  // anticipation.h), with `queued` requests queued in the device group. A
+  // held group is parked by the caller and remembered here.
   template <typename CostOf>
-  [[gnu::always_inline]] Nanos holds(Group& group, std::uint32_t in_flight, CostOf&& cost, Nanos now) noexcept {
-    const Nanos until = anticipation_.holds(group, in_flight, cost, now);
+  [[gnu::always_inline]] Nanos holds(Group& group, std::uint32_t in_flight, std::uint32_t queued, CostOf&& cost,
+                                     Nanos now) noexcept {
+    // A backlog of two of the largest windows (io_limit) or more: the order
+    // decides among the groups queued (thousands of shallow ones), the
+    // anticipation holds no shallow one.
+    const bool backlog = queued >= 2 * io_limit;
+    const Nanos until = anticipation_.holds(group, in_flight, backlog, cost, now);
     if (until != 0 && std::find(held_.begin(), held_.end(), &group) == held_.end()) held_.push_back(&group);
     return until;
   }

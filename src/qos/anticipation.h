@@ -42,10 +42,23 @@
 // G stops being anticipated when it misses the deadline (it has gone idle:
 // the others get the whole window back at once) or when it has more than
 // kLowDepth requests outstanding (it is a deep client: the policy's order
-// serves it). Shallow groups and groups of equal or larger weight are never
-// held, so equal weights behave exactly as without anticipation, many
-// shallow clients do not stall each other, and a group that is anticipated
-// can only hold back lighter deep ones.
+// serves it). Groups of equal or larger weight are never held, so equal
+// weights behave exactly as without anticipation, and a group that is
+// anticipated can only hold back lighter ones.
+//
+// Lighter shallow groups. Where every client is shallow (the seed's first
+// experiment: two guests with one request each, 49/51 at 80/20), nothing
+// is ever queued here and the order has nothing to act on: the storage's
+// own queue splits it by depth (four 2-deep writers at 40/30/20/10 split
+// 25 % each on the disk). A lighter shallow group C has no bursts (it has
+// few requests to send) but the same part as a deep one: its dispatches, in
+// cost over weight, keep up with G's completions, in cost over weight (it
+// may be behind by kShallowSlack of its requests, no more), plus the
+// allowance. G's baseline latency is made first, with C held (G may never
+// be alone otherwise), for kSlowBaseline at most, and renewed the same way;
+// the same G taken again keeps what was learned of it. Not while G has
+// requests queued here: the order serves those (a full window, thousands
+// of shallow groups).
 //
 // Why bursts and not a trickle. Storage shares its time between the
 // requests in service: on this VM's disk one other request in flight adds
@@ -61,7 +74,7 @@
 // 10 ms, 10 % of the time, and G lost 25 %). Hence the spacing: a G that
 // dense leaves C less than its weight's share, but never nothing.
 //
-// Allowance. Beyond the bursts, the lighter deep groups may keep a number
+// Allowance. Beyond the bursts, the lighter groups may keep a number
 // of requests in flight beside G at all times, as many as cost G nothing:
 // learned from G's own latency, alone against with company (learn()), as a
 // part of G's cycle -- its latency and its own time between requests, so
@@ -75,7 +88,7 @@
 // disk: two background requests cost a 1-deep reader a third of its rate)
 // the allowance stays at 0.
 //
-// Cost. Where the allowance is 0, the lighter deep groups get at most their
+// Cost. Where the allowance is 0, the lighter groups get at most their
 // weight's share of the requests while G is active: the storage's rate
 // falls to what G and that share use. That is the price of the weight: G
 // was given more than the others, and a shallow client can only use it as
@@ -88,6 +101,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include "qos/group.h"
 #include "qos/token_bucket.h"
@@ -108,10 +123,15 @@ class Anticipation {
   // of other groups in flight. `cost()`: its cost, the policy's (asked only
   // when it counts: costs are not free on the hot path).
   template <typename CostOf>
-  void completed(Group& group, const Request& request, std::uint32_t others, CostOf&& cost, Nanos now) noexcept {
+  [[gnu::always_inline]] void completed(Group& group, const Request& request, std::uint32_t others, CostOf&& cost,
+                                        Nanos now) noexcept {
     if (!take(group, now)) return;
     // Credit only once a lighter group was held (before, nobody needs it).
-    if (holding_) credit_ += std::max(cost(), 1.0);
+    if (holding_) {
+      const double c = std::max(cost(), 1.0);
+      credit_ += c;
+      served_ += c / weight_of(group);
+    }
     learn(now - request.scheduler.time, request.scheduler.company == 0 && others == 0, now);
     if (group.in_flight + group.queue_length == 0) {
       emptied_at_ = now;
@@ -149,15 +169,20 @@ class Anticipation {
   // May the next request of `candidate` (`cost()`: its cost) be dispatched
   // now? 0: yes; otherwise the time to ask again (Nanos max: after the
   // anticipated group's next completion, when the device group releases
-  // what it held; it asks again after kRecheck at the latest).
+  // what it held; it asks again after kRecheck at the latest). `backlog`:
+  // the device group has requests queued for two windows or more, and the
+  // order decides among them (no shallow group is held).
   template <typename CostOf>
-  [[gnu::always_inline]] Nanos holds(const Group& candidate, std::uint32_t in_flight, CostOf&& cost, Nanos now) noexcept {
-    if (!applies_to(candidate)) return 0;
+  [[gnu::always_inline]] Nanos holds(const Group& candidate, std::uint32_t in_flight, bool backlog, CostOf&& cost,
+                                     Nanos now) noexcept {
+    const bool shallow = !deep(candidate);
+    if ((shallow && backlog) || !applies_to(candidate)) return 0;
     if (!active(now)) {
       group_ = nullptr;
       return 0;
     }
     if (now < paced_until_) return 0;
+    if (shallow) return shallow_holds(candidate, in_flight, cost, now);
     holding_ = true;
     if (burst_left_ > 0) return 0;
     if (allows(in_flight)) return 0;
@@ -179,9 +204,18 @@ class Anticipation {
   // `request` of `candidate` (`cost()`: its cost), allowed by holds(), is
   // dispatched with `in_flight` requests in flight before it.
   template <typename CostOf>
-  void dispatching(const Group& candidate, Request& request, std::uint32_t in_flight, CostOf&& cost) noexcept {
+  [[gnu::always_inline]] void dispatching(const Group& candidate, Request& request, std::uint32_t in_flight,
+                                          CostOf&& cost) noexcept {
     if (&candidate == group_) {
       request.scheduler.company = static_cast<std::uint8_t>(std::min<std::uint32_t>(in_flight - group_->in_flight, 255));
+    }
+    if (!deep(candidate)) {
+      // Up to G's part at most: what the allowance let go is not a debt.
+      if (std::exchange(shallow_counted_, false)) {
+        Shallow& state = shallow_of(candidate);
+        state.served = std::min(state.served + std::max(cost(), 1.0) / weight_of(candidate), served_);
+      }
+      return;
     }
     if (!applies_to(candidate)) return;
     const double c = std::max(cost(), 1.0);
@@ -197,11 +231,11 @@ class Anticipation {
   // sets the earliest start of the next: bursts take at most
   // 1 / kBurstSpacing of the time, whatever the credit says.
   void deep_completed(const Group& group, Nanos now) noexcept {
-    if (burst_in_flight_ == 0 || !applies_to(group)) return;
+    if (burst_in_flight_ == 0 || !applies_to(group) || !deep(group)) return;
     if (--burst_in_flight_ == 0 && burst_left_ == 0) next_burst_ = now + (now - burst_start_) * (kBurstSpacing - 1);
   }
 
-  // Holding lighter deep groups back now: the rate the storage delivers
+  // Holding lighter groups back now: the rate the storage delivers
   // says nothing about the in-flight window (io_limit auto learns nothing).
   bool engaged(Nanos now) const noexcept { return group_ != nullptr && holding_ && active(now); }
 
@@ -227,6 +261,8 @@ class Anticipation {
   // `group` is about to be destroyed.
   void forget(const Group* group) noexcept {
     if (group_ == group) group_ = nullptr;
+    if (last_ == group) last_ = nullptr;
+    if (group->slot < shallow_.size()) shallow_[group->slot].era = 0;  // its slot may serve another
   }
 
   const Group* group() const noexcept { return group_; }
@@ -239,8 +275,50 @@ class Anticipation {
 
  private:
   bool applies_to(const Group& candidate) const noexcept {
-    return group_ != nullptr && group_ != &candidate && candidate.busy_peak > kLowDepth &&
-           weight_of(candidate) < weight_of(*group_);
+    return group_ != nullptr && group_ != &candidate && weight_of(candidate) < weight_of(*group_);
+  }
+  // Deep now, or a moment ago (lingering, admission.h: a deep client whose
+  // requests all came back, off the CPU, sends a few again first).
+  static bool deep(const Group& group) noexcept { return group.busy_peak > kLowDepth || group.linger != 0; }
+
+  // A lighter shallow group C: no bursts (it has few requests to send), but
+  // the same part of the storage as a deep one. Its dispatches, in cost
+  // over weight, keep up with G's completions, in cost over weight
+  // (served_): C's cost is w(C) / w(G) of G's. It may be behind by
+  // kShallowSlack of its requests at most (no hoarding). Beyond that it
+  // waits for G's next completion, or for the deadline while G is away.
+  template <typename CostOf>
+  Nanos shallow_holds(const Group& candidate, std::uint32_t in_flight, CostOf&& cost, Nanos now) noexcept {
+    // G's requests queued here: the policy's order serves them (a full
+    // window; thousands of shallow groups), holding C would not.
+    if (group_->queue_length > 0) return 0;
+    holding_ = true;
+    // (Let go, it is counted by dispatching(), which comes next.)
+    if (allows(in_flight)) return shallow_counted_ = true, 0;
+    // G alone first, for the allowance's baseline (with lighter groups
+    // paid by its completions it may never be alone otherwise): until the
+    // baseline is ready, kSlowBaseline at most; and while it is renewed
+    // (quiet_, kQuiet samples).
+    if (quiet_ || (!baseline_ready(now) && now - taken_at_ < kSlowBaseline)) return idle_ ? deadline() : kForever;
+    Shallow& state = shallow_of(candidate);
+    const double price = std::max(cost(), 1.0) / weight_of(candidate);
+    double& v = state.served;
+    v = std::max(v, served_ - kShallowSlack * price);
+    if (v + price <= served_) return shallow_counted_ = true, 0;
+    return idle_ ? deadline() : kForever;
+  }
+  static constexpr Nanos kForever = std::numeric_limits<Nanos>::max();
+  struct Shallow {
+    double served = 0;
+    std::uint32_t era = 0;
+  };
+  // A shallow lighter group's dispatches in cost over weight since G was
+  // taken (by slot; the first time, and under another G, far behind).
+  Shallow& shallow_of(const Group& candidate) {
+    if (candidate.slot >= shallow_.size()) shallow_.resize(std::size_t{candidate.slot} + 1);
+    Shallow& s = shallow_[candidate.slot];
+    if (s.era != era_) s = {-std::numeric_limits<double>::infinity(), era_};
+    return s;
   }
   // A unit of C's cost, in units of G's credit: weight(G) / weight(C).
   double price(const Group& candidate) const noexcept { return weight_of(*group_) / weight_of(candidate); }
@@ -252,38 +330,49 @@ class Anticipation {
     become(group, now);
     return true;
   }
-  // `group` is the anticipated one from now on: everything learned starts again.
+  // `group` is the anticipated one from now on: the credit, the bursts and
+  // the lighter groups' parts start again; what was learned of G starts
+  // again too, unless G is the group taken last (it went away and came
+  // back): it keeps its baseline, pace and allowance (the baseline is
+  // renewed every kRefresh epochs anyway). Lighter shallow groups are held
+  // while a baseline is made, and a client that comes and goes would hold
+  // them each time.
   [[gnu::noinline]] void become(Group& group, Nanos now) noexcept {
+    const bool again = &group == last_;
     group_ = &group;
+    last_ = &group;
     think_ = kMinWait / 4;
-    pace_ns_ = 0;
-    pace_n_ = 0;
-    taken_at_ = now;
+    served_ = 0;
+    ++era_;
     credit_ = 0;
     typical_cost_ = 0;
     burst_left_ = burst_in_flight_ = 0;
     next_burst_ = 0;
     paced_until_ = 0;
     holding_ = false;
-    allowance_ = 0;
-    ceiling_ = kNoCeiling;
-    below_ceiling_ = 0;
-    alone_ns_ = 0;
-    alone_n_ = 0;
-    alone_var_ = 0;
     shared_ns_ = 0;
     shared_sq_ = 0;
     shared_n_ = 0;
     shared_pace_ = shared_pace_sq_ = 0;
     shared_pace_n_ = 0;
     gap_kind_ = Gap::none;
+    trial_ = quiet_ = false;
+    if (again) return;
+    pace_ns_ = 0;
+    pace_n_ = 0;
+    taken_at_ = now;
+    allowance_ = 0;
+    ceiling_ = kNoCeiling;
+    below_ceiling_ = 0;
+    alone_ns_ = 0;
+    alone_n_ = 0;
+    alone_var_ = 0;
     since_trial_ = 0;
     trial_gap_ = kMinTrialGap;
-    trial_ = quiet_ = false;
     slow_start_ = true;
   }
 
-  // The allowance: how many requests of the lighter deep groups may be in
+  // The allowance: how many requests of the lighter groups may be in
   // flight beside G at no cost to it. Each of G's completions is a sample
   // of its latency, alone (nothing else in flight from its dispatch to its
   // completion) or shared. Every kEpoch shared samples (outside bursts) the
@@ -345,7 +434,9 @@ class Anticipation {
     if (!free && !early && ratio - noise <= 1 + kTolerance && shared_n_ < kMaxEpoch) return;
     if (free) {
       if (allowance_ + 1 < ceiling_ || ++below_ceiling_ >= kCeilingWait) {
-        allowance_ = slow_start_ ? std::min(allowance_ * 2, ceiling_ - 1) : allowance_ + 1;
+        // (From 0 too: a lighter shallow group's company, paid by G's
+        // completions, is measured without a trial.)
+        allowance_ = slow_start_ ? std::min(std::max(allowance_ * 2, 1.0), ceiling_ - 1) : allowance_ + 1;
         below_ceiling_ = 0;
         if (allowance_ >= ceiling_) ceiling_ = kNoCeiling;
       }
@@ -386,6 +477,7 @@ class Anticipation {
   Nanos deadline() const noexcept { return emptied_at_ + std::clamp(8 * think_, kMinWait, kMaxWait); }
 
   Group* group_ = nullptr;
+  const Group* last_ = nullptr;  // the group last taken (become())
   Nanos emptied_at_ = 0;
   Nanos think_ = kMinWait / 4;
   double credit_ = 0;  // cost of G's completions not yet matched by the lighter groups' dispatches
@@ -395,7 +487,13 @@ class Anticipation {
   Nanos burst_start_ = 0;
   Nanos next_burst_ = 0;  // no burst before
   Nanos paced_until_ = 0;  // a limit paces the anticipated group: nobody is held before then
-  bool holding_ = false;          // a lighter deep group asked since G was taken
+  bool holding_ = false;          // a lighter group asked since G was taken
+  // Lighter shallow groups (shallow_holds()).
+  static constexpr double kShallowSlack = 2;
+  double served_ = 0;  // G's completions since a lighter group was held, in cost over weight
+  bool shallow_counted_ = false;  // shallow_holds() let the candidate go: dispatching() counts it
+  std::uint32_t era_ = 0;  // of G: one per become()
+  std::vector<Shallow> shallow_;
   // G's own time from going empty to its next request (arrived()), for the
   // allowance: a moving average (1/8) from the first sample.
   static constexpr std::uint32_t kPaceSamples = 8;

@@ -945,9 +945,9 @@ struct DeviceGroup::Impl {
       }
       // A reservation is a floor: neither the anticipation nor another
       // group's latency target holds what it releases.
-      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, lazy_cost(*group->head), now);
+      if (Nanos until = by_reservation ? 0 : admission.holds(*group, in_flight, queued, lazy_cost(*group->head), now);
           until != 0) {
-        // A lighter deep group waits for the anticipated one
+        // A lighter group waits for the anticipated one
         // (anticipation.h): set aside like a group held by a limit, so that
         // the others (the anticipated one first) are served meanwhile.
         park_group(*group, std::min({until, now + detail::Anticipation::kRecheck, reservation_due(*group, now)}));

@@ -20,7 +20,7 @@
 //
 // Semantics of each policy: see policy docs in src/qos/*_policy.h. Under the
 // weight-based policies a heavier group with few requests outstanding holds
-// lighter deep groups to a short storage queue while it is active
+// lighter groups to a short storage queue while it is active
 // (anticipation.h).
 #pragma once
 

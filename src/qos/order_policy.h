@@ -17,7 +17,7 @@
 //   reservations   mClock's reservation tags (range-bw): a group whose tag
 //                  (GroupExtras::reservation) is due goes before the key order
 //   caps           a rate cap that belongs to the policy (range-bw's max-bw)
-//   anticipation   whether a heavier shallow group may hold lighter deep ones
+//   anticipation   whether a heavier shallow group may hold lighter ones
 //                  (anticipation.h); range-bw says no
 #pragma once
 
@@ -138,7 +138,7 @@ class OrderPolicy {
     (void)group;
     return now;
   }
-  // A heavier shallow group may hold lighter deep ones (anticipation.h).
+  // A heavier shallow group may hold lighter ones (anticipation.h).
   virtual bool anticipates() const noexcept { return true; }
 
  protected:

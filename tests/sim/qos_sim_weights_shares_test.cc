@@ -147,6 +147,21 @@ TEST(WeightsShares, ElasticStorage) {
   judge_all("item 1, elastic storage", cells);
 }
 
+// Shallow clients only, on the elastic shape (every request in service
+// slows the others, as on this disk): nothing is ever queued in iobandd, so
+// the order has nothing to act on; the lighter groups are held to their
+// weight's part of the heaviest one's device time (anticipation.h, "lighter
+// shallow groups"). Before that, 8 clients 4 deep split 12.5 % each.
+TEST(WeightsShares, ShallowClientsOnElasticStorage) {
+  std::vector<Cell> cells;
+  for (Topology topology : {Topology::devices, Topology::groups}) {
+    Cell cell = same_depth(topology, 8, 4);
+    cell.disk = Disk::elastic;
+    cells.push_back(cell);
+  }
+  judge_all("item 1, shallow clients, elastic storage", cells);
+}
+
 // The issue's cases over 60 s: a 2-deep client at weight 80 against a
 // 16-deep one at 20 inside a 3000 IOPS device limit (the deep one got 4.4 %
 // instead of 20 % on the real disk) and reversed; two 64-deep readers at

@@ -57,8 +57,9 @@
 // allowance. G's baseline latency is made first, with C held (G may never
 // be alone otherwise), for kSlowBaseline at most, and renewed the same way;
 // the same G taken again keeps what was learned of it. Not while G has
-// requests queued here: the order serves those (a full window, thousands
-// of shallow groups).
+// requests queued here (the order serves those), nor behind a backlog of
+// two io_limits (admission.h: the order decides among thousands of queued
+// shallow groups).
 //
 // Why bursts and not a trickle. Storage shares its time between the
 // requests in service: on this VM's disk one other request in flight adds
@@ -350,11 +351,7 @@ class Anticipation {
     next_burst_ = 0;
     paced_until_ = 0;
     holding_ = false;
-    shared_ns_ = 0;
-    shared_sq_ = 0;
-    shared_n_ = 0;
-    shared_pace_ = shared_pace_sq_ = 0;
-    shared_pace_n_ = 0;
+    start_epoch();
     gap_kind_ = Gap::none;
     trial_ = quiet_ = false;
     if (again) return;
@@ -449,15 +446,19 @@ class Anticipation {
       if (trial_) trial_gap_ = std::min(trial_gap_ * 2, kMaxTrialGap);
     }
     trial_ = false;
-    shared_ns_ = 0;
-    shared_sq_ = 0;
-    shared_n_ = 0;
-    shared_pace_ = shared_pace_sq_ = 0;
-    shared_pace_n_ = 0;
+    start_epoch();
     if (++epochs_ % kRefresh == 0 && allowance_ >= 1) {
       quiet_ = true;
       quiet_n_ = 0;
     }
+  }
+
+  // The samples in company of an epoch, from none.
+  void start_epoch() noexcept {
+    shared_ns_ = shared_sq_ = 0;
+    shared_n_ = 0;
+    shared_pace_ = shared_pace_sq_ = 0;
+    shared_pace_n_ = 0;
   }
 
   // The baseline can be judged against: kBaseline alone samples, or
